@@ -1,0 +1,13 @@
+//! The only code that talks to the kernel: netlink, leash's nftables table, and namespaces for tests.
+
+pub mod netns;
+pub mod nft;
+pub mod nl;
+pub mod rtnl;
+#[cfg(feature = "testutil")]
+pub mod testutil;
+
+pub use nft::{
+    ApplyOptions, ApplyReport, ChainStatus, Counter, Error, RuleStatus, SetStatus, TableStatus, apply, disable,
+    encode_apply_batch, status,
+};

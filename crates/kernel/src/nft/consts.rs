@@ -1,0 +1,240 @@
+//! nfnetlink / nf_tables numbers, named as in `linux/netfilter/nfnetlink.h` and `nf_tables.h`.
+//!
+//! Only the numbers leash uses are listed. They are kernel ABI and never change meaning.
+
+#![allow(dead_code)]
+
+// --- nfnetlink -------------------------------------------------------------------------------
+
+/// nfnetlink subsystem id of nf_tables; the high byte of every nf_tables message type.
+pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
+/// Opens a batch (sent with `res_id` = [`NFNL_SUBSYS_NFTABLES`] in the `nfgenmsg`).
+pub const NFNL_MSG_BATCH_BEGIN: u16 = crate::nl::NLMSG_MIN_TYPE;
+/// Closes a batch; the kernel commits everything between BEGIN and END, or nothing.
+pub const NFNL_MSG_BATCH_END: u16 = crate::nl::NLMSG_MIN_TYPE + 1;
+/// `nfgenmsg.version`.
+pub const NFNETLINK_V0: u8 = 0;
+/// Length of `struct nfgenmsg` (family u8, version u8, res_id be16).
+pub const NFGENMSG_LEN: usize = 4;
+
+// --- protocol families (nfgenmsg.nfgen_family) and meta nfproto values --------------------------
+
+pub const NFPROTO_UNSPEC: u8 = 0;
+pub const NFPROTO_INET: u8 = 1;
+pub const NFPROTO_IPV4: u8 = 2;
+pub const NFPROTO_IPV6: u8 = 10;
+
+// --- message types (low byte) ------------------------------------------------------------------
+
+pub const NFT_MSG_NEWTABLE: u16 = 0;
+pub const NFT_MSG_GETTABLE: u16 = 1;
+pub const NFT_MSG_DELTABLE: u16 = 2;
+pub const NFT_MSG_NEWCHAIN: u16 = 3;
+pub const NFT_MSG_GETCHAIN: u16 = 4;
+pub const NFT_MSG_DELCHAIN: u16 = 5;
+pub const NFT_MSG_NEWRULE: u16 = 6;
+pub const NFT_MSG_GETRULE: u16 = 7;
+pub const NFT_MSG_DELRULE: u16 = 8;
+pub const NFT_MSG_NEWSET: u16 = 9;
+pub const NFT_MSG_GETSET: u16 = 10;
+pub const NFT_MSG_DELSET: u16 = 11;
+pub const NFT_MSG_NEWSETELEM: u16 = 12;
+pub const NFT_MSG_GETSETELEM: u16 = 13;
+pub const NFT_MSG_DELSETELEM: u16 = 14;
+pub const NFT_MSG_NEWGEN: u16 = 15;
+pub const NFT_MSG_GETGEN: u16 = 16;
+
+/// Full netlink message type of an nf_tables message.
+pub const fn nft_type(msg: u16) -> u16 {
+    (NFNL_SUBSYS_NFTABLES << 8) | msg
+}
+
+/// Human name of an nf_tables message type (low byte), for error messages.
+pub fn nft_msg_name(msg: u16) -> &'static str {
+    match msg {
+        NFT_MSG_NEWTABLE => "NEWTABLE",
+        NFT_MSG_GETTABLE => "GETTABLE",
+        NFT_MSG_DELTABLE => "DELTABLE",
+        NFT_MSG_NEWCHAIN => "NEWCHAIN",
+        NFT_MSG_GETCHAIN => "GETCHAIN",
+        NFT_MSG_DELCHAIN => "DELCHAIN",
+        NFT_MSG_NEWRULE => "NEWRULE",
+        NFT_MSG_GETRULE => "GETRULE",
+        NFT_MSG_DELRULE => "DELRULE",
+        NFT_MSG_NEWSET => "NEWSET",
+        NFT_MSG_GETSET => "GETSET",
+        NFT_MSG_DELSET => "DELSET",
+        NFT_MSG_NEWSETELEM => "NEWSETELEM",
+        NFT_MSG_GETSETELEM => "GETSETELEM",
+        NFT_MSG_DELSETELEM => "DELSETELEM",
+        _ => "nf_tables message",
+    }
+}
+
+// --- table -------------------------------------------------------------------------------------
+
+pub const NFTA_TABLE_NAME: u16 = 1;
+pub const NFTA_TABLE_FLAGS: u16 = 2;
+pub const NFTA_TABLE_USE: u16 = 3;
+pub const NFTA_TABLE_HANDLE: u16 = 4;
+pub const NFTA_TABLE_USERDATA: u16 = 6;
+
+// --- chain -------------------------------------------------------------------------------------
+
+pub const NFTA_CHAIN_TABLE: u16 = 1;
+pub const NFTA_CHAIN_HANDLE: u16 = 2;
+pub const NFTA_CHAIN_NAME: u16 = 3;
+pub const NFTA_CHAIN_HOOK: u16 = 4;
+pub const NFTA_CHAIN_POLICY: u16 = 5;
+pub const NFTA_CHAIN_USE: u16 = 6;
+pub const NFTA_CHAIN_TYPE: u16 = 7;
+pub const NFTA_CHAIN_FLAGS: u16 = 10;
+
+pub const NFTA_HOOK_HOOKNUM: u16 = 1;
+pub const NFTA_HOOK_PRIORITY: u16 = 2;
+
+/// `NF_INET_LOCAL_OUT`: the output hook of the inet families.
+pub const NF_INET_LOCAL_OUT: u32 = 3;
+/// Chain type name of filter chains.
+pub const CHAIN_TYPE_FILTER: &str = "filter";
+
+// --- verdicts (netfilter.h) --------------------------------------------------------------------
+
+pub const NF_DROP: u32 = 0;
+pub const NF_ACCEPT: u32 = 1;
+
+// --- rule --------------------------------------------------------------------------------------
+
+pub const NFTA_RULE_TABLE: u16 = 1;
+pub const NFTA_RULE_CHAIN: u16 = 2;
+pub const NFTA_RULE_HANDLE: u16 = 3;
+pub const NFTA_RULE_EXPRESSIONS: u16 = 4;
+pub const NFTA_RULE_USERDATA: u16 = 7;
+
+/// Element of a list attribute (expressions of a rule, elements of a set).
+pub const NFTA_LIST_ELEM: u16 = 1;
+
+pub const NFTA_EXPR_NAME: u16 = 1;
+pub const NFTA_EXPR_DATA: u16 = 2;
+
+// --- data --------------------------------------------------------------------------------------
+
+pub const NFTA_DATA_VALUE: u16 = 1;
+pub const NFTA_DATA_VERDICT: u16 = 2;
+pub const NFTA_VERDICT_CODE: u16 = 1;
+
+/// The verdict register.
+pub const NFT_REG_VERDICT: u32 = 0;
+/// The first 16-byte data register; nft uses it for every load in rules like leash's.
+pub const NFT_REG_1: u32 = 1;
+
+// --- expressions -------------------------------------------------------------------------------
+
+pub const NFTA_META_DREG: u16 = 1;
+pub const NFTA_META_KEY: u16 = 2;
+pub const NFT_META_OIF: u32 = 5;
+pub const NFT_META_SKUID: u32 = 10;
+pub const NFT_META_SKGID: u32 = 11;
+pub const NFT_META_NFPROTO: u32 = 15;
+pub const NFT_META_L4PROTO: u32 = 16;
+
+pub const NFTA_CMP_SREG: u16 = 1;
+pub const NFTA_CMP_OP: u16 = 2;
+pub const NFTA_CMP_DATA: u16 = 3;
+pub const NFT_CMP_EQ: u32 = 0;
+pub const NFT_CMP_NEQ: u32 = 1;
+
+pub const NFTA_PAYLOAD_DREG: u16 = 1;
+pub const NFTA_PAYLOAD_BASE: u16 = 2;
+pub const NFTA_PAYLOAD_OFFSET: u16 = 3;
+pub const NFTA_PAYLOAD_LEN: u16 = 4;
+pub const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+pub const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+
+pub const NFTA_LOOKUP_SET: u16 = 1;
+pub const NFTA_LOOKUP_SREG: u16 = 2;
+pub const NFTA_LOOKUP_SET_ID: u16 = 4;
+
+pub const NFTA_CT_DREG: u16 = 1;
+pub const NFTA_CT_KEY: u16 = 2;
+pub const NFT_CT_STATE: u32 = 0;
+/// `NF_CT_STATE_BIT(IP_CT_ESTABLISHED)`.
+pub const NF_CT_STATE_ESTABLISHED_BIT: u32 = 1 << 1;
+/// `NF_CT_STATE_BIT(IP_CT_RELATED)`.
+pub const NF_CT_STATE_RELATED_BIT: u32 = 1 << 2;
+
+pub const NFTA_BITWISE_SREG: u16 = 1;
+pub const NFTA_BITWISE_DREG: u16 = 2;
+pub const NFTA_BITWISE_LEN: u16 = 3;
+pub const NFTA_BITWISE_MASK: u16 = 4;
+pub const NFTA_BITWISE_XOR: u16 = 5;
+
+pub const NFTA_COUNTER_BYTES: u16 = 1;
+pub const NFTA_COUNTER_PACKETS: u16 = 2;
+
+pub const NFTA_LOG_GROUP: u16 = 1;
+pub const NFTA_LOG_PREFIX: u16 = 2;
+/// `NF_LOG_PREFIXLEN` including the NUL.
+pub const NF_LOG_PREFIXLEN: usize = 128;
+
+pub const NFTA_REJECT_TYPE: u16 = 1;
+pub const NFTA_REJECT_ICMP_CODE: u16 = 2;
+pub const NFT_REJECT_TCP_RST: u32 = 1;
+pub const NFT_REJECT_ICMPX_UNREACH: u32 = 2;
+pub const NFT_REJECT_ICMPX_ADMIN_PROHIBITED: u8 = 3;
+
+pub const NFTA_IMMEDIATE_DREG: u16 = 1;
+pub const NFTA_IMMEDIATE_DATA: u16 = 2;
+
+// --- sets --------------------------------------------------------------------------------------
+
+pub const NFTA_SET_TABLE: u16 = 1;
+pub const NFTA_SET_NAME: u16 = 2;
+pub const NFTA_SET_FLAGS: u16 = 3;
+pub const NFTA_SET_KEY_TYPE: u16 = 4;
+pub const NFTA_SET_KEY_LEN: u16 = 5;
+pub const NFTA_SET_ID: u16 = 10;
+pub const NFTA_SET_USERDATA: u16 = 13;
+
+pub const NFT_SET_INTERVAL: u32 = 0x4;
+
+pub const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+pub const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+pub const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+pub const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
+
+pub const NFTA_SET_ELEM_KEY: u16 = 1;
+pub const NFTA_SET_ELEM_FLAGS: u16 = 3;
+pub const NFTA_SET_ELEM_USERDATA: u16 = 6;
+/// The element closes an interval (its key is the first value past the range).
+pub const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
+
+/// Longest table, chain or set name the kernel accepts (`NFT_NAME_MAXLEN` - 1).
+pub const NFT_NAME_MAXLEN: usize = 255;
+
+// --- nft's datatype numbers (nftables `enum datatypes`), stored as NFTA_SET_KEY_TYPE ------------
+
+pub const TYPE_IPADDR: u32 = 7;
+pub const TYPE_IP6ADDR: u32 = 8;
+pub const TYPE_INET_SERVICE: u32 = 13;
+pub const TYPE_UID: u32 = 24;
+pub const TYPE_GID: u32 = 25;
+pub const TYPE_ICMPV6_TYPE: u32 = 29;
+
+// --- libnftnl user data (TLV: u8 type, u8 length, value) ---------------------------------------
+
+/// `NFTNL_UDATA_TABLE_COMMENT`.
+pub const NFTNL_UDATA_TABLE_COMMENT: u8 = 0;
+/// `NFTNL_UDATA_RULE_COMMENT`.
+pub const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
+/// `NFTNL_UDATA_SET_KEYBYTEORDER`: nft's `enum byteorder` of the key, as a host-order u32.
+pub const NFTNL_UDATA_SET_KEYBYTEORDER: u8 = 0;
+/// `NFTNL_UDATA_SET_ELEM_FLAGS` in an element's user data.
+pub const NFTNL_UDATA_SET_ELEM_FLAGS: u8 = 1;
+/// `NFTNL_SET_ELEM_F_INTERVAL_OPEN`: the interval runs to the key type's maximum (no end element).
+pub const NFTNL_SET_ELEM_F_INTERVAL_OPEN: u32 = 0x1;
+/// nft's `BYTEORDER_HOST_ENDIAN` and `BYTEORDER_BIG_ENDIAN`.
+pub const BYTEORDER_HOST_ENDIAN: u32 = 1;
+pub const BYTEORDER_BIG_ENDIAN: u32 = 2;
+/// `NFTNL_UDATA_COMMENT_MAXLEN`, including the NUL.
+pub const NFTNL_UDATA_COMMENT_MAXLEN: usize = 128;

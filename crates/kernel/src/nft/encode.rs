@@ -1,0 +1,663 @@
+//! Encodes a `ruleset::Table` into one nfnetlink batch that atomically replaces table `inet leash`.
+//!
+//! The batch is:
+//!
+//! ```text
+//! BATCH_BEGIN (res_id NFNL_SUBSYS_NFTABLES)
+//! NEWTABLE  inet leash            create it if missing, so that the DELTABLE below cannot fail
+//! DELTABLE  inet leash            drop the old table with everything in it
+//! NEWTABLE  inet leash + comment
+//! NEWSET    per set                (batch-local set ids 1, 2, ... as nft numbers them)
+//! NEWSETELEM per chunk of elements (each ELEMENTS attribute < 64 KiB)
+//! NEWCHAIN  per base chain
+//! NEWRULE   per rule
+//! [NEWRULE  deliberately invalid, with ApplyOptions::fault_inject]
+//! BATCH_END
+//! ```
+//!
+//! Every message names family inet and table leash; no message can touch anything else. Every
+//! message except BEGIN/END carries `NLM_F_ACK`, and we keep a description per sequence number so
+//! that an error can be reported as "NEWRULE for rule `dns` ...".
+//!
+//! Sets, elements, chains and rules are encoded attribute for attribute as nft 1.0.6 encodes them
+//! (including nft's user data: the table and rule comments, the set's key byte order, and the
+//! interval-open flag), so `nft list` shows exactly what it shows for the same text.
+
+use ruleset::{Chain, ChainPolicy, Hook, KeyType, Rule, Set, SetElements, Stmt, Table, Value};
+
+use super::consts::*;
+use super::expr::{self, SetRef};
+use super::{ApplyOptions, Error};
+use crate::nl::{MsgBuf, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
+
+/// Largest payload of an `NFTA_SET_ELEM_LIST_ELEMENTS` attribute: its length is a u16 that
+/// includes the 4-byte header. Elements go into one NEWSETELEM message until the next range would
+/// not fit, then a new message starts.
+const MAX_ELEMENTS_NEST: usize = 65535 - 4;
+
+/// Name of the set the fault-injection rule looks up; sets are never named like this (the model's
+/// names come from policy identifiers), and its id is one no set in the batch has.
+const FAULT_SET_NAME: &str = "__leash_fault_inject__";
+const FAULT_SET_ID: u32 = u32::MAX;
+
+/// First sequence number of a batch. Every socket is new, so any number works; replies are
+/// matched to messages by it.
+const FIRST_SEQ: u32 = 1;
+
+/// An encoded batch with what is needed to interpret the kernel's replies.
+#[derive(Debug, Clone)]
+pub(crate) struct Batch {
+    pub bytes: Vec<u8>,
+    /// Sequence number of BATCH_BEGIN; message `i` of the batch has `first_seq + i`.
+    pub first_seq: u32,
+    /// Description of each message, indexed by `seq - first_seq`.
+    pub what: Vec<String>,
+    /// Messages that carry `NLM_F_ACK` (all but BEGIN and END).
+    pub acked: usize,
+    /// Set elements as the model counts them (ranges or values).
+    pub elements: usize,
+}
+
+impl Batch {
+    /// The description of the message with sequence number `seq`.
+    pub fn describe(&self, seq: u32) -> String {
+        seq.checked_sub(self.first_seq)
+            .and_then(|i| self.what.get(i as usize))
+            .cloned()
+            .unwrap_or_else(|| format!("message with unknown sequence number {seq}"))
+    }
+}
+
+/// Builds messages with consecutive sequence numbers and remembers what each one is.
+struct Encoder {
+    b: MsgBuf,
+    next_seq: u32,
+    what: Vec<String>,
+    acked: usize,
+}
+
+impl Encoder {
+    fn new(capacity: usize) -> Encoder {
+        Encoder { b: MsgBuf::with_capacity(capacity), next_seq: FIRST_SEQ, what: Vec::new(), acked: 0 }
+    }
+
+    /// One message: nlmsghdr + nfgenmsg(family, res_id) + attributes written by `body`.
+    fn msg(
+        &mut self,
+        ty: u16,
+        flags: u16,
+        family: u8,
+        res_id: u16,
+        what: String,
+        body: impl FnOnce(&mut MsgBuf),
+    ) -> Result<(), Error> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if flags & NLM_F_ACK != 0 {
+            self.acked += 1;
+        }
+        let m = self.b.begin(ty, flags, seq);
+        let [r0, r1] = res_id.to_be_bytes();
+        self.b.put_header(&[family, NFNETLINK_V0, r0, r1]);
+        body(&mut self.b);
+        self.b.end(m).map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
+        self.what.push(what);
+        Ok(())
+    }
+
+    /// An nf_tables message of family inet with `NLM_F_REQUEST | NLM_F_ACK | flags`.
+    fn nft(&mut self, msg: u16, flags: u16, what: String, body: impl FnOnce(&mut MsgBuf)) -> Result<(), Error> {
+        let what = format!("{} for {what}", nft_msg_name(msg));
+        self.msg(nft_type(msg), NLM_F_REQUEST | NLM_F_ACK | flags, NFPROTO_INET, 0, what, body)
+    }
+
+    fn begin_batch(&mut self) -> Result<(), Error> {
+        self.msg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, NFPROTO_UNSPEC, NFNL_SUBSYS_NFTABLES, "the batch".into(), |_| {})
+    }
+
+    fn end_batch(&mut self) -> Result<(), Error> {
+        self.msg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, NFPROTO_UNSPEC, NFNL_SUBSYS_NFTABLES, "BATCH_END".into(), |_| {})
+    }
+
+    fn finish(self, elements: usize) -> Batch {
+        Batch { bytes: self.b.into_bytes(), first_seq: FIRST_SEQ, what: self.what, acked: self.acked, elements }
+    }
+}
+
+/// The batch that replaces table `inet leash` with `table`.
+pub(crate) fn encode_apply(table: &Table, opts: &ApplyOptions) -> Result<Batch, Error> {
+    validate(table)?;
+    let elements: usize = table.sets.iter().map(|s| s.elements.len()).sum();
+    let estimate = 4096 + table.sets.iter().map(|s| s.elements.len() * (2 * s.key.len() + 32)).sum::<usize>();
+    let mut e = Encoder::new(estimate);
+    let name = table.name.as_str();
+    e.begin_batch()?;
+    let t = format!("table inet {name}");
+    e.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE, t.clone(), |b| {
+        b.attr_str(NFTA_TABLE_NAME, name);
+        b.attr_be32(NFTA_TABLE_FLAGS, 0);
+    })?;
+    e.nft(NFT_MSG_DELTABLE, 0, t.clone(), |b| b.attr_str(NFTA_TABLE_NAME, name))?;
+    e.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE, t, |b| {
+        b.attr_str(NFTA_TABLE_NAME, name);
+        b.attr_be32(NFTA_TABLE_FLAGS, 0);
+        if let Some(c) = &table.comment {
+            b.attr(NFTA_TABLE_USERDATA, &udata_comment(NFTNL_UDATA_TABLE_COMMENT, c));
+        }
+    })?;
+    for (i, set) in table.sets.iter().enumerate() {
+        encode_set(&mut e, name, set, set_id(i))?;
+    }
+    for chain in &table.chains {
+        encode_chain(&mut e, name, chain)?;
+    }
+    let sets = |n: &str| -> Option<SetRef<'_>> {
+        table.sets.iter().position(|s| s.name == n).map(|i| SetRef { name: &table.sets[i].name, id: set_id(i) })
+    };
+    for chain in &table.chains {
+        for (i, rule) in chain.rules.iter().enumerate() {
+            encode_rule(&mut e, name, chain, i, rule, &sets)?;
+        }
+    }
+    if opts.fault_inject {
+        let chain = table.chains.first().map_or("output", |c| c.name.as_str());
+        e.nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, "the injected fault (a rule using a missing set)".into(), |b| {
+            b.attr_str(NFTA_RULE_TABLE, name);
+            b.attr_str(NFTA_RULE_CHAIN, chain);
+            let x = b.begin_nested(NFTA_RULE_EXPRESSIONS);
+            expr::lookup(b, Some(SetRef { name: FAULT_SET_NAME, id: FAULT_SET_ID }));
+            b.end_nested(x);
+        })?;
+    }
+    e.end_batch()?;
+    Ok(e.finish(elements))
+}
+
+/// The batch that deletes table `inet <name>` (and nothing else).
+pub(crate) fn encode_delete(name: &str) -> Result<Batch, Error> {
+    let mut e = Encoder::new(256);
+    e.begin_batch()?;
+    e.nft(NFT_MSG_DELTABLE, 0, format!("table inet {name}"), |b| b.attr_str(NFTA_TABLE_NAME, name))?;
+    e.end_batch()?;
+    Ok(e.finish(0))
+}
+
+/// nft numbers the sets of a batch from 1 in the order it adds them.
+fn set_id(index: usize) -> u32 {
+    index as u32 + 1
+}
+
+/// libnftnl's user-data TLV holding a comment: type, length (with the NUL), text, NUL.
+pub(crate) fn udata_comment(ty: u8, comment: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(comment.len() + 3);
+    v.push(ty);
+    v.push((comment.len() + 1) as u8);
+    v.extend_from_slice(comment.as_bytes());
+    v.push(0);
+    v
+}
+
+/// libnftnl's user-data TLV holding a u32 in host byte order.
+fn udata_u32(ty: u8, value: u32) -> Vec<u8> {
+    let mut v = vec![ty, 4];
+    v.extend_from_slice(&value.to_ne_bytes());
+    v
+}
+
+/// nft's datatype number for a key type (stored as NFTA_SET_KEY_TYPE; nft lists it back by it).
+pub(crate) fn key_type_id(k: KeyType) -> u32 {
+    match k {
+        KeyType::Ipv4Addr => TYPE_IPADDR,
+        KeyType::Ipv6Addr => TYPE_IP6ADDR,
+        KeyType::InetService => TYPE_INET_SERVICE,
+        KeyType::Uid => TYPE_UID,
+        KeyType::Gid => TYPE_GID,
+        KeyType::Icmpv6Type => TYPE_ICMPV6_TYPE,
+    }
+}
+
+/// The inverse of [`key_type_id`].
+pub(crate) fn key_type_from_id(id: u32) -> Option<KeyType> {
+    [KeyType::Ipv4Addr, KeyType::Ipv6Addr, KeyType::InetService, KeyType::Uid, KeyType::Gid, KeyType::Icmpv6Type]
+        .into_iter()
+        .find(|k| key_type_id(*k) == id)
+}
+
+/// nft's byte order of the key: uid and gid are host-order integers, the rest network order.
+fn key_byteorder(k: KeyType) -> u32 {
+    match k {
+        KeyType::Uid | KeyType::Gid => BYTEORDER_HOST_ENDIAN,
+        _ => BYTEORDER_BIG_ENDIAN,
+    }
+}
+
+fn encode_set(e: &mut Encoder, table: &str, set: &Set, id: u32) -> Result<(), Error> {
+    let flags = if set.interval { NFT_SET_INTERVAL } else { 0 };
+    e.nft(NFT_MSG_NEWSET, NLM_F_CREATE, format!("set `{}`", set.name), |b| {
+        b.attr_str(NFTA_SET_TABLE, table);
+        b.attr_str(NFTA_SET_NAME, &set.name);
+        b.attr_be32(NFTA_SET_FLAGS, flags);
+        b.attr_be32(NFTA_SET_KEY_TYPE, key_type_id(set.key));
+        b.attr_be32(NFTA_SET_KEY_LEN, set.key.len() as u32);
+        b.attr_be32(NFTA_SET_ID, id);
+        b.attr(NFTA_SET_USERDATA, &udata_u32(NFTNL_UDATA_SET_KEYBYTEORDER, key_byteorder(set.key)));
+    })?;
+
+    // Elements as the kernel stores them: (key, interval end?, interval open?).
+    let mut elems: Vec<(Vec<u8>, bool, bool)> = Vec::new();
+    // Index into `elems` where each model element starts, so chunks never split a range.
+    let mut starts: Vec<usize> = Vec::new();
+    match &set.elements {
+        SetElements::V4(r) => {
+            interval_elems(r.iter().map(|(a, b)| (u32::from(*a), u32::from(*b))), u32::MAX, |v| v.to_be_bytes().to_vec(), &mut elems, &mut starts)
+        }
+        SetElements::V6(r) => {
+            interval_elems(r.iter().map(|(a, b)| (u128::from(*a), u128::from(*b))), u128::MAX, |v| v.to_be_bytes().to_vec(), &mut elems, &mut starts)
+        }
+        SetElements::Ports(r) => interval_elems(r.iter().copied(), u16::MAX, |v| v.to_be_bytes().to_vec(), &mut elems, &mut starts),
+        SetElements::Ids(ids) => {
+            for &v in ids {
+                starts.push(elems.len());
+                let key = match set.key {
+                    // Validated to fit a byte.
+                    KeyType::Icmpv6Type => vec![v as u8],
+                    _ => v.to_ne_bytes().to_vec(),
+                };
+                elems.push((key, false, false));
+            }
+        }
+    }
+    if elems.is_empty() {
+        return Ok(());
+    }
+    // Group the kernel elements by model element (a range is a start and an end element; nft's
+    // leading zero end element joins the first group) and fill each message with whole groups.
+    let n = starts.len();
+    let bound = |g: usize| if g == 0 { 0 } else if g == n { elems.len() } else { starts[g] };
+    let mut g = 0;
+    while g < n {
+        let first = g;
+        let mut size = 0;
+        while g < n {
+            let add: usize = elems[bound(g)..bound(g + 1)].iter().map(|(k, end, open)| elem_size(k.len(), *end, *open)).sum();
+            if g > first && size + add > MAX_ELEMENTS_NEST {
+                break;
+            }
+            size += add;
+            g += 1;
+        }
+        let what = format!("set `{}` (elements {}..{} of {})", set.name, first + 1, g, n);
+        let chunk = &elems[bound(first)..bound(g)];
+        e.nft(NFT_MSG_NEWSETELEM, NLM_F_CREATE, what, |b| {
+            b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
+            b.attr_str(NFTA_SET_ELEM_LIST_SET, &set.name);
+            b.attr_be32(NFTA_SET_ELEM_LIST_SET_ID, id);
+            let list = b.begin_nested(NFTA_SET_ELEM_LIST_ELEMENTS);
+            for (i, (key, end, open)) in chunk.iter().enumerate() {
+                // libnftnl numbers the list entries 1, 2, ... (the kernel ignores the type).
+                let el = b.begin_nested(i as u16 + 1);
+                if *end {
+                    b.attr_be32(NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
+                }
+                let k = b.begin_nested(NFTA_SET_ELEM_KEY);
+                b.attr(NFTA_DATA_VALUE, key);
+                b.end_nested(k);
+                if *open {
+                    b.attr(NFTA_SET_ELEM_USERDATA, &udata_u32(NFTNL_UDATA_SET_ELEM_FLAGS, NFTNL_SET_ELEM_F_INTERVAL_OPEN));
+                }
+                b.end_nested(el);
+            }
+            b.end_nested(list);
+        })?;
+    }
+    Ok(())
+}
+
+/// Encoded size of one element in the ELEMENTS list.
+fn elem_size(key_len: usize, end: bool, open: bool) -> usize {
+    let key = 4 + 4 + crate::nl::align(key_len); // KEY nest + DATA_VALUE
+    4 + key + if end { 8 } else { 0 } + if open { 12 } else { 0 }
+}
+
+/// nft's interval encoding (nftables `src/intervals.c`, `set_to_intervals`): each range
+/// `lo-hi` becomes a start element `lo` and an end element `hi+1` flagged INTERVAL_END. A range
+/// ending at the type's maximum has no end element; its start carries nft's INTERVAL_OPEN user
+/// data instead. Unless the first range starts at 0, a zero-key INTERVAL_END element comes first.
+fn interval_elems<T: Copy + PartialEq + Default + num::Inc>(
+    ranges: impl Iterator<Item = (T, T)>,
+    max: T,
+    key: impl Fn(T) -> Vec<u8>,
+    out: &mut Vec<(Vec<u8>, bool, bool)>,
+    starts: &mut Vec<usize>,
+) {
+    let mut first = true;
+    for (lo, hi) in ranges {
+        if first && lo != T::default() {
+            out.push((key(T::default()), true, false));
+        }
+        first = false;
+        starts.push(out.len());
+        let open = hi == max;
+        out.push((key(lo), false, open));
+        if !open {
+            out.push((key(hi.inc()), true, false));
+        }
+    }
+}
+
+mod num {
+    /// `x + 1` for the unsigned key types (never called on the maximum).
+    pub trait Inc {
+        fn inc(self) -> Self;
+    }
+    impl Inc for u16 {
+        fn inc(self) -> Self {
+            self + 1
+        }
+    }
+    impl Inc for u32 {
+        fn inc(self) -> Self {
+            self + 1
+        }
+    }
+    impl Inc for u128 {
+        fn inc(self) -> Self {
+            self + 1
+        }
+    }
+}
+
+fn encode_chain(e: &mut Encoder, table: &str, chain: &Chain) -> Result<(), Error> {
+    let hook = match chain.hook {
+        Hook::Output => NF_INET_LOCAL_OUT,
+    };
+    let policy = match chain.policy {
+        ChainPolicy::Accept => NF_ACCEPT,
+        ChainPolicy::Drop => NF_DROP,
+    };
+    e.nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE, format!("chain `{}`", chain.name), |b| {
+        b.attr_str(NFTA_CHAIN_TABLE, table);
+        b.attr_str(NFTA_CHAIN_NAME, &chain.name);
+        b.attr_str(NFTA_CHAIN_TYPE, CHAIN_TYPE_FILTER);
+        b.attr_be32(NFTA_CHAIN_POLICY, policy);
+        let h = b.begin_nested(NFTA_CHAIN_HOOK);
+        b.attr_be32(NFTA_HOOK_HOOKNUM, hook);
+        b.attr_be32(NFTA_HOOK_PRIORITY, chain.priority as u32);
+        b.end_nested(h);
+    })
+}
+
+fn encode_rule<'a>(
+    e: &mut Encoder,
+    table: &str,
+    chain: &Chain,
+    index: usize,
+    rule: &Rule,
+    sets: &dyn Fn(&str) -> Option<SetRef<'a>>,
+) -> Result<(), Error> {
+    let what = match &rule.comment {
+        Some(c) => format!("rule `{c}` (chain {}, rule {})", chain.name, index + 1),
+        None => format!("rule {} of chain {}", index + 1, chain.name),
+    };
+    e.nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, what, |b| {
+        b.attr_str(NFTA_RULE_TABLE, table);
+        b.attr_str(NFTA_RULE_CHAIN, &chain.name);
+        let x = b.begin_nested(NFTA_RULE_EXPRESSIONS);
+        expr::encode_stmts(b, &rule.stmts, sets);
+        b.end_nested(x);
+        if let Some(c) = &rule.comment {
+            b.attr(NFTA_RULE_USERDATA, &udata_comment(NFTNL_UDATA_RULE_COMMENT, c));
+        }
+    })
+}
+
+/// Checks what the kernel would reject (or accept with a different meaning) before anything is
+/// sent, so the error names the model's item rather than a netlink attribute.
+pub(crate) fn validate(table: &Table) -> Result<(), Error> {
+    let bad = |m: String| Err(Error::Invalid(m));
+    if table.name != ruleset::TABLE_NAME {
+        return bad(format!("table is named `{}`; leash only ever manages table inet {}", table.name, ruleset::TABLE_NAME));
+    }
+    if let Some(c) = &table.comment {
+        check_comment("table comment", c)?;
+    }
+    let mut set_names = std::collections::HashSet::new();
+    for s in &table.sets {
+        check_name("set", &s.name)?;
+        if s.name == FAULT_SET_NAME {
+            return bad(format!("set name `{}` is reserved", s.name));
+        }
+        if !set_names.insert(s.name.as_str()) {
+            return bad(format!("two sets are named `{}`", s.name));
+        }
+        check_set(s)?;
+    }
+    let mut chain_names = std::collections::HashSet::new();
+    for c in &table.chains {
+        check_name("chain", &c.name)?;
+        if !chain_names.insert(c.name.as_str()) {
+            return bad(format!("two chains are named `{}`", c.name));
+        }
+        for (i, r) in c.rules.iter().enumerate() {
+            let at = || format!("chain {}, rule {}", c.name, i + 1);
+            if let Some(cm) = &r.comment {
+                check_comment(&format!("comment of {}", at()), cm)?;
+            }
+            for s in &r.stmts {
+                let (name, want) = match s {
+                    Stmt::Dport { value: Value::InSet(n), .. } => (n, KeyType::InetService),
+                    Stmt::Daddr4(Value::InSet(n)) => (n, KeyType::Ipv4Addr),
+                    Stmt::Daddr6(Value::InSet(n)) => (n, KeyType::Ipv6Addr),
+                    Stmt::SkUid(Value::InSet(n)) => (n, KeyType::Uid),
+                    Stmt::SkGid(Value::InSet(n)) => (n, KeyType::Gid),
+                    Stmt::Icmpv6Type(Value::InSet(n)) => (n, KeyType::Icmpv6Type),
+                    Stmt::Log { prefix, .. } => {
+                        if prefix.len() >= NF_LOG_PREFIXLEN || prefix.contains('\0') {
+                            return bad(format!("{}: log prefix longer than {} bytes", at(), NF_LOG_PREFIXLEN - 1));
+                        }
+                        continue;
+                    }
+                    _ => continue,
+                };
+                match table.sets.iter().find(|s| &s.name == name) {
+                    None => return bad(format!("{}: uses set @{name}, which the table does not define", at())),
+                    Some(s) if s.key != want => {
+                        return bad(format!("{}: set @{name} holds {}, but the statement needs {}", at(), s.key.nft_name(), want.nft_name()));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_name(kind: &str, name: &str) -> Result<(), Error> {
+    if name.is_empty() || name.len() > NFT_NAME_MAXLEN || name.contains('\0') {
+        return Err(Error::Invalid(format!("{kind} name `{name}` must be 1 to {NFT_NAME_MAXLEN} bytes without NUL")));
+    }
+    Ok(())
+}
+
+fn check_comment(what: &str, c: &str) -> Result<(), Error> {
+    if c.len() >= NFTNL_UDATA_COMMENT_MAXLEN || c.contains('\0') {
+        return Err(Error::Invalid(format!("{what} is longer than {} bytes", NFTNL_UDATA_COMMENT_MAXLEN - 1)));
+    }
+    Ok(())
+}
+
+fn check_set(s: &Set) -> Result<(), Error> {
+    let bad = |m: &str| Err(Error::Invalid(format!("set `{}`: {m}", s.name)));
+    let kind_ok = matches!(
+        (&s.elements, s.key),
+        (SetElements::V4(_), KeyType::Ipv4Addr)
+            | (SetElements::V6(_), KeyType::Ipv6Addr)
+            | (SetElements::Ports(_), KeyType::InetService)
+            | (SetElements::Ids(_), KeyType::Uid | KeyType::Gid | KeyType::Icmpv6Type)
+    );
+    if !kind_ok {
+        return bad(&format!("elements do not match key type {}", s.key.nft_name()));
+    }
+    let is_range = !matches!(s.elements, SetElements::Ids(_));
+    if is_range != s.interval {
+        return bad(if is_range {
+            "address and port sets must have flags interval"
+        } else {
+            "uid, gid and icmpv6 type sets cannot have flags interval"
+        });
+    }
+    fn ranges_ok<T: PartialOrd + Copy + num::Inc>(r: &[(T, T)], max: T) -> bool {
+        r.iter().all(|(a, b)| a <= b)
+            && r.windows(2).all(|w| w[0].1 != max && w[0].1.inc() < w[1].0)
+    }
+    let ok = match &s.elements {
+        SetElements::V4(r) => ranges_ok(&r.iter().map(|(a, b)| (u32::from(*a), u32::from(*b))).collect::<Vec<_>>(), u32::MAX),
+        SetElements::V6(r) => ranges_ok(&r.iter().map(|(a, b)| (u128::from(*a), u128::from(*b))).collect::<Vec<_>>(), u128::MAX),
+        SetElements::Ports(r) => ranges_ok(r, u16::MAX),
+        SetElements::Ids(ids) => {
+            if s.key == KeyType::Icmpv6Type && ids.iter().any(|&v| v > u32::from(u8::MAX)) {
+                return bad("icmpv6 types must be at most 255");
+            }
+            let mut seen = std::collections::HashSet::with_capacity(ids.len());
+            ids.iter().all(|v| seen.insert(*v))
+        }
+    };
+    if !ok {
+        return bad(if is_range {
+            "ranges must be sorted, non-overlapping and non-adjacent"
+        } else {
+            "values must be unique"
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nl::{Attrs, Messages};
+    use ruleset::{Chain, Rule};
+    use std::net::Ipv4Addr;
+
+    fn table(sets: Vec<Set>, rules: Vec<Rule>) -> Table {
+        Table {
+            name: "leash".into(),
+            comment: Some("c".into()),
+            sets,
+            chains: vec![Chain { name: "output".into(), hook: Hook::Output, priority: 0, policy: ChainPolicy::Drop, rules }],
+        }
+    }
+
+    fn v4set(name: &str, n: u32) -> Set {
+        let r = (0..n).map(|i| (Ipv4Addr::from(0x0100_0000 + i * 4), Ipv4Addr::from(0x0100_0000 + i * 4 + 1))).collect();
+        Set { name: name.into(), key: KeyType::Ipv4Addr, interval: true, elements: SetElements::V4(r) }
+    }
+
+    #[test]
+    fn batch_is_framed_and_numbered() {
+        let b = encode_apply(&table(vec![v4set("a", 3)], vec![Rule { stmts: vec![Stmt::Accept], comment: Some("x".into()) }]), &ApplyOptions::default()).unwrap();
+        let msgs: Vec<_> = Messages::new(&b.bytes).collect::<Result<_, _>>().unwrap();
+        let types: Vec<u16> = msgs.iter().map(|m| m.header.ty).collect();
+        let t = nft_type;
+        assert_eq!(
+            types,
+            vec![
+                NFNL_MSG_BATCH_BEGIN,
+                t(NFT_MSG_NEWTABLE),
+                t(NFT_MSG_DELTABLE),
+                t(NFT_MSG_NEWTABLE),
+                t(NFT_MSG_NEWSET),
+                t(NFT_MSG_NEWSETELEM),
+                t(NFT_MSG_NEWCHAIN),
+                t(NFT_MSG_NEWRULE),
+                NFNL_MSG_BATCH_END
+            ]
+        );
+        assert_eq!(msgs[0].payload, &[0, 0, 0, 10], "BEGIN: AF_UNSPEC, v0, res_id NFNL_SUBSYS_NFTABLES");
+        for (i, m) in msgs.iter().enumerate() {
+            assert_eq!(m.header.seq, FIRST_SEQ + i as u32);
+            if (1..msgs.len() - 1).contains(&i) {
+                assert_eq!(m.payload[0], NFPROTO_INET);
+                assert_ne!(m.header.flags & NLM_F_ACK, 0);
+                // Every message names table leash first.
+                let first = m.attrs(4).next().unwrap().unwrap();
+                assert_eq!((first.ty, first.str().as_str()), (1, "leash"));
+            }
+        }
+        assert_eq!(b.acked, msgs.len() - 2);
+        assert_eq!(b.describe(FIRST_SEQ + 7), "NEWRULE for rule `x` (chain output, rule 1)");
+    }
+
+    #[test]
+    fn big_sets_are_chunked_below_64k_without_splitting_ranges() {
+        let b = encode_apply(&table(vec![v4set("big", 10_000)], vec![]), &ApplyOptions::default()).unwrap();
+        let mut starts = 0;
+        let mut ends = 0;
+        let mut chunks = 0;
+        for m in Messages::new(&b.bytes) {
+            let m = m.unwrap();
+            if m.header.ty != nft_type(NFT_MSG_NEWSETELEM) {
+                continue;
+            }
+            chunks += 1;
+            let list = m.attrs(4).find(|a| a.as_ref().unwrap().ty == NFTA_SET_ELEM_LIST_ELEMENTS).unwrap().unwrap();
+            assert!(list.data.len() + 4 <= 65535);
+            let mut last_was_start = false;
+            for el in list.nested() {
+                let el = el.unwrap();
+                let end = Attrs::new(el.data).any(|a| a.unwrap().ty == NFTA_SET_ELEM_FLAGS);
+                if end { ends += 1 } else { starts += 1 }
+                last_was_start = !end;
+            }
+            assert!(!last_was_start, "a chunk ends inside a range");
+        }
+        assert!(chunks > 1);
+        assert_eq!(starts, 10_000);
+        assert_eq!(ends, 10_001, "one end per range plus nft's leading zero end element");
+    }
+
+    #[test]
+    fn interval_encoding_matches_nft_special_cases() {
+        let key = |v: u16| v.to_be_bytes().to_vec();
+        let mut out = Vec::new();
+        let mut starts = Vec::new();
+        interval_elems([(0u16, 0u16), (80, 443), (60000, 65535)].into_iter(), u16::MAX, key, &mut out, &mut starts);
+        assert_eq!(
+            out,
+            vec![
+                (key(0), false, false),
+                (key(1), true, false),
+                (key(80), false, false),
+                (key(444), true, false),
+                (key(60000), false, true),
+            ]
+        );
+        assert_eq!(starts, vec![0, 2, 4]);
+        out.clear();
+        starts.clear();
+        interval_elems([(53u16, 53u16)].into_iter(), u16::MAX, key, &mut out, &mut starts);
+        assert_eq!(out, vec![(key(0), true, false), (key(53), false, false), (key(54), true, false)]);
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let mut t = table(vec![], vec![Rule { stmts: vec![Stmt::Daddr4(Value::InSet("nope".into()))], comment: None }]);
+        let e = encode_apply(&t, &ApplyOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("@nope"), "{e}");
+        t.name = "filter".into();
+        assert!(encode_apply(&t, &ApplyOptions::default()).unwrap_err().to_string().contains("only ever manages"));
+        let overlapping = Set {
+            name: "o".into(),
+            key: KeyType::InetService,
+            interval: true,
+            elements: SetElements::Ports(vec![(1, 10), (10, 20)]),
+        };
+        let e = encode_apply(&table(vec![overlapping], vec![]), &ApplyOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("non-overlapping"), "{e}");
+    }
+
+    #[test]
+    fn udata_comment_is_libnftnl_tlv() {
+        assert_eq!(udata_comment(0, "dns"), b"\x00\x04dns\x00");
+    }
+}

@@ -1,0 +1,240 @@
+//! Rule statements to nf_tables expressions, byte for byte what nft 1.0.6 generates in an inet table.
+//!
+//! Every load goes to register 1 and every comparison reads it, as nft does for rules of this
+//! shape. Protocol dependencies follow nft's: a statement that reads a protocol header (`tcp dport`,
+//! `ip daddr`, `icmpv6 type`, `reject with tcp reset`) first checks the protocol (`meta nfproto` /
+//! `meta l4proto`) unless an earlier statement of the same rule already established it. nft tracks
+//! that "protocol context" while it linearizes a rule; [`ProtoCtx`] reproduces exactly the cases
+//! leash's statements can produce (checked against `nft --debug=netlink` by the oracle tests).
+
+use ruleset::{Family, L4, Stmt, Value};
+
+use super::consts::*;
+use crate::nl::MsgBuf;
+
+/// Where a set named in a rule lives in the batch: nft references sets by name and by the
+/// batch-local set id, and so do we.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SetRef<'a> {
+    pub name: &'a str,
+    pub id: u32,
+}
+
+/// The protocol facts established so far in one rule.
+#[derive(Debug, Default, Clone, Copy)]
+struct ProtoCtx {
+    net: Option<Family>,
+    l4: Option<L4>,
+}
+
+/// Appends the expressions of one rule (the contents of `NFTA_RULE_EXPRESSIONS`). `set` resolves
+/// a set name used by `@name`; the caller has checked that every name resolves.
+pub(crate) fn encode_stmts<'a>(b: &mut MsgBuf, stmts: &[Stmt], set: &dyn Fn(&str) -> Option<SetRef<'a>>) {
+    let mut ctx = ProtoCtx::default();
+    for s in stmts {
+        match s {
+            Stmt::OifLoopback => {
+                meta_load(b, NFT_META_OIF);
+                cmp(b, NFT_CMP_EQ, &LOOPBACK_IFINDEX.to_ne_bytes());
+            }
+            Stmt::CtStateEstablishedRelated => {
+                expr(b, "ct", |b| {
+                    b.attr_be32(NFTA_CT_KEY, NFT_CT_STATE);
+                    b.attr_be32(NFTA_CT_DREG, NFT_REG_1);
+                });
+                let mask = NF_CT_STATE_ESTABLISHED_BIT | NF_CT_STATE_RELATED_BIT;
+                bitwise(b, &mask.to_ne_bytes(), &0u32.to_ne_bytes());
+                cmp(b, NFT_CMP_NEQ, &0u32.to_ne_bytes());
+            }
+            Stmt::Nfproto(f) => {
+                nfproto(b, *f);
+                ctx.net = Some(*f);
+            }
+            Stmt::L4proto(p) => {
+                l4proto(b, *p);
+                ctx.l4 = Some(*p);
+            }
+            Stmt::Dport { l4, value } => {
+                if ctx.l4 != Some(*l4) {
+                    l4proto(b, *l4);
+                    ctx.l4 = Some(*l4);
+                }
+                // Destination port: 2 bytes at offset 2 of the TCP and UDP headers.
+                payload(b, NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2);
+                match value {
+                    Value::Eq(p) => cmp(b, NFT_CMP_EQ, &p.to_be_bytes()),
+                    Value::InSet(n) => lookup(b, set(n)),
+                }
+            }
+            Stmt::Daddr4(value) => {
+                if ctx.net != Some(Family::Ipv4) {
+                    nfproto(b, Family::Ipv4);
+                    ctx.net = Some(Family::Ipv4);
+                }
+                // IPv4 destination address: 4 bytes at offset 16.
+                payload(b, NFT_PAYLOAD_NETWORK_HEADER, 16, 4);
+                match value {
+                    Value::Eq(a) => cmp(b, NFT_CMP_EQ, &a.octets()),
+                    Value::InSet(n) => lookup(b, set(n)),
+                }
+            }
+            Stmt::Daddr6(value) => {
+                if ctx.net != Some(Family::Ipv6) {
+                    nfproto(b, Family::Ipv6);
+                    ctx.net = Some(Family::Ipv6);
+                }
+                // IPv6 destination address: 16 bytes at offset 24.
+                payload(b, NFT_PAYLOAD_NETWORK_HEADER, 24, 16);
+                match value {
+                    Value::Eq(a) => cmp(b, NFT_CMP_EQ, &a.octets()),
+                    Value::InSet(n) => lookup(b, set(n)),
+                }
+            }
+            Stmt::SkUid(value) => {
+                meta_load(b, NFT_META_SKUID);
+                match value {
+                    Value::Eq(u) => cmp(b, NFT_CMP_EQ, &u.to_ne_bytes()),
+                    Value::InSet(n) => lookup(b, set(n)),
+                }
+            }
+            Stmt::SkGid(value) => {
+                meta_load(b, NFT_META_SKGID);
+                match value {
+                    Value::Eq(g) => cmp(b, NFT_CMP_EQ, &g.to_ne_bytes()),
+                    Value::InSet(n) => lookup(b, set(n)),
+                }
+            }
+            Stmt::Icmpv6Type(value) => {
+                // nft: `meta l4proto ipv6-icmp` already known -> nothing; otherwise check the
+                // family (unless known) and then the protocol.
+                if ctx.l4 != Some(L4::Icmpv6) {
+                    if ctx.net != Some(Family::Ipv6) {
+                        nfproto(b, Family::Ipv6);
+                        ctx.net = Some(Family::Ipv6);
+                    }
+                    l4proto(b, L4::Icmpv6);
+                    ctx.l4 = Some(L4::Icmpv6);
+                }
+                // ICMPv6 type: the first byte of the ICMPv6 header.
+                payload(b, NFT_PAYLOAD_TRANSPORT_HEADER, 0, 1);
+                match value {
+                    Value::Eq(t) => cmp(b, NFT_CMP_EQ, &[*t]),
+                    Value::InSet(n) => lookup(b, set(n)),
+                }
+            }
+            Stmt::Counter => expr(b, "counter", |_| {}),
+            Stmt::Log { prefix, group } => expr(b, "log", |b| {
+                b.attr_str(NFTA_LOG_PREFIX, prefix);
+                b.attr_be16(NFTA_LOG_GROUP, *group);
+            }),
+            Stmt::Accept => verdict(b, NF_ACCEPT),
+            Stmt::Drop => verdict(b, NF_DROP),
+            Stmt::RejectTcpReset => {
+                if ctx.l4 != Some(L4::Tcp) {
+                    l4proto(b, L4::Tcp);
+                    ctx.l4 = Some(L4::Tcp);
+                }
+                reject(b, NFT_REJECT_TCP_RST, 0);
+            }
+            Stmt::RejectAdminProhibited => {
+                reject(b, NFT_REJECT_ICMPX_UNREACH, NFT_REJECT_ICMPX_ADMIN_PROHIBITED);
+            }
+        }
+    }
+}
+
+/// The loopback device's ifindex: 1 in every network namespace (it is created first).
+pub(crate) const LOOPBACK_IFINDEX: u32 = 1;
+
+/// One `NFTA_LIST_ELEM { NFTA_EXPR_NAME, NFTA_EXPR_DATA { ... } }`.
+pub(crate) fn expr(b: &mut MsgBuf, name: &str, data: impl FnOnce(&mut MsgBuf)) {
+    let elem = b.begin_nested(NFTA_LIST_ELEM);
+    b.attr_str(NFTA_EXPR_NAME, name);
+    let d = b.begin_nested(NFTA_EXPR_DATA);
+    data(b);
+    b.end_nested(d);
+    b.end_nested(elem);
+}
+
+fn meta_load(b: &mut MsgBuf, key: u32) {
+    expr(b, "meta", |b| {
+        b.attr_be32(NFTA_META_KEY, key);
+        b.attr_be32(NFTA_META_DREG, NFT_REG_1);
+    });
+}
+
+fn cmp(b: &mut MsgBuf, op: u32, value: &[u8]) {
+    expr(b, "cmp", |b| {
+        b.attr_be32(NFTA_CMP_SREG, NFT_REG_1);
+        b.attr_be32(NFTA_CMP_OP, op);
+        let d = b.begin_nested(NFTA_CMP_DATA);
+        b.attr(NFTA_DATA_VALUE, value);
+        b.end_nested(d);
+    });
+}
+
+fn payload(b: &mut MsgBuf, base: u32, offset: u32, len: u32) {
+    expr(b, "payload", |b| {
+        b.attr_be32(NFTA_PAYLOAD_DREG, NFT_REG_1);
+        b.attr_be32(NFTA_PAYLOAD_BASE, base);
+        b.attr_be32(NFTA_PAYLOAD_OFFSET, offset);
+        b.attr_be32(NFTA_PAYLOAD_LEN, len);
+    });
+}
+
+/// A set lookup. `None` (a set the caller failed to resolve) is never passed by the encoder,
+/// which validates names first; it encodes an id of 0 so the kernel rejects it.
+pub(crate) fn lookup(b: &mut MsgBuf, set: Option<SetRef<'_>>) {
+    let (name, id) = set.map_or(("", 0), |s| (s.name, s.id));
+    expr(b, "lookup", |b| {
+        b.attr_be32(NFTA_LOOKUP_SREG, NFT_REG_1);
+        b.attr_str(NFTA_LOOKUP_SET, name);
+        b.attr_be32(NFTA_LOOKUP_SET_ID, id);
+    });
+}
+
+fn bitwise(b: &mut MsgBuf, mask: &[u8], xor: &[u8]) {
+    expr(b, "bitwise", |b| {
+        b.attr_be32(NFTA_BITWISE_SREG, NFT_REG_1);
+        b.attr_be32(NFTA_BITWISE_DREG, NFT_REG_1);
+        b.attr_be32(NFTA_BITWISE_LEN, mask.len() as u32);
+        let m = b.begin_nested(NFTA_BITWISE_MASK);
+        b.attr(NFTA_DATA_VALUE, mask);
+        b.end_nested(m);
+        let x = b.begin_nested(NFTA_BITWISE_XOR);
+        b.attr(NFTA_DATA_VALUE, xor);
+        b.end_nested(x);
+    });
+}
+
+fn nfproto(b: &mut MsgBuf, f: Family) {
+    meta_load(b, NFT_META_NFPROTO);
+    let v = match f {
+        Family::Ipv4 => NFPROTO_IPV4,
+        Family::Ipv6 => NFPROTO_IPV6,
+    };
+    cmp(b, NFT_CMP_EQ, &[v]);
+}
+
+fn l4proto(b: &mut MsgBuf, p: L4) {
+    meta_load(b, NFT_META_L4PROTO);
+    cmp(b, NFT_CMP_EQ, &[p.number()]);
+}
+
+fn verdict(b: &mut MsgBuf, code: u32) {
+    expr(b, "immediate", |b| {
+        b.attr_be32(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
+        let d = b.begin_nested(NFTA_IMMEDIATE_DATA);
+        let v = b.begin_nested(NFTA_DATA_VERDICT);
+        b.attr_be32(NFTA_VERDICT_CODE, code);
+        b.end_nested(v);
+        b.end_nested(d);
+    });
+}
+
+fn reject(b: &mut MsgBuf, ty: u32, code: u8) {
+    expr(b, "reject", |b| {
+        b.attr_be32(NFTA_REJECT_TYPE, ty);
+        b.attr_u8(NFTA_REJECT_ICMP_CODE, code);
+    });
+}

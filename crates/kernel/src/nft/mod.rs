@@ -1,0 +1,296 @@
+//! leash's nftables table over nfnetlink: apply (one atomic batch, then read back and verify),
+//! disable, status.
+//!
+//! Everything here acts on the network namespace of the calling thread (netlink sockets belong to
+//! the namespace of the thread that opens them) and on table `inet leash` only: every message
+//! names family inet and that table.
+
+mod consts;
+mod encode;
+mod expr;
+mod read;
+
+use std::time::{Duration, Instant};
+
+use ruleset::{ChainPolicy, Hook, KeyType, Table};
+
+use crate::nl::{self, KernelError, Messages, NlError, Socket, NLMSG_ERROR};
+use encode::Batch;
+
+/// Errors of apply, disable and status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The table model cannot be encoded as it is (nothing was sent).
+    #[error("invalid table: {0}")]
+    Invalid(String),
+    /// Talking to the kernel failed (opening the socket, sending, receiving, dumping).
+    #[error("{context}: {source}")]
+    Netlink {
+        context: String,
+        #[source]
+        source: NlError,
+    },
+    /// The kernel rejected a message of the batch; it then aborts the whole batch, so nothing
+    /// changed. `what` names the message, e.g. "NEWRULE for rule `dns` (chain output, rule 3)".
+    #[error("{what}: {error}")]
+    Rejected { what: String, error: KernelError },
+    /// The kernel answered fewer messages than it was sent.
+    #[error("the kernel acknowledged {acked} of the {expected} messages of the batch")]
+    MissingAcks { acked: usize, expected: usize },
+    /// The table read back after an apply differs from the one applied.
+    #[error("the table read back after apply differs: {0}")]
+    Verify(String),
+}
+
+impl Error {
+    /// The errno behind this error, if the kernel or a system call gave one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Error::Rejected { error, .. } => Some(error.errno),
+            Error::Netlink { source: NlError::Kernel(e), .. } => Some(e.errno),
+            Error::Netlink { source: NlError::Io { source, .. }, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+/// Options of [`apply`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ApplyOptions {
+    /// Append one deliberately invalid message (a rule using a set that does not exist) as the
+    /// last message of the batch. The kernel then rejects the batch as a whole; tests use it to
+    /// prove that a failed apply leaves the previous table untouched.
+    pub fault_inject: bool,
+}
+
+/// What an [`apply`] did and how long it took.
+#[derive(Debug, Clone, Default)]
+pub struct ApplyReport {
+    /// Messages in the batch, BATCH_BEGIN and BATCH_END included.
+    pub messages: usize,
+    /// Bytes of the batch (one `sendmsg`).
+    pub bytes: usize,
+    /// Set elements as the model counts them (ranges or values).
+    pub elements: usize,
+    /// From the send to the last ack read (the kernel processes the batch within the send).
+    pub send_and_ack: Duration,
+    /// Reading the table back and comparing it.
+    pub verify: Duration,
+}
+
+/// A packet and byte counter of a rule.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// One rule of a chain as the kernel has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleStatus {
+    pub handle: u64,
+    pub comment: Option<String>,
+    /// The rule's `counter` statement, if it has one.
+    pub counter: Option<Counter>,
+}
+
+/// One chain as the kernel has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainStatus {
+    pub name: String,
+    pub handle: u64,
+    /// The hook, when it is one leash uses; `hook_num` has the raw number.
+    pub hook: Option<Hook>,
+    pub hook_num: Option<u32>,
+    pub priority: Option<i32>,
+    pub policy: Option<ChainPolicy>,
+    /// `filter` for leash's chains.
+    pub chain_type: Option<String>,
+    pub rules: Vec<RuleStatus>,
+}
+
+/// One set as the kernel has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetStatus {
+    pub name: String,
+    /// The key type, when it is one leash uses; `key_type` has nft's raw datatype number.
+    pub key: Option<KeyType>,
+    pub key_type: u32,
+    pub key_len: u32,
+    /// `NFTA_SET_FLAGS`.
+    pub flags: u32,
+    pub interval: bool,
+    /// Elements; in an interval set, ranges (start elements).
+    pub elements: usize,
+}
+
+/// Table `inet leash` as the kernel has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableStatus {
+    pub comment: Option<String>,
+    pub chains: Vec<ChainStatus>,
+    pub sets: Vec<SetStatus>,
+}
+
+/// Receive buffer for the acks of a batch: one small skb per message; the kernel accounts each at
+/// well under this many bytes. Acks that do not fit are dropped, so be generous.
+const RECV_BYTES_PER_ACK: usize = 2048;
+/// Headroom on top of the batch size for the send buffer (the kernel subtracts a little).
+const SEND_BUF_SLACK: usize = 64 * 1024;
+
+fn netlink(context: &str) -> impl FnOnce(NlError) -> Error + '_ {
+    move |source| Error::Netlink { context: context.to_string(), source }
+}
+
+fn open_socket() -> Result<Socket, Error> {
+    let s = Socket::open(nl::NETLINK_NETFILTER).map_err(netlink("opening a netfilter netlink socket"))?;
+    // Extended acks give the kernel's reason; capped acks keep error replies small.
+    s.enable_ext_ack().map_err(netlink("enabling extended netlink acks"))?;
+    Ok(s)
+}
+
+/// The nfnetlink batch [`apply`] sends for `table`, for benchmarks and tests. It can only fail
+/// for a table that violates the model's invariants ([`Error::Invalid`]).
+pub fn encode_apply_batch(table: &Table, opts: &ApplyOptions) -> Result<Vec<u8>, Error> {
+    Ok(encode::encode_apply(table, opts)?.bytes)
+}
+
+/// Replaces table `inet leash` with `table` in one atomic batch, then reads it back and checks
+/// it. On any error the kernel has applied nothing and the previous table (if any) is intact,
+/// except for [`Error::Verify`], which means the batch was committed but reads back differently.
+pub fn apply(table: &Table, opts: &ApplyOptions) -> Result<ApplyReport, Error> {
+    let batch = encode::encode_apply(table, opts)?;
+    let mut sock = open_socket()?;
+    let t0 = Instant::now();
+    send_batch(&mut sock, &batch)?;
+    let send_and_ack = t0.elapsed();
+    let t1 = Instant::now();
+    let got = read::read_table(&mut sock, &table.name)?;
+    verify(table, got.as_ref())?;
+    Ok(ApplyReport {
+        messages: batch.what.len(),
+        bytes: batch.bytes.len(),
+        elements: batch.elements,
+        send_and_ack,
+        verify: t1.elapsed(),
+    })
+}
+
+/// Deletes table `inet leash` in one batch. `Ok(false)` if there was none.
+pub fn disable() -> Result<bool, Error> {
+    let batch = encode::encode_delete(ruleset::TABLE_NAME)?;
+    let mut sock = open_socket()?;
+    match send_batch(&mut sock, &batch) {
+        Ok(()) => Ok(true),
+        Err(Error::Rejected { error, .. }) if error.errno == libc::ENOENT => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Table `inet leash` with rule counters and set sizes; `None` if there is no such table.
+pub fn status() -> Result<Option<TableStatus>, Error> {
+    let mut sock = open_socket()?;
+    read::read_table(&mut sock, ruleset::TABLE_NAME)
+}
+
+/// Sends the batch in one `sendmsg` and reads every reply. The kernel processes the whole batch
+/// inside the send and queues one ack per `NLM_F_ACK` message (and the errors, all after the
+/// batch was committed or aborted), so everything is there to read without blocking.
+fn send_batch(sock: &mut Socket, batch: &Batch) -> Result<(), Error> {
+    sock.set_send_buffer(batch.bytes.len() + SEND_BUF_SLACK).map_err(netlink("sizing the netlink send buffer"))?;
+    let recv = (batch.what.len() * RECV_BYTES_PER_ACK).max(1 << 20);
+    sock.set_recv_buffer(recv).map_err(netlink("sizing the netlink receive buffer"))?;
+    sock.send(&batch.bytes).map_err(netlink("sending the nftables batch"))?;
+    let mut replies = Vec::new();
+    sock.drain_queued(&mut replies).map_err(netlink("reading the replies to the nftables batch"))?;
+    let mut acked = 0;
+    let mut first_error: Option<KernelError> = None;
+    for m in Messages::new(&replies) {
+        let m = m.map_err(netlink("parsing the replies to the nftables batch"))?;
+        if m.header.ty != NLMSG_ERROR {
+            continue;
+        }
+        let e = nl::parse_error(&m).map_err(netlink("parsing the replies to the nftables batch"))?;
+        if e.errno == 0 {
+            acked += 1;
+        } else if first_error.as_ref().is_none_or(|f| e.request.seq < f.request.seq) {
+            // Later errors are often consequences of the first (e.g. a rule in a chain that
+            // failed); the lowest sequence number is the cause.
+            first_error = Some(e);
+        }
+    }
+    if let Some(error) = first_error {
+        return Err(Error::Rejected { what: batch.describe(error.request.seq), error });
+    }
+    if acked != batch.acked {
+        return Err(Error::MissingAcks { acked, expected: batch.acked });
+    }
+    Ok(())
+}
+
+/// Compares the table read back with the model (talpid-core style: trust, then verify).
+fn verify(want: &Table, got: Option<&TableStatus>) -> Result<(), Error> {
+    let fail = |m: String| Err(Error::Verify(m));
+    let Some(got) = got else { return fail(format!("table inet {} does not exist", want.name)) };
+    if got.comment != want.comment {
+        return fail(format!("table comment is {:?}, want {:?}", got.comment, want.comment));
+    }
+    let names = |v: Vec<&str>| v.join(", ");
+    if got.chains.len() != want.chains.len() {
+        return fail(format!(
+            "chains are [{}], want [{}]",
+            names(got.chains.iter().map(|c| c.name.as_str()).collect()),
+            names(want.chains.iter().map(|c| c.name.as_str()).collect())
+        ));
+    }
+    for w in &want.chains {
+        let Some(g) = got.chains.iter().find(|c| c.name == w.name) else {
+            return fail(format!("chain {} is missing", w.name));
+        };
+        if g.hook != Some(w.hook) || g.priority != Some(w.priority) || g.policy != Some(w.policy) {
+            return fail(format!(
+                "chain {}: hook {:?} priority {:?} policy {:?}, want {:?} {} {:?}",
+                w.name, g.hook_num, g.priority, g.policy, w.hook, w.priority, w.policy
+            ));
+        }
+        if g.chain_type.as_deref() != Some(consts::CHAIN_TYPE_FILTER) {
+            return fail(format!("chain {}: type {:?}, want filter", w.name, g.chain_type));
+        }
+        if g.rules.len() != w.rules.len() {
+            return fail(format!("chain {}: {} rules, want {}", w.name, g.rules.len(), w.rules.len()));
+        }
+        for (i, (gr, wr)) in g.rules.iter().zip(&w.rules).enumerate() {
+            if gr.comment != wr.comment {
+                return fail(format!("chain {} rule {}: comment {:?}, want {:?}", w.name, i + 1, gr.comment, wr.comment));
+            }
+        }
+    }
+    if got.sets.len() != want.sets.len() {
+        return fail(format!(
+            "sets are [{}], want [{}]",
+            names(got.sets.iter().map(|s| s.name.as_str()).collect()),
+            names(want.sets.iter().map(|s| s.name.as_str()).collect())
+        ));
+    }
+    for w in &want.sets {
+        let Some(g) = got.sets.iter().find(|s| s.name == w.name) else {
+            return fail(format!("set {} is missing", w.name));
+        };
+        if g.key != Some(w.key) || g.key_len as usize != w.key.len() || g.interval != w.interval {
+            return fail(format!(
+                "set {}: key type {} len {} interval {}, want {} len {} interval {}",
+                w.name,
+                g.key_type,
+                g.key_len,
+                g.interval,
+                encode::key_type_id(w.key),
+                w.key.len(),
+                w.interval
+            ));
+        }
+        if g.elements != w.elements.len() {
+            return fail(format!("set {}: {} elements, want {}", w.name, g.elements, w.elements.len()));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! Reads table `inet leash` back from the kernel over netlink dumps: table, chains, rules with
+//! their counters, sets and element counts. Used by `status` and to verify an apply.
+//!
+//! Elements are counted from a GETSETELEM dump, never listed through nft: `nft list set` on a
+//! million-element interval set takes minutes (nft rebuilds intervals in userspace), while the
+//! raw dump is a stream of small messages.
+
+use ruleset::{ChainPolicy, Hook};
+
+use super::consts::*;
+use super::encode::key_type_from_id;
+use super::{ChainStatus, Counter, Error, RuleStatus, SetStatus, TableStatus};
+use crate::nl::{Attr, Message, MsgBuf, NLM_F_DUMP, NLM_F_REQUEST, NlError, Socket};
+
+/// Sends one dump request of nf_tables message `msg` for family inet and returns what `each`
+/// extracts from every reply, in order.
+fn dump<T>(
+    sock: &mut Socket,
+    seq: &mut u32,
+    msg: u16,
+    attrs: impl FnOnce(&mut MsgBuf),
+    mut each: impl FnMut(&Message<'_>) -> Result<Option<T>, NlError>,
+) -> Result<Vec<T>, NlError> {
+    *seq += 1;
+    let mut b = MsgBuf::new();
+    let m = b.begin(nft_type(msg), NLM_F_REQUEST | NLM_F_DUMP, *seq);
+    b.put_header(&[NFPROTO_INET, NFNETLINK_V0, 0, 0]);
+    attrs(&mut b);
+    b.end(m)?;
+    let mut out = Vec::new();
+    sock.dump(b.as_bytes(), |m| {
+        if let Some(v) = each(m)? {
+            out.push(v);
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// The comment in libnftnl's user-data TLVs (`type 0`), if there is one.
+pub(crate) fn udata_comment(data: &[u8]) -> Option<String> {
+    let mut rest = data;
+    while rest.len() >= 2 {
+        let (ty, len) = (rest[0], rest[1] as usize);
+        let value = rest.get(2..2 + len)?;
+        if ty == 0 {
+            let v = value.split(|&b| b == 0).next().unwrap_or(&[]);
+            return Some(String::from_utf8_lossy(v).into_owned());
+        }
+        rest = &rest[2 + len..];
+    }
+    None
+}
+
+fn str_of(a: &Option<Attr<'_>>) -> String {
+    a.map(|a| a.str()).unwrap_or_default()
+}
+
+/// Reads table `inet <name>`; `None` when it does not exist.
+pub(crate) fn read_table(sock: &mut Socket, name: &str) -> Result<Option<TableStatus>, Error> {
+    let ctx = |what: &str| {
+        let what = what.to_string();
+        move |source| Error::Netlink { context: format!("reading table inet {name}: {what}"), source }
+    };
+    let mut seq = 0;
+    let tables = dump(sock, &mut seq, NFT_MSG_GETTABLE, |_| {}, |m| {
+        let t = m.attrs(NFGENMSG_LEN).table::<8>()?;
+        if str_of(&t[NFTA_TABLE_NAME as usize]) != name {
+            return Ok(None);
+        }
+        Ok(Some(t[NFTA_TABLE_USERDATA as usize].and_then(|a| udata_comment(a.data))))
+    })
+    .map_err(ctx("tables"))?;
+    let Some(comment) = tables.into_iter().next() else { return Ok(None) };
+
+    let mut chains = dump(sock, &mut seq, NFT_MSG_GETCHAIN, |b| b.attr_str(NFTA_CHAIN_TABLE, name), |m| {
+        let t = m.attrs(NFGENMSG_LEN).table::<16>()?;
+        if str_of(&t[NFTA_CHAIN_TABLE as usize]) != name {
+            return Ok(None);
+        }
+        let (mut hook, mut priority) = (None, None);
+        if let Some(h) = t[NFTA_CHAIN_HOOK as usize] {
+            for a in h.nested() {
+                let a = a?;
+                match a.ty {
+                    NFTA_HOOK_HOOKNUM => hook = Some(a.be32()?),
+                    NFTA_HOOK_PRIORITY => priority = Some(a.be32()? as i32),
+                    _ => {}
+                }
+            }
+        }
+        let policy = t[NFTA_CHAIN_POLICY as usize].map(|a| a.be32()).transpose()?;
+        Ok(Some(ChainStatus {
+            name: str_of(&t[NFTA_CHAIN_NAME as usize]),
+            handle: t[NFTA_CHAIN_HANDLE as usize].map(|a| a.be64()).transpose()?.unwrap_or(0),
+            hook_num: hook,
+            hook: match hook {
+                Some(NF_INET_LOCAL_OUT) => Some(Hook::Output),
+                _ => None,
+            },
+            priority,
+            policy: match policy {
+                Some(NF_ACCEPT) => Some(ChainPolicy::Accept),
+                Some(NF_DROP) => Some(ChainPolicy::Drop),
+                _ => None,
+            },
+            chain_type: t[NFTA_CHAIN_TYPE as usize].map(|a| a.str()),
+            rules: Vec::new(),
+        }))
+    })
+    .map_err(ctx("chains"))?;
+
+    let rules = dump(sock, &mut seq, NFT_MSG_GETRULE, |b| b.attr_str(NFTA_RULE_TABLE, name), |m| {
+        let t = m.attrs(NFGENMSG_LEN).table::<8>()?;
+        if str_of(&t[NFTA_RULE_TABLE as usize]) != name {
+            return Ok(None);
+        }
+        let mut counter = None;
+        if let Some(x) = t[NFTA_RULE_EXPRESSIONS as usize] {
+            for e in x.nested() {
+                let e = e?.nested().table::<3>()?;
+                if str_of(&e[NFTA_EXPR_NAME as usize]) != "counter" {
+                    continue;
+                }
+                let mut c = Counter::default();
+                if let Some(d) = e[NFTA_EXPR_DATA as usize] {
+                    for a in d.nested() {
+                        let a = a?;
+                        match a.ty {
+                            NFTA_COUNTER_PACKETS => c.packets = a.be64()?,
+                            NFTA_COUNTER_BYTES => c.bytes = a.be64()?,
+                            _ => {}
+                        }
+                    }
+                }
+                // nft puts at most one counter in leash's rules; keep the first.
+                counter.get_or_insert(c);
+            }
+        }
+        let rule = RuleStatus {
+            handle: t[NFTA_RULE_HANDLE as usize].map(|a| a.be64()).transpose()?.unwrap_or(0),
+            comment: t[NFTA_RULE_USERDATA as usize].and_then(|a| udata_comment(a.data)),
+            counter,
+        };
+        Ok(Some((str_of(&t[NFTA_RULE_CHAIN as usize]), rule)))
+    })
+    .map_err(ctx("rules"))?;
+    // The dump lists rules chain by chain, each in rule order.
+    for (chain, rule) in rules {
+        if let Some(c) = chains.iter_mut().find(|c| c.name == chain) {
+            c.rules.push(rule);
+        }
+    }
+
+    let mut sets = dump(sock, &mut seq, NFT_MSG_GETSET, |b| b.attr_str(NFTA_SET_TABLE, name), |m| {
+        let t = m.attrs(NFGENMSG_LEN).table::<16>()?;
+        if str_of(&t[NFTA_SET_TABLE as usize]) != name {
+            return Ok(None);
+        }
+        let flags = t[NFTA_SET_FLAGS as usize].map(|a| a.be32()).transpose()?.unwrap_or(0);
+        let key_type = t[NFTA_SET_KEY_TYPE as usize].map(|a| a.be32()).transpose()?.unwrap_or(0);
+        Ok(Some(SetStatus {
+            name: str_of(&t[NFTA_SET_NAME as usize]),
+            key: key_type_from_id(key_type),
+            key_type,
+            key_len: t[NFTA_SET_KEY_LEN as usize].map(|a| a.be32()).transpose()?.unwrap_or(0),
+            flags,
+            interval: flags & NFT_SET_INTERVAL != 0,
+            elements: 0,
+        }))
+    })
+    .map_err(ctx("sets"))?;
+    for s in &mut sets {
+        s.elements = count_elements(sock, &mut seq, name, &s.name, s.interval)
+            .map_err(ctx(&format!("elements of set {}", s.name)))?;
+    }
+    Ok(Some(TableStatus { comment, chains, sets }))
+}
+
+/// Counts the elements of a set from a GETSETELEM dump. In an interval set only start elements
+/// count (one per range), so the count equals the model's number of ranges.
+fn count_elements(sock: &mut Socket, seq: &mut u32, table: &str, set: &str, interval: bool) -> Result<usize, NlError> {
+    let counts = dump(
+        sock,
+        seq,
+        NFT_MSG_GETSETELEM,
+        |b| {
+            b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
+            b.attr_str(NFTA_SET_ELEM_LIST_SET, set);
+        },
+        |m| {
+            let mut n = 0usize;
+            for a in m.attrs(NFGENMSG_LEN) {
+                let a = a?;
+                if a.ty != NFTA_SET_ELEM_LIST_ELEMENTS {
+                    continue;
+                }
+                for el in a.nested() {
+                    let el = el?;
+                    let mut end = false;
+                    for f in el.nested() {
+                        let f = f?;
+                        if f.ty == NFTA_SET_ELEM_FLAGS {
+                            end = f.be32()? & NFT_SET_ELEM_INTERVAL_END != 0;
+                        }
+                    }
+                    if !(interval && end) {
+                        n += 1;
+                    }
+                }
+            }
+            Ok(Some(n))
+        },
+    )?;
+    Ok(counts.into_iter().sum())
+}

@@ -1,0 +1,435 @@
+//! rtnetlink over [`crate::nl`]: veth pairs, link state, addresses and on-link default routes.
+//!
+//! Only what test namespaces need (the lab behind `leash test`, kernel tests). An [`Rtnl`] socket
+//! acts on the network namespace of the thread that opened it, so open it on a thread inside the
+//! namespace (e.g. in [`crate::netns::NetNs::run`]); it keeps acting there whatever the thread
+//! does afterwards. Nothing here ever needs the root namespace: a veth pair is created in one
+//! namespace with its peer end placed directly into another (`IFLA_NET_NS_FD`), so no interface
+//! ever appears in the root namespace, not even for a moment.
+
+use crate::nl::{self, MsgBuf, NlError, Socket};
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+// Message types (`linux/rtnetlink.h`).
+const RTM_NEWLINK: u16 = 16;
+const RTM_GETLINK: u16 = 18;
+const RTM_NEWADDR: u16 = 20;
+const RTM_NEWROUTE: u16 = 24;
+
+// Link attributes (`linux/if_link.h`).
+const IFLA_IFNAME: u16 = 3;
+const IFLA_OPERSTATE: u16 = 16;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_NET_NS_FD: u16 = 28;
+const IFLA_INFO_KIND: u16 = 1;
+const IFLA_INFO_DATA: u16 = 2;
+const VETH_INFO_PEER: u16 = 1;
+/// `IF_OPER_UP` of `enum if_oper_state` (RFC 2863 operational state).
+const IF_OPER_UP: u8 = 6;
+
+// Address attributes and flags (`linux/if_addr.h`).
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+const IFA_FLAGS: u16 = 8;
+const IFA_F_NODAD: u32 = 0x02;
+
+// Route attributes and values (`linux/rtnetlink.h`).
+const RTA_OIF: u16 = 4;
+const RT_TABLE_MAIN: u8 = 254;
+const RTPROT_BOOT: u8 = 3;
+const RT_SCOPE_UNIVERSE: u8 = 0;
+const RT_SCOPE_LINK: u8 = 253;
+const RTN_UNICAST: u8 = 1;
+
+/// Length of `struct ifinfomsg`.
+const IFINFOMSG_LEN: usize = 16;
+/// Longest interface name (IFNAMSIZ less the terminating NUL).
+const MAX_IFNAME_LEN: usize = 15;
+
+/// Errors of this module; each names the operation and the interface it was about.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The kernel (or the netlink socket) refused an operation.
+    #[error("{what}: {source}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: NlError,
+    },
+    /// No interface has this name in the namespace the socket belongs to.
+    #[error("no interface named {0:?} in this network namespace")]
+    NoSuchLink(String),
+    /// The name cannot be an interface name.
+    #[error("invalid interface name {0:?}: 1 to 15 bytes, no '/', ':' or whitespace")]
+    BadName(String),
+    /// The interface did not become operationally up in time.
+    #[error("interface {name} is not operationally up after {waited:?} (operstate {operstate})")]
+    NotUp { name: String, operstate: u8, waited: Duration },
+    /// The prefix length does not fit the address family.
+    #[error("prefix length /{prefix} is too long for {addr}")]
+    BadPrefix { addr: IpAddr, prefix: u8 },
+}
+
+/// Which address family a route is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn af(self) -> u8 {
+        match self {
+            Family::V4 => libc::AF_INET as u8,
+            Family::V6 => libc::AF_INET6 as u8,
+        }
+    }
+}
+
+/// An rtnetlink socket bound to the network namespace of the thread that opened it.
+#[derive(Debug)]
+pub struct Rtnl {
+    sock: Socket,
+    seq: u32,
+}
+
+impl Rtnl {
+    /// Opens a `NETLINK_ROUTE` socket in the calling thread's network namespace.
+    pub fn open() -> Result<Rtnl, Error> {
+        let sock = Socket::open(nl::NETLINK_ROUTE).map_err(|e| netlink("open rtnetlink socket", e))?;
+        // Extended acks turn a bare EINVAL into the kernel's reason; failure only loses the text.
+        let _ = sock.enable_ext_ack();
+        Ok(Rtnl { sock, seq: 0 })
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    /// Creates a veth pair: `name` in this socket's namespace and `peer_name` directly in the
+    /// namespace `peer_ns` refers to (an open `/proc/.../ns/net` descriptor, e.g. a
+    /// [`crate::netns::NetNs`]). Both ends start down; the kernel picks the interface indexes.
+    pub fn create_veth(&mut self, name: &str, peer_name: &str, peer_ns: BorrowedFd<'_>) -> Result<(), Error> {
+        self.create_veth_with_indexes(name, 0, peer_name, 0, peer_ns)
+    }
+
+    /// Like [`Rtnl::create_veth`], with the interface index of each end chosen by the caller (0:
+    /// the kernel picks).
+    ///
+    /// Why choose: in two fresh namespaces both ends would get index 2, and the kernel's link
+    /// watcher treats a carrier change of a device whose index equals its peer's index (its
+    /// `iflink`) as not urgent, so the end that was up first only starts sending (gets its qdisc)
+    /// up to a second later. Distinct indexes make the change urgent and the link usable at once.
+    pub fn create_veth_with_indexes(
+        &mut self,
+        name: &str,
+        ifindex: u32,
+        peer_name: &str,
+        peer_ifindex: u32,
+        peer_ns: BorrowedFd<'_>,
+    ) -> Result<(), Error> {
+        check_name(name)?;
+        check_name(peer_name)?;
+        let seq = self.next_seq();
+        let mut b = MsgBuf::new();
+        let m = b.begin(
+            RTM_NEWLINK,
+            nl::NLM_F_REQUEST | nl::NLM_F_ACK | nl::NLM_F_CREATE | nl::NLM_F_EXCL,
+            seq,
+        );
+        b.put_header(&ifinfomsg(ifindex, 0, 0));
+        b.attr_str(IFLA_IFNAME, name);
+        let linkinfo = b.begin_nested(IFLA_LINKINFO);
+        b.attr_str(IFLA_INFO_KIND, "veth");
+        let data = b.begin_nested(IFLA_INFO_DATA);
+        // The peer is described by a whole ifinfomsg followed by link attributes.
+        let peer = b.begin_nested(VETH_INFO_PEER);
+        b.put_header(&ifinfomsg(peer_ifindex, 0, 0));
+        b.attr_str(IFLA_IFNAME, peer_name);
+        b.attr_u32(IFLA_NET_NS_FD, peer_ns.as_raw_fd() as u32);
+        b.end_nested(peer);
+        b.end_nested(data);
+        b.end_nested(linkinfo);
+        let what = || format!("create veth pair {name} <-> {peer_name} (peer in namespace fd {})", peer_ns.as_raw_fd());
+        b.end(m).map_err(|e| netlink(&what(), e))?;
+        self.sock.request_ack(b.as_bytes()).map_err(|e| netlink(&what(), e))
+    }
+
+    /// The interface index of `name` in this socket's namespace.
+    pub fn link_index(&mut self, name: &str) -> Result<u32, Error> {
+        check_name(name)?;
+        Ok(self.get_link(0, Some(name))?.index)
+    }
+
+    /// Whether the interface's operational state is `UP` (RFC 2863): up, carrier, and the kernel
+    /// has finished activating it, so packets really leave.
+    pub fn is_oper_up(&mut self, ifindex: u32) -> Result<bool, Error> {
+        Ok(self.get_link(ifindex, None)?.operstate == IF_OPER_UP)
+    }
+
+    /// Waits until [`Rtnl::is_oper_up`], polling every millisecond for at most `timeout`.
+    pub fn wait_oper_up(&mut self, ifindex: u32, timeout: Duration) -> Result<(), Error> {
+        let start = Instant::now();
+        loop {
+            let link = self.get_link(ifindex, None)?;
+            if link.operstate == IF_OPER_UP {
+                return Ok(());
+            }
+            if start.elapsed() >= timeout {
+                return Err(Error::NotUp { name: link.name, operstate: link.operstate, waited: timeout });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// RTM_GETLINK for one interface, by index or (index 0) by name.
+    fn get_link(&mut self, ifindex: u32, name: Option<&str>) -> Result<LinkInfo, Error> {
+        let seq = self.next_seq();
+        let mut b = MsgBuf::new();
+        let m = b.begin(RTM_GETLINK, nl::NLM_F_REQUEST | nl::NLM_F_ACK, seq);
+        b.put_header(&ifinfomsg(ifindex, 0, 0));
+        if let Some(n) = name {
+            b.attr_str(IFLA_IFNAME, n);
+        }
+        let label = || name.map_or_else(|| format!("#{ifindex}"), str::to_string);
+        let what = || format!("look up interface {}", label());
+        b.end(m).map_err(|e| netlink(&what(), e))?;
+        let mut found: Option<Result<LinkInfo, NlError>> = None;
+        let res = self.transact(b.as_bytes(), seq, |msg| {
+            if msg.header.ty == RTM_NEWLINK && found.is_none() {
+                found = Some(parse_link(msg));
+            }
+        });
+        match res {
+            Err(NlError::Kernel(e)) if e.errno == libc::ENODEV => Err(Error::NoSuchLink(label())),
+            Err(e) => Err(netlink(&what(), e)),
+            Ok(()) => match found {
+                Some(Ok(l)) => Ok(l),
+                Some(Err(e)) => Err(netlink(&what(), e)),
+                None => Err(Error::NoSuchLink(label())),
+            },
+        }
+    }
+
+    /// Sets the interface up.
+    pub fn set_link_up(&mut self, ifindex: u32) -> Result<(), Error> {
+        let seq = self.next_seq();
+        let mut b = MsgBuf::new();
+        let m = b.begin(RTM_NEWLINK, nl::NLM_F_REQUEST | nl::NLM_F_ACK, seq);
+        let up = libc::IFF_UP as u32;
+        b.put_header(&ifinfomsg(ifindex, up, up));
+        let what = || format!("set interface {ifindex} up");
+        b.end(m).map_err(|e| netlink(&what(), e))?;
+        self.sock.request_ack(b.as_bytes()).map_err(|e| netlink(&what(), e))
+    }
+
+    /// Adds `addr/prefix` to the interface. IPv6 addresses get `IFA_F_NODAD`, so they are usable
+    /// at once instead of after duplicate address detection (about a second, and a source of
+    /// flaky tests).
+    pub fn add_address(&mut self, ifindex: u32, addr: IpAddr, prefix: u8) -> Result<(), Error> {
+        let (family, bytes, max): (u8, Vec<u8>, u8) = match addr {
+            IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec(), 32),
+            IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec(), 128),
+        };
+        if prefix > max {
+            return Err(Error::BadPrefix { addr, prefix });
+        }
+        let seq = self.next_seq();
+        let mut b = MsgBuf::new();
+        let m = b.begin(
+            RTM_NEWADDR,
+            nl::NLM_F_REQUEST | nl::NLM_F_ACK | nl::NLM_F_CREATE | nl::NLM_F_EXCL,
+            seq,
+        );
+        // struct ifaddrmsg: family, prefixlen, flags, scope, index.
+        let mut hdr = vec![family, prefix, 0, 0];
+        hdr.extend_from_slice(&ifindex.to_ne_bytes());
+        b.put_header(&hdr);
+        // Like `ip addr add`: IFA_LOCAL is the address, IFA_ADDRESS the (same) peer address.
+        b.attr(IFA_LOCAL, &bytes);
+        b.attr(IFA_ADDRESS, &bytes);
+        if addr.is_ipv6() {
+            b.attr_u32(IFA_FLAGS, IFA_F_NODAD);
+        }
+        let what = || format!("add address {addr}/{prefix} to interface {ifindex}");
+        b.end(m).map_err(|e| netlink(&what(), e))?;
+        self.sock.request_ack(b.as_bytes()).map_err(|e| netlink(&what(), e))
+    }
+
+    /// Adds a default route through the interface without a gateway (on-link: every destination
+    /// is resolved by ARP or neighbour discovery directly on the link), like
+    /// `ip route add default dev IF`.
+    pub fn add_default_route(&mut self, ifindex: u32, family: Family) -> Result<(), Error> {
+        let seq = self.next_seq();
+        let mut b = MsgBuf::new();
+        let m = b.begin(
+            RTM_NEWROUTE,
+            nl::NLM_F_REQUEST | nl::NLM_F_ACK | nl::NLM_F_CREATE | nl::NLM_F_EXCL,
+            seq,
+        );
+        // IPv4 needs scope link for a route without gateway; IPv6 routes have no scope.
+        let scope = match family {
+            Family::V4 => RT_SCOPE_LINK,
+            Family::V6 => RT_SCOPE_UNIVERSE,
+        };
+        // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags (u32).
+        let mut hdr = vec![family.af(), 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, scope, RTN_UNICAST];
+        hdr.extend_from_slice(&0u32.to_ne_bytes());
+        b.put_header(&hdr);
+        b.attr_u32(RTA_OIF, ifindex);
+        let what = || format!("add {family:?} default route via interface {ifindex}");
+        b.end(m).map_err(|e| netlink(&what(), e))?;
+        self.sock.request_ack(b.as_bytes()).map_err(|e| netlink(&what(), e))
+    }
+
+    /// Sends one request flagged `NLM_F_ACK` and hands every reply of its sequence number to
+    /// `each` until the ack (or the error) arrives. For GET requests that answer with one message.
+    fn transact(&mut self, msg: &[u8], seq: u32, mut each: impl FnMut(&nl::Message<'_>)) -> Result<(), NlError> {
+        self.sock.send(msg)?;
+        loop {
+            let d = self.sock.recv(true)?.expect("blocking recv returns data");
+            for m in nl::Messages::new(d) {
+                let m = m?;
+                if m.header.seq != seq {
+                    continue;
+                }
+                if m.header.ty == nl::NLMSG_ERROR {
+                    let e = nl::parse_error(&m)?;
+                    return if e.errno == 0 { Ok(()) } else { Err(NlError::Kernel(e)) };
+                }
+                each(&m);
+            }
+        }
+    }
+}
+
+/// What [`Rtnl::get_link`] reads from an RTM_NEWLINK reply.
+struct LinkInfo {
+    index: u32,
+    name: String,
+    operstate: u8,
+}
+
+fn parse_link(msg: &nl::Message<'_>) -> Result<LinkInfo, NlError> {
+    let p = msg.payload;
+    if p.len() < IFINFOMSG_LEN {
+        return Err(NlError::Malformed(format!("RTM_NEWLINK of {} bytes", p.len())));
+    }
+    let mut link = LinkInfo { index: u32::from_ne_bytes([p[4], p[5], p[6], p[7]]), name: String::new(), operstate: 0 };
+    for a in msg.attrs(IFINFOMSG_LEN) {
+        let a = a?;
+        match a.ty {
+            IFLA_IFNAME => link.name = a.str(),
+            IFLA_OPERSTATE => link.operstate = a.u8()?,
+            _ => {}
+        }
+    }
+    Ok(link)
+}
+
+/// `struct ifinfomsg`: family (unspec), pad, type, index, flags, change.
+fn ifinfomsg(index: u32, flags: u32, change: u32) -> [u8; IFINFOMSG_LEN] {
+    let mut h = [0u8; IFINFOMSG_LEN];
+    h[4..8].copy_from_slice(&index.to_ne_bytes());
+    h[8..12].copy_from_slice(&flags.to_ne_bytes());
+    h[12..16].copy_from_slice(&change.to_ne_bytes());
+    h
+}
+
+fn check_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_IFNAME_LEN
+        && name != "."
+        && name != ".."
+        && !name.bytes().any(|c| c == b'/' || c == b':' || c.is_ascii_whitespace() || c == 0);
+    if ok { Ok(()) } else { Err(Error::BadName(name.to_string())) }
+}
+
+fn netlink(what: &str, source: NlError) -> Error {
+    Error::Netlink { what: what.to_string(), source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netns::NetNs;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::os::fd::AsFd;
+
+    fn need_root() -> bool {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            return true;
+        }
+        assert!(std::env::var_os("CI").is_none(), "kernel tests need root, and CI is set");
+        eprintln!("skipped: kernel tests need root");
+        false
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("veth0").is_ok());
+        assert!(check_name("a23456789012345").is_ok());
+        assert!(check_name("a234567890123456").is_err());
+        assert!(check_name("").is_err());
+        assert!(check_name("a/b").is_err());
+        assert!(check_name("a b").is_err());
+    }
+
+    #[test]
+    fn veth_between_two_namespaces_carries_traffic() {
+        if !need_root() {
+            return;
+        }
+        let a = NetNs::new().unwrap();
+        let b = NetNs::new().unwrap();
+        let a4 = Ipv4Addr::new(192, 0, 2, 1);
+        let b4 = Ipv4Addr::new(192, 0, 2, 2);
+        let a6: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        let b6: Ipv6Addr = "2001:db8::2".parse().unwrap();
+        a.run(|| {
+            let mut r = Rtnl::open().unwrap();
+            r.create_veth_with_indexes("ta", 10, "tb", 20, b.as_fd()).unwrap();
+            // The same names again: EEXIST, with the operation in the message.
+            let err = r.create_veth("ta", "tb", b.as_fd()).unwrap_err().to_string();
+            assert!(err.contains("create veth pair ta <-> tb") && err.contains("EEXIST"), "{err}");
+            let i = r.link_index("ta").unwrap();
+            assert_eq!(i, 10);
+            assert!(!r.is_oper_up(i).unwrap());
+            assert!(matches!(r.link_index("tb"), Err(Error::NoSuchLink(_))));
+            r.set_link_up(i).unwrap();
+            r.add_address(i, a4.into(), 32).unwrap();
+            r.add_address(i, a6.into(), 128).unwrap();
+            r.add_default_route(i, Family::V4).unwrap();
+            r.add_default_route(i, Family::V6).unwrap();
+            assert!(matches!(r.add_address(i, a4.into(), 33), Err(Error::BadPrefix { .. })));
+        });
+        let listeners = b.run(|| {
+            let mut r = Rtnl::open().unwrap();
+            let i = r.link_index("tb").unwrap();
+            assert_eq!(i, 20);
+            r.set_link_up(i).unwrap();
+            r.wait_oper_up(i, std::time::Duration::from_secs(3)).unwrap();
+            r.add_address(i, b4.into(), 32).unwrap();
+            r.add_address(i, b6.into(), 128).unwrap();
+            r.add_default_route(i, Family::V4).unwrap();
+            r.add_default_route(i, Family::V6).unwrap();
+            (
+                std::net::TcpListener::bind((b4, 0)).unwrap(),
+                std::net::TcpListener::bind((b6, 0)).unwrap(),
+            )
+        });
+        let (p4, p6) = (listeners.0.local_addr().unwrap(), listeners.1.local_addr().unwrap());
+        a.run(|| {
+            let mut r = Rtnl::open().unwrap();
+            r.wait_oper_up(10, std::time::Duration::from_secs(3)).unwrap();
+            assert!(matches!(r.is_oper_up(99), Err(Error::NoSuchLink(_))));
+            let t = std::time::Duration::from_secs(3);
+            std::net::TcpStream::connect_timeout(&p4, t).unwrap();
+            std::net::TcpStream::connect_timeout(&p6, t).unwrap();
+        });
+    }
+}

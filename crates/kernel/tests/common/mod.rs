@@ -1,0 +1,150 @@
+//! Tables used by several kernel tests, each with the nft text that means the same.
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ruleset::*;
+
+pub fn chain(policy: ChainPolicy, rules: Vec<Rule>) -> Chain {
+    Chain { name: "output".into(), hook: Hook::Output, priority: OUTPUT_PRIORITY_FILTER, policy, rules }
+}
+
+pub fn rule(stmts: Vec<Stmt>, comment: Option<&str>) -> Rule {
+    Rule { stmts, comment: comment.map(String::from) }
+}
+
+pub fn v4(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+pub fn v6(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+
+pub fn set(name: &str, key: KeyType, elements: SetElements) -> Set {
+    let interval = !matches!(elements, SetElements::Ids(_));
+    Set { name: name.into(), key, interval, elements }
+}
+
+/// A table with every statement kind and every set kind, and its nft text.
+pub fn every_stmt() -> (Table, String) {
+    use Stmt::*;
+    let table = Table {
+        name: TABLE_NAME.into(),
+        comment: Some("policy sha256:0123abcd".into()),
+        sets: vec![
+            set(
+                "v4",
+                KeyType::Ipv4Addr,
+                SetElements::V4(vec![
+                    (v4("192.0.2.0"), v4("192.0.2.255")),
+                    (v4("198.51.100.7"), v4("198.51.100.7")),
+                    (v4("203.0.113.5"), v4("255.255.255.255")),
+                ]),
+            ),
+            set(
+                "v6",
+                KeyType::Ipv6Addr,
+                SetElements::V6(vec![
+                    (v6("2001:db8::"), v6("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff")),
+                    (v6("ffff::"), v6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")),
+                ]),
+            ),
+            set("ports", KeyType::InetService, SetElements::Ports(vec![(53, 53), (80, 443), (60000, 65535)])),
+            set("uids", KeyType::Uid, SetElements::Ids(vec![0, 1000])),
+            set("gids", KeyType::Gid, SetElements::Ids(vec![0, 100])),
+            set("icmp6", KeyType::Icmpv6Type, SetElements::Ids(vec![1, 2, 135, 136])),
+        ],
+        chains: vec![chain(
+            ChainPolicy::Drop,
+            vec![
+                rule(vec![OifLoopback, Accept], Some("loopback")),
+                rule(vec![CtStateEstablishedRelated, Accept], None),
+                rule(
+                    vec![
+                        Nfproto(Family::Ipv4),
+                        Dport { l4: L4::Tcp, value: Value::Eq(53) },
+                        Daddr4(Value::Eq(v4("192.0.2.1"))),
+                        Counter,
+                        Accept,
+                    ],
+                    Some("dns"),
+                ),
+                rule(
+                    vec![
+                        Dport { l4: L4::Udp, value: Value::InSet("ports".into()) },
+                        Daddr4(Value::InSet("v4".into())),
+                        SkUid(Value::Eq(1000)),
+                        Accept,
+                    ],
+                    Some("web"),
+                ),
+                rule(
+                    vec![
+                        Daddr6(Value::InSet("v6".into())),
+                        SkUid(Value::InSet("uids".into())),
+                        SkGid(Value::InSet("gids".into())),
+                        Accept,
+                    ],
+                    Some("web"),
+                ),
+                rule(vec![Daddr6(Value::Eq(v6("2001:db8::1"))), SkGid(Value::Eq(100)), Drop], None),
+                rule(vec![Icmpv6Type(Value::InSet("icmp6".into())), Accept], Some("icmp")),
+                rule(vec![Icmpv6Type(Value::Eq(135)), Accept], None),
+                rule(vec![Nfproto(Family::Ipv6), L4proto(L4::Icmpv6), Accept], None),
+                rule(vec![L4proto(L4::Icmp), Counter, Log { prefix: "leash drop ".into(), group: 5 }, Drop], None),
+                rule(vec![L4proto(L4::Tcp), RejectTcpReset], Some("reject")),
+                rule(vec![Counter, RejectAdminProhibited], Some("default")),
+            ],
+        )],
+    };
+    let text = r#"table inet leash {
+  comment "policy sha256:0123abcd"
+  set v4 { type ipv4_addr; flags interval; elements = { 192.0.2.0/24, 198.51.100.7, 203.0.113.5-255.255.255.255 } }
+  set v6 { type ipv6_addr; flags interval; elements = { 2001:db8::/32, ffff::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff } }
+  set ports { type inet_service; flags interval; elements = { 53, 80-443, 60000-65535 } }
+  set uids { type uid; elements = { 0, 1000 } }
+  set gids { type gid; elements = { 0, 100 } }
+  set icmp6 { type icmpv6_type; elements = { 1, 2, 135, 136 } }
+  chain output {
+    type filter hook output priority filter; policy drop;
+    oif "lo" accept comment "loopback"
+    ct state established,related accept
+    meta nfproto ipv4 tcp dport 53 ip daddr 192.0.2.1 counter accept comment "dns"
+    udp dport @ports ip daddr @v4 meta skuid 1000 accept comment "web"
+    ip6 daddr @v6 meta skuid @uids meta skgid @gids accept comment "web"
+    ip6 daddr 2001:db8::1 meta skgid 100 drop
+    icmpv6 type @icmp6 accept comment "icmp"
+    icmpv6 type 135 accept
+    meta nfproto ipv6 meta l4proto ipv6-icmp accept
+    meta l4proto icmp counter log prefix "leash drop " group 5 drop
+    meta l4proto tcp reject with tcp reset comment "reject"
+    counter reject with icmpx admin-prohibited comment "default"
+  }
+}
+"#;
+    (table, text.to_string())
+}
+
+/// A table with one v4 interval set of `n` disjoint /30 ranges (and one rule using it), and its
+/// nft text.
+pub fn big_v4(n: u32) -> (Table, String) {
+    let ranges: Vec<(Ipv4Addr, Ipv4Addr)> =
+        (0..n).map(|i| (Ipv4Addr::from(0x0a00_0000 + i * 8), Ipv4Addr::from(0x0a00_0000 + i * 8 + 3))).collect();
+    let mut text = String::from("table inet leash {\n  set big { type ipv4_addr; flags interval; elements = {\n");
+    for (a, _) in &ranges {
+        text.push_str(&format!("    {a}/30,\n"));
+    }
+    text.push_str("  } }\n  chain output {\n    type filter hook output priority filter; policy accept;\n");
+    text.push_str("    ip daddr @big counter drop comment \"big\"\n  }\n}\n");
+    let table = Table {
+        name: TABLE_NAME.into(),
+        comment: None,
+        sets: vec![set("big", KeyType::Ipv4Addr, SetElements::V4(ranges))],
+        chains: vec![chain(
+            ChainPolicy::Accept,
+            vec![rule(vec![Stmt::Daddr4(Value::InSet("big".into())), Stmt::Counter, Stmt::Drop], Some("big"))],
+        )],
+    };
+    (table, text)
+}

@@ -1,0 +1,284 @@
+//! Scratch network namespaces that test a policy against the real kernel (`leash test`).
+//!
+//! A [`Lab`] is two anonymous network namespaces joined by one veth pair:
+//!
+//! ```text
+//!   client namespace                         peer namespace
+//!   policy applied here                      owns every destination (/32, /128),
+//!   lab0: 192.0.2.x/32, 2001:db8::x/128 ---- lab1   TCP + UDP echo on every port
+//!   default routes on-link via lab0          default routes on-link via lab1
+//! ```
+//!
+//! Each [`Case`] is one real connection from the client namespace, made on a throwaway thread
+//! that has entered the namespace and then dropped to the case's uid/gid, so the socket is owned
+//! by that user exactly as `meta skuid`/`meta skgid` see it. Loopback destinations (127.0.0.0/8,
+//! `::1`) cannot live on the peer: their echo servers run on the client's own `lo` instead.
+//! Nothing is bind-mounted: the namespaces live only as long as the `Lab` (and die with the
+//! process however it ends), and the root namespace is never touched.
+//!
+//! # How denials look to the caller (measured on kernel 6.18)
+//!
+//! Rules in the client's `output` hook; `reject` is `reject with tcp reset` for TCP and
+//! `reject with icmpx admin-prohibited` otherwise, as leash compiles it.
+//!
+//! | probe         | no rule   | `reject`                    | `drop`                     |
+//! |---------------|-----------|-----------------------------|----------------------------|
+//! | TCP, IPv4     | Connected | Refused (ECONNREFUSED)      | TimedOut                   |
+//! | TCP, IPv6     | Connected | Refused (ECONNREFUSED)      | TimedOut                   |
+//! | UDP, IPv4     | Connected | Unreachable(EHOSTUNREACH)   | NotPermitted (EPERM)       |
+//! | UDP, IPv6     | Connected | Unreachable(EACCES)         | NotPermitted (EPERM)       |
+//! | ICMP echo v4  | Connected | Unreachable(EHOSTUNREACH)   | NotPermitted (EPERM)       |
+//! | ICMPv6 echo   | Connected | Unreachable(EACCES)         | NotPermitted (EPERM)       |
+//!
+//! TCP ignores the `EPERM` of its first SYN and retransmits, so a dropped connect times out; for
+//! datagram sockets the error of the local output hook comes back from `send` at once. A
+//! `reject with icmpx admin-prohibited` on TCP gives Unreachable too. The tests in
+//! `tests/outcomes.rs` check every cell of this table. [`run_expectations`] accepts
+//! Refused/Unreachable as "denied by reject" and TimedOut/NotPermitted as "denied by drop".
+
+mod echo;
+mod probe;
+mod run;
+mod ser;
+
+pub use probe::{Case, Outcome};
+pub use run::{Report, Row, RunOptions, run_expectations};
+
+use echo::{EchoServer, Listener};
+use kernel::netns::NetNs;
+use kernel::rtnl::{self, Family, Rtnl};
+use std::collections::BTreeSet;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+/// Interface names, each inside its own namespace (so they can never clash with anything).
+const CLIENT_IF: &str = "lab0";
+const PEER_IF: &str = "lab1";
+const CLIENT_IFINDEX: u32 = 10;
+/// How long the veth ends may take to become operationally up (normally well under 10 ms).
+const LINK_UP_TIMEOUT: Duration = Duration::from_secs(3);
+const PEER_IFINDEX: u32 = 20;
+/// More listening sockets than this is surely a mistake (each is a file descriptor).
+const MAX_LISTENERS: usize = 8192;
+
+/// Errors while building or using a lab.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("network namespace: {0}")]
+    Namespace(#[source] io::Error),
+    #[error("lab network setup: {0}")]
+    Rtnl(#[from] rtnl::Error),
+    #[error("cannot set {key} in the lab: {source}")]
+    Sysctl {
+        key: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot listen on {proto} {addr}: {source}")]
+    Listen {
+        proto: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("destination {addr} cannot be tested: {reason}")]
+    BadDestination { addr: IpAddr, reason: &'static str },
+    #[error("too many listening sockets ({0}; at most {MAX_LISTENERS}): fewer destinations or ports")]
+    TooLarge(usize),
+    #[error("cannot start the echo server: {0}")]
+    Echo(#[source] io::Error),
+    #[error("cannot apply the ruleset in the lab: {0}")]
+    Apply(String),
+}
+
+/// A client and a peer namespace joined by a veth pair; see the module docs.
+#[derive(Debug)]
+pub struct Lab {
+    // Declared first so that it is dropped (stopped and joined) before the namespaces.
+    server: Option<EchoServer>,
+    client: NetNs,
+    peer: NetNs,
+    client_v4: Ipv4Addr,
+    client_v6: Ipv6Addr,
+    destinations: Vec<IpAddr>,
+}
+
+impl Lab {
+    /// Builds a lab whose peer owns every address of `destinations` and echoes on every TCP
+    /// port of `tcp_ports` and UDP port of `udp_ports` (on every destination). Needs root.
+    pub fn new(destinations: &[IpAddr], tcp_ports: &[u16], udp_ports: &[u16]) -> Result<Lab, LabError> {
+        let dsts: Vec<IpAddr> = destinations.iter().copied().collect::<BTreeSet<_>>().into_iter().collect();
+        for &d in &dsts {
+            check_destination(d)?;
+        }
+        let tcp_ports: BTreeSet<u16> = tcp_ports.iter().copied().filter(|&p| p != 0).collect();
+        let udp_ports: BTreeSet<u16> = udp_ports.iter().copied().filter(|&p| p != 0).collect();
+        let listeners = dsts.len() * (tcp_ports.len() + udp_ports.len());
+        if listeners > MAX_LISTENERS {
+            return Err(LabError::TooLarge(listeners));
+        }
+        let client_v4 = pick_v4(&dsts);
+        let client_v6 = pick_v6(&dsts);
+
+        let client = NetNs::new().map_err(LabError::Namespace)?;
+        let peer = NetNs::new().map_err(LabError::Namespace)?;
+        const PING: &str = "net.ipv4.ping_group_range";
+        client
+            .set_sysctl(PING, "0 2147483647")
+            .map_err(|source| LabError::Sysctl { key: PING, source })?;
+
+        let client_if = client.run(|| -> Result<u32, LabError> {
+            let mut r = Rtnl::open()?;
+            // Distinct interface indexes: see Rtnl::create_veth_with_indexes (else the link may
+            // drop everything for up to a second after it comes up).
+            r.create_veth_with_indexes(CLIENT_IF, CLIENT_IFINDEX, PEER_IF, PEER_IFINDEX, peer.as_fd())?;
+            let i = r.link_index(CLIENT_IF)?;
+            r.add_address(i, client_v4.into(), 32)?;
+            r.add_address(i, client_v6.into(), 128)?;
+            r.set_link_up(i)?;
+            r.add_default_route(i, Family::V4)?;
+            r.add_default_route(i, Family::V6)?;
+            Ok(i)
+        })?;
+        let (local, remote): (Vec<IpAddr>, Vec<IpAddr>) = dsts.iter().partition(|d| d.is_loopback());
+        let mut sockets = peer.run(|| -> Result<Vec<Listener>, LabError> {
+            let mut r = Rtnl::open()?;
+            let i = r.link_index(PEER_IF)?;
+            for &d in &remote {
+                r.add_address(i, d, if d.is_ipv4() { 32 } else { 128 })?;
+            }
+            r.set_link_up(i)?;
+            r.add_default_route(i, Family::V4)?;
+            r.add_default_route(i, Family::V6)?;
+            r.wait_oper_up(i, LINK_UP_TIMEOUT)?;
+            listen(&remote, &tcp_ports, &udp_ports)
+        })?;
+        sockets.extend(client.run(|| -> Result<Vec<Listener>, LabError> {
+            // Only now is the peer end up, so only now can the client end carry packets.
+            Rtnl::open()?.wait_oper_up(client_if, LINK_UP_TIMEOUT)?;
+            listen(&local, &tcp_ports, &udp_ports)
+        })?);
+        let server = EchoServer::start(sockets).map_err(LabError::Echo)?;
+        Ok(Lab { server: Some(server), client, peer, client_v4, client_v6, destinations: dsts })
+    }
+
+    /// The client namespace: apply the policy here (`lab.client().run(|| kernel::apply(..))`).
+    pub fn client(&self) -> &NetNs {
+        &self.client
+    }
+
+    /// The peer namespace that owns the destinations (for debugging).
+    pub fn peer(&self) -> &NetNs {
+        &self.peer
+    }
+
+    /// The client's source addresses (inside 192.0.2.0/24 and 2001:db8::/32 when free).
+    pub fn client_addrs(&self) -> (Ipv4Addr, Ipv6Addr) {
+        (self.client_v4, self.client_v6)
+    }
+
+    /// The destinations the peer (or, for loopback, the client's `lo`) answers on.
+    pub fn destinations(&self) -> &[IpAddr] {
+        &self.destinations
+    }
+
+    /// Makes the connection of `case` from the client namespace as the case's uid and gid, and
+    /// reports how it ended, waiting at most about `timeout`.
+    pub fn probe(&self, case: &Case, timeout: Duration) -> Outcome {
+        let res = self.client.try_run(|| {
+            probe::become_user(case.uid, case.gid)?;
+            Ok::<_, io::Error>(probe::probe_here(case, timeout))
+        });
+        match res {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => Outcome::Error(format!("cannot become uid {} gid {}: {e}", case.uid, case.gid)),
+            Err(e) => Outcome::Error(format!("cannot enter the client namespace: {e}")),
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Stop the echo thread first; the namespaces (and the veth pair, addresses, routes and
+        // nftables table inside them) go when their descriptors close right after.
+        self.server.take();
+    }
+}
+
+fn check_destination(d: IpAddr) -> Result<(), LabError> {
+    let bad = |reason| Err(LabError::BadDestination { addr: d, reason });
+    if d.is_unspecified() {
+        return bad("the unspecified address");
+    }
+    if d.is_multicast() {
+        return bad("a multicast address");
+    }
+    match d {
+        IpAddr::V4(a) if a.is_broadcast() => bad("the broadcast address"),
+        IpAddr::V6(a) if a.is_unicast_link_local() => bad("a link-local address needs an interface scope"),
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => bad("an IPv4-mapped address (write the IPv4 address)"),
+        _ => Ok(()),
+    }
+}
+
+/// The client's IPv4 source: the first free address of the documentation ranges.
+fn pick_v4(dsts: &[IpAddr]) -> Ipv4Addr {
+    [[192, 0, 2], [198, 51, 100], [203, 0, 113]]
+        .iter()
+        .flat_map(|p| (1..=254).map(move |h| Ipv4Addr::new(p[0], p[1], p[2], h)))
+        .find(|a| !dsts.contains(&IpAddr::V4(*a)))
+        .expect("at most 8192 listeners leave a documentation address free")
+}
+
+/// The client's IPv6 source: the first free `2001:db8::N`.
+fn pick_v6(dsts: &[IpAddr]) -> Ipv6Addr {
+    (1..=u16::MAX)
+        .map(|h| Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, h))
+        .find(|a| !dsts.contains(&IpAddr::V6(*a)))
+        .expect("at most 8192 listeners leave a documentation address free")
+}
+
+/// Listening sockets for every address and port, created in the calling thread's namespace.
+/// One socket per address (not a wildcard) so that UDP replies leave from the address the probe
+/// sent to; a connected UDP socket ignores replies from any other source.
+fn listen(addrs: &[IpAddr], tcp: &BTreeSet<u16>, udp: &BTreeSet<u16>) -> Result<Vec<Listener>, LabError> {
+    let mut out = Vec::new();
+    for &a in addrs {
+        for &p in tcp {
+            let addr = SocketAddr::new(a, p);
+            let l = TcpListener::bind(addr).map_err(|source| LabError::Listen { proto: "tcp", addr, source })?;
+            out.push(Listener::Tcp(l));
+        }
+        for &p in udp {
+            let addr = SocketAddr::new(a, p);
+            let s = UdpSocket::bind(addr).map_err(|source| LabError::Listen { proto: "udp", addr, source })?;
+            out.push(Listener::Udp(s));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_source_avoids_destinations() {
+        let d: Vec<IpAddr> = vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()];
+        assert_eq!(pick_v4(&d), Ipv4Addr::new(192, 0, 2, 2));
+        assert_eq!(pick_v6(&d), "2001:db8::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(pick_v4(&[]), Ipv4Addr::new(192, 0, 2, 1));
+    }
+
+    #[test]
+    fn odd_destinations_are_refused() {
+        for bad in ["0.0.0.0", "::", "224.0.0.1", "255.255.255.255", "fe80::1", "::ffff:192.0.2.1"] {
+            assert!(check_destination(bad.parse().unwrap()).is_err(), "{bad}");
+        }
+        for good in ["192.0.2.7", "127.0.0.1", "::1", "2001:db8::9", "1.1.1.1"] {
+            assert!(check_destination(good.parse().unwrap()).is_ok(), "{good}");
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! Serde helpers for the policy types the report carries (the policy crate stays serde-free).
+
+use policy::{Action, DenyWith, Proto};
+use serde::Serializer;
+use std::time::Duration;
+
+pub(crate) fn proto<S: Serializer>(p: &Proto, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(p.as_str())
+}
+
+pub(crate) fn action<S: Serializer>(a: &Action, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(a.as_str())
+}
+
+pub(crate) fn deny_with<S: Serializer>(d: &DenyWith, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(match d {
+        DenyWith::Reject => "reject",
+        DenyWith::Drop => "drop",
+    })
+}
+
+/// Durations as (fractional) milliseconds: `"elapsed_ms": 1002.4`.
+pub(crate) fn millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((d.as_secs_f64() * 1e6).round() / 1e3)
+}

@@ -1,0 +1,148 @@
+//! Command-line definitions: every subcommand, option and the help text that teaches them.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  success (for `check`: no errors; for `test`: every expectation held)
+  1  the policy has errors, or `test` found a mismatch, or `check --deny-warnings` found warnings
+  2  usage error (bad command line)
+  3  system error (not root, kernel refused the ruleset, file unreadable, ...)
+
+Typical session:
+  leash check policy.toml          # validate, show errors and warnings with file:line:col
+  leash explain policy.toml --to 192.0.2.53:53 --proto udp --user www-data
+  leash test policy.toml           # run the [[expect]] cases against the real kernel in scratch namespaces
+  sudo leash apply policy.toml     # replace table inet leash atomically, then verify it
+  leash status                     # active policy and per-rule counters
+  sudo leash disable               # remove table inet leash; other tables are never touched";
+
+/// leash: declarative, default-deny egress firewall for Linux, enforced by nftables.
+///
+/// leash compiles one TOML policy into one nftables table (`inet leash`) and applies it in a single
+/// atomic netlink transaction. Other tables (docker, ufw, firewalld, your own) are never touched.
+#[derive(Debug, Parser)]
+#[command(name = "leash", version, after_help = AFTER_HELP, propagate_version = true)]
+pub struct Cli {
+    /// Print machine-readable JSON instead of text (on standard output).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse and validate a policy; print every error and warning as FILE:LINE:COL.
+    ///
+    /// Errors exit with status 1. Warnings (lints: shadowed rules, rules that never match, no DNS
+    /// rule under default deny, established traffic not allowed, overdue reviews, undocumented broad
+    /// allows) exit 0 unless --deny-warnings.
+    Check {
+        /// The policy file (TOML).
+        policy: PathBuf,
+        /// Treat warnings as errors (exit 1 when there are any).
+        #[arg(long)]
+        deny_warnings: bool,
+        /// Date used for the review-overdue lint (YYYY-MM-DD; default: today).
+        #[arg(long, value_name = "DATE")]
+        today: Option<String>,
+    },
+    /// Print the nftables ruleset a policy compiles to, without applying it.
+    ///
+    /// The nft script replaces only table inet leash and can be loaded with `nft -f`; the JSON form
+    /// with `nft -j -f`.
+    Compile {
+        policy: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Nft)]
+        format: Format,
+    },
+    /// Replace table inet leash in the current network namespace, atomically, then verify it.
+    ///
+    /// One netlink transaction creates the table if missing, deletes it and adds the new one. If
+    /// anything fails, the kernel discards the whole transaction and the previous table stays.
+    /// Needs CAP_NET_ADMIN (root).
+    Apply {
+        policy: PathBuf,
+        #[command(flatten)]
+        fault: FaultArgs,
+    },
+    /// Show whether a leash table is active, which policy it came from and per-rule counters.
+    Status,
+    /// Remove table inet leash; the host falls back to its other rules.
+    Disable,
+    /// Evaluate one connection against a policy offline: verdict, deciding rule, and why each
+    /// earlier rule did not match.
+    Explain(ExplainArgs),
+    /// Run the policy's [[expect]] cases against the real kernel in throwaway network namespaces.
+    ///
+    /// A client namespace gets the compiled policy; a peer namespace owns every destination address
+    /// and echoes on every port. Each case makes a real connection as its user and must give the
+    /// expected verdict, agree with `explain`, and (for denials) fail the way `deny_with` says.
+    /// Nothing is changed outside the scratch namespaces, which are removed afterwards. Needs root.
+    Test {
+        policy: PathBuf,
+        /// How long to wait for each connection before calling it timed out, in milliseconds.
+        #[arg(long, default_value_t = 1000, value_name = "MS")]
+        timeout_ms: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    /// An nft script (`nft -f`).
+    Nft,
+    /// nft JSON (`nft -j -f`).
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct FaultArgs {
+    /// Testing aid: append an invalid message to the transaction so the kernel rejects it, to
+    /// prove that a failed apply changes nothing.
+    #[arg(long, hide = true)]
+    pub fault_inject: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    pub policy: PathBuf,
+    /// Destination: ADDR, ADDR:PORT or [IPV6]:PORT.
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    pub to: String,
+    /// Protocol of the connection.
+    #[arg(long, value_enum, default_value_t = ProtoArg::Tcp)]
+    pub proto: ProtoArg,
+    /// User making the connection (name or uid; default: root).
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Group of the socket (name or gid; default: the user's primary group).
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+    /// When the connection happens (RFC 3339, e.g. 2027-01-04T09:30:00Z; default: now). Policies
+    /// without time windows decide the same at any time.
+    #[arg(long, value_name = "RFC3339")]
+    pub at: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ProtoArg {
+    Tcp,
+    Udp,
+    Icmp,
+    Icmpv6,
+}
+
+impl From<ProtoArg> for policy::Proto {
+    fn from(p: ProtoArg) -> Self {
+        match p {
+            ProtoArg::Tcp => policy::Proto::Tcp,
+            ProtoArg::Udp => policy::Proto::Udp,
+            ProtoArg::Icmp => policy::Proto::Icmp,
+            ProtoArg::Icmpv6 => policy::Proto::Icmpv6,
+        }
+    }
+}

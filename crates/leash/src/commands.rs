@@ -1,0 +1,219 @@
+//! One function per subcommand; each returns the process exit code.
+
+use crate::cli::{Cli, Command, ExplainArgs, Format};
+use crate::load::{self, Loaded};
+use crate::output;
+use crate::system;
+use anyhow::{Context, Result, bail};
+use ruleset::compile::CompileOptions;
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+
+pub const EXIT_OK: u8 = 0;
+/// The policy has errors, or a test found a mismatch.
+pub const EXIT_POLICY: u8 = 1;
+/// Something outside the policy failed: permissions, the kernel, the file system.
+pub const EXIT_SYSTEM: u8 = 3;
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let json = cli.json;
+    let code = match cli.command {
+        Command::Check { policy, deny_warnings, today } => check(&policy, deny_warnings, today.as_deref(), json)?,
+        Command::Compile { policy, format } => compile(&policy, format)?,
+        Command::Apply { policy, fault } => apply(&policy, fault.fault_inject, json)?,
+        Command::Status => status(json)?,
+        Command::Disable => disable(json)?,
+        Command::Explain(args) => explain(&args, json)?,
+        Command::Test { policy, timeout_ms } => test(&policy, timeout_ms, json)?,
+    };
+    Ok(ExitCode::from(code))
+}
+
+fn parse_date(s: &str) -> Result<policy::Date> {
+    let d: jiff::civil::Date = s.parse().with_context(|| format!("invalid date {s:?} (expected YYYY-MM-DD)"))?;
+    Ok(policy::Date { year: d.year(), month: d.month(), day: d.day() })
+}
+
+fn check(path: &std::path::Path, deny_warnings: bool, today: Option<&str>, json: bool) -> Result<u8> {
+    let today = match today {
+        Some(s) => parse_date(s)?,
+        None => system::today(),
+    };
+    let l = load::load(path, today)?;
+    let failed = l.errors() > 0 || (deny_warnings && l.warnings() > 0);
+    if json {
+        output::print_json(&serde_json::json!({
+            "file": l.display_name(),
+            "ok": !failed,
+            "errors": l.errors(),
+            "warnings": l.warnings(),
+            "rules": l.policy.as_ref().map(|p| p.rules.len()),
+            "expectations": l.policy.as_ref().map(|p| p.expects.len()),
+            "sha256": l.sha256,
+            "diagnostics": load::json_diagnostics(&l),
+        }));
+    } else {
+        load::print_diagnostics(&l);
+        match &l.policy {
+            Some(p) => println!(
+                "{}: {} ({} rules, {} expectations; {} error(s), {} warning(s))",
+                l.display_name(),
+                if failed { "failed" } else { "ok" },
+                p.rules.len(),
+                p.expects.len(),
+                l.errors(),
+                l.warnings()
+            ),
+            None => println!("{}: failed ({} error(s))", l.display_name(), l.errors()),
+        }
+    }
+    Ok(if failed { EXIT_POLICY } else { EXIT_OK })
+}
+
+fn compiled(l: &Loaded, p: &policy::Policy) -> ruleset::Table {
+    ruleset::compile(p, &CompileOptions { comment: Some(l.table_comment()) })
+}
+
+fn compile(path: &std::path::Path, format: Format) -> Result<u8> {
+    let Some((l, p)) = load::load_valid(path)? else { return Ok(EXIT_POLICY) };
+    let table = compiled(&l, &p);
+    match format {
+        Format::Nft => print!("{}", ruleset::render::nft_text(&table)),
+        Format::Json => output::print_json(&ruleset::render::nft_json(&table)),
+    }
+    Ok(EXIT_OK)
+}
+
+fn require_root(what: &str) -> Result<()> {
+    if !system::is_root() {
+        bail!("{what} needs root (CAP_NET_ADMIN); nothing was changed");
+    }
+    Ok(())
+}
+
+fn apply(path: &std::path::Path, fault_inject: bool, json: bool) -> Result<u8> {
+    let Some((l, p)) = load::load_valid(path)? else { return Ok(EXIT_POLICY) };
+    require_root("apply")?;
+    let table = compiled(&l, &p);
+    let report = kernel::apply(&table, &kernel::ApplyOptions { fault_inject })
+        .with_context(|| format!("applying {} failed; the kernel discarded the whole transaction, nothing changed", l.display_name()))?;
+    let kernel_rules: usize = table.chains.iter().map(|c| c.rules.len()).sum();
+    let elements: usize = table.sets.iter().map(|s| s.elements.len()).sum();
+    if json {
+        output::print_json(&serde_json::json!({
+            "applied": l.display_name(),
+            "sha256": l.sha256,
+            "policy_rules": p.rules.len(),
+            "kernel_rules": kernel_rules,
+            "sets": table.sets.len(),
+            "elements": elements,
+            "report": output::apply_report_json(&report),
+        }));
+    } else {
+        println!(
+            "applied {} (sha256 {}): {} policy rules -> {} kernel rules, {} sets, {} elements; {}; verified",
+            l.display_name(),
+            &l.sha256[..16],
+            p.rules.len(),
+            kernel_rules,
+            table.sets.len(),
+            elements,
+            output::apply_report_text(&report),
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+fn status(json: bool) -> Result<u8> {
+    let st = kernel::status().context("cannot read the leash table")?;
+    output::print_status(st.as_ref(), json);
+    Ok(EXIT_OK)
+}
+
+fn disable(json: bool) -> Result<u8> {
+    require_root("disable")?;
+    let existed = kernel::disable().context("removing table inet leash failed; nothing changed")?;
+    if json {
+        output::print_json(&serde_json::json!({ "removed": existed }));
+    } else if existed {
+        println!("removed table inet leash; the host's other rules decide again");
+    } else {
+        println!("no leash table was active");
+    }
+    Ok(EXIT_OK)
+}
+
+/// Parses `ADDR`, `ADDR:PORT`, `[IPV6]:PORT` or a bare IPv6 address.
+pub fn parse_endpoint(s: &str) -> Result<(IpAddr, Option<u16>)> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok((ip, None));
+    }
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Ok((sa.ip(), Some(sa.port())));
+    }
+    bail!("invalid destination {s:?}: expected ADDR, ADDR:PORT or [IPV6]:PORT")
+}
+
+fn resolve_principal(s: &str, by_name: impl Fn(&str) -> Option<u32>, what: &str) -> Result<u32> {
+    if let Ok(id) = s.parse::<u32>() {
+        return Ok(id);
+    }
+    by_name(s).with_context(|| format!("unknown {what} {s:?}"))
+}
+
+fn explain(a: &ExplainArgs, json: bool) -> Result<u8> {
+    use policy::Resolver;
+    let Some((l, p)) = load::load_valid(&a.policy)? else { return Ok(EXIT_POLICY) };
+    let (dst, port) = parse_endpoint(&a.to)?;
+    let proto: policy::Proto = a.proto.into();
+    if proto.has_ports() && port.is_none() {
+        bail!("--proto {} needs a port: --to {}", proto.as_str(), if dst.is_ipv6() { format!("[{dst}]:PORT") } else { format!("{dst}:PORT") });
+    }
+    if !proto.has_ports() && port.is_some() {
+        bail!("--proto {} has no ports; give --to without :PORT", proto.as_str());
+    }
+    let at = match &a.at {
+        Some(s) => Some(s.parse::<jiff::Timestamp>().with_context(|| format!("invalid --at {s:?} (RFC 3339, e.g. 2027-01-04T09:30:00Z)"))?),
+        None => None,
+    };
+    let r = system::SystemResolver;
+    let uid = match &a.user {
+        Some(u) => resolve_principal(u, |n| r.user(n), "user")?,
+        None => 0,
+    };
+    let gid = match &a.group {
+        Some(g) => resolve_principal(g, |n| r.group(n), "group")?,
+        None => r.primary_group(uid).unwrap_or(if uid == 0 { 0 } else { uid }),
+    };
+    let conn = policy::Connection { proto, dst, port, uid, gid };
+    let e = policy::explain(&p, &conn);
+    output::print_explanation(&l, &p, &conn, &e, at, json);
+    Ok(EXIT_OK)
+}
+
+fn test(path: &std::path::Path, timeout_ms: u64, json: bool) -> Result<u8> {
+    let Some((l, p)) = load::load_valid(path)? else { return Ok(EXIT_POLICY) };
+    require_root("test")?;
+    if p.expects.is_empty() {
+        bail!("{} has no [[expect]] cases to test", l.display_name());
+    }
+    let table = compiled(&l, &p);
+    let opts = lab::RunOptions { timeout: std::time::Duration::from_millis(timeout_ms), ..Default::default() };
+    if !json {
+        eprintln!("leash: testing {} expectation(s) of {} in scratch namespaces...", p.expects.len(), l.display_name());
+    }
+    let report = lab::run_expectations(&p, &table, &opts).context("could not run the expectations")?;
+    let failed = report.rows.iter().filter(|r| !r.pass).count();
+    if json {
+        output::print_json(&serde_json::json!({
+            "file": l.display_name(),
+            "passed": report.rows.len() - failed,
+            "failed": failed,
+            "report": report,
+        }));
+    } else {
+        output::print_test_report(&l, &p, &report);
+        println!("{} passed, {} failed", report.rows.len() - failed, failed);
+    }
+    Ok(if failed == 0 { EXIT_OK } else { EXIT_POLICY })
+}

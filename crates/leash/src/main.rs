@@ -1,0 +1,21 @@
+//! The `leash` command: parses the command line and hands each subcommand to its module.
+
+mod cli;
+mod commands;
+mod load;
+mod output;
+mod system;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match commands::run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("leash: error: {err:#}");
+            ExitCode::from(commands::EXIT_SYSTEM)
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Text and JSON presentation of command results (the commands decide, this module only prints).
+
+use crate::load::Loaded;
+use policy::{Connection, Decider, Explanation, Policy};
+use serde_json::json;
+
+pub fn print_json(v: &impl serde::Serialize) {
+    // Serialising our own values cannot fail; a broken stdout pipe ends the process like any CLI.
+    println!("{}", serde_json::to_string_pretty(v).expect("JSON serialisation"));
+}
+
+fn decider_text(p: &Policy, d: Decider) -> String {
+    match d {
+        Decider::Loopback => "allow_loopback (destination is a loopback address)".into(),
+        Decider::Rule(i) => format!("rule `{}`", p.rules[i].name),
+        Decider::Default => "the default (`outbound`, no rule matched)".into(),
+    }
+}
+
+fn rule_position(l: &Loaded, p: &Policy, i: usize) -> String {
+    let (line, col) = policy::diag::line_col(&l.src, p.rules[i].span.start);
+    format!("{}:{line}:{col}", l.display_name())
+}
+
+pub fn print_explanation(
+    l: &Loaded,
+    p: &Policy,
+    c: &Connection,
+    e: &Explanation,
+    at: Option<jiff::Timestamp>,
+    json: bool,
+) {
+    let conn_text = format!(
+        "{} to {}{} as uid {} gid {}",
+        c.proto.as_str(),
+        c.dst,
+        c.port.map(|p| format!(" port {p}")).unwrap_or_default(),
+        c.uid,
+        c.gid
+    );
+    if json {
+        print_json(&json!({
+            "connection": {
+                "proto": c.proto.as_str(), "to": c.dst.to_string(), "port": c.port,
+                "uid": c.uid, "gid": c.gid, "at": at.map(|t| t.to_string()),
+            },
+            "verdict": e.verdict.as_str(),
+            "decided_by": match e.decider {
+                Decider::Loopback => json!({"kind": "loopback"}),
+                Decider::Rule(i) => json!({"kind": "rule", "rule": p.rules[i].name, "index": i, "position": rule_position(l, p, i)}),
+                Decider::Default => json!({"kind": "default"}),
+            },
+            "not_matched": e.misses.iter().map(|(i, m)| json!({
+                "rule": p.rules[*i].name, "index": i, "position": rule_position(l, p, *i), "reason": m.to_string(),
+            })).collect::<Vec<_>>(),
+        }));
+        return;
+    }
+    println!("{}: {}", e.verdict.as_str().to_uppercase(), conn_text);
+    println!("decided by {}", decider_text(p, e.decider));
+    if let Decider::Rule(i) = e.decider {
+        println!("  at {}", rule_position(l, p, i));
+    }
+    if !e.misses.is_empty() {
+        println!("earlier rules that did not match:");
+        for (i, m) in &e.misses {
+            println!("  {:<24} {}", p.rules[*i].name, m);
+        }
+    }
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub fn apply_report_text(r: &kernel::ApplyReport) -> String {
+    format!(
+        "{} messages, {} bytes in one transaction, kernel {:.1} ms, read-back {:.1} ms",
+        r.messages,
+        r.bytes,
+        ms(r.send_and_ack),
+        ms(r.verify)
+    )
+}
+
+pub fn apply_report_json(r: &kernel::ApplyReport) -> serde_json::Value {
+    json!({
+        "messages": r.messages,
+        "bytes": r.bytes,
+        "elements": r.elements,
+        "kernel_ms": ms(r.send_and_ack),
+        "verify_ms": ms(r.verify),
+    })
+}
+
+/// Per policy rule (kernel rules grouped by comment, in chain order): packets and bytes.
+fn rule_counters(st: &kernel::TableStatus) -> Vec<(String, usize, u64, u64)> {
+    let mut out: Vec<(String, usize, u64, u64)> = Vec::new();
+    for chain in &st.chains {
+        for r in &chain.rules {
+            let name = r.comment.clone().unwrap_or_else(|| format!("handle {}", r.handle));
+            let c = r.counter.unwrap_or_default();
+            match out.iter_mut().find(|(n, ..)| *n == name) {
+                Some(e) => {
+                    e.1 += 1;
+                    e.2 += c.packets;
+                    e.3 += c.bytes;
+                }
+                None => out.push((name, 1, c.packets, c.bytes)),
+            }
+        }
+    }
+    out
+}
+
+/// The policy hash and path leash stored in the table comment (`leash sha256:HEX PATH`).
+fn comment_fields(comment: Option<&str>) -> (Option<&str>, Option<&str>) {
+    let Some(rest) = comment.and_then(|c| c.strip_prefix("leash sha256:")) else { return (None, None) };
+    match rest.split_once(' ') {
+        Some((hash, path)) => (Some(hash), Some(path)),
+        None => (Some(rest), None),
+    }
+}
+
+pub fn print_status(st: Option<&kernel::TableStatus>, json: bool) {
+    let Some(st) = st else {
+        if json {
+            print_json(&json!({"active": false}));
+        } else {
+            println!("leash: not active (no table inet leash in this network namespace)");
+        }
+        return;
+    };
+    let (hash, path) = comment_fields(st.comment.as_deref());
+    let rules = rule_counters(st);
+    if json {
+        print_json(&json!({
+            "active": true,
+            "sha256": hash,
+            "policy": path,
+            "comment": st.comment,
+            "rules": rules.iter().map(|(n, k, p, b)| json!({"rule": n, "kernel_rules": k, "packets": p, "bytes": b})).collect::<Vec<_>>(),
+            "sets": st.sets.iter().map(|s| json!({"name": s.name, "elements": s.elements, "interval": s.interval})).collect::<Vec<_>>(),
+            "chains": st.chains.iter().map(|c| json!({"name": c.name, "priority": c.priority, "policy": c.policy.map(|p| format!("{p:?}").to_lowercase()), "rules": c.rules.len()})).collect::<Vec<_>>(),
+        }));
+        return;
+    }
+    println!("leash: active");
+    println!("  policy  {}", path.unwrap_or("(unknown: table has no leash comment)"));
+    println!("  sha256  {}", hash.unwrap_or("-"));
+    for c in &st.chains {
+        println!(
+            "  chain   {} (priority {}, policy {}, {} kernel rules)",
+            c.name,
+            c.priority.map_or("?".into(), |p| p.to_string()),
+            c.policy.map_or("?".into(), |p| format!("{p:?}").to_lowercase()),
+            c.rules.len()
+        );
+    }
+    println!();
+    println!("  {:<28} {:>14} {:>16}", "RULE", "PACKETS", "BYTES");
+    for (name, _, p, b) in &rules {
+        println!("  {name:<28} {p:>14} {b:>16}");
+    }
+    if !st.sets.is_empty() {
+        println!();
+        println!("  {:<28} {:>14}", "SET", "ELEMENTS");
+        for s in &st.sets {
+            println!("  {:<28} {:>14}", s.name, s.elements);
+        }
+    }
+}
+
+pub fn print_test_report(l: &Loaded, p: &Policy, r: &lab::Report) {
+    println!(
+        "{:<4} {:<6} {:<6} {:<30} {:<8} {:<8} {:<8} {:<22} {}",
+        "#", "RESULT", "PROTO", "DESTINATION", "USER", "EXPECT", "KERNEL", "OUTCOME", "DECIDED BY"
+    );
+    for row in &r.rows {
+        let c = &row.case;
+        let dst = match (c.dst, c.port) {
+            (std::net::IpAddr::V6(a), Some(port)) => format!("[{a}]:{port}"),
+            (a, Some(port)) => format!("{a}:{port}"),
+            (a, None) => a.to_string(),
+        };
+        let user = crate::system::user_name(c.uid).unwrap_or_else(|| c.uid.to_string());
+        println!(
+            "{:<4} {:<6} {:<6} {:<30} {:<8} {:<8} {:<8} {:<22} {}",
+            row.index + 1,
+            if row.pass { "ok" } else { "FAIL" },
+            c.proto.as_str(),
+            dst,
+            user,
+            row.expected.as_str(),
+            row.kernel.as_str(),
+            row.outcome.describe(),
+            row.decider
+        );
+        for problem in &row.problems {
+            let (line, col) = policy::diag::line_col(&l.src, p.expects[row.index].span.start);
+            println!("     {}:{line}:{col}: {problem}", l.display_name());
+        }
+    }
+}

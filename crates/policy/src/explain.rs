@@ -1,0 +1,170 @@
+//! Which verdict a policy gives a new connection, and why: the deciding rule and, for every rule
+//! before it, the first condition that did not match.
+//!
+//! This is the reference semantics; the nftables compiler must produce a chain that decides the
+//! same way (loopback, then the rules in file order with first match winning, then the default).
+
+use crate::model::*;
+use ipnet::IpNet;
+use std::fmt;
+use std::net::IpAddr;
+
+/// A new outgoing connection (its first packet).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Connection {
+    pub proto: Proto,
+    pub dst: IpAddr,
+    /// Destination port; `None` for protocols without ports (ICMP).
+    pub port: Option<u16>,
+    /// User id of the socket owner.
+    pub uid: u32,
+    /// Group id of the socket owner.
+    pub gid: u32,
+}
+
+/// What decided a connection's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Decider {
+    /// `allow_loopback` and a destination in 127.0.0.0/8 or ::1.
+    Loopback,
+    /// The rule at this index of [`Policy::rules`] (the first that matched).
+    Rule(usize),
+    /// No rule matched; `defaults.outbound` applied.
+    Default,
+}
+
+/// The verdict for a connection, with the reasons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    pub verdict: Action,
+    pub decider: Decider,
+    /// For every rule before the deciding one (all rules when the default decided; none when
+    /// loopback decided), in order: the rule's index and the first condition it failed.
+    pub misses: Vec<(usize, Miss)>,
+}
+
+/// The first condition of a rule a connection did not satisfy. Conditions are checked in the
+/// order proto, port, to, user, group; later kinds of condition will add variants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Miss {
+    /// The connection's protocol is not among the rule's (effective) protocols.
+    Proto {
+        proto: Proto,
+        allowed: Vec<Proto>,
+        /// The rule names no protocol; TCP and UDP are implied by its `ports`.
+        implied_by_ports: bool,
+    },
+    /// The rule has ports and the connection has none (ICMP).
+    NoPort { ports: Vec<PortRange> },
+    /// The connection's port is not in the rule's ports.
+    Port { port: u16, ports: Vec<PortRange> },
+    /// The destination is in none of the rule's networks.
+    To { dst: IpAddr, networks: Vec<IpNet> },
+    /// The connection's uid is not among the rule's users.
+    User { uid: u32, users: Vec<Principal> },
+    /// The connection's gid is not among the rule's groups.
+    Group { gid: u32, groups: Vec<Principal> },
+}
+
+impl fmt::Display for Miss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Miss::Proto { proto, allowed, implied_by_ports } => {
+                write!(f, "proto {} not in [{}]", proto.as_str(), join(allowed.iter().map(|p| p.as_str())))?;
+                if *implied_by_ports {
+                    write!(f, " (implied by ports)")?;
+                }
+                Ok(())
+            }
+            Miss::NoPort { ports } => write!(f, "no port, but the rule needs port {}", list(ports.iter())),
+            Miss::Port { port, ports } => write!(f, "port {port} not in {}", list(ports.iter())),
+            Miss::To { dst, networks } => write!(f, "{dst} not in {}", list(networks.iter().map(NetDisplay))),
+            Miss::User { uid, users } => write!(f, "uid {uid} not in {}", list(users.iter())),
+            Miss::Group { gid, groups } => write!(f, "gid {gid} not in {}", list(groups.iter())),
+        }
+    }
+}
+
+/// A network as an operator wrote it: a host network shows as the bare address.
+struct NetDisplay<'a>(&'a IpNet);
+
+impl fmt::Display for NetDisplay<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.prefix_len() == self.0.max_prefix_len() {
+            write!(f, "{}", self.0.addr())
+        } else {
+            write!(f, "{}", self.0)
+        }
+    }
+}
+
+fn join<T: fmt::Display>(items: impl Iterator<Item = T>) -> String {
+    items.map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// A comma-separated list, or "(nothing)" for an empty one (a rule that can never match).
+fn list<T: fmt::Display>(items: impl Iterator<Item = T>) -> String {
+    let s = join(items);
+    if s.is_empty() { "(nothing)".to_string() } else { s }
+}
+
+/// Whether `allow_loopback` covers the destination.
+pub fn is_loopback(dst: IpAddr) -> bool {
+    match dst {
+        IpAddr::V4(a) => a.octets()[0] == 127,
+        IpAddr::V6(a) => a.is_loopback(),
+    }
+}
+
+/// Decides a new connection the way the compiled ruleset does, and says why.
+pub fn explain(policy: &Policy, conn: &Connection) -> Explanation {
+    if policy.defaults.allow_loopback && is_loopback(conn.dst) {
+        return Explanation { verdict: Action::Allow, decider: Decider::Loopback, misses: Vec::new() };
+    }
+    // Established traffic never reaches this point: it is not a new connection, so
+    // `allow_established` has no say here.
+    let mut misses = Vec::new();
+    for (i, rule) in policy.rules.iter().enumerate() {
+        match first_miss(rule, conn) {
+            None => return Explanation { verdict: rule.action, decider: Decider::Rule(i), misses },
+            Some(m) => misses.push((i, m)),
+        }
+    }
+    Explanation { verdict: policy.defaults.outbound, decider: Decider::Default, misses }
+}
+
+/// The first condition of `rule` that `conn` does not satisfy, or `None` when the rule matches.
+pub fn first_miss(rule: &Rule, conn: &Connection) -> Option<Miss> {
+    if let Some(allowed) = rule.effective_protos()
+        && !allowed.contains(&conn.proto)
+    {
+        return Some(Miss::Proto { proto: conn.proto, allowed, implied_by_ports: rule.protos.is_none() });
+    }
+    if let Some(ports) = &rule.ports {
+        match conn.port {
+            None => return Some(Miss::NoPort { ports: ports.clone() }),
+            Some(port) if !ports.iter().any(|r| r.contains(port)) => {
+                return Some(Miss::Port { port, ports: ports.clone() });
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(networks) = &rule.to {
+        // `IpNet::contains` is false across families: an IPv4 network never holds an IPv6 address.
+        if !networks.iter().any(|n| n.contains(&conn.dst)) {
+            return Some(Miss::To { dst: conn.dst, networks: networks.clone() });
+        }
+    }
+    if let Some(users) = &rule.users
+        && !users.iter().any(|u| u.id == conn.uid)
+    {
+        return Some(Miss::User { uid: conn.uid, users: users.clone() });
+    }
+    if let Some(groups) = &rule.groups
+        && !groups.iter().any(|g| g.id == conn.gid)
+    {
+        return Some(Miss::Group { gid: conn.gid, groups: groups.clone() });
+    }
+    None
+}

@@ -1,0 +1,219 @@
+//! Warnings about valid policies that probably do not do what their author meant.
+//!
+//! Every lint is sound in the direction that matters: a `shadowed` or `never-matches` warning is
+//! only given when it is certain (per the semantics of [`crate::explain()`]); subtler cases, such as
+//! a rule covered only by several earlier rules together, go unreported rather than misreported.
+
+use crate::diag::Diagnostic;
+use crate::model::*;
+use ipnet::IpNet;
+
+/// Lints a validated policy. `today` is passed in (this crate never reads the clock) and only
+/// matters for `review-overdue`. The warnings come sorted by position.
+///
+/// Codes: `shadowed`, `never-matches`, `no-dns`, `established-off`, `review-overdue`,
+/// `undocumented-broad-allow`.
+pub fn lint(policy: &Policy, today: Date) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let d = &policy.defaults;
+
+    for (j, rule) in policy.rules.iter().enumerate() {
+        let never = never_matches(rule);
+        let mut decides = never.is_none();
+        if let Some(why) = &never {
+            out.push(Diagnostic::warning(
+                "never-matches",
+                rule.name_span.clone(),
+                format!("rule `{}` can never match: {why}", rule.name),
+            ));
+        } else if let Some(earlier) = policy.rules[..j].iter().find(|i| covers(i, rule)) {
+            decides = false;
+            out.push(Diagnostic::warning(
+                "shadowed",
+                rule.name_span.clone(),
+                format!(
+                    "rule `{}` never decides: the earlier rule `{}` matches every connection it matches",
+                    rule.name, earlier.name
+                ),
+            ));
+        }
+
+        if let (Some(review), Some(span)) = (rule.review, &rule.review_span)
+            && review < today
+        {
+            out.push(Diagnostic::warning(
+                "review-overdue",
+                span.clone(),
+                format!("rule `{}` was due for review on {review}", rule.name),
+            ));
+        }
+
+        // A rule that never decides is not broad in effect; the warning above is what to fix.
+        if rule.action == Action::Allow && decides {
+            let broad = broad_because(rule);
+            let missing: Vec<&str> = [("purpose", &rule.purpose), ("owner", &rule.owner)]
+                .into_iter()
+                .filter(|(_, v)| v.as_deref().is_none_or(|s| s.trim().is_empty()))
+                .map(|(k, _)| k)
+                .collect();
+            if let (Some(broad), false) = (broad, missing.is_empty()) {
+                out.push(Diagnostic::warning(
+                    "undocumented-broad-allow",
+                    rule.name_span.clone(),
+                    format!(
+                        "rule `{}` allows {broad} but has no {}; say why it exists and who answers for it",
+                        rule.name,
+                        missing.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(" or ")
+                    ),
+                ));
+            }
+        }
+    }
+
+    if d.outbound == Action::Deny && !policy.rules.iter().any(allows_dns) {
+        out.push(Diagnostic::warning(
+            "no-dns",
+            d.outbound_span.clone().unwrap_or(0..0),
+            "outbound is deny and no rule allows DNS (udp or tcp port 53); name resolution will fail",
+        ));
+    }
+
+    if !d.allow_established {
+        out.push(Diagnostic::warning(
+            "established-off",
+            d.allow_established_span.clone().unwrap_or(0..0),
+            "allow_established is off: replies to inbound connections and every packet after the first \
+             of an outbound connection need rules of their own",
+        ));
+    }
+
+    out.sort_by_key(|d| (d.span.start, d.span.end));
+    out
+}
+
+/// Why a rule can never match, if it cannot.
+fn never_matches(rule: &Rule) -> Option<String> {
+    let empty = [
+        ("proto", rule.protos.as_ref().is_some_and(Vec::is_empty)),
+        ("ports", rule.ports.as_ref().is_some_and(Vec::is_empty)),
+        ("to", rule.to.as_ref().is_some_and(Vec::is_empty)),
+        ("user", rule.users.as_ref().is_some_and(Vec::is_empty)),
+        ("group", rule.groups.as_ref().is_some_and(Vec::is_empty)),
+    ];
+    if let Some((key, _)) = empty.iter().find(|(_, e)| *e) {
+        return Some(format!("`{key}` is an empty list"));
+    }
+    // ICMP only exists over IPv4 and ICMPv6 only over IPv6: the rule needs at least one
+    // protocol that can reach at least one of its destinations.
+    if let (Some(protos), Some(to)) = (rule.effective_protos(), &rule.to) {
+        let reachable = protos.iter().any(|p| {
+            to.iter().any(|n| match p {
+                Proto::Icmp => matches!(n, IpNet::V4(_)),
+                Proto::Icmpv6 => matches!(n, IpNet::V6(_)),
+                Proto::Tcp | Proto::Udp => true,
+            })
+        });
+        if !reachable {
+            let names: Vec<&str> = protos.iter().map(|p| p.as_str()).collect();
+            return Some(format!(
+                "{} cannot reach any of its destinations (wrong address family)",
+                names.join(" and ")
+            ));
+        }
+    }
+    None
+}
+
+/// Whether every connection `later` matches is also matched by `earlier`, comparing each
+/// condition on its own (sound: if each condition is covered, the whole rule is).
+fn covers(earlier: &Rule, later: &Rule) -> bool {
+    let protos = match (earlier.effective_protos(), later.effective_protos()) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(e), Some(l)) => l.iter().all(|p| e.contains(p)),
+    };
+    // A rule without ports also matches connections without a port (and port 0), which no
+    // port list covers.
+    let ports = match (&earlier.ports, &later.ports) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(e), Some(l)) => {
+            let e = merge(e.iter().map(|r| (r.first as u128, r.last as u128)).collect());
+            l.iter().all(|r| range_covered((r.first as u128, r.last as u128), &e))
+        }
+    };
+    let to = match (&earlier.to, &later.to) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(e), Some(l)) => {
+            let (e4, e6) = net_ranges(e);
+            let (e4, e6) = (merge(e4), merge(e6));
+            l.iter().all(|n| match n {
+                IpNet::V4(_) => range_covered(net_range(n), &e4),
+                IpNet::V6(_) => range_covered(net_range(n), &e6),
+            })
+        }
+    };
+    let ids = |e: &Option<Vec<Principal>>, l: &Option<Vec<Principal>>| match (e, l) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(e), Some(l)) => l.iter().all(|p| e.iter().any(|q| q.id == p.id)),
+    };
+    protos && ports && to && ids(&earlier.users, &later.users) && ids(&earlier.groups, &later.groups)
+}
+
+/// Inclusive address range of a network, as integers.
+fn net_range(n: &IpNet) -> (u128, u128) {
+    match n {
+        IpNet::V4(n) => (u32::from(n.network()) as u128, u32::from(n.broadcast()) as u128),
+        IpNet::V6(n) => (u128::from(n.network()), u128::from(n.broadcast())),
+    }
+}
+
+/// Inclusive integer ranges (addresses or ports).
+type Ranges = Vec<(u128, u128)>;
+
+/// The IPv4 and the IPv6 ranges of a list of networks.
+fn net_ranges(nets: &[IpNet]) -> (Ranges, Ranges) {
+    let (v4, v6): (Vec<&IpNet>, Vec<&IpNet>) = nets.iter().partition(|n| matches!(n, IpNet::V4(_)));
+    (v4.into_iter().map(net_range).collect(), v6.into_iter().map(net_range).collect())
+}
+
+/// Sorted, disjoint, non-adjacent inclusive ranges covering the same values.
+fn merge(mut r: Ranges) -> Ranges {
+    r.sort_unstable();
+    let mut out: Vec<(u128, u128)> = Vec::with_capacity(r.len());
+    for (a, b) in r {
+        match out.last_mut() {
+            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// Whether one inclusive range lies within merged ranges (it must lie within a single one,
+/// since merged ranges have gaps between them).
+fn range_covered((a, b): (u128, u128), merged: &[(u128, u128)]) -> bool {
+    merged.iter().any(|&(x, y)| x <= a && b <= y)
+}
+
+/// Whether an allow rule lets some DNS (udp or tcp to port 53) through.
+fn allows_dns(rule: &Rule) -> bool {
+    rule.action == Action::Allow
+        && never_matches(rule).is_none()
+        && rule.effective_protos().is_none_or(|p| p.contains(&Proto::Udp) || p.contains(&Proto::Tcp))
+        && rule.ports.as_ref().is_none_or(|p| p.iter().any(|r| r.contains(53)))
+}
+
+/// What makes an allow rule broad, if it is: every port or every destination.
+fn broad_because(rule: &Rule) -> Option<&'static str> {
+    let all_ports = rule.ports.is_none() && rule.effective_protos().is_none_or(|p| p.iter().any(|p| p.has_ports()));
+    let anywhere = rule.to.as_ref().is_none_or(|to| to.iter().any(|n| n.prefix_len() == 0));
+    match (all_ports, anywhere) {
+        (true, true) => Some("every port to any destination"),
+        (true, false) => Some("every port"),
+        (false, true) => Some("any destination"),
+        (false, false) => None,
+    }
+}

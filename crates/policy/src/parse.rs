@@ -1,0 +1,949 @@
+//! Policy text -> validated [`Policy`], reporting every error with the span it is about.
+//!
+//! The document is walked by hand over `toml_edit`'s span-keeping tree instead of going through
+//! serde: serde stops at the first problem and cannot point at an unknown key, while an operator
+//! fixing a policy wants all errors at once, each at the exact key or value that is wrong.
+
+use crate::Resolver;
+use crate::diag::Diagnostic;
+use crate::model::*;
+use ipnet::IpNet;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use toml_edit::{Document, Item, TableLike, Value};
+
+/// Keys of the top-level table.
+const TOP_KEYS: &[&str] = &["version", "defaults", "rule", "expect"];
+/// Keys of `[defaults]`.
+const DEFAULTS_KEYS: &[&str] =
+    &["outbound", "deny_with", "log_denied", "log_group", "allow_loopback", "allow_established"];
+/// Keys of a `[[rule]]`.
+const RULE_KEYS: &[&str] = &[
+    "name",
+    "action",
+    "proto",
+    "ports",
+    "to",
+    "user",
+    "group",
+    "log",
+    "purpose",
+    "justification",
+    "risk",
+    "owner",
+    "review",
+];
+/// Keys of an `[[expect]]`.
+const EXPECT_KEYS: &[&str] = &["to", "proto", "user", "group", "verdict"];
+
+/// Parses and validates a policy text.
+///
+/// Returns the policy when there is no error (warnings do not prevent it), and every diagnostic
+/// found, sorted by position. A TOML syntax error is reported alone, since nothing after it can be
+/// trusted; otherwise every key and value is checked and each problem is reported. User and group
+/// names are resolved through `resolver`.
+pub fn load(src: &str, resolver: &dyn Resolver) -> (Option<Policy>, Vec<Diagnostic>) {
+    let doc = match Document::parse(src) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let span = clamp(src, e.span().unwrap_or(0..0));
+            let message = e.message().trim().trim_end_matches('.').to_string();
+            let message = if message.is_empty() { "invalid TOML".to_string() } else { message };
+            return (None, vec![Diagnostic::error("syntax", span, format!("TOML syntax: {message}"))]);
+        }
+    };
+    let mut p = Parser { src, resolver, diags: Vec::new() };
+    let policy = p.policy(doc.as_table());
+    let mut diags = p.diags;
+    diags.sort_by_key(|d| (d.span.start, d.span.end));
+    let ok = !diags.iter().any(|d| d.severity == crate::Severity::Error);
+    (policy.filter(|_| ok), diags)
+}
+
+/// Keeps a span inside the text whatever the parser reported, so rendering never goes out of bounds.
+fn clamp(src: &str, span: Span) -> Span {
+    let end = span.end.min(src.len());
+    span.start.min(end)..end
+}
+
+struct Parser<'a> {
+    src: &'a str,
+    resolver: &'a dyn Resolver,
+    diags: Vec<Diagnostic>,
+}
+
+/// One entry of a table: the key's name and span, and the item.
+struct Entry<'d> {
+    key: &'d str,
+    key_span: Span,
+    item: &'d Item,
+}
+
+impl<'a> Parser<'a> {
+    fn error(&mut self, code: &'static str, span: Span, message: impl Into<String>) {
+        let span = clamp(self.src, span);
+        self.diags.push(Diagnostic::error(code, span, message));
+    }
+
+    /// Span of an item, falling back to `fallback` (usually its key) for the rare items that
+    /// carry none.
+    fn span(&self, item: &Item, fallback: &Span) -> Span {
+        clamp(self.src, item.span().unwrap_or_else(|| fallback.clone()))
+    }
+
+    fn vspan(&self, value: &Value, fallback: &Span) -> Span {
+        clamp(self.src, value.span().unwrap_or_else(|| fallback.clone()))
+    }
+
+    /// The entries of a table, reporting every key not in `allowed` (with a suggestion when it
+    /// looks like a typo of an allowed one). Also returns the keys suggested, so that a missing
+    /// required key that was merely misspelt is not reported a second time.
+    fn entries<'d>(
+        &mut self,
+        table: &'d dyn TableLike,
+        section: &str,
+        allowed: &'static [&'static str],
+    ) -> (Vec<Entry<'d>>, Vec<&'static str>) {
+        let mut out = Vec::new();
+        let mut suggested = Vec::new();
+        for (key, item) in table.iter() {
+            let key_span = table.get_key_value(key).and_then(|(k, _)| k.span()).or_else(|| item.span()).unwrap_or(0..0);
+            let key_span = clamp(self.src, key_span);
+            if allowed.contains(&key) {
+                out.push(Entry { key, key_span, item });
+            } else {
+                let hint = match suggest(key, allowed) {
+                    Some(s) => {
+                        suggested.push(s);
+                        format!("did you mean `{s}`?")
+                    }
+                    None => format!("expected {}", one_of(allowed)),
+                };
+                self.error("unknown-key", key_span, format!("unknown key `{key}` in {section}; {hint}"));
+            }
+        }
+        (out, suggested)
+    }
+
+    /// Reports a missing required key, unless an unknown key was already reported as its typo.
+    fn require(&mut self, t: &dyn TableLike, key: &str, suggested: &[&str], span: &Span, message: &str) {
+        if !t.contains_key(key) && !suggested.contains(&key) {
+            self.error("missing-key", span.clone(), message);
+        }
+    }
+
+    fn policy(&mut self, root: &toml_edit::Table) -> Option<Policy> {
+        let mut version = None;
+        let mut defaults = Defaults::default();
+        let mut rules = Vec::new();
+        let mut expects = Vec::new();
+        let (entries, suggested) = self.entries(root, "the top level", TOP_KEYS);
+        for e in entries {
+            match e.key {
+                "version" => version = self.version(&e),
+                "defaults" => {
+                    if let Some(t) = e.item.as_table_like() {
+                        defaults = self.defaults(t);
+                    } else {
+                        let span = self.span(e.item, &e.key_span);
+                        self.wrong_type(span, "a table ([defaults])", e.item);
+                    }
+                }
+                "rule" => {
+                    let mut names: HashMap<String, Span> = HashMap::new();
+                    for (t, span) in self.tables(&e, "[[rule]]") {
+                        if let Some(r) = self.rule(t, span, &mut names) {
+                            rules.push(r);
+                        }
+                    }
+                }
+                "expect" => {
+                    for (t, span) in self.tables(&e, "[[expect]]") {
+                        if let Some(x) = self.expect(t, span) {
+                            expects.push(x);
+                        }
+                    }
+                }
+                _ => unreachable!("entries() only returns allowed keys"),
+            }
+        }
+        self.require(root, "version", &suggested, &(0..0), "missing `version = 1` (the policy language version)");
+        Some(Policy { version: version?, defaults, rules, expects })
+    }
+
+    fn version(&mut self, e: &Entry) -> Option<u32> {
+        let span = self.span(e.item, &e.key_span);
+        match e.item.as_integer() {
+            Some(1) => Some(1),
+            Some(v) => {
+                self.error("bad-version", span, format!("unsupported version {v}; this leash understands version 1"));
+                None
+            }
+            None => {
+                self.wrong_type(span, "the integer 1", e.item);
+                None
+            }
+        }
+    }
+
+    /// The tables of an array of tables (`[[rule]]`), also accepting an inline array of inline
+    /// tables (`rule = [{ ... }]`), which TOML considers the same data.
+    fn tables<'d>(&mut self, e: &Entry<'d>, header: &str) -> Vec<(&'d dyn TableLike, Span)> {
+        let mut out: Vec<(&'d dyn TableLike, Span)> = Vec::new();
+        match e.item {
+            Item::ArrayOfTables(a) => {
+                for t in a.iter() {
+                    let span = clamp(self.src, t.span().unwrap_or_else(|| e.key_span.clone()));
+                    out.push((t, span));
+                }
+            }
+            Item::Value(Value::Array(a)) => {
+                for v in a.iter() {
+                    let span = self.vspan(v, &e.key_span);
+                    match v.as_inline_table() {
+                        Some(t) => out.push((t, span)),
+                        None => self.error(
+                            "wrong-type",
+                            span,
+                            format!("expected a table like {header}, found {}", value_type(v)),
+                        ),
+                    }
+                }
+            }
+            other => {
+                let span = self.span(other, &e.key_span);
+                self.error(
+                    "wrong-type",
+                    span,
+                    format!("`{}` must be an array of tables, written {header}; found {}", e.key, item_type(other)),
+                );
+            }
+        }
+        out
+    }
+
+    fn wrong_type(&mut self, span: Span, expected: &str, found: &Item) {
+        self.error("wrong-type", span, format!("expected {expected}, found {}", item_type(found)));
+    }
+
+    /// The item as a plain value; tables where a value is expected are a type error.
+    fn value<'d>(&mut self, e: &Entry<'d>, expected: &str) -> Option<&'d Value> {
+        match e.item {
+            Item::Value(v) => Some(v),
+            other => {
+                let span = self.span(other, &e.key_span);
+                self.wrong_type(span, expected, other);
+                None
+            }
+        }
+    }
+
+    fn string<'d>(&mut self, e: &Entry<'d>) -> Option<(&'d str, Span)> {
+        let v = self.value(e, "a string")?;
+        let span = self.vspan(v, &e.key_span);
+        match v.as_str() {
+            Some(s) => Some((s, span)),
+            None => {
+                self.error("wrong-type", span, format!("expected a string, found {}", value_type(v)));
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, e: &Entry) -> Option<bool> {
+        let v = self.value(e, "a boolean (true or false)")?;
+        match v.as_bool() {
+            Some(b) => Some(b),
+            None => {
+                let span = self.vspan(v, &e.key_span);
+                self.error("wrong-type", span, format!("expected a boolean (true or false), found {}", value_type(v)));
+                None
+            }
+        }
+    }
+
+    /// A string that must be one of `choices`.
+    fn choice<T: Copy>(&mut self, e: &Entry, choices: &[(&str, T)]) -> Option<T> {
+        let (s, span) = self.string(e)?;
+        if let Some((_, t)) = choices.iter().find(|(name, _)| *name == s) {
+            return Some(*t);
+        }
+        let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+        self.error("bad-value", span, format!("invalid {} `{s}`; expected {}", e.key, one_of(&names)));
+        None
+    }
+
+    /// The elements of a list, or the value itself when a single value stands for a list of one.
+    fn list<'d>(&mut self, e: &Entry<'d>, expected: &str) -> Option<Vec<&'d Value>> {
+        let v = self.value(e, expected)?;
+        Some(match v.as_array() {
+            Some(a) => a.iter().collect(),
+            None => vec![v],
+        })
+    }
+
+    fn defaults(&mut self, t: &dyn TableLike) -> Defaults {
+        let mut d = Defaults::default();
+        for e in self.entries(t, "[defaults]", DEFAULTS_KEYS).0 {
+            match e.key {
+                "outbound" => {
+                    if let Some(a) = self.choice(&e, ACTIONS) {
+                        d.outbound = a;
+                        d.outbound_span = Some(self.span(e.item, &e.key_span));
+                    }
+                }
+                "deny_with" => {
+                    if let Some(w) = self.choice(&e, &[("reject", DenyWith::Reject), ("drop", DenyWith::Drop)]) {
+                        d.deny_with = w;
+                    }
+                }
+                "log_denied" => d.log_denied = self.boolean(&e).unwrap_or(d.log_denied),
+                "log_group" => {
+                    if let Some(v) = self.value(&e, "an integer") {
+                        let span = self.vspan(v, &e.key_span);
+                        match v.as_integer() {
+                            Some(n) => match u16::try_from(n) {
+                                Ok(g) => d.log_group = g,
+                                Err(_) => self.error(
+                                    "bad-value",
+                                    span,
+                                    format!("log_group {n} is out of range; NFLOG groups are 0 to 65535"),
+                                ),
+                            },
+                            None => {
+                                self.error("wrong-type", span, format!("expected an integer, found {}", value_type(v)))
+                            }
+                        }
+                    }
+                }
+                "allow_loopback" => d.allow_loopback = self.boolean(&e).unwrap_or(d.allow_loopback),
+                "allow_established" => {
+                    if let Some(b) = self.boolean(&e) {
+                        d.allow_established = b;
+                        d.allow_established_span = Some(self.span(e.item, &e.key_span));
+                    }
+                }
+                _ => unreachable!("entries() only returns allowed keys"),
+            }
+        }
+        d
+    }
+
+    fn rule(&mut self, t: &dyn TableLike, span: Span, names: &mut HashMap<String, Span>) -> Option<Rule> {
+        let errors_before = self.error_count();
+        let mut name = None;
+        let mut action = None;
+        let mut protos: Option<Protos> = None;
+        let mut rule = Rule {
+            name: String::new(),
+            span: span.clone(),
+            name_span: span.clone(),
+            action: Action::Deny,
+            protos: None,
+            ports: None,
+            ports_span: None,
+            to: None,
+            to_span: None,
+            users: None,
+            groups: None,
+            log: false,
+            purpose: None,
+            justification: None,
+            risk: None,
+            owner: None,
+            review: None,
+            review_span: None,
+        };
+        let (entries, suggested) = self.entries(t, "[[rule]]", RULE_KEYS);
+        for e in entries {
+            match e.key {
+                "name" => {
+                    if let Some((n, nspan)) = self.string(&e) {
+                        name = self.rule_name(n, nspan, names);
+                    }
+                }
+                "action" => action = self.choice(&e, ACTIONS),
+                "proto" => {
+                    protos = self.rule_protos(&e);
+                }
+                "ports" => {
+                    rule.ports_span = Some(self.span(e.item, &e.key_span));
+                    rule.ports = self.ports(&e);
+                }
+                "to" => {
+                    rule.to_span = Some(self.span(e.item, &e.key_span));
+                    rule.to = self.networks(&e);
+                }
+                "user" => rule.users = self.principals(&e, Kind::User),
+                "group" => rule.groups = self.principals(&e, Kind::Group),
+                "log" => rule.log = self.boolean(&e).unwrap_or(false),
+                "purpose" => rule.purpose = self.string(&e).map(|(s, _)| s.to_string()),
+                "justification" => rule.justification = self.string(&e).map(|(s, _)| s.to_string()),
+                "owner" => rule.owner = self.string(&e).map(|(s, _)| s.to_string()),
+                "risk" => {
+                    rule.risk = self.choice(&e, &[("low", Risk::Low), ("medium", Risk::Medium), ("high", Risk::High)])
+                }
+                "review" => {
+                    rule.review_span = Some(self.span(e.item, &e.key_span));
+                    rule.review = self.date(&e);
+                }
+                _ => unreachable!("entries() only returns allowed keys"),
+            }
+        }
+        self.require(t, "name", &suggested, &span, "rule has no `name`");
+        self.require(t, "action", &suggested, &span, "rule has no `action` (allow or deny)");
+        // Ports only exist for TCP and UDP; naming ICMP next to ports is a contradiction the
+        // operator has to resolve, not something to silently narrow.
+        if let (Some(protos), Some(ports_span)) = (&protos, &rule.ports_span) {
+            for (p, pspan) in &protos.list {
+                if !p.has_ports() {
+                    self.error(
+                        "ports-without-ports-proto",
+                        pspan.clone(),
+                        format!(
+                            "proto {} has no ports, but the rule has `ports` (on line {})",
+                            p.as_str(),
+                            self.line(ports_span)
+                        ),
+                    );
+                }
+            }
+        }
+        if self.error_count() > errors_before {
+            return None;
+        }
+        let (name, name_span) = name?;
+        rule.name = name;
+        rule.name_span = name_span;
+        rule.action = action?;
+        // `any` anywhere in the list means every protocol.
+        rule.protos = protos.filter(|p| !p.any).map(|p| p.list.into_iter().map(|(p, _)| p).collect());
+        Some(rule)
+    }
+
+    fn error_count(&self) -> usize {
+        self.diags.iter().filter(|d| d.severity == crate::Severity::Error).count()
+    }
+
+    fn line(&self, span: &Span) -> usize {
+        crate::diag::line_col(self.src, span.start).0
+    }
+
+    fn rule_name(&mut self, n: &str, span: Span, names: &mut HashMap<String, Span>) -> Option<(String, Span)> {
+        let valid = (1..=32).contains(&n.len())
+            && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !valid {
+            self.error(
+                "bad-value",
+                span,
+                format!("invalid rule name `{n}`; use 1 to 32 characters from a-z, 0-9, `_` and `-`"),
+            );
+            return None;
+        }
+        if let Some(first) = names.get(n) {
+            let line = self.line(first);
+            self.error("duplicate-name", span, format!("duplicate rule name `{n}` (first used on line {line})"));
+            return None;
+        }
+        names.insert(n.to_string(), span.clone());
+        Some((n.to_string(), span))
+    }
+
+    /// `proto`: one name or a list of them. Duplicates are dropped.
+    fn rule_protos(&mut self, e: &Entry) -> Option<Protos> {
+        let mut any = false;
+        let mut out: Vec<(Proto, Span)> = Vec::new();
+        let mut ok = true;
+        for v in self.list(e, "a protocol or a list of protocols")? {
+            let span = self.vspan(v, &e.key_span);
+            match v.as_str() {
+                Some("any") => any = true,
+                Some(s) => match Proto::parse(s) {
+                    Some(p) => {
+                        if !out.iter().any(|(q, _)| *q == p) {
+                            out.push((p, span));
+                        }
+                    }
+                    None => {
+                        ok = false;
+                        self.error(
+                            "bad-value",
+                            span,
+                            format!(
+                                "invalid proto `{s}`; expected {}",
+                                one_of(&["tcp", "udp", "icmp", "icmpv6", "any"])
+                            ),
+                        );
+                    }
+                },
+                None => {
+                    ok = false;
+                    self.error(
+                        "wrong-type",
+                        span,
+                        format!("expected a protocol name (a string), found {}", value_type(v)),
+                    );
+                }
+            }
+        }
+        if !ok {
+            return None;
+        }
+        Some(Protos { any, list: out })
+    }
+
+    fn ports(&mut self, e: &Entry) -> Option<Vec<PortRange>> {
+        let mut out = Vec::new();
+        let mut ok = true;
+        for v in self.list(e, "a list of ports")? {
+            let span = self.vspan(v, &e.key_span);
+            let r = match v {
+                Value::Integer(n) => port_number(*n.value()).map(PortRange::single),
+                Value::String(s) => parse_port_range(s.value()),
+                other => Err(format!("expected a port number or a \"FROM-TO\" range, found {}", value_type(other))),
+            };
+            match r {
+                Ok(r) => out.push(r),
+                Err(m) => {
+                    ok = false;
+                    let code =
+                        if matches!(v, Value::Integer(_) | Value::String(_)) { "bad-port" } else { "wrong-type" };
+                    self.error(code, span, m);
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn networks(&mut self, e: &Entry) -> Option<Vec<IpNet>> {
+        let mut out = Vec::new();
+        let mut ok = true;
+        for v in self.list(e, "a list of addresses")? {
+            let span = self.vspan(v, &e.key_span);
+            let Some(s) = v.as_str() else {
+                ok = false;
+                self.error(
+                    "wrong-type",
+                    span,
+                    format!("expected an address or CIDR (a string), found {}", value_type(v)),
+                );
+                continue;
+            };
+            match parse_network(s) {
+                Ok(n) => out.push(n),
+                Err((code, m)) => {
+                    ok = false;
+                    self.error(code, span, m);
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn principals(&mut self, e: &Entry, kind: Kind) -> Option<Vec<Principal>> {
+        let mut out = Vec::new();
+        let mut ok = true;
+        for v in self.list(e, kind.expected_list())? {
+            match self.principal(v, &e.key_span, kind) {
+                Some(p) => out.push(p),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// A user or group: a name resolved through the resolver, or a numeric id.
+    fn principal(&mut self, v: &Value, fallback: &Span, kind: Kind) -> Option<Principal> {
+        let span = self.vspan(v, fallback);
+        match v {
+            Value::Integer(n) => match u32::try_from(*n.value()) {
+                Ok(id) => Some(Principal { name: None, id, span }),
+                Err(_) => {
+                    self.error(
+                        "bad-value",
+                        span,
+                        format!("{} id {} is out of range 0 to {}", kind.word(), n.value(), u32::MAX),
+                    );
+                    None
+                }
+            },
+            Value::String(s) => {
+                let name = s.value();
+                let id = match kind {
+                    Kind::User => self.resolver.user(name),
+                    Kind::Group => self.resolver.group(name),
+                };
+                match id {
+                    Some(id) => Some(Principal { name: Some(name.to_string()), id, span }),
+                    None => {
+                        let hint = if !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) {
+                            " (write numeric ids without quotes)"
+                        } else {
+                            ""
+                        };
+                        self.error(kind.unknown_code(), span, format!("unknown {} `{name}`{hint}", kind.word()));
+                        None
+                    }
+                }
+            }
+            other => {
+                self.error(
+                    "wrong-type",
+                    span,
+                    format!("expected a {} name or numeric id, found {}", kind.word(), value_type(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn date(&mut self, e: &Entry) -> Option<Date> {
+        let v = self.value(e, "a date like 2027-06-01")?;
+        let span = self.vspan(v, &e.key_span);
+        match v {
+            Value::Datetime(dt) => {
+                let dt = dt.value();
+                match (dt.date, dt.time, dt.offset) {
+                    (Some(d), None, None) => Some(Date { year: d.year as i16, month: d.month as i8, day: d.day as i8 }),
+                    _ => {
+                        self.error("bad-value", span, "expected a date like 2027-06-01 without a time");
+                        None
+                    }
+                }
+            }
+            Value::String(s) => {
+                self.error(
+                    "wrong-type",
+                    span,
+                    format!(
+                        "expected a TOML date like 2027-06-01, found a string; write it without quotes: {}",
+                        s.value()
+                    ),
+                );
+                None
+            }
+            other => {
+                self.error("wrong-type", span, format!("expected a date like 2027-06-01, found {}", value_type(other)));
+                None
+            }
+        }
+    }
+
+    fn expect(&mut self, t: &dyn TableLike, span: Span) -> Option<Expect> {
+        let errors_before = self.error_count();
+        let mut to: Option<(IpAddr, Option<u16>, Span)> = None;
+        let mut proto = Some((Proto::Tcp, None));
+        let mut user: Option<Principal> = None;
+        let mut group: Option<Principal> = None;
+        let mut verdict = None;
+        let (entries, suggested) = self.entries(t, "[[expect]]", EXPECT_KEYS);
+        for e in entries {
+            match e.key {
+                "to" => {
+                    if let Some((s, sspan)) = self.string(&e) {
+                        match parse_destination(s) {
+                            Ok((addr, port)) => to = Some((addr, port, sspan)),
+                            Err(m) => self.error("bad-address", sspan, m),
+                        }
+                    }
+                }
+                "proto" => {
+                    proto = None;
+                    if let Some((s, pspan)) = self.string(&e) {
+                        match Proto::parse(s) {
+                            Some(p) => proto = Some((p, Some(pspan))),
+                            None => self.error(
+                                "bad-value",
+                                pspan,
+                                format!(
+                                    "invalid proto `{s}`; an expectation is one connection: expected {}",
+                                    one_of(&["tcp", "udp", "icmp", "icmpv6"])
+                                ),
+                            ),
+                        }
+                    }
+                }
+                "user" => {
+                    if let Some(v) = self.value(&e, "a user name or id") {
+                        user = self.principal(v, &e.key_span, Kind::User);
+                    }
+                }
+                "group" => {
+                    if let Some(v) = self.value(&e, "a group name or id") {
+                        group = self.principal(v, &e.key_span, Kind::Group);
+                    }
+                }
+                "verdict" => verdict = self.choice(&e, ACTIONS),
+                _ => unreachable!("entries() only returns allowed keys"),
+            }
+        }
+        self.require(t, "to", &suggested, &span, "expectation has no `to` (ADDR[:PORT])");
+        self.require(t, "verdict", &suggested, &span, "expectation has no `verdict` (allow or deny)");
+        if let (Some((addr, port, tspan)), Some((proto, _))) = (&to, &proto) {
+            let p = proto.as_str();
+            match (proto.has_ports(), port) {
+                (true, None) => self.error(
+                    "expect-port",
+                    tspan.clone(),
+                    format!("a {p} expectation needs a port, e.g. \"192.0.2.1:443\" or \"[2001:db8::1]:443\""),
+                ),
+                (false, Some(_)) => {
+                    self.error("expect-port", tspan.clone(), format!("{p} has no ports; remove the port"))
+                }
+                _ => {}
+            }
+            match (proto, addr) {
+                (Proto::Icmp, IpAddr::V6(_)) => {
+                    self.error("expect-family", tspan.clone(), "icmp needs an IPv4 address; use icmpv6 for IPv6")
+                }
+                (Proto::Icmpv6, IpAddr::V4(_)) => {
+                    self.error("expect-family", tspan.clone(), "icmpv6 needs an IPv6 address; use icmp for IPv4")
+                }
+                _ => {}
+            }
+        }
+        let uid = user.as_ref().map_or(0, |u| u.id);
+        let gid = match &group {
+            Some(g) => Some(g.id),
+            None => match self.resolver.primary_group(uid) {
+                Some(g) => Some(g),
+                None if uid == 0 => Some(0),
+                None => {
+                    let uspan = user.as_ref().map_or(span.clone(), |u| u.span.clone());
+                    self.error(
+                        "no-primary-group",
+                        uspan,
+                        format!("cannot tell the primary group of uid {uid}; add `group`"),
+                    );
+                    None
+                }
+            },
+        };
+        if self.error_count() > errors_before {
+            return None;
+        }
+        let (to, port, _) = to?;
+        Some(Expect { span, to, port, proto: proto?.0, user, group, uid, gid: gid?, verdict: verdict? })
+    }
+}
+
+/// A parsed `proto` value: whether `any` was named, and the named protocols with their spans (kept
+/// even next to `any`, for the ports check).
+struct Protos {
+    any: bool,
+    list: Vec<(Proto, Span)>,
+}
+
+const ACTIONS: &[(&str, Action)] = &[("allow", Action::Allow), ("deny", Action::Deny)];
+
+#[derive(Clone, Copy)]
+enum Kind {
+    User,
+    Group,
+}
+
+impl Kind {
+    fn word(self) -> &'static str {
+        match self {
+            Kind::User => "user",
+            Kind::Group => "group",
+        }
+    }
+    fn unknown_code(self) -> &'static str {
+        match self {
+            Kind::User => "unknown-user",
+            Kind::Group => "unknown-group",
+        }
+    }
+    fn expected_list(self) -> &'static str {
+        match self {
+            Kind::User => "a user or a list of users",
+            Kind::Group => "a group or a list of groups",
+        }
+    }
+}
+
+/// "a string", "an integer", ... for type errors.
+fn value_type(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Boolean(_) => "a boolean",
+        Value::Datetime(_) => "a date-time",
+        Value::Array(_) => "an array",
+        Value::InlineTable(_) => "an inline table",
+    }
+}
+
+fn item_type(i: &Item) -> &'static str {
+    match i {
+        Item::None => "nothing",
+        Item::Value(v) => value_type(v),
+        Item::Table(_) => "a table",
+        Item::ArrayOfTables(_) => "an array of tables",
+    }
+}
+
+/// "`a`", "`a` or `b`", "`a`, `b` or `c`".
+fn one_of(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    match quoted.split_last() {
+        None => String::new(),
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
+/// The allowed key closest to a misspelt one, if it is close enough to be a typo.
+fn suggest<'k>(key: &str, allowed: &[&'k str]) -> Option<&'k str> {
+    allowed
+        .iter()
+        .map(|a| (edit_distance(key, a), *a))
+        .filter(|(d, a)| *d <= 2 && *d < a.len())
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, a)| a)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn port_number(n: i64) -> Result<u16, String> {
+    match u16::try_from(n) {
+        Ok(p) if p >= 1 => Ok(p),
+        _ => Err(format!("port {n} is out of range 1 to 65535")),
+    }
+}
+
+/// "53" or "8000-8080" (digits only, no spaces or signs).
+fn parse_port_range(s: &str) -> Result<PortRange, String> {
+    let num = |t: &str| -> Result<u16, String> {
+        if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("invalid port range `{s}`; expected a number or FROM-TO like \"8000-8080\""));
+        }
+        // Digits only, so the only parse failure is overflow; saturate to report the range.
+        port_number(t.parse::<i64>().unwrap_or(i64::MAX))
+    };
+    match s.split_once('-') {
+        None => num(s).map(PortRange::single),
+        Some((a, b)) => {
+            let (first, last) = (num(a)?, num(b)?);
+            if first > last {
+                return Err(format!("port range `{s}` is reversed; write {last}-{first}"));
+            }
+            Ok(PortRange { first, last })
+        }
+    }
+}
+
+/// An address (a host network) or a CIDR whose host bits are all zero.
+fn parse_network(s: &str) -> Result<IpNet, (&'static str, String)> {
+    if let Ok(addr) = s.parse::<IpAddr>() {
+        return Ok(IpNet::from(addr));
+    }
+    match s.parse::<IpNet>() {
+        Ok(net) if net.trunc() == net => Ok(net),
+        Ok(net) => Err(("host-bits-set", format!("`{s}` has host bits set; the network is {}", net.trunc()))),
+        Err(_) => Err((
+            "bad-address",
+            format!("invalid address `{s}`; expected an IP address or CIDR like 192.0.2.0/24 or 2001:db8::/32"),
+        )),
+    }
+}
+
+/// ADDR[:PORT] of an expectation: "192.0.2.1:53", "[2001:db8::1]:443", "2001:db8::1", "192.0.2.1".
+fn parse_destination(s: &str) -> Result<(IpAddr, Option<u16>), String> {
+    let bad =
+        || format!("invalid destination `{s}`; expected ADDR[:PORT] like \"192.0.2.53:53\" or \"[2001:db8::1]:443\"");
+    let port = |p: &str| -> Result<u16, String> {
+        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        port_number(p.parse::<i64>().unwrap_or(i64::MAX))
+    };
+    if let Some(rest) = s.strip_prefix('[') {
+        let (addr, after) = rest.split_once(']').ok_or_else(bad)?;
+        let addr: std::net::Ipv6Addr = addr.parse().map_err(|_| bad())?;
+        let port = match after {
+            "" => None,
+            _ => Some(port(after.strip_prefix(':').ok_or_else(bad)?)?),
+        };
+        return Ok((IpAddr::V6(addr), port));
+    }
+    if let Ok(addr) = s.parse::<IpAddr>() {
+        return Ok((addr, None));
+    }
+    let (addr, p) = s.rsplit_once(':').ok_or_else(bad)?;
+    let addr: std::net::Ipv4Addr = addr.parse().map_err(|_| bad())?;
+    Ok((IpAddr::V4(addr), Some(port(p)?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("53"), Ok(PortRange::single(53)));
+        assert_eq!(parse_port_range("1-65535"), Ok(PortRange { first: 1, last: 65535 }));
+        assert!(parse_port_range("0-5").is_err());
+        assert!(parse_port_range("5-").is_err());
+        assert!(parse_port_range("-5").is_err());
+        assert!(parse_port_range("+5").is_err());
+        assert!(parse_port_range("5 - 6").is_err());
+        assert!(parse_port_range("99999999999999999999999").is_err());
+        assert!(parse_port_range("9-8").unwrap_err().contains("reversed"));
+    }
+
+    #[test]
+    fn destinations() {
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(parse_destination("192.0.2.1:53"), Ok((v4, Some(53))));
+        assert_eq!(parse_destination("192.0.2.1"), Ok((v4, None)));
+        assert_eq!(parse_destination("[2001:db8::1]:443"), Ok((v6, Some(443))));
+        assert_eq!(parse_destination("[2001:db8::1]"), Ok((v6, None)));
+        assert_eq!(parse_destination("2001:db8::1"), Ok((v6, None)));
+        for bad in [
+            "",
+            ":",
+            "192.0.2.1:",
+            "192.0.2.1:0",
+            "192.0.2.1:65536",
+            "[192.0.2.1]:1",
+            "[::1]x",
+            "[::1",
+            "host:80",
+            "::1:x",
+        ] {
+            assert!(parse_destination(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn networks() {
+        assert_eq!(parse_network("192.0.2.1").unwrap().to_string(), "192.0.2.1/32");
+        assert_eq!(parse_network("2001:db8::/32").unwrap().to_string(), "2001:db8::/32");
+        assert_eq!(parse_network("192.0.2.1/24").unwrap_err().0, "host-bits-set");
+        assert_eq!(parse_network("192.0.2.0/33").unwrap_err().0, "bad-address");
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(suggest("prot", RULE_KEYS), Some("proto"));
+        assert_eq!(suggest("port", RULE_KEYS), Some("ports"));
+        assert_eq!(suggest("zzzzzz", RULE_KEYS), None);
+        assert_eq!(one_of(&["a"]), "`a`");
+        assert_eq!(one_of(&["a", "b", "c"]), "`a`, `b` or `c`");
+    }
+}

@@ -1,0 +1,217 @@
+//! A model of the one nftables table leash owns: sets, chains and rules as nft statements.
+//!
+//! The model sits at the level of nft's own syntax (`ip daddr @set`, `tcp dport 53`, `counter`), not
+//! at the level of kernel bytecode. The text renderer prints it as nft syntax; the kernel crate
+//! translates each statement into exactly the bytecode `nft` generates for that syntax, which the
+//! oracle test checks by loading both into namespaces and comparing the listings.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// The table leash owns. It is the only table leash ever creates, changes or deletes.
+pub const TABLE_NAME: &str = "leash";
+
+/// Priority of leash's output chain: `filter` (0), the same slot iptables' filter table uses.
+pub const OUTPUT_PRIORITY_FILTER: i32 = 0;
+
+/// Longest comment nft accepts (NFTNL_UDATA_COMMENT_MAXLEN is 128 including the terminator).
+pub const MAX_COMMENT_LEN: usize = 127;
+
+/// One nftables table of family `inet`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    pub name: String,
+    /// Stored in the kernel with the table (user data); `leash status` reads the policy hash from it.
+    pub comment: Option<String>,
+    pub sets: Vec<Set>,
+    pub chains: Vec<Chain>,
+}
+
+/// The type of a set's keys; each maps to an nft datatype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyType {
+    /// `ipv4_addr`, 4 bytes network order.
+    Ipv4Addr,
+    /// `ipv6_addr`, 16 bytes network order.
+    Ipv6Addr,
+    /// `inet_service`, 2 bytes network order.
+    InetService,
+    /// `uid`, 4 bytes host order.
+    Uid,
+    /// `gid`, 4 bytes host order.
+    Gid,
+    /// `icmpv6_type`, 1 byte.
+    Icmpv6Type,
+}
+
+impl KeyType {
+    pub fn nft_name(self) -> &'static str {
+        match self {
+            KeyType::Ipv4Addr => "ipv4_addr",
+            KeyType::Ipv6Addr => "ipv6_addr",
+            KeyType::InetService => "inet_service",
+            KeyType::Uid => "uid",
+            KeyType::Gid => "gid",
+            KeyType::Icmpv6Type => "icmpv6_type",
+        }
+    }
+    /// Length of one key in bytes.
+    pub fn len(self) -> usize {
+        match self {
+            KeyType::Ipv4Addr => 4,
+            KeyType::Ipv6Addr => 16,
+            KeyType::InetService => 2,
+            KeyType::Uid | KeyType::Gid => 4,
+            KeyType::Icmpv6Type => 1,
+        }
+    }
+}
+
+
+/// The elements of a set, typed so that encoders need no parsing. Ranges are inclusive and
+/// already merged: sorted, non-overlapping and non-adjacent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetElements {
+    V4(Vec<(Ipv4Addr, Ipv4Addr)>),
+    V6(Vec<(Ipv6Addr, Ipv6Addr)>),
+    /// Ports, as inclusive ranges.
+    Ports(Vec<(u16, u16)>),
+    /// uids, gids or icmpv6 types: single values.
+    Ids(Vec<u32>),
+}
+
+impl SetElements {
+    pub fn len(&self) -> usize {
+        match self {
+            SetElements::V4(v) => v.len(),
+            SetElements::V6(v) => v.len(),
+            SetElements::Ports(v) => v.len(),
+            SetElements::Ids(v) => v.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A named set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Set {
+    pub name: String,
+    pub key: KeyType,
+    /// `flags interval`: elements are ranges (V4, V6 and Ports sets are always interval sets).
+    pub interval: bool,
+    pub elements: SetElements,
+}
+
+/// Netfilter hooks leash attaches to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Output,
+}
+
+/// Verdict of a base chain when no rule decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainPolicy {
+    Accept,
+    Drop,
+}
+
+/// A base chain (`type filter hook output priority filter`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    pub name: String,
+    pub hook: Hook,
+    pub priority: i32,
+    pub policy: ChainPolicy,
+    pub rules: Vec<Rule>,
+}
+
+/// One nftables rule: statements evaluated left to right.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub stmts: Vec<Stmt>,
+    /// The policy rule this kernel rule belongs to (`comment "NAME"`); several kernel rules may share
+    /// one comment (one per address family and protocol).
+    pub comment: Option<String>,
+}
+
+/// Layer-4 protocols as `meta l4proto` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum L4 {
+    Tcp,
+    Udp,
+    Icmp,
+    Icmpv6,
+}
+
+impl L4 {
+    pub fn number(self) -> u8 {
+        match self {
+            L4::Tcp => 6,
+            L4::Udp => 17,
+            L4::Icmp => 1,
+            L4::Icmpv6 => 58,
+        }
+    }
+    /// The name nft prints.
+    pub fn nft_name(self) -> &'static str {
+        match self {
+            L4::Tcp => "tcp",
+            L4::Udp => "udp",
+            L4::Icmp => "icmp",
+            L4::Icmpv6 => "ipv6-icmp",
+        }
+    }
+}
+
+/// A value compared for equality, or looked up in a named set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value<T> {
+    Eq(T),
+    InSet(String),
+}
+
+/// Address family of a packet (`meta nfproto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+/// A statement of a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stmt {
+    /// `oif "lo"` (the loopback device is ifindex 1 in every namespace).
+    OifLoopback,
+    /// `ct state established,related`.
+    CtStateEstablishedRelated,
+    /// `meta nfproto ipv4|ipv6`.
+    Nfproto(Family),
+    /// `meta l4proto X`.
+    L4proto(L4),
+    /// `tcp dport V` or `udp dport V`. Like nft, it carries its own `meta l4proto` check, so the
+    /// compiler never puts an `L4proto` before it.
+    Dport { l4: L4, value: Value<u16> },
+    /// `ip daddr V` (implies `meta nfproto ipv4`).
+    Daddr4(Value<Ipv4Addr>),
+    /// `ip6 daddr V` (implies `meta nfproto ipv6`).
+    Daddr6(Value<Ipv6Addr>),
+    /// `meta skuid V`.
+    SkUid(Value<u32>),
+    /// `meta skgid V`.
+    SkGid(Value<u32>),
+    /// `icmpv6 type V` (implies nfproto ipv6 and l4proto ipv6-icmp).
+    Icmpv6Type(Value<u8>),
+    /// `counter`.
+    Counter,
+    /// `log prefix "P" group G` (NFLOG).
+    Log { prefix: String, group: u16 },
+    /// `accept`.
+    Accept,
+    /// `drop`.
+    Drop,
+    /// `reject with tcp reset` (only after `meta l4proto tcp`).
+    RejectTcpReset,
+    /// `reject with icmpx admin-prohibited`.
+    RejectAdminProhibited,
+}

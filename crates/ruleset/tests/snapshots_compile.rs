@@ -1,0 +1,124 @@
+//! Snapshot tests of compiled output: the shipped examples and small policies, as nft text and JSON.
+
+use ruleset::compile::CompileOptions;
+
+/// Resolves the names the examples use to Debian's fixed ids, so snapshots do not depend on the host.
+struct FixedResolver;
+
+impl policy::Resolver for FixedResolver {
+    fn user(&self, name: &str) -> Option<u32> {
+        Some(match name {
+            "root" => 0,
+            "www-data" => 33,
+            "backup" => 34,
+            "_apt" => 42,
+            "nobody" => 65534,
+            _ => return None,
+        })
+    }
+    fn group(&self, name: &str) -> Option<u32> {
+        Some(match name {
+            "root" => 0,
+            "users" => 100,
+            "nogroup" => 65534,
+            _ => return None,
+        })
+    }
+    fn primary_group(&self, uid: u32) -> Option<u32> {
+        Some(match uid {
+            42 => 65534,
+            other => other,
+        })
+    }
+}
+
+fn compile_src(src: &str) -> ruleset::Table {
+    let (p, diags) = policy::load(src, &FixedResolver);
+    let p = p.unwrap_or_else(|| panic!("policy has errors: {diags:#?}"));
+    ruleset::compile(&p, &CompileOptions { comment: Some("leash sha256:test /etc/leash/policy.toml".into()) })
+}
+
+fn example(name: &str) -> String {
+    let path = format!("{}/../../examples/{name}.toml", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[test]
+fn web_server_nft() {
+    insta::assert_snapshot!(ruleset::render::nft_text(&compile_src(&example("web-server"))));
+}
+
+#[test]
+fn database_server_nft() {
+    insta::assert_snapshot!(ruleset::render::nft_text(&compile_src(&example("database-server"))));
+}
+
+#[test]
+fn developer_workstation_nft() {
+    insta::assert_snapshot!(ruleset::render::nft_text(&compile_src(&example("developer-workstation"))));
+}
+
+#[test]
+fn web_server_json() {
+    let json = serde_json::to_string_pretty(&ruleset::render::nft_json(&compile_src(&example("web-server")))).unwrap();
+    insta::assert_snapshot!(json);
+}
+
+#[test]
+fn default_allow_with_drop_and_no_loopback() {
+    let t = compile_src(
+        r#"version = 1
+[defaults]
+outbound = "allow"
+deny_with = "drop"
+allow_loopback = false
+allow_established = false
+
+[[rule]]
+name = "no-smtp"
+action = "deny"
+ports = [25, 465, "587"]
+log = true
+"#,
+    );
+    insta::assert_snapshot!(ruleset::render::nft_text(&t));
+}
+
+#[test]
+fn deny_any_protocol_rejects_tcp_with_reset_and_others_with_icmp() {
+    let t = compile_src(
+        r#"version = 1
+[[rule]]
+name = "bad"
+action = "deny"
+to = ["203.0.113.0/24", "203.0.113.7", "198.51.100.1", "2001:db8::1"]
+"#,
+    );
+    let text = ruleset::render::nft_text(&t);
+    // Overlapping networks merge; a single v6 host needs no set.
+    assert!(text.contains("elements = { 198.51.100.1, 203.0.113.0/24 }"), "{text}");
+    assert!(text.contains("ip6 daddr 2001:db8::1 meta l4proto tcp counter reject with tcp reset comment \"bad\""), "{text}");
+    assert!(text.contains("ip6 daddr 2001:db8::1 counter reject with icmpx admin-prohibited comment \"bad\""), "{text}");
+    insta::assert_snapshot!(text);
+}
+
+#[test]
+fn icmp_never_pairs_with_ipv6_destinations() {
+    let t = compile_src(
+        r#"version = 1
+[[rule]]
+name = "ping"
+action = "allow"
+proto = ["icmp", "icmpv6"]
+to = ["192.0.2.0/24", "2001:db8::/64"]
+"#,
+    );
+    let rules: Vec<String> = t.chains[0].rules.iter().map(ruleset::render::rule_text).filter(|r| r.ends_with("\"ping\"")).collect();
+    assert_eq!(
+        rules,
+        vec![
+            "ip daddr @r_ping_v4 meta l4proto icmp counter accept comment \"ping\"",
+            "ip6 daddr @r_ping_v6 meta l4proto ipv6-icmp counter accept comment \"ping\"",
+        ]
+    );
+}
