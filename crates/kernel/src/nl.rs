@@ -434,6 +434,18 @@ impl Socket {
     /// for every reply message of that sequence number until `NLMSG_DONE`. A dump whose
     /// `NLM_F_DUMP_INTR` flag is set changed while it ran; this returns `EINTR` (retry it).
     pub fn dump(&mut self, msg: &[u8], mut each: impl FnMut(&Message<'_>) -> Result<(), NlError>) -> Result<(), NlError> {
+        self.dump_while(msg, |m| each(m).map(|()| true)).map(|_| ())
+    }
+
+    /// Like [`Socket::dump`], but stops reading as soon as `each` returns `false`, and returns
+    /// whether the dump ran to its end. A dump stopped early is still open in the kernel: do not
+    /// start another dump on this socket, drop it (this is how to bound the cost of a dump that
+    /// may be huge, such as the elements of a million-element set).
+    pub fn dump_while(
+        &mut self,
+        msg: &[u8],
+        mut each: impl FnMut(&Message<'_>) -> Result<bool, NlError>,
+    ) -> Result<bool, NlError> {
         let hdr = NlMsgHdr::parse(msg).ok_or_else(|| NlError::Malformed("request shorter than a header".into()))?;
         self.send(msg)?;
         let mut interrupted = false;
@@ -455,7 +467,7 @@ impl Socket {
                                 source: io::Error::from_raw_os_error(libc::EINTR),
                             });
                         }
-                        return Ok(());
+                        return Ok(true);
                     }
                     NLMSG_ERROR => {
                         let e = parse_error(&m)?;
@@ -464,8 +476,34 @@ impl Socket {
                         }
                     }
                     NLMSG_NOOP => {}
-                    _ => each(&m)?,
+                    _ => {
+                        if !each(&m)? {
+                            return Ok(false);
+                        }
+                    }
                 }
+            }
+        }
+    }
+
+    /// Sends one request and calls `each` for every reply of its sequence number until the
+    /// request's ack (it should carry `NLM_F_ACK`) or error. For GET requests that are not dumps,
+    /// which the kernel answers with one or more messages and then the ack.
+    pub fn request(&mut self, msg: &[u8], mut each: impl FnMut(&Message<'_>) -> Result<(), NlError>) -> Result<(), NlError> {
+        let hdr = NlMsgHdr::parse(msg).ok_or_else(|| NlError::Malformed("request shorter than a header".into()))?;
+        self.send(msg)?;
+        loop {
+            let d = self.recv(true)?.expect("blocking recv returns data").to_vec();
+            for m in Messages::new(&d) {
+                let m = m?;
+                if m.header.seq != hdr.seq {
+                    continue;
+                }
+                if m.header.ty == NLMSG_ERROR {
+                    let e = parse_error(&m)?;
+                    return if e.errno == 0 { Ok(()) } else { Err(NlError::Kernel(e)) };
+                }
+                each(&m)?;
             }
         }
     }

@@ -17,9 +17,11 @@ const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
 const RTM_NEWADDR: u16 = 20;
 const RTM_NEWROUTE: u16 = 24;
+const RTM_GETROUTE: u16 = 26;
 
 // Link attributes (`linux/if_link.h`).
 const IFLA_IFNAME: u16 = 3;
+const IFLA_QDISC: u16 = 6;
 const IFLA_OPERSTATE: u16 = 16;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_NET_NS_FD: u16 = 28;
@@ -36,12 +38,14 @@ const IFA_FLAGS: u16 = 8;
 const IFA_F_NODAD: u32 = 0x02;
 
 // Route attributes and values (`linux/rtnetlink.h`).
+const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
 const RT_TABLE_MAIN: u8 = 254;
 const RTPROT_BOOT: u8 = 3;
 const RT_SCOPE_UNIVERSE: u8 = 0;
 const RT_SCOPE_LINK: u8 = 253;
 const RTN_UNICAST: u8 = 1;
+const RTN_LOCAL: u8 = 2;
 
 /// Length of `struct ifinfomsg`.
 const IFINFOMSG_LEN: usize = 16;
@@ -67,6 +71,9 @@ pub enum Error {
     /// The interface did not become operationally up in time.
     #[error("interface {name} is not operationally up after {waited:?} (operstate {operstate})")]
     NotUp { name: String, operstate: u8, waited: Duration },
+    /// The address did not become usable as a local address in time.
+    #[error("address {addr} is not usable as a local address after {waited:?}")]
+    NotLocal { addr: IpAddr, waited: Duration },
     /// The prefix length does not fit the address family.
     #[error("prefix length /{prefix} is too long for {addr}")]
     BadPrefix { addr: IpAddr, prefix: u8 },
@@ -164,10 +171,10 @@ impl Rtnl {
         Ok(self.get_link(0, Some(name))?.index)
     }
 
-    /// Whether the interface's operational state is `UP` (RFC 2863): up, carrier, and the kernel
-    /// has finished activating it, so packets really leave.
+    /// Whether the interface's operational state is `UP` (RFC 2863: up, carrier) and the kernel
+    /// has finished activating it (its qdisc is no longer `noop`), so packets really leave.
     pub fn is_oper_up(&mut self, ifindex: u32) -> Result<bool, Error> {
-        Ok(self.get_link(ifindex, None)?.operstate == IF_OPER_UP)
+        Ok(self.get_link(ifindex, None)?.ready())
     }
 
     /// Waits until [`Rtnl::is_oper_up`], polling every millisecond for at most `timeout`.
@@ -175,7 +182,7 @@ impl Rtnl {
         let start = Instant::now();
         loop {
             let link = self.get_link(ifindex, None)?;
-            if link.operstate == IF_OPER_UP {
+            if link.ready() {
                 return Ok(());
             }
             if start.elapsed() >= timeout {
@@ -285,6 +292,57 @@ impl Rtnl {
         self.sock.request_ack(b.as_bytes()).map_err(|e| netlink(&what(), e))
     }
 
+    /// Whether packets to `addr` are delivered locally in this namespace (`ip route get ADDR`
+    /// says `local`).
+    pub fn is_local(&mut self, addr: IpAddr) -> Result<bool, Error> {
+        let (family, bytes): (u8, Vec<u8>) = match addr {
+            IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
+            IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
+        };
+        let seq = self.next_seq();
+        let mut b = MsgBuf::new();
+        let m = b.begin(RTM_GETROUTE, nl::NLM_F_REQUEST | nl::NLM_F_ACK, seq);
+        let dst_len = (bytes.len() * 8) as u8;
+        let mut hdr = vec![family, dst_len, 0, 0, 0, 0, 0, 0];
+        hdr.extend_from_slice(&0u32.to_ne_bytes());
+        b.put_header(&hdr);
+        b.attr(RTA_DST, &bytes);
+        let what = || format!("look up the route to {addr}");
+        b.end(m).map_err(|e| netlink(&what(), e))?;
+        let mut kind = None;
+        let res = self.transact(b.as_bytes(), seq, |msg| {
+            // struct rtmsg: ..., byte 7 is rtm_type.
+            if msg.header.ty == RTM_NEWROUTE && msg.payload.len() >= 8 {
+                kind = Some(msg.payload[7]);
+            }
+        });
+        match res {
+            // No route at all is as good an answer as a non-local one.
+            Err(NlError::Kernel(e)) if e.errno == libc::ENETUNREACH || e.errno == libc::EHOSTUNREACH => Ok(false),
+            Err(e) => Err(netlink(&what(), e)),
+            Ok(()) => Ok(kind == Some(RTN_LOCAL)),
+        }
+    }
+
+    /// Waits until [`Rtnl::is_local`] holds for `addr`, polling every millisecond for at most
+    /// `timeout`.
+    ///
+    /// Why: an IPv6 address, even with `IFA_F_NODAD`, is finished asynchronously by the kernel's
+    /// (machine-wide) address-configuration work queue: only then is its solicited-node multicast
+    /// group joined and its local route inserted. Until that work has run, neighbour solicitations
+    /// for it are ignored and the first connection to it stalls for a second; under load the
+    /// queue can lag by many milliseconds.
+    pub fn wait_local(&mut self, addr: IpAddr, timeout: Duration) -> Result<(), Error> {
+        let start = Instant::now();
+        while !self.is_local(addr)? {
+            if start.elapsed() >= timeout {
+                return Err(Error::NotLocal { addr, waited: timeout });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
     /// Sends one request flagged `NLM_F_ACK` and hands every reply of its sequence number to
     /// `each` until the ack (or the error) arrives. For GET requests that answer with one message.
     fn transact(&mut self, msg: &[u8], seq: u32, mut each: impl FnMut(&nl::Message<'_>)) -> Result<(), NlError> {
@@ -311,6 +369,15 @@ struct LinkInfo {
     index: u32,
     name: String,
     operstate: u8,
+    qdisc: String,
+}
+
+impl LinkInfo {
+    /// Operationally up and activated: the link watcher sets the operstate just before it
+    /// replaces the placeholder `noop` qdisc (which discards every packet) with the real one.
+    fn ready(&self) -> bool {
+        self.operstate == IF_OPER_UP && self.qdisc != "noop"
+    }
 }
 
 fn parse_link(msg: &nl::Message<'_>) -> Result<LinkInfo, NlError> {
@@ -318,12 +385,13 @@ fn parse_link(msg: &nl::Message<'_>) -> Result<LinkInfo, NlError> {
     if p.len() < IFINFOMSG_LEN {
         return Err(NlError::Malformed(format!("RTM_NEWLINK of {} bytes", p.len())));
     }
-    let mut link = LinkInfo { index: u32::from_ne_bytes([p[4], p[5], p[6], p[7]]), name: String::new(), operstate: 0 };
+    let mut link = LinkInfo { index: u32::from_ne_bytes([p[4], p[5], p[6], p[7]]), name: String::new(), operstate: 0, qdisc: String::new() };
     for a in msg.attrs(IFINFOMSG_LEN) {
         let a = a?;
         match a.ty {
             IFLA_IFNAME => link.name = a.str(),
             IFLA_OPERSTATE => link.operstate = a.u8()?,
+            IFLA_QDISC => link.qdisc = a.str(),
             _ => {}
         }
     }
@@ -426,6 +494,9 @@ mod tests {
         a.run(|| {
             let mut r = Rtnl::open().unwrap();
             r.wait_oper_up(10, std::time::Duration::from_secs(3)).unwrap();
+            r.wait_local(a6.into(), std::time::Duration::from_secs(3)).unwrap();
+            assert!(r.is_local(a4.into()).unwrap());
+            assert!(!r.is_local(b6.into()).unwrap());
             assert!(matches!(r.is_oper_up(99), Err(Error::NoSuchLink(_))));
             let t = std::time::Duration::from_secs(3);
             std::net::TcpStream::connect_timeout(&p4, t).unwrap();

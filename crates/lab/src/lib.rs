@@ -19,22 +19,35 @@
 //! # How denials look to the caller (measured on kernel 6.18)
 //!
 //! Rules in the client's `output` hook; `reject` is `reject with tcp reset` for TCP and
-//! `reject with icmpx admin-prohibited` otherwise, as leash compiles it.
+//! `reject with icmpx admin-prohibited` otherwise, which is how leash compiles it. Same results
+//! as root and as an unprivileged user.
 //!
-//! | probe         | no rule   | `reject`                    | `drop`                     |
-//! |---------------|-----------|-----------------------------|----------------------------|
-//! | TCP, IPv4     | Connected | Refused (ECONNREFUSED)      | TimedOut                   |
-//! | TCP, IPv6     | Connected | Refused (ECONNREFUSED)      | TimedOut                   |
-//! | UDP, IPv4     | Connected | Unreachable(EHOSTUNREACH)   | NotPermitted (EPERM)       |
-//! | UDP, IPv6     | Connected | Unreachable(EACCES)         | NotPermitted (EPERM)       |
-//! | ICMP echo v4  | Connected | Unreachable(EHOSTUNREACH)   | NotPermitted (EPERM)       |
-//! | ICMPv6 echo   | Connected | Unreachable(EACCES)         | NotPermitted (EPERM)       |
+//! | probe          | no rule   | `reject`                   | `drop`               |
+//! |----------------|-----------|----------------------------|----------------------|
+//! | TCP, IPv4      | Connected | Refused (ECONNREFUSED)     | TimedOut             |
+//! | TCP, IPv6      | Connected | Refused (ECONNREFUSED)     | TimedOut             |
+//! | UDP, IPv4      | Connected | Unreachable(EHOSTUNREACH)* | NotPermitted (EPERM) |
+//! | UDP, IPv6      | Connected | Unreachable(EACCES)*       | NotPermitted (EPERM) |
+//! | ICMP echo      | Connected | Unreachable(EHOSTUNREACH)* | NotPermitted (EPERM) |
+//! | ICMPv6 echo    | Connected | Unreachable(EACCES)        | TimedOut             |
 //!
-//! TCP ignores the `EPERM` of its first SYN and retransmits, so a dropped connect times out; for
-//! datagram sockets the error of the local output hook comes back from `send` at once. A
-//! `reject with icmpx admin-prohibited` on TCP gives Unreachable too. The tests in
-//! `tests/outcomes.rs` check every cell of this table. [`run_expectations`] accepts
-//! Refused/Unreachable as "denied by reject" and TimedOut/NotPermitted as "denied by drop".
+//! Why:
+//! - TCP ignores the `EPERM` its first SYN gets from the output hook and retransmits, so a
+//!   dropped connect only times out. The reset of a `reject` reaches the socket at once.
+//! - \* A `reject` in the output hook sends its ICMP error back to the socket *and* drops the
+//!   packet, so `send` on a UDP or ICMP socket fails with `EPERM` first; the ICMP error (IPv4
+//!   "packet filtered" = `EHOSTUNREACH`, IPv6 "administratively prohibited" = `EACCES`) is then
+//!   pending on the (connected) socket. The probe looks for it for up to 100 ms after an `EPERM`,
+//!   which is what tells a reject from a drop.
+//! - IPv6 ping sockets ignore the error of their own send, so a dropped ICMPv6 echo only times
+//!   out, while a rejected one gets `EACCES` from `recv`.
+//! - Not produced by leash's compiler, measured for completeness: `reject with icmpx
+//!   admin-prohibited` on TCP gives Unreachable(EHOSTUNREACH) at once on IPv4, but on IPv6 the
+//!   error arrives while `connect` holds the socket and is kept only as a soft error, so the
+//!   connect fails with `EACCES` after the first SYN retransmit (about 1 s).
+//!
+//! `tests/outcomes.rs` checks every cell. [`run_expectations`] accepts Refused/Unreachable as
+//! "denied by reject" and TimedOut/NotPermitted as "denied by drop".
 
 mod echo;
 mod probe;
@@ -57,7 +70,8 @@ use std::time::Duration;
 const CLIENT_IF: &str = "lab0";
 const PEER_IF: &str = "lab1";
 const CLIENT_IFINDEX: u32 = 10;
-/// How long the veth ends may take to become operationally up (normally well under 10 ms).
+/// How long the veth ends may take to become operationally up, and addresses usable (normally
+/// well under 10 ms; see `Rtnl::wait_oper_up` and `Rtnl::wait_local` for why there is a wait).
 const LINK_UP_TIMEOUT: Duration = Duration::from_secs(3);
 const PEER_IFINDEX: u32 = 20;
 /// More listening sockets than this is surely a mistake (each is a file descriptor).
@@ -153,11 +167,16 @@ impl Lab {
             r.add_default_route(i, Family::V4)?;
             r.add_default_route(i, Family::V6)?;
             r.wait_oper_up(i, LINK_UP_TIMEOUT)?;
+            for &d in &remote {
+                r.wait_local(d, LINK_UP_TIMEOUT)?;
+            }
             listen(&remote, &tcp_ports, &udp_ports)
         })?;
         sockets.extend(client.run(|| -> Result<Vec<Listener>, LabError> {
             // Only now is the peer end up, so only now can the client end carry packets.
-            Rtnl::open()?.wait_oper_up(client_if, LINK_UP_TIMEOUT)?;
+            let mut r = Rtnl::open()?;
+            r.wait_oper_up(client_if, LINK_UP_TIMEOUT)?;
+            r.wait_local(client_v6.into(), LINK_UP_TIMEOUT)?;
             listen(&local, &tcp_ports, &udp_ports)
         })?);
         let server = EchoServer::start(sockets).map_err(LabError::Echo)?;

@@ -180,3 +180,17 @@ fn unusable_destinations_are_refused_up_front() {
         assert!(err.to_string().contains(bad), "{err}");
     }
 }
+
+#[test]
+fn the_first_connection_after_setup_needs_no_retransmit() {
+    if !common::need_root() {
+        return;
+    }
+    // A lost SYN or neighbour solicitation costs a one-second retransmit, more than TIMEOUT:
+    // this fails if Lab::new returns before both links and all addresses are really usable.
+    for _ in 0..20 {
+        let lab = lab(&["2001:db8::10", "192.0.2.10"]);
+        check(&lab, &case(Proto::Tcp, "2001:db8::10", 0, 0), &Outcome::Connected);
+        check(&lab, &case(Proto::Tcp, "192.0.2.10", 0, 0), &Outcome::Connected);
+    }
+}

@@ -12,8 +12,31 @@ use std::process::ExitCode;
 pub const EXIT_OK: u8 = 0;
 /// The policy has errors, or a test found a mismatch.
 pub const EXIT_POLICY: u8 = 1;
+/// The command line was wrong (clap uses 2 as well).
+pub const EXIT_USAGE: u8 = 2;
 /// Something outside the policy failed: permissions, the kernel, the file system.
 pub const EXIT_SYSTEM: u8 = 3;
+
+/// An error in what the user typed (exit 2), as opposed to one of the system (exit 3).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+macro_rules! usage {
+    ($($arg:tt)*) => { return Err(anyhow::Error::new(UsageError(format!($($arg)*)))) };
+}
+
+/// The exit code for an error that ended a command.
+pub fn exit_code_of(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<UsageError>().is_some() { EXIT_USAGE } else { EXIT_SYSTEM }
+}
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let json = cli.json;
@@ -30,7 +53,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn parse_date(s: &str) -> Result<policy::Date> {
-    let d: jiff::civil::Date = s.parse().with_context(|| format!("invalid date {s:?} (expected YYYY-MM-DD)"))?;
+    let Ok(d) = s.parse::<jiff::civil::Date>() else { usage!("invalid date {s:?} (expected YYYY-MM-DD)") };
     Ok(policy::Date { year: d.year(), month: d.month(), day: d.day() })
 }
 
@@ -151,14 +174,17 @@ pub fn parse_endpoint(s: &str) -> Result<(IpAddr, Option<u16>)> {
     if let Ok(sa) = s.parse::<SocketAddr>() {
         return Ok((sa.ip(), Some(sa.port())));
     }
-    bail!("invalid destination {s:?}: expected ADDR, ADDR:PORT or [IPV6]:PORT")
+    usage!("invalid destination {s:?}: expected ADDR, ADDR:PORT or [IPV6]:PORT")
 }
 
 fn resolve_principal(s: &str, by_name: impl Fn(&str) -> Option<u32>, what: &str) -> Result<u32> {
     if let Ok(id) = s.parse::<u32>() {
         return Ok(id);
     }
-    by_name(s).with_context(|| format!("unknown {what} {s:?}"))
+    match by_name(s) {
+        Some(id) => Ok(id),
+        None => usage!("unknown {what} {s:?}"),
+    }
 }
 
 fn explain(a: &ExplainArgs, json: bool) -> Result<u8> {
@@ -167,13 +193,16 @@ fn explain(a: &ExplainArgs, json: bool) -> Result<u8> {
     let (dst, port) = parse_endpoint(&a.to)?;
     let proto: policy::Proto = a.proto.into();
     if proto.has_ports() && port.is_none() {
-        bail!("--proto {} needs a port: --to {}", proto.as_str(), if dst.is_ipv6() { format!("[{dst}]:PORT") } else { format!("{dst}:PORT") });
+        usage!("--proto {} needs a port: --to {}", proto.as_str(), if dst.is_ipv6() { format!("[{dst}]:PORT") } else { format!("{dst}:PORT") });
     }
     if !proto.has_ports() && port.is_some() {
-        bail!("--proto {} has no ports; give --to without :PORT", proto.as_str());
+        usage!("--proto {} has no ports; give --to without :PORT", proto.as_str());
     }
     let at = match &a.at {
-        Some(s) => Some(s.parse::<jiff::Timestamp>().with_context(|| format!("invalid --at {s:?} (RFC 3339, e.g. 2027-01-04T09:30:00Z)"))?),
+        Some(s) => match s.parse::<jiff::Timestamp>() {
+            Ok(t) => Some(t),
+            Err(_) => usage!("invalid --at {s:?} (RFC 3339, e.g. 2027-01-04T09:30:00Z)"),
+        },
         None => None,
     };
     let r = system::SystemResolver;

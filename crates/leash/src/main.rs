@@ -15,7 +15,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("leash: error: {err:#}");
-            ExitCode::from(commands::EXIT_SYSTEM)
+            ExitCode::from(commands::exit_code_of(&err))
         }
     }
 }

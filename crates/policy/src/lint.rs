@@ -17,6 +17,7 @@ pub fn lint(policy: &Policy, today: Date) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     let d = &policy.defaults;
 
+    let sets: Vec<Sets> = policy.rules.iter().map(Sets::of).collect();
     for (j, rule) in policy.rules.iter().enumerate() {
         let never = never_matches(rule);
         let mut decides = never.is_none();
@@ -26,7 +27,8 @@ pub fn lint(policy: &Policy, today: Date) -> Vec<Diagnostic> {
                 rule.name_span.clone(),
                 format!("rule `{}` can never match: {why}", rule.name),
             ));
-        } else if let Some(earlier) = policy.rules[..j].iter().find(|i| covers(i, rule)) {
+        } else if let Some(i) = (0..j).find(|&i| sets[i].covers(&sets[j])) {
+            let earlier = &policy.rules[i];
             decides = false;
             out.push(Diagnostic::warning(
                 "shadowed",
@@ -124,42 +126,62 @@ fn never_matches(rule: &Rule) -> Option<String> {
     None
 }
 
-/// Whether every connection `later` matches is also matched by `earlier`, comparing each
-/// condition on its own (sound: if each condition is covered, the whole rule is).
-fn covers(earlier: &Rule, later: &Rule) -> bool {
-    let protos = match (earlier.effective_protos(), later.effective_protos()) {
-        (None, _) => true,
-        (Some(_), None) => false,
-        (Some(e), Some(l)) => l.iter().all(|p| e.contains(p)),
-    };
-    // A rule without ports also matches connections without a port (and port 0), which no
-    // port list covers.
-    let ports = match (&earlier.ports, &later.ports) {
-        (None, _) => true,
-        (Some(_), None) => false,
-        (Some(e), Some(l)) => {
-            let e = merge(e.iter().map(|r| (r.first as u128, r.last as u128)).collect());
-            l.iter().all(|r| range_covered((r.first as u128, r.last as u128), &e))
-        }
-    };
-    let to = match (&earlier.to, &later.to) {
-        (None, _) => true,
-        (Some(_), None) => false,
-        (Some(e), Some(l)) => {
-            let (e4, e6) = net_ranges(e);
-            let (e4, e6) = (merge(e4), merge(e6));
-            l.iter().all(|n| match n {
-                IpNet::V4(_) => range_covered(net_range(n), &e4),
-                IpNet::V6(_) => range_covered(net_range(n), &e6),
+/// A rule's conditions as sorted sets, computed once per rule so that comparing every pair of
+/// rules stays cheap even with lists of 100,000 addresses. `None` means "anything".
+struct Sets {
+    protos: Option<Vec<Proto>>,
+    ports: Option<Ranges>,
+    /// IPv4 and IPv6 ranges.
+    to: Option<(Ranges, Ranges)>,
+    users: Option<Vec<u32>>,
+    groups: Option<Vec<u32>>,
+}
+
+impl Sets {
+    fn of(rule: &Rule) -> Sets {
+        let ids = |l: &Option<Vec<Principal>>| {
+            l.as_ref().map(|l| {
+                let mut v: Vec<u32> = l.iter().map(|p| p.id).collect();
+                v.sort_unstable();
+                v.dedup();
+                v
             })
+        };
+        Sets {
+            protos: rule.effective_protos(),
+            ports: rule.ports.as_ref().map(|p| merge(p.iter().map(|r| (r.first as u128, r.last as u128)).collect())),
+            to: rule.to.as_ref().map(|nets| {
+                let (v4, v6) = net_ranges(nets);
+                (merge(v4), merge(v6))
+            }),
+            users: ids(&rule.users),
+            groups: ids(&rule.groups),
         }
-    };
-    let ids = |e: &Option<Vec<Principal>>, l: &Option<Vec<Principal>>| match (e, l) {
-        (None, _) => true,
-        (Some(_), None) => false,
-        (Some(e), Some(l)) => l.iter().all(|p| e.iter().any(|q| q.id == p.id)),
-    };
-    protos && ports && to && ids(&earlier.users, &later.users) && ids(&earlier.groups, &later.groups)
+    }
+
+    /// Whether every connection `later` matches is also matched by `self`, comparing each
+    /// condition on its own (sound: if each condition is covered, the whole rule is). Cheap
+    /// conditions are compared first.
+    fn covers(&self, later: &Sets) -> bool {
+        /// `None` (anything) covers everything and is covered only by `None`.
+        fn dim<T>(e: &Option<T>, l: &Option<T>, sub: impl Fn(&T, &T) -> bool) -> bool {
+            match (e, l) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(e), Some(l)) => sub(e, l),
+            }
+        }
+        let ids = |e: &Vec<u32>, l: &Vec<u32>| l.iter().all(|id| e.binary_search(id).is_ok());
+        // A rule without ports also matches connections without a port (and port 0), which no
+        // port list covers: `dim` gives exactly that.
+        dim(&self.protos, &later.protos, |e, l| l.iter().all(|p| e.contains(p)))
+            && dim(&self.users, &later.users, ids)
+            && dim(&self.groups, &later.groups, ids)
+            && dim(&self.ports, &later.ports, |e, l| l.iter().all(|r| range_covered(*r, e)))
+            && dim(&self.to, &later.to, |(e4, e6), (l4, l6)| {
+                l4.iter().all(|r| range_covered(*r, e4)) && l6.iter().all(|r| range_covered(*r, e6))
+            })
+    }
 }
 
 /// Inclusive address range of a network, as integers.
@@ -192,10 +214,11 @@ fn merge(mut r: Ranges) -> Ranges {
     out
 }
 
-/// Whether one inclusive range lies within merged ranges (it must lie within a single one,
-/// since merged ranges have gaps between them).
+/// Whether one inclusive range lies within merged ranges. It must lie within a single one, since
+/// merged ranges have gaps between them: the last range starting at or before `a`.
 fn range_covered((a, b): (u128, u128), merged: &[(u128, u128)]) -> bool {
-    merged.iter().any(|&(x, y)| x <= a && b <= y)
+    let i = merged.partition_point(|&(x, _)| x <= a);
+    i > 0 && b <= merged[i - 1].1
 }
 
 /// Whether an allow rule lets some DNS (udp or tcp to port 53) through.

@@ -248,3 +248,44 @@ fn lints_are_sorted_by_position() {
         ]
     );
 }
+
+// ---------------------------------------------------------------- soundness
+
+mod soundness {
+    use super::TODAY;
+    use crate::common::strategies::{arb_policy, arb_real_conn};
+    use policy::{explain::first_miss, lint::lint};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// A rule reported `shadowed` by an earlier rule is matched by it whenever it matches, and a
+        /// rule reported `never-matches` matches no connection that can exist.
+        #[test]
+        fn shadowed_and_never_matches_are_never_wrong(p in arb_policy(), conns in prop::collection::vec(arb_real_conn(), 1..40)) {
+            for d in lint(&p, TODAY) {
+                let index = |name: &str| p.rules.iter().position(|r| r.name == name).unwrap();
+                let named: Vec<&str> = d.message.split('`').skip(1).step_by(2).collect();
+                match d.code {
+                    "shadowed" => {
+                        let (later, earlier) = (index(named[0]), index(named[1]));
+                        prop_assert!(earlier < later);
+                        for c in &conns {
+                            if first_miss(&p.rules[later], c).is_none() {
+                                prop_assert!(first_miss(&p.rules[earlier], c).is_none(), "{:?} {}", c, d.message);
+                            }
+                        }
+                    }
+                    "never-matches" => {
+                        let r = &p.rules[index(named[0])];
+                        for c in &conns {
+                            prop_assert!(first_miss(r, c).is_some(), "{:?} matches {}", c, d.message);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}

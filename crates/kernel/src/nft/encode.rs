@@ -17,7 +17,10 @@
 //!
 //! Every message names family inet and table leash; no message can touch anything else. Every
 //! message except BEGIN/END carries `NLM_F_ACK`, and we keep a description per sequence number so
-//! that an error can be reported as "NEWRULE for rule `dns` ...".
+//! that an error can be reported as "NEWRULE for rule `dns` ...". NEWSET, NEWCHAIN and NEWSETELEM
+//! also carry `NLM_F_EXCL` (nft's `add` does not): without it the kernel silently skips an element
+//! that is already there, with it a duplicate fails the batch, so an ack for every NEWSETELEM
+//! proves every element went in. The flags are in the nlmsghdr; the payload stays nft's.
 //!
 //! Sets, elements, chains and rules are encoded attribute for attribute as nft 1.0.6 encodes them
 //! (including nft's user data: the table and rule comments, the set's key byte order, and the
@@ -28,7 +31,7 @@ use ruleset::{Chain, ChainPolicy, Hook, KeyType, Rule, Set, SetElements, Stmt, T
 use super::consts::*;
 use super::expr::{self, SetRef};
 use super::{ApplyOptions, Error};
-use crate::nl::{MsgBuf, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
+use crate::nl::{MsgBuf, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
 
 /// Largest payload of an `NFTA_SET_ELEM_LIST_ELEMENTS` attribute: its length is a u16 that
 /// includes the 4-byte header. Elements go into one NEWSETELEM message until the next range would
@@ -233,7 +236,7 @@ fn key_byteorder(k: KeyType) -> u32 {
 
 fn encode_set(e: &mut Encoder, table: &str, set: &Set, id: u32) -> Result<(), Error> {
     let flags = if set.interval { NFT_SET_INTERVAL } else { 0 };
-    e.nft(NFT_MSG_NEWSET, NLM_F_CREATE, format!("set `{}`", set.name), |b| {
+    e.nft(NFT_MSG_NEWSET, NLM_F_CREATE | NLM_F_EXCL, format!("set `{}`", set.name), |b| {
         b.attr_str(NFTA_SET_TABLE, table);
         b.attr_str(NFTA_SET_NAME, &set.name);
         b.attr_be32(NFTA_SET_FLAGS, flags);
@@ -243,30 +246,7 @@ fn encode_set(e: &mut Encoder, table: &str, set: &Set, id: u32) -> Result<(), Er
         b.attr(NFTA_SET_USERDATA, &udata_u32(NFTNL_UDATA_SET_KEYBYTEORDER, key_byteorder(set.key)));
     })?;
 
-    // Elements as the kernel stores them: (key, interval end?, interval open?).
-    let mut elems: Vec<(Vec<u8>, bool, bool)> = Vec::new();
-    // Index into `elems` where each model element starts, so chunks never split a range.
-    let mut starts: Vec<usize> = Vec::new();
-    match &set.elements {
-        SetElements::V4(r) => {
-            interval_elems(r.iter().map(|(a, b)| (u32::from(*a), u32::from(*b))), u32::MAX, |v| v.to_be_bytes().to_vec(), &mut elems, &mut starts)
-        }
-        SetElements::V6(r) => {
-            interval_elems(r.iter().map(|(a, b)| (u128::from(*a), u128::from(*b))), u128::MAX, |v| v.to_be_bytes().to_vec(), &mut elems, &mut starts)
-        }
-        SetElements::Ports(r) => interval_elems(r.iter().copied(), u16::MAX, |v| v.to_be_bytes().to_vec(), &mut elems, &mut starts),
-        SetElements::Ids(ids) => {
-            for &v in ids {
-                starts.push(elems.len());
-                let key = match set.key {
-                    // Validated to fit a byte.
-                    KeyType::Icmpv6Type => vec![v as u8],
-                    _ => v.to_ne_bytes().to_vec(),
-                };
-                elems.push((key, false, false));
-            }
-        }
-    }
+    let KernelElements { elems, starts } = kernel_elements(set);
     if elems.is_empty() {
         return Ok(());
     }
@@ -288,7 +268,7 @@ fn encode_set(e: &mut Encoder, table: &str, set: &Set, id: u32) -> Result<(), Er
         }
         let what = format!("set `{}` (elements {}..{} of {})", set.name, first + 1, g, n);
         let chunk = &elems[bound(first)..bound(g)];
-        e.nft(NFT_MSG_NEWSETELEM, NLM_F_CREATE, what, |b| {
+        e.nft(NFT_MSG_NEWSETELEM, NLM_F_CREATE | NLM_F_EXCL, what, |b| {
             b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
             b.attr_str(NFTA_SET_ELEM_LIST_SET, &set.name);
             b.attr_be32(NFTA_SET_ELEM_LIST_SET_ID, id);
@@ -311,6 +291,53 @@ fn encode_set(e: &mut Encoder, table: &str, set: &Set, id: u32) -> Result<(), Er
         })?;
     }
     Ok(())
+}
+
+/// One element as the kernel stores it.
+pub(crate) type KernelElem = (Vec<u8>, bool, bool);
+
+/// The kernel elements of a set: `(key, interval end?, interval open?)`, and the index in
+/// `elems` where each model element (range or value) starts.
+pub(crate) struct KernelElements {
+    pub elems: Vec<KernelElem>,
+    pub starts: Vec<usize>,
+}
+
+pub(crate) fn kernel_elements(set: &Set) -> KernelElements {
+    let mut elems = Vec::with_capacity(set.elements.len() * 2 + 1);
+    let mut starts = Vec::with_capacity(set.elements.len());
+    match &set.elements {
+        SetElements::V4(r) => interval_elems(
+            r.iter().map(|(a, b)| (u32::from(*a), u32::from(*b))),
+            u32::MAX,
+            |v| v.to_be_bytes().to_vec(),
+            &mut elems,
+            &mut starts,
+        ),
+        SetElements::V6(r) => interval_elems(
+            r.iter().map(|(a, b)| (u128::from(*a), u128::from(*b))),
+            u128::MAX,
+            |v| v.to_be_bytes().to_vec(),
+            &mut elems,
+            &mut starts,
+        ),
+        SetElements::Ports(r) => {
+            interval_elems(r.iter().copied(), u16::MAX, |v| v.to_be_bytes().to_vec(), &mut elems, &mut starts)
+        }
+        SetElements::Ids(ids) => {
+            for &v in ids {
+                starts.push(elems.len());
+                let key = match set.key {
+                    // Validated to fit a byte.
+                    KeyType::Icmpv6Type => vec![v as u8],
+                    // uid and gid: host byte order, as nft stores them.
+                    _ => v.to_ne_bytes().to_vec(),
+                };
+                elems.push((key, false, false));
+            }
+        }
+    }
+    KernelElements { elems, starts }
 }
 
 /// Encoded size of one element in the ELEMENTS list.
@@ -375,7 +402,7 @@ fn encode_chain(e: &mut Encoder, table: &str, chain: &Chain) -> Result<(), Error
         ChainPolicy::Accept => NF_ACCEPT,
         ChainPolicy::Drop => NF_DROP,
     };
-    e.nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE, format!("chain `{}`", chain.name), |b| {
+    e.nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_EXCL, format!("chain `{}`", chain.name), |b| {
         b.attr_str(NFTA_CHAIN_TABLE, table);
         b.attr_str(NFTA_CHAIN_NAME, &chain.name);
         b.attr_str(NFTA_CHAIN_TYPE, CHAIN_TYPE_FILTER);

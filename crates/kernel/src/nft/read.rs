@@ -8,9 +8,9 @@
 use ruleset::{ChainPolicy, Hook};
 
 use super::consts::*;
-use super::encode::key_type_from_id;
-use super::{ChainStatus, Counter, Error, RuleStatus, SetStatus, TableStatus};
-use crate::nl::{Attr, Message, MsgBuf, NLM_F_DUMP, NLM_F_REQUEST, NlError, Socket};
+use super::encode::{KernelElem, key_type_from_id};
+use super::{ChainStatus, Counter, ElementCount, Error, RuleStatus, SetStatus, TableStatus};
+use crate::nl::{Attr, Message, MsgBuf, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NlError, Socket};
 
 /// Sends one dump request of nf_tables message `msg` for family inet and returns what `each`
 /// extracts from every reply, in order.
@@ -56,8 +56,9 @@ fn str_of(a: &Option<Attr<'_>>) -> String {
     a.map(|a| a.str()).unwrap_or_default()
 }
 
-/// Reads table `inet <name>`; `None` when it does not exist.
-pub(crate) fn read_table(sock: &mut Socket, name: &str) -> Result<Option<TableStatus>, Error> {
+/// Reads table `inet <name>`; `None` when it does not exist. Set elements are counted up to
+/// `count_limit` per set (see [`count_elements`]).
+pub(crate) fn read_table(sock: &mut Socket, name: &str, count_limit: usize) -> Result<Option<TableStatus>, Error> {
     let ctx = |what: &str| {
         let what = what.to_string();
         move |source| Error::Netlink { context: format!("reading table inet {name}: {what}"), source }
@@ -166,51 +167,118 @@ pub(crate) fn read_table(sock: &mut Socket, name: &str) -> Result<Option<TableSt
             key_len: t[NFTA_SET_KEY_LEN as usize].map(|a| a.be32()).transpose()?.unwrap_or(0),
             flags,
             interval: flags & NFT_SET_INTERVAL != 0,
-            elements: 0,
+            elements: ElementCount::Exact(0),
         }))
     })
     .map_err(ctx("sets"))?;
     for s in &mut sets {
-        s.elements = count_elements(sock, &mut seq, name, &s.name, s.interval)
+        s.elements = count_elements(name, &s.name, s.interval, count_limit)
             .map_err(ctx(&format!("elements of set {}", s.name)))?;
     }
     Ok(Some(TableStatus { comment, chains, sets }))
 }
 
-/// Counts the elements of a set from a GETSETELEM dump. In an interval set only start elements
-/// count (one per range), so the count equals the model's number of ranges.
-fn count_elements(sock: &mut Socket, seq: &mut u32, table: &str, set: &str, interval: bool) -> Result<usize, NlError> {
-    let counts = dump(
-        sock,
-        seq,
-        NFT_MSG_GETSETELEM,
-        |b| {
-            b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
-            b.attr_str(NFTA_SET_ELEM_LIST_SET, set);
-        },
-        |m| {
-            let mut n = 0usize;
-            for a in m.attrs(NFGENMSG_LEN) {
-                let a = a?;
-                if a.ty != NFTA_SET_ELEM_LIST_ELEMENTS {
-                    continue;
-                }
-                for el in a.nested() {
-                    let el = el?;
-                    let mut end = false;
-                    for f in el.nested() {
-                        let f = f?;
-                        if f.ty == NFTA_SET_ELEM_FLAGS {
-                            end = f.be32()? & NFT_SET_ELEM_INTERVAL_END != 0;
-                        }
-                    }
-                    if !(interval && end) {
-                        n += 1;
-                    }
+/// Counts the elements of a set from a GETSETELEM dump, reading at most about `limit` of them.
+/// In an interval set only start elements count (one per range), so the count equals the model's
+/// number of ranges.
+///
+/// The kernel restarts its walk of an interval set from the first element for every 32 KiB reply
+/// it fills, so a full dump costs O(n^2): 100,000 ranges take about a second, 1,000,000 minutes.
+/// Hence the limit. The dump runs on a socket of its own, which is dropped when we stop early.
+pub(crate) fn count_elements(table: &str, set: &str, interval: bool, limit: usize) -> Result<ElementCount, NlError> {
+    let mut sock = Socket::open(crate::nl::NETLINK_NETFILTER)?;
+    let mut b = MsgBuf::new();
+    let m = b.begin(nft_type(NFT_MSG_GETSETELEM), NLM_F_REQUEST | NLM_F_DUMP, 1);
+    b.put_header(&[NFPROTO_INET, NFNETLINK_V0, 0, 0]);
+    b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
+    b.attr_str(NFTA_SET_ELEM_LIST_SET, set);
+    b.end(m)?;
+    let mut n = 0usize;
+    let complete = sock.dump_while(b.as_bytes(), |m| {
+        for a in m.attrs(NFGENMSG_LEN) {
+            let a = a?;
+            if a.ty != NFTA_SET_ELEM_LIST_ELEMENTS {
+                continue;
+            }
+            for el in a.nested() {
+                if !(interval && elem_flags(&el?)? & NFT_SET_ELEM_INTERVAL_END != 0) {
+                    n += 1;
                 }
             }
-            Ok(Some(n))
-        },
-    )?;
-    Ok(counts.into_iter().sum())
+        }
+        Ok(n <= limit)
+    })?;
+    Ok(if complete { ElementCount::Exact(n) } else { ElementCount::AtLeast(n) })
+}
+
+fn elem_flags(el: &Attr<'_>) -> Result<u32, NlError> {
+    for f in el.nested() {
+        let f = f?;
+        if f.ty == NFTA_SET_ELEM_FLAGS {
+            return f.be32();
+        }
+    }
+    Ok(0)
+}
+
+/// Asks the kernel for specific elements (a GETSETELEM that is not a dump: one lookup per key)
+/// and checks that each comes back with the same key and interval-end flag. A missing element
+/// makes the kernel answer ENOENT.
+pub(crate) fn check_elements_present(sock: &mut Socket, table: &str, set: &str, elems: &[&KernelElem]) -> Result<(), Error> {
+    let what = || format!("looking up sampled elements of set {set}");
+    let mut b = MsgBuf::new();
+    let m = b.begin(nft_type(NFT_MSG_GETSETELEM), NLM_F_REQUEST | NLM_F_ACK, 1);
+    b.put_header(&[NFPROTO_INET, NFNETLINK_V0, 0, 0]);
+    b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
+    b.attr_str(NFTA_SET_ELEM_LIST_SET, set);
+    let list = b.begin_nested(NFTA_SET_ELEM_LIST_ELEMENTS);
+    for (i, (key, end, _)) in elems.iter().enumerate() {
+        let el = b.begin_nested(i as u16 + 1);
+        if *end {
+            b.attr_be32(NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
+        }
+        let k = b.begin_nested(NFTA_SET_ELEM_KEY);
+        b.attr(NFTA_DATA_VALUE, key);
+        b.end_nested(k);
+        b.end_nested(el);
+    }
+    b.end_nested(list);
+    b.end(m).map_err(|source| Error::Netlink { context: what(), source })?;
+    let mut got: Vec<(Vec<u8>, bool)> = Vec::new();
+    sock.request(b.as_bytes(), |m| {
+        for a in m.attrs(NFGENMSG_LEN) {
+            let a = a?;
+            if a.ty != NFTA_SET_ELEM_LIST_ELEMENTS {
+                continue;
+            }
+            for el in a.nested() {
+                let el = el?;
+                let mut key = Vec::new();
+                for f in el.nested() {
+                    let f = f?;
+                    if f.ty == NFTA_SET_ELEM_KEY {
+                        for v in f.nested() {
+                            let v = v?;
+                            if v.ty == NFTA_DATA_VALUE {
+                                key = v.data.to_vec();
+                            }
+                        }
+                    }
+                }
+                got.push((key, elem_flags(&el)? & NFT_SET_ELEM_INTERVAL_END != 0));
+            }
+        }
+        Ok(())
+    })
+    .map_err(|e| match e {
+        NlError::Kernel(k) if k.errno == libc::ENOENT => {
+            Error::Verify(format!("set {set}: a sampled element is missing ({})", k))
+        }
+        source => Error::Netlink { context: what(), source },
+    })?;
+    let want: Vec<(Vec<u8>, bool)> = elems.iter().map(|(k, end, _)| (k.clone(), *end)).collect();
+    if got != want {
+        return Err(Error::Verify(format!("set {set}: sampled elements read back as {got:02x?}, want {want:02x?}")));
+    }
+    Ok(())
 }

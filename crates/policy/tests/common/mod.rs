@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: a fixed user database and diagnostic shorthands.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod strategies;
+
 use policy::{Diagnostic, Policy, Resolver, diag::line_col};
 
 /// A fixed user database: users root(0), alice(1000), bob(1001, no known primary group),

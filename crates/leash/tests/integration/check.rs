@@ -1,0 +1,83 @@
+//! `leash check`: every error with FILE:LINE:COL, the offending line and a caret; warnings; JSON.
+
+use crate::harness::*;
+
+#[test]
+fn examples_check_clean_with_deny_warnings() {
+    for name in EXAMPLES {
+        let r = leash(&["check", "--deny-warnings", "--today", "2026-11-25", example(name).to_str().unwrap()]);
+        assert!(r.ok(), "{r}");
+        assert!(r.stdout.contains(": ok ("), "{r}");
+    }
+}
+
+#[test]
+fn every_error_is_reported_with_its_position() {
+    let dir = TempDir::new("check");
+    let path = dir.file(
+        "bad.toml",
+        r#"version = 1
+
+[defaults]
+outbound = "maybe"
+
+[[rule]]
+name = "Bad Name"
+action = "allow"
+prot = "udp"
+ports = [70000]
+to = ["192.0.2.300"]
+"#,
+    );
+    let r = leash(&["check", &path]);
+    assert_eq!(r.code, Some(1), "{r}");
+    for (line_col, fragment) in [(":4:12: error:", "maybe"), (":7:8: error:", "name"), (":9:1: error:", "prot"), (":10:10: error:", "70000"), (":11:7: error:", "192.0.2.300")] {
+        let line = r
+            .stderr
+            .lines()
+            .find(|l| l.starts_with(&path) && l.contains(line_col))
+            .unwrap_or_else(|| panic!("no diagnostic at {line_col}:{r}"));
+        assert!(line.contains(fragment) || r.stderr.contains(fragment), "{line}\n{r}");
+    }
+    // The offending line and a caret under it follow each header.
+    assert!(r.stderr.contains("9 | prot = \"udp\"\n  | ^^^^"), "{r}");
+}
+
+#[test]
+fn check_json_lists_diagnostics() {
+    let dir = TempDir::new("json");
+    let path = dir.file("p.toml", "version = 1\n[defaults]\nallow_established = false\n");
+    let r = leash(&["check", "--json", "--today", "2026-11-25", &path]);
+    assert!(r.ok(), "warnings alone must not fail check: {r}");
+    let j = r.json();
+    assert_eq!(j["errors"], 0, "{r}");
+    let codes: Vec<&str> = j["diagnostics"].as_array().unwrap().iter().map(|d| d["code"].as_str().unwrap()).collect();
+    assert!(codes.contains(&"established-off"), "{r}");
+    assert!(codes.contains(&"no-dns"), "{r}");
+    let d = j["diagnostics"].as_array().unwrap().iter().find(|d| d["code"] == "established-off").unwrap();
+    assert_eq!((d["line"].as_u64(), d["column"].as_u64()), (Some(3), Some(21)), "points at the value: {r}");
+
+    let r = leash(&["check", "--deny-warnings", "--today", "2026-11-25", &path]);
+    assert_eq!(r.code, Some(1), "--deny-warnings must fail on warnings: {r}");
+}
+
+#[test]
+fn unknown_user_is_an_error_at_the_name() {
+    let dir = TempDir::new("user");
+    let path = dir.file("p.toml", "version = 1\n[[rule]]\nname = \"x\"\naction = \"allow\"\nuser = [\"no-such-user-leash\"]\n");
+    let r = leash(&["check", &path]);
+    assert_eq!(r.code, Some(1), "{r}");
+    assert!(r.stderr.contains(":5:9: error:") && r.stderr.contains("no-such-user-leash"), "{r}");
+}
+
+#[test]
+fn compile_prints_nft_and_json() {
+    let p = example("web-server");
+    let r = leash(&["compile", p.to_str().unwrap()]);
+    assert!(r.ok(), "{r}");
+    assert!(r.stdout.contains("table inet leash {"), "{r}");
+    assert!(r.stdout.contains("tcp dport 587 counter accept comment \"smtp-submission\""), "{r}");
+    let r = leash(&["compile", "--format", "json", p.to_str().unwrap()]);
+    assert!(r.ok(), "{r}");
+    assert!(r.json()["nftables"].as_array().unwrap().len() > 5, "{r}");
+}
