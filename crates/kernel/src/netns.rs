@@ -38,8 +38,8 @@ impl NetNs {
             if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
                 return Err(with_context(io::Error::last_os_error(), "unshare(CLONE_NEWNET)"));
             }
-            let fd = File::open("/proc/thread-self/ns/net")
-                .map_err(|e| with_context(e, "open /proc/thread-self/ns/net"))?;
+            let fd =
+                File::open("/proc/thread-self/ns/net").map_err(|e| with_context(e, "open /proc/thread-self/ns/net"))?;
             set_loopback_up().map_err(|e| with_context(e, "bring lo up"))?;
             Ok(fd)
         }))?;
@@ -126,9 +126,7 @@ impl AsFd for NetNs {
 fn sysctl_path(key: &str) -> io::Result<PathBuf> {
     let valid = key.starts_with("net.")
         && key.split('.').all(|part| {
-            !part.is_empty()
-                && part != ".."
-                && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            !part.is_empty() && part != ".." && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         });
     if !valid {
         return Err(io::Error::new(

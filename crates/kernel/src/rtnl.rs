@@ -142,11 +142,7 @@ impl Rtnl {
         check_name(peer_name)?;
         let seq = self.next_seq();
         let mut b = MsgBuf::new();
-        let m = b.begin(
-            RTM_NEWLINK,
-            nl::NLM_F_REQUEST | nl::NLM_F_ACK | nl::NLM_F_CREATE | nl::NLM_F_EXCL,
-            seq,
-        );
+        let m = b.begin(RTM_NEWLINK, nl::NLM_F_REQUEST | nl::NLM_F_ACK | nl::NLM_F_CREATE | nl::NLM_F_EXCL, seq);
         b.put_header(&ifinfomsg(ifindex, 0, 0));
         b.attr_str(IFLA_IFNAME, name);
         let linkinfo = b.begin_nested(IFLA_LINKINFO);
@@ -246,11 +242,7 @@ impl Rtnl {
         }
         let seq = self.next_seq();
         let mut b = MsgBuf::new();
-        let m = b.begin(
-            RTM_NEWADDR,
-            nl::NLM_F_REQUEST | nl::NLM_F_ACK | nl::NLM_F_CREATE | nl::NLM_F_EXCL,
-            seq,
-        );
+        let m = b.begin(RTM_NEWADDR, nl::NLM_F_REQUEST | nl::NLM_F_ACK | nl::NLM_F_CREATE | nl::NLM_F_EXCL, seq);
         // struct ifaddrmsg: family, prefixlen, flags, scope, index.
         let mut hdr = vec![family, prefix, 0, 0];
         hdr.extend_from_slice(&ifindex.to_ne_bytes());
@@ -272,11 +264,7 @@ impl Rtnl {
     pub fn add_default_route(&mut self, ifindex: u32, family: Family) -> Result<(), Error> {
         let seq = self.next_seq();
         let mut b = MsgBuf::new();
-        let m = b.begin(
-            RTM_NEWROUTE,
-            nl::NLM_F_REQUEST | nl::NLM_F_ACK | nl::NLM_F_CREATE | nl::NLM_F_EXCL,
-            seq,
-        );
+        let m = b.begin(RTM_NEWROUTE, nl::NLM_F_REQUEST | nl::NLM_F_ACK | nl::NLM_F_CREATE | nl::NLM_F_EXCL, seq);
         // IPv4 needs scope link for a route without gateway; IPv6 routes have no scope.
         let scope = match family {
             Family::V4 => RT_SCOPE_LINK,
@@ -385,7 +373,12 @@ fn parse_link(msg: &nl::Message<'_>) -> Result<LinkInfo, NlError> {
     if p.len() < IFINFOMSG_LEN {
         return Err(NlError::Malformed(format!("RTM_NEWLINK of {} bytes", p.len())));
     }
-    let mut link = LinkInfo { index: u32::from_ne_bytes([p[4], p[5], p[6], p[7]]), name: String::new(), operstate: 0, qdisc: String::new() };
+    let mut link = LinkInfo {
+        index: u32::from_ne_bytes([p[4], p[5], p[6], p[7]]),
+        name: String::new(),
+        operstate: 0,
+        qdisc: String::new(),
+    };
     for a in msg.attrs(IFINFOMSG_LEN) {
         let a = a?;
         match a.ty {
@@ -485,10 +478,7 @@ mod tests {
             r.add_address(i, b6.into(), 128).unwrap();
             r.add_default_route(i, Family::V4).unwrap();
             r.add_default_route(i, Family::V6).unwrap();
-            (
-                std::net::TcpListener::bind((b4, 0)).unwrap(),
-                std::net::TcpListener::bind((b6, 0)).unwrap(),
-            )
+            (std::net::TcpListener::bind((b4, 0)).unwrap(), std::net::TcpListener::bind((b6, 0)).unwrap())
         });
         let (p4, p6) = (listeners.0.local_addr().unwrap(), listeners.1.local_addr().unwrap());
         a.run(|| {

@@ -43,9 +43,7 @@ impl EchoServer {
             }
         }
         let (wake, wake_rx) = UnixStream::pair()?;
-        let thread = std::thread::Builder::new()
-            .name("lab-echo".into())
-            .spawn(move || serve(listeners, wake_rx))?;
+        let thread = std::thread::Builder::new().name("lab-echo".into()).spawn(move || serve(listeners, wake_rx))?;
         Ok(EchoServer { wake, thread: Some(thread) })
     }
 }

@@ -139,9 +139,7 @@ impl Lab {
         let client = NetNs::new().map_err(LabError::Namespace)?;
         let peer = NetNs::new().map_err(LabError::Namespace)?;
         const PING: &str = "net.ipv4.ping_group_range";
-        client
-            .set_sysctl(PING, "0 2147483647")
-            .map_err(|source| LabError::Sysctl { key: PING, source })?;
+        client.set_sysctl(PING, "0 2147483647").map_err(|source| LabError::Sysctl { key: PING, source })?;
 
         let client_if = client.run(|| -> Result<u32, LabError> {
             let mut r = Rtnl::open()?;

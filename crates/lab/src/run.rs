@@ -89,9 +89,7 @@ pub fn run_expectations(policy: &Policy, table: &ruleset::Table, opts: &RunOptio
         cases.iter().filter(|c| c.proto == proto).filter_map(|c| c.port).collect::<BTreeSet<_>>().into_iter().collect()
     };
     let lab = Lab::new(&dsts, &ports(Proto::Tcp), &ports(Proto::Udp))?;
-    lab.client()
-        .run(|| kernel::apply(table, &Default::default()))
-        .map_err(|e| LabError::Apply(e.to_string()))?;
+    lab.client().run(|| kernel::apply(table, &Default::default())).map_err(|e| LabError::Apply(e.to_string()))?;
 
     let outcomes = probe_all(&lab, &cases, opts);
     let deny_with = policy.defaults.deny_with;
@@ -169,11 +167,7 @@ fn judge(expected: Action, explain: Action, decider: &str, outcome: &Outcome, de
         problems.push(format!("the probe failed: {e}"));
     }
     if explain != expected {
-        problems.push(format!(
-            "expected {}, but explain says {} ({decider})",
-            expected.as_str(),
-            explain.as_str()
-        ));
+        problems.push(format!("expected {}, but explain says {} ({decider})", expected.as_str(), explain.as_str()));
     }
     let kernel = outcome.verdict();
     if kernel != expected && !matches!(outcome, Outcome::Error(_)) {

@@ -173,8 +173,8 @@ pub fn print_status(st: Option<&kernel::TableStatus>, json: bool) {
 
 pub fn print_test_report(l: &Loaded, p: &Policy, r: &lab::Report) {
     println!(
-        "{:<4} {:<6} {:<6} {:<30} {:<8} {:<8} {:<8} {:<22} {}",
-        "#", "RESULT", "PROTO", "DESTINATION", "USER", "EXPECT", "KERNEL", "OUTCOME", "DECIDED BY"
+        "{:<4} {:<6} {:<6} {:<30} {:<8} {:<8} {:<8} {:<22} DECIDED BY",
+        "#", "RESULT", "PROTO", "DESTINATION", "USER", "EXPECT", "KERNEL", "OUTCOME"
     );
     for row in &r.rows {
         let c = &row.case;

@@ -289,9 +289,14 @@ fn verdict_rules_for(policy: &Policy, action: Action, log: bool, name: &str, kno
     }
 }
 
+/// Inclusive IPv4 address ranges.
+pub type V4Ranges = Vec<(Ipv4Addr, Ipv4Addr)>;
+/// Inclusive IPv6 address ranges.
+pub type V6Ranges = Vec<(Ipv6Addr, Ipv6Addr)>;
+
 /// Sorts and merges networks into inclusive address ranges per family (overlapping and adjacent
 /// networks become one range), which is what an nftables interval set needs.
-pub fn merge_nets(nets: &[IpNet]) -> (Vec<(Ipv4Addr, Ipv4Addr)>, Vec<(Ipv6Addr, Ipv6Addr)>) {
+pub fn merge_nets(nets: &[IpNet]) -> (V4Ranges, V6Ranges) {
     let mut v4: Vec<(u128, u128)> = Vec::new();
     let mut v6: Vec<(u128, u128)> = Vec::new();
     for net in nets {

@@ -55,7 +55,7 @@ impl KeyType {
         }
     }
     /// Length of one key in bytes.
-    pub fn len(self) -> usize {
+    pub fn key_len(self) -> usize {
         match self {
             KeyType::Ipv4Addr => 4,
             KeyType::Ipv6Addr => 16,

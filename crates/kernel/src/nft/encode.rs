@@ -131,7 +131,7 @@ impl Encoder {
 pub(crate) fn encode_apply(table: &Table, opts: &ApplyOptions) -> Result<Batch, Error> {
     validate(table)?;
     let elements: usize = table.sets.iter().map(|s| s.elements.len()).sum();
-    let estimate = 4096 + table.sets.iter().map(|s| s.elements.len() * (2 * s.key.len() + 32)).sum::<usize>();
+    let estimate = 4096 + table.sets.iter().map(|s| s.elements.len() * (2 * s.key.key_len() + 32)).sum::<usize>();
     let mut e = Encoder::new(estimate);
     let name = table.name.as_str();
     e.begin_batch()?;
@@ -241,7 +241,7 @@ fn encode_set(e: &mut Encoder, table: &str, set: &Set, id: u32) -> Result<(), Er
         b.attr_str(NFTA_SET_NAME, &set.name);
         b.attr_be32(NFTA_SET_FLAGS, flags);
         b.attr_be32(NFTA_SET_KEY_TYPE, key_type_id(set.key));
-        b.attr_be32(NFTA_SET_KEY_LEN, set.key.len() as u32);
+        b.attr_be32(NFTA_SET_KEY_LEN, set.key.key_len() as u32);
         b.attr_be32(NFTA_SET_ID, id);
         b.attr(NFTA_SET_USERDATA, &udata_u32(NFTNL_UDATA_SET_KEYBYTEORDER, key_byteorder(set.key)));
     })?;

@@ -317,7 +317,7 @@ fn verify(sock: &mut Socket, want: &Table, got: Option<&TableStatus>) -> Result<
         let Some(g) = got.sets.iter().find(|s| s.name == w.name) else {
             return fail(format!("set {} is missing", w.name));
         };
-        if g.key != Some(w.key) || g.key_len as usize != w.key.len() || g.interval != w.interval {
+        if g.key != Some(w.key) || g.key_len as usize != w.key.key_len() || g.interval != w.interval {
             return fail(format!(
                 "set {}: key type {} len {} interval {}, want {} len {} interval {}",
                 w.name,
@@ -325,7 +325,7 @@ fn verify(sock: &mut Socket, want: &Table, got: Option<&TableStatus>) -> Result<
                 g.key_len,
                 g.interval,
                 encode::key_type_id(w.key),
-                w.key.len(),
+                w.key.key_len(),
                 w.interval
             ));
         }
