@@ -63,7 +63,7 @@ fn disable_deletes_only_the_leash_table() {
         return;
     }
     let ns = NetNs::new().unwrap();
-    nft_load(&ns, "table inet other { chain c { type filter hook output priority 10; counter; } }\n");
+    nft_load(&ns, "table inet other {\n  chain c {\n    type filter hook output priority 10\n    counter\n  }\n}\n");
     assert!(!ns.run(kernel::disable).unwrap(), "no leash table yet");
     let (table, _) = every_stmt();
     ns.run(|| kernel::apply(&table, &ApplyOptions::default())).unwrap();
@@ -138,13 +138,16 @@ fn status_reports_rules_sets_and_counters_that_grow_with_traffic() {
 }
 
 /// A million ranges in one batch (one sendmsg of about 40 MB): applied, verified by sample, and
-/// the kernel finds elements at both ends.
+/// the datapath drops a packet to the last range and passes one just past it. (No `nft` here:
+/// nft reads a whole interval set into its cache first, which takes minutes at this size.)
 #[test]
 fn one_million_elements_apply_in_one_batch() {
     if !need_root("one_million_elements_apply_in_one_batch") {
         return;
     }
-    let (table, _) = big_v4(1_000_000);
+    let (mut table, _) = big_v4(999_999);
+    let SetElements::V4(r) = &mut table.sets[0].elements else { unreachable!() };
+    r.push((v4("203.0.113.0"), v4("203.0.113.1")));
     let ns = NetNs::new().unwrap();
     let report = ns.run(|| kernel::apply(&table, &ApplyOptions::default())).unwrap();
     eprintln!(
@@ -154,14 +157,22 @@ fn one_million_elements_apply_in_one_batch() {
     assert_eq!(report.elements, 1_000_000);
     assert_eq!(report.sampled_sets, 1);
     assert!(report.bytes > 30_000_000);
+
+    // 203.0.113.2/24 on lo makes the whole /24 local: datagrams to it go out through lo and
+    // never leave the namespace, but pass the output hook. (The port-unreachable answer to the
+    // second one goes to 203.0.113.2, which is not in the set either.)
+    let sent = ns.run(|| {
+        let mut rt = kernel::rtnl::Rtnl::open().unwrap();
+        rt.add_address(1, "203.0.113.2".parse().unwrap(), 24).unwrap();
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        let blocked = s.send_to(b"x", "203.0.113.1:9").map_err(|e| e.raw_os_error());
+        let passed = s.send_to(b"x", "203.0.113.200:9").map_err(|e| e.raw_os_error());
+        (blocked, passed)
+    });
+    assert_eq!(sent, (Err(Some(libc::EPERM)), Ok(1)), "drop in the output hook fails a UDP send with EPERM");
     let status = ns.run(kernel::status).unwrap().unwrap();
     assert!(matches!(status.sets[0].elements, ElementCount::AtLeast(n) if n > kernel::nft::COUNT_LIMIT));
-    // The last range is 10.122.17.248/30 (10.0.0.0 + 999,999 * 8): nft finds it, and not the
-    // address right after it.
-    let (ok, out, err) = testutil::nft_raw(&ns, &["get", "element", "inet", "leash", "big", "{ 10.122.17.249 }"], None);
-    assert!(ok && out.contains("10.122.17.248/30"), "{out}{err}");
-    let (ok, _, _) = testutil::nft_raw(&ns, &["get", "element", "inet", "leash", "big", "{ 10.122.17.252 }"], None);
-    assert!(!ok, "10.122.17.252 lies after the last range");
+    assert_eq!(status.chains[0].rules[0].counter.map(|c| c.packets), Some(1));
 }
 
 /// Without CAP_NET_ADMIN the error says what to do. Capabilities are per thread, so a thread of

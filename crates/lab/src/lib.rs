@@ -69,11 +69,12 @@ use std::time::Duration;
 /// Interface names, each inside its own namespace (so they can never clash with anything).
 const CLIENT_IF: &str = "lab0";
 const PEER_IF: &str = "lab1";
+/// Interface indexes, distinct on purpose (see `Rtnl::create_veth_with_indexes`).
 const CLIENT_IFINDEX: u32 = 10;
+const PEER_IFINDEX: u32 = 20;
 /// How long the veth ends may take to become operationally up, and addresses usable (normally
 /// well under 10 ms; see `Rtnl::wait_oper_up` and `Rtnl::wait_local` for why there is a wait).
 const LINK_UP_TIMEOUT: Duration = Duration::from_secs(3);
-const PEER_IFINDEX: u32 = 20;
 /// More listening sockets than this is surely a mistake (each is a file descriptor).
 const MAX_LISTENERS: usize = 8192;
 
@@ -101,6 +102,8 @@ pub enum LabError {
     BadDestination { addr: IpAddr, reason: &'static str },
     #[error("too many listening sockets ({0}; at most {MAX_LISTENERS}): fewer destinations or ports")]
     TooLarge(usize),
+    #[error("every documentation address is a destination: none is left for the client")]
+    NoSourceAddress,
     #[error("cannot start the echo server: {0}")]
     Echo(#[source] io::Error),
     #[error("cannot apply the ruleset in the lab: {0}")]
@@ -133,8 +136,8 @@ impl Lab {
         if listeners > MAX_LISTENERS {
             return Err(LabError::TooLarge(listeners));
         }
-        let client_v4 = pick_v4(&dsts);
-        let client_v6 = pick_v6(&dsts);
+        let client_v4 = pick_v4(&dsts).ok_or(LabError::NoSourceAddress)?;
+        let client_v6 = pick_v6(&dsts).ok_or(LabError::NoSourceAddress)?;
 
         let client = NetNs::new().map_err(LabError::Namespace)?;
         let peer = NetNs::new().map_err(LabError::Namespace)?;
@@ -241,20 +244,16 @@ fn check_destination(d: IpAddr) -> Result<(), LabError> {
 }
 
 /// The client's IPv4 source: the first free address of the documentation ranges.
-fn pick_v4(dsts: &[IpAddr]) -> Ipv4Addr {
+fn pick_v4(dsts: &[IpAddr]) -> Option<Ipv4Addr> {
     [[192, 0, 2], [198, 51, 100], [203, 0, 113]]
         .iter()
         .flat_map(|p| (1..=254).map(move |h| Ipv4Addr::new(p[0], p[1], p[2], h)))
         .find(|a| !dsts.contains(&IpAddr::V4(*a)))
-        .expect("at most 8192 listeners leave a documentation address free")
 }
 
 /// The client's IPv6 source: the first free `2001:db8::N`.
-fn pick_v6(dsts: &[IpAddr]) -> Ipv6Addr {
-    (1..=u16::MAX)
-        .map(|h| Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, h))
-        .find(|a| !dsts.contains(&IpAddr::V6(*a)))
-        .expect("at most 8192 listeners leave a documentation address free")
+fn pick_v6(dsts: &[IpAddr]) -> Option<Ipv6Addr> {
+    (1..=u16::MAX).map(|h| Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, h)).find(|a| !dsts.contains(&IpAddr::V6(*a)))
 }
 
 /// Listening sockets for every address and port, created in the calling thread's namespace.
@@ -284,9 +283,14 @@ mod tests {
     #[test]
     fn client_source_avoids_destinations() {
         let d: Vec<IpAddr> = vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()];
-        assert_eq!(pick_v4(&d), Ipv4Addr::new(192, 0, 2, 2));
-        assert_eq!(pick_v6(&d), "2001:db8::2".parse::<Ipv6Addr>().unwrap());
-        assert_eq!(pick_v4(&[]), Ipv4Addr::new(192, 0, 2, 1));
+        assert_eq!(pick_v4(&d), Some(Ipv4Addr::new(192, 0, 2, 2)));
+        assert_eq!(pick_v6(&d), "2001:db8::2".parse::<Ipv6Addr>().ok());
+        assert_eq!(pick_v4(&[]), Some(Ipv4Addr::new(192, 0, 2, 1)));
+        let all: Vec<IpAddr> = [[192, 0, 2], [198, 51, 100], [203, 0, 113]]
+            .iter()
+            .flat_map(|p| (1..=254).map(move |h| IpAddr::V4(Ipv4Addr::new(p[0], p[1], p[2], h))))
+            .collect();
+        assert_eq!(pick_v4(&all), None);
     }
 
     #[test]
