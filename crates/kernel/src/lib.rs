@@ -8,6 +8,6 @@ pub mod rtnl;
 pub mod testutil;
 
 pub use nft::{
-    ApplyOptions, ApplyReport, ChainStatus, Counter, ElementCount, Error, RuleStatus, SetStatus, TableStatus, apply, disable,
-    encode_apply_batch, status,
+    ApplyOptions, ApplyReport, ChainStatus, Counter, ElementCount, Error, RuleStatus, SetStatus,
+    TableStatus, apply, disable, encode_apply_batch, status,
 };

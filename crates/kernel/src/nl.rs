@@ -113,7 +113,10 @@ pub enum NlError {
 
 impl NlError {
     fn io(context: &'static str) -> NlError {
-        NlError::Io { context, source: io::Error::last_os_error() }
+        NlError::Io {
+            context,
+            source: io::Error::last_os_error(),
+        }
     }
 }
 
@@ -257,7 +260,13 @@ impl Socket {
     /// binds it to a kernel-assigned port id.
     pub fn open(protocol: i32) -> Result<Socket, NlError> {
         // SAFETY: plain system call; the returned fd is owned below.
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                protocol,
+            )
+        };
         if fd < 0 {
             return Err(NlError::io("socket(AF_NETLINK)"));
         }
@@ -266,19 +275,33 @@ impl Socket {
         let mut addr = sockaddr_nl(0);
         let len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
         // SAFETY: addr is a valid sockaddr_nl of the given length.
-        let rc = unsafe { libc::bind(fd.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, len) };
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &addr as *const _ as *const libc::sockaddr,
+                len,
+            )
+        };
         if rc < 0 {
             return Err(NlError::io("bind(AF_NETLINK)"));
         }
         let mut alen = len;
         // SAFETY: addr is writable and alen holds its size.
         let rc = unsafe {
-            libc::getsockname(fd.as_raw_fd(), &mut addr as *mut _ as *mut libc::sockaddr, &mut alen)
+            libc::getsockname(
+                fd.as_raw_fd(),
+                &mut addr as *mut _ as *mut libc::sockaddr,
+                &mut alen,
+            )
         };
         if rc < 0 {
             return Err(NlError::io("getsockname(AF_NETLINK)"));
         }
-        Ok(Socket { fd, port_id: addr.nl_pid, rbuf: vec![0; INITIAL_RECV_BUF] })
+        Ok(Socket {
+            fd,
+            port_id: addr.nl_pid,
+            rbuf: vec![0; INITIAL_RECV_BUF],
+        })
     }
 
     /// The port id the kernel assigned; replies carry it in `nlmsg_pid`.
@@ -286,7 +309,13 @@ impl Socket {
         self.port_id
     }
 
-    fn setsockopt_int(&self, level: i32, opt: i32, val: i32, what: &'static str) -> Result<(), NlError> {
+    fn setsockopt_int(
+        &self,
+        level: i32,
+        opt: i32,
+        val: i32,
+        what: &'static str,
+    ) -> Result<(), NlError> {
         // SAFETY: val is a valid c_int for the given length.
         let rc = unsafe {
             libc::setsockopt(
@@ -297,7 +326,11 @@ impl Socket {
                 std::mem::size_of::<i32>() as libc::socklen_t,
             )
         };
-        if rc < 0 { Err(NlError::io(what)) } else { Ok(()) }
+        if rc < 0 {
+            Err(NlError::io(what))
+        } else {
+            Ok(())
+        }
     }
 
     /// Sets a boolean `SOL_NETLINK` option such as [`NETLINK_EXT_ACK`] or [`NETLINK_CAP_ACK`].
@@ -317,8 +350,20 @@ impl Socket {
     /// `net.core.wmem_max`; without the privilege we fall back to `SO_SNDBUF`.
     pub fn set_send_buffer(&self, bytes: usize) -> Result<(), NlError> {
         let v = clamp_buf(bytes);
-        self.setsockopt_int(libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, v, "setsockopt(SO_SNDBUFFORCE)")
-            .or_else(|_| self.setsockopt_int(libc::SOL_SOCKET, libc::SO_SNDBUF, v, "setsockopt(SO_SNDBUF)"))
+        self.setsockopt_int(
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            v,
+            "setsockopt(SO_SNDBUFFORCE)",
+        )
+        .or_else(|_| {
+            self.setsockopt_int(
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                v,
+                "setsockopt(SO_SNDBUF)",
+            )
+        })
     }
 
     /// Sets the receive buffer to at least `bytes` (`SO_RCVBUFFORCE`, falling back to
@@ -326,8 +371,20 @@ impl Socket {
     /// `ENOBUFS`, so size it for every reply a batch produces.
     pub fn set_recv_buffer(&self, bytes: usize) -> Result<(), NlError> {
         let v = clamp_buf(bytes);
-        self.setsockopt_int(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, v, "setsockopt(SO_RCVBUFFORCE)")
-            .or_else(|_| self.setsockopt_int(libc::SOL_SOCKET, libc::SO_RCVBUF, v, "setsockopt(SO_RCVBUF)"))
+        self.setsockopt_int(
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            v,
+            "setsockopt(SO_RCVBUFFORCE)",
+        )
+        .or_else(|_| {
+            self.setsockopt_int(
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                v,
+                "setsockopt(SO_RCVBUF)",
+            )
+        })
     }
 
     /// Sends `buf` (one or more complete messages) to the kernel in one `sendto`, which the kernel
@@ -353,7 +410,10 @@ impl Socket {
                 return Err(NlError::io("sendto(netlink)"));
             }
             if rc as usize != buf.len() {
-                return Err(NlError::Malformed(format!("short netlink send: {rc} of {} bytes", buf.len())));
+                return Err(NlError::Malformed(format!(
+                    "short netlink send: {rc} of {} bytes",
+                    buf.len()
+                )));
             }
             return Ok(());
         }
@@ -415,7 +475,8 @@ impl Socket {
     /// Sends one request (which should carry `NLM_F_ACK`) and waits for its ack; returns the
     /// kernel's error if there is one. Replies to other sequence numbers are skipped.
     pub fn request_ack(&mut self, msg: &[u8]) -> Result<(), NlError> {
-        let hdr = NlMsgHdr::parse(msg).ok_or_else(|| NlError::Malformed("request shorter than a header".into()))?;
+        let hdr = NlMsgHdr::parse(msg)
+            .ok_or_else(|| NlError::Malformed("request shorter than a header".into()))?;
         self.send(msg)?;
         loop {
             let d = self.recv(true)?.expect("blocking recv returns data");
@@ -425,7 +486,11 @@ impl Socket {
                     continue;
                 }
                 let e = parse_error(&m)?;
-                return if e.errno == 0 { Ok(()) } else { Err(NlError::Kernel(e)) };
+                return if e.errno == 0 {
+                    Ok(())
+                } else {
+                    Err(NlError::Kernel(e))
+                };
             }
         }
     }
@@ -433,7 +498,11 @@ impl Socket {
     /// Sends a dump request (flags should include `NLM_F_REQUEST | NLM_F_DUMP`) and calls `each`
     /// for every reply message of that sequence number until `NLMSG_DONE`. A dump whose
     /// `NLM_F_DUMP_INTR` flag is set changed while it ran; this returns `EINTR` (retry it).
-    pub fn dump(&mut self, msg: &[u8], mut each: impl FnMut(&Message<'_>) -> Result<(), NlError>) -> Result<(), NlError> {
+    pub fn dump(
+        &mut self,
+        msg: &[u8],
+        mut each: impl FnMut(&Message<'_>) -> Result<(), NlError>,
+    ) -> Result<(), NlError> {
         self.dump_while(msg, |m| each(m).map(|()| true)).map(|_| ())
     }
 
@@ -446,7 +515,8 @@ impl Socket {
         msg: &[u8],
         mut each: impl FnMut(&Message<'_>) -> Result<bool, NlError>,
     ) -> Result<bool, NlError> {
-        let hdr = NlMsgHdr::parse(msg).ok_or_else(|| NlError::Malformed("request shorter than a header".into()))?;
+        let hdr = NlMsgHdr::parse(msg)
+            .ok_or_else(|| NlError::Malformed("request shorter than a header".into()))?;
         self.send(msg)?;
         let mut interrupted = false;
         loop {
@@ -489,11 +559,19 @@ impl Socket {
     /// Sends one request and calls `each` for every reply of its sequence number until the
     /// request's ack (it should carry `NLM_F_ACK`) or error. For GET requests that are not dumps,
     /// which the kernel answers with one or more messages and then the ack.
-    pub fn request(&mut self, msg: &[u8], mut each: impl FnMut(&Message<'_>) -> Result<(), NlError>) -> Result<(), NlError> {
-        let hdr = NlMsgHdr::parse(msg).ok_or_else(|| NlError::Malformed("request shorter than a header".into()))?;
+    pub fn request(
+        &mut self,
+        msg: &[u8],
+        mut each: impl FnMut(&Message<'_>) -> Result<(), NlError>,
+    ) -> Result<(), NlError> {
+        let hdr = NlMsgHdr::parse(msg)
+            .ok_or_else(|| NlError::Malformed("request shorter than a header".into()))?;
         self.send(msg)?;
         loop {
-            let d = self.recv(true)?.expect("blocking recv returns data").to_vec();
+            let d = self
+                .recv(true)?
+                .expect("blocking recv returns data")
+                .to_vec();
             for m in Messages::new(&d) {
                 let m = m?;
                 if m.header.seq != hdr.seq {
@@ -501,7 +579,11 @@ impl Socket {
                 }
                 if m.header.ty == NLMSG_ERROR {
                     let e = parse_error(&m)?;
-                    return if e.errno == 0 { Ok(()) } else { Err(NlError::Kernel(e)) };
+                    return if e.errno == 0 {
+                        Ok(())
+                    } else {
+                        Err(NlError::Kernel(e))
+                    };
                 }
                 each(&m)?;
             }
@@ -511,7 +593,9 @@ impl Socket {
 
 fn clamp_buf(bytes: usize) -> i32 {
     // The kernel doubles the value it is given (bookkeeping overhead) and caps at INT_MAX.
-    i32::try_from(bytes.div_ceil(2)).unwrap_or(i32::MAX / 2).max(4096)
+    i32::try_from(bytes.div_ceil(2))
+        .unwrap_or(i32::MAX / 2)
+        .max(4096)
 }
 
 fn sockaddr_nl(pid: u32) -> libc::sockaddr_nl {
@@ -554,7 +638,10 @@ impl MsgBuf {
     }
 
     pub fn with_capacity(bytes: usize) -> MsgBuf {
-        MsgBuf { buf: Vec::with_capacity(bytes), overflow: None }
+        MsgBuf {
+            buf: Vec::with_capacity(bytes),
+            overflow: None,
+        }
     }
 
     /// Bytes written so far (all messages).
@@ -607,7 +694,8 @@ impl MsgBuf {
             return Err(NlError::AttrTooLong { ty, len });
         }
         let len = self.buf.len() - m.0;
-        let len32 = u32::try_from(len).map_err(|_| NlError::Malformed(format!("message of {len} bytes")))?;
+        let len32 = u32::try_from(len)
+            .map_err(|_| NlError::Malformed(format!("message of {len} bytes")))?;
         self.buf[m.0..m.0 + 4].copy_from_slice(&len32.to_ne_bytes());
         Ok(len)
     }
@@ -685,7 +773,8 @@ impl MsgBuf {
         self.pad();
         let start = self.buf.len();
         self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
         NestStart(start)
     }
 
@@ -756,7 +845,10 @@ impl<'a> Iterator for Messages<'a> {
             self.rest = &[];
             return Some(Err(NlError::Malformed(format!("bad message length {len}"))));
         }
-        let m = Message { header: h, payload: &self.rest[NLMSG_HDRLEN..len] };
+        let m = Message {
+            header: h,
+            payload: &self.rest[NLMSG_HDRLEN..len],
+        };
         self.rest = self.rest.get(align(len)..).unwrap_or(&[]);
         Some(Ok(m))
     }
@@ -777,7 +869,13 @@ impl<'a> Attr<'a> {
         self.data
             .get(..N)
             .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| NlError::Malformed(format!("attribute {} has {} bytes, want {N}", self.ty, self.data.len())))
+            .ok_or_else(|| {
+                NlError::Malformed(format!(
+                    "attribute {} has {} bytes, want {N}",
+                    self.ty,
+                    self.data.len()
+                ))
+            })
     }
     pub fn u8(&self) -> Result<u8, NlError> {
         Ok(self.fixed::<1>()?[0])
@@ -849,9 +947,15 @@ impl<'a> Iterator for Attrs<'a> {
         let raw_ty = u16::from_ne_bytes([self.rest[2], self.rest[3]]);
         if len < NLA_HDRLEN || len > self.rest.len() {
             self.rest = &[];
-            return Some(Err(NlError::Malformed(format!("bad attribute length {len} (type {raw_ty:#x})"))));
+            return Some(Err(NlError::Malformed(format!(
+                "bad attribute length {len} (type {raw_ty:#x})"
+            ))));
         }
-        let a = Attr { ty: raw_ty & NLA_TYPE_MASK, nested_flag: raw_ty & NLA_F_NESTED != 0, data: &self.rest[NLA_HDRLEN..len] };
+        let a = Attr {
+            ty: raw_ty & NLA_TYPE_MASK,
+            nested_flag: raw_ty & NLA_F_NESTED != 0,
+            data: &self.rest[NLA_HDRLEN..len],
+        };
         self.rest = self.rest.get(align(len)..).unwrap_or(&[]);
         Some(Ok(a))
     }
@@ -863,13 +967,25 @@ impl<'a> Iterator for Attrs<'a> {
 pub fn parse_error(m: &Message<'_>) -> Result<KernelError, NlError> {
     let p = m.payload;
     if p.len() < 4 + NLMSG_HDRLEN {
-        return Err(NlError::Malformed(format!("NLMSG_ERROR of {} bytes", p.len())));
+        return Err(NlError::Malformed(format!(
+            "NLMSG_ERROR of {} bytes",
+            p.len()
+        )));
     }
     let code = i32::from_ne_bytes([p[0], p[1], p[2], p[3]]);
     let request = NlMsgHdr::parse(&p[4..]).unwrap_or_default();
-    let mut e = KernelError { errno: -code, request, message: None, offset: None };
+    let mut e = KernelError {
+        errno: -code,
+        request,
+        message: None,
+        offset: None,
+    };
     if m.header.flags & NLM_F_ACK_TLVS != 0 {
-        let echoed = if m.header.flags & NLM_F_CAPPED != 0 { NLMSG_HDRLEN } else { request.len as usize };
+        let echoed = if m.header.flags & NLM_F_CAPPED != 0 {
+            NLMSG_HDRLEN
+        } else {
+            request.len as usize
+        };
         if let Some(tlvs) = p.get(4 + align(echoed)..) {
             for a in Attrs::new(tlvs).flatten() {
                 match a.ty {
@@ -907,7 +1023,10 @@ mod tests {
         assert_eq!(len, 16 + 4 + 12 + 8);
         assert_eq!(bytes.len(), len);
         let h = NlMsgHdr::parse(&bytes).unwrap();
-        assert_eq!((h.len as usize, h.ty, h.flags, h.seq, h.pid), (len, 0x10, 5, 7, 0));
+        assert_eq!(
+            (h.len as usize, h.ty, h.flags, h.seq, h.pid),
+            (len, 0x10, 5, 7, 0)
+        );
         assert_eq!(&bytes[16..20], &[2, 0, 0, 0]);
         // string attribute: len 10 (header + "leash\0"), type 1, then 2 bytes of padding
         assert_eq!(&bytes[20..24], &[10, 0, 1, 0]);
@@ -957,7 +1076,9 @@ mod tests {
             b.attr_u16(1, 0xabcd);
             b.end(m).unwrap();
         }
-        let seqs: Vec<u32> = Messages::new(b.as_bytes()).map(|m| m.unwrap().header.seq).collect();
+        let seqs: Vec<u32> = Messages::new(b.as_bytes())
+            .map(|m| m.unwrap().header.seq)
+            .collect();
         assert_eq!(seqs, vec![0, 1, 2]);
     }
 
@@ -1009,12 +1130,18 @@ mod tests {
         assert_eq!(e.request.seq, 42);
         assert_eq!(e.message.as_deref(), Some("no such set"));
         assert_eq!(e.offset, Some(36));
-        assert_eq!(e.to_string(), "ENOENT: No such file or directory (no such set)");
+        assert_eq!(
+            e.to_string(),
+            "ENOENT: No such file or directory (no such set)"
+        );
     }
 
     #[test]
     fn errno_text_names_and_hints() {
-        assert_eq!(errno_text(libc::EPERM), "EPERM: Operation not permitted (run as root: CAP_NET_ADMIN is needed)");
+        assert_eq!(
+            errno_text(libc::EPERM),
+            "EPERM: Operation not permitted (run as root: CAP_NET_ADMIN is needed)"
+        );
         assert!(errno_text(libc::EINVAL).starts_with("EINVAL: Invalid argument"));
         assert_eq!(errno_name(9999), "E9999");
     }

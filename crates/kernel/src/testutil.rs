@@ -18,7 +18,10 @@ pub fn need_root(test: &str) -> bool {
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    assert!(std::env::var_os("CI").is_none(), "{test}: kernel tests need root, and CI is set: failing instead of skipping");
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: kernel tests need root, and CI is set: failing instead of skipping"
+    );
     eprintln!("skipped {test}: kernel tests need root (and nft for the oracle)");
     false
 }
@@ -30,7 +33,11 @@ pub fn nft_raw(ns: &NetNs, args: &[&str], stdin: Option<&str>) -> (bool, String,
         .arg(net)
         .arg("nft")
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -59,7 +66,10 @@ pub fn list_leash(ns: &NetNs) -> Option<String> {
     if ok {
         Some(strip_handles(&out))
     } else {
-        assert!(err.contains("No such file or directory"), "nft list failed: {err}");
+        assert!(
+            err.contains("No such file or directory"),
+            "nft list failed: {err}"
+        );
         None
     }
 }
@@ -84,17 +94,23 @@ pub fn listings(table: &ruleset::Table, text: &str) -> (String, String) {
     nft_load(&oracle, text);
     let want = list_leash(&oracle).expect("nft created the table");
     let ours = NetNs::new().expect("new netns");
-    ours.run(|| crate::apply(table, &crate::ApplyOptions::default())).expect("apply");
+    ours.run(|| crate::apply(table, &crate::ApplyOptions::default()))
+        .expect("apply");
     let got = list_leash(&ours).expect("apply created the table");
     (want, got)
 }
 
 /// Asserts that the machine's own namespace has no leash table (tests never create one there).
 pub fn root_has_no_leash_table() {
-    let out = Command::new("nft").args(["list", "tables"]).output().expect("run nft");
+    let out = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .expect("run nft");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        !text.lines().any(|l| l.trim() == format!("table inet {}", ruleset::TABLE_NAME)),
+        !text
+            .lines()
+            .any(|l| l.trim() == format!("table inet {}", ruleset::TABLE_NAME)),
         "the root network namespace has a leash table: {text}"
     );
 }
@@ -174,7 +190,10 @@ fn strip_ansi(s: &str) -> String {
 
 /// The messages of a batch we encoded: (type, bytes after the nlmsghdr).
 pub fn batch_messages(batch: &[u8]) -> Vec<(u16, Vec<u8>)> {
-    crate::nl::Messages::new(batch).map(|m| m.unwrap()).map(|m| (m.header.ty, m.payload.to_vec())).collect()
+    crate::nl::Messages::new(batch)
+        .map(|m| m.unwrap())
+        .map(|m| (m.header.ty, m.payload.to_vec()))
+        .collect()
 }
 
 /// A readable tree of a message's attributes (after the 4-byte nfgenmsg), for diffs in failures.

@@ -224,7 +224,36 @@ fn phases(path: &Path) -> Result<(Phases, ruleset::Table)> {
 struct Run {
     wall: Duration,
     maxrss_kib: u64,
+    /// CPU time in user space and in the kernel (the batch is processed inside `sendmsg`, so the
+    /// kernel's work on it is system time of the process that sends it).
+    user: Duration,
+    sys: Duration,
     stdout: String,
+}
+
+fn tv(t: libc::timeval) -> Duration {
+    Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+}
+
+/// Waits (at most 5 s) until both CPUs were idle for a 100 ms window, so that deferred kernel
+/// work of the previous run (freeing a replaced table, tearing down a namespace) does not land in
+/// the next measurement.
+fn settle() {
+    fn busy_total() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let v: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+        let idle = v.get(3)? + v.get(4).unwrap_or(&0);
+        let total: u64 = v.iter().take(8).sum();
+        Some((total - idle, total))
+    }
+    for _ in 0..50 {
+        let Some((b0, t0)) = busy_total() else { return };
+        std::thread::sleep(Duration::from_millis(100));
+        let Some((b1, t1)) = busy_total() else { return };
+        if t1 > t0 && ((b1 - b0) as f64) < 0.05 * (t1 - t0) as f64 {
+            return;
+        }
+    }
 }
 
 /// Runs `argv` inside `ns` (through `nsenter --net=`), reaping it with `wait4` for its rusage.
@@ -268,7 +297,7 @@ fn run_in(ns: &NetNs, argv: &[OsString], scratch: &Path) -> Result<Run> {
     if !ok {
         bail!("{:?} failed (wait status {status:#x}):\n{stdout}{stderr}", argv);
     }
-    Ok(Run { wall, maxrss_kib: ru.ru_maxrss as u64, stdout })
+    Ok(Run { wall, maxrss_kib: ru.ru_maxrss as u64, user: tv(ru.ru_utime), sys: tv(ru.ru_stime), stdout })
 }
 
 /// Checks the table in `ns` with `leash status --json`: comment, one chain with the expected rule
@@ -355,12 +384,16 @@ fn oracle(ns_leash: &NetNs, ns_nft: &NetNs, exp: &Expected, scratch: &Path) -> R
 struct Series {
     wall: Vec<Duration>,
     rss: Vec<u64>,
+    user: Vec<Duration>,
+    sys: Vec<Duration>,
 }
 
 impl Series {
     fn push(&mut self, r: &Run) {
         self.wall.push(r.wall);
         self.rss.push(r.maxrss_kib);
+        self.user.push(r.user);
+        self.sys.push(r.sys);
     }
 }
 
@@ -507,10 +540,10 @@ fn main() -> Result<()> {
             // Namespaces of the previous round go now, and the kernel gets a moment to tear them
             // down (its cleanup work would otherwise run during the next measurement).
             drop(last.take());
-            std::thread::sleep(Duration::from_millis(300));
             let ns_l = NetNs::new().context("new namespace")?;
             let ns_n = NetNs::new().context("new namespace")?;
             let apply_leash = |res: &mut VariantResult, replace: bool| -> Result<()> {
+                settle();
                 let r = run_in(&ns_l, &leash_argv, &dir)?;
                 let j: serde_json::Value = serde_json::from_str(&r.stdout).context("leash apply --json")?;
                 let (k, v) = (j["report"]["kernel_ms"].as_f64().unwrap_or(f64::NAN), j["report"]["verify_ms"].as_f64().unwrap_or(f64::NAN));
@@ -526,6 +559,7 @@ fn main() -> Result<()> {
                 check_status(&leash, &ns_l, &exp, &dir, "leash apply")
             };
             let apply_nft = |res: &mut VariantResult, replace: bool| -> Result<()> {
+                settle();
                 let r = run_in(&ns_n, &nft_argv, &dir)?;
                 if replace { res.nft_replace.push(&r) } else { res.nft_fresh.push(&r) }
                 check_status(&leash, &ns_n, &exp, &dir, "nft -f")
@@ -583,24 +617,45 @@ fn elements_of(e: &ruleset::model::SetElements) -> usize {
 }
 
 fn render(variant: Variant, exp: &Expected, r: &VariantResult, rounds: usize) -> String {
+    let med = |v: &[Duration]| median_f(&v.iter().map(|d| ms(*d)).collect::<Vec<_>>());
     let mut s = String::new();
-    writeln!(s, "### variant `{}`: {} -> {} set elements, {} rounds", variant.name(), variant.describe(), exp.elements(), rounds).unwrap();
-    writeln!(s).unwrap();
-    writeln!(s, "| run | tool | median ms | min ms | max ms | peak RSS MiB (median) | nft/leash (median time) |").unwrap();
-    writeln!(s, "|---|---|---:|---:|---:|---:|---:|").unwrap();
+    writeln!(
+        s,
+        "### variant `{}`: {}\n\n{} elements in the big rule's two sets ({} in all sets), {} rounds.\n",
+        variant.name(),
+        variant.describe(),
+        exp.big_elements(),
+        exp.elements(),
+        rounds
+    )
+    .unwrap();
+    writeln!(s, "| run | tool | median ms | min ms | max ms | user CPU ms | sys CPU ms | peak RSS MiB | nft/leash |").unwrap();
+    writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|").unwrap();
     for (what, l, n) in [("fresh namespace", &r.leash_fresh, &r.nft_fresh), ("replace existing table", &r.leash_replace, &r.nft_replace)] {
         let (lm, lmin, lmax) = wall_ms(l);
         let (nm, nmin, nmax) = wall_ms(n);
-        writeln!(s, "| {what} | `leash apply` | {lm:.1} | {lmin:.1} | {lmax:.1} | {:.1} | |", mib(median(&l.rss))).unwrap();
-        writeln!(s, "| {what} | `nft -f` | {nm:.1} | {nmin:.1} | {nmax:.1} | {:.1} | **{:.2}** |", mib(median(&n.rss)), nm / lm).unwrap();
+        writeln!(
+            s,
+            "| {what} | `leash apply` | {lm:.0} | {lmin:.0} | {lmax:.0} | {:.0} | {:.0} | {:.1} | |",
+            med(&l.user),
+            med(&l.sys),
+            mib(median(&l.rss))
+        )
+        .unwrap();
+        writeln!(
+            s,
+            "| {what} | `nft -f` | {nm:.0} | {nmin:.0} | {nmax:.0} | {:.0} | {:.0} | {:.1} | **{:.2}** |",
+            med(&n.user),
+            med(&n.sys),
+            mib(median(&n.rss)),
+            nm / lm
+        )
+        .unwrap();
     }
-    writeln!(s).unwrap();
+    writeln!(s, "\n(time columns: medians of the runs except min/max; nft/leash: ratio of the median wall times, above 1 means leash is faster)\n").unwrap();
     let p = |f: fn(&Phases) -> Duration| median_f(&r.phases.iter().map(|x| ms(f(x))).collect::<Vec<_>>());
-    let (lm, _, _) = wall_ms(&r.leash_fresh);
-    let (lr, _, _) = wall_ms(&r.leash_replace);
-    writeln!(s, "Where `leash apply`'s time goes (medians; the first five measured in the bench process, the kernel and").unwrap();
-    writeln!(s, "read-back parts as `leash apply --json` reports them; fresh / replace):").unwrap();
-    writeln!(s).unwrap();
+    writeln!(s, "Where `leash apply`'s wall time goes (medians; the first five phases measured in the bench process,").unwrap();
+    writeln!(s, "kernel and read-back as `leash apply --json` reports them, the rest by difference):\n").unwrap();
     writeln!(s, "| phase | fresh ms | replace ms |").unwrap();
     writeln!(s, "|---|---:|---:|").unwrap();
     let rows = [
@@ -617,18 +672,26 @@ fn render(variant: Variant, exp: &Expected, r: &VariantResult, rounds: usize) ->
     }
     let (k, kr) = (median_f(&r.kernel_ms), median_f(&r.kernel_ms_replace));
     let (v, vr) = (median_f(&r.verify_ms), median_f(&r.verify_ms_replace));
-    writeln!(s, "| kernel: send batch, read acks | {k:.1} | {kr:.1} |").unwrap();
+    let rest = |wall: &[Duration], k: &[f64], v: &[f64]| {
+        median_f(&wall.iter().zip(k).zip(v).map(|((w, k), v)| ms(*w) - k - v).collect::<Vec<_>>()) - user_sum
+    };
+    writeln!(s, "| kernel: send the batch, read the acks | {k:.1} | {kr:.1} |").unwrap();
     writeln!(s, "| read back + verify | {v:.1} | {vr:.1} |").unwrap();
     writeln!(
         s,
-        "| rest (process start/exit, nsenter, socket setup, JSON) | {:.1} | {:.1} |",
-        lm - user_sum - k - v,
-        lr - user_sum - kr - vr
+        "| rest: exec, nsenter, socket setup, JSON, exit | {:.1} | {:.1} |",
+        rest(&r.leash_fresh.wall, &r.kernel_ms, &r.verify_ms),
+        rest(&r.leash_replace.wall, &r.kernel_ms_replace, &r.verify_ms_replace)
     )
     .unwrap();
-    writeln!(s, "| **total (median wall)** | {lm:.1} | {lr:.1} |").unwrap();
-    writeln!(s).unwrap();
+    writeln!(s, "| **total (median wall)** | {:.1} | {:.1} |", wall_ms(&r.leash_fresh).0, wall_ms(&r.leash_replace).0).unwrap();
     let ph = &r.phases[0];
-    writeln!(s, "Batch: {:.2} MB in one sendmsg. Rendering the nft script (not part of apply): {:.1} ms.", ph.batch_bytes as f64 / 1e6, p(|x| x.render)).unwrap();
+    writeln!(
+        s,
+        "\nThe batch is {:.2} MB, sent in one `sendmsg`. Rendering the nft script (`leash compile`, not part of apply) takes {:.1} ms.",
+        ph.batch_bytes as f64 / 1e6,
+        p(|x| x.render)
+    )
+    .unwrap();
     s
 }

@@ -105,14 +105,6 @@ pub fn log_prefix(action: Action, rule: &str) -> String {
     format!("leash {} {}: ", action.as_str(), rule)
 }
 
-/// The protocols a rule really covers: `ports` without a protocol means TCP and UDP.
-pub fn effective_protos(rule: &policy::Rule) -> Option<Vec<Proto>> {
-    match (&rule.protos, &rule.ports) {
-        (None, Some(_)) => Some(vec![Proto::Tcp, Proto::Udp]),
-        (p, _) => p.clone(),
-    }
-}
-
 fn l4_of(p: Proto) -> L4 {
     match p {
         Proto::Tcp => L4::Tcp,
@@ -126,7 +118,7 @@ fn compile_rule(policy: &Policy, rule: &policy::Rule, sets: &mut Vec<Set>, out: 
     // An empty list is a condition nothing satisfies; the rule compiles to no kernel rule at all
     // (the linter warns about it).
     let empty = |o: &Option<Vec<_>>| o.as_ref().is_some_and(|v: &Vec<_>| v.is_empty());
-    let protos = effective_protos(rule);
+    let protos = rule.effective_protos();
     if empty(&protos)
         || rule.ports.as_ref().is_some_and(|v| v.is_empty())
         || rule.to.as_ref().is_some_and(|v| v.is_empty())

@@ -2,6 +2,7 @@
 //!
 //! Only the numbers leash uses are listed. They are kernel ABI and never change meaning.
 
+// A few numbers are listed for completeness of a group (e.g. all message types) and not used.
 #![allow(dead_code)]
 
 // --- nfnetlink -------------------------------------------------------------------------------

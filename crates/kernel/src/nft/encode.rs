@@ -26,7 +26,7 @@
 //! (including nft's user data: the table and rule comments, the set's key byte order, and the
 //! interval-open flag), so `nft list` shows exactly what it shows for the same text.
 
-use ruleset::{Chain, ChainPolicy, Hook, KeyType, Rule, Set, SetElements, Stmt, Table, Value};
+use ruleset::{Chain, ChainPolicy, Hook, KeyType, L4, Rule, Set, SetElements, Stmt, Table, Value};
 
 use super::consts::*;
 use super::expr::{self, SetRef};
@@ -81,7 +81,12 @@ struct Encoder {
 
 impl Encoder {
     fn new(capacity: usize) -> Encoder {
-        Encoder { b: MsgBuf::with_capacity(capacity), next_seq: FIRST_SEQ, what: Vec::new(), acked: 0 }
+        Encoder {
+            b: MsgBuf::with_capacity(capacity),
+            next_seq: FIRST_SEQ,
+            what: Vec::new(),
+            acked: 0,
+        }
     }
 
     /// One message: nlmsghdr + nfgenmsg(family, res_id) + attributes written by `body`.
@@ -103,27 +108,62 @@ impl Encoder {
         let [r0, r1] = res_id.to_be_bytes();
         self.b.put_header(&[family, NFNETLINK_V0, r0, r1]);
         body(&mut self.b);
-        self.b.end(m).map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
+        self.b
+            .end(m)
+            .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
         self.what.push(what);
         Ok(())
     }
 
     /// An nf_tables message of family inet with `NLM_F_REQUEST | NLM_F_ACK | flags`.
-    fn nft(&mut self, msg: u16, flags: u16, what: String, body: impl FnOnce(&mut MsgBuf)) -> Result<(), Error> {
+    fn nft(
+        &mut self,
+        msg: u16,
+        flags: u16,
+        what: String,
+        body: impl FnOnce(&mut MsgBuf),
+    ) -> Result<(), Error> {
         let what = format!("{} for {what}", nft_msg_name(msg));
-        self.msg(nft_type(msg), NLM_F_REQUEST | NLM_F_ACK | flags, NFPROTO_INET, 0, what, body)
+        self.msg(
+            nft_type(msg),
+            NLM_F_REQUEST | NLM_F_ACK | flags,
+            NFPROTO_INET,
+            0,
+            what,
+            body,
+        )
     }
 
     fn begin_batch(&mut self) -> Result<(), Error> {
-        self.msg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, NFPROTO_UNSPEC, NFNL_SUBSYS_NFTABLES, "the batch".into(), |_| {})
+        self.msg(
+            NFNL_MSG_BATCH_BEGIN,
+            NLM_F_REQUEST,
+            NFPROTO_UNSPEC,
+            NFNL_SUBSYS_NFTABLES,
+            "the batch".into(),
+            |_| {},
+        )
     }
 
     fn end_batch(&mut self) -> Result<(), Error> {
-        self.msg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, NFPROTO_UNSPEC, NFNL_SUBSYS_NFTABLES, "BATCH_END".into(), |_| {})
+        self.msg(
+            NFNL_MSG_BATCH_END,
+            NLM_F_REQUEST,
+            NFPROTO_UNSPEC,
+            NFNL_SUBSYS_NFTABLES,
+            "BATCH_END".into(),
+            |_| {},
+        )
     }
 
     fn finish(self, elements: usize) -> Batch {
-        Batch { bytes: self.b.into_bytes(), first_seq: FIRST_SEQ, what: self.what, acked: self.acked, elements }
+        Batch {
+            bytes: self.b.into_bytes(),
+            first_seq: FIRST_SEQ,
+            what: self.what,
+            acked: self.acked,
+            elements,
+        }
     }
 }
 
@@ -131,7 +171,12 @@ impl Encoder {
 pub(crate) fn encode_apply(table: &Table, opts: &ApplyOptions) -> Result<Batch, Error> {
     validate(table)?;
     let elements: usize = table.sets.iter().map(|s| s.elements.len()).sum();
-    let estimate = 4096 + table.sets.iter().map(|s| s.elements.len() * (2 * s.key.key_len() + 32)).sum::<usize>();
+    let estimate = 4096
+        + table
+            .sets
+            .iter()
+            .map(|s| s.elements.len() * (2 * s.key.key_len() + 32))
+            .sum::<usize>();
     let mut e = Encoder::new(estimate);
     let name = table.name.as_str();
     e.begin_batch()?;
@@ -140,12 +185,17 @@ pub(crate) fn encode_apply(table: &Table, opts: &ApplyOptions) -> Result<Batch, 
         b.attr_str(NFTA_TABLE_NAME, name);
         b.attr_be32(NFTA_TABLE_FLAGS, 0);
     })?;
-    e.nft(NFT_MSG_DELTABLE, 0, t.clone(), |b| b.attr_str(NFTA_TABLE_NAME, name))?;
+    e.nft(NFT_MSG_DELTABLE, 0, t.clone(), |b| {
+        b.attr_str(NFTA_TABLE_NAME, name)
+    })?;
     e.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE, t, |b| {
         b.attr_str(NFTA_TABLE_NAME, name);
         b.attr_be32(NFTA_TABLE_FLAGS, 0);
         if let Some(c) = &table.comment {
-            b.attr(NFTA_TABLE_USERDATA, &udata_comment(NFTNL_UDATA_TABLE_COMMENT, c));
+            b.attr(
+                NFTA_TABLE_USERDATA,
+                &udata_comment(NFTNL_UDATA_TABLE_COMMENT, c),
+            );
         }
     })?;
     for (i, set) in table.sets.iter().enumerate() {
@@ -155,7 +205,10 @@ pub(crate) fn encode_apply(table: &Table, opts: &ApplyOptions) -> Result<Batch, 
         encode_chain(&mut e, name, chain)?;
     }
     let sets = |n: &str| -> Option<SetRef<'_>> {
-        table.sets.iter().position(|s| s.name == n).map(|i| SetRef { name: &table.sets[i].name, id: set_id(i) })
+        table.sets.iter().position(|s| s.name == n).map(|i| SetRef {
+            name: &table.sets[i].name,
+            id: set_id(i),
+        })
     };
     for chain in &table.chains {
         for (i, rule) in chain.rules.iter().enumerate() {
@@ -164,13 +217,24 @@ pub(crate) fn encode_apply(table: &Table, opts: &ApplyOptions) -> Result<Batch, 
     }
     if opts.fault_inject {
         let chain = table.chains.first().map_or("output", |c| c.name.as_str());
-        e.nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, "the injected fault (a rule using a missing set)".into(), |b| {
-            b.attr_str(NFTA_RULE_TABLE, name);
-            b.attr_str(NFTA_RULE_CHAIN, chain);
-            let x = b.begin_nested(NFTA_RULE_EXPRESSIONS);
-            expr::lookup(b, Some(SetRef { name: FAULT_SET_NAME, id: FAULT_SET_ID }));
-            b.end_nested(x);
-        })?;
+        e.nft(
+            NFT_MSG_NEWRULE,
+            NLM_F_CREATE | NLM_F_APPEND,
+            "the injected fault (a rule using a missing set)".into(),
+            |b| {
+                b.attr_str(NFTA_RULE_TABLE, name);
+                b.attr_str(NFTA_RULE_CHAIN, chain);
+                let x = b.begin_nested(NFTA_RULE_EXPRESSIONS);
+                expr::lookup(
+                    b,
+                    Some(SetRef {
+                        name: FAULT_SET_NAME,
+                        id: FAULT_SET_ID,
+                    }),
+                );
+                b.end_nested(x);
+            },
+        )?;
     }
     e.end_batch()?;
     Ok(e.finish(elements))
@@ -180,7 +244,9 @@ pub(crate) fn encode_apply(table: &Table, opts: &ApplyOptions) -> Result<Batch, 
 pub(crate) fn encode_delete(name: &str) -> Result<Batch, Error> {
     let mut e = Encoder::new(256);
     e.begin_batch()?;
-    e.nft(NFT_MSG_DELTABLE, 0, format!("table inet {name}"), |b| b.attr_str(NFTA_TABLE_NAME, name))?;
+    e.nft(NFT_MSG_DELTABLE, 0, format!("table inet {name}"), |b| {
+        b.attr_str(NFTA_TABLE_NAME, name)
+    })?;
     e.end_batch()?;
     Ok(e.finish(0))
 }
@@ -221,9 +287,16 @@ pub(crate) fn key_type_id(k: KeyType) -> u32 {
 
 /// The inverse of [`key_type_id`].
 pub(crate) fn key_type_from_id(id: u32) -> Option<KeyType> {
-    [KeyType::Ipv4Addr, KeyType::Ipv6Addr, KeyType::InetService, KeyType::Uid, KeyType::Gid, KeyType::Icmpv6Type]
-        .into_iter()
-        .find(|k| key_type_id(*k) == id)
+    [
+        KeyType::Ipv4Addr,
+        KeyType::Ipv6Addr,
+        KeyType::InetService,
+        KeyType::Uid,
+        KeyType::Gid,
+        KeyType::Icmpv6Type,
+    ]
+    .into_iter()
+    .find(|k| key_type_id(*k) == id)
 }
 
 /// nft's byte order of the key: uid and gid are host-order integers, the rest network order.
@@ -236,15 +309,23 @@ fn key_byteorder(k: KeyType) -> u32 {
 
 fn encode_set(e: &mut Encoder, table: &str, set: &Set, id: u32) -> Result<(), Error> {
     let flags = if set.interval { NFT_SET_INTERVAL } else { 0 };
-    e.nft(NFT_MSG_NEWSET, NLM_F_CREATE | NLM_F_EXCL, format!("set `{}`", set.name), |b| {
-        b.attr_str(NFTA_SET_TABLE, table);
-        b.attr_str(NFTA_SET_NAME, &set.name);
-        b.attr_be32(NFTA_SET_FLAGS, flags);
-        b.attr_be32(NFTA_SET_KEY_TYPE, key_type_id(set.key));
-        b.attr_be32(NFTA_SET_KEY_LEN, set.key.key_len() as u32);
-        b.attr_be32(NFTA_SET_ID, id);
-        b.attr(NFTA_SET_USERDATA, &udata_u32(NFTNL_UDATA_SET_KEYBYTEORDER, key_byteorder(set.key)));
-    })?;
+    e.nft(
+        NFT_MSG_NEWSET,
+        NLM_F_CREATE | NLM_F_EXCL,
+        format!("set `{}`", set.name),
+        |b| {
+            b.attr_str(NFTA_SET_TABLE, table);
+            b.attr_str(NFTA_SET_NAME, &set.name);
+            b.attr_be32(NFTA_SET_FLAGS, flags);
+            b.attr_be32(NFTA_SET_KEY_TYPE, key_type_id(set.key));
+            b.attr_be32(NFTA_SET_KEY_LEN, set.key.key_len() as u32);
+            b.attr_be32(NFTA_SET_ID, id);
+            b.attr(
+                NFTA_SET_USERDATA,
+                &udata_u32(NFTNL_UDATA_SET_KEYBYTEORDER, key_byteorder(set.key)),
+            );
+        },
+    )?;
 
     let KernelElements { elems, starts } = kernel_elements(set);
     if elems.is_empty() {
@@ -253,20 +334,37 @@ fn encode_set(e: &mut Encoder, table: &str, set: &Set, id: u32) -> Result<(), Er
     // Group the kernel elements by model element (a range is a start and an end element; nft's
     // leading zero end element joins the first group) and fill each message with whole groups.
     let n = starts.len();
-    let bound = |g: usize| if g == 0 { 0 } else if g == n { elems.len() } else { starts[g] };
+    let bound = |g: usize| {
+        if g == 0 {
+            0
+        } else if g == n {
+            elems.len()
+        } else {
+            starts[g]
+        }
+    };
     let mut g = 0;
     while g < n {
         let first = g;
         let mut size = 0;
         while g < n {
-            let add: usize = elems[bound(g)..bound(g + 1)].iter().map(|(k, end, open)| elem_size(k.len(), *end, *open)).sum();
+            let add: usize = elems[bound(g)..bound(g + 1)]
+                .iter()
+                .map(|(k, end, open)| elem_size(k.len(), *end, *open))
+                .sum();
             if g > first && size + add > MAX_ELEMENTS_NEST {
                 break;
             }
             size += add;
             g += 1;
         }
-        let what = format!("set `{}` (elements {}..{} of {})", set.name, first + 1, g, n);
+        let what = format!(
+            "set `{}` (elements {}..{} of {})",
+            set.name,
+            first + 1,
+            g,
+            n
+        );
         let chunk = &elems[bound(first)..bound(g)];
         e.nft(NFT_MSG_NEWSETELEM, NLM_F_CREATE | NLM_F_EXCL, what, |b| {
             b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
@@ -283,7 +381,10 @@ fn encode_set(e: &mut Encoder, table: &str, set: &Set, id: u32) -> Result<(), Er
                 b.attr(NFTA_DATA_VALUE, key);
                 b.end_nested(k);
                 if *open {
-                    b.attr(NFTA_SET_ELEM_USERDATA, &udata_u32(NFTNL_UDATA_SET_ELEM_FLAGS, NFTNL_SET_ELEM_F_INTERVAL_OPEN));
+                    b.attr(
+                        NFTA_SET_ELEM_USERDATA,
+                        &udata_u32(NFTNL_UDATA_SET_ELEM_FLAGS, NFTNL_SET_ELEM_F_INTERVAL_OPEN),
+                    );
                 }
                 b.end_nested(el);
             }
@@ -321,9 +422,13 @@ pub(crate) fn kernel_elements(set: &Set) -> KernelElements {
             &mut elems,
             &mut starts,
         ),
-        SetElements::Ports(r) => {
-            interval_elems(r.iter().copied(), u16::MAX, |v| v.to_be_bytes().to_vec(), &mut elems, &mut starts)
-        }
+        SetElements::Ports(r) => interval_elems(
+            r.iter().copied(),
+            u16::MAX,
+            |v| v.to_be_bytes().to_vec(),
+            &mut elems,
+            &mut starts,
+        ),
         SetElements::Ids(ids) => {
             for &v in ids {
                 starts.push(elems.len());
@@ -402,16 +507,21 @@ fn encode_chain(e: &mut Encoder, table: &str, chain: &Chain) -> Result<(), Error
         ChainPolicy::Accept => NF_ACCEPT,
         ChainPolicy::Drop => NF_DROP,
     };
-    e.nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_EXCL, format!("chain `{}`", chain.name), |b| {
-        b.attr_str(NFTA_CHAIN_TABLE, table);
-        b.attr_str(NFTA_CHAIN_NAME, &chain.name);
-        b.attr_str(NFTA_CHAIN_TYPE, CHAIN_TYPE_FILTER);
-        b.attr_be32(NFTA_CHAIN_POLICY, policy);
-        let h = b.begin_nested(NFTA_CHAIN_HOOK);
-        b.attr_be32(NFTA_HOOK_HOOKNUM, hook);
-        b.attr_be32(NFTA_HOOK_PRIORITY, chain.priority as u32);
-        b.end_nested(h);
-    })
+    e.nft(
+        NFT_MSG_NEWCHAIN,
+        NLM_F_CREATE | NLM_F_EXCL,
+        format!("chain `{}`", chain.name),
+        |b| {
+            b.attr_str(NFTA_CHAIN_TABLE, table);
+            b.attr_str(NFTA_CHAIN_NAME, &chain.name);
+            b.attr_str(NFTA_CHAIN_TYPE, CHAIN_TYPE_FILTER);
+            b.attr_be32(NFTA_CHAIN_POLICY, policy);
+            let h = b.begin_nested(NFTA_CHAIN_HOOK);
+            b.attr_be32(NFTA_HOOK_HOOKNUM, hook);
+            b.attr_be32(NFTA_HOOK_PRIORITY, chain.priority as u32);
+            b.end_nested(h);
+        },
+    )
 }
 
 fn encode_rule<'a>(
@@ -433,7 +543,10 @@ fn encode_rule<'a>(
         expr::encode_stmts(b, &rule.stmts, sets);
         b.end_nested(x);
         if let Some(c) = &rule.comment {
-            b.attr(NFTA_RULE_USERDATA, &udata_comment(NFTNL_UDATA_RULE_COMMENT, c));
+            b.attr(
+                NFTA_RULE_USERDATA,
+                &udata_comment(NFTNL_UDATA_RULE_COMMENT, c),
+            );
         }
     })
 }
@@ -443,7 +556,11 @@ fn encode_rule<'a>(
 pub(crate) fn validate(table: &Table) -> Result<(), Error> {
     let bad = |m: String| Err(Error::Invalid(m));
     if table.name != ruleset::TABLE_NAME {
-        return bad(format!("table is named `{}`; leash only ever manages table inet {}", table.name, ruleset::TABLE_NAME));
+        return bad(format!(
+            "table is named `{}`; leash only ever manages table inet {}",
+            table.name,
+            ruleset::TABLE_NAME
+        ));
     }
     if let Some(c) = &table.comment {
         check_comment("table comment", c)?;
@@ -471,8 +588,18 @@ pub(crate) fn validate(table: &Table) -> Result<(), Error> {
                 check_comment(&format!("comment of {}", at()), cm)?;
             }
             for s in &r.stmts {
+                if let Stmt::Dport {
+                    l4: l4 @ (L4::Icmp | L4::Icmpv6),
+                    ..
+                } = s
+                {
+                    return bad(format!("{}: {} has no ports", at(), l4.nft_name()));
+                }
                 let (name, want) = match s {
-                    Stmt::Dport { value: Value::InSet(n), .. } => (n, KeyType::InetService),
+                    Stmt::Dport {
+                        value: Value::InSet(n),
+                        ..
+                    } => (n, KeyType::InetService),
                     Stmt::Daddr4(Value::InSet(n)) => (n, KeyType::Ipv4Addr),
                     Stmt::Daddr6(Value::InSet(n)) => (n, KeyType::Ipv6Addr),
                     Stmt::SkUid(Value::InSet(n)) => (n, KeyType::Uid),
@@ -480,16 +607,30 @@ pub(crate) fn validate(table: &Table) -> Result<(), Error> {
                     Stmt::Icmpv6Type(Value::InSet(n)) => (n, KeyType::Icmpv6Type),
                     Stmt::Log { prefix, .. } => {
                         if prefix.len() >= NF_LOG_PREFIXLEN || prefix.contains('\0') {
-                            return bad(format!("{}: log prefix longer than {} bytes", at(), NF_LOG_PREFIXLEN - 1));
+                            return bad(format!(
+                                "{}: log prefix longer than {} bytes",
+                                at(),
+                                NF_LOG_PREFIXLEN - 1
+                            ));
                         }
                         continue;
                     }
                     _ => continue,
                 };
                 match table.sets.iter().find(|s| &s.name == name) {
-                    None => return bad(format!("{}: uses set @{name}, which the table does not define", at())),
+                    None => {
+                        return bad(format!(
+                            "{}: uses set @{name}, which the table does not define",
+                            at()
+                        ));
+                    }
                     Some(s) if s.key != want => {
-                        return bad(format!("{}: set @{name} holds {}, but the statement needs {}", at(), s.key.nft_name(), want.nft_name()));
+                        return bad(format!(
+                            "{}: set @{name} holds {}, but the statement needs {}",
+                            at(),
+                            s.key.nft_name(),
+                            want.nft_name()
+                        ));
                     }
                     Some(_) => {}
                 }
@@ -501,14 +642,19 @@ pub(crate) fn validate(table: &Table) -> Result<(), Error> {
 
 fn check_name(kind: &str, name: &str) -> Result<(), Error> {
     if name.is_empty() || name.len() > NFT_NAME_MAXLEN || name.contains('\0') {
-        return Err(Error::Invalid(format!("{kind} name `{name}` must be 1 to {NFT_NAME_MAXLEN} bytes without NUL")));
+        return Err(Error::Invalid(format!(
+            "{kind} name `{name}` must be 1 to {NFT_NAME_MAXLEN} bytes without NUL"
+        )));
     }
     Ok(())
 }
 
 fn check_comment(what: &str, c: &str) -> Result<(), Error> {
     if c.len() >= NFTNL_UDATA_COMMENT_MAXLEN || c.contains('\0') {
-        return Err(Error::Invalid(format!("{what} is longer than {} bytes", NFTNL_UDATA_COMMENT_MAXLEN - 1)));
+        return Err(Error::Invalid(format!(
+            "{what} is longer than {} bytes",
+            NFTNL_UDATA_COMMENT_MAXLEN - 1
+        )));
     }
     Ok(())
 }
@@ -520,10 +666,16 @@ fn check_set(s: &Set) -> Result<(), Error> {
         (SetElements::V4(_), KeyType::Ipv4Addr)
             | (SetElements::V6(_), KeyType::Ipv6Addr)
             | (SetElements::Ports(_), KeyType::InetService)
-            | (SetElements::Ids(_), KeyType::Uid | KeyType::Gid | KeyType::Icmpv6Type)
+            | (
+                SetElements::Ids(_),
+                KeyType::Uid | KeyType::Gid | KeyType::Icmpv6Type
+            )
     );
     if !kind_ok {
-        return bad(&format!("elements do not match key type {}", s.key.nft_name()));
+        return bad(&format!(
+            "elements do not match key type {}",
+            s.key.nft_name()
+        ));
     }
     let is_range = !matches!(s.elements, SetElements::Ids(_));
     if is_range != s.interval {
@@ -538,8 +690,18 @@ fn check_set(s: &Set) -> Result<(), Error> {
             && r.windows(2).all(|w| w[0].1 != max && w[0].1.inc() < w[1].0)
     }
     let ok = match &s.elements {
-        SetElements::V4(r) => ranges_ok(&r.iter().map(|(a, b)| (u32::from(*a), u32::from(*b))).collect::<Vec<_>>(), u32::MAX),
-        SetElements::V6(r) => ranges_ok(&r.iter().map(|(a, b)| (u128::from(*a), u128::from(*b))).collect::<Vec<_>>(), u128::MAX),
+        SetElements::V4(r) => ranges_ok(
+            &r.iter()
+                .map(|(a, b)| (u32::from(*a), u32::from(*b)))
+                .collect::<Vec<_>>(),
+            u32::MAX,
+        ),
+        SetElements::V6(r) => ranges_ok(
+            &r.iter()
+                .map(|(a, b)| (u128::from(*a), u128::from(*b)))
+                .collect::<Vec<_>>(),
+            u128::MAX,
+        ),
         SetElements::Ports(r) => ranges_ok(r, u16::MAX),
         SetElements::Ids(ids) => {
             if s.key == KeyType::Icmpv6Type && ids.iter().any(|&v| v > u32::from(u8::MAX)) {
@@ -571,18 +733,46 @@ mod tests {
             name: "leash".into(),
             comment: Some("c".into()),
             sets,
-            chains: vec![Chain { name: "output".into(), hook: Hook::Output, priority: 0, policy: ChainPolicy::Drop, rules }],
+            chains: vec![Chain {
+                name: "output".into(),
+                hook: Hook::Output,
+                priority: 0,
+                policy: ChainPolicy::Drop,
+                rules,
+            }],
         }
     }
 
     fn v4set(name: &str, n: u32) -> Set {
-        let r = (0..n).map(|i| (Ipv4Addr::from(0x0100_0000 + i * 4), Ipv4Addr::from(0x0100_0000 + i * 4 + 1))).collect();
-        Set { name: name.into(), key: KeyType::Ipv4Addr, interval: true, elements: SetElements::V4(r) }
+        let r = (0..n)
+            .map(|i| {
+                (
+                    Ipv4Addr::from(0x0100_0000 + i * 4),
+                    Ipv4Addr::from(0x0100_0000 + i * 4 + 1),
+                )
+            })
+            .collect();
+        Set {
+            name: name.into(),
+            key: KeyType::Ipv4Addr,
+            interval: true,
+            elements: SetElements::V4(r),
+        }
     }
 
     #[test]
     fn batch_is_framed_and_numbered() {
-        let b = encode_apply(&table(vec![v4set("a", 3)], vec![Rule { stmts: vec![Stmt::Accept], comment: Some("x".into()) }]), &ApplyOptions::default()).unwrap();
+        let b = encode_apply(
+            &table(
+                vec![v4set("a", 3)],
+                vec![Rule {
+                    stmts: vec![Stmt::Accept],
+                    comment: Some("x".into()),
+                }],
+            ),
+            &ApplyOptions::default(),
+        )
+        .unwrap();
         let msgs: Vec<_> = Messages::new(&b.bytes).collect::<Result<_, _>>().unwrap();
         let types: Vec<u16> = msgs.iter().map(|m| m.header.ty).collect();
         let t = nft_type;
@@ -600,7 +790,11 @@ mod tests {
                 NFNL_MSG_BATCH_END
             ]
         );
-        assert_eq!(msgs[0].payload, &[0, 0, 0, 10], "BEGIN: AF_UNSPEC, v0, res_id NFNL_SUBSYS_NFTABLES");
+        assert_eq!(
+            msgs[0].payload,
+            &[0, 0, 0, 10],
+            "BEGIN: AF_UNSPEC, v0, res_id NFNL_SUBSYS_NFTABLES"
+        );
         for (i, m) in msgs.iter().enumerate() {
             assert_eq!(m.header.seq, FIRST_SEQ + i as u32);
             if (1..msgs.len() - 1).contains(&i) {
@@ -612,12 +806,19 @@ mod tests {
             }
         }
         assert_eq!(b.acked, msgs.len() - 2);
-        assert_eq!(b.describe(FIRST_SEQ + 7), "NEWRULE for rule `x` (chain output, rule 1)");
+        assert_eq!(
+            b.describe(FIRST_SEQ + 7),
+            "NEWRULE for rule `x` (chain output, rule 1)"
+        );
     }
 
     #[test]
     fn big_sets_are_chunked_below_64k_without_splitting_ranges() {
-        let b = encode_apply(&table(vec![v4set("big", 10_000)], vec![]), &ApplyOptions::default()).unwrap();
+        let b = encode_apply(
+            &table(vec![v4set("big", 10_000)], vec![]),
+            &ApplyOptions::default(),
+        )
+        .unwrap();
         let mut starts = 0;
         let mut ends = 0;
         let mut chunks = 0;
@@ -627,20 +828,31 @@ mod tests {
                 continue;
             }
             chunks += 1;
-            let list = m.attrs(4).find(|a| a.as_ref().unwrap().ty == NFTA_SET_ELEM_LIST_ELEMENTS).unwrap().unwrap();
+            let list = m
+                .attrs(4)
+                .find(|a| a.as_ref().unwrap().ty == NFTA_SET_ELEM_LIST_ELEMENTS)
+                .unwrap()
+                .unwrap();
             assert!(list.data.len() + 4 <= 65535);
             let mut last_was_start = false;
             for el in list.nested() {
                 let el = el.unwrap();
                 let end = Attrs::new(el.data).any(|a| a.unwrap().ty == NFTA_SET_ELEM_FLAGS);
-                if end { ends += 1 } else { starts += 1 }
+                if end {
+                    ends += 1
+                } else {
+                    starts += 1
+                }
                 last_was_start = !end;
             }
             assert!(!last_was_start, "a chunk ends inside a range");
         }
         assert!(chunks > 1);
         assert_eq!(starts, 10_000);
-        assert_eq!(ends, 10_001, "one end per range plus nft's leading zero end element");
+        assert_eq!(
+            ends, 10_001,
+            "one end per range plus nft's leading zero end element"
+        );
     }
 
     #[test]
@@ -648,7 +860,13 @@ mod tests {
         let key = |v: u16| v.to_be_bytes().to_vec();
         let mut out = Vec::new();
         let mut starts = Vec::new();
-        interval_elems([(0u16, 0u16), (80, 443), (60000, 65535)].into_iter(), u16::MAX, key, &mut out, &mut starts);
+        interval_elems(
+            [(0u16, 0u16), (80, 443), (60000, 65535)].into_iter(),
+            u16::MAX,
+            key,
+            &mut out,
+            &mut starts,
+        );
         assert_eq!(
             out,
             vec![
@@ -662,24 +880,69 @@ mod tests {
         assert_eq!(starts, vec![0, 2, 4]);
         out.clear();
         starts.clear();
-        interval_elems([(53u16, 53u16)].into_iter(), u16::MAX, key, &mut out, &mut starts);
-        assert_eq!(out, vec![(key(0), true, false), (key(53), false, false), (key(54), true, false)]);
+        interval_elems(
+            [(53u16, 53u16)].into_iter(),
+            u16::MAX,
+            key,
+            &mut out,
+            &mut starts,
+        );
+        assert_eq!(
+            out,
+            vec![
+                (key(0), true, false),
+                (key(53), false, false),
+                (key(54), true, false)
+            ]
+        );
     }
 
     #[test]
     fn validation_names_the_problem() {
-        let mut t = table(vec![], vec![Rule { stmts: vec![Stmt::Daddr4(Value::InSet("nope".into()))], comment: None }]);
-        let e = encode_apply(&t, &ApplyOptions::default()).unwrap_err().to_string();
+        let mut t = table(
+            vec![],
+            vec![Rule {
+                stmts: vec![Stmt::Daddr4(Value::InSet("nope".into()))],
+                comment: None,
+            }],
+        );
+        let e = encode_apply(&t, &ApplyOptions::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("@nope"), "{e}");
+        let icmp_port = Stmt::Dport {
+            l4: L4::Icmp,
+            value: Value::Eq(1),
+        };
+        let e = encode_apply(
+            &table(
+                vec![],
+                vec![Rule {
+                    stmts: vec![icmp_port],
+                    comment: None,
+                }],
+            ),
+            &ApplyOptions::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("icmp has no ports"), "{e}");
         t.name = "filter".into();
-        assert!(encode_apply(&t, &ApplyOptions::default()).unwrap_err().to_string().contains("only ever manages"));
+        assert!(
+            encode_apply(&t, &ApplyOptions::default())
+                .unwrap_err()
+                .to_string()
+                .contains("only ever manages")
+        );
         let overlapping = Set {
             name: "o".into(),
             key: KeyType::InetService,
             interval: true,
             elements: SetElements::Ports(vec![(1, 10), (10, 20)]),
         };
-        let e = encode_apply(&table(vec![overlapping], vec![]), &ApplyOptions::default()).unwrap_err().to_string();
+        let e = encode_apply(&table(vec![overlapping], vec![]), &ApplyOptions::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("non-overlapping"), "{e}");
     }
 

@@ -29,7 +29,11 @@ struct ProtoCtx {
 
 /// Appends the expressions of one rule (the contents of `NFTA_RULE_EXPRESSIONS`). `set` resolves
 /// a set name used by `@name`; the caller has checked that every name resolves.
-pub(crate) fn encode_stmts<'a>(b: &mut MsgBuf, stmts: &[Stmt], set: &dyn Fn(&str) -> Option<SetRef<'a>>) {
+pub(crate) fn encode_stmts<'a>(
+    b: &mut MsgBuf,
+    stmts: &[Stmt],
+    set: &dyn Fn(&str) -> Option<SetRef<'a>>,
+) {
     let mut ctx = ProtoCtx::default();
     for s in stmts {
         match s {
@@ -137,7 +141,11 @@ pub(crate) fn encode_stmts<'a>(b: &mut MsgBuf, stmts: &[Stmt], set: &dyn Fn(&str
                 reject(b, NFT_REJECT_TCP_RST, 0);
             }
             Stmt::RejectAdminProhibited => {
-                reject(b, NFT_REJECT_ICMPX_UNREACH, NFT_REJECT_ICMPX_ADMIN_PROHIBITED);
+                reject(
+                    b,
+                    NFT_REJECT_ICMPX_UNREACH,
+                    NFT_REJECT_ICMPX_ADMIN_PROHIBITED,
+                );
             }
         }
     }

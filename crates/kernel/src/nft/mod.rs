@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use ruleset::{ChainPolicy, Hook, KeyType, Table};
 
-use crate::nl::{self, KernelError, Messages, NlError, Socket, NLMSG_ERROR};
+use crate::nl::{self, KernelError, Messages, NLMSG_ERROR, NlError, Socket};
 use encode::Batch;
 
 /// Errors of apply, disable and status.
@@ -47,8 +47,14 @@ impl Error {
     pub fn errno(&self) -> Option<i32> {
         match self {
             Error::Rejected { error, .. } => Some(error.errno),
-            Error::Netlink { source: NlError::Kernel(e), .. } => Some(e.errno),
-            Error::Netlink { source: NlError::Io { source, .. }, .. } => source.raw_os_error(),
+            Error::Netlink {
+                source: NlError::Kernel(e),
+                ..
+            } => Some(e.errno),
+            Error::Netlink {
+                source: NlError::Io { source, .. },
+                ..
+            } => source.raw_os_error(),
             _ => None,
         }
     }
@@ -177,13 +183,18 @@ const RECV_BYTES_PER_ACK: usize = 2048;
 const SEND_BUF_SLACK: usize = 64 * 1024;
 
 fn netlink(context: &str) -> impl FnOnce(NlError) -> Error + '_ {
-    move |source| Error::Netlink { context: context.to_string(), source }
+    move |source| Error::Netlink {
+        context: context.to_string(),
+        source,
+    }
 }
 
 fn open_socket() -> Result<Socket, Error> {
-    let s = Socket::open(nl::NETLINK_NETFILTER).map_err(netlink("opening a netfilter netlink socket"))?;
+    let s = Socket::open(nl::NETLINK_NETFILTER)
+        .map_err(netlink("opening a netfilter netlink socket"))?;
     // Extended acks give the kernel's reason; capped acks keep error replies small.
-    s.enable_ext_ack().map_err(netlink("enabling extended netlink acks"))?;
+    s.enable_ext_ack()
+        .map_err(netlink("enabling extended netlink acks"))?;
     Ok(s)
 }
 
@@ -236,12 +247,16 @@ pub fn status() -> Result<Option<TableStatus>, Error> {
 /// inside the send and queues one ack per `NLM_F_ACK` message (and the errors, all after the
 /// batch was committed or aborted), so everything is there to read without blocking.
 fn send_batch(sock: &mut Socket, batch: &Batch) -> Result<(), Error> {
-    sock.set_send_buffer(batch.bytes.len() + SEND_BUF_SLACK).map_err(netlink("sizing the netlink send buffer"))?;
+    sock.set_send_buffer(batch.bytes.len() + SEND_BUF_SLACK)
+        .map_err(netlink("sizing the netlink send buffer"))?;
     let recv = (batch.what.len() * RECV_BYTES_PER_ACK).max(1 << 20);
-    sock.set_recv_buffer(recv).map_err(netlink("sizing the netlink receive buffer"))?;
-    sock.send(&batch.bytes).map_err(netlink("sending the nftables batch"))?;
+    sock.set_recv_buffer(recv)
+        .map_err(netlink("sizing the netlink receive buffer"))?;
+    sock.send(&batch.bytes)
+        .map_err(netlink("sending the nftables batch"))?;
     let mut replies = Vec::new();
-    sock.drain_queued(&mut replies).map_err(netlink("reading the replies to the nftables batch"))?;
+    sock.drain_queued(&mut replies)
+        .map_err(netlink("reading the replies to the nftables batch"))?;
     let mut acked = 0;
     let mut first_error: Option<KernelError> = None;
     for m in Messages::new(&replies) {
@@ -249,20 +264,30 @@ fn send_batch(sock: &mut Socket, batch: &Batch) -> Result<(), Error> {
         if m.header.ty != NLMSG_ERROR {
             continue;
         }
-        let e = nl::parse_error(&m).map_err(netlink("parsing the replies to the nftables batch"))?;
+        let e =
+            nl::parse_error(&m).map_err(netlink("parsing the replies to the nftables batch"))?;
         if e.errno == 0 {
             acked += 1;
-        } else if first_error.as_ref().is_none_or(|f| e.request.seq < f.request.seq) {
+        } else if first_error
+            .as_ref()
+            .is_none_or(|f| e.request.seq < f.request.seq)
+        {
             // Later errors are often consequences of the first (e.g. a rule in a chain that
             // failed); the lowest sequence number is the cause.
             first_error = Some(e);
         }
     }
     if let Some(error) = first_error {
-        return Err(Error::Rejected { what: batch.describe(error.request.seq), error });
+        return Err(Error::Rejected {
+            what: batch.describe(error.request.seq),
+            error,
+        });
     }
     if acked != batch.acked {
-        return Err(Error::MissingAcks { acked, expected: batch.acked });
+        return Err(Error::MissingAcks {
+            acked,
+            expected: batch.acked,
+        });
     }
     Ok(())
 }
@@ -271,9 +296,14 @@ fn send_batch(sock: &mut Socket, batch: &Batch) -> Result<(), Error> {
 /// the number of sets whose elements were checked by sample rather than counted.
 fn verify(sock: &mut Socket, want: &Table, got: Option<&TableStatus>) -> Result<usize, Error> {
     let fail = |m: String| -> Result<usize, Error> { Err(Error::Verify(m)) };
-    let Some(got) = got else { return fail(format!("table inet {} does not exist", want.name)) };
+    let Some(got) = got else {
+        return fail(format!("table inet {} does not exist", want.name));
+    };
     if got.comment != want.comment {
-        return fail(format!("table comment is {:?}, want {:?}", got.comment, want.comment));
+        return fail(format!(
+            "table comment is {:?}, want {:?}",
+            got.comment, want.comment
+        ));
     }
     let names = |v: Vec<&str>| v.join(", ");
     if got.chains.len() != want.chains.len() {
@@ -294,14 +324,28 @@ fn verify(sock: &mut Socket, want: &Table, got: Option<&TableStatus>) -> Result<
             ));
         }
         if g.chain_type.as_deref() != Some(consts::CHAIN_TYPE_FILTER) {
-            return fail(format!("chain {}: type {:?}, want filter", w.name, g.chain_type));
+            return fail(format!(
+                "chain {}: type {:?}, want filter",
+                w.name, g.chain_type
+            ));
         }
         if g.rules.len() != w.rules.len() {
-            return fail(format!("chain {}: {} rules, want {}", w.name, g.rules.len(), w.rules.len()));
+            return fail(format!(
+                "chain {}: {} rules, want {}",
+                w.name,
+                g.rules.len(),
+                w.rules.len()
+            ));
         }
         for (i, (gr, wr)) in g.rules.iter().zip(&w.rules).enumerate() {
             if gr.comment != wr.comment {
-                return fail(format!("chain {} rule {}: comment {:?}, want {:?}", w.name, i + 1, gr.comment, wr.comment));
+                return fail(format!(
+                    "chain {} rule {}: comment {:?}, want {:?}",
+                    w.name,
+                    i + 1,
+                    gr.comment,
+                    wr.comment
+                ));
             }
         }
     }
@@ -317,7 +361,8 @@ fn verify(sock: &mut Socket, want: &Table, got: Option<&TableStatus>) -> Result<
         let Some(g) = got.sets.iter().find(|s| s.name == w.name) else {
             return fail(format!("set {} is missing", w.name));
         };
-        if g.key != Some(w.key) || g.key_len as usize != w.key.key_len() || g.interval != w.interval {
+        if g.key != Some(w.key) || g.key_len as usize != w.key.key_len() || g.interval != w.interval
+        {
             return fail(format!(
                 "set {}: key type {} len {} interval {}, want {} len {} interval {}",
                 w.name,
@@ -337,7 +382,11 @@ fn verify(sock: &mut Socket, want: &Table, got: Option<&TableStatus>) -> Result<
                 let samples = VERIFY_SAMPLE.min(n);
                 let mut picked: Vec<&encode::KernelElem> = Vec::new();
                 for j in 0..samples {
-                    let i = if samples == 1 { 0 } else { j * (n - 1) / (samples - 1) };
+                    let i = if samples == 1 {
+                        0
+                    } else {
+                        j * (n - 1) / (samples - 1)
+                    };
                     // A range's start and end element. (nft's leading zero-key end element cannot
                     // be looked up: the kernel answers ENOENT for it.)
                     let from = k.starts[i];

@@ -58,93 +58,130 @@ fn str_of(a: &Option<Attr<'_>>) -> String {
 
 /// Reads table `inet <name>`; `None` when it does not exist. Set elements are counted up to
 /// `count_limit` per set (see [`count_elements`]).
-pub(crate) fn read_table(sock: &mut Socket, name: &str, count_limit: usize) -> Result<Option<TableStatus>, Error> {
+pub(crate) fn read_table(
+    sock: &mut Socket,
+    name: &str,
+    count_limit: usize,
+) -> Result<Option<TableStatus>, Error> {
     let ctx = |what: &str| {
         let what = what.to_string();
-        move |source| Error::Netlink { context: format!("reading table inet {name}: {what}"), source }
+        move |source| Error::Netlink {
+            context: format!("reading table inet {name}: {what}"),
+            source,
+        }
     };
     let mut seq = 0;
-    let tables = dump(sock, &mut seq, NFT_MSG_GETTABLE, |_| {}, |m| {
-        let t = m.attrs(NFGENMSG_LEN).table::<8>()?;
-        if str_of(&t[NFTA_TABLE_NAME as usize]) != name {
-            return Ok(None);
-        }
-        Ok(Some(t[NFTA_TABLE_USERDATA as usize].and_then(|a| udata_comment(a.data))))
-    })
-    .map_err(ctx("tables"))?;
-    let Some(comment) = tables.into_iter().next() else { return Ok(None) };
-
-    let mut chains = dump(sock, &mut seq, NFT_MSG_GETCHAIN, |b| b.attr_str(NFTA_CHAIN_TABLE, name), |m| {
-        let t = m.attrs(NFGENMSG_LEN).table::<16>()?;
-        if str_of(&t[NFTA_CHAIN_TABLE as usize]) != name {
-            return Ok(None);
-        }
-        let (mut hook, mut priority) = (None, None);
-        if let Some(h) = t[NFTA_CHAIN_HOOK as usize] {
-            for a in h.nested() {
-                let a = a?;
-                match a.ty {
-                    NFTA_HOOK_HOOKNUM => hook = Some(a.be32()?),
-                    NFTA_HOOK_PRIORITY => priority = Some(a.be32()? as i32),
-                    _ => {}
-                }
+    let tables = dump(
+        sock,
+        &mut seq,
+        NFT_MSG_GETTABLE,
+        |_| {},
+        |m| {
+            let t = m.attrs(NFGENMSG_LEN).table::<8>()?;
+            if str_of(&t[NFTA_TABLE_NAME as usize]) != name {
+                return Ok(None);
             }
-        }
-        let policy = t[NFTA_CHAIN_POLICY as usize].map(|a| a.be32()).transpose()?;
-        Ok(Some(ChainStatus {
-            name: str_of(&t[NFTA_CHAIN_NAME as usize]),
-            handle: t[NFTA_CHAIN_HANDLE as usize].map(|a| a.be64()).transpose()?.unwrap_or(0),
-            hook_num: hook,
-            hook: match hook {
-                Some(NF_INET_LOCAL_OUT) => Some(Hook::Output),
-                _ => None,
-            },
-            priority,
-            policy: match policy {
-                Some(NF_ACCEPT) => Some(ChainPolicy::Accept),
-                Some(NF_DROP) => Some(ChainPolicy::Drop),
-                _ => None,
-            },
-            chain_type: t[NFTA_CHAIN_TYPE as usize].map(|a| a.str()),
-            rules: Vec::new(),
-        }))
-    })
-    .map_err(ctx("chains"))?;
+            Ok(Some(
+                t[NFTA_TABLE_USERDATA as usize].and_then(|a| udata_comment(a.data)),
+            ))
+        },
+    )
+    .map_err(ctx("tables"))?;
+    let Some(comment) = tables.into_iter().next() else {
+        return Ok(None);
+    };
 
-    let rules = dump(sock, &mut seq, NFT_MSG_GETRULE, |b| b.attr_str(NFTA_RULE_TABLE, name), |m| {
-        let t = m.attrs(NFGENMSG_LEN).table::<8>()?;
-        if str_of(&t[NFTA_RULE_TABLE as usize]) != name {
-            return Ok(None);
-        }
-        let mut counter = None;
-        if let Some(x) = t[NFTA_RULE_EXPRESSIONS as usize] {
-            for e in x.nested() {
-                let e = e?.nested().table::<3>()?;
-                if str_of(&e[NFTA_EXPR_NAME as usize]) != "counter" {
-                    continue;
-                }
-                let mut c = Counter::default();
-                if let Some(d) = e[NFTA_EXPR_DATA as usize] {
-                    for a in d.nested() {
-                        let a = a?;
-                        match a.ty {
-                            NFTA_COUNTER_PACKETS => c.packets = a.be64()?,
-                            NFTA_COUNTER_BYTES => c.bytes = a.be64()?,
-                            _ => {}
-                        }
+    let mut chains = dump(
+        sock,
+        &mut seq,
+        NFT_MSG_GETCHAIN,
+        |b| b.attr_str(NFTA_CHAIN_TABLE, name),
+        |m| {
+            let t = m.attrs(NFGENMSG_LEN).table::<16>()?;
+            if str_of(&t[NFTA_CHAIN_TABLE as usize]) != name {
+                return Ok(None);
+            }
+            let (mut hook, mut priority) = (None, None);
+            if let Some(h) = t[NFTA_CHAIN_HOOK as usize] {
+                for a in h.nested() {
+                    let a = a?;
+                    match a.ty {
+                        NFTA_HOOK_HOOKNUM => hook = Some(a.be32()?),
+                        NFTA_HOOK_PRIORITY => priority = Some(a.be32()? as i32),
+                        _ => {}
                     }
                 }
-                // nft puts at most one counter in leash's rules; keep the first.
-                counter.get_or_insert(c);
             }
-        }
-        let rule = RuleStatus {
-            handle: t[NFTA_RULE_HANDLE as usize].map(|a| a.be64()).transpose()?.unwrap_or(0),
-            comment: t[NFTA_RULE_USERDATA as usize].and_then(|a| udata_comment(a.data)),
-            counter,
-        };
-        Ok(Some((str_of(&t[NFTA_RULE_CHAIN as usize]), rule)))
-    })
+            let policy = t[NFTA_CHAIN_POLICY as usize]
+                .map(|a| a.be32())
+                .transpose()?;
+            Ok(Some(ChainStatus {
+                name: str_of(&t[NFTA_CHAIN_NAME as usize]),
+                handle: t[NFTA_CHAIN_HANDLE as usize]
+                    .map(|a| a.be64())
+                    .transpose()?
+                    .unwrap_or(0),
+                hook_num: hook,
+                hook: match hook {
+                    Some(NF_INET_LOCAL_OUT) => Some(Hook::Output),
+                    _ => None,
+                },
+                priority,
+                policy: match policy {
+                    Some(NF_ACCEPT) => Some(ChainPolicy::Accept),
+                    Some(NF_DROP) => Some(ChainPolicy::Drop),
+                    _ => None,
+                },
+                chain_type: t[NFTA_CHAIN_TYPE as usize].map(|a| a.str()),
+                rules: Vec::new(),
+            }))
+        },
+    )
+    .map_err(ctx("chains"))?;
+
+    let rules = dump(
+        sock,
+        &mut seq,
+        NFT_MSG_GETRULE,
+        |b| b.attr_str(NFTA_RULE_TABLE, name),
+        |m| {
+            let t = m.attrs(NFGENMSG_LEN).table::<8>()?;
+            if str_of(&t[NFTA_RULE_TABLE as usize]) != name {
+                return Ok(None);
+            }
+            let mut counter = None;
+            if let Some(x) = t[NFTA_RULE_EXPRESSIONS as usize] {
+                for e in x.nested() {
+                    let e = e?.nested().table::<3>()?;
+                    if str_of(&e[NFTA_EXPR_NAME as usize]) != "counter" {
+                        continue;
+                    }
+                    let mut c = Counter::default();
+                    if let Some(d) = e[NFTA_EXPR_DATA as usize] {
+                        for a in d.nested() {
+                            let a = a?;
+                            match a.ty {
+                                NFTA_COUNTER_PACKETS => c.packets = a.be64()?,
+                                NFTA_COUNTER_BYTES => c.bytes = a.be64()?,
+                                _ => {}
+                            }
+                        }
+                    }
+                    // nft puts at most one counter in leash's rules; keep the first.
+                    counter.get_or_insert(c);
+                }
+            }
+            let rule = RuleStatus {
+                handle: t[NFTA_RULE_HANDLE as usize]
+                    .map(|a| a.be64())
+                    .transpose()?
+                    .unwrap_or(0),
+                comment: t[NFTA_RULE_USERDATA as usize].and_then(|a| udata_comment(a.data)),
+                counter,
+            };
+            Ok(Some((str_of(&t[NFTA_RULE_CHAIN as usize]), rule)))
+        },
+    )
     .map_err(ctx("rules"))?;
     // The dump lists rules chain by chain, each in rule order.
     for (chain, rule) in rules {
@@ -153,29 +190,48 @@ pub(crate) fn read_table(sock: &mut Socket, name: &str, count_limit: usize) -> R
         }
     }
 
-    let mut sets = dump(sock, &mut seq, NFT_MSG_GETSET, |b| b.attr_str(NFTA_SET_TABLE, name), |m| {
-        let t = m.attrs(NFGENMSG_LEN).table::<16>()?;
-        if str_of(&t[NFTA_SET_TABLE as usize]) != name {
-            return Ok(None);
-        }
-        let flags = t[NFTA_SET_FLAGS as usize].map(|a| a.be32()).transpose()?.unwrap_or(0);
-        let key_type = t[NFTA_SET_KEY_TYPE as usize].map(|a| a.be32()).transpose()?.unwrap_or(0);
-        Ok(Some(SetStatus {
-            name: str_of(&t[NFTA_SET_NAME as usize]),
-            key: key_type_from_id(key_type),
-            key_type,
-            key_len: t[NFTA_SET_KEY_LEN as usize].map(|a| a.be32()).transpose()?.unwrap_or(0),
-            flags,
-            interval: flags & NFT_SET_INTERVAL != 0,
-            elements: ElementCount::Exact(0),
-        }))
-    })
+    let mut sets = dump(
+        sock,
+        &mut seq,
+        NFT_MSG_GETSET,
+        |b| b.attr_str(NFTA_SET_TABLE, name),
+        |m| {
+            let t = m.attrs(NFGENMSG_LEN).table::<16>()?;
+            if str_of(&t[NFTA_SET_TABLE as usize]) != name {
+                return Ok(None);
+            }
+            let flags = t[NFTA_SET_FLAGS as usize]
+                .map(|a| a.be32())
+                .transpose()?
+                .unwrap_or(0);
+            let key_type = t[NFTA_SET_KEY_TYPE as usize]
+                .map(|a| a.be32())
+                .transpose()?
+                .unwrap_or(0);
+            Ok(Some(SetStatus {
+                name: str_of(&t[NFTA_SET_NAME as usize]),
+                key: key_type_from_id(key_type),
+                key_type,
+                key_len: t[NFTA_SET_KEY_LEN as usize]
+                    .map(|a| a.be32())
+                    .transpose()?
+                    .unwrap_or(0),
+                flags,
+                interval: flags & NFT_SET_INTERVAL != 0,
+                elements: ElementCount::Exact(0),
+            }))
+        },
+    )
     .map_err(ctx("sets"))?;
     for s in &mut sets {
         s.elements = count_elements(name, &s.name, s.interval, count_limit)
             .map_err(ctx(&format!("elements of set {}", s.name)))?;
     }
-    Ok(Some(TableStatus { comment, chains, sets }))
+    Ok(Some(TableStatus {
+        comment,
+        chains,
+        sets,
+    }))
 }
 
 /// Counts the elements of a set from a GETSETELEM dump, reading at most about `limit` of them.
@@ -185,7 +241,12 @@ pub(crate) fn read_table(sock: &mut Socket, name: &str, count_limit: usize) -> R
 /// The kernel restarts its walk of an interval set from the first element for every 32 KiB reply
 /// it fills, so a full dump costs O(n^2): 100,000 ranges take about a second, 1,000,000 minutes.
 /// Hence the limit. The dump runs on a socket of its own, which is dropped when we stop early.
-pub(crate) fn count_elements(table: &str, set: &str, interval: bool, limit: usize) -> Result<ElementCount, NlError> {
+pub(crate) fn count_elements(
+    table: &str,
+    set: &str,
+    interval: bool,
+    limit: usize,
+) -> Result<ElementCount, NlError> {
     let mut sock = Socket::open(crate::nl::NETLINK_NETFILTER)?;
     let mut b = MsgBuf::new();
     let m = b.begin(nft_type(NFT_MSG_GETSETELEM), NLM_F_REQUEST | NLM_F_DUMP, 1);
@@ -208,7 +269,11 @@ pub(crate) fn count_elements(table: &str, set: &str, interval: bool, limit: usiz
         }
         Ok(n <= limit)
     })?;
-    Ok(if complete { ElementCount::Exact(n) } else { ElementCount::AtLeast(n) })
+    Ok(if complete {
+        ElementCount::Exact(n)
+    } else {
+        ElementCount::AtLeast(n)
+    })
 }
 
 fn elem_flags(el: &Attr<'_>) -> Result<u32, NlError> {
@@ -224,7 +289,12 @@ fn elem_flags(el: &Attr<'_>) -> Result<u32, NlError> {
 /// Asks the kernel for specific elements (a GETSETELEM that is not a dump: one lookup per key)
 /// and checks that each comes back with the same key and interval-end flag. A missing element
 /// makes the kernel answer ENOENT.
-pub(crate) fn check_elements_present(sock: &mut Socket, table: &str, set: &str, elems: &[&KernelElem]) -> Result<(), Error> {
+pub(crate) fn check_elements_present(
+    sock: &mut Socket,
+    table: &str,
+    set: &str,
+    elems: &[&KernelElem],
+) -> Result<(), Error> {
     let what = || format!("looking up sampled elements of set {set}");
     let mut b = MsgBuf::new();
     let m = b.begin(nft_type(NFT_MSG_GETSETELEM), NLM_F_REQUEST | NLM_F_ACK, 1);
@@ -243,7 +313,10 @@ pub(crate) fn check_elements_present(sock: &mut Socket, table: &str, set: &str, 
         b.end_nested(el);
     }
     b.end_nested(list);
-    b.end(m).map_err(|source| Error::Netlink { context: what(), source })?;
+    b.end(m).map_err(|source| Error::Netlink {
+        context: what(),
+        source,
+    })?;
     let mut got: Vec<(Vec<u8>, bool)> = Vec::new();
     sock.request(b.as_bytes(), |m| {
         for a in m.attrs(NFGENMSG_LEN) {
@@ -274,11 +347,16 @@ pub(crate) fn check_elements_present(sock: &mut Socket, table: &str, set: &str, 
         NlError::Kernel(k) if k.errno == libc::ENOENT => {
             Error::Verify(format!("set {set}: a sampled element is missing ({})", k))
         }
-        source => Error::Netlink { context: what(), source },
+        source => Error::Netlink {
+            context: what(),
+            source,
+        },
     })?;
     let want: Vec<(Vec<u8>, bool)> = elems.iter().map(|(k, end, _)| (k.clone(), *end)).collect();
     if got != want {
-        return Err(Error::Verify(format!("set {set}: sampled elements read back as {got:02x?}, want {want:02x?}")));
+        return Err(Error::Verify(format!(
+            "set {set}: sampled elements read back as {got:02x?}, want {want:02x?}"
+        )));
     }
     Ok(())
 }

@@ -6,11 +6,20 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use ruleset::*;
 
 pub fn chain(policy: ChainPolicy, rules: Vec<Rule>) -> Chain {
-    Chain { name: "output".into(), hook: Hook::Output, priority: OUTPUT_PRIORITY_FILTER, policy, rules }
+    Chain {
+        name: "output".into(),
+        hook: Hook::Output,
+        priority: OUTPUT_PRIORITY_FILTER,
+        policy,
+        rules,
+    }
 }
 
 pub fn rule(stmts: Vec<Stmt>, comment: Option<&str>) -> Rule {
-    Rule { stmts, comment: comment.map(String::from) }
+    Rule {
+        stmts,
+        comment: comment.map(String::from),
+    }
 }
 
 pub fn v4(s: &str) -> Ipv4Addr {
@@ -23,7 +32,12 @@ pub fn v6(s: &str) -> Ipv6Addr {
 
 pub fn set(name: &str, key: KeyType, elements: SetElements) -> Set {
     let interval = !matches!(elements, SetElements::Ids(_));
-    Set { name: name.into(), key, interval, elements }
+    Set {
+        name: name.into(),
+        key,
+        interval,
+        elements,
+    }
 }
 
 /// A table with every statement kind and every set kind, and its nft text.
@@ -46,14 +60,25 @@ pub fn every_stmt() -> (Table, String) {
                 "v6",
                 KeyType::Ipv6Addr,
                 SetElements::V6(vec![
-                    (v6("2001:db8::"), v6("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff")),
+                    (
+                        v6("2001:db8::"),
+                        v6("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"),
+                    ),
                     (v6("ffff::"), v6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")),
                 ]),
             ),
-            set("ports", KeyType::InetService, SetElements::Ports(vec![(53, 53), (80, 443), (60000, 65535)])),
+            set(
+                "ports",
+                KeyType::InetService,
+                SetElements::Ports(vec![(53, 53), (80, 443), (60000, 65535)]),
+            ),
             set("uids", KeyType::Uid, SetElements::Ids(vec![0, 1000])),
             set("gids", KeyType::Gid, SetElements::Ids(vec![0, 100])),
-            set("icmp6", KeyType::Icmpv6Type, SetElements::Ids(vec![1, 2, 135, 136])),
+            set(
+                "icmp6",
+                KeyType::Icmpv6Type,
+                SetElements::Ids(vec![1, 2, 135, 136]),
+            ),
         ],
         chains: vec![chain(
             ChainPolicy::Drop,
@@ -63,7 +88,10 @@ pub fn every_stmt() -> (Table, String) {
                 rule(
                     vec![
                         Nfproto(Family::Ipv4),
-                        Dport { l4: L4::Tcp, value: Value::Eq(53) },
+                        Dport {
+                            l4: L4::Tcp,
+                            value: Value::Eq(53),
+                        },
                         Daddr4(Value::Eq(v4("192.0.2.1"))),
                         Counter,
                         Accept,
@@ -72,7 +100,10 @@ pub fn every_stmt() -> (Table, String) {
                 ),
                 rule(
                     vec![
-                        Dport { l4: L4::Udp, value: Value::InSet("ports".into()) },
+                        Dport {
+                            l4: L4::Udp,
+                            value: Value::InSet("ports".into()),
+                        },
                         Daddr4(Value::InSet("v4".into())),
                         SkUid(Value::Eq(1000)),
                         Accept,
@@ -88,11 +119,35 @@ pub fn every_stmt() -> (Table, String) {
                     ],
                     Some("web"),
                 ),
-                rule(vec![Daddr6(Value::Eq(v6("2001:db8::1"))), SkGid(Value::Eq(100)), Drop], None),
-                rule(vec![Icmpv6Type(Value::InSet("icmp6".into())), Accept], Some("icmp")),
+                rule(
+                    vec![
+                        Daddr6(Value::Eq(v6("2001:db8::1"))),
+                        SkGid(Value::Eq(100)),
+                        Drop,
+                    ],
+                    None,
+                ),
+                rule(
+                    vec![Icmpv6Type(Value::InSet("icmp6".into())), Accept],
+                    Some("icmp"),
+                ),
                 rule(vec![Icmpv6Type(Value::Eq(135)), Accept], None),
-                rule(vec![Nfproto(Family::Ipv6), L4proto(L4::Icmpv6), Accept], None),
-                rule(vec![L4proto(L4::Icmp), Counter, Log { prefix: "leash drop ".into(), group: 5 }, Drop], None),
+                rule(
+                    vec![Nfproto(Family::Ipv6), L4proto(L4::Icmpv6), Accept],
+                    None,
+                ),
+                rule(
+                    vec![
+                        L4proto(L4::Icmp),
+                        Counter,
+                        Log {
+                            prefix: "leash drop ".into(),
+                            group: 5,
+                        },
+                        Drop,
+                    ],
+                    None,
+                ),
                 rule(vec![L4proto(L4::Tcp), RejectTcpReset], Some("reject")),
                 rule(vec![Counter, RejectAdminProhibited], Some("default")),
             ],
@@ -129,13 +184,23 @@ pub fn every_stmt() -> (Table, String) {
 /// A table with one v4 interval set of `n` disjoint /30 ranges (and one rule using it), and its
 /// nft text.
 pub fn big_v4(n: u32) -> (Table, String) {
-    let ranges: Vec<(Ipv4Addr, Ipv4Addr)> =
-        (0..n).map(|i| (Ipv4Addr::from(0x0a00_0000 + i * 8), Ipv4Addr::from(0x0a00_0000 + i * 8 + 3))).collect();
-    let mut text = String::from("table inet leash {\n  set big { type ipv4_addr; flags interval; elements = {\n");
+    let ranges: Vec<(Ipv4Addr, Ipv4Addr)> = (0..n)
+        .map(|i| {
+            (
+                Ipv4Addr::from(0x0a00_0000 + i * 8),
+                Ipv4Addr::from(0x0a00_0000 + i * 8 + 3),
+            )
+        })
+        .collect();
+    let mut text = String::from(
+        "table inet leash {\n  set big { type ipv4_addr; flags interval; elements = {\n",
+    );
     for (a, _) in &ranges {
         text.push_str(&format!("    {a}/30,\n"));
     }
-    text.push_str("  } }\n  chain output {\n    type filter hook output priority filter; policy accept;\n");
+    text.push_str(
+        "  } }\n  chain output {\n    type filter hook output priority filter; policy accept;\n",
+    );
     text.push_str("    ip daddr @big counter drop comment \"big\"\n  }\n}\n");
     let table = Table {
         name: TABLE_NAME.into(),
@@ -143,8 +208,169 @@ pub fn big_v4(n: u32) -> (Table, String) {
         sets: vec![set("big", KeyType::Ipv4Addr, SetElements::V4(ranges))],
         chains: vec![chain(
             ChainPolicy::Accept,
-            vec![rule(vec![Stmt::Daddr4(Value::InSet("big".into())), Stmt::Counter, Stmt::Drop], Some("big"))],
+            vec![rule(
+                vec![
+                    Stmt::Daddr4(Value::InSet("big".into())),
+                    Stmt::Counter,
+                    Stmt::Drop,
+                ],
+                Some("big"),
+            )],
         )],
     };
     (table, text)
+}
+
+/// Rules that exercise nft's protocol-dependency elimination: a dependency already established
+/// earlier in the rule is not repeated, an explicit statement always is.
+pub fn protocol_deps() -> (Table, String) {
+    use Stmt::*;
+    let tcp = |p| Dport {
+        l4: L4::Tcp,
+        value: Value::Eq(p),
+    };
+    let table = Table {
+        name: TABLE_NAME.into(),
+        comment: None,
+        sets: vec![],
+        chains: vec![chain(
+            ChainPolicy::Accept,
+            vec![
+                rule(vec![RejectTcpReset], None),
+                rule(
+                    vec![
+                        Daddr6(Value::Eq(v6("2001:db8::1"))),
+                        Icmpv6Type(Value::Eq(1)),
+                        Accept,
+                    ],
+                    None,
+                ),
+                rule(
+                    vec![L4proto(L4::Icmpv6), Icmpv6Type(Value::Eq(1)), Accept],
+                    None,
+                ),
+                rule(
+                    vec![Nfproto(Family::Ipv6), Icmpv6Type(Value::Eq(1)), Accept],
+                    None,
+                ),
+                rule(vec![tcp(1), tcp(2), Accept], None),
+                rule(
+                    vec![
+                        Daddr4(Value::Eq(v4("192.0.2.1"))),
+                        Daddr4(Value::Eq(v4("192.0.2.2"))),
+                        Accept,
+                    ],
+                    None,
+                ),
+                rule(vec![L4proto(L4::Tcp), L4proto(L4::Tcp), Accept], None),
+                rule(vec![Nfproto(Family::Ipv4), tcp(22), RejectTcpReset], None),
+                rule(vec![tcp(22), L4proto(L4::Tcp), Accept], None),
+                rule(
+                    vec![
+                        Dport {
+                            l4: L4::Udp,
+                            value: Value::Eq(53),
+                        },
+                        Nfproto(Family::Ipv6),
+                        Accept,
+                    ],
+                    None,
+                ),
+            ],
+        )],
+    };
+    let text = r#"table inet leash {
+  chain output {
+    type filter hook output priority filter; policy accept;
+    reject with tcp reset
+    ip6 daddr 2001:db8::1 icmpv6 type 1 accept
+    meta l4proto ipv6-icmp icmpv6 type 1 accept
+    meta nfproto ipv6 icmpv6 type 1 accept
+    tcp dport 1 tcp dport 2 accept
+    ip daddr 192.0.2.1 ip daddr 192.0.2.2 accept
+    meta l4proto tcp meta l4proto tcp accept
+    meta nfproto ipv4 tcp dport 22 reject with tcp reset
+    tcp dport 22 meta l4proto tcp accept
+    udp dport 53 meta nfproto ipv6 accept
+  }
+}
+"#;
+    (table, text.to_string())
+}
+
+/// Interval sets at the edges: ranges starting at 0 (no leading zero element), ending at the
+/// maximum (no end element, nft's interval-open flag), the full range, single values at both
+/// ends, empty sets.
+pub fn interval_edges() -> (Table, String) {
+    let table = Table {
+        name: TABLE_NAME.into(),
+        comment: Some("edges".into()),
+        sets: vec![
+            set(
+                "a",
+                KeyType::Ipv4Addr,
+                SetElements::V4(vec![
+                    (v4("0.0.0.0"), v4("0.255.255.255")),
+                    (v4("10.0.0.1"), v4("10.0.0.1")),
+                ]),
+            ),
+            set(
+                "b",
+                KeyType::Ipv4Addr,
+                SetElements::V4(vec![(v4("255.255.255.255"), v4("255.255.255.255"))]),
+            ),
+            set(
+                "c",
+                KeyType::Ipv4Addr,
+                SetElements::V4(vec![(v4("0.0.0.0"), v4("255.255.255.255"))]),
+            ),
+            set(
+                "d",
+                KeyType::InetService,
+                SetElements::Ports(vec![(0, 0), (65535, 65535)]),
+            ),
+            set("e", KeyType::Ipv4Addr, SetElements::V4(vec![])),
+            set("f", KeyType::Uid, SetElements::Ids(vec![])),
+            set(
+                "g",
+                KeyType::Ipv6Addr,
+                SetElements::V6(vec![
+                    (v6("::"), v6("::")),
+                    (v6("2001:db8::1"), v6("2001:db8::5")),
+                ]),
+            ),
+            set(
+                "h",
+                KeyType::Ipv6Addr,
+                SetElements::V6(vec![(
+                    v6("::"),
+                    v6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"),
+                )]),
+            ),
+            set(
+                "i",
+                KeyType::InetService,
+                SetElements::Ports(vec![(1, 65535)]),
+            ),
+            set("j", KeyType::Icmpv6Type, SetElements::Ids(vec![0, 255])),
+            set("k", KeyType::Gid, SetElements::Ids(vec![0, 4294967295])),
+        ],
+        chains: vec![],
+    };
+    let text = r#"table inet leash {
+  comment "edges"
+  set a { type ipv4_addr; flags interval; elements = { 0.0.0.0/8, 10.0.0.1 } }
+  set b { type ipv4_addr; flags interval; elements = { 255.255.255.255 } }
+  set c { type ipv4_addr; flags interval; elements = { 0.0.0.0/0 } }
+  set d { type inet_service; flags interval; elements = { 0, 65535 } }
+  set e { type ipv4_addr; flags interval; }
+  set f { type uid; }
+  set g { type ipv6_addr; flags interval; elements = { ::, 2001:db8::1-2001:db8::5 } }
+  set h { type ipv6_addr; flags interval; elements = { ::/0 } }
+  set i { type inet_service; flags interval; elements = { 1-65535 } }
+  set j { type icmpv6_type; elements = { 0, 255 } }
+  set k { type gid; elements = { 0, 4294967295 } }
+}
+"#;
+    (table, text.to_string())
 }
