@@ -9,7 +9,13 @@
 //!
 //! Options (after `--`): `--rounds N` (default 5, or `LEASH_BENCH_ROUNDS`), `--variant
 //! hosts|mixed|all` (default all), `--no-oracle` (skip the final listing comparison, which dumps
-//! both large sets with `nft list table` and takes a few seconds).
+//! both large sets with `nft list table` and takes a few seconds), `--keep` (keep the scratch
+//! directory with the generated policies and scripts, e.g. to profile one run with `perf`).
+//! `LEASH_BIN` overrides the leash binary (default: the one cargo built for this bench).
+//!
+//! Before every timed run the bench waits (at most 5 s) for a 100 ms window in which the CPUs are
+//! idle, so that deferred kernel work of the previous run (freeing a replaced table, tearing down a
+//! namespace) is not billed to the next one; the report says how many runs started without it.
 //!
 //! Each round, for each tool, in a namespace of its own made for that round (anonymous, held by a
 //! file descriptor of this process, so it vanishes with the process however it ends), the bench
@@ -238,7 +244,7 @@ fn tv(t: libc::timeval) -> Duration {
 /// Waits (at most 5 s) until both CPUs were idle for a 100 ms window, so that deferred kernel
 /// work of the previous run (freeing a replaced table, tearing down a namespace) does not land in
 /// the next measurement.
-fn settle() {
+fn settle() -> bool {
     fn busy_total() -> Option<(u64, u64)> {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
         let v: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
@@ -247,13 +253,14 @@ fn settle() {
         Some((total - idle, total))
     }
     for _ in 0..50 {
-        let Some((b0, t0)) = busy_total() else { return };
+        let Some((b0, t0)) = busy_total() else { return false };
         std::thread::sleep(Duration::from_millis(100));
-        let Some((b1, t1)) = busy_total() else { return };
+        let Some((b1, t1)) = busy_total() else { return false };
         if t1 > t0 && ((b1 - b0) as f64) < 0.05 * (t1 - t0) as f64 {
-            return;
+            return true;
         }
     }
+    false
 }
 
 /// Runs `argv` inside `ns` (through `nsenter --net=`), reaping it with `wait4` for its rusage.
@@ -433,12 +440,15 @@ struct VariantResult {
     kernel_ms_replace: Vec<f64>,
     verify_ms_replace: Vec<f64>,
     phases: Vec<Phases>,
+    /// Timed runs that started although the machine was not idle (other load for 5 s).
+    unsettled: usize,
 }
 
 struct Opts {
     rounds: usize,
     variants: Vec<Variant>,
     oracle: bool,
+    keep: bool,
 }
 
 fn parse_args() -> Result<Opts> {
@@ -448,6 +458,7 @@ fn parse_args() -> Result<Opts> {
     };
     let mut variants = vec![Variant::Hosts, Variant::Mixed];
     let mut oracle = true;
+    let mut keep = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -462,18 +473,23 @@ fn parse_args() -> Result<Opts> {
                 }
             }
             "--no-oracle" => oracle = false,
-            other => bail!("unknown argument {other:?} (options: --rounds N, --variant hosts|mixed|all, --no-oracle)"),
+            "--keep" => keep = true,
+            other => bail!("unknown argument {other:?} (options: --rounds N, --variant hosts|mixed|all, --no-oracle, --keep)"),
         }
     }
     ensure!((1..=101).contains(&rounds), "rounds must be 1..=101");
-    Ok(Opts { rounds, variants, oracle })
+    Ok(Opts { rounds, variants, oracle, keep })
 }
 
-/// Removes the scratch directory however `main` ends.
-struct Scratch(PathBuf);
+/// Removes the scratch directory however `main` ends (unless `--keep`).
+struct Scratch(PathBuf, bool);
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if self.1 {
+            eprintln!("kept {} (policies, scripts, report.md)", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
@@ -493,7 +509,7 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let leash = PathBuf::from(std::env::var_os("LEASH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_leash").into()));
-    let scratch = Scratch(std::env::temp_dir().join(format!("leash-bench-apply-{}", std::process::id())));
+    let scratch = Scratch(std::env::temp_dir().join(format!("leash-bench-apply-{}", std::process::id())), opts.keep);
     std::fs::create_dir_all(&scratch.0)?;
     let dir = scratch.0.clone();
 
@@ -543,7 +559,7 @@ fn main() -> Result<()> {
             let ns_l = NetNs::new().context("new namespace")?;
             let ns_n = NetNs::new().context("new namespace")?;
             let apply_leash = |res: &mut VariantResult, replace: bool| -> Result<()> {
-                settle();
+                res.unsettled += usize::from(!settle());
                 let r = run_in(&ns_l, &leash_argv, &dir)?;
                 let j: serde_json::Value = serde_json::from_str(&r.stdout).context("leash apply --json")?;
                 let (k, v) = (j["report"]["kernel_ms"].as_f64().unwrap_or(f64::NAN), j["report"]["verify_ms"].as_f64().unwrap_or(f64::NAN));
@@ -559,7 +575,7 @@ fn main() -> Result<()> {
                 check_status(&leash, &ns_l, &exp, &dir, "leash apply")
             };
             let apply_nft = |res: &mut VariantResult, replace: bool| -> Result<()> {
-                settle();
+                res.unsettled += usize::from(!settle());
                 let r = run_in(&ns_n, &nft_argv, &dir)?;
                 if replace { res.nft_replace.push(&r) } else { res.nft_fresh.push(&r) }
                 check_status(&leash, &ns_n, &exp, &dir, "nft -f")
@@ -652,7 +668,13 @@ fn render(variant: Variant, exp: &Expected, r: &VariantResult, rounds: usize) ->
         )
         .unwrap();
     }
-    writeln!(s, "\n(time columns: medians of the runs except min/max; nft/leash: ratio of the median wall times, above 1 means leash is faster)\n").unwrap();
+    writeln!(
+        s,
+        "\n(time columns: medians of the runs except min/max; nft/leash: ratio of the median wall times, above 1 means leash is faster; {} of {} timed runs started while other load kept the machine busy)\n",
+        r.unsettled,
+        4 * rounds
+    )
+    .unwrap();
     let p = |f: fn(&Phases) -> Duration| median_f(&r.phases.iter().map(|x| ms(f(x))).collect::<Vec<_>>());
     writeln!(s, "Where `leash apply`'s wall time goes (medians; the first five phases measured in the bench process,").unwrap();
     writeln!(s, "kernel and read-back as `leash apply --json` reports them, the rest by difference):\n").unwrap();

@@ -54,7 +54,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 
 fn parse_date(s: &str) -> Result<policy::Date> {
     let Ok(d) = s.parse::<jiff::civil::Date>() else { usage!("invalid date {s:?} (expected YYYY-MM-DD)") };
-    Ok(policy::Date { year: d.year(), month: d.month(), day: d.day() })
+    Ok(d.into())
 }
 
 fn check(path: &std::path::Path, deny_warnings: bool, today: Option<&str>, json: bool) -> Result<u8> {

@@ -173,7 +173,7 @@ pub fn print_status(st: Option<&kernel::TableStatus>, json: bool) {
 
 pub fn print_test_report(l: &Loaded, p: &Policy, r: &lab::Report) {
     println!(
-        "{:<4} {:<6} {:<6} {:<30} {:<8} {:<8} {:<8} {:<22} DECIDED BY",
+        "{:<4} {:<6} {:<6} {:<30} {:<8} {:<8} {:<8} {:<26} DECIDED BY",
         "#", "RESULT", "PROTO", "DESTINATION", "USER", "EXPECT", "KERNEL", "OUTCOME"
     );
     for row in &r.rows {
@@ -185,7 +185,7 @@ pub fn print_test_report(l: &Loaded, p: &Policy, r: &lab::Report) {
         };
         let user = crate::system::user_name(c.uid).unwrap_or_else(|| c.uid.to_string());
         println!(
-            "{:<4} {:<6} {:<6} {:<30} {:<8} {:<8} {:<8} {:<22} {}",
+            "{:<4} {:<6} {:<6} {:<30} {:<8} {:<8} {:<8} {:<26} {}",
             row.index + 1,
             if row.pass { "ok" } else { "FAIL" },
             c.proto.as_str(),

@@ -25,8 +25,7 @@ pub fn user_name(uid: u32) -> Option<String> {
 
 /// Today's date in UTC, for the review lint.
 pub fn today() -> policy::Date {
-    let now = jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::UTC).date();
-    policy::Date { year: now.year(), month: now.month(), day: now.day() }
+    jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::UTC).date().into()
 }
 
 /// Whether the process may change nftables (effective uid 0; CAP_NET_ADMIN alone is not detected).

@@ -9,6 +9,7 @@ pub mod explain;
 pub mod lint;
 pub mod model;
 pub mod parse;
+pub mod ranges;
 
 pub use diag::{Diagnostic, Severity};
 pub use explain::{Connection, Decider, Explanation, Miss, explain};

@@ -4,6 +4,7 @@
 //! only given when it is certain (per the semantics of [`crate::explain()`]); subtler cases, such as
 //! a rule covered only by several earlier rules together, go unreported rather than misreported.
 
+use crate::ranges::{Ranges, merge, net_ranges};
 use crate::diag::Diagnostic;
 use crate::model::*;
 use ipnet::IpNet;
@@ -182,36 +183,6 @@ impl Sets {
                 l4.iter().all(|r| range_covered(*r, e4)) && l6.iter().all(|r| range_covered(*r, e6))
             })
     }
-}
-
-/// Inclusive address range of a network, as integers.
-fn net_range(n: &IpNet) -> (u128, u128) {
-    match n {
-        IpNet::V4(n) => (u32::from(n.network()) as u128, u32::from(n.broadcast()) as u128),
-        IpNet::V6(n) => (u128::from(n.network()), u128::from(n.broadcast())),
-    }
-}
-
-/// Inclusive integer ranges (addresses or ports).
-type Ranges = Vec<(u128, u128)>;
-
-/// The IPv4 and the IPv6 ranges of a list of networks.
-fn net_ranges(nets: &[IpNet]) -> (Ranges, Ranges) {
-    let (v4, v6): (Vec<&IpNet>, Vec<&IpNet>) = nets.iter().partition(|n| matches!(n, IpNet::V4(_)));
-    (v4.into_iter().map(net_range).collect(), v6.into_iter().map(net_range).collect())
-}
-
-/// Sorted, disjoint, non-adjacent inclusive ranges covering the same values.
-fn merge(mut r: Ranges) -> Ranges {
-    r.sort_unstable();
-    let mut out: Vec<(u128, u128)> = Vec::with_capacity(r.len());
-    for (a, b) in r {
-        match out.last_mut() {
-            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
-            _ => out.push((a, b)),
-        }
-    }
-    out
 }
 
 /// Whether one inclusive range lies within merged ranges. It must lie within a single one, since

@@ -8,6 +8,7 @@
 
 use crate::model::*;
 use ipnet::IpNet;
+use policy::ranges::{merge, net_ranges};
 use policy::{Action, DenyWith, Policy, Proto};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -289,37 +290,17 @@ pub type V6Ranges = Vec<(Ipv6Addr, Ipv6Addr)>;
 /// Sorts and merges networks into inclusive address ranges per family (overlapping and adjacent
 /// networks become one range), which is what an nftables interval set needs.
 pub fn merge_nets(nets: &[IpNet]) -> (V4Ranges, V6Ranges) {
-    let mut v4: Vec<(u128, u128)> = Vec::new();
-    let mut v6: Vec<(u128, u128)> = Vec::new();
-    for net in nets {
-        match net {
-            IpNet::V4(n) => v4.push((u32::from(n.network()) as u128, u32::from(n.broadcast()) as u128)),
-            IpNet::V6(n) => v6.push((u128::from(n.network()), u128::from(n.broadcast()))),
-        }
-    }
+    let (v4, v6) = net_ranges(nets);
     (
-        merge_ranges(v4).into_iter().map(|(a, b)| (Ipv4Addr::from(a as u32), Ipv4Addr::from(b as u32))).collect(),
-        merge_ranges(v6).into_iter().map(|(a, b)| (Ipv6Addr::from(a), Ipv6Addr::from(b))).collect(),
+        merge(v4).into_iter().map(|(a, b)| (Ipv4Addr::from(a as u32), Ipv4Addr::from(b as u32))).collect(),
+        merge(v6).into_iter().map(|(a, b)| (Ipv6Addr::from(a), Ipv6Addr::from(b))).collect(),
     )
 }
 
 /// Sorts and merges inclusive port ranges.
 pub fn merge_ports(ports: impl IntoIterator<Item = (u16, u16)>) -> Vec<(u16, u16)> {
-    merge_ranges(ports.into_iter().map(|(a, b)| (a as u128, b as u128)).collect())
+    merge(ports.into_iter().map(|(a, b)| (a as u128, b as u128)).collect())
         .into_iter()
         .map(|(a, b)| (a as u16, b as u16))
         .collect()
-}
-
-/// Merges inclusive ranges: sorted, non-overlapping, non-adjacent.
-pub fn merge_ranges(mut r: Vec<(u128, u128)>) -> Vec<(u128, u128)> {
-    r.sort_unstable();
-    let mut out: Vec<(u128, u128)> = Vec::with_capacity(r.len());
-    for (a, b) in r {
-        match out.last_mut() {
-            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
-            _ => out.push((a, b)),
-        }
-    }
-    out
 }

@@ -1,7 +1,7 @@
 //! Property tests of range merging and prefix detection, the arithmetic under every interval set.
 
 use proptest::prelude::*;
-use ruleset::compile::merge_ranges;
+use policy::ranges::merge as merge_ranges;
 use ruleset::render::range_prefix_len;
 
 fn covered(ranges: &[(u128, u128)], x: u128) -> bool {
