@@ -118,10 +118,14 @@ fn apply(path: &std::path::Path, fault_inject: bool, json: bool) -> Result<u8> {
     let Some((l, p)) = load::load_valid(path)? else { return Ok(EXIT_POLICY) };
     require_root("apply")?;
     let table = compiled(&l, &p);
+    let elements: usize = table.sets.iter().map(|s| s.elements.len()).sum();
+    if elements >= 50_000 && !json {
+        // Large sets take a few seconds; say what is happening.
+        eprintln!("leash: applying {elements} set elements in one transaction...");
+    }
     let report = kernel::apply(&table, &kernel::ApplyOptions { fault_inject })
         .with_context(|| format!("applying {} failed; the kernel discarded the whole transaction, nothing changed", l.display_name()))?;
     let kernel_rules: usize = table.chains.iter().map(|c| c.rules.len()).sum();
-    let elements: usize = table.sets.iter().map(|s| s.elements.len()).sum();
     if json {
         output::print_json(&serde_json::json!({
             "applied": l.display_name(),
