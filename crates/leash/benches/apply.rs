@@ -7,10 +7,11 @@
 //! LEASH_BENCH_ROUNDS=3 cargo bench -p leash --bench apply     # rounds from the environment
 //! ```
 //!
-//! Options (after `--`): `--rounds N` (default 5, or `LEASH_BENCH_ROUNDS`), `--variant
-//! hosts|mixed|all` (default all), `--no-oracle` (skip the final listing comparison, which dumps
-//! both large sets with `nft list table` and takes a few seconds), `--keep` (keep the scratch
-//! directory with the generated policies and scripts, e.g. to profile one run with `perf`).
+//! Options (after `--`): `--rounds N` (default 5, or `LEASH_BENCH_ROUNDS`), `--warmup N` (untimed
+//! rounds first, default 1), `--variant hosts|mixed|all` (default all), `--no-oracle` (skip the
+//! final listing comparison, which dumps both large sets with `nft list table` and takes a few
+//! seconds), `--keep` (keep the scratch directory with the generated policies and scripts, e.g. to
+//! profile one run with `perf`).
 //! `LEASH_BIN` overrides the leash binary (default: the one cargo built for this bench).
 //!
 //! Before every timed run the bench waits (at most 5 s) for a 100 ms window in which the CPUs are
@@ -70,8 +71,12 @@ impl Variant {
     }
     fn describe(self) -> &'static str {
         match self {
-            Variant::Hosts => "100,000 host addresses (65,536 IPv4 /32 + 34,464 IPv6 /128, none adjacent)",
-            Variant::Mixed => "100,000 entries: 64 IPv4 /24 + 65,536 IPv4 /32 (8,192 inside the /24s) + 34,400 IPv6 /128",
+            Variant::Hosts => {
+                "100,000 host addresses (65,536 IPv4 /32 + 34,464 IPv6 /128, none adjacent)"
+            }
+            Variant::Mixed => {
+                "100,000 entries: 64 IPv4 /24 + 65,536 IPv4 /32 (8,192 inside the /24s) + 34,400 IPv6 /128"
+            }
         }
     }
 }
@@ -178,7 +183,11 @@ impl Expected {
         self.sets.iter().map(|(_, n)| n).sum()
     }
     fn big_elements(&self) -> usize {
-        self.sets.iter().filter(|(n, _)| n.starts_with(&format!("r_{BIG_RULE}_"))).map(|(_, n)| n).sum()
+        self.sets
+            .iter()
+            .filter(|(n, _)| n.starts_with(&format!("r_{BIG_RULE}_")))
+            .map(|(_, n)| n)
+            .sum()
     }
 }
 
@@ -199,23 +208,44 @@ fn phases(path: &Path) -> Result<(Phases, ruleset::Table)> {
     let mut ph = Phases::default();
     let t = Instant::now();
     let bytes = std::fs::read(path)?;
-    let sha: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let sha: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let src = String::from_utf8(bytes)?;
     ph.read_hash = t.elapsed();
     let t = Instant::now();
     let (p, diags) = policy::load(&src, &NoNames);
     ph.parse = t.elapsed();
-    let Some(p) = p else { bail!("generated policy does not validate: {diags:?}") };
+    let Some(p) = p else {
+        bail!("generated policy does not validate: {diags:?}")
+    };
     let t = Instant::now();
-    let lints = policy::lint::lint(&p, policy::Date { year: 2026, month: 1, day: 1 });
+    let lints = policy::lint::lint(
+        &p,
+        policy::Date {
+            year: 2026,
+            month: 1,
+            day: 1,
+        },
+    );
     ph.lint = t.elapsed();
     std::hint::black_box(lints);
-    let comment = format!("leash sha256:{sha} {}", std::fs::canonicalize(path)?.display());
+    let comment = format!(
+        "leash sha256:{sha} {}",
+        std::fs::canonicalize(path)?.display()
+    );
     let t = Instant::now();
-    let table = ruleset::compile(&p, &ruleset::compile::CompileOptions { comment: Some(comment) });
+    let table = ruleset::compile(
+        &p,
+        &ruleset::compile::CompileOptions {
+            comment: Some(comment),
+        },
+    );
     ph.compile = t.elapsed();
     let t = Instant::now();
-    let batch = kernel::encode_apply_batch(&table, &kernel::ApplyOptions::default()).context("encoding")?;
+    let batch =
+        kernel::encode_apply_batch(&table, &kernel::ApplyOptions::default()).context("encoding")?;
     ph.encode = t.elapsed();
     ph.batch_bytes = batch.len();
     let t = Instant::now();
@@ -247,15 +277,25 @@ fn tv(t: libc::timeval) -> Duration {
 fn settle() -> bool {
     fn busy_total() -> Option<(u64, u64)> {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let v: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+        let v: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
         let idle = v.get(3)? + v.get(4).unwrap_or(&0);
         let total: u64 = v.iter().take(8).sum();
         Some((total - idle, total))
     }
     for _ in 0..50 {
-        let Some((b0, t0)) = busy_total() else { return false };
+        let Some((b0, t0)) = busy_total() else {
+            return false;
+        };
         std::thread::sleep(Duration::from_millis(100));
-        let Some((b1, t1)) = busy_total() else { return false };
+        let Some((b1, t1)) = busy_total() else {
+            return false;
+        };
         if t1 > t0 && ((b1 - b0) as f64) < 0.05 * (t1 - t0) as f64 {
             return true;
         }
@@ -302,31 +342,76 @@ fn run_in(ns: &NetNs, argv: &[OsString], scratch: &Path) -> Result<Run> {
     let stderr = std::fs::read_to_string(&err_path)?;
     let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     if !ok {
-        bail!("{:?} failed (wait status {status:#x}):\n{stdout}{stderr}", argv);
+        bail!(
+            "{:?} failed (wait status {status:#x}):\n{stdout}{stderr}",
+            argv
+        );
     }
-    Ok(Run { wall, maxrss_kib: ru.ru_maxrss as u64, user: tv(ru.ru_utime), sys: tv(ru.ru_stime), stdout })
+    Ok(Run {
+        wall,
+        maxrss_kib: ru.ru_maxrss as u64,
+        user: tv(ru.ru_utime),
+        sys: tv(ru.ru_stime),
+        stdout,
+    })
 }
 
 /// Checks the table in `ns` with `leash status --json`: comment, one chain with the expected rule
 /// count, the expected sets. Large sets are only counted up to leash's counting limit there; their
 /// exact size is checked once at the end ([`oracle`]).
 fn check_status(leash: &Path, ns: &NetNs, exp: &Expected, scratch: &Path, who: &str) -> Result<()> {
-    let r = run_in(ns, &[leash.into(), "status".into(), "--json".into()], scratch)?;
+    let r = run_in(
+        ns,
+        &[leash.into(), "status".into(), "--json".into()],
+        scratch,
+    )?;
     let j: serde_json::Value = serde_json::from_str(&r.stdout).context("leash status --json")?;
-    let ctx = || format!("after {who}: {}", r.stdout.chars().take(2000).collect::<String>());
+    let ctx = || {
+        format!(
+            "after {who}: {}",
+            r.stdout.chars().take(2000).collect::<String>()
+        )
+    };
     ensure!(j["active"] == true, "no table: {}", ctx());
-    ensure!(j["comment"].as_str() == exp.comment.as_deref(), "comment differs: {}", ctx());
-    let rules: u64 = j["chains"].as_array().context("chains")?.iter().map(|c| c["rules"].as_u64().unwrap_or(0)).sum();
-    ensure!(rules as usize == exp.rules, "{rules} kernel rules, want {}: {}", exp.rules, ctx());
+    ensure!(
+        j["comment"].as_str() == exp.comment.as_deref(),
+        "comment differs: {}",
+        ctx()
+    );
+    let rules: u64 = j["chains"]
+        .as_array()
+        .context("chains")?
+        .iter()
+        .map(|c| c["rules"].as_u64().unwrap_or(0))
+        .sum();
+    ensure!(
+        rules as usize == exp.rules,
+        "{rules} kernel rules, want {}: {}",
+        exp.rules,
+        ctx()
+    );
     let sets = j["sets"].as_array().context("sets")?;
-    ensure!(sets.len() == exp.sets.len(), "{} sets, want {}: {}", sets.len(), exp.sets.len(), ctx());
+    ensure!(
+        sets.len() == exp.sets.len(),
+        "{} sets, want {}: {}",
+        sets.len(),
+        exp.sets.len(),
+        ctx()
+    );
     for (name, n) in &exp.sets {
-        let s = sets.iter().find(|s| s["name"] == name.as_str()).with_context(|| format!("set {name} missing: {}", ctx()))?;
+        let s = sets
+            .iter()
+            .find(|s| s["name"] == name.as_str())
+            .with_context(|| format!("set {name} missing: {}", ctx()))?;
         let got = s["elements"].as_u64().context("elements")? as usize;
         // `elements_exact` false (newer leash) = counted up to a limit; older leash counts all.
         let exact = s.get("elements_exact").is_none_or(|e| e == true);
         ensure!(
-            if exact { got == *n } else { got <= *n && got > 0 },
+            if exact {
+                got == *n
+            } else {
+                got <= *n && got > 0
+            },
             "set {name}: {got} elements (exact: {exact}), want {n}: {}",
             ctx()
         );
@@ -370,20 +455,39 @@ fn count_listed_elements(listing: &str) -> Vec<(String, usize)> {
 /// in the one `nft -f` loaded must be identical, and hold exactly the expected elements.
 fn oracle(ns_leash: &NetNs, ns_nft: &NetNs, exp: &Expected, scratch: &Path) -> Result<Duration> {
     let t = Instant::now();
-    let list = |ns: &NetNs| run_in(ns, &["nft".into(), "list".into(), "table".into(), "inet".into(), "leash".into()], scratch);
+    let list = |ns: &NetNs| {
+        run_in(
+            ns,
+            &[
+                "nft".into(),
+                "list".into(),
+                "table".into(),
+                "inet".into(),
+                "leash".into(),
+            ],
+            scratch,
+        )
+    };
     let a = list(ns_leash)?.stdout;
     let b = list(ns_nft)?.stdout;
     let took = t.elapsed();
     if a != b {
         let first = a.lines().zip(b.lines()).position(|(x, y)| x != y);
-        bail!("listings differ (leash {} lines, nft {} lines; first difference at line {first:?})", a.lines().count(), b.lines().count());
+        bail!(
+            "listings differ (leash {} lines, nft {} lines; first difference at line {first:?})",
+            a.lines().count(),
+            b.lines().count()
+        );
     }
     let counted = count_listed_elements(&a);
     let mut want = exp.sets.clone();
     want.sort();
     let mut got = counted;
     got.sort();
-    ensure!(got == want, "elements per set listed {got:?}, want {want:?}");
+    ensure!(
+        got == want,
+        "elements per set listed {got:?}, want {want:?}"
+    );
     Ok(took)
 }
 
@@ -413,7 +517,11 @@ fn median<T: Copy + Ord>(v: &[T]) -> T {
 fn median_f(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
-    if s.len() % 2 == 1 { s[s.len() / 2] } else { (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0 }
+    if s.len() % 2 == 1 {
+        s[s.len() / 2]
+    } else {
+        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -422,7 +530,11 @@ fn ms(d: Duration) -> f64 {
 
 fn wall_ms(s: &Series) -> (f64, f64, f64) {
     let v: Vec<f64> = s.wall.iter().map(|d| ms(*d)).collect();
-    (median_f(&v), v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(0.0, f64::max))
+    (
+        median_f(&v),
+        v.iter().copied().fold(f64::INFINITY, f64::min),
+        v.iter().copied().fold(0.0, f64::max),
+    )
 }
 
 fn mib(kib: u64) -> f64 {
@@ -449,6 +561,7 @@ struct Opts {
     variants: Vec<Variant>,
     oracle: bool,
     keep: bool,
+    warmup: usize,
 }
 
 fn parse_args() -> Result<Opts> {
@@ -459,11 +572,18 @@ fn parse_args() -> Result<Opts> {
     let mut variants = vec![Variant::Hosts, Variant::Mixed];
     let mut oracle = true;
     let mut keep = false;
+    let mut warmup = 1;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--bench" => {} // passed by `cargo bench`
-            "--rounds" => rounds = args.next().context("--rounds N")?.parse().context("--rounds N")?,
+            "--rounds" => {
+                rounds = args
+                    .next()
+                    .context("--rounds N")?
+                    .parse()
+                    .context("--rounds N")?
+            }
             "--variant" => {
                 variants = match args.next().as_deref() {
                     Some("hosts") => vec![Variant::Hosts],
@@ -474,11 +594,27 @@ fn parse_args() -> Result<Opts> {
             }
             "--no-oracle" => oracle = false,
             "--keep" => keep = true,
-            other => bail!("unknown argument {other:?} (options: --rounds N, --variant hosts|mixed|all, --no-oracle, --keep)"),
+            "--warmup" => {
+                warmup = args
+                    .next()
+                    .context("--warmup N")?
+                    .parse()
+                    .context("--warmup N")?
+            }
+            other => bail!(
+                "unknown argument {other:?} (options: --rounds N, --variant hosts|mixed|all, --warmup N, --no-oracle, --keep)"
+            ),
         }
     }
     ensure!((1..=101).contains(&rounds), "rounds must be 1..=101");
-    Ok(Opts { rounds, variants, oracle, keep })
+    ensure!(warmup <= 10, "warmup must be 0..=10");
+    Ok(Opts {
+        rounds,
+        variants,
+        oracle,
+        keep,
+        warmup,
+    })
 }
 
 /// Removes the scratch directory however `main` ends (unless `--keep`).
@@ -508,15 +644,29 @@ fn main() -> Result<()> {
         eprintln!("bench apply: needs root (network namespaces and nftables); skipped");
         return Ok(());
     }
-    let leash = PathBuf::from(std::env::var_os("LEASH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_leash").into()));
-    let scratch = Scratch(std::env::temp_dir().join(format!("leash-bench-apply-{}", std::process::id())), opts.keep);
+    let leash = PathBuf::from(
+        std::env::var_os("LEASH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_leash").into()),
+    );
+    let scratch = Scratch(
+        std::env::temp_dir().join(format!("leash-bench-apply-{}", std::process::id())),
+        opts.keep,
+    );
     std::fs::create_dir_all(&scratch.0)?;
     let dir = scratch.0.clone();
 
     println!("leash binary: {}", leash.display());
     println!("{}", tool_version(&["nft", "--version"]));
-    println!("kernel {}, {} CPUs", tool_version(&["uname", "-r"]), std::thread::available_parallelism().map_or(0, |n| n.get()));
-    println!("rounds: {}, variants: {:?}\n", opts.rounds, opts.variants.iter().map(|v| v.name()).collect::<Vec<_>>());
+    println!(
+        "kernel {}, {} CPUs",
+        tool_version(&["uname", "-r"]),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "rounds: {} (after {} warm-up), variants: {:?}\n",
+        opts.rounds,
+        opts.warmup,
+        opts.variants.iter().map(|v| v.name()).collect::<Vec<_>>()
+    );
 
     let mut report = String::new();
     for &variant in &opts.variants {
@@ -527,13 +677,25 @@ fn main() -> Result<()> {
         let exp = Expected {
             comment: table.comment.clone(),
             rules: table.chains.iter().map(|c| c.rules.len()).sum(),
-            sets: table.sets.iter().map(|s| (s.name.clone(), elements_of(&s.elements))).collect(),
+            sets: table
+                .sets
+                .iter()
+                .map(|s| (s.name.clone(), elements_of(&s.elements)))
+                .collect(),
         };
         // The script nft loads, from the binary under test.
         let t = Instant::now();
-        let out = Command::new(&leash).arg("compile").arg(&policy).output().context("leash compile")?;
+        let out = Command::new(&leash)
+            .arg("compile")
+            .arg(&policy)
+            .output()
+            .context("leash compile")?;
         let compile_wall = t.elapsed();
-        ensure!(out.status.success(), "leash compile failed: {}", String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            out.status.success(),
+            "leash compile failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         std::fs::write(&script, &out.stdout)?;
         println!(
             "== variant {}: {}\n   policy {:.2} MB, script {:.2} MB, {} kernel rules, {} sets, {} elements ({} in the big rule's sets); `leash compile` took {:.0} ms",
@@ -548,11 +710,20 @@ fn main() -> Result<()> {
             ms(compile_wall)
         );
 
-        let leash_argv: Vec<OsString> = vec![leash.clone().into(), "apply".into(), "--json".into(), policy.clone().into()];
+        let leash_argv: Vec<OsString> = vec![
+            leash.clone().into(),
+            "apply".into(),
+            "--json".into(),
+            policy.clone().into(),
+        ];
         let nft_argv: Vec<OsString> = vec!["nft".into(), "-f".into(), script.clone().into()];
         let mut res = VariantResult::default();
         let mut last: Option<(NetNs, NetNs)> = None;
-        for round in 0..opts.rounds {
+        let mut warm = VariantResult::default();
+        for round in 0..opts.warmup + opts.rounds {
+            // Warm-up rounds (the first ones, untimed in the report) let the kernel grow its slab
+            // caches and the page cache take in the binaries, policy and script.
+            let warming = round < opts.warmup;
             // Namespaces of the previous round go now, and the kernel gets a moment to tear them
             // down (its cleanup work would otherwise run during the next measurement).
             drop(last.take());
@@ -561,8 +732,12 @@ fn main() -> Result<()> {
             let apply_leash = |res: &mut VariantResult, replace: bool| -> Result<()> {
                 res.unsettled += usize::from(!settle());
                 let r = run_in(&ns_l, &leash_argv, &dir)?;
-                let j: serde_json::Value = serde_json::from_str(&r.stdout).context("leash apply --json")?;
-                let (k, v) = (j["report"]["kernel_ms"].as_f64().unwrap_or(f64::NAN), j["report"]["verify_ms"].as_f64().unwrap_or(f64::NAN));
+                let j: serde_json::Value =
+                    serde_json::from_str(&r.stdout).context("leash apply --json")?;
+                let (k, v) = (
+                    j["report"]["kernel_ms"].as_f64().unwrap_or(f64::NAN),
+                    j["report"]["verify_ms"].as_f64().unwrap_or(f64::NAN),
+                );
                 if replace {
                     res.leash_replace.push(&r);
                     res.kernel_ms_replace.push(k);
@@ -577,25 +752,35 @@ fn main() -> Result<()> {
             let apply_nft = |res: &mut VariantResult, replace: bool| -> Result<()> {
                 res.unsettled += usize::from(!settle());
                 let r = run_in(&ns_n, &nft_argv, &dir)?;
-                if replace { res.nft_replace.push(&r) } else { res.nft_fresh.push(&r) }
+                if replace {
+                    res.nft_replace.push(&r)
+                } else {
+                    res.nft_fresh.push(&r)
+                }
                 check_status(&leash, &ns_n, &exp, &dir, "nft -f")
             };
+            let res = if warming { &mut warm } else { &mut res };
             if round % 2 == 0 {
-                apply_leash(&mut res, false)?;
-                apply_nft(&mut res, false)?;
-                apply_leash(&mut res, true)?;
-                apply_nft(&mut res, true)?;
+                apply_leash(res, false)?;
+                apply_nft(res, false)?;
+                apply_leash(res, true)?;
+                apply_nft(res, true)?;
             } else {
-                apply_nft(&mut res, false)?;
-                apply_leash(&mut res, false)?;
-                apply_nft(&mut res, true)?;
-                apply_leash(&mut res, true)?;
+                apply_nft(res, false)?;
+                apply_leash(res, false)?;
+                apply_nft(res, true)?;
+                apply_leash(res, true)?;
             }
             res.phases.push(phases(&policy)?.0);
             let i = res.leash_fresh.wall.len() - 1;
             println!(
-                "   round {}: fresh leash {:7.1} ms  nft {:7.1} ms | replace leash {:7.1} ms  nft {:7.1} ms",
-                round + 1,
+                "   {} {}: fresh leash {:7.1} ms  nft {:7.1} ms | replace leash {:7.1} ms  nft {:7.1} ms",
+                if warming { "warm-up" } else { "round" },
+                if warming {
+                    round + 1
+                } else {
+                    round - opts.warmup + 1
+                },
                 ms(res.leash_fresh.wall[i]),
                 ms(res.nft_fresh.wall[i]),
                 ms(res.leash_replace.wall[i]),
@@ -647,7 +832,10 @@ fn render(variant: Variant, exp: &Expected, r: &VariantResult, rounds: usize) ->
     .unwrap();
     writeln!(s, "| run | tool | median ms | min ms | max ms | user CPU ms | sys CPU ms | peak RSS MiB | nft/leash |").unwrap();
     writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|").unwrap();
-    for (what, l, n) in [("fresh namespace", &r.leash_fresh, &r.nft_fresh), ("replace existing table", &r.leash_replace, &r.nft_replace)] {
+    for (what, l, n) in [
+        ("fresh namespace", &r.leash_fresh, &r.nft_fresh),
+        ("replace existing table", &r.leash_replace, &r.nft_replace),
+    ] {
         let (lm, lmin, lmax) = wall_ms(l);
         let (nm, nmin, nmax) = wall_ms(n);
         writeln!(
@@ -675,9 +863,15 @@ fn render(variant: Variant, exp: &Expected, r: &VariantResult, rounds: usize) ->
         4 * rounds
     )
     .unwrap();
-    let p = |f: fn(&Phases) -> Duration| median_f(&r.phases.iter().map(|x| ms(f(x))).collect::<Vec<_>>());
+    let p = |f: fn(&Phases) -> Duration| {
+        median_f(&r.phases.iter().map(|x| ms(f(x))).collect::<Vec<_>>())
+    };
     writeln!(s, "Where `leash apply`'s wall time goes (medians; the first five phases measured in the bench process,").unwrap();
-    writeln!(s, "kernel and read-back as `leash apply --json` reports them, the rest by difference):\n").unwrap();
+    writeln!(
+        s,
+        "kernel and read-back as `leash apply --json` reports them, the rest by difference):\n"
+    )
+    .unwrap();
     writeln!(s, "| phase | fresh ms | replace ms |").unwrap();
     writeln!(s, "|---|---:|---:|").unwrap();
     let rows = [
@@ -695,18 +889,39 @@ fn render(variant: Variant, exp: &Expected, r: &VariantResult, rounds: usize) ->
     let (k, kr) = (median_f(&r.kernel_ms), median_f(&r.kernel_ms_replace));
     let (v, vr) = (median_f(&r.verify_ms), median_f(&r.verify_ms_replace));
     let rest = |wall: &[Duration], k: &[f64], v: &[f64]| {
-        median_f(&wall.iter().zip(k).zip(v).map(|((w, k), v)| ms(*w) - k - v).collect::<Vec<_>>()) - user_sum
+        median_f(
+            &wall
+                .iter()
+                .zip(k)
+                .zip(v)
+                .map(|((w, k), v)| ms(*w) - k - v)
+                .collect::<Vec<_>>(),
+        ) - user_sum
     };
-    writeln!(s, "| kernel: send the batch, read the acks | {k:.1} | {kr:.1} |").unwrap();
+    writeln!(
+        s,
+        "| kernel: send the batch, read the acks | {k:.1} | {kr:.1} |"
+    )
+    .unwrap();
     writeln!(s, "| read back + verify | {v:.1} | {vr:.1} |").unwrap();
     writeln!(
         s,
         "| rest: exec, nsenter, socket setup, JSON, exit | {:.1} | {:.1} |",
         rest(&r.leash_fresh.wall, &r.kernel_ms, &r.verify_ms),
-        rest(&r.leash_replace.wall, &r.kernel_ms_replace, &r.verify_ms_replace)
+        rest(
+            &r.leash_replace.wall,
+            &r.kernel_ms_replace,
+            &r.verify_ms_replace
+        )
     )
     .unwrap();
-    writeln!(s, "| **total (median wall)** | {:.1} | {:.1} |", wall_ms(&r.leash_fresh).0, wall_ms(&r.leash_replace).0).unwrap();
+    writeln!(
+        s,
+        "| **total (median wall)** | {:.1} | {:.1} |",
+        wall_ms(&r.leash_fresh).0,
+        wall_ms(&r.leash_replace).0
+    )
+    .unwrap();
     let ph = &r.phases[0];
     writeln!(
         s,
