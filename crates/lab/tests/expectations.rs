@@ -4,37 +4,18 @@
 mod common;
 
 use lab::{Outcome, RunOptions, run_expectations};
-use policy::{Action, Resolver};
+use policy::Action;
 use std::time::Duration;
 
 /// A fixed user database: root(0), app(1000, group 1000), nobody(65534, group 65534).
-struct Users;
-
-impl Resolver for Users {
-    fn user(&self, name: &str) -> Option<u32> {
-        Some(match name {
-            "root" => 0,
-            "app" => 1000,
-            "nobody" => 65534,
-            _ => return None,
-        })
-    }
-    fn group(&self, name: &str) -> Option<u32> {
-        Some(match name {
-            "root" => 0,
-            "app" => 1000,
-            "nogroup" => 65534,
-            _ => return None,
-        })
-    }
-    fn primary_group(&self, uid: u32) -> Option<u32> {
-        Some(match uid {
-            0 => 0,
-            1000 => 1000,
-            65534 => 65534,
-            _ => return None,
-        })
-    }
+fn users() -> policy::StaticResolver {
+    policy::StaticResolver::new()
+        .user("root", 0, Some(0))
+        .user("app", 1000, Some(1000))
+        .user("nobody", 65534, Some(65534))
+        .group("root", 0)
+        .group("app", 1000)
+        .group("nogroup", 65534)
 }
 
 const RULES: &str = r#"
@@ -139,7 +120,7 @@ fn policy(deny_with: &str, extra: &str) -> policy::Policy {
         "version = 1\n[defaults]\noutbound = \"deny\"\ndeny_with = \"{deny_with}\"\nlog_denied = false\n\
          allow_loopback = true\nallow_established = true\n{RULES}{extra}"
     );
-    let (p, diags) = policy::load(&text, &Users);
+    let (p, diags) = policy::load(&text, &users());
     p.unwrap_or_else(|| panic!("policy does not load: {diags:?}"))
 }
 

@@ -10,11 +10,13 @@ pub mod lint;
 pub mod model;
 pub mod parse;
 pub mod ranges;
+pub mod resolver;
 
 pub use diag::{Diagnostic, Severity};
 pub use explain::{Connection, Decider, Explanation, Miss, explain};
 pub use model::*;
 pub use parse::load;
+pub use resolver::StaticResolver;
 
 /// Resolves user and group names to numeric ids. The binary implements it over the system's user
 /// database; tests implement it over a fixed table.

@@ -2,38 +2,8 @@
 
 use ruleset::compile::CompileOptions;
 
-/// Resolves the names the examples use to Debian's fixed ids, so snapshots do not depend on the host.
-struct FixedResolver;
-
-impl policy::Resolver for FixedResolver {
-    fn user(&self, name: &str) -> Option<u32> {
-        Some(match name {
-            "root" => 0,
-            "www-data" => 33,
-            "backup" => 34,
-            "_apt" => 42,
-            "nobody" => 65534,
-            _ => return None,
-        })
-    }
-    fn group(&self, name: &str) -> Option<u32> {
-        Some(match name {
-            "root" => 0,
-            "users" => 100,
-            "nogroup" => 65534,
-            _ => return None,
-        })
-    }
-    fn primary_group(&self, uid: u32) -> Option<u32> {
-        Some(match uid {
-            42 => 65534,
-            other => other,
-        })
-    }
-}
-
 fn compile_src(src: &str) -> ruleset::Table {
-    let (p, diags) = policy::load(src, &FixedResolver);
+    let (p, diags) = policy::load(src, &policy::StaticResolver::debian_base());
     let p = p.unwrap_or_else(|| panic!("policy has errors: {diags:#?}"));
     ruleset::compile(&p, &CompileOptions { comment: Some("leash sha256:test /etc/leash/policy.toml".into()) })
 }

@@ -10,19 +10,10 @@ use crate::harness::need_root;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
-/// A fixed world so the generated policies resolve without the host's user database.
-struct Ids;
-
-impl policy::Resolver for Ids {
-    fn user(&self, name: &str) -> Option<u32> {
-        (name == "root").then_some(0)
-    }
-    fn group(&self, name: &str) -> Option<u32> {
-        (name == "root").then_some(0)
-    }
-    fn primary_group(&self, uid: u32) -> Option<u32> {
-        Some(uid)
-    }
+/// A fixed world so the generated policies resolve without the host's user database (they use
+/// numeric ids, and `root`).
+fn ids() -> policy::StaticResolver {
+    policy::StaticResolver::new().user("root", 0, Some(0)).group("root", 0)
 }
 
 const NETS: [&str; 8] = [
@@ -117,7 +108,7 @@ fn policy_text(rules: &[GenRule], default_allow: bool, drop: bool) -> String {
 
 /// Appends one `[[expect]]` per connection with the verdict `explain` gives it.
 fn with_expectations(text: &str, conns: &[GenConn]) -> String {
-    let (p, diags) = policy::load(text, &Ids);
+    let (p, diags) = policy::load(text, &ids());
     let p = p.unwrap_or_else(|| panic!("generated policy invalid: {diags:?}\n{text}"));
     let mut s = text.to_string();
     for c in conns {
@@ -153,7 +144,7 @@ fn explain_agrees_with_the_kernel_on_random_policies() {
     if !need_root("explain_agrees_with_the_kernel_on_random_policies") {
         return;
     }
-    let cases: u32 = std::env::var("LEASH_AGREEMENT_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24);
+    let cases: u32 = std::env::var("LEASH_AGREEMENT_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
     let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
     let strategy = (
         prop::collection::vec(gen_rule(), 0..6),
@@ -165,7 +156,7 @@ fn explain_agrees_with_the_kernel_on_random_policies() {
     runner
         .run(&strategy, |(rules, default_allow, drop, conns)| {
             let text = with_expectations(&policy_text(&rules, default_allow, drop), &conns);
-            let (p, diags) = policy::load(&text, &Ids);
+            let (p, diags) = policy::load(&text, &ids());
             let p = p.unwrap_or_else(|| panic!("{diags:?}"));
             let table = ruleset::compile(&p, &Default::default());
             let opts = lab::RunOptions { timeout: std::time::Duration::from_millis(300), ..Default::default() };

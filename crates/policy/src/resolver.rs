@@ -1,0 +1,55 @@
+//! A user database given as a table, for tests, benchmarks and tools that must not depend on the
+//! host's `/etc/passwd`.
+
+use crate::Resolver;
+
+/// Users (name, uid, primary gid) and groups (name, gid), looked up by exact name.
+#[derive(Debug, Clone, Default)]
+pub struct StaticResolver {
+    users: Vec<(String, u32, Option<u32>)>,
+    groups: Vec<(String, u32)>,
+}
+
+impl StaticResolver {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a user with its primary group (`None`: the primary group is unknown).
+    pub fn user(mut self, name: &str, uid: u32, primary_gid: Option<u32>) -> Self {
+        self.users.push((name.to_string(), uid, primary_gid));
+        self
+    }
+
+    /// Adds a group.
+    pub fn group(mut self, name: &str, gid: u32) -> Self {
+        self.groups.push((name.to_string(), gid));
+        self
+    }
+
+    /// The accounts every Debian system has, with Debian's fixed ids: root, www-data, backup,
+    /// _apt, nobody; groups root, users, nogroup.
+    pub fn debian_base() -> Self {
+        Self::new()
+            .user("root", 0, Some(0))
+            .user("www-data", 33, Some(33))
+            .user("backup", 34, Some(34))
+            .user("_apt", 42, Some(65534))
+            .user("nobody", 65534, Some(65534))
+            .group("root", 0)
+            .group("users", 100)
+            .group("nogroup", 65534)
+    }
+}
+
+impl Resolver for StaticResolver {
+    fn user(&self, name: &str) -> Option<u32> {
+        self.users.iter().find(|u| u.0 == name).map(|u| u.1)
+    }
+    fn group(&self, name: &str) -> Option<u32> {
+        self.groups.iter().find(|g| g.0 == name).map(|g| g.1)
+    }
+    fn primary_group(&self, uid: u32) -> Option<u32> {
+        self.users.iter().find(|u| u.1 == uid).and_then(|u| u.2)
+    }
+}
