@@ -370,28 +370,38 @@ fn encode_set(e: &mut Encoder, table: &str, set: &Set, id: u32) -> Result<(), Er
             b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
             b.attr_str(NFTA_SET_ELEM_LIST_SET, &set.name);
             b.attr_be32(NFTA_SET_ELEM_LIST_SET_ID, id);
-            let list = b.begin_nested(NFTA_SET_ELEM_LIST_ELEMENTS);
-            for (i, (key, end, open)) in chunk.iter().enumerate() {
-                // libnftnl numbers the list entries 1, 2, ... (the kernel ignores the type).
-                let el = b.begin_nested(i as u16 + 1);
-                if *end {
-                    b.attr_be32(NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
-                }
-                let k = b.begin_nested(NFTA_SET_ELEM_KEY);
-                b.attr(NFTA_DATA_VALUE, key);
-                b.end_nested(k);
-                if *open {
-                    b.attr(
-                        NFTA_SET_ELEM_USERDATA,
-                        &udata_u32(NFTNL_UDATA_SET_ELEM_FLAGS, NFTNL_SET_ELEM_F_INTERVAL_OPEN),
-                    );
-                }
-                b.end_nested(el);
-            }
-            b.end_nested(list);
+            put_element_list(b, chunk, true);
         })?;
     }
     Ok(())
+}
+
+/// Writes `NFTA_SET_ELEM_LIST_ELEMENTS`: each element's interval-end flag and key and, when
+/// `with_open_flag` (adding, not looking up), nft's "interval open" user data.
+pub(crate) fn put_element_list<'a>(
+    b: &mut MsgBuf,
+    elems: impl IntoIterator<Item = &'a KernelElem>,
+    with_open_flag: bool,
+) {
+    let list = b.begin_nested(NFTA_SET_ELEM_LIST_ELEMENTS);
+    for (i, (key, end, open)) in elems.into_iter().enumerate() {
+        // libnftnl numbers the list entries 1, 2, ... (the kernel ignores the type).
+        let el = b.begin_nested(i as u16 + 1);
+        if *end {
+            b.attr_be32(NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
+        }
+        let k = b.begin_nested(NFTA_SET_ELEM_KEY);
+        b.attr(NFTA_DATA_VALUE, key);
+        b.end_nested(k);
+        if *open && with_open_flag {
+            b.attr(
+                NFTA_SET_ELEM_USERDATA,
+                &udata_u32(NFTNL_UDATA_SET_ELEM_FLAGS, NFTNL_SET_ELEM_F_INTERVAL_OPEN),
+            );
+        }
+        b.end_nested(el);
+    }
+    b.end_nested(list);
 }
 
 /// One element as the kernel stores it.

@@ -8,7 +8,7 @@
 use ruleset::{ChainPolicy, Hook};
 
 use super::consts::*;
-use super::encode::{KernelElem, key_type_from_id};
+use super::encode::{KernelElem, key_type_from_id, put_element_list};
 use super::{ChainStatus, Counter, ElementCount, Error, RuleStatus, SetStatus, TableStatus};
 use crate::nl::{Attr, Message, MsgBuf, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NlError, Socket};
 
@@ -301,18 +301,7 @@ pub(crate) fn check_elements_present(
     b.put_header(&[NFPROTO_INET, NFNETLINK_V0, 0, 0]);
     b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
     b.attr_str(NFTA_SET_ELEM_LIST_SET, set);
-    let list = b.begin_nested(NFTA_SET_ELEM_LIST_ELEMENTS);
-    for (i, (key, end, _)) in elems.iter().enumerate() {
-        let el = b.begin_nested(i as u16 + 1);
-        if *end {
-            b.attr_be32(NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
-        }
-        let k = b.begin_nested(NFTA_SET_ELEM_KEY);
-        b.attr(NFTA_DATA_VALUE, key);
-        b.end_nested(k);
-        b.end_nested(el);
-    }
-    b.end_nested(list);
+    put_element_list(&mut b, elems.iter().copied(), false);
     b.end(m).map_err(|source| Error::Netlink {
         context: what(),
         source,
