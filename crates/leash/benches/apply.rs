@@ -155,20 +155,6 @@ purpose = "Outbound HTTP(S) anywhere else"
     s
 }
 
-/// No user or group names in the generated policies.
-struct NoNames;
-impl policy::Resolver for NoNames {
-    fn user(&self, _: &str) -> Option<u32> {
-        None
-    }
-    fn group(&self, _: &str) -> Option<u32> {
-        None
-    }
-    fn primary_group(&self, _: u32) -> Option<u32> {
-        None
-    }
-}
-
 /// What a policy must become in the kernel, from the compiler itself (run in this process).
 #[derive(Debug)]
 struct Expected {
@@ -215,7 +201,7 @@ fn phases(path: &Path) -> Result<(Phases, ruleset::Table)> {
     let src = String::from_utf8(bytes)?;
     ph.read_hash = t.elapsed();
     let t = Instant::now();
-    let (p, diags) = policy::load(&src, &NoNames);
+    let (p, diags) = policy::load(&src, &policy::StaticResolver::new());
     ph.parse = t.elapsed();
     let Some(p) = p else {
         bail!("generated policy does not validate: {diags:?}")

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::Users;
+use common::users;
 use policy::{Date, diag, explain, lint, load};
 use proptest::prelude::*;
 
@@ -171,7 +171,7 @@ fn apply(src: &str, edits: &[Edit]) -> String {
 /// Everything a caller may do with a text: load, render each diagnostic, lint, explain the
 /// expectations. Checks that each diagnostic's span lies inside the text on character boundaries.
 fn check(src: &str) -> Result<(), TestCaseError> {
-    let (policy, diags) = load(src, &Users);
+    let (policy, diags) = load(src, &users());
     for d in &diags {
         prop_assert!(
             d.span.start <= d.span.end && d.span.end <= src.len(),
@@ -226,7 +226,7 @@ proptest! {
 #[test]
 fn seeds_are_valid() {
     for s in SEEDS {
-        let (p, d) = load(s, &Users);
+        let (p, d) = load(s, &users());
         assert!(p.is_some(), "{d:#?}");
     }
 }

@@ -3,13 +3,13 @@
 
 mod common;
 
-use common::Users;
+use common::users;
 use policy::{Date, diag, lint, load};
 
 fn rendered(file: &str) -> String {
     let path = format!("{}/tests/broken/{file}", env!("CARGO_MANIFEST_DIR"));
     let src = std::fs::read_to_string(&path).unwrap();
-    let (policy, mut diags) = load(&src, &Users);
+    let (policy, mut diags) = load(&src, &users());
     if let Some(p) = &policy {
         diags.extend(lint::lint(p, Date { year: 2026, month: 5, day: 1 }));
     }

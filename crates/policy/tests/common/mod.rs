@@ -3,44 +3,24 @@
 
 pub mod strategies;
 
-use policy::{Diagnostic, Policy, Resolver, diag::line_col};
+use policy::{Diagnostic, Policy, StaticResolver, diag::line_col};
 
 /// A fixed user database: users root(0), alice(1000), bob(1001, no known primary group),
 /// nobody(65534); groups root(0), wheel(10), alice(1000), developers(1001).
-#[derive(Debug)]
-pub struct Users;
-
-impl Resolver for Users {
-    fn user(&self, name: &str) -> Option<u32> {
-        Some(match name {
-            "root" => 0,
-            "alice" => 1000,
-            "bob" => 1001,
-            "nobody" => 65534,
-            _ => return None,
-        })
-    }
-    fn group(&self, name: &str) -> Option<u32> {
-        Some(match name {
-            "root" => 0,
-            "wheel" => 10,
-            "alice" => 1000,
-            "developers" => 1001,
-            _ => return None,
-        })
-    }
-    fn primary_group(&self, uid: u32) -> Option<u32> {
-        Some(match uid {
-            0 => 0,
-            1000 => 1000,
-            65534 => 65534,
-            _ => return None,
-        })
-    }
+pub fn users() -> StaticResolver {
+    StaticResolver::new()
+        .user("root", 0, Some(0))
+        .user("alice", 1000, Some(1000))
+        .user("bob", 1001, None)
+        .user("nobody", 65534, Some(65534))
+        .group("root", 0)
+        .group("wheel", 10)
+        .group("alice", 1000)
+        .group("developers", 1001)
 }
 
 pub fn load(src: &str) -> (Option<Policy>, Vec<Diagnostic>) {
-    policy::load(src, &Users)
+    policy::load(src, &users())
 }
 
 /// Loads a text that must be valid and have no diagnostics at all.
