@@ -20,6 +20,9 @@ pub struct Connection {
     pub uid: u32,
     /// Group id of the socket owner.
     pub gid: u32,
+    /// The name the DNS forwarder answered with `dst`, when the connection follows a lookup
+    /// through it. Domain rules match only such connections.
+    pub name: Option<String>,
 }
 
 /// What decided a connection's verdict.
@@ -29,6 +32,9 @@ pub enum Decider {
     Loopback,
     /// The rule at this index of [`Policy::rules`] (the first that matched).
     Rule(usize),
+    /// The connection never happens: the forwarder answers NXDOMAIN for its name because this
+    /// rule (a deny rule with no other condition) is the first domain rule naming it.
+    NameRefused(usize),
     /// No rule matched; `defaults.outbound` applied.
     Default,
 }
@@ -59,8 +65,9 @@ pub enum Miss {
     NoPort { ports: Vec<PortRange> },
     /// The connection's port is not in the rule's ports.
     Port { port: u16, ports: Vec<PortRange> },
-    /// The destination is in none of the rule's networks.
-    To { dst: IpAddr, networks: Vec<IpNet> },
+    /// The destination is in none of the rule's networks, and was not answered for any of its
+    /// domain names (or the rebinding guard keeps it out of the rule's sets).
+    To { dst: IpAddr, networks: Vec<IpNet>, domains: Vec<DomainPattern>, name: Option<String>, guarded: bool },
     /// The connection's uid is not among the rule's users.
     User { uid: u32, users: Vec<Principal> },
     /// The connection's gid is not among the rule's groups.
@@ -79,7 +86,20 @@ impl fmt::Display for Miss {
             }
             Miss::NoPort { ports } => write!(f, "no port, but the rule needs port {}", list(ports.iter())),
             Miss::Port { port, ports } => write!(f, "port {port} not in {}", list(ports.iter())),
-            Miss::To { dst, networks } => write!(f, "{dst} not in {}", list(networks.iter().map(NetDisplay))),
+            Miss::To { dst, networks, domains, name, guarded } => {
+                let all: Vec<String> = networks
+                    .iter()
+                    .map(|n| NetDisplay(n).to_string())
+                    .chain(domains.iter().map(|d| d.to_string()))
+                    .collect();
+                match name {
+                    Some(n) if *guarded => {
+                        write!(f, "{n} ({dst}) matches, but {dst} is private and the rule lacks allow_private")
+                    }
+                    Some(n) => write!(f, "{n} ({dst}) not in {}", list(all.iter())),
+                    None => write!(f, "{dst} not in {}", list(all.iter())),
+                }
+            }
             Miss::User { uid, users } => write!(f, "uid {uid} not in {}", list(users.iter())),
             Miss::Group { gid, groups } => write!(f, "gid {gid} not in {}", list(groups.iter())),
         }
@@ -125,6 +145,11 @@ pub fn explain(policy: &Policy, conn: &Connection) -> Explanation {
     // Established traffic never reaches this point: it is not a new connection, so
     // `allow_established` has no say here.
     let mut misses = Vec::new();
+    if let Some(name) = &conn.name
+        && let Some(i) = crate::dns::decide_name(policy, name).refuse
+    {
+        return Explanation { verdict: Action::Deny, decider: Decider::NameRefused(i), misses };
+    }
     for (i, rule) in policy.rules.iter().enumerate() {
         match first_miss(rule, conn) {
             None => return Explanation { verdict: rule.action, decider: Decider::Rule(i), misses },
@@ -152,8 +177,21 @@ pub fn first_miss(rule: &Rule, conn: &Connection) -> Option<Miss> {
     }
     if let Some(networks) = &rule.to {
         // `IpNet::contains` is false across families: an IPv4 network never holds an IPv6 address.
-        if !networks.iter().any(|n| n.contains(&conn.dst)) {
-            return Some(Miss::To { dst: conn.dst, networks: networks.clone() });
+        let by_network = networks.iter().any(|n| n.contains(&conn.dst));
+        let name_matches = conn.name.as_deref().is_some_and(|n| {
+            let n = crate::dns::normalize_name(n);
+            rule.domains.iter().any(|d| d.matches(&n))
+        });
+        // Explain cannot know the host's own addresses; the forwarder also keeps those out.
+        let admitted = name_matches && crate::dns::admits(rule, conn.dst, false);
+        if !by_network && !admitted {
+            return Some(Miss::To {
+                dst: conn.dst,
+                networks: networks.clone(),
+                domains: rule.domains.clone(),
+                name: conn.name.clone(),
+                guarded: name_matches,
+            });
         }
     }
     if let Some(users) = &rule.users

@@ -5,6 +5,7 @@
 //! `/etc/passwd` itself.
 
 pub mod diag;
+pub mod dns;
 pub mod explain;
 pub mod lint;
 pub mod model;
@@ -13,6 +14,7 @@ pub mod ranges;
 pub mod resolver;
 
 pub use diag::{Diagnostic, Severity};
+pub use dns::{Bypass, DnsConfig, NameDecision};
 pub use explain::{Connection, Decider, Explanation, Miss, explain};
 pub use model::*;
 pub use parse::load;

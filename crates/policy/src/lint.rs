@@ -73,11 +73,26 @@ pub fn lint(policy: &Policy, today: Date) -> Vec<Diagnostic> {
         }
     }
 
-    if d.outbound == Action::Deny && !policy.rules.iter().any(allows_dns) {
+    // With domain rules the forwarder does the resolving, and the compiled ruleset lets it out.
+    if d.outbound == Action::Deny && !policy.has_domain_rules() && !policy.rules.iter().any(allows_dns) {
         out.push(Diagnostic::warning(
             "no-dns",
             d.outbound_span.clone().unwrap_or(0..0),
             "outbound is deny and no rule allows DNS (udp or tcp port 53); name resolution will fail",
+        ));
+    }
+
+    if policy.has_domain_rules()
+        && policy.dns.bypass == crate::dns::Bypass::Redirect
+        && let Some(up) = policy.dns.upstreams.iter().find(|u| u.ip().is_loopback())
+    {
+        out.push(Diagnostic::warning(
+            "dns-loop",
+            policy.dns.span.clone().unwrap_or(0..0),
+            format!(
+                "upstream {up} is on this host: if that resolver forwards to the internet, its queries are \
+                 redirected back to leash and loop; give leash the real upstreams (or use bypass = \"deny\")"
+            ),
         ));
     }
 
@@ -99,7 +114,7 @@ fn never_matches(rule: &Rule) -> Option<String> {
     let empty = [
         ("proto", rule.protos.as_ref().is_some_and(Vec::is_empty)),
         ("ports", rule.ports.as_ref().is_some_and(Vec::is_empty)),
-        ("to", rule.to.as_ref().is_some_and(Vec::is_empty)),
+        ("to", rule.to.as_ref().is_some_and(Vec::is_empty) && rule.domains.is_empty()),
         ("user", rule.users.as_ref().is_some_and(Vec::is_empty)),
         ("group", rule.groups.as_ref().is_some_and(Vec::is_empty)),
     ];
@@ -108,7 +123,8 @@ fn never_matches(rule: &Rule) -> Option<String> {
     }
     // ICMP only exists over IPv4 and ICMPv6 only over IPv6: the rule needs at least one
     // protocol that can reach at least one of its destinations.
-    if let (Some(protos), Some(to)) = (rule.effective_protos(), &rule.to) {
+    // A domain may resolve to either family, so only rules without domains are checked.
+    if let (Some(protos), Some(to), true) = (rule.effective_protos(), &rule.to, rule.domains.is_empty()) {
         let reachable = protos.iter().any(|p| {
             to.iter().any(|n| match p {
                 Proto::Icmp => matches!(n, IpNet::V4(_)),
@@ -134,6 +150,10 @@ struct Sets {
     ports: Option<Ranges>,
     /// IPv4 and IPv6 ranges.
     to: Option<(Ranges, Ranges)>,
+    /// Domain patterns of `to`, and whether the rule admits private answers for them (allow
+    /// rules without `allow_private` keep those out, deny rules take everything).
+    domains: Vec<crate::model::DomainPattern>,
+    admits_private: bool,
     users: Option<Vec<u32>>,
     groups: Option<Vec<u32>>,
 }
@@ -157,6 +177,8 @@ impl Sets {
             }),
             users: ids(&rule.users),
             groups: ids(&rule.groups),
+            domains: rule.domains.clone(),
+            admits_private: rule.action == Action::Deny || rule.allow_private,
         }
     }
 
@@ -182,6 +204,23 @@ impl Sets {
             && dim(&self.to, &later.to, |(e4, e6), (l4, l6)| {
                 l4.iter().all(|r| range_covered(*r, e4)) && l6.iter().all(|r| range_covered(*r, e6))
             })
+            && (self.to.is_none() || self.covers_domains(later))
+    }
+
+    /// Whether every name `later` lists is covered by one of ours, for at least the addresses
+    /// `later` admits.
+    fn covers_domains(&self, later: &Sets) -> bool {
+        later.domains.is_empty()
+            || ((self.admits_private || !later.admits_private)
+                && later.domains.iter().all(|l| {
+                    self.domains.iter().any(|e| {
+                        if l.wildcard {
+                            e.wildcard && (l.name == e.name || e.matches(&l.name))
+                        } else {
+                            e.matches(&l.name)
+                        }
+                    })
+                }))
     }
 }
 

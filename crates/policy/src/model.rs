@@ -14,6 +14,16 @@ pub struct Policy {
     pub defaults: Defaults,
     pub rules: Vec<Rule>,
     pub expects: Vec<Expect>,
+    /// The `[dns]` section: the forwarder that fills the sets of domain rules.
+    pub dns: crate::dns::DnsConfig,
+}
+
+impl Policy {
+    /// Whether any rule names a domain, which is what makes the DNS forwarder (and the DNS bypass
+    /// control) part of the policy.
+    pub fn has_domain_rules(&self) -> bool {
+        self.rules.iter().any(|r| !r.domains.is_empty())
+    }
 }
 
 /// Verdict of a rule or of the default.
@@ -194,8 +204,15 @@ pub struct Rule {
     pub protos: Option<Vec<Proto>>,
     pub ports: Option<Vec<PortRange>>,
     pub ports_span: Option<Span>,
+    /// Networks of `to`. `None` (no `to`) means any destination; when `to` lists only domain
+    /// names this is `Some(vec![])` and only [`Rule::domains`] can match.
     pub to: Option<Vec<IpNet>>,
     pub to_span: Option<Span>,
+    /// Domain names of `to`: the rule matches the addresses the DNS forwarder answered for them.
+    pub domains: Vec<DomainPattern>,
+    /// Let answers pointing into private, loopback, link-local or the host's own addresses into
+    /// this rule's sets (the rebinding guard keeps them out otherwise).
+    pub allow_private: bool,
     pub users: Option<Vec<Principal>>,
     pub groups: Option<Vec<Principal>>,
     pub log: bool,
@@ -218,11 +235,44 @@ impl Rule {
     }
 }
 
+/// A domain name of a rule's `to`: exact (`mirror.example.com`) or a wildcard (`*.cdn.example.com`,
+/// any depth below the name, not the name itself).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DomainPattern {
+    /// Lowercase, without a trailing dot and without the `*.` of a wildcard.
+    pub name: String,
+    pub wildcard: bool,
+    pub span: Span,
+}
+
+impl DomainPattern {
+    /// Whether `qname` (already normalised: lowercase, no trailing dot) is covered.
+    pub fn matches(&self, qname: &str) -> bool {
+        if self.wildcard {
+            qname.len() > self.name.len() + 1
+                && qname.ends_with(self.name.as_str())
+                && qname.as_bytes()[qname.len() - self.name.len() - 1] == b'.'
+        } else {
+            qname == self.name
+        }
+    }
+}
+
+impl std::fmt::Display for DomainPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.wildcard { write!(f, "*.{}", self.name) } else { f.write_str(&self.name) }
+    }
+}
+
 /// One `[[expect]]`: a connection and the verdict the policy must give it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Expect {
     pub span: Span,
+    /// The destination address: the one written, or for a domain expectation its `address` (or,
+    /// without one, an address no rule lists by network, so only domain rules can match it).
     pub to: IpAddr,
+    /// For `to = "NAME:PORT"`: the name the forwarder answered with `to`.
+    pub name: Option<String>,
     pub port: Option<u16>,
     pub proto: Proto,
     /// The user as written; `None` means root.
@@ -246,6 +296,7 @@ impl Expect {
             port: self.port,
             uid: self.uid,
             gid: self.gid,
+            name: self.name.clone(),
         }
     }
 }

@@ -13,7 +13,10 @@ use std::net::IpAddr;
 use toml_edit::{Document, Item, TableLike, Value};
 
 /// Keys of the top-level table.
-const TOP_KEYS: &[&str] = &["version", "defaults", "rule", "expect"];
+const TOP_KEYS: &[&str] = &["version", "defaults", "dns", "rule", "expect"];
+/// Keys of `[dns]`.
+const DNS_KEYS: &[&str] =
+    &["listen", "upstreams", "min_ttl", "max_ttl", "grace", "timeout_ms", "bypass", "mark", "cache_size"];
 /// Keys of `[defaults]`.
 const DEFAULTS_KEYS: &[&str] =
     &["outbound", "deny_with", "log_denied", "log_group", "allow_loopback", "allow_established"];
@@ -24,6 +27,7 @@ const RULE_KEYS: &[&str] = &[
     "proto",
     "ports",
     "to",
+    "allow_private",
     "user",
     "group",
     "log",
@@ -34,7 +38,7 @@ const RULE_KEYS: &[&str] = &[
     "review",
 ];
 /// Keys of an `[[expect]]`.
-const EXPECT_KEYS: &[&str] = &["to", "proto", "user", "group", "verdict"];
+const EXPECT_KEYS: &[&str] = &["to", "address", "proto", "user", "group", "verdict"];
 
 /// Parses and validates a policy text.
 ///
@@ -137,6 +141,7 @@ impl<'a> Parser<'a> {
         let mut defaults = Defaults::default();
         let mut rules = Vec::new();
         let mut expects = Vec::new();
+        let mut dns = crate::dns::DnsConfig::default();
         let (entries, suggested) = self.entries(root, "the top level", TOP_KEYS);
         for e in entries {
             match e.key {
@@ -147,6 +152,14 @@ impl<'a> Parser<'a> {
                     } else {
                         let span = self.span(e.item, &e.key_span);
                         self.wrong_type(span, "a table ([defaults])", e.item);
+                    }
+                }
+                "dns" => {
+                    if let Some(t) = e.item.as_table_like() {
+                        dns = self.dns(t, self.span(e.item, &e.key_span));
+                    } else {
+                        let span = self.span(e.item, &e.key_span);
+                        self.wrong_type(span, "a table ([dns])", e.item);
                     }
                 }
                 "rule" => {
@@ -168,7 +181,145 @@ impl<'a> Parser<'a> {
             }
         }
         self.require(root, "version", &suggested, &(0..0), "missing `version = 1` (the policy language version)");
-        Some(Policy { version: version?, defaults, rules, expects })
+        self.check_dns(&dns, &rules);
+        let mut policy = Policy { version: version?, defaults, rules, expects, dns };
+        self.place_domain_expects(&mut policy);
+        Some(policy)
+    }
+
+    /// Domain rules need somewhere to resolve; redirecting needs a loopback listener.
+    fn check_dns(&mut self, dns: &crate::dns::DnsConfig, rules: &[Rule]) {
+        let header = dns.span.clone().unwrap_or(0..0);
+        if let Some(r) = rules.iter().find(|r| !r.domains.is_empty())
+            && dns.upstreams.is_empty()
+        {
+            let span = r.domains[0].span.clone();
+            self.error(
+                "dns-no-upstream",
+                span,
+                "domain rules need the DNS forwarder: add `[dns]` with `upstreams = [\"ADDR\", ...]`",
+            );
+        }
+        if dns.min_ttl > dns.max_ttl {
+            self.error(
+                "bad-value",
+                header.clone(),
+                format!("[dns] min_ttl ({}) is greater than max_ttl ({})", dns.min_ttl, dns.max_ttl),
+            );
+        }
+        if dns.bypass == crate::dns::Bypass::Redirect
+            && !dns.listen.is_empty()
+            && dns.listen.iter().all(|a| !a.ip().is_loopback())
+        {
+            self.error(
+                "bad-value",
+                header,
+                "[dns] bypass = \"redirect\" needs a `listen` address on loopback (127.0.0.1 or ::1); \
+                 use bypass = \"deny\" for a forwarder on another address",
+            );
+        }
+    }
+
+    /// Gives every domain expectation without `address` the address it will use.
+    fn place_domain_expects(&mut self, policy: &mut Policy) {
+        for i in 0..policy.expects.len() {
+            let x = &policy.expects[i];
+            if x.name.is_none() || !x.to.is_unspecified() {
+                continue;
+            }
+            match crate::dns::synthetic_address(&policy.rules, x.proto == Proto::Icmpv6) {
+                Some(a) => policy.expects[i].to = a,
+                None => {
+                    let span = x.span.clone();
+                    self.error(
+                        "expect-address",
+                        span,
+                        "every documentation address is listed by some rule; give this expectation an `address`",
+                    );
+                }
+            }
+        }
+    }
+
+    fn dns(&mut self, t: &dyn TableLike, span: Span) -> crate::dns::DnsConfig {
+        use crate::dns::Bypass;
+        let mut d = crate::dns::DnsConfig { span: Some(span), ..Default::default() };
+        for e in self.entries(t, "[dns]", DNS_KEYS).0 {
+            match e.key {
+                "listen" => {
+                    if let Some(v) = self.socket_addrs(&e, None) {
+                        d.listen = v;
+                    }
+                }
+                "upstreams" => {
+                    if let Some(v) = self.socket_addrs(&e, Some(crate::dns::DNS_PORT)) {
+                        d.upstreams = v;
+                    }
+                }
+                "min_ttl" => d.min_ttl = self.integer(&e, 0, u32::MAX as i64).map_or(d.min_ttl, |n| n as u32),
+                "max_ttl" => d.max_ttl = self.integer(&e, 1, u32::MAX as i64).map_or(d.max_ttl, |n| n as u32),
+                "grace" => d.grace = self.integer(&e, 0, 86_400).map_or(d.grace, |n| n as u32),
+                "timeout_ms" => d.timeout_ms = self.integer(&e, 10, 60_000).map_or(d.timeout_ms, |n| n as u32),
+                "mark" => d.mark = self.integer(&e, 1, u32::MAX as i64).map_or(d.mark, |n| n as u32),
+                "cache_size" => d.cache_size = self.integer(&e, 0, 10_000_000).map_or(d.cache_size, |n| n as usize),
+                "bypass" => {
+                    if let Some(b) = self.choice(
+                        &e,
+                        &[("redirect", Bypass::Redirect), ("deny", Bypass::Deny), ("off", Bypass::Off)],
+                    ) {
+                        d.bypass = b;
+                    }
+                }
+                _ => unreachable!("entries() only returns allowed keys"),
+            }
+        }
+        d
+    }
+
+    /// An integer in `min..=max`.
+    fn integer(&mut self, e: &Entry, min: i64, max: i64) -> Option<i64> {
+        let v = self.value(e, "an integer")?;
+        let span = self.vspan(v, &e.key_span);
+        match v.as_integer() {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            Some(n) => {
+                self.error("bad-value", span, format!("{} {n} is out of range {min} to {max}", e.key));
+                None
+            }
+            None => {
+                self.error("wrong-type", span, format!("expected an integer, found {}", value_type(v)));
+                None
+            }
+        }
+    }
+
+    /// "ADDR:PORT" strings (`[v6]:PORT` for IPv6); with a default port, the port may be left out.
+    fn socket_addrs(&mut self, e: &Entry, default_port: Option<u16>) -> Option<Vec<std::net::SocketAddr>> {
+        let mut out = Vec::new();
+        let mut ok = true;
+        for v in self.list(e, "a list of \"ADDR:PORT\" strings")? {
+            let span = self.vspan(v, &e.key_span);
+            let Some(s) = v.as_str() else {
+                ok = false;
+                self.error("wrong-type", span, format!("expected an \"ADDR:PORT\" string, found {}", value_type(v)));
+                continue;
+            };
+            match parse_destination(s) {
+                Ok((addr, Some(port))) => out.push(std::net::SocketAddr::new(addr, port)),
+                Ok((addr, None)) if default_port.is_some() => {
+                    out.push(std::net::SocketAddr::new(addr, default_port.unwrap_or_default()))
+                }
+                Ok((_, None)) => {
+                    ok = false;
+                    self.error("bad-address", span, format!("`{s}` needs a port, e.g. \"127.0.0.1:53\""));
+                }
+                Err(m) => {
+                    ok = false;
+                    self.error("bad-address", span, m);
+                }
+            }
+        }
+        ok.then_some(out)
     }
 
     fn version(&mut self, e: &Entry) -> Option<u32> {
@@ -344,6 +495,8 @@ impl<'a> Parser<'a> {
             ports_span: None,
             to: None,
             to_span: None,
+            domains: Vec::new(),
+            allow_private: false,
             users: None,
             groups: None,
             log: false,
@@ -372,8 +525,12 @@ impl<'a> Parser<'a> {
                 }
                 "to" => {
                     rule.to_span = Some(self.span(e.item, &e.key_span));
-                    rule.to = self.networks(&e);
+                    if let Some((nets, domains)) = self.destinations(&e) {
+                        rule.to = Some(nets);
+                        rule.domains = domains;
+                    }
                 }
+                "allow_private" => rule.allow_private = self.boolean(&e).unwrap_or(false),
                 "user" => rule.users = self.principals(&e, Kind::User),
                 "group" => rule.groups = self.principals(&e, Kind::Group),
                 "log" => rule.log = self.boolean(&e).unwrap_or(false),
@@ -515,29 +672,38 @@ impl<'a> Parser<'a> {
         ok.then_some(out)
     }
 
-    fn networks(&mut self, e: &Entry) -> Option<Vec<IpNet>> {
+    /// `to`: addresses, networks and domain names, sorted into networks and domain patterns.
+    fn destinations(&mut self, e: &Entry) -> Option<(Vec<IpNet>, Vec<DomainPattern>)> {
         let mut out = Vec::new();
+        let mut domains = Vec::new();
         let mut ok = true;
-        for v in self.list(e, "a list of addresses")? {
+        for v in self.list(e, "a list of addresses, networks or domain names")? {
             let span = self.vspan(v, &e.key_span);
             let Some(s) = v.as_str() else {
                 ok = false;
                 self.error(
                     "wrong-type",
                     span,
-                    format!("expected an address or CIDR (a string), found {}", value_type(v)),
+                    format!("expected an address, CIDR or domain name (a string), found {}", value_type(v)),
                 );
                 continue;
             };
             match parse_network(s) {
                 Ok(n) => out.push(n),
-                Err((code, m)) => {
+                Err((code, m)) if looks_like_address(s) => {
                     ok = false;
                     self.error(code, span, m);
                 }
+                Err(_) => match crate::dns::parse_domain(s) {
+                    Ok((name, wildcard)) => domains.push(DomainPattern { name, wildcard, span }),
+                    Err(m) => {
+                        ok = false;
+                        self.error("bad-domain", span, m);
+                    }
+                },
             }
         }
-        ok.then_some(out)
+        ok.then_some((out, domains))
     }
 
     fn principals(&mut self, e: &Entry, kind: Kind) -> Option<Vec<Principal>> {
@@ -632,6 +798,8 @@ impl<'a> Parser<'a> {
     fn expect(&mut self, t: &dyn TableLike, span: Span) -> Option<Expect> {
         let errors_before = self.error_count();
         let mut to: Option<(IpAddr, Option<u16>, Span)> = None;
+        let mut name: Option<String> = None;
+        let mut address: Option<(IpAddr, Span)> = None;
         let mut proto = Some((Proto::Tcp, None));
         let mut user: Option<Principal> = None;
         let mut group: Option<Principal> = None;
@@ -643,7 +811,28 @@ impl<'a> Parser<'a> {
                     if let Some((s, sspan)) = self.string(&e) {
                         match parse_destination(s) {
                             Ok((addr, port)) => to = Some((addr, port, sspan)),
-                            Err(m) => self.error("bad-address", sspan, m),
+                            Err(m) => match parse_name_destination(s) {
+                                // The address is filled in from `address`, or chosen once all
+                                // rules are known (see `place_domain_expects`).
+                                Some(Ok((n, port))) => {
+                                    name = Some(n);
+                                    to = Some((IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), port, sspan));
+                                }
+                                Some(Err(dm)) => self.error("bad-domain", sspan, dm),
+                                None => self.error("bad-address", sspan, m),
+                            },
+                        }
+                    }
+                }
+                "address" => {
+                    if let Some((s, aspan)) = self.string(&e) {
+                        match s.parse::<IpAddr>() {
+                            Ok(a) => address = Some((a, aspan)),
+                            Err(_) => self.error(
+                                "bad-address",
+                                aspan,
+                                format!("invalid address `{s}`; expected the IP address the name resolves to"),
+                            ),
                         }
                     }
                 }
@@ -679,6 +868,20 @@ impl<'a> Parser<'a> {
         }
         self.require(t, "to", &suggested, &span, "expectation has no `to` (ADDR[:PORT])");
         self.require(t, "verdict", &suggested, &span, "expectation has no `verdict` (allow or deny)");
+        match (&name, &address, &mut to) {
+            (Some(_), Some((a, _)), Some((addr, _, _))) => *addr = *a,
+            (None, Some((_, aspan)), Some(_)) => self.error(
+                "bad-value",
+                aspan.clone(),
+                "`address` is only for expectations whose `to` is a domain name",
+            ),
+            // An expectation on a name without `address` gets an IPv6 documentation address
+            // for icmpv6; give `to` the right family now so the family check below is right.
+            (Some(_), None, Some((addr, _, _))) if matches!(proto, Some((Proto::Icmpv6, _))) => {
+                *addr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+            }
+            _ => {}
+        }
         if let (Some((addr, port, tspan)), Some((proto, _))) = (&to, &proto) {
             let p = proto.as_str();
             match (proto.has_ports(), port) {
@@ -723,7 +926,7 @@ impl<'a> Parser<'a> {
             return None;
         }
         let (to, port, _) = to?;
-        Some(Expect { span, to, port, proto: proto?.0, user, group, uid, gid: gid?, verdict: verdict? })
+        Some(Expect { span, to, name, port, proto: proto?.0, user, group, uid, gid: gid?, verdict: verdict? })
     }
 }
 
@@ -859,6 +1062,35 @@ fn parse_network(s: &str) -> Result<IpNet, (&'static str, String)> {
             format!("invalid address `{s}`; expected an IP address or CIDR like 192.0.2.0/24 or 2001:db8::/32"),
         )),
     }
+}
+
+/// Whether a string that is no valid network was meant as an address (digits, dots, colons and
+/// slashes only), so the error is about the address and not about a domain name.
+fn looks_like_address(s: &str) -> bool {
+    s.contains(':') || s.contains('/') || s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
+/// NAME[:PORT] of a domain expectation; `None` when it does not look like a name at all.
+fn parse_name_destination(s: &str) -> Option<Result<(String, Option<u16>), String>> {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h, Some(p)),
+        Some(_) => return None,
+        None => (s, None),
+    };
+    if looks_like_address(host) || host.starts_with("*.") {
+        return None;
+    }
+    let port = match port {
+        None => None,
+        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+            match port_number(p.parse::<i64>().unwrap_or(i64::MAX)) {
+                Ok(p) => Some(p),
+                Err(m) => return Some(Err(m)),
+            }
+        }
+        Some(_) => return Some(Err(format!("invalid destination `{s}`; expected NAME[:PORT]"))),
+    };
+    Some(crate::dns::parse_domain(host).map(|(n, _)| (n, port)))
 }
 
 /// ADDR[:PORT] of an expectation: "192.0.2.1:53", "[2001:db8::1]:443", "2001:db8::1", "192.0.2.1".

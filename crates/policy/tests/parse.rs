@@ -53,7 +53,7 @@ fn unknown_key_at_top_level() {
     assert_eq!(got, vec![(1, 1, "missing-key"), (1, 1, "unknown-key")]);
 
     one_error("version = 1\n[rules]\n", 2, 2, "unknown-key", "did you mean `rule`?");
-    one_error("version = 1\nzzz = 3\n", 2, 1, "unknown-key", "expected `version`, `defaults`, `rule` or `expect`");
+    one_error("version = 1\nzzz = 3\n", 2, 1, "unknown-key", "expected `version`, `defaults`, `dns`, `rule` or `expect`");
 }
 
 #[test]
@@ -267,14 +267,17 @@ fn rule_to() {
         "`192.0.2.1/24` has host bits set; the network is 192.0.2.0/24",
     );
     one_error(&with_rule("to = [\"2001:db8::1/32\"]\n"), 5, 7, "host-bits-set", "2001:db8::/32");
-    one_error(&with_rule("to = [\"example.com\"]\n"), 5, 7, "bad-address", "invalid address `example.com`");
+    // A domain name is a destination too, but it needs the forwarder's upstreams.
+    one_error(&with_rule("to = [\"example.com\"]\n"), 5, 7, "dns-no-upstream", "add `[dns]` with `upstreams");
+    one_error(&with_rule("to = [\"a*.example.com\"]\n"), 5, 7, "bad-domain", "invalid domain name `a*.example.com`");
+    one_error(&with_rule("to = [\"192.0.2.300\"]\n"), 5, 7, "bad-address", "invalid address `192.0.2.300`");
     one_error(&with_rule("to = [\"192.0.2.0/33\"]\n"), 5, 7, "bad-address", "invalid address");
     one_error(
         &with_rule("to = [\"192.0.2.1\", 5]\n"),
         5,
         20,
         "wrong-type",
-        "expected an address or CIDR (a string), found an integer",
+        "expected an address, CIDR or domain name (a string), found an integer",
     );
 
     let p = load_ok(&with_rule("to = [\"192.0.2.53\", \"198.51.100.0/24\", \"::1\", \"0.0.0.0/0\"]\n"));
@@ -347,7 +350,8 @@ fn expect_required_keys() {
 
 #[test]
 fn expect_destination() {
-    one_error(&with_expect("to = \"example.com:80\"\n"), 4, 6, "bad-address", "invalid destination `example.com:80`");
+    one_error(&with_expect("to = \"exa mple.com:80\"\n"), 4, 6, "bad-domain", "invalid domain name `exa mple.com`");
+    one_error(&with_expect("to = \"example.com:http\"\n"), 4, 6, "bad-domain", "expected NAME[:PORT]");
     one_error(&with_expect("to = \"192.0.2.1:0\"\n"), 4, 6, "bad-address", "port 0 is out of range");
     one_error(&with_expect("to = \"192.0.2.0/24:80\"\n"), 4, 6, "bad-address", "ADDR[:PORT]");
     one_error(&with_expect("to = 5\n"), 4, 6, "wrong-type", "expected a string");
@@ -581,6 +585,8 @@ fn full_example_parses_to_the_expected_policy() {
                     "2001:db8::/32".parse().unwrap(),
                 ]),
                 to_span: Some(span_of(src, "[\"192.0.2.53\", \"198.51.100.0/24\", \"2001:db8::/32\"]")),
+                domains: vec![],
+                allow_private: false,
                 users: Some(vec![
                     Principal {
                         name: Some("root".into()),
@@ -612,6 +618,8 @@ fn full_example_parses_to_the_expected_policy() {
                 ports_span: Some(span_of(src, "25\n").start..span_of(src, "25\n").start + 2),
                 to: None,
                 to_span: None,
+                domains: vec![],
+                allow_private: false,
                 users: None,
                 groups: None,
                 log: true,
@@ -627,6 +635,7 @@ fn full_example_parses_to_the_expected_policy() {
             Expect {
                 span: expect_header(0),
                 to: "192.0.2.53".parse().unwrap(),
+                name: None,
                 port: Some(53),
                 proto: Proto::Udp,
                 user: Some(Principal {
@@ -642,6 +651,7 @@ fn full_example_parses_to_the_expected_policy() {
             Expect {
                 span: expect_header(1),
                 to: "2001:db8::1".parse().unwrap(),
+                name: None,
                 port: Some(443),
                 proto: Proto::Tcp,
                 user: Some(Principal { name: Some("alice".into()), id: 1000, span: span_of(src, "\"alice\"") }),
@@ -653,6 +663,7 @@ fn full_example_parses_to_the_expected_policy() {
             Expect {
                 span: expect_header(2),
                 to: "2001:db8::2".parse().unwrap(),
+                name: None,
                 port: None,
                 proto: Proto::Icmpv6,
                 user: None,
@@ -662,12 +673,13 @@ fn full_example_parses_to_the_expected_policy() {
                 verdict: Action::Deny,
             },
         ],
+        dns: Default::default(),
     };
     assert_eq!(p, expected);
     assert_eq!(p.rules[1].effective_protos(), Some(vec![Proto::Tcp, Proto::Udp]));
     assert_eq!(
         p.expects[1].connection(),
-        Connection { proto: Proto::Tcp, dst: "2001:db8::1".parse().unwrap(), port: Some(443), uid: 1000, gid: 1000 }
+        Connection { proto: Proto::Tcp, dst: "2001:db8::1".parse().unwrap(), port: Some(443), uid: 1000, gid: 1000, name: None }
     );
 }
 

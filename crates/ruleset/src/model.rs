@@ -13,6 +13,10 @@ pub const TABLE_NAME: &str = "leash";
 /// Priority of leash's output chain: `filter` (0), the same slot iptables' filter table uses.
 pub const OUTPUT_PRIORITY_FILTER: i32 = 0;
 
+/// Priority of leash's DNS redirect chain: `dstnat` (-100), where nft's `redirect` must run so that
+/// the filter chain (priority 0) already sees the rewritten loopback destination.
+pub const OUTPUT_PRIORITY_DSTNAT: i32 = -100;
+
 /// Longest comment nft accepts (NFTNL_UDATA_COMMENT_MAXLEN is 128 including the terminator).
 pub const MAX_COMMENT_LEN: usize = 127;
 
@@ -77,6 +81,11 @@ pub enum SetElements {
     Ports(Vec<(u16, u16)>),
     /// uids, gids or icmpv6 types: single values.
     Ids(Vec<u32>),
+    /// Single IPv4 addresses, each with its own timeout in milliseconds (sets with `flags timeout`;
+    /// the apply-time warm-up of domain sets).
+    TimedV4(Vec<(Ipv4Addr, u64)>),
+    /// Single IPv6 addresses with timeouts in milliseconds.
+    TimedV6(Vec<(Ipv6Addr, u64)>),
 }
 
 impl SetElements {
@@ -86,6 +95,8 @@ impl SetElements {
             SetElements::V6(v) => v.len(),
             SetElements::Ports(v) => v.len(),
             SetElements::Ids(v) => v.len(),
+            SetElements::TimedV4(v) => v.len(),
+            SetElements::TimedV6(v) => v.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -100,6 +111,9 @@ pub struct Set {
     pub key: KeyType,
     /// `flags interval`: elements are ranges (V4, V6 and Ports sets are always interval sets).
     pub interval: bool,
+    /// `flags timeout`: elements may carry a timeout after which the kernel removes them. The DNS
+    /// forwarder fills such sets (hash sets, never interval sets) with the addresses it answers.
+    pub timeout: bool,
     pub elements: SetElements,
 }
 
@@ -116,10 +130,29 @@ pub enum ChainPolicy {
     Drop,
 }
 
-/// A base chain (`type filter hook output priority filter`).
+/// The type of a base chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainType {
+    /// `type filter`: verdicts.
+    Filter,
+    /// `type nat`: address rewriting (`redirect`); sees only the first packet of a connection.
+    Nat,
+}
+
+impl ChainType {
+    pub fn nft_name(self) -> &'static str {
+        match self {
+            ChainType::Filter => "filter",
+            ChainType::Nat => "nat",
+        }
+    }
+}
+
+/// A base chain (`type filter hook output priority filter`, or `type nat ... priority dstnat`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
     pub name: String,
+    pub kind: ChainType,
     pub hook: Hook,
     pub priority: i32,
     pub policy: ChainPolicy,
@@ -183,6 +216,15 @@ pub enum Family {
 pub enum Stmt {
     /// `oif "lo"` (the loopback device is ifindex 1 in every namespace).
     OifLoopback,
+    /// `oif != "lo"`.
+    OifNotLoopback,
+    /// `meta mark M`: the packet's socket carries SO_MARK M (the DNS forwarder's upstream sockets).
+    MarkEq(u32),
+    /// `meta mark != M`.
+    MarkNe(u32),
+    /// `redirect to :PORT` (only in a nat chain): rewrites the destination to the local address
+    /// (127.0.0.1 or ::1 for locally generated packets) and PORT.
+    Redirect { port: u16 },
     /// `ct state established,related`.
     CtStateEstablishedRelated,
     /// `meta nfproto ipv4|ipv6`.

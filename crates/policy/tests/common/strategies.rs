@@ -70,6 +70,8 @@ pub fn arb_rule() -> impl Strategy<Value = Rule> {
             ports_span: None,
             to,
             to_span: None,
+            domains: vec![],
+            allow_private: false,
             users,
             groups,
             log: false,
@@ -97,12 +99,13 @@ pub fn arb_policy() -> impl Strategy<Value = Policy> {
             .map(|(i, r)| Rule { name: format!("r{i}"), ..r })
             .collect(),
         expects: vec![],
+        dns: Default::default(),
     })
 }
 
 pub fn arb_conn() -> impl Strategy<Value = Connection> {
     (arb_proto(), arb_addr(), prop::option::of(0u16..50), 0u32..4, 0u32..4)
-        .prop_map(|(proto, dst, port, uid, gid)| Connection { proto, dst, port, uid, gid })
+        .prop_map(|(proto, dst, port, uid, gid)| Connection { proto, dst, port, uid, gid, name: None })
 }
 
 

@@ -1,0 +1,283 @@
+//! What the DNS forwarder does with a name and its addresses: the `[dns]` settings, which domain
+//! rules a name feeds, when it is refused, and the rebinding guard.
+//!
+//! These decisions live here, in the pure policy crate, because three places must make them the
+//! same way: the forwarder (which fills the kernel's sets), `explain` (which says what the kernel
+//! will do) and `leash test` (which plays the forwarder in a scratch namespace).
+
+use crate::model::{Action, Policy, Rule, Span};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// The port DNS uses over UDP and TCP.
+pub const DNS_PORT: u16 = 53;
+/// DNS over TLS; it cannot be redirected (the forwarder speaks no TLS), so it is always denied
+/// to everyone but the forwarder when the bypass control is on.
+pub const DOT_PORT: u16 = 853;
+
+/// What happens to DNS that does not go through the forwarder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Bypass {
+    /// Queries to port 53 anywhere are redirected to the forwarder (IPv4 and IPv6 each only when
+    /// the forwarder listens on that family's loopback); the rest of port 53/853 is denied.
+    Redirect,
+    /// Port 53/853 is denied to everyone but the forwarder.
+    Deny,
+    /// No control: applications may ask any resolver the rules allow, and addresses they learn
+    /// that way are not in the domain sets.
+    Off,
+}
+
+impl Bypass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bypass::Redirect => "redirect",
+            Bypass::Deny => "deny",
+            Bypass::Off => "off",
+        }
+    }
+}
+
+/// The `[dns]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Where the forwarder listens (UDP and TCP).
+    pub listen: Vec<SocketAddr>,
+    /// Resolvers the forwarder asks, in order.
+    pub upstreams: Vec<SocketAddr>,
+    /// Shortest life of a set element, in seconds, whatever the answer's TTL.
+    pub min_ttl: u32,
+    /// Longest TTL handed to clients (and so the longest life of an element, plus grace).
+    pub max_ttl: u32,
+    /// Seconds an element outlives the TTL the client was given, for clients that use an
+    /// address a little after its TTL ran out.
+    pub grace: u32,
+    /// How long one upstream is given to answer, in milliseconds.
+    pub timeout_ms: u32,
+    pub bypass: Bypass,
+    /// SO_MARK of the forwarder's upstream sockets; the ruleset lets only packets with this mark
+    /// reach port 53/853 elsewhere. Setting a mark needs CAP_NET_ADMIN, the same power it takes
+    /// to change the firewall, so no unprivileged process can pose as the forwarder.
+    pub mark: u32,
+    /// Answers kept in the forwarder's cache; 0 turns the cache off.
+    pub cache_size: usize,
+    /// Span of the `[dns]` header, when the section is present.
+    pub span: Option<Span>,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            listen: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, DNS_PORT))],
+            upstreams: Vec::new(),
+            min_ttl: 60,
+            max_ttl: 3600,
+            grace: 120,
+            timeout_ms: 1000,
+            bypass: Bypass::Redirect,
+            mark: 0x6c6e,
+            cache_size: 10_000,
+            span: None,
+        }
+    }
+}
+
+impl DnsConfig {
+    /// The TTL a client is given for a record whose upstream TTL is `ttl`.
+    pub fn client_ttl(&self, ttl: u32) -> u32 {
+        ttl.min(self.max_ttl)
+    }
+
+    /// The timeout of the set element for an address answered with `ttl`: never shorter than
+    /// what the client was told, plus the grace period.
+    pub fn element_timeout_ms(&self, ttl: u32) -> u64 {
+        let life = self.client_ttl(ttl).max(self.min_ttl);
+        (u64::from(life) + u64::from(self.grace)) * 1000
+    }
+
+    /// The loopback port queries are redirected to, per family (`None`: the forwarder does not
+    /// listen on that family's loopback, so that family's DNS is denied instead).
+    pub fn redirect_port(&self, v6: bool) -> Option<u16> {
+        self.listen.iter().find(|a| a.is_ipv6() == v6 && a.ip().is_loopback()).map(|a| a.port())
+    }
+}
+
+/// Lowercase without the trailing dot: the form names are compared in.
+pub fn normalize_name(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
+/// What the forwarder does with an answer for one name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NameDecision {
+    /// Answer NXDOMAIN: the first domain rule naming it is this unconditional deny rule.
+    pub refuse: Option<usize>,
+    /// The domain rules (allow and deny) whose sets receive the name's addresses, in file order.
+    pub rules: Vec<usize>,
+}
+
+/// Which domain rules a name feeds, and whether it is refused outright.
+///
+/// A name is refused when the first rule (in file order) whose domains match it is a deny rule
+/// without any other condition: then no connection to its addresses could ever be allowed by
+/// it, and NXDOMAIN tells the application so at once. A deny rule with conditions (ports,
+/// protocols, users, groups) cannot be decided at lookup time, so its sets receive the
+/// addresses and the kernel decides per connection.
+pub fn decide_name(policy: &Policy, qname: &str) -> NameDecision {
+    let qname = normalize_name(qname);
+    let mut d = NameDecision::default();
+    for (i, rule) in policy.rules.iter().enumerate() {
+        if rule.domains.iter().any(|p| p.matches(&qname)) {
+            if d.rules.is_empty() && is_unconditional_deny(rule) {
+                d.refuse = Some(i);
+                return d;
+            }
+            d.rules.push(i);
+        }
+    }
+    d
+}
+
+fn is_unconditional_deny(rule: &Rule) -> bool {
+    rule.action == Action::Deny
+        && rule.protos.is_none()
+        && rule.ports.is_none()
+        && rule.users.is_none()
+        && rule.groups.is_none()
+}
+
+/// Whether an address is one a public name has no business pointing at: loopback, private,
+/// shared (CGNAT), link-local, unique-local, unspecified, broadcast or multicast. An answer
+/// pointing there is the signature of DNS rebinding.
+pub fn is_rebinding_target(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => v4_special(a),
+        IpAddr::V6(a) => {
+            if let Some(v4) = a.to_ipv4_mapped() {
+                return v4_special(v4);
+            }
+            let first = a.segments()[0];
+            a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
+                || (first & 0xffc0) == 0xfe80 // link-local fe80::/10
+                || (first & 0xffc0) == 0xfec0 // deprecated site-local fec0::/10
+        }
+    }
+}
+
+fn v4_special(a: Ipv4Addr) -> bool {
+    let o = a.octets();
+    a.is_loopback()
+        || a.is_private()
+        || a.is_link_local()
+        || a.is_unspecified()
+        || a.is_broadcast()
+        || a.is_multicast()
+        || o[0] == 0 // "this network" 0.0.0.0/8
+        || (o[0] == 100 && (o[1] & 0xc0) == 64) // shared address space 100.64.0.0/10
+}
+
+/// Whether the forwarder may put `addr` into `rule`'s sets. Deny rules take every address; an
+/// allow rule refuses rebinding targets and the host's own addresses unless it says
+/// `allow_private = true`.
+pub fn admits(rule: &Rule, addr: IpAddr, is_own_address: bool) -> bool {
+    rule.action == Action::Deny || rule.allow_private || !(is_rebinding_target(addr) || is_own_address)
+}
+
+/// The address a domain expectation without `address` connects to: the first documentation
+/// address of its family that no rule lists by network, so that only domain rules can decide
+/// it. `None` when every candidate is listed somewhere.
+pub fn synthetic_address(policy_rules: &[Rule], v6: bool) -> Option<IpAddr> {
+    let listed = |a: IpAddr| policy_rules.iter().filter_map(|r| r.to.as_ref()).flatten().any(|n| n.contains(&a));
+    let candidates: Box<dyn Iterator<Item = IpAddr>> = if v6 {
+        Box::new((1..=0xffffu16).map(|i| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xd5, 0, 0, 0, 0, i))))
+    } else {
+        Box::new(
+            [[192, 0, 2], [198, 51, 100], [203, 0, 113]]
+                .into_iter()
+                .flat_map(|p| (1..=254u8).map(move |h| IpAddr::V4(Ipv4Addr::new(p[0], p[1], p[2], h)))),
+        )
+    };
+    candidates.into_iter().find(|a| !listed(*a))
+}
+
+/// Checks a domain name as written in a policy (`*.` prefix allowed): labels of 1 to 63
+/// letters, digits, `-` or `_`, at most 253 characters, not all-numeric (that is an address).
+/// Returns the normalised pattern.
+pub fn parse_domain(s: &str) -> Result<(String, bool), String> {
+    let (wildcard, rest) = match s.strip_prefix("*.") {
+        Some(r) => (true, r),
+        None => (false, s),
+    };
+    let name = normalize_name(rest);
+    if name.is_empty() || name.len() > 253 {
+        return Err(format!("invalid domain name `{s}`: it must have 1 to 253 characters"));
+    }
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(format!("invalid domain name `{s}`: every label needs 1 to 63 characters"));
+        }
+        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            let hint = if label.contains('*') { " (`*` is only allowed as the whole first label, `*.`)" } else { "" };
+            return Err(format!("invalid domain name `{s}`: labels use letters, digits, `-` and `_`{hint}"));
+        }
+    }
+    if name.split('.').next_back().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(format!("invalid address `{s}`"));
+    }
+    Ok((name, wildcard))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::DomainPattern;
+
+    fn pat(s: &str) -> DomainPattern {
+        let (name, wildcard) = parse_domain(s).unwrap();
+        DomainPattern { name, wildcard, span: 0..0 }
+    }
+
+    #[test]
+    fn wildcard_matches_subdomains_at_any_depth_but_not_the_apex() {
+        let p = pat("*.cdn.example.com");
+        assert!(p.matches("a.cdn.example.com"));
+        assert!(p.matches("x.y.cdn.example.com"));
+        assert!(!p.matches("cdn.example.com"));
+        assert!(!p.matches("xcdn.example.com"));
+        assert!(!p.matches("example.com"));
+        let e = pat("Mirror.Example.com.");
+        assert!(e.matches("mirror.example.com"));
+        assert!(!e.matches("a.mirror.example.com"));
+    }
+
+    #[test]
+    fn domain_syntax() {
+        assert!(parse_domain("api.example.test").is_ok());
+        assert!(parse_domain("_srv.example.test").is_ok());
+        assert!(parse_domain("a*.example.test").is_err());
+        assert!(parse_domain("*.*.example.test").is_err());
+        assert!(parse_domain("a..b").is_err());
+        assert!(parse_domain("192.0.2.300").is_err());
+        assert!(parse_domain(&format!("{}.test", "a".repeat(64))).is_err());
+    }
+
+    #[test]
+    fn rebinding_targets() {
+        for a in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.1.1", "100.64.0.1", "0.0.0.0", "::1", "fe80::1", "fd00::1", "::ffff:10.0.0.1", "224.0.0.1"] {
+            assert!(is_rebinding_target(a.parse().unwrap()), "{a}");
+        }
+        for a in ["192.0.2.1", "198.51.100.7", "8.8.8.8", "100.128.0.1", "2001:db8::1", "::ffff:192.0.2.1"] {
+            assert!(!is_rebinding_target(a.parse().unwrap()), "{a}");
+        }
+    }
+
+    #[test]
+    fn element_outlives_the_client_ttl() {
+        let c = DnsConfig::default();
+        for ttl in [0, 1, 59, 60, 61, 3599, 3600, 3601, u32::MAX] {
+            assert!(c.element_timeout_ms(ttl) >= u64::from(c.client_ttl(ttl)) * 1000 + u64::from(c.grace) * 1000);
+        }
+    }
+}
