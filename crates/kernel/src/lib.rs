@@ -9,5 +9,5 @@ pub mod testutil;
 
 pub use nft::{
     ApplyOptions, ApplyReport, ChainStatus, Counter, ElementCount, Error, RuleStatus, SetStatus,
-    TableStatus, apply, disable, encode_apply_batch, status,
+    SetWriter, TableStatus, TimedElement, apply, disable, encode_apply_batch, status,
 };

@@ -23,11 +23,18 @@ pub struct Case {
     pub port: Option<u16>,
     pub uid: u32,
     pub gid: u32,
+    /// The name the address was looked up as (domain expectations): the lab puts the address
+    /// into the sets the forwarder would, before it probes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl std::fmt::Display for Case {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ", self.proto.as_str())?;
+        if let Some(n) = &self.name {
+            write!(f, "{n} = ")?;
+        }
         match (self.port, self.dst) {
             (Some(p), IpAddr::V6(a)) => write!(f, "[{a}]:{p}")?,
             (Some(p), a) => write!(f, "{a}:{p}")?,
@@ -52,6 +59,8 @@ pub enum Outcome {
     NotPermitted,
     /// Nothing came back in time.
     TimedOut,
+    /// No connection was tried: the forwarder answers NXDOMAIN for the case's name.
+    NameRefused,
     /// The probe itself failed (could not create the socket, wrong echo, ...).
     Error(String),
 }
@@ -73,6 +82,7 @@ impl Outcome {
             Outcome::Unreachable(errno) => format!("unreachable ({errno})"),
             Outcome::NotPermitted => "not permitted (EPERM)".into(),
             Outcome::TimedOut => "timed out".into(),
+            Outcome::NameRefused => "NXDOMAIN (name refused)".into(),
             Outcome::Error(e) => format!("probe error: {e}"),
         }
     }
@@ -310,9 +320,9 @@ mod tests {
 
     #[test]
     fn cases_display_like_addresses() {
-        let c = Case { proto: Proto::Tcp, dst: "2001:db8::5".parse().unwrap(), port: Some(443), uid: 0, gid: 0 };
+        let c = Case { proto: Proto::Tcp, dst: "2001:db8::5".parse().unwrap(), port: Some(443), uid: 0, gid: 0, name: None };
         assert_eq!(c.to_string(), "tcp [2001:db8::5]:443 as uid 0 gid 0");
-        let c = Case { proto: Proto::Icmp, dst: "192.0.2.5".parse().unwrap(), port: None, uid: 1, gid: 2 };
+        let c = Case { proto: Proto::Icmp, dst: "192.0.2.5".parse().unwrap(), port: None, uid: 1, gid: 2, name: None };
         assert_eq!(c.to_string(), "icmp 192.0.2.5 as uid 1 gid 2");
     }
 

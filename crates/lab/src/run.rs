@@ -82,16 +82,38 @@ pub fn run_expectations(policy: &Policy, table: &ruleset::Table, opts: &RunOptio
     let cases: Vec<Case> = policy
         .expects
         .iter()
-        .map(|e| Case { proto: e.proto, dst: e.to, port: e.port, uid: e.uid, gid: e.gid })
+        .map(|e| Case { proto: e.proto, dst: e.to, port: e.port, uid: e.uid, gid: e.gid, name: e.name.clone() })
         .collect();
-    let dsts: Vec<IpAddr> = cases.iter().map(|c| c.dst).collect::<BTreeSet<_>>().into_iter().collect();
-    let ports = |proto: Proto| -> Vec<u16> {
-        cases.iter().filter(|c| c.proto == proto).filter_map(|c| c.port).collect::<BTreeSet<_>>().into_iter().collect()
+    let mut dsts: BTreeSet<IpAddr> = cases.iter().map(|c| c.dst).collect();
+    let ports = |proto: Proto| -> BTreeSet<u16> {
+        cases.iter().filter(|c| c.proto == proto).filter_map(|c| c.port).collect()
     };
-    let lab = Lab::new(&dsts, &ports(Proto::Tcp), &ports(Proto::Udp))?;
+    let (mut tcp, mut udp) = (ports(Proto::Tcp), ports(Proto::Udp));
+    // DNS redirected to the forwarder lands on the client's loopback: echo there, so a probe
+    // shows the redirect really happened.
+    for (lo, v6) in [(IpAddr::from([127, 0, 0, 1]), false), (IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), true)] {
+        if let Some(port) = redirect_port(policy, v6)
+            && cases.iter().any(|c| c.port == Some(policy::dns::DNS_PORT) && c.dst.is_ipv6() == v6)
+        {
+            dsts.insert(lo);
+            tcp.insert(port);
+            udp.insert(port);
+        }
+    }
+    let dsts: Vec<IpAddr> = dsts.into_iter().collect();
+    let lab = Lab::new(&dsts, &tcp.into_iter().collect::<Vec<_>>(), &udp.into_iter().collect::<Vec<_>>())?;
     lab.client().run(|| kernel::apply(table, &Default::default())).map_err(|e| LabError::Apply(e.to_string()))?;
+    let refused = lab
+        .client()
+        .run(|| play_forwarder(policy, &cases))
+        .map_err(|e| LabError::Apply(format!("cannot fill the domain sets: {e}")))?;
 
-    let outcomes = probe_all(&lab, &cases, opts);
+    let mut outcomes = probe_all(&lab, &cases, opts);
+    for (i, r) in refused.iter().enumerate() {
+        if *r {
+            outcomes[i] = (Outcome::NameRefused, Duration::ZERO);
+        }
+    }
     let deny_with = policy.defaults.deny_with;
     let rows = policy
         .expects
@@ -119,6 +141,48 @@ pub fn run_expectations(policy: &Policy, table: &ruleset::Table, opts: &RunOptio
         })
         .collect();
     Ok(Report { deny_with, timeout: opts.timeout, rows })
+}
+
+/// The loopback port DNS is redirected to for a family, when the policy redirects it.
+fn redirect_port(policy: &Policy, v6: bool) -> Option<u16> {
+    (policy.has_domain_rules() && policy.dns.bypass == policy::Bypass::Redirect)
+        .then(|| policy.dns.redirect_port(v6))
+        .flatten()
+}
+
+/// How long the lab's stand-in answers live in the domain sets: longer than any probe run.
+const LAB_ELEMENT_TIMEOUT_MS: u64 = 10 * 60 * 1000;
+
+/// Does what the forwarder would do for each named case: puts its address into the sets of the
+/// domain rules its name feeds (as `policy::dns` decides, rebinding guard included). Returns,
+/// per case, whether the forwarder would refuse the name (then the case is not probed).
+/// Runs in the client namespace.
+pub fn play_forwarder(policy: &Policy, cases: &[Case]) -> Result<Vec<bool>, kernel::nft::Error> {
+    let mut refused = vec![false; cases.len()];
+    let mut names: Vec<(String, IpAddr)> = Vec::new();
+    for (i, c) in cases.iter().enumerate() {
+        let Some(name) = &c.name else { continue };
+        let d = policy::dns::decide_name(policy, name);
+        if d.refuse.is_some() {
+            refused[i] = true;
+            continue;
+        }
+        for r in d.rules {
+            let rule = &policy.rules[r];
+            if policy::dns::admits(rule, c.dst, false) {
+                let family = if c.dst.is_ipv6() { ruleset::Family::Ipv6 } else { ruleset::Family::Ipv4 };
+                names.push((ruleset::domain_set_name(&rule.name, family), c.dst));
+            }
+        }
+    }
+    if !names.is_empty() {
+        let elems: Vec<kernel::nft::TimedElement> = names
+            .iter()
+            .map(|(set, addr)| kernel::nft::TimedElement { set, addr: *addr, timeout_ms: LAB_ELEMENT_TIMEOUT_MS })
+            .collect();
+        kernel::nft::SetWriter::open()?.add_timed(ruleset::TABLE_NAME, &elems)?;
+    }
+    Ok(refused)
 }
 
 /// Probes every case, `opts.parallel` at a time, keeping the input order.
@@ -157,6 +221,12 @@ pub(crate) fn describe_decider(policy: &Policy, d: Decider) -> String {
             None => format!("rule #{i}"),
         },
         Decider::Default => format!("default ({})", policy.defaults.outbound.as_str()),
+        Decider::DnsBypass => "DNS bypass control (only the forwarder may query resolvers)".into(),
+        Decider::DnsRedirect => "DNS redirect to the forwarder".into(),
+        Decider::NameRefused(i) => match policy.rules.get(i) {
+            Some(r) => format!("name refused by rule {:?} (NXDOMAIN)", r.name),
+            None => format!("name refused by rule #{i}"),
+        },
     }
 }
 
@@ -186,8 +256,8 @@ fn judge(expected: Action, explain: Action, decider: &str, outcome: &Outcome, de
 /// Whether a denial looks like the configured `deny_with`.
 pub(crate) fn denial_matches(outcome: &Outcome, deny_with: DenyWith) -> bool {
     match deny_with {
-        DenyWith::Reject => matches!(outcome, Outcome::Refused | Outcome::Unreachable(_)),
-        DenyWith::Drop => matches!(outcome, Outcome::TimedOut | Outcome::NotPermitted),
+        DenyWith::Reject => matches!(outcome, Outcome::Refused | Outcome::Unreachable(_) | Outcome::NameRefused),
+        DenyWith::Drop => matches!(outcome, Outcome::TimedOut | Outcome::NotPermitted | Outcome::NameRefused),
     }
 }
 

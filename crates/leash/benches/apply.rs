@@ -794,13 +794,7 @@ fn main() -> Result<()> {
 }
 
 fn elements_of(e: &ruleset::model::SetElements) -> usize {
-    use ruleset::model::SetElements::*;
-    match e {
-        V4(v) => v.len(),
-        V6(v) => v.len(),
-        Ports(v) => v.len(),
-        Ids(v) => v.len(),
-    }
+    e.len()
 }
 
 fn render(variant: Variant, exp: &Expected, r: &VariantResult, rounds: usize) -> String {

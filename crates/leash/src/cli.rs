@@ -113,6 +113,10 @@ pub struct ExplainArgs {
     /// Destination: ADDR, ADDR:PORT or [IPV6]:PORT.
     #[arg(long, value_name = "ADDR[:PORT]")]
     pub to: String,
+    /// The name the destination was looked up as through leash's DNS forwarder (domain rules
+    /// match only such connections), e.g. --name api.example.com --to 192.0.2.10:443.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
     /// Protocol of the connection.
     #[arg(long, value_enum, default_value_t = ProtoArg::Tcp)]
     pub proto: ProtoArg,

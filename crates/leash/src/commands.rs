@@ -218,7 +218,15 @@ fn explain(a: &ExplainArgs, json: bool) -> Result<u8> {
         Some(g) => resolve_principal(g, |n| r.group(n), "group")?,
         None => r.primary_group(uid).unwrap_or(if uid == 0 { 0 } else { uid }),
     };
-    let conn = policy::Connection { proto, dst, port, uid, gid };
+    let name = match &a.name {
+        Some(n) => match policy::dns::parse_domain(n) {
+            Ok((n, false)) => Some(n),
+            Ok((_, true)) => usage!("--name {n:?}: give the name that was looked up, not a wildcard"),
+            Err(m) => usage!("--name: {m}"),
+        },
+        None => None,
+    };
+    let conn = policy::Connection { proto, dst, port, uid, gid, name };
     let e = policy::explain(&p, &conn);
     output::print_explanation(&l, &p, &conn, &e, at, json);
     Ok(EXIT_OK)

@@ -14,6 +14,13 @@ fn decider_text(p: &Policy, d: Decider) -> String {
         Decider::Loopback => "allow_loopback (destination is a loopback address)".into(),
         Decider::Rule(i) => format!("rule `{}`", p.rules[i].name),
         Decider::Default => "the default (`outbound`, no rule matched)".into(),
+        Decider::DnsBypass => "the DNS bypass control: only leash's forwarder may query other resolvers".into(),
+        Decider::DnsRedirect => {
+            "the DNS bypass control: the query is redirected to leash's forwarder on loopback".into()
+        }
+        Decider::NameRefused(i) => {
+            format!("rule `{}`: the forwarder answers NXDOMAIN for the name, so no connection is made", p.rules[i].name)
+        }
     }
 }
 
@@ -31,8 +38,9 @@ pub fn print_explanation(
     json: bool,
 ) {
     let conn_text = format!(
-        "{} to {}{} as uid {} gid {}",
+        "{} to {}{}{} as uid {} gid {}",
         c.proto.as_str(),
+        c.name.as_ref().map(|n| format!("{n} = ")).unwrap_or_default(),
         c.dst,
         c.port.map(|p| format!(" port {p}")).unwrap_or_default(),
         c.uid,
@@ -41,7 +49,7 @@ pub fn print_explanation(
     if json {
         print_json(&json!({
             "connection": {
-                "proto": c.proto.as_str(), "to": c.dst.to_string(), "port": c.port,
+                "proto": c.proto.as_str(), "to": c.dst.to_string(), "name": c.name, "port": c.port,
                 "uid": c.uid, "gid": c.gid, "at": at.map(|t| t.to_string()),
             },
             "verdict": e.verdict.as_str(),
@@ -49,6 +57,9 @@ pub fn print_explanation(
                 Decider::Loopback => json!({"kind": "loopback"}),
                 Decider::Rule(i) => json!({"kind": "rule", "rule": p.rules[i].name, "index": i, "position": rule_position(l, p, i)}),
                 Decider::Default => json!({"kind": "default"}),
+                Decider::DnsBypass => json!({"kind": "dns-bypass"}),
+                Decider::DnsRedirect => json!({"kind": "dns-redirect"}),
+                Decider::NameRefused(i) => json!({"kind": "name-refused", "rule": p.rules[i].name, "index": i, "position": rule_position(l, p, i)}),
             },
             "not_matched": e.misses.iter().map(|(i, m)| json!({
                 "rule": p.rules[*i].name, "index": i, "position": rule_position(l, p, *i), "reason": m.to_string(),
@@ -58,7 +69,7 @@ pub fn print_explanation(
     }
     println!("{}: {}", e.verdict.as_str().to_uppercase(), conn_text);
     println!("decided by {}", decider_text(p, e.decider));
-    if let Decider::Rule(i) = e.decider {
+    if let Decider::Rule(i) | Decider::NameRefused(i) = e.decider {
         println!("  at {}", rule_position(l, p, i));
     }
     if !e.misses.is_empty() {

@@ -186,10 +186,13 @@ pub fn admits(rule: &Rule, addr: IpAddr, is_own_address: bool) -> bool {
 }
 
 /// The address a domain expectation without `address` connects to: the first documentation
-/// address of its family that no rule lists by network, so that only domain rules can decide
-/// it. `None` when every candidate is listed somewhere.
-pub fn synthetic_address(policy_rules: &[Rule], v6: bool) -> Option<IpAddr> {
-    let listed = |a: IpAddr| policy_rules.iter().filter_map(|r| r.to.as_ref()).flatten().any(|n| n.contains(&a));
+/// address of its family that no rule lists by network and no other expectation uses (an
+/// address shared by two names would be in both names' sets), so that only domain rules can
+/// decide it. `None` when every candidate is taken.
+pub fn synthetic_address(policy_rules: &[Rule], v6: bool, taken: &[IpAddr]) -> Option<IpAddr> {
+    let listed = |a: IpAddr| {
+        taken.contains(&a) || policy_rules.iter().filter_map(|r| r.to.as_ref()).flatten().any(|n| n.contains(&a))
+    };
     let candidates: Box<dyn Iterator<Item = IpAddr>> = if v6 {
         Box::new((1..=0xffffu16).map(|i| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xd5, 0, 0, 0, 0, i))))
     } else {

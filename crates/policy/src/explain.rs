@@ -32,6 +32,11 @@ pub enum Decider {
     Loopback,
     /// The rule at this index of [`Policy::rules`] (the first that matched).
     Rule(usize),
+    /// DNS (port 53 or 853) to a resolver other than the forwarder, denied by the bypass control.
+    DnsBypass,
+    /// DNS to port 53 elsewhere, redirected to the forwarder on loopback by the bypass control
+    /// (the packet goes to the forwarder, not to the address it was sent to).
+    DnsRedirect,
     /// The connection never happens: the forwarder answers NXDOMAIN for its name because this
     /// rule (a deny rule with no other condition) is the first domain rule naming it.
     NameRefused(usize),
@@ -139,16 +144,21 @@ pub fn is_loopback(dst: IpAddr) -> bool {
 
 /// Decides a new connection the way the compiled ruleset does, and says why.
 pub fn explain(policy: &Policy, conn: &Connection) -> Explanation {
+    // A refused name never gets an address, so there is no connection for anything to decide.
+    if let Some(name) = &conn.name
+        && let Some(i) = crate::dns::decide_name(policy, name).refuse
+    {
+        return Explanation { verdict: Action::Deny, decider: Decider::NameRefused(i), misses: Vec::new() };
+    }
     if policy.defaults.allow_loopback && is_loopback(conn.dst) {
         return Explanation { verdict: Action::Allow, decider: Decider::Loopback, misses: Vec::new() };
     }
     // Established traffic never reaches this point: it is not a new connection, so
     // `allow_established` has no say here.
     let mut misses = Vec::new();
-    if let Some(name) = &conn.name
-        && let Some(i) = crate::dns::decide_name(policy, name).refuse
-    {
-        return Explanation { verdict: Action::Deny, decider: Decider::NameRefused(i), misses };
+    if let Some(decider) = dns_bypass(policy, conn) {
+        let verdict = if decider == Decider::DnsRedirect { Action::Allow } else { Action::Deny };
+        return Explanation { verdict, decider, misses: Vec::new() };
     }
     for (i, rule) in policy.rules.iter().enumerate() {
         match first_miss(rule, conn) {
@@ -157,6 +167,28 @@ pub fn explain(policy: &Policy, conn: &Connection) -> Explanation {
         }
     }
     Explanation { verdict: policy.defaults.outbound, decider: Decider::Default, misses }
+}
+
+/// What the DNS bypass control does with a connection, if it applies: with domain rules, DNS
+/// that does not go to the forwarder is redirected to it (port 53, on a family the forwarder
+/// listens on over loopback) or denied. The forwarder's own upstream queries carry its mark and
+/// are not connections `explain` is asked about.
+pub fn dns_bypass(policy: &Policy, conn: &Connection) -> Option<Decider> {
+    use crate::dns::{Bypass, DNS_PORT, DOT_PORT};
+    if !policy.has_domain_rules() || policy.dns.bypass == Bypass::Off || !conn.proto.has_ports() {
+        return None;
+    }
+    let port = conn.port?;
+    if port != DNS_PORT && port != DOT_PORT {
+        return None;
+    }
+    if policy.dns.bypass == Bypass::Redirect
+        && port == DNS_PORT
+        && policy.dns.redirect_port(conn.dst.is_ipv6()).is_some()
+    {
+        return Some(Decider::DnsRedirect);
+    }
+    Some(Decider::DnsBypass)
 }
 
 /// The first condition of `rule` that `conn` does not satisfy, or `None` when the rule matches.

@@ -222,13 +222,25 @@ impl<'a> Parser<'a> {
 
     /// Gives every domain expectation without `address` the address it will use.
     fn place_domain_expects(&mut self, policy: &mut Policy) {
+        let mut taken: Vec<IpAddr> = policy.expects.iter().map(|x| x.to).filter(|a| !a.is_unspecified()).collect();
+        let mut by_name: HashMap<String, IpAddr> = HashMap::new();
         for i in 0..policy.expects.len() {
             let x = &policy.expects[i];
-            if x.name.is_none() || !x.to.is_unspecified() {
+            let Some(name) = x.name.clone() else { continue };
+            if !x.to.is_unspecified() {
                 continue;
             }
-            match crate::dns::synthetic_address(&policy.rules, x.proto == Proto::Icmpv6) {
-                Some(a) => policy.expects[i].to = a,
+            // Expectations on the same name share its address, as the forwarder would.
+            if let Some(a) = by_name.get(&name).filter(|a| a.is_ipv6() == (x.proto == Proto::Icmpv6)) {
+                policy.expects[i].to = *a;
+                continue;
+            }
+            match crate::dns::synthetic_address(&policy.rules, x.proto == Proto::Icmpv6, &taken) {
+                Some(a) => {
+                    policy.expects[i].to = a;
+                    taken.push(a);
+                    by_name.insert(name, a);
+                }
                 None => {
                     let span = x.span.clone();
                     self.error(

@@ -21,6 +21,25 @@ pub const LOOPBACK_COMMENT: &str = "@loopback";
 pub const ESTABLISHED_COMMENT: &str = "@established";
 pub const NDP_COMMENT: &str = "@icmpv6-nd";
 pub const DEFAULT_COMMENT: &str = "@default";
+/// The forwarder's own queries to its upstreams (they carry its socket mark).
+pub const DNS_FORWARDER_COMMENT: &str = "@dns-forwarder";
+/// DNS to anywhere but the forwarder, denied by the bypass control.
+pub const DNS_BYPASS_COMMENT: &str = "@dns-bypass";
+/// DNS to anywhere, redirected to the forwarder.
+pub const DNS_REDIRECT_COMMENT: &str = "@dns-redirect";
+
+/// Name of the nat chain that redirects DNS to the forwarder.
+pub const DNS_REDIRECT_CHAIN: &str = "dns-redirect";
+/// Set of the DNS ports (53 and 853) the bypass control guards.
+pub const DNS_PORTS_SET: &str = "dns_ports";
+
+/// Name of the timeout set the forwarder fills with the addresses it answers for a domain rule.
+pub fn domain_set_name(rule: &str, family: Family) -> String {
+    match family {
+        Family::Ipv4 => format!("r_{rule}_d4"),
+        Family::Ipv6 => format!("r_{rule}_d6"),
+    }
+}
 
 /// Set of the ICMPv6 types that IPv6 cannot work without: router and neighbour solicitation and
 /// advertisement, redirect (133-137) and MLDv2 reports (143). They are always allowed out, as
@@ -54,12 +73,18 @@ pub fn compile(policy: &Policy, opts: &CompileOptions) -> Table {
         name: NDP_SET.into(),
         key: KeyType::Icmpv6Type,
         interval: false,
+        timeout: false,
         elements: SetElements::Ids(NDP_TYPES.to_vec()),
     });
     rules.push(builtin(
         vec![Stmt::Icmpv6Type(Value::InSet(NDP_SET.into())), Stmt::Counter, Stmt::Accept],
         NDP_COMMENT,
     ));
+
+    let mut chains = Vec::new();
+    if policy.has_domain_rules() {
+        chains.extend(dns_control(policy, &mut sets, &mut rules));
+    }
 
     for rule in &policy.rules {
         compile_rule(policy, rule, &mut sets, &mut rules);
@@ -68,8 +93,8 @@ pub fn compile(policy: &Policy, opts: &CompileOptions) -> Table {
     // The default. The chain policy says the same thing, but explicit rules are what count
     // packets, log them and reject them instead of silently dropping.
     let (chain_policy, tail) = match d.outbound {
-        Action::Allow => (ChainPolicy::Accept, verdict_rules_for(policy, Action::Allow, false, DEFAULT_COMMENT, false)),
-        Action::Deny => (ChainPolicy::Drop, verdict_rules_for(policy, Action::Deny, d.log_denied, DEFAULT_COMMENT, false)),
+        Action::Allow => (ChainPolicy::Accept, verdict_rules_for(policy, Action::Allow, false, DEFAULT_COMMENT, None)),
+        Action::Deny => (ChainPolicy::Drop, verdict_rules_for(policy, Action::Deny, d.log_denied, DEFAULT_COMMENT, None)),
     };
     rules.extend(tail.into_iter().map(|stmts| builtin(stmts, DEFAULT_COMMENT)));
 
@@ -77,14 +102,101 @@ pub fn compile(policy: &Policy, opts: &CompileOptions) -> Table {
         name: TABLE_NAME.into(),
         comment: opts.comment.as_ref().map(|c| sanitize_comment(c)),
         sets,
-        chains: vec![Chain {
+        chains: std::iter::once(Chain {
             name: OUTPUT_CHAIN.into(),
+            kind: ChainType::Filter,
             hook: Hook::Output,
             priority: OUTPUT_PRIORITY_FILTER,
             policy: chain_policy,
             rules,
-        }],
+        })
+        .chain(chains)
+        .collect(),
     }
+}
+
+/// The DNS bypass control: the forwarder's marked queries go out; other DNS is redirected to
+/// the forwarder (a nat chain, returned) or denied (filter rules, appended to `rules`).
+fn dns_control(policy: &Policy, sets: &mut Vec<Set>, rules: &mut Vec<Rule>) -> Option<Chain> {
+    use policy::dns::{Bypass, DNS_PORT, DOT_PORT};
+    let dns = &policy.dns;
+    sets.push(Set {
+        name: DNS_PORTS_SET.into(),
+        key: KeyType::InetService,
+        interval: true,
+        timeout: false,
+        elements: SetElements::Ports(vec![(DNS_PORT, DNS_PORT), (DOT_PORT, DOT_PORT)]),
+    });
+    for l4 in [L4::Udp, L4::Tcp] {
+        rules.push(builtin(
+            vec![
+                Stmt::MarkEq(dns.mark),
+                Stmt::Dport { l4, value: Value::InSet(DNS_PORTS_SET.into()) },
+                Stmt::Counter,
+                Stmt::Accept,
+            ],
+            DNS_FORWARDER_COMMENT,
+        ));
+    }
+    if dns.bypass == Bypass::Off {
+        return None;
+    }
+    // Redirected queries: the nat chain rewrote the destination to the forwarder on loopback,
+    // but the filter chain still sees the original output interface (the hook's device is fixed
+    // before nat reroutes), so `oif "lo"` misses them; they are accepted by their new address.
+    if dns.bypass == Bypass::Redirect {
+        for (family, v6) in [(Family::Ipv4, false), (Family::Ipv6, true)] {
+            let Some(port) = dns.redirect_port(v6) else { continue };
+            let daddr = match family {
+                Family::Ipv4 => Stmt::Daddr4(Value::Eq(Ipv4Addr::LOCALHOST)),
+                Family::Ipv6 => Stmt::Daddr6(Value::Eq(Ipv6Addr::LOCALHOST)),
+            };
+            for l4 in [L4::Udp, L4::Tcp] {
+                rules.push(builtin(
+                    vec![daddr.clone(), Stmt::Dport { l4, value: Value::Eq(port) }, Stmt::Counter, Stmt::Accept],
+                    DNS_REDIRECT_COMMENT,
+                ));
+            }
+        }
+    }
+    for l4 in [L4::Udp, L4::Tcp] {
+        let proto = if l4 == L4::Tcp { Proto::Tcp } else { Proto::Udp };
+        for mut tail in
+            verdict_rules_for(policy, Action::Deny, policy.defaults.log_denied, DNS_BYPASS_COMMENT, Some(proto))
+        {
+            let mut stmts = vec![Stmt::Dport { l4, value: Value::InSet(DNS_PORTS_SET.into()) }];
+            stmts.append(&mut tail);
+            rules.push(builtin(stmts, DNS_BYPASS_COMMENT));
+        }
+    }
+    if dns.bypass != Bypass::Redirect {
+        return None;
+    }
+    let mut nat = Vec::new();
+    for (family, v6) in [(Family::Ipv4, false), (Family::Ipv6, true)] {
+        let Some(port) = dns.redirect_port(v6) else { continue };
+        for l4 in [L4::Udp, L4::Tcp] {
+            nat.push(builtin(
+                vec![
+                    Stmt::Nfproto(family),
+                    Stmt::OifNotLoopback,
+                    Stmt::MarkNe(dns.mark),
+                    Stmt::Dport { l4, value: Value::Eq(DNS_PORT) },
+                    Stmt::Counter,
+                    Stmt::Redirect { port },
+                ],
+                DNS_REDIRECT_COMMENT,
+            ));
+        }
+    }
+    Some(Chain {
+        name: DNS_REDIRECT_CHAIN.into(),
+        kind: ChainType::Nat,
+        hook: Hook::Output,
+        priority: OUTPUT_PRIORITY_DSTNAT,
+        policy: ChainPolicy::Accept,
+        rules: nat,
+    })
 }
 
 fn builtin(stmts: Vec<Stmt>, comment: &str) -> Rule {
@@ -122,7 +234,7 @@ fn compile_rule(policy: &Policy, rule: &policy::Rule, sets: &mut Vec<Set>, out: 
     let protos = rule.effective_protos();
     if empty(&protos)
         || rule.ports.as_ref().is_some_and(|v| v.is_empty())
-        || rule.to.as_ref().is_some_and(|v| v.is_empty())
+        || (rule.to.as_ref().is_some_and(|v| v.is_empty()) && rule.domains.is_empty())
         || rule.users.as_ref().is_some_and(|v| v.is_empty())
         || rule.groups.as_ref().is_some_and(|v| v.is_empty())
     {
@@ -144,6 +256,7 @@ fn compile_rule(policy: &Policy, rule: &policy::Rule, sets: &mut Vec<Set>, out: 
                         name: set_name("v4"),
                         key: KeyType::Ipv4Addr,
                         interval: true,
+                        timeout: false,
                         elements: SetElements::V4(v4),
                     });
                     Value::InSet(set_name("v4"))
@@ -157,10 +270,32 @@ fn compile_rule(policy: &Policy, rule: &policy::Rule, sets: &mut Vec<Set>, out: 
                         name: set_name("v6"),
                         key: KeyType::Ipv6Addr,
                         interval: true,
+                        timeout: false,
                         elements: SetElements::V6(v6),
                     });
                     Value::InSet(set_name("v6"))
                 })));
+            }
+            // Addresses the forwarder answered for the rule's names: one timeout set per family,
+            // filled at run time (and warmed up at apply), matched like any destination list.
+            if !rule.domains.is_empty() {
+                for (family, key) in [(Family::Ipv4, KeyType::Ipv4Addr), (Family::Ipv6, KeyType::Ipv6Addr)] {
+                    let name = domain_set_name(&rule.name, family);
+                    sets.push(Set {
+                        name: name.clone(),
+                        key,
+                        interval: false,
+                        timeout: true,
+                        elements: match family {
+                            Family::Ipv4 => SetElements::TimedV4(Vec::new()),
+                            Family::Ipv6 => SetElements::TimedV6(Vec::new()),
+                        },
+                    });
+                    f.push(Some(match family {
+                        Family::Ipv4 => Stmt::Daddr4(Value::InSet(name)),
+                        Family::Ipv6 => Stmt::Daddr6(Value::InSet(name)),
+                    }));
+                }
             }
             f
         }
@@ -175,6 +310,7 @@ fn compile_rule(policy: &Policy, rule: &policy::Rule, sets: &mut Vec<Set>, out: 
                 name: set_name("ports"),
                 key: KeyType::InetService,
                 interval: true,
+                timeout: false,
                 elements: SetElements::Ports(merged),
             });
             Value::InSet(set_name("ports"))
@@ -189,7 +325,7 @@ fn compile_rule(policy: &Policy, rule: &policy::Rule, sets: &mut Vec<Set>, out: 
             if v.len() == 1 {
                 Value::Eq(v[0])
             } else {
-                sets.push(Set { name: set_name(suffix), key, interval: false, elements: SetElements::Ids(v) });
+                sets.push(Set { name: set_name(suffix), key, interval: false, timeout: false, elements: SetElements::Ids(v) });
                 Value::InSet(set_name(suffix))
             }
         })
@@ -233,8 +369,7 @@ fn compile_rule(policy: &Policy, rule: &policy::Rule, sets: &mut Vec<Set>, out: 
             if let Some(v) = &gid {
                 stmts.push(Stmt::SkGid(v.clone()));
             }
-            let known_tcp = *proto == Some(Proto::Tcp);
-            for mut tail in verdict_rules_for(policy, rule.action, rule.log, &rule.name, known_tcp) {
+            for mut tail in verdict_rules_for(policy, rule.action, rule.log, &rule.name, *proto) {
                 let mut s = stmts.clone();
                 s.append(&mut tail);
                 out.push(Rule { stmts: s, comment: Some(rule.name.clone()) });
@@ -245,7 +380,10 @@ fn compile_rule(policy: &Policy, rule: &policy::Rule, sets: &mut Vec<Set>, out: 
 
 /// The tails (counter, log, verdict) a matching packet meets. A reject of unknown protocol needs
 /// two kernel rules: TCP gets a reset, everything else ICMP administratively prohibited.
-fn verdict_rules_for(policy: &Policy, action: Action, log: bool, name: &str, known_tcp: bool) -> Vec<Vec<Stmt>> {
+///
+/// `proto` is the protocol the rule already matched, if any: TCP needs only the reset, any
+/// other known protocol only the ICMP error.
+fn verdict_rules_for(policy: &Policy, action: Action, log: bool, name: &str, proto: Option<Proto>) -> Vec<Vec<Stmt>> {
     let group = policy.defaults.log_group;
     let head = |extra: Option<Stmt>| {
         let mut v = Vec::new();
@@ -267,9 +405,14 @@ fn verdict_rules_for(policy: &Policy, action: Action, log: bool, name: &str, kno
             v.push(Stmt::Drop);
             vec![v]
         }
-        (Action::Deny, DenyWith::Reject) if known_tcp => {
+        (Action::Deny, DenyWith::Reject) if proto == Some(Proto::Tcp) => {
             let mut v = head(None);
             v.push(Stmt::RejectTcpReset);
+            vec![v]
+        }
+        (Action::Deny, DenyWith::Reject) if proto.is_some() => {
+            let mut v = head(None);
+            v.push(Stmt::RejectAdminProhibited);
             vec![v]
         }
         (Action::Deny, DenyWith::Reject) => {

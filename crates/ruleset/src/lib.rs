@@ -4,5 +4,5 @@ pub mod compile;
 pub mod model;
 pub mod render;
 
-pub use compile::compile;
+pub use compile::{compile, domain_set_name};
 pub use model::*;

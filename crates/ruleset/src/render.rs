@@ -2,6 +2,11 @@
 //!
 //! Both renderings replace the table the same way `leash apply` does: create it if missing, delete it,
 //! add it anew, all in one file, which `nft` loads as one atomic transaction.
+//!
+//! Everything is written the way `nft list table inet leash` (nft 1.0.6) prints it back, so that a
+//! rendered script and a listing can be compared: a nat chain at -100 is `priority -100` (nft names
+//! `dstnat` only for prerouting), a mark is `meta mark 0x00006c6e`, a timed element is
+//! `192.0.2.1 timeout 5m` (listings add `expires ...`, which counts down).
 
 use crate::model::*;
 use serde_json::{Value as J, json};
@@ -21,8 +26,9 @@ pub fn nft_text(t: &Table) -> String {
     for set in &t.sets {
         let _ = writeln!(s, "\n\tset {} {{", set.name);
         let _ = writeln!(s, "\t\ttype {}", set.key.nft_name());
-        if set.interval {
-            let _ = writeln!(s, "\t\tflags interval");
+        let flags = set_flags(set);
+        if !flags.is_empty() {
+            let _ = writeln!(s, "\t\tflags {}", flags.join(","));
         }
         if !set.elements.is_empty() {
             let items = element_texts(&set.elements);
@@ -42,7 +48,8 @@ pub fn nft_text(t: &Table) -> String {
         let _ = writeln!(s, "\n\tchain {} {{", chain.name);
         let _ = writeln!(
             s,
-            "\t\ttype filter hook {} priority {}; policy {};",
+            "\t\ttype {} hook {} priority {}; policy {};",
+            chain.kind.nft_name(),
             hook_name(chain.hook),
             priority_text(chain.priority),
             match chain.policy {
@@ -57,6 +64,18 @@ pub fn nft_text(t: &Table) -> String {
     }
     s.push_str("}\n");
     s
+}
+
+/// The set's flags in the order nft prints them.
+fn set_flags(set: &Set) -> Vec<&'static str> {
+    let mut f = Vec::new();
+    if set.interval {
+        f.push("interval");
+    }
+    if set.timeout {
+        f.push("timeout");
+    }
+    f
 }
 
 fn hook_name(h: Hook) -> &'static str {
@@ -89,6 +108,10 @@ fn value_text<T: std::fmt::Display>(v: &Value<T>) -> String {
 pub fn stmt_text(s: &Stmt) -> String {
     match s {
         Stmt::OifLoopback => "oif \"lo\"".into(),
+        Stmt::OifNotLoopback => "oif != \"lo\"".into(),
+        Stmt::MarkEq(m) => format!("meta mark {m:#010x}"),
+        Stmt::MarkNe(m) => format!("meta mark != {m:#010x}"),
+        Stmt::Redirect { port } => format!("redirect to :{port}"),
         Stmt::CtStateEstablishedRelated => "ct state established,related".into(),
         Stmt::Nfproto(Family::Ipv4) => "meta nfproto ipv4".into(),
         Stmt::Nfproto(Family::Ipv6) => "meta nfproto ipv6".into(),
@@ -123,7 +146,27 @@ pub fn element_texts(e: &SetElements) -> Vec<String> {
             v.iter().map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect()
         }
         SetElements::Ids(v) => v.iter().map(|x| x.to_string()).collect(),
+        SetElements::TimedV4(v) => v.iter().map(|(a, ms)| format!("{a} timeout {}", duration_text(*ms))).collect(),
+        SetElements::TimedV6(v) => v.iter().map(|(a, ms)| format!("{a} timeout {}", duration_text(*ms))).collect(),
     }
+}
+
+/// A duration in milliseconds as nft prints it (`time_print`): days, hours, minutes, seconds and
+/// milliseconds, each only when not zero (`1d1h`, `5m`, `1s500ms`); zero is `0s`.
+pub fn duration_text(ms: u64) -> String {
+    if ms == 0 {
+        return "0s".into();
+    }
+    let mut s = String::new();
+    let mut rest = ms;
+    for (unit, len) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)] {
+        let n = rest / len;
+        rest %= len;
+        if n > 0 {
+            let _ = write!(s, "{n}{unit}");
+        }
+    }
+    s
 }
 
 /// If `[a, b]` is exactly one CIDR block of a `bits`-wide address, its prefix length.
@@ -165,8 +208,9 @@ pub fn nft_json(t: &Table) -> J {
     cmds.push(json!({"add": {"table": table}}));
     for set in &t.sets {
         let mut o = json!({"family": "inet", "table": t.name, "name": set.name, "type": set.key.nft_name()});
-        if set.interval {
-            o["flags"] = json!(["interval"]);
+        let flags = set_flags(set);
+        if !flags.is_empty() {
+            o["flags"] = json!(flags);
         }
         if !set.elements.is_empty() {
             o["elem"] = J::Array(json_elements(&set.elements));
@@ -176,7 +220,7 @@ pub fn nft_json(t: &Table) -> J {
     for chain in &t.chains {
         cmds.push(json!({"add": {"chain": {
             "family": "inet", "table": t.name, "name": chain.name,
-            "type": "filter", "hook": hook_name(chain.hook), "prio": chain.priority,
+            "type": chain.kind.nft_name(), "hook": hook_name(chain.hook), "prio": chain.priority,
             "policy": match chain.policy { ChainPolicy::Accept => "accept", ChainPolicy::Drop => "drop" },
         }}}));
         for rule in &chain.rules {
@@ -222,7 +266,16 @@ fn json_elements(e: &SetElements) -> Vec<J> {
             v.iter().map(|&(a, b)| if a == b { json!(a) } else { json!({"range": [a, b]}) }).collect()
         }
         SetElements::Ids(v) => v.iter().map(|x| json!(x)).collect(),
+        SetElements::TimedV4(v) => v.iter().map(|(a, ms)| timed_json(a.to_string(), *ms)).collect(),
+        SetElements::TimedV6(v) => v.iter().map(|(a, ms)| timed_json(a.to_string(), *ms)).collect(),
     }
+}
+
+/// A timed element in nft JSON. nft 1.0.6 reads and writes JSON timeouts in whole seconds, so
+/// milliseconds are rounded up (a timeout is never shortened, and never becomes 0, which would
+/// mean "no timeout").
+fn timed_json(addr: String, ms: u64) -> J {
+    json!({"elem": {"val": addr, "timeout": ms.div_ceil(1000)}})
 }
 
 fn json_value<T: serde::Serialize>(v: &Value<T>, to_json: impl Fn(&T) -> J) -> J {
@@ -236,10 +289,18 @@ fn json_match(left: J, right: J) -> J {
     json!({"match": {"op": "==", "left": left, "right": right}})
 }
 
+fn json_match_ne(left: J, right: J) -> J {
+    json!({"match": {"op": "!=", "left": left, "right": right}})
+}
+
 /// One statement as an nft JSON expression object.
 pub fn stmt_json(s: &Stmt) -> J {
     match s {
         Stmt::OifLoopback => json_match(json!({"meta": {"key": "oif"}}), json!("lo")),
+        Stmt::OifNotLoopback => json_match_ne(json!({"meta": {"key": "oif"}}), json!("lo")),
+        Stmt::MarkEq(m) => json_match(json!({"meta": {"key": "mark"}}), json!(m)),
+        Stmt::MarkNe(m) => json_match_ne(json!({"meta": {"key": "mark"}}), json!(m)),
+        Stmt::Redirect { port } => json!({"redirect": {"port": port}}),
         Stmt::CtStateEstablishedRelated => json!({"match": {"op": "in",
             "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}),
         Stmt::Nfproto(f) => json_match(
@@ -274,5 +335,78 @@ pub fn stmt_json(s: &Stmt) -> J {
         Stmt::Drop => json!({"drop": null}),
         Stmt::RejectTcpReset => json!({"reject": {"type": "tcp reset"}}),
         Stmt::RejectAdminProhibited => json!({"reject": {"type": "icmpx", "expr": "admin-prohibited"}}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_print_like_nft() {
+        // What `nft list` printed for these timeouts (nft 1.0.6).
+        for (ms, text) in [
+            (300_000, "5m"),
+            (5_400_000, "1h30m"),
+            (10_000, "10s"),
+            (1500, "1s500ms"),
+            (90_061_001, "1d1h1m1s1ms"),
+            (8_640_000_000, "100d"),
+            (1, "1ms"),
+            (0, "0s"),
+        ] {
+            assert_eq!(duration_text(ms), text);
+        }
+    }
+
+    #[test]
+    fn new_statements_print_like_nft() {
+        assert_eq!(stmt_text(&Stmt::MarkEq(0x6c6e)), "meta mark 0x00006c6e");
+        assert_eq!(stmt_text(&Stmt::MarkNe(u32::MAX)), "meta mark != 0xffffffff");
+        assert_eq!(stmt_text(&Stmt::OifNotLoopback), "oif != \"lo\"");
+        assert_eq!(stmt_text(&Stmt::Redirect { port: 5353 }), "redirect to :5353");
+        assert_eq!(stmt_json(&Stmt::Redirect { port: 5353 }), json!({"redirect": {"port": 5353}}));
+        assert_eq!(
+            stmt_json(&Stmt::MarkNe(27758)),
+            json!({"match": {"op": "!=", "left": {"meta": {"key": "mark"}}, "right": 27758}})
+        );
+        assert_eq!(
+            element_texts(&SetElements::TimedV4(vec![(Ipv4Addr::new(192, 0, 2, 1), 300_000)])),
+            vec!["192.0.2.1 timeout 5m"]
+        );
+        assert_eq!(
+            json_elements(&SetElements::TimedV6(vec![(Ipv6Addr::LOCALHOST, 1500)])),
+            vec![json!({"elem": {"val": "::1", "timeout": 2}})]
+        );
+    }
+
+    #[test]
+    fn nat_chain_and_timeout_set_lines() {
+        let t = Table {
+            name: TABLE_NAME.into(),
+            comment: None,
+            sets: vec![Set {
+                name: "d".into(),
+                key: KeyType::Ipv4Addr,
+                interval: false,
+                timeout: true,
+                elements: SetElements::TimedV4(vec![]),
+            }],
+            chains: vec![Chain {
+                name: "dns".into(),
+                kind: ChainType::Nat,
+                hook: Hook::Output,
+                priority: OUTPUT_PRIORITY_DSTNAT,
+                policy: ChainPolicy::Accept,
+                rules: vec![],
+            }],
+        };
+        let text = nft_text(&t);
+        assert!(text.contains("\t\ttype ipv4_addr\n\t\tflags timeout\n\t}"), "{text}");
+        assert!(text.contains("\t\ttype nat hook output priority -100; policy accept;\n"), "{text}");
+        let j = nft_json(&t);
+        assert_eq!(j["nftables"][4]["add"]["set"]["flags"], json!(["timeout"]));
+        assert_eq!(j["nftables"][5]["add"]["chain"]["type"], json!("nat"));
+        assert_eq!(j["nftables"][5]["add"]["chain"]["prio"], json!(-100));
     }
 }

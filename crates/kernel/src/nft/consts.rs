@@ -45,6 +45,9 @@ pub const NFT_MSG_DELSETELEM: u16 = 14;
 pub const NFT_MSG_NEWGEN: u16 = 15;
 pub const NFT_MSG_GETGEN: u16 = 16;
 
+/// `NFTA_GEN_ID`: the ruleset generation in a NEWGEN reply (big-endian u32).
+pub const NFTA_GEN_ID: u16 = 1;
+
 /// Full netlink message type of an nf_tables message.
 pub const fn nft_type(msg: u16) -> u16 {
     (NFNL_SUBSYS_NFTABLES << 8) | msg
@@ -68,6 +71,7 @@ pub fn nft_msg_name(msg: u16) -> &'static str {
         NFT_MSG_NEWSETELEM => "NEWSETELEM",
         NFT_MSG_GETSETELEM => "GETSETELEM",
         NFT_MSG_DELSETELEM => "DELSETELEM",
+        NFT_MSG_GETGEN => "GETGEN",
         _ => "nf_tables message",
     }
 }
@@ -96,8 +100,7 @@ pub const NFTA_HOOK_PRIORITY: u16 = 2;
 
 /// `NF_INET_LOCAL_OUT`: the output hook of the inet families.
 pub const NF_INET_LOCAL_OUT: u32 = 3;
-/// Chain type name of filter chains.
-pub const CHAIN_TYPE_FILTER: &str = "filter";
+// Chain type names ("filter", "nat") are `ruleset::ChainType::nft_name`.
 
 // --- verdicts (netfilter.h) --------------------------------------------------------------------
 
@@ -133,6 +136,7 @@ pub const NFT_REG_1: u32 = 1;
 
 pub const NFTA_META_DREG: u16 = 1;
 pub const NFTA_META_KEY: u16 = 2;
+pub const NFT_META_MARK: u32 = 3;
 pub const NFT_META_OIF: u32 = 5;
 pub const NFT_META_SKUID: u32 = 10;
 pub const NFT_META_SKGID: u32 = 11;
@@ -187,6 +191,12 @@ pub const NFT_REJECT_ICMPX_ADMIN_PROHIBITED: u8 = 3;
 pub const NFTA_IMMEDIATE_DREG: u16 = 1;
 pub const NFTA_IMMEDIATE_DATA: u16 = 2;
 
+pub const NFTA_REDIR_REG_PROTO_MIN: u16 = 1;
+pub const NFTA_REDIR_REG_PROTO_MAX: u16 = 2;
+pub const NFTA_REDIR_FLAGS: u16 = 3;
+/// `NF_NAT_RANGE_PROTO_SPECIFIED` (`linux/netfilter/nf_nat.h`): the redirect names a port.
+pub const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 1 << 1;
+
 // --- sets --------------------------------------------------------------------------------------
 
 pub const NFTA_SET_TABLE: u16 = 1;
@@ -194,10 +204,14 @@ pub const NFTA_SET_NAME: u16 = 2;
 pub const NFTA_SET_FLAGS: u16 = 3;
 pub const NFTA_SET_KEY_TYPE: u16 = 4;
 pub const NFTA_SET_KEY_LEN: u16 = 5;
+/// A default timeout for the set's elements (nft sends it only for `timeout T` in the set; leash never).
+pub const NFTA_SET_TIMEOUT: u16 = 11;
 pub const NFTA_SET_ID: u16 = 10;
 pub const NFTA_SET_USERDATA: u16 = 13;
 
 pub const NFT_SET_INTERVAL: u32 = 0x4;
+/// Elements may carry a timeout (`flags timeout`).
+pub const NFT_SET_TIMEOUT: u32 = 0x10;
 
 pub const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 pub const NFTA_SET_ELEM_LIST_SET: u16 = 2;
@@ -206,6 +220,11 @@ pub const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
 
 pub const NFTA_SET_ELEM_KEY: u16 = 1;
 pub const NFTA_SET_ELEM_FLAGS: u16 = 3;
+/// The element's timeout in milliseconds (big-endian u64).
+pub const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
+/// Milliseconds until the element expires (big-endian u64); on an existing element it restarts
+/// the countdown (kernel >= 6.10, "set element timeout update support").
+pub const NFTA_SET_ELEM_EXPIRATION: u16 = 5;
 pub const NFTA_SET_ELEM_USERDATA: u16 = 6;
 /// The element closes an interval (its key is the first value past the range).
 pub const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;

@@ -24,9 +24,13 @@
 //!
 //! Sets, elements, chains and rules are encoded attribute for attribute as nft 1.0.6 encodes them
 //! (including nft's user data: the table and rule comments, the set's key byte order, and the
-//! interval-open flag), so `nft list` shows exactly what it shows for the same text.
+//! interval-open flag), so `nft list` shows exactly what it shows for the same text. Timed elements
+//! carry `NFTA_SET_ELEM_TIMEOUT` only, as nft sends `192.0.2.1 timeout 5m` (no expiration: a new
+//! element expires after its timeout anyway).
 
-use ruleset::{Chain, ChainPolicy, Hook, KeyType, L4, Rule, Set, SetElements, Stmt, Table, Value};
+use ruleset::{
+    Chain, ChainPolicy, ChainType, Hook, KeyType, L4, Rule, Set, SetElements, Stmt, Table, Value,
+};
 
 use super::consts::*;
 use super::expr::{self, SetRef};
@@ -175,7 +179,7 @@ pub(crate) fn encode_apply(table: &Table, opts: &ApplyOptions) -> Result<Batch, 
         + table
             .sets
             .iter()
-            .map(|s| s.elements.len() * (2 * s.key.key_len() + 32))
+            .map(|s| s.elements.len() * (2 * s.key.key_len() + 44))
             .sum::<usize>();
     let mut e = Encoder::new(estimate);
     let name = table.name.as_str();
@@ -307,8 +311,20 @@ fn key_byteorder(k: KeyType) -> u32 {
     }
 }
 
+/// `NFTA_SET_FLAGS` of a set.
+pub(crate) fn set_flags(set: &Set) -> u32 {
+    let mut flags = 0;
+    if set.interval {
+        flags |= NFT_SET_INTERVAL;
+    }
+    if set.timeout {
+        flags |= NFT_SET_TIMEOUT;
+    }
+    flags
+}
+
 fn encode_set(e: &mut Encoder, table: &str, set: &Set, id: u32) -> Result<(), Error> {
-    let flags = if set.interval { NFT_SET_INTERVAL } else { 0 };
+    let flags = set_flags(set);
     e.nft(
         NFT_MSG_NEWSET,
         NLM_F_CREATE | NLM_F_EXCL,
@@ -348,10 +364,7 @@ fn encode_set(e: &mut Encoder, table: &str, set: &Set, id: u32) -> Result<(), Er
         let first = g;
         let mut size = 0;
         while g < n {
-            let add: usize = elems[bound(g)..bound(g + 1)]
-                .iter()
-                .map(|(k, end, open)| elem_size(k.len(), *end, *open))
-                .sum();
+            let add: usize = elems[bound(g)..bound(g + 1)].iter().map(elem_size).sum();
             if g > first && size + add > MAX_ELEMENTS_NEST {
                 break;
             }
@@ -377,23 +390,27 @@ fn encode_set(e: &mut Encoder, table: &str, set: &Set, id: u32) -> Result<(), Er
 }
 
 /// Writes `NFTA_SET_ELEM_LIST_ELEMENTS`: each element's interval-end flag and key and, when
-/// `with_open_flag` (adding, not looking up), nft's "interval open" user data.
+/// `adding` (not looking up), its timeout and nft's "interval open" user data. The attribute order
+/// is libnftnl's: flags, timeout, key, user data.
 pub(crate) fn put_element_list<'a>(
     b: &mut MsgBuf,
     elems: impl IntoIterator<Item = &'a KernelElem>,
-    with_open_flag: bool,
+    adding: bool,
 ) {
     let list = b.begin_nested(NFTA_SET_ELEM_LIST_ELEMENTS);
-    for (i, (key, end, open)) in elems.into_iter().enumerate() {
+    for (i, e) in elems.into_iter().enumerate() {
         // libnftnl numbers the list entries 1, 2, ... (the kernel ignores the type).
         let el = b.begin_nested(i as u16 + 1);
-        if *end {
+        if e.end {
             b.attr_be32(NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
         }
+        if let (Some(ms), true) = (e.timeout_ms, adding) {
+            b.attr_be64(NFTA_SET_ELEM_TIMEOUT, ms);
+        }
         let k = b.begin_nested(NFTA_SET_ELEM_KEY);
-        b.attr(NFTA_DATA_VALUE, key);
+        b.attr(NFTA_DATA_VALUE, &e.key);
         b.end_nested(k);
-        if *open && with_open_flag {
+        if e.open && adding {
             b.attr(
                 NFTA_SET_ELEM_USERDATA,
                 &udata_u32(NFTNL_UDATA_SET_ELEM_FLAGS, NFTNL_SET_ELEM_F_INTERVAL_OPEN),
@@ -405,10 +422,30 @@ pub(crate) fn put_element_list<'a>(
 }
 
 /// One element as the kernel stores it.
-pub(crate) type KernelElem = (Vec<u8>, bool, bool);
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KernelElem {
+    pub key: Vec<u8>,
+    /// Closes an interval (`NFT_SET_ELEM_INTERVAL_END`).
+    pub end: bool,
+    /// An interval running to the key type's maximum (nft's INTERVAL_OPEN user data).
+    pub open: bool,
+    /// `NFTA_SET_ELEM_TIMEOUT` (elements of timeout sets).
+    pub timeout_ms: Option<u64>,
+}
 
-/// The kernel elements of a set: `(key, interval end?, interval open?)`, and the index in
-/// `elems` where each model element (range or value) starts.
+impl KernelElem {
+    fn key(key: Vec<u8>) -> KernelElem {
+        KernelElem {
+            key,
+            end: false,
+            open: false,
+            timeout_ms: None,
+        }
+    }
+}
+
+/// The kernel elements of a set, and the index in `elems` where each model element (range or
+/// value) starts.
 pub(crate) struct KernelElements {
     pub elems: Vec<KernelElem>,
     pub starts: Vec<usize>,
@@ -448,7 +485,25 @@ pub(crate) fn kernel_elements(set: &Set) -> KernelElements {
                     // uid and gid: host byte order, as nft stores them.
                     _ => v.to_ne_bytes().to_vec(),
                 };
-                elems.push((key, false, false));
+                elems.push(KernelElem::key(key));
+            }
+        }
+        SetElements::TimedV4(v) => {
+            for &(a, ms) in v {
+                starts.push(elems.len());
+                elems.push(KernelElem {
+                    timeout_ms: Some(ms),
+                    ..KernelElem::key(a.octets().to_vec())
+                });
+            }
+        }
+        SetElements::TimedV6(v) => {
+            for &(a, ms) in v {
+                starts.push(elems.len());
+                elems.push(KernelElem {
+                    timeout_ms: Some(ms),
+                    ..KernelElem::key(a.octets().to_vec())
+                });
             }
         }
     }
@@ -456,9 +511,12 @@ pub(crate) fn kernel_elements(set: &Set) -> KernelElements {
 }
 
 /// Encoded size of one element in the ELEMENTS list.
-fn elem_size(key_len: usize, end: bool, open: bool) -> usize {
-    let key = 4 + 4 + crate::nl::align(key_len); // KEY nest + DATA_VALUE
-    4 + key + if end { 8 } else { 0 } + if open { 12 } else { 0 }
+fn elem_size(e: &KernelElem) -> usize {
+    let key = 4 + 4 + crate::nl::align(e.key.len()); // KEY nest + DATA_VALUE
+    4 + key
+        + if e.end { 8 } else { 0 }
+        + if e.open { 12 } else { 0 }
+        + if e.timeout_ms.is_some() { 12 } else { 0 }
 }
 
 /// nft's interval encoding (nftables `src/intervals.c`, `set_to_intervals`): each range
@@ -469,20 +527,27 @@ fn interval_elems<T: Copy + PartialEq + Default + num::Inc>(
     ranges: impl Iterator<Item = (T, T)>,
     max: T,
     key: impl Fn(T) -> Vec<u8>,
-    out: &mut Vec<(Vec<u8>, bool, bool)>,
+    out: &mut Vec<KernelElem>,
     starts: &mut Vec<usize>,
 ) {
+    let end = |k| KernelElem {
+        end: true,
+        ..KernelElem::key(k)
+    };
     let mut first = true;
     for (lo, hi) in ranges {
         if first && lo != T::default() {
-            out.push((key(T::default()), true, false));
+            out.push(end(key(T::default())));
         }
         first = false;
         starts.push(out.len());
         let open = hi == max;
-        out.push((key(lo), false, open));
+        out.push(KernelElem {
+            open,
+            ..KernelElem::key(key(lo))
+        });
         if !open {
-            out.push((key(hi.inc()), true, false));
+            out.push(end(key(hi.inc())));
         }
     }
 }
@@ -524,7 +589,7 @@ fn encode_chain(e: &mut Encoder, table: &str, chain: &Chain) -> Result<(), Error
         |b| {
             b.attr_str(NFTA_CHAIN_TABLE, table);
             b.attr_str(NFTA_CHAIN_NAME, &chain.name);
-            b.attr_str(NFTA_CHAIN_TYPE, CHAIN_TYPE_FILTER);
+            b.attr_str(NFTA_CHAIN_TYPE, chain.kind.nft_name());
             b.attr_be32(NFTA_CHAIN_POLICY, policy);
             let h = b.begin_nested(NFTA_CHAIN_HOOK);
             b.attr_be32(NFTA_HOOK_HOOKNUM, hook);
@@ -597,7 +662,31 @@ pub(crate) fn validate(table: &Table) -> Result<(), Error> {
             if let Some(cm) = &r.comment {
                 check_comment(&format!("comment of {}", at()), cm)?;
             }
+            // The layer-4 protocol the rule has matched so far (for `redirect`).
+            let mut l4 = None;
             for s in &r.stmts {
+                match s {
+                    Stmt::L4proto(p) | Stmt::Dport { l4: p, .. } => l4 = Some(*p),
+                    Stmt::Icmpv6Type(_) => l4 = Some(L4::Icmpv6),
+                    Stmt::Redirect { .. } if c.kind != ChainType::Nat => {
+                        // The kernel answers EOPNOTSUPP, which would not say why.
+                        return bad(format!(
+                            "{}: redirect is only valid in a nat chain, and chain {} is type {}",
+                            at(),
+                            c.name,
+                            c.kind.nft_name()
+                        ));
+                    }
+                    Stmt::Redirect { .. } if !matches!(l4, Some(L4::Tcp | L4::Udp)) => {
+                        // nft refuses it too ("transport protocol mapping is only valid after
+                        // transport protocol match"), so the rendered text could not load.
+                        return bad(format!(
+                            "{}: redirect needs a tcp or udp match earlier in the rule",
+                            at()
+                        ));
+                    }
+                    _ => {}
+                }
                 if let Stmt::Dport {
                     l4: l4 @ (L4::Icmp | L4::Icmpv6),
                     ..
@@ -669,35 +758,70 @@ fn check_comment(what: &str, c: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Largest element timeout the kernel accepts: it converts milliseconds to nanoseconds in a u64
+/// (`nf_msecs_to_jiffies64` answers ERANGE from `u64::MAX / 1_000_000` on).
+pub(crate) const MAX_TIMEOUT_MS: u64 = u64::MAX / 1_000_000 - 1;
+
 fn check_set(s: &Set) -> Result<(), Error> {
     let bad = |m: &str| Err(Error::Invalid(format!("set `{}`: {m}", s.name)));
+    let timed = matches!(
+        s.elements,
+        SetElements::TimedV4(_) | SetElements::TimedV6(_)
+    );
     let kind_ok = matches!(
         (&s.elements, s.key),
-        (SetElements::V4(_), KeyType::Ipv4Addr)
-            | (SetElements::V6(_), KeyType::Ipv6Addr)
-            | (SetElements::Ports(_), KeyType::InetService)
+        (
+            SetElements::V4(_) | SetElements::TimedV4(_),
+            KeyType::Ipv4Addr
+        ) | (
+            SetElements::V6(_) | SetElements::TimedV6(_),
+            KeyType::Ipv6Addr
+        ) | (SetElements::Ports(_), KeyType::InetService)
             | (
                 SetElements::Ids(_),
                 KeyType::Uid | KeyType::Gid | KeyType::Icmpv6Type
             )
     );
+    // An empty set may be written with any variant of its key type (a timeout set the DNS
+    // forwarder fills later has no elements at apply time).
     if !kind_ok {
         return bad(&format!(
             "elements do not match key type {}",
             s.key.nft_name()
         ));
     }
-    let is_range = !matches!(s.elements, SetElements::Ids(_));
-    if is_range != s.interval {
+    if s.timeout && s.interval {
+        // nft allows it, but leash's interval encoding carries no timeouts.
+        return bad("a set cannot have both flags interval and flags timeout");
+    }
+    if timed && !s.timeout {
+        return bad("elements with a timeout need flags timeout");
+    }
+    let is_range = matches!(
+        s.elements,
+        SetElements::V4(_) | SetElements::V6(_) | SetElements::Ports(_)
+    );
+    if s.timeout {
+        if is_range && !s.elements.is_empty() {
+            return bad("a timeout set holds single addresses with timeouts, not ranges");
+        }
+    } else if is_range != s.interval {
         return bad(if is_range {
             "address and port sets must have flags interval"
         } else {
-            "uid, gid and icmpv6 type sets cannot have flags interval"
+            "uid, gid, icmpv6 type and timed address sets cannot have flags interval"
         });
     }
     fn ranges_ok<T: PartialOrd + Copy + num::Inc>(r: &[(T, T)], max: T) -> bool {
         r.iter().all(|(a, b)| a <= b)
             && r.windows(2).all(|w| w[0].1 != max && w[0].1.inc() < w[1].0)
+    }
+    fn unique<T: std::hash::Hash + Eq>(v: impl ExactSizeIterator<Item = T>) -> bool {
+        let mut seen = std::collections::HashSet::with_capacity(v.len());
+        v.into_iter().all(|x| seen.insert(x))
+    }
+    fn timeouts_ok<T>(v: &[(T, u64)]) -> bool {
+        v.iter().all(|&(_, ms)| (1..=MAX_TIMEOUT_MS).contains(&ms))
     }
     let ok = match &s.elements {
         SetElements::V4(r) => ranges_ok(
@@ -717,8 +841,19 @@ fn check_set(s: &Set) -> Result<(), Error> {
             if s.key == KeyType::Icmpv6Type && ids.iter().any(|&v| v > u32::from(u8::MAX)) {
                 return bad("icmpv6 types must be at most 255");
             }
-            let mut seen = std::collections::HashSet::with_capacity(ids.len());
-            ids.iter().all(|v| seen.insert(*v))
+            unique(ids.iter())
+        }
+        SetElements::TimedV4(v) => {
+            if !timeouts_ok(v) {
+                return bad(&format!("timeouts must be 1 to {MAX_TIMEOUT_MS} ms"));
+            }
+            unique(v.iter().map(|e| e.0))
+        }
+        SetElements::TimedV6(v) => {
+            if !timeouts_ok(v) {
+                return bad(&format!("timeouts must be 1 to {MAX_TIMEOUT_MS} ms"));
+            }
+            unique(v.iter().map(|e| e.0))
         }
     };
     if !ok {
@@ -745,6 +880,7 @@ mod tests {
             sets,
             chains: vec![Chain {
                 name: "output".into(),
+                kind: ChainType::Filter,
                 hook: Hook::Output,
                 priority: 0,
                 policy: ChainPolicy::Drop,
@@ -766,6 +902,7 @@ mod tests {
             name: name.into(),
             key: KeyType::Ipv4Addr,
             interval: true,
+            timeout: false,
             elements: SetElements::V4(r),
         }
     }
@@ -868,6 +1005,12 @@ mod tests {
     #[test]
     fn interval_encoding_matches_nft_special_cases() {
         let key = |v: u16| v.to_be_bytes().to_vec();
+        let el = |v: u16, end: bool, open: bool| KernelElem {
+            key: key(v),
+            end,
+            open,
+            timeout_ms: None,
+        };
         let mut out = Vec::new();
         let mut starts = Vec::new();
         interval_elems(
@@ -880,11 +1023,11 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                (key(0), false, false),
-                (key(1), true, false),
-                (key(80), false, false),
-                (key(444), true, false),
-                (key(60000), false, true),
+                el(0, false, false),
+                el(1, true, false),
+                el(80, false, false),
+                el(444, true, false),
+                el(60000, false, true),
             ]
         );
         assert_eq!(starts, vec![0, 2, 4]);
@@ -900,9 +1043,9 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                (key(0), true, false),
-                (key(53), false, false),
-                (key(54), true, false)
+                el(0, true, false),
+                el(53, false, false),
+                el(54, true, false)
             ]
         );
     }
@@ -948,12 +1091,77 @@ mod tests {
             name: "o".into(),
             key: KeyType::InetService,
             interval: true,
+            timeout: false,
             elements: SetElements::Ports(vec![(1, 10), (10, 20)]),
         };
         let e = encode_apply(&table(vec![overlapping], vec![]), &ApplyOptions::default())
             .unwrap_err()
             .to_string();
         assert!(e.contains("non-overlapping"), "{e}");
+    }
+
+    #[test]
+    fn redirect_and_timeout_sets_are_validated() {
+        let err = |t: &Table| {
+            encode_apply(t, &ApplyOptions::default())
+                .unwrap_err()
+                .to_string()
+        };
+        let redirect = |stmts: Vec<Stmt>| Rule {
+            stmts,
+            comment: None,
+        };
+        let udp53 = Stmt::Dport {
+            l4: L4::Udp,
+            value: Value::Eq(53),
+        };
+        let to = Stmt::Redirect { port: 5353 };
+        let mut t = table(vec![], vec![redirect(vec![udp53.clone(), to.clone()])]);
+        assert!(err(&t).contains("only valid in a nat chain"), "{}", err(&t));
+        t.chains[0].kind = ChainType::Nat;
+        assert!(encode_apply(&t, &ApplyOptions::default()).is_ok());
+        t.chains[0].rules = vec![redirect(vec![Stmt::L4proto(L4::Icmp), to.clone()])];
+        assert!(err(&t).contains("needs a tcp or udp match"), "{}", err(&t));
+        t.chains[0].rules = vec![redirect(vec![to, udp53])];
+        assert!(err(&t).contains("needs a tcp or udp match"), "{}", err(&t));
+
+        let timed = |timeout, interval, elements| Set {
+            name: "d".into(),
+            key: KeyType::Ipv4Addr,
+            interval,
+            timeout,
+            elements,
+        };
+        let one = |ms| SetElements::TimedV4(vec![(Ipv4Addr::new(192, 0, 2, 1), ms)]);
+        let e = err(&table(vec![timed(false, false, one(1000))], vec![]));
+        assert!(e.contains("need flags timeout"), "{e}");
+        let e = err(&table(vec![timed(true, false, one(0))], vec![]));
+        assert!(e.contains("timeouts must be 1 to"), "{e}");
+        let e = err(&table(vec![timed(true, true, one(1000))], vec![]));
+        assert!(e.contains("both flags interval and flags timeout"), "{e}");
+        let ranges = SetElements::V4(vec![(
+            Ipv4Addr::new(192, 0, 2, 0),
+            Ipv4Addr::new(192, 0, 2, 9),
+        )]);
+        let e = err(&table(vec![timed(true, false, ranges)], vec![]));
+        assert!(e.contains("not ranges"), "{e}");
+        let twice = SetElements::TimedV4(vec![
+            (Ipv4Addr::new(192, 0, 2, 1), 1),
+            (Ipv4Addr::new(192, 0, 2, 1), 2),
+        ]);
+        let e = err(&table(vec![timed(true, false, twice)], vec![]));
+        assert!(e.contains("unique"), "{e}");
+        for ok in [
+            one(1000),
+            SetElements::TimedV4(vec![]),
+            SetElements::V4(vec![]),
+        ] {
+            encode_apply(
+                &table(vec![timed(true, false, ok)], vec![]),
+                &ApplyOptions::default(),
+            )
+            .unwrap();
+        }
     }
 
     #[test]

@@ -41,6 +41,34 @@ pub(crate) fn encode_stmts<'a>(
                 meta_load(b, NFT_META_OIF);
                 cmp(b, NFT_CMP_EQ, &LOOPBACK_IFINDEX.to_ne_bytes());
             }
+            Stmt::OifNotLoopback => {
+                meta_load(b, NFT_META_OIF);
+                cmp(b, NFT_CMP_NEQ, &LOOPBACK_IFINDEX.to_ne_bytes());
+            }
+            // The mark is a host-order u32, like the ifindex.
+            Stmt::MarkEq(m) => {
+                meta_load(b, NFT_META_MARK);
+                cmp(b, NFT_CMP_EQ, &m.to_ne_bytes());
+            }
+            Stmt::MarkNe(m) => {
+                meta_load(b, NFT_META_MARK);
+                cmp(b, NFT_CMP_NEQ, &m.to_ne_bytes());
+            }
+            Stmt::Redirect { port } => {
+                // nft loads the port (network order) into register 1 and points the redir
+                // expression at it; it sends no PROTO_MAX for a single port. The encoder's
+                // validation has made sure a tcp/udp match precedes it, as nft demands.
+                expr(b, "immediate", |b| {
+                    b.attr_be32(NFTA_IMMEDIATE_DREG, NFT_REG_1);
+                    let d = b.begin_nested(NFTA_IMMEDIATE_DATA);
+                    b.attr(NFTA_DATA_VALUE, &port.to_be_bytes());
+                    b.end_nested(d);
+                });
+                expr(b, "redir", |b| {
+                    b.attr_be32(NFTA_REDIR_REG_PROTO_MIN, NFT_REG_1);
+                    b.attr_be32(NFTA_REDIR_FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED);
+                });
+            }
             Stmt::CtStateEstablishedRelated => {
                 expr(b, "ct", |b| {
                     b.attr_be32(NFTA_CT_KEY, NFT_CT_STATE);

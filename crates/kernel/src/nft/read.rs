@@ -218,6 +218,7 @@ pub(crate) fn read_table(
                     .unwrap_or(0),
                 flags,
                 interval: flags & NFT_SET_INTERVAL != 0,
+                timeout: flags & NFT_SET_TIMEOUT != 0,
                 elements: ElementCount::Exact(0),
             }))
         },
@@ -341,7 +342,7 @@ pub(crate) fn check_elements_present(
             source,
         },
     })?;
-    let want: Vec<(Vec<u8>, bool)> = elems.iter().map(|(k, end, _)| (k.clone(), *end)).collect();
+    let want: Vec<(Vec<u8>, bool)> = elems.iter().map(|e| (e.key.clone(), e.end)).collect();
     if got != want {
         return Err(Error::Verify(format!(
             "set {set}: sampled elements read back as {got:02x?}, want {want:02x?}"

@@ -8,6 +8,7 @@ use ruleset::*;
 pub fn chain(policy: ChainPolicy, rules: Vec<Rule>) -> Chain {
     Chain {
         name: "output".into(),
+        kind: ChainType::Filter,
         hook: Hook::Output,
         priority: OUTPUT_PRIORITY_FILTER,
         policy,
@@ -36,6 +37,7 @@ pub fn set(name: &str, key: KeyType, elements: SetElements) -> Set {
         name: name.into(),
         key,
         interval,
+        timeout: false,
         elements,
     }
 }
@@ -85,6 +87,11 @@ pub fn every_stmt() -> (Table, String) {
             vec![
                 rule(vec![OifLoopback, Accept], Some("loopback")),
                 rule(vec![CtStateEstablishedRelated, Accept], None),
+                rule(
+                    vec![MarkEq(0x6c6e), OifNotLoopback, Accept],
+                    Some("forwarder"),
+                ),
+                rule(vec![MarkNe(0), MarkEq(u32::MAX), Drop], None),
                 rule(
                     vec![
                         Nfproto(Family::Ipv4),
@@ -165,6 +172,8 @@ pub fn every_stmt() -> (Table, String) {
     type filter hook output priority filter; policy drop;
     oif "lo" accept comment "loopback"
     ct state established,related accept
+    meta mark 0x00006c6e oif != "lo" accept comment "forwarder"
+    meta mark != 0x00000000 meta mark 0xffffffff drop
     meta nfproto ipv4 tcp dport 53 ip daddr 192.0.2.1 counter accept comment "dns"
     udp dport @ports ip daddr @v4 meta skuid 1000 accept comment "web"
     ip6 daddr @v6 meta skuid @uids meta skgid @gids accept comment "web"
@@ -179,6 +188,166 @@ pub fn every_stmt() -> (Table, String) {
 }
 "#;
     (table, text.to_string())
+}
+
+/// A timeout set (hash set with `flags timeout`) holding `elements`.
+pub fn timed_set(name: &str, elements: SetElements) -> Set {
+    let key = match elements {
+        SetElements::TimedV6(_) | SetElements::V6(_) => KeyType::Ipv6Addr,
+        _ => KeyType::Ipv4Addr,
+    };
+    Set {
+        name: name.into(),
+        key,
+        interval: false,
+        timeout: true,
+        elements,
+    }
+}
+
+/// What the DNS forwarder needs: a nat chain at dstnat that redirects DNS to a local port unless
+/// the packet carries the forwarder's mark, and timeout sets with timed elements (unsorted, and
+/// with timeouts that need every unit nft prints), and the filter chain using them.
+pub fn dns_redirect() -> (Table, String) {
+    use Stmt::*;
+    let dns = |l4| Dport {
+        l4,
+        value: Value::Eq(53),
+    };
+    let table = Table {
+        name: TABLE_NAME.into(),
+        comment: Some("dns".into()),
+        sets: vec![
+            timed_set(
+                "dom4",
+                SetElements::TimedV4(vec![
+                    (v4("198.51.100.9"), 3_600_000),
+                    (v4("192.0.2.7"), 300_000),
+                    (v4("203.0.113.1"), 93_784_500),
+                ]),
+            ),
+            timed_set(
+                "dom6",
+                SetElements::TimedV6(vec![
+                    (v6("2001:db8::9"), 30_000),
+                    (v6("2001:db8::1"), 7_200_000),
+                ]),
+            ),
+            timed_set("empty4", SetElements::TimedV4(vec![])),
+            timed_set("empty6", SetElements::V6(vec![])),
+        ],
+        chains: vec![
+            Chain {
+                name: "dns".into(),
+                kind: ChainType::Nat,
+                hook: Hook::Output,
+                priority: OUTPUT_PRIORITY_DSTNAT,
+                policy: ChainPolicy::Accept,
+                rules: vec![
+                    rule(vec![MarkEq(0x6c6e), Accept], None),
+                    rule(
+                        vec![
+                            MarkNe(0x6c6e),
+                            OifNotLoopback,
+                            dns(L4::Udp),
+                            Redirect { port: 5353 },
+                        ],
+                        Some("dns"),
+                    ),
+                    rule(
+                        vec![
+                            MarkNe(0x6c6e),
+                            OifNotLoopback,
+                            dns(L4::Tcp),
+                            Counter,
+                            Redirect { port: 5353 },
+                        ],
+                        Some("dns"),
+                    ),
+                    rule(
+                        vec![
+                            Nfproto(Family::Ipv6),
+                            L4proto(L4::Udp),
+                            Redirect { port: 1 },
+                        ],
+                        None,
+                    ),
+                ],
+            },
+            chain(
+                ChainPolicy::Drop,
+                vec![
+                    rule(
+                        vec![OifNotLoopback, MarkEq(0x6c6e), Accept],
+                        Some("forwarder"),
+                    ),
+                    rule(
+                        vec![Daddr4(Value::InSet("dom4".into())), Accept],
+                        Some("web"),
+                    ),
+                    rule(
+                        vec![Daddr6(Value::InSet("dom6".into())), Counter, Accept],
+                        Some("web"),
+                    ),
+                    rule(vec![Daddr4(Value::InSet("empty4".into())), Accept], None),
+                    rule(vec![Daddr6(Value::InSet("empty6".into())), Accept], None),
+                ],
+            ),
+        ],
+    };
+    let text = r#"table inet leash {
+  comment "dns"
+  set dom4 { type ipv4_addr; flags timeout; elements = { 198.51.100.9 timeout 1h, 192.0.2.7 timeout 5m, 203.0.113.1 timeout 1d2h3m4s500ms } }
+  set dom6 { type ipv6_addr; flags timeout; elements = { 2001:db8::9 timeout 30s, 2001:db8::1 timeout 2h } }
+  set empty4 { type ipv4_addr; flags timeout; }
+  set empty6 { type ipv6_addr; flags timeout; }
+  chain dns {
+    type nat hook output priority -100; policy accept;
+    meta mark 0x00006c6e accept
+    meta mark != 0x00006c6e oif != "lo" udp dport 53 redirect to :5353 comment "dns"
+    meta mark != 0x00006c6e oif != "lo" tcp dport 53 counter redirect to :5353 comment "dns"
+    meta nfproto ipv6 meta l4proto udp redirect to :1
+  }
+  chain output {
+    type filter hook output priority filter; policy drop;
+    oif != "lo" meta mark 0x00006c6e accept comment "forwarder"
+    ip daddr @dom4 accept comment "web"
+    ip6 daddr @dom6 counter accept comment "web"
+    ip daddr @empty4 accept
+    ip6 daddr @empty6 accept
+  }
+}
+"#;
+    (table, text.to_string())
+}
+
+/// A listing with what changes by itself taken out, so that two listings of the same table
+/// compare equal: the `expires ...` countdown of timed elements is removed, and element lists,
+/// which nft wraps by line length (and so by the length of `expires ...`), are joined into one
+/// line per set.
+pub fn normalize_listing(listing: &str) -> String {
+    let mut joined = String::with_capacity(listing.len());
+    for line in listing.lines() {
+        if joined.ends_with(',') {
+            joined.push(' ');
+            joined.push_str(line.trim_start());
+        } else {
+            if !joined.is_empty() {
+                joined.push('\n');
+            }
+            joined.push_str(line);
+        }
+    }
+    let mut out = String::with_capacity(joined.len());
+    let mut rest = joined.as_str();
+    while let Some(i) = rest.find(" expires ") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + " expires ".len()..];
+        let end = after.find([',', ' ', '\n']).unwrap_or(after.len());
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A table with one v4 interval set of `n` disjoint /30 ranges (and one rule using it), and its

@@ -9,5 +9,6 @@ mod harness;
 mod agreement;
 mod apply;
 mod check;
+mod dns;
 mod explain;
 mod test_cmd;

@@ -1,0 +1,186 @@
+//! The set inserter: one OS thread owns the [`SetSink`] and turns whatever inserts are queued
+//! into one kernel batch, so that under load many answers share one netlink round trip.
+//!
+//! A thread rather than a task because the sink blocks (it waits for the kernel's acks) and
+//! must not stall the runtime's reactor; one thread because one netlink socket serialises the
+//! batches anyway and batching only works when the queue has a single consumer.
+
+use crate::stats::Stats;
+use std::collections::HashMap;
+use std::io;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// One set element to add (or refresh) with a timeout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Insert {
+    pub set: Arc<str>,
+    pub addr: IpAddr,
+    pub timeout_ms: u64,
+}
+
+/// Where set elements go: the binary implements it over the kernel's netlink set writer, tests
+/// over a recording fake.
+pub trait SetSink: Send + 'static {
+    /// Adds all of `batch` as one kernel batch and returns after the kernel acked it. An element
+    /// that exists already must get the new timeout.
+    fn add(&mut self, batch: &[Insert]) -> io::Result<()>;
+}
+
+/// Most elements merged into one batch; more stay queued for the next one.
+const MAX_BATCH: usize = 4096;
+
+struct Job {
+    inserts: Vec<Insert>,
+    done: oneshot::Sender<bool>,
+}
+
+/// The sending side; the thread ends when the last clone is dropped.
+#[derive(Debug, Clone)]
+pub(crate) struct Inserter {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Inserter {
+    pub(crate) fn start(sink: Box<dyn SetSink>, stats: Arc<Stats>) -> io::Result<Inserter> {
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new().name("leash-dns-sets".into()).spawn(move || run(sink, rx, &stats))?;
+        Ok(Inserter { tx })
+    }
+
+    /// Queues `inserts` and waits until the kernel acked them. `false` when the sink failed,
+    /// the thread is gone, or no ack came within `deadline` (the client then gets SERVFAIL
+    /// instead of waiting forever on a stuck kernel).
+    pub(crate) async fn insert(&self, inserts: Vec<Insert>, deadline: Duration) -> bool {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Job { inserts, done }).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(deadline, rx).await, Ok(Ok(true)))
+    }
+}
+
+fn run(mut sink: Box<dyn SetSink>, rx: mpsc::Receiver<Job>, stats: &Stats) {
+    let mut merged = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut n = first.inserts.len();
+        let mut jobs = vec![first];
+        while n < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => {
+                    n += j.inserts.len();
+                    jobs.push(j);
+                }
+                Err(_) => break,
+            }
+        }
+        // A client that gave up (deadline) gets no answer: its elements need not go in.
+        jobs.retain(|j| !j.done.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
+        let ok = if jobs.len() == 1 {
+            add(&mut *sink, &jobs[0].inserts, stats)
+        } else {
+            merge(&jobs, &mut merged);
+            add(&mut *sink, &merged, stats)
+        };
+        if ok || jobs.len() == 1 {
+            for j in jobs {
+                let _ = j.done.send(ok);
+            }
+        } else {
+            // One bad element must not fail every client that shared the batch: retry each on
+            // its own so only the client whose answer holds it gets SERVFAIL.
+            for j in jobs {
+                let ok = add(&mut *sink, &j.inserts, stats);
+                let _ = j.done.send(ok);
+            }
+        }
+    }
+}
+
+/// Concatenates the jobs' inserts, keeping one element per (set, address) with the longest
+/// timeout: a batch must not add the same element twice.
+fn merge(jobs: &[Job], out: &mut Vec<Insert>) {
+    out.clear();
+    let mut seen: HashMap<(&str, IpAddr), usize> = HashMap::new();
+    for ins in jobs.iter().flat_map(|j| &j.inserts) {
+        match seen.get(&(&*ins.set, ins.addr)) {
+            Some(&i) => out[i].timeout_ms = out[i].timeout_ms.max(ins.timeout_ms),
+            None => {
+                seen.insert((&ins.set, ins.addr), out.len());
+                out.push(ins.clone());
+            }
+        }
+    }
+}
+
+fn add(sink: &mut dyn SetSink, batch: &[Insert], stats: &Stats) -> bool {
+    Stats::inc(&stats.insert_batches);
+    match sink.add(batch) {
+        Ok(()) => {
+            Stats::add(&stats.inserted_elements, batch.len() as u64);
+            true
+        }
+        Err(e) => {
+            Stats::inc(&stats.insert_errors);
+            eprintln!("leash dns: adding {} set element(s) failed: {e}", batch.len());
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    struct Rec(Arc<Mutex<Vec<Vec<Insert>>>>, Option<IpAddr>);
+    impl SetSink for Rec {
+        fn add(&mut self, batch: &[Insert]) -> io::Result<()> {
+            if self.1.is_some_and(|bad| batch.iter().any(|i| i.addr == bad)) {
+                return Err(io::Error::other("bad element"));
+            }
+            // Slow kernel: lets jobs pile up so the next batch merges them.
+            std::thread::sleep(Duration::from_millis(20));
+            self.0.lock().unwrap().push(batch.to_vec());
+            Ok(())
+        }
+    }
+
+    fn ins(set: &str, a: &str, t: u64) -> Insert {
+        Insert { set: set.into(), addr: a.parse().unwrap(), timeout_ms: t }
+    }
+
+    #[tokio::test]
+    async fn queued_jobs_share_a_batch_and_a_bad_element_fails_only_its_job() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stats = Arc::new(Stats::default());
+        let bad: IpAddr = "192.0.2.99".parse().unwrap();
+        let ins_ = Inserter::start(Box::new(Rec(log.clone(), Some(bad))), stats.clone()).unwrap();
+        let d = Duration::from_secs(5);
+        let mut handles = Vec::new();
+        for i in 0..20u8 {
+            let ins_ = ins_.clone();
+            handles.push(tokio::spawn(async move {
+                let addr = format!("192.0.2.{i}");
+                ins_.insert(vec![ins("s", &addr, 1000), ins("s", "192.0.2.200", 1000 + u64::from(i))], d).await
+            }));
+        }
+        for h in handles {
+            assert!(h.await.unwrap());
+        }
+        let batches = log.lock().unwrap().clone();
+        assert!(batches.len() < 20, "jobs were merged: {} batches", batches.len());
+        // The shared element appears once per batch.
+        for b in &batches {
+            assert_eq!(b.iter().filter(|i| i.addr.to_string() == "192.0.2.200").count(), 1);
+        }
+        assert!(!ins_.insert(vec![ins("s", "192.0.2.99", 1)], d).await);
+        assert_eq!(stats.snapshot().insert_errors, 1);
+    }
+}

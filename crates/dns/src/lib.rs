@@ -1,0 +1,69 @@
+//! The leash DNS forwarder: answers on loopback, forwards to upstream resolvers, and for every
+//! answer to a name that a domain rule matches, puts the addresses at the end of the CNAME chain
+//! into that rule's nftables sets (hash sets with element timeouts) before the answer is sent.
+//!
+//! The crate knows nothing about netlink: the binary hands in a [`SetSink`] (one kernel batch per
+//! call) and the set names of each rule ([`RuleSets`]). Message handling is pure and fuzzed
+//! (`message`, `wire`, `rules`); sockets live in `server`, `upstream` and `stub`.
+//!
+//! Threads: the forwarder runs on whatever tokio runtime the caller gives it; [`runtime`]
+//! builds the recommended one (current-thread, see there). Set inserts run on one dedicated OS
+//! thread that owns the sink and batches whatever is queued.
+
+pub mod cache;
+mod inserter;
+pub mod message;
+pub mod rules;
+mod server;
+mod stats;
+mod stub;
+mod upstream;
+pub mod wire;
+
+pub use inserter::{Insert, SetSink};
+pub use rules::RuleSets;
+pub use server::{Forwarder, ForwarderConfig, Handle, run};
+pub use stats::{Stats, StatsSnapshot};
+pub use stub::resolve_once;
+
+use std::io;
+use std::net::SocketAddr;
+
+/// Why the forwarder could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the [dns] section lists no upstream resolvers")]
+    NoUpstreams,
+    #[error("the [dns] section lists no listen address")]
+    NoListen,
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
+    #[error("cannot set SO_MARK {mark:#x} on upstream sockets (it needs CAP_NET_ADMIN; run as root): {source}")]
+    Mark { mark: u32, source: io::Error },
+    #[error("cannot open a socket to upstream {addr}: {source}")]
+    Upstream { addr: SocketAddr, source: io::Error },
+    #[error("cannot start the set inserter thread: {0}")]
+    Thread(io::Error),
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> io::Error {
+        let kind = match &e {
+            Error::Listen { source, .. } | Error::Mark { source, .. } | Error::Upstream { source, .. } | Error::Thread(source) => source.kind(),
+            Error::NoUpstreams | Error::NoListen => io::ErrorKind::InvalidInput,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+/// The runtime the forwarder is meant to run on: current-thread, with I/O and timers.
+///
+/// Why not multi-thread: the target machines have 2 vCPUs, and per query the forwarder does
+/// little besides two syscalls and a hash lookup. A second worker would mostly add cross-thread
+/// wake-ups, contention on the cache lock and task migration, and would compete for the second
+/// core with the set inserter thread (whose netlink round trips are where the kernel does its
+/// work) and, on a busy host, with the upstream resolver. The code itself is runtime-agnostic
+/// (all shared state is `Send + Sync`), so a caller may still choose a multi-thread runtime.
+pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}

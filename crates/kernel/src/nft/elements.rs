@@ -1,0 +1,475 @@
+//! Fast element updates for the DNS forwarder: addresses with timeouts added to (or refreshed in)
+//! timeout sets of table `inet leash`, one nfnetlink batch per call, on a socket kept open.
+//!
+//! The forwarder calls [`SetWriter::add_timed`] before it sends each answer (a connect that follows
+//! the answer must already find the address in the set), so this sits on the answer path. Hence:
+//! one `sendmsg` per call, buffers kept between calls, no allocation per element, and the batch is
+//! written straight into a byte buffer instead of going through `MsgBuf` (which cannot be reset).
+//!
+//! What the kernel (6.18; element timeout updates exist since 6.10) does with an element that is
+//! already in the set, measured by `tests/nft_elements.rs`:
+//! - a NEWSETELEM without `NLM_F_EXCL` for it is not an error; it updates the element;
+//! - `NFTA_SET_ELEM_TIMEOUT` alone restarts the countdown only when the timeout differs from the
+//!   element's current one (same timeout: the element keeps its old expiry);
+//! - `NFTA_SET_ELEM_EXPIRATION` restarts the countdown at that value, whatever it was.
+//!
+//! So every element is sent with both, equal: the element then expires `timeout_ms` after this
+//! call, whether it was new, about to expire, or had more time left. The kernel sets, it does not
+//! take the maximum: a shorter timeout shortens an element's life. A caller that only wants to
+//! extend must not send a timeout shorter than what the element has left (the forwarder knows
+//! what it sent last).
+
+use std::net::IpAddr;
+
+use super::consts::*;
+use super::{Error, netlink};
+use crate::nl::{
+    self, KernelError, Messages, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NLMSG_ERROR, NLMSG_HDRLEN,
+    NlError, Socket,
+};
+
+/// One address to add to (or refresh in) a timeout set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimedElement<'a> {
+    /// Name of the set in the table (a set with `flags timeout` and key `ipv4_addr` or
+    /// `ipv6_addr` matching the address).
+    pub set: &'a str,
+    pub addr: IpAddr,
+    /// Milliseconds from now until the kernel removes the element (1 to about 584 years).
+    pub timeout_ms: u64,
+}
+
+/// A netlink socket kept open for fast element updates in the current network namespace (the
+/// namespace of the thread that calls [`SetWriter::open`]; the socket stays there).
+#[derive(Debug)]
+pub struct SetWriter {
+    sock: Socket,
+    enc: BatchEncoder,
+    /// Replies to the batch; cleared, not freed, by every call.
+    replies: Vec<u8>,
+    /// Send buffer size requested so far (a batch must fit in one `sendmsg`).
+    sndbuf: usize,
+}
+
+/// Builds the batch of one call; every buffer is cleared, not freed, by the next call.
+#[derive(Debug, Default)]
+struct BatchEncoder {
+    /// The batch.
+    buf: Vec<u8>,
+    /// Per distinct set of the current call: the index of its first element.
+    sets: Vec<usize>,
+    /// Per element of the current call: its index in `sets`.
+    group: Vec<u32>,
+    /// Per NEWSETELEM message of the current batch: (index in `sets`, elements in the message).
+    msgs: Vec<(usize, usize)>,
+    /// Sequence number of the next message. It keeps counting across calls so that a reply can
+    /// never be taken for one of a later batch.
+    next_seq: u32,
+}
+
+/// Largest payload of the ELEMENTS nest (its u16 length includes its own 4-byte header).
+const MAX_ELEMENTS_NEST: usize = u16::MAX as usize - 4;
+/// Size of one element in the ELEMENTS nest: list entry header, TIMEOUT and EXPIRATION (4 + 8
+/// each), KEY nest header, DATA_VALUE header and the key.
+const fn elem_size(key_len: usize) -> usize {
+    4 + 12 + 12 + 4 + 4 + key_len
+}
+/// Send buffer beyond the batch itself (the kernel keeps a little of it for bookkeeping).
+const SEND_BUF_SLACK: usize = 64 * 1024;
+/// Receive buffer: room for a few hundred acks (each costs the kernel about 1 KiB of buffer),
+/// more than a batch of a few thousand elements in a few sets produces.
+const RECV_BUF: usize = 1 << 20;
+
+impl SetWriter {
+    /// Opens a netfilter netlink socket in the calling thread's network namespace.
+    pub fn open() -> Result<SetWriter, Error> {
+        let sock = super::open_socket()?;
+        sock.set_recv_buffer(RECV_BUF)
+            .map_err(netlink("sizing the netlink receive buffer"))?;
+        Ok(SetWriter {
+            sock,
+            enc: BatchEncoder {
+                buf: Vec::with_capacity(4096),
+                next_seq: 1,
+                ..BatchEncoder::default()
+            },
+            replies: Vec::with_capacity(4096),
+            sndbuf: 0,
+        })
+    }
+
+    /// Adds every element (or refreshes its timeout when it is already present) in ONE nfnetlink
+    /// batch to table `inet <table>`, and returns only after the kernel acked every message. An
+    /// error names the set and errno; the kernel then applied nothing of the batch.
+    ///
+    /// Elements are grouped by set: one NEWSETELEM message per set (a set with more than about
+    /// 1,600 IPv4 or 1,200 IPv6 elements in one call takes several, an ELEMENTS attribute being
+    /// limited to 64 KiB; still one batch, one commit).
+    /// Each element carries its timeout and an expiration equal to it, which restarts its
+    /// countdown if it is already there (see the module documentation). An address listed twice
+    /// for one set is added, then updated: the later timeout wins.
+    pub fn add_timed(&mut self, table: &str, elems: &[TimedElement<'_>]) -> Result<(), Error> {
+        if elems.is_empty() {
+            return Ok(());
+        }
+        check_name("table", table)?;
+        self.enc.group_by_set(elems)?;
+        self.enc.encode(table, elems);
+        self.send_and_check(table, elems)
+    }
+
+    /// The nf_tables ruleset generation: a counter the kernel bumps on every committed batch in
+    /// this namespace (leash's applies, other tools' changes and this writer's own additions).
+    pub fn generation(&mut self) -> Result<u32, Error> {
+        let mut b = nl::MsgBuf::new();
+        let seq = self.enc.next_seq;
+        self.enc.next_seq = seq.wrapping_add(1);
+        let m = b.begin(nft_type(NFT_MSG_GETGEN), NLM_F_REQUEST | NLM_F_ACK, seq);
+        b.put_header(&[NFPROTO_UNSPEC, NFNETLINK_V0, 0, 0]);
+        b.end(m).map_err(netlink("encoding GETGEN"))?;
+        let mut gen_id = None;
+        self.sock
+            .request(b.as_bytes(), |m| {
+                for a in m.attrs(NFGENMSG_LEN) {
+                    let a = a?;
+                    if a.ty == NFTA_GEN_ID {
+                        gen_id = Some(a.be32()?);
+                    }
+                }
+                Ok(())
+            })
+            .map_err(netlink("reading the nf_tables generation"))?;
+        gen_id.ok_or_else(|| Error::Netlink {
+            context: "reading the nf_tables generation".into(),
+            source: NlError::Malformed("NEWGEN reply without NFTA_GEN_ID".into()),
+        })
+    }
+
+    fn send_and_check(&mut self, table: &str, elems: &[TimedElement<'_>]) -> Result<(), Error> {
+        let enc = &self.enc;
+        let need = enc.buf.len() + SEND_BUF_SLACK;
+        if need > self.sndbuf {
+            // Grow in powers of two so that slowly growing batches do not set it every call.
+            let size = need.next_power_of_two();
+            self.sock
+                .set_send_buffer(size)
+                .map_err(netlink("sizing the netlink send buffer"))?;
+            self.sndbuf = size;
+        }
+        // The seq of BATCH_BEGIN; NEWSETELEM k has begin + 1 + k.
+        let begin = enc.next_seq.wrapping_sub(enc.msgs.len() as u32 + 2);
+        self.sock
+            .send(&enc.buf)
+            .map_err(netlink("sending the set element batch"))?;
+        // The kernel processed the batch inside the send: every reply is queued now.
+        self.replies.clear();
+        self.sock
+            .drain_queued(&mut self.replies)
+            .map_err(netlink("reading the acks of the set element batch"))?;
+        let mut acked = 0;
+        let mut first_error: Option<(u32, KernelError)> = None;
+        for m in Messages::new(&self.replies) {
+            let m = m.map_err(netlink("parsing the acks of the set element batch"))?;
+            if m.header.ty != NLMSG_ERROR {
+                continue;
+            }
+            let e = nl::parse_error(&m)
+                .map_err(netlink("parsing the acks of the set element batch"))?;
+            // Offset of the acked message in the batch; replies to anything else are stale.
+            let k = e.request.seq.wrapping_sub(begin);
+            if k == 0 || k as usize > enc.msgs.len() + 1 {
+                continue;
+            }
+            if e.errno == 0 {
+                acked += 1;
+            } else if first_error.as_ref().is_none_or(|(f, _)| k < *f) {
+                // Later errors may follow from the first; the lowest offset is the cause.
+                first_error = Some((k, e));
+            }
+        }
+        if let Some((k, error)) = first_error {
+            let what = match enc.msgs.get(k as usize - 1) {
+                Some(&(g, n)) => format!(
+                    "NEWSETELEM for set `{}` of table inet {table} ({n} element{})",
+                    elems[enc.sets[g]].set,
+                    if n == 1 { "" } else { "s" }
+                ),
+                None => "BATCH_END of the set element batch".into(),
+            };
+            return Err(Error::Rejected { what, error });
+        }
+        if acked != enc.msgs.len() {
+            return Err(Error::MissingAcks {
+                acked,
+                expected: enc.msgs.len(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl BatchEncoder {
+    /// Fills `sets` and `group`, checking names and timeouts on the way. Sets are few (one or
+    /// two per domain rule), so a linear search per element beats hashing.
+    fn group_by_set(&mut self, elems: &[TimedElement<'_>]) -> Result<(), Error> {
+        self.sets.clear();
+        self.group.clear();
+        for (i, e) in elems.iter().enumerate() {
+            if !(1..=super::encode::MAX_TIMEOUT_MS).contains(&e.timeout_ms) {
+                return Err(Error::Invalid(format!(
+                    "set `{}`: timeout of {} is {} ms; it must be 1 to {} ms",
+                    e.set,
+                    e.addr,
+                    e.timeout_ms,
+                    super::encode::MAX_TIMEOUT_MS
+                )));
+            }
+            let g = match self.sets.iter().position(|&f| elems[f].set == e.set) {
+                Some(g) => g,
+                None => {
+                    check_name("set", e.set)?;
+                    self.sets.push(i);
+                    self.sets.len() - 1
+                }
+            };
+            self.group.push(g as u32);
+        }
+        Ok(())
+    }
+
+    /// Writes BATCH_BEGIN, the NEWSETELEM messages and BATCH_END into `buf`.
+    fn encode(&mut self, table: &str, elems: &[TimedElement<'_>]) {
+        self.buf.clear();
+        self.msgs.clear();
+        let first_seq = self.next_seq;
+        let mut seq = first_seq;
+        let batch = |buf: &mut Vec<u8>, ty: u16, seq: u32| {
+            let m = begin_msg(
+                buf,
+                ty,
+                NLM_F_REQUEST,
+                seq,
+                NFPROTO_UNSPEC,
+                NFNL_SUBSYS_NFTABLES,
+            );
+            end_msg(buf, m);
+        };
+        batch(&mut self.buf, NFNL_MSG_BATCH_BEGIN, seq);
+        for (g, &first) in self.sets.iter().enumerate() {
+            let set = elems[first].set;
+            let mut i = first;
+            // One message per set, unless its elements overflow one ELEMENTS attribute.
+            while i < elems.len() {
+                seq = seq.wrapping_add(1);
+                let m = begin_msg(
+                    &mut self.buf,
+                    nft_type(NFT_MSG_NEWSETELEM),
+                    NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE,
+                    seq,
+                    NFPROTO_INET,
+                    0,
+                );
+                attr_str(&mut self.buf, NFTA_SET_ELEM_LIST_TABLE, table);
+                attr_str(&mut self.buf, NFTA_SET_ELEM_LIST_SET, set);
+                let list = begin_nest(&mut self.buf, NFTA_SET_ELEM_LIST_ELEMENTS);
+                let mut count = 0;
+                while i < elems.len() {
+                    if self.group[i] as usize != g {
+                        i += 1;
+                        continue;
+                    }
+                    let e = &elems[i];
+                    let key_len = if e.addr.is_ipv4() { 4 } else { 16 };
+                    if count > 0 && self.buf.len() - list + elem_size(key_len) > MAX_ELEMENTS_NEST {
+                        break;
+                    }
+                    put_elem(&mut self.buf, e);
+                    count += 1;
+                    i += 1;
+                }
+                end_nest(&mut self.buf, list);
+                end_msg(&mut self.buf, m);
+                self.msgs.push((g, count));
+                // Skip to this set's next element, if any is left.
+                while i < elems.len() && self.group[i] as usize != g {
+                    i += 1;
+                }
+            }
+        }
+        seq = seq.wrapping_add(1);
+        batch(&mut self.buf, NFNL_MSG_BATCH_END, seq);
+        self.next_seq = seq.wrapping_add(1);
+        debug_assert_eq!(
+            self.next_seq.wrapping_sub(first_seq) as usize,
+            self.msgs.len() + 2
+        );
+    }
+}
+
+fn check_name(kind: &str, name: &str) -> Result<(), Error> {
+    if name.is_empty() || name.len() > NFT_NAME_MAXLEN || name.contains('\0') {
+        return Err(Error::Invalid(format!(
+            "{kind} name `{name}` must be 1 to {NFT_NAME_MAXLEN} bytes without NUL"
+        )));
+    }
+    Ok(())
+}
+
+/// One element: timeout, expiration (both the same), key.
+fn put_elem(buf: &mut Vec<u8>, e: &TimedElement<'_>) {
+    let el = begin_nest(buf, NFTA_LIST_ELEM);
+    let ms = e.timeout_ms.to_be_bytes();
+    attr(buf, NFTA_SET_ELEM_TIMEOUT, &ms);
+    attr(buf, NFTA_SET_ELEM_EXPIRATION, &ms);
+    let k = begin_nest(buf, NFTA_SET_ELEM_KEY);
+    match e.addr {
+        IpAddr::V4(a) => attr(buf, NFTA_DATA_VALUE, &a.octets()),
+        IpAddr::V6(a) => attr(buf, NFTA_DATA_VALUE, &a.octets()),
+    }
+    end_nest(buf, k);
+    end_nest(buf, el);
+}
+
+// --- the few netlink writers needed here, on a plain byte buffer -------------------------------
+
+fn pad(buf: &mut Vec<u8>) {
+    buf.resize(nl::align(buf.len()), 0);
+}
+
+/// `nlmsghdr` (length patched by [`end_msg`]) and `nfgenmsg`; returns the message start.
+fn begin_msg(buf: &mut Vec<u8>, ty: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> usize {
+    let start = buf.len();
+    buf.extend_from_slice(&0u32.to_ne_bytes());
+    buf.extend_from_slice(&ty.to_ne_bytes());
+    buf.extend_from_slice(&flags.to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes());
+    let [r0, r1] = res_id.to_be_bytes();
+    buf.extend_from_slice(&[family, NFNETLINK_V0, r0, r1]);
+    start
+}
+
+fn end_msg(buf: &mut [u8], start: usize) {
+    let len = (buf.len() - start) as u32;
+    debug_assert!(len as usize >= NLMSG_HDRLEN);
+    buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+}
+
+/// An attribute; payloads here are at most a 16-byte key or a set name (checked to fit).
+fn attr(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
+    let len = (nl::NLA_HDRLEN + data.len()) as u16;
+    buf.extend_from_slice(&len.to_ne_bytes());
+    buf.extend_from_slice(&ty.to_ne_bytes());
+    buf.extend_from_slice(data);
+    pad(buf);
+}
+
+fn attr_str(buf: &mut Vec<u8>, ty: u16, s: &str) {
+    let len = (nl::NLA_HDRLEN + s.len() + 1) as u16;
+    buf.extend_from_slice(&len.to_ne_bytes());
+    buf.extend_from_slice(&ty.to_ne_bytes());
+    buf.extend_from_slice(s.as_bytes());
+    buf.push(0);
+    pad(buf);
+}
+
+fn begin_nest(buf: &mut Vec<u8>, ty: u16) -> usize {
+    let start = buf.len();
+    buf.extend_from_slice(&0u16.to_ne_bytes());
+    buf.extend_from_slice(&(ty | nl::NLA_F_NESTED).to_ne_bytes());
+    start
+}
+
+/// Patches a nest's length; callers keep every nest under 64 KiB.
+fn end_nest(buf: &mut [u8], start: usize) {
+    let len = buf.len() - start;
+    debug_assert!(len <= u16::MAX as usize);
+    buf[start..start + 2].copy_from_slice(&(len as u16).to_ne_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nl::Attrs;
+
+    fn encode(elems: &[TimedElement<'_>]) -> (Vec<u8>, Vec<(usize, usize)>) {
+        let mut w = BatchEncoder {
+            next_seq: 7,
+            ..BatchEncoder::default()
+        };
+        w.group_by_set(elems).unwrap();
+        w.encode("leash", elems);
+        assert_eq!(w.next_seq, 7 + w.msgs.len() as u32 + 2);
+        (w.buf, w.msgs)
+    }
+
+    fn el<'a>(set: &'a str, addr: &str, timeout_ms: u64) -> TimedElement<'a> {
+        TimedElement {
+            set,
+            addr: addr.parse().unwrap(),
+            timeout_ms,
+        }
+    }
+
+    #[test]
+    fn one_message_per_set_in_order_of_first_appearance() {
+        let elems = [
+            el("b", "192.0.2.1", 1000),
+            el("a", "2001:db8::1", 2000),
+            el("b", "192.0.2.2", 3000),
+        ];
+        let (bytes, msgs) = encode(&elems);
+        assert_eq!(msgs, vec![(0, 2), (1, 1)]);
+        let all: Vec<_> = Messages::new(&bytes).collect::<Result<_, _>>().unwrap();
+        let types: Vec<u16> = all.iter().map(|m| m.header.ty).collect();
+        let t = nft_type(NFT_MSG_NEWSETELEM);
+        assert_eq!(types, vec![NFNL_MSG_BATCH_BEGIN, t, t, NFNL_MSG_BATCH_END]);
+        let seqs: Vec<u32> = all.iter().map(|m| m.header.seq).collect();
+        assert_eq!(seqs, vec![7, 8, 9, 10]);
+        assert_eq!(all[0].payload, &[0, 0, 0, 10]);
+        // Set b: table, set, two elements with timeout, expiration and key.
+        let a: Vec<_> = all[1].attrs(4).collect::<Result<_, _>>().unwrap();
+        assert_eq!(a[0].str(), "leash");
+        assert_eq!(a[1].str(), "b");
+        assert_eq!(a[2].ty, NFTA_SET_ELEM_LIST_ELEMENTS);
+        let els: Vec<_> = a[2].nested().collect::<Result<_, _>>().unwrap();
+        assert_eq!(els.len(), 2);
+        let f: Vec<_> = Attrs::new(els[1].data).collect::<Result<_, _>>().unwrap();
+        assert_eq!(f[0].ty, NFTA_SET_ELEM_TIMEOUT);
+        assert_eq!(f[0].be64().unwrap(), 3000);
+        assert_eq!(f[1].ty, NFTA_SET_ELEM_EXPIRATION);
+        assert_eq!(f[1].be64().unwrap(), 3000);
+        let key = f[2].nested().next().unwrap().unwrap();
+        assert_eq!(key.data, &[192, 0, 2, 2]);
+        assert_eq!(els[0].data.len() + 4, elem_size(4));
+    }
+
+    #[test]
+    fn a_large_set_is_split_below_64k() {
+        let addrs: Vec<String> = (0..3000u32)
+            .map(|i| std::net::Ipv6Addr::from(0x2001_0db8_u128 << 96 | u128::from(i)).to_string())
+            .collect();
+        let elems: Vec<_> = addrs.iter().map(|a| el("big", a, 60_000)).collect();
+        let (bytes, msgs) = encode(&elems);
+        assert!(msgs.len() >= 3, "{msgs:?}");
+        assert_eq!(msgs.iter().map(|m| m.1).sum::<usize>(), 3000);
+        for m in Messages::new(&bytes) {
+            let m = m.unwrap();
+            for a in m.attrs(4) {
+                assert!(a.unwrap().data.len() + 4 <= u16::MAX as usize);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_timeouts_and_names_are_refused() {
+        let mut w = BatchEncoder::default();
+        let e = w.group_by_set(&[el("s", "192.0.2.1", 0)]).unwrap_err();
+        assert!(matches!(e, Error::Invalid(_)), "{e}");
+        assert!(e.to_string().contains("192.0.2.1"), "{e}");
+        let e = w.group_by_set(&[el("", "192.0.2.1", 1)]).unwrap_err();
+        assert!(matches!(e, Error::Invalid(_)), "{e}");
+        assert!(check_name("table", "").is_err());
+        assert!(check_name("table", "leash").is_ok());
+    }
+}

@@ -1,0 +1,456 @@
+//! `leash dns` against a real upstream (dnsmasq, serving reserved test names) in scratch
+//! namespaces: addresses are in the kernel's sets before the answer arrives, and only then.
+
+use crate::harness::*;
+use kernel::netns::NetNs;
+use lab::{Case, Lab, Outcome};
+use policy::Proto;
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where the upstream dnsmasq answers (in the lab's peer namespace).
+const UPSTREAM: &str = "203.0.113.53";
+/// A peer address with nothing listening on port 53: ICMP port unreachable.
+const DEAD_UPSTREAM: &str = "203.0.113.54";
+/// Where the forwarder listens in the client namespace.
+const LISTEN_PORT: u16 = 5353;
+
+/// Records dnsmasq serves: name, addresses, TTL.
+const HOSTS: &[(&str, &[&str], u32)] = &[
+    ("api.example.test", &["192.0.2.10", "2001:db8::10"], 300),
+    ("other.example.test", &["198.51.100.20"], 300),
+    ("backend.example.test", &["192.0.2.40"], 300),
+    ("a.cdn.example.test", &["192.0.2.30"], 300),
+    ("cdn.example.test", &["192.0.2.31"], 300),
+    ("rebind.cdn.example.test", &["10.0.0.1"], 300),
+    ("short.example.test", &["192.0.2.11"], 1),
+    ("ads.example.test", &["192.0.2.66"], 300),
+];
+/// CNAMEs dnsmasq serves: alias -> target.
+const CNAMES: &[(&str, &str)] = &[("pay.example.test", "backend.example.test")];
+
+fn policy_text(bypass: &str, upstream: &str) -> String {
+    format!(
+        r#"version = 1
+[defaults]
+outbound = "deny"
+deny_with = "reject"
+
+[dns]
+listen = ["127.0.0.1:{LISTEN_PORT}", "[::1]:{LISTEN_PORT}"]
+upstreams = ["{upstream}"]
+min_ttl = 1
+max_ttl = 3600
+grace = 1
+timeout_ms = 700
+bypass = "{bypass}"
+
+[[rule]]
+name = "ads"
+action = "deny"
+to = ["ads.example.test"]
+
+[[rule]]
+name = "api"
+action = "allow"
+proto = "tcp"
+ports = [443]
+to = ["api.example.test", "pay.example.test", "short.example.test"]
+
+[[rule]]
+name = "cdn"
+action = "allow"
+proto = "tcp"
+ports = [443]
+to = ["*.cdn.example.test"]
+"#
+    )
+}
+
+/// A process we started, ended by its pid on drop; its stderr is kept for failure messages.
+struct Daemon {
+    name: &'static str,
+    child: Child,
+    stderr: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn spawn(name: &'static str, ns: &NetNs, program: &str, args: &[&str], dir: &TempDir) -> Daemon {
+        let stderr = dir.0.join(format!("{name}.stderr"));
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path().display()))
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        Daemon { name, child, stderr }
+    }
+
+    fn log(&self) -> String {
+        format!("\n===== {} stderr:\n{}", self.name, std::fs::read_to_string(&self.stderr).unwrap_or_default())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Only our own child, by its pid.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// dnsmasq as the upstream resolver, authoritative for the test names, in `ns` on `addr`.
+fn start_dnsmasq(ns: &NetNs, addr: &str, dir: &TempDir, hosts_file: Option<&str>) -> Daemon {
+    let mut args: Vec<String> = [
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        "--conf-file=/dev/null",
+        "--bind-interfaces",
+        "--user=root",
+        "--pid-file=",
+        "--log-facility=-",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(format!("--listen-address={addr}"));
+    for (name, addrs, ttl) in HOSTS {
+        args.push(format!("--host-record={name},{},{ttl}", addrs.join(",")));
+    }
+    for (alias, target) in CNAMES {
+        args.push(format!("--cname={alias},{target},300"));
+    }
+    if let Some(f) = hosts_file {
+        args.push(format!("--addn-hosts={f}"));
+        args.push("--local-ttl=300".into());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let d = Daemon::spawn("dnsmasq", ns, "dnsmasq", &args, dir);
+    wait_for_dns(ns, addr, 53, &d);
+    d
+}
+
+/// Starts `leash dns` on the policy in the client namespace and waits until it answers.
+fn start_forwarder(ns: &NetNs, policy: &str, dir: &TempDir) -> Daemon {
+    let d = Daemon::spawn("leash dns", ns, leash_bin(), &["dns", policy], dir);
+    wait_for_dns(ns, "127.0.0.1", LISTEN_PORT, &d);
+    d
+}
+
+fn wait_for_dns(ns: &NetNs, server: &str, port: u16, d: &Daemon) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if dig(ns, server, port, "api.example.test", "A").status.is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{} did not answer on {server}:{port} within 10 s{}", d.name, d.log());
+}
+
+struct Dig {
+    /// NOERROR, NXDOMAIN, SERVFAIL...; `None` when no answer came.
+    status: Option<String>,
+    /// Addresses of the A/AAAA records of the answer.
+    addrs: Vec<IpAddr>,
+    run: Run,
+}
+
+fn dig(ns: &NetNs, server: &str, port: u16, name: &str, qtype: &str) -> Dig {
+    let run = run_cmd(
+        Some(ns),
+        "dig",
+        &["+tries=1", "+time=3", "+noall", "+answer", "+comments", "-p", &port.to_string(), &format!("@{server}"), name, qtype],
+        None,
+    );
+    let status = run
+        .stdout
+        .lines()
+        .find_map(|l| l.split("status: ").nth(1))
+        .map(|s| s.split(',').next().unwrap_or("").to_string());
+    let addrs = run
+        .stdout
+        .lines()
+        .filter(|l| !l.starts_with(';'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 5 && (f[3] == "A" || f[3] == "AAAA")).then(|| f[4].parse().ok()).flatten()
+        })
+        .collect();
+    Dig { status, addrs, run }
+}
+
+fn tcp443(dst: &str) -> Case {
+    Case { proto: Proto::Tcp, dst: dst.parse().unwrap(), port: Some(443), uid: 0, gid: 0, name: None }
+}
+
+/// A lab whose peer owns every test address (echo on TCP 443) and the upstream's address.
+fn dns_lab() -> Lab {
+    let mut dsts: Vec<IpAddr> = HOSTS.iter().flat_map(|(_, a, _)| a.iter()).map(|a| a.parse().unwrap()).collect();
+    dsts.push(UPSTREAM.parse().unwrap());
+    dsts.push(DEAD_UPSTREAM.parse().unwrap());
+    Lab::new(&dsts, &[443], &[]).expect("lab")
+}
+
+/// Fields drop in declaration order: the daemons are killed before their namespaces go.
+struct Setup {
+    forwarder: Option<Daemon>,
+    upstream: Daemon,
+    lab: Lab,
+    _dir: TempDir,
+}
+
+impl Setup {
+    fn new(bypass: &str, upstream: &str) -> Setup {
+        let lab = dns_lab();
+        let dir = TempDir::new("dns");
+        let upstream_d = start_dnsmasq(lab.peer(), UPSTREAM, &dir, None);
+        let path = dir.file("p.toml", &policy_text(bypass, upstream));
+        let r = leash_in(lab.client(), &["apply", &path]);
+        assert!(r.ok(), "{r}");
+        let forwarder = Some(start_forwarder(lab.client(), &path, &dir));
+        Setup { forwarder, upstream: upstream_d, lab, _dir: dir }
+    }
+
+    fn logs(&self) -> String {
+        format!("{}{}", self.forwarder.as_ref().map(|f| f.log()).unwrap_or_default(), self.upstream.log())
+    }
+
+    fn q(&self, name: &str, qtype: &str) -> Dig {
+        dig(self.lab.client(), "127.0.0.1", LISTEN_PORT, name, qtype)
+    }
+
+    fn connect(&self, dst: &str) -> Outcome {
+        self.lab.probe(&tcp443(dst), Duration::from_secs(1))
+    }
+}
+
+#[test]
+fn answered_addresses_are_allowed_at_once_and_others_stay_blocked() {
+    if !need_root("answered_addresses_are_allowed_at_once_and_others_stay_blocked") {
+        return;
+    }
+    let s = Setup::new("deny", UPSTREAM);
+    let logs = || s.logs();
+    // Before any lookup the address is blocked like any other.
+    assert_eq!(s.connect("192.0.2.10"), Outcome::Refused, "{}", logs());
+
+    let d = s.q("api.example.test", "A");
+    assert_eq!(d.status.as_deref(), Some("NOERROR"), "{}{}", d.run, logs());
+    assert_eq!(d.addrs, vec!["192.0.2.10".parse::<IpAddr>().unwrap()], "{}", d.run);
+    assert_eq!(s.connect("192.0.2.10"), Outcome::Connected, "{}", logs());
+
+    // AAAA: the IPv6 set.
+    let d = s.q("api.example.test", "AAAA");
+    assert_eq!(d.addrs, vec!["2001:db8::10".parse::<IpAddr>().unwrap()], "{}", d.run);
+    assert_eq!(s.connect("2001:db8::10"), Outcome::Connected, "{}", logs());
+
+    // A name no rule lists resolves, but its address stays blocked.
+    let d = s.q("other.example.test", "A");
+    assert_eq!(d.addrs, vec!["198.51.100.20".parse::<IpAddr>().unwrap()], "{}", d.run);
+    assert_eq!(s.connect("198.51.100.20"), Outcome::Refused, "{}", logs());
+
+    // A CNAME chain: the rule names the alias; the address at the end of the chain is allowed.
+    let d = s.q("pay.example.test", "A");
+    assert!(d.addrs.contains(&"192.0.2.40".parse().unwrap()), "{}", d.run);
+    assert_eq!(s.connect("192.0.2.40"), Outcome::Connected, "{}", logs());
+
+    // Wildcards cover subdomains, not the apex.
+    assert_eq!(s.q("a.cdn.example.test", "A").addrs, vec!["192.0.2.30".parse::<IpAddr>().unwrap()]);
+    assert_eq!(s.connect("192.0.2.30"), Outcome::Connected, "{}", logs());
+    assert_eq!(s.q("cdn.example.test", "A").addrs, vec!["192.0.2.31".parse::<IpAddr>().unwrap()]);
+    assert_eq!(s.connect("192.0.2.31"), Outcome::Refused, "{}", logs());
+
+    // An unconditional deny rule on a name: NXDOMAIN.
+    let d = s.q("ads.example.test", "A");
+    assert_eq!(d.status.as_deref(), Some("NXDOMAIN"), "{}{}", d.run, logs());
+    assert_eq!(s.connect("192.0.2.66"), Outcome::Refused);
+
+    // The kernel holds exactly the answered addresses, with timeouts.
+    let (_, sets, _) = nft_raw(s.lab.client(), &["list", "set", "inet", "leash", "r_api_d4"], None);
+    assert!(sets.contains("192.0.2.10") && sets.contains("192.0.2.40"), "{sets}");
+    assert!(sets.contains("timeout"), "{sets}");
+    assert!(!sets.contains("198.51.100.20"), "{sets}");
+    root_has_no_leash_table();
+}
+
+#[test]
+fn rebinding_answers_are_stripped_and_not_allowed() {
+    if !need_root("rebinding_answers_are_stripped_and_not_allowed") {
+        return;
+    }
+    let s = Setup::new("deny", UPSTREAM);
+    let d = s.q("rebind.cdn.example.test", "A");
+    assert_eq!(d.status.as_deref(), Some("NOERROR"), "{}{}", d.run, s.logs());
+    assert!(d.addrs.is_empty(), "a private answer for a public name must not reach the client{}", d.run);
+    let (_, set, _) = nft_raw(s.lab.client(), &["list", "set", "inet", "leash", "r_cdn_d4"], None);
+    assert!(!set.contains("10.0.0.1"), "{set}");
+    assert!(s.logs().contains("rebind"), "the guard logs what it kept out{}", s.logs());
+}
+
+#[test]
+fn elements_expire_with_the_ttl_and_a_new_answer_refreshes_them() {
+    if !need_root("elements_expire_with_the_ttl_and_a_new_answer_refreshes_them") {
+        return;
+    }
+    let s = Setup::new("deny", UPSTREAM);
+    // TTL 1 s, min_ttl 1 s, grace 1 s: the element lives 2 s.
+    assert_eq!(s.q("short.example.test", "A").addrs, vec!["192.0.2.11".parse::<IpAddr>().unwrap()]);
+    assert_eq!(s.connect("192.0.2.11"), Outcome::Connected, "{}", s.logs());
+    std::thread::sleep(Duration::from_millis(3000));
+    assert_eq!(s.connect("192.0.2.11"), Outcome::Refused, "the element outlived its timeout{}", s.logs());
+    // Looking the name up again (its cached answer has run out too) brings it back.
+    assert_eq!(s.q("short.example.test", "A").addrs, vec!["192.0.2.11".parse::<IpAddr>().unwrap()]);
+    assert_eq!(s.connect("192.0.2.11"), Outcome::Connected, "{}", s.logs());
+}
+
+#[test]
+fn direct_queries_to_other_resolvers_are_denied_or_redirected() {
+    if !need_root("direct_queries_to_other_resolvers_are_denied_or_redirected") {
+        return;
+    }
+    // deny: asking the upstream directly fails; the forwarder itself still gets through.
+    let s = Setup::new("deny", UPSTREAM);
+    let d = dig(s.lab.client(), UPSTREAM, 53, "api.example.test", "A");
+    assert_eq!(d.status, None, "a direct query must not be answered{}", d.run);
+    assert_eq!(s.q("api.example.test", "A").status.as_deref(), Some("NOERROR"), "{}", s.logs());
+    drop(s);
+
+    // redirect: the direct query is answered by the forwarder, which fills the set.
+    let s = Setup::new("redirect", UPSTREAM);
+    assert_eq!(s.connect("192.0.2.10"), Outcome::Refused);
+    let d = dig(s.lab.client(), "198.51.100.20", 53, "api.example.test", "A");
+    assert_eq!(d.status.as_deref(), Some("NOERROR"), "{}{}", d.run, s.logs());
+    assert_eq!(s.connect("192.0.2.10"), Outcome::Connected, "{}", s.logs());
+    // DNS over TLS cannot be redirected: denied.
+    let dot = Case { port: Some(853), ..tcp443(UPSTREAM) };
+    assert_eq!(s.lab.probe(&dot, Duration::from_secs(1)), Outcome::Refused);
+}
+
+#[test]
+fn a_dead_upstream_gives_servfail_quickly() {
+    if !need_root("a_dead_upstream_gives_servfail_quickly") {
+        return;
+    }
+    let s = Setup::new("deny", DEAD_UPSTREAM);
+    let start = Instant::now();
+    let d = s.q("api.example.test", "A");
+    assert_eq!(d.status.as_deref(), Some("SERVFAIL"), "{}{}", d.run, s.logs());
+    // ICMP port unreachable fails over at once; at worst the 700 ms try timeout.
+    assert!(start.elapsed() < Duration::from_millis(2500), "took {:?}", start.elapsed());
+    // Garbage on the forwarder's port changes nothing: it still answers.
+    s.lab.client().run(|| {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for junk in [&b""[..], b"\x00", &[0xffu8; 12][..], &[0u8; 600][..]] {
+            sock.send_to(junk, SocketAddr::from(([127, 0, 0, 1], LISTEN_PORT))).unwrap();
+        }
+    });
+    assert_eq!(s.q("api.example.test", "A").status.as_deref(), Some("SERVFAIL"), "{}", s.logs());
+}
+
+/// Number of resolve-then-connect rounds of the race test.
+const RACE_ROUNDS: usize = 10_000;
+
+#[test]
+fn ten_thousand_resolve_then_connect_rounds_never_lose_the_race() {
+    if !need_root("ten_thousand_resolve_then_connect_rounds_never_lose_the_race") {
+        return;
+    }
+    let lab = dns_lab();
+    let dir = TempDir::new("race");
+    // Every round resolves a new name to a new address, so every connect needs a fresh element.
+    let mut hosts = String::new();
+    for i in 0..RACE_ROUNDS {
+        hosts.push_str(&format!("2001:db8:1::{:x} n{i}.race.example.test\n", i + 1));
+    }
+    let hosts_path = dir.file("race.hosts", &hosts);
+    let upstream = start_dnsmasq(lab.peer(), UPSTREAM, &dir, Some(&hosts_path));
+    // The peer accepts any address of 2001:db8:1::/112 (a local route), reached through one
+    // gateway so that the client needs no neighbour entry per address.
+    let ip = |ns: &NetNs, args: &[&str]| {
+        let r = run_cmd(Some(ns), "ip", args, None);
+        assert!(r.ok(), "{r}");
+    };
+    ip(lab.peer(), &["-6", "route", "add", "local", "2001:db8:1::/112", "dev", "lo"]);
+    ip(lab.client(), &["-6", "route", "add", "2001:db8:1::/112", "via", "2001:db8::10"]);
+    let listener = lab.peer().run(|| std::net::TcpListener::bind("[::]:8443").unwrap());
+    listener.set_nonblocking(true).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let acceptor = std::thread::spawn(move || {
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((c, _)) => drop(c),
+                Err(_) => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+    });
+
+    let policy = format!(
+        "{}\n[[rule]]\nname = \"race\"\naction = \"allow\"\nproto = \"tcp\"\nports = [8443]\nto = [\"*.race.example.test\"]\n",
+        policy_text("deny", UPSTREAM)
+    );
+    let path = dir.file("p.toml", &policy);
+    let r = leash_in(lab.client(), &["apply", &path]);
+    assert!(r.ok(), "{r}");
+    let forwarder = start_forwarder(lab.client(), &path, &dir);
+
+    let (failures, elapsed) = lab.client().run(|| race_rounds(RACE_ROUNDS));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    acceptor.join().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {RACE_ROUNDS} connects failed right after the answer (first: {:?}) in {elapsed:?}{}{}",
+        failures.len(),
+        &failures[..failures.len().min(5)],
+        forwarder.log(),
+        upstream.log()
+    );
+    eprintln!("race: {RACE_ROUNDS} resolve-then-connect rounds in {elapsed:?}, 0 failed");
+}
+
+/// Resolves `n<i>.race.example.test` (AAAA) through the forwarder and connects to the answer at
+/// once, for every round; returns the failed rounds. Runs in the client namespace.
+fn race_rounds(rounds: usize) -> (Vec<String>, Duration) {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    use std::str::FromStr;
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.connect(("127.0.0.1", LISTEN_PORT)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut failures = Vec::new();
+    let start = Instant::now();
+    let mut buf = [0u8; 1500];
+    for i in 0..rounds {
+        let name = format!("n{i}.race.example.test.");
+        let mut m = Message::new(i as u16, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(Name::from_str(&name).unwrap(), RecordType::AAAA));
+        sock.send(&m.to_vec().unwrap()).unwrap();
+        let addr = match sock.recv(&mut buf) {
+            Ok(n) => Message::from_vec(&buf[..n]).ok().and_then(|r| {
+                r.answers.iter().find_map(|rr| match &rr.data {
+                    RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                    _ => None,
+                })
+            }),
+            Err(e) => {
+                failures.push(format!("{name}: no answer: {e}"));
+                continue;
+            }
+        };
+        let Some(addr) = addr else {
+            failures.push(format!("{name}: no AAAA in the answer"));
+            continue;
+        };
+        if let Err(e) = std::net::TcpStream::connect_timeout(&SocketAddr::new(addr, 8443), Duration::from_secs(2)) {
+            failures.push(format!("{name} -> {addr}: {e}"));
+        }
+    }
+    (failures, start.elapsed())
+}
