@@ -52,7 +52,7 @@ fn gen_rule() -> impl Strategy<Value = GenRule> {
         prop::option::of(prop::collection::vec(0..NETS.len(), 1..4)),
         prop::option::weighted(0.3, prop::collection::vec(0..UIDS.len(), 1..3)),
         prop::option::weighted(0.2, prop::collection::vec(0..UIDS.len(), 1..2)),
-        prop::option::weighted(0.35, prop::collection::vec(0..DOMAINS.len(), 1..3)),
+        prop::option::weighted(0.5, prop::collection::vec(0..DOMAINS.len(), 1..3)),
         prop::bool::weighted(0.3),
     )
         .prop_map(|(allow, protos, ports, to, users, groups, domains, allow_private)| {
@@ -86,7 +86,7 @@ fn gen_conn() -> impl Strategy<Value = GenConn> {
         0..PORTS.len(),
         0..UIDS.len(),
         0..UIDS.len(),
-        prop::option::weighted(0.4, (0..NAMES.len(), 0..5usize)),
+        prop::option::weighted(0.5, (0..NAMES.len(), 0..6usize)),
     )
         .prop_map(|(proto, addr, port, uid, gid, name)| GenConn { proto, addr, port, uid, gid, name })
 }
@@ -95,7 +95,7 @@ fn gen_conn() -> impl Strategy<Value = GenConn> {
 /// (derived from its index), because the forwarder puts an address into the sets of the name it
 /// answered: two names sharing one address would share their rules, which `explain` (one
 /// connection, one name) does not model. The kinds cover a documentation address no rule lists,
-/// one inside a rule's network, IPv6 of both sorts, and a private one (the rebinding guard).
+/// one inside a rule's network, IPv6 of both sorts, and private ones (the rebinding guard).
 fn named_addr(kind: usize, i: usize) -> std::net::IpAddr {
     let i = i as u8;
     match kind {
@@ -103,6 +103,7 @@ fn named_addr(kind: usize, i: usize) -> std::net::IpAddr {
         1 => std::net::Ipv4Addr::new(198, 51, 100, 160 + i).into(),
         2 => std::net::Ipv6Addr::new(0x2001, 0xdb8, 5, 0, 0, 0, 0, 1 + u16::from(i)).into(),
         3 => std::net::Ipv4Addr::new(10, 0, 0, 1 + i).into(),
+        5 => std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1 + u16::from(i)).into(),
         _ => std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100 + u16::from(i)).into(),
     }
 }
