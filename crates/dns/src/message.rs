@@ -282,11 +282,32 @@ pub fn analyze(resp: &[u8], qname: &Name) -> Result<Analysis, Mismatch> {
         }
     }
 
+    // Bytes that are patched per client: the header (id, flags, counts), every TTL and the OPT
+    // record (cut for clients without EDNS). A name read through them (a compression pointer
+    // into a TTL, say) would mean something else after patching than what was checked here, so
+    // such a response is rejected.
+    let mut patched = vec![false; resp.len()];
+    patched[..HEADER_LEN].fill(true);
+    for rr in &records {
+        patched[rr.ttl_off..rr.ttl_off + 4].fill(true);
+        if rr.rtype == rtype::OPT {
+            patched[rr.start..rr.end()].fill(true);
+        }
+    }
+    let read_name = |off: usize| -> Result<(Name, usize), Mismatch> {
+        let mut clean = true;
+        let name = wire::read_name_visit(resp, off, |r| clean &= !patched[r].contains(&true));
+        match name {
+            Some(n) if clean => Ok(n),
+            _ => Err(Mismatch::Records),
+        }
+    };
+
     // Owner names of the answer section, decoded once: the chain walk compares them repeatedly.
     let mut answer_names = Vec::new();
     for (i, rr) in records.iter().enumerate() {
         if rr.section == Section::Answer && rr.class == CLASS_IN && matches!(rr.rtype, rtype::CNAME | rtype::A | rtype::AAAA) {
-            let (owner, _) = wire::read_name(resp, rr.start).ok_or(Mismatch::Records)?;
+            let (owner, _) = read_name(rr.start)?;
             answer_names.push((i, owner));
         }
     }
@@ -296,7 +317,7 @@ pub fn analyze(resp: &[u8], qname: &Name) -> Result<Analysis, Mismatch> {
         let next = answer_names.iter().find(|(i, owner)| records[*i].rtype == rtype::CNAME && *owner == current);
         let Some((i, _)) = next else { break };
         let rr = &records[*i];
-        let (target, end) = wire::read_name(resp, rr.rdata.start).ok_or(Mismatch::Records)?;
+        let (target, end) = read_name(rr.rdata.start)?;
         if end != rr.rdata.end {
             return Err(Mismatch::Records);
         }
@@ -636,6 +657,30 @@ mod tests {
         write_answer(&p, &q2, 0, 512, &mut out);
         let m = Message::from_vec(&out).unwrap();
         assert!(m.answers.iter().all(|r| r.ttl <= 20));
+    }
+
+    #[test]
+    fn names_read_through_patched_bytes_are_rejected() {
+        let qb = query_bytes("a.test.", RecordType::A);
+        let q = parse_query(&qb).unwrap();
+        let mut resp = qb[..q.question_end].to_vec();
+        resp[2] = 0x81;
+        resp[7] = 1; // ancount
+        // a.test A 192.0.2.1 with TTL 0: its last TTL byte reads as the root name.
+        let ttl_last = resp.len() + 2 + 4 + 3;
+        resp.extend_from_slice(b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x00\x00\x04\xc0\x00\x02\x01");
+        let ok = resp.clone();
+        assert!(analyze(&ok[..], &q.qname).is_ok());
+        // A second record whose owner points into that TTL: patching the TTL would rename it.
+        resp[7] = 2;
+        resp.extend_from_slice(&[0xc0, ttl_last as u8]);
+        resp.extend_from_slice(b"\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x0a\x00\x00\x01");
+        assert_eq!(analyze(&resp, &q.qname).unwrap_err(), Mismatch::Records);
+        // Into the header (the id differs per client).
+        let n = resp.len();
+        resp[n - 16] = 0xc0;
+        resp[n - 15] = 0x00;
+        assert_eq!(analyze(&resp, &q.qname).unwrap_err(), Mismatch::Records);
     }
 
     #[test]

@@ -200,6 +200,13 @@ impl Name {
 /// any). `None` on truncation, reserved label types, names over 255 bytes and pointers that do
 /// not point strictly before the start of the labels they continue (which rules out loops).
 pub fn read_name(b: &[u8], off: usize) -> Option<(Name, usize)> {
+    read_name_visit(b, off, |_| {})
+}
+
+/// [`read_name`], also reporting every byte range the name was read from (each run of labels
+/// up to and including its terminating root label or pointer), so callers can check that a
+/// name does not pass through bytes they will later patch.
+pub fn read_name_visit(b: &[u8], off: usize, mut visit: impl FnMut(Range<usize>)) -> Option<(Name, usize)> {
     let mut n = Name { buf: [0; MAX_NAME], len: 0 };
     let mut out = 0usize;
     let mut pos = off;
@@ -217,6 +224,7 @@ pub fn read_name(b: &[u8], off: usize) -> Option<(Name, usize)> {
                     }
                     n.buf[out] = 0;
                     n.len = (out + 1) as u8;
+                    visit(run_start..pos + 1);
                     return Some((n, end.unwrap_or(pos + 1)));
                 }
                 let l = usize::from(l);
@@ -237,6 +245,7 @@ pub fn read_name(b: &[u8], off: usize) -> Option<(Name, usize)> {
                 if target >= run_start {
                     return None;
                 }
+                visit(run_start..pos + 2);
                 end.get_or_insert(pos + 2);
                 pos = target;
                 run_start = target;

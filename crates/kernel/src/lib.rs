@@ -9,5 +9,6 @@ pub mod testutil;
 
 pub use nft::{
     ApplyOptions, ApplyReport, ChainStatus, Counter, ElementCount, Error, RuleStatus, SetStatus,
-    SetWriter, TableStatus, TimedElement, apply, disable, encode_apply_batch, status,
+    SetWriter, TableInfo, TableStatus, TimedElement, apply, disable, encode_apply_batch, status,
+    table_comment, timed_elements,
 };

@@ -77,6 +77,16 @@ pub enum Command {
     /// Evaluate one connection against a policy offline: verdict, deciding rule, and why each
     /// earlier rule did not match.
     Explain(ExplainArgs),
+    /// Run the DNS forwarder for the policy's domain rules in this network namespace.
+    ///
+    /// It listens where `[dns] listen` says (UDP and TCP) and forwards to `[dns] upstreams`. For
+    /// every answer to a name a domain rule lists, the addresses at the end of the CNAME chain go
+    /// into that rule's nftables sets (with a timeout of the TTL plus grace) before the client
+    /// gets the answer, so an application never connects before its address is allowed. Names
+    /// an unconditional deny rule lists get NXDOMAIN; private answers for public names are
+    /// stripped (rebinding guard) unless the rule says allow_private. Apply the policy first;
+    /// runs until SIGINT or SIGTERM. Needs root (netlink and SO_MARK).
+    Dns { policy: PathBuf },
     /// Run the policy's [[expect]] cases against the real kernel in throwaway network namespaces.
     ///
     /// A client namespace gets the compiled policy; a peer namespace owns every destination address

@@ -48,6 +48,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Disable => disable(json)?,
         Command::Explain(args) => explain(&args, json)?,
         Command::Test { policy, timeout_ms } => test(&policy, timeout_ms, json)?,
+        Command::Dns { policy } => crate::dns_cmd::run(&policy)?,
     };
     Ok(ExitCode::from(code))
 }
@@ -107,7 +108,7 @@ fn compile(path: &std::path::Path, format: Format) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
-fn require_root(what: &str) -> Result<()> {
+pub(crate) fn require_root(what: &str) -> Result<()> {
     if !system::is_root() {
         bail!("{what} needs root (CAP_NET_ADMIN); nothing was changed");
     }
@@ -126,6 +127,25 @@ fn apply(path: &std::path::Path, fault_inject: bool, json: bool) -> Result<u8> {
     let report = kernel::apply(&table, &kernel::ApplyOptions { fault_inject })
         .with_context(|| format!("applying {} failed; the kernel discarded the whole transaction, nothing changed", l.display_name()))?;
     let kernel_rules: usize = table.chains.iter().map(|c| c.rules.len()).sum();
+    // Domain sets start empty: resolve the exact names once so the policy works before the
+    // first lookup through the forwarder. A failure here is reported, not fatal: the table is
+    // in place and the forwarder fills the sets as names are looked up.
+    let warm = if p.has_domain_rules() {
+        if !json {
+            eprintln!("leash: resolving the policy's domain names to warm up its sets...");
+        }
+        Some(crate::dns_cmd::warm_up(&p).unwrap_or_else(|e| crate::dns_cmd::WarmUp {
+            failures: vec![format!("{e:#}")],
+            ..Default::default()
+        }))
+    } else {
+        None
+    };
+    if !json && let Some(w) = &warm {
+        for f in &w.failures {
+            eprintln!("leash: warning: warm-up: {f}");
+        }
+    }
     if json {
         output::print_json(&serde_json::json!({
             "applied": l.display_name(),
@@ -135,6 +155,7 @@ fn apply(path: &std::path::Path, fault_inject: bool, json: bool) -> Result<u8> {
             "sets": table.sets.len(),
             "elements": elements,
             "report": output::apply_report_json(&report),
+            "warm_up": warm,
         }));
     } else {
         println!(
@@ -147,6 +168,15 @@ fn apply(path: &std::path::Path, fault_inject: bool, json: bool) -> Result<u8> {
             elements,
             output::apply_report_text(&report),
         );
+        if let Some(w) = &warm {
+            println!(
+                "warm-up: {} of {} exact domain names resolved, {} set elements added{}",
+                w.resolved,
+                w.names,
+                w.elements,
+                if w.guarded > 0 { format!(", {} private answers kept out", w.guarded) } else { String::new() }
+            );
+        }
     }
     Ok(EXIT_OK)
 }

@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod dns_cmd;
 mod load;
 mod output;
 mod system;

@@ -13,6 +13,7 @@ mod read;
 
 pub use elements::{SetWriter, TimedElement};
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use ruleset::{ChainPolicy, Hook, KeyType, Table};
@@ -173,6 +174,17 @@ pub struct TableStatus {
     pub sets: Vec<SetStatus>,
 }
 
+/// What [`table_comment`] reads of a table: enough to notice a change without dumping it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    /// The kernel's handle of the table. Every apply deletes the table and creates it anew, and
+    /// the kernel numbers new tables from a counter that only goes up, so a different handle
+    /// means the table was re-applied (or deleted and created by someone else) since.
+    pub handle: u64,
+    /// The table's comment (leash puts the policy's hash there), `None` without one.
+    pub comment: Option<String>,
+}
+
 /// Sets with more elements than this are not counted to the end, neither by `status` nor when
 /// verifying an apply: counting 16,384 ranges back takes some 30 ms, 100,000 about a second and
 /// 1,000,000 minutes (the kernel restarts its walk of the set for every reply it fills).
@@ -246,6 +258,41 @@ pub fn disable() -> Result<bool, Error> {
 pub fn status() -> Result<Option<TableStatus>, Error> {
     let mut sock = open_socket()?;
     read::read_table(&mut sock, ruleset::TABLE_NAME, COUNT_LIMIT)
+}
+
+/// Handle and comment of table `inet <table>`; `None` if there is no such table.
+///
+/// One GETTABLE request, answered with the table alone (no chains, sets or elements are read),
+/// so it is cheap enough to poll every few seconds: the DNS forwarder does, to notice that the
+/// table was re-applied (new handle) or that its policy changed (new comment).
+pub fn table_comment(table: &str) -> Result<Option<TableInfo>, Error> {
+    let mut sock = open_socket()?;
+    read::table_info(&mut sock, table)
+}
+
+/// The addresses in set `<set>` of table `inet <table>`, each with the milliseconds it has left
+/// before the kernel removes it; `None` if there is no such table or set.
+///
+/// Meant for the timeout sets the DNS forwarder fills (`flags timeout`, key `ipv4_addr` or
+/// `ipv6_addr`): `leash apply` reads them before it replaces the table and re-adds the elements
+/// with the time they have left in the same batch, so a re-apply does not cut off applications
+/// that still use a cached DNS answer.
+///
+/// The time left is the element's `NFTA_SET_ELEM_EXPIRATION`, which the kernel reports for every
+/// element that has a timeout. An element with neither an expiration nor a timeout never expires
+/// (possible only in a set without `flags timeout`, or added by hand without a timeout to a set
+/// without a default one) and is left out, as is an element whose time is up but that the kernel
+/// has not yet removed (0 ms left): neither can be re-added with a timeout that means the same.
+/// The time is what the kernel's jiffies give, so it can be one jiffy (up to 10 ms) coarser than
+/// the millisecond timeout the element was added with.
+///
+/// One GETSETELEM dump on a socket of its own. The kernel walks the set from its first element
+/// again for every reply it fills (some 700 IPv4 elements each), so the cost grows with the square
+/// of the set's size; 20,000 elements take a few milliseconds (see `tests/nft_carryover.rs`).
+/// Elements come in the kernel's (hash) order. A set with a key other than an IPv4 or IPv6
+/// address is an error.
+pub fn timed_elements(table: &str, set: &str) -> Result<Option<Vec<(IpAddr, u64)>>, Error> {
+    read::timed_elements(table, set)
 }
 
 /// Sends the batch in one `sendmsg` and reads every reply. The kernel processes the whole batch

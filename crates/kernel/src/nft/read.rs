@@ -1,15 +1,21 @@
 //! Reads table `inet leash` back from the kernel over netlink dumps: table, chains, rules with
-//! their counters, sets and element counts. Used by `status` and to verify an apply.
+//! their counters, sets and element counts. Used by `status` and to verify an apply. Also the two
+//! cheap reads around a re-apply: the table's handle and comment (one GETTABLE), and the timed
+//! elements of one set with the time they have left (one GETSETELEM dump).
 //!
 //! Elements are counted from a GETSETELEM dump, never listed through nft: `nft list set` on a
 //! million-element interval set takes minutes (nft rebuilds intervals in userspace), while the
 //! raw dump is a stream of small messages.
 
+use std::net::IpAddr;
+
 use ruleset::{ChainPolicy, Hook};
 
 use super::consts::*;
 use super::encode::{KernelElem, key_type_from_id, put_element_list};
-use super::{ChainStatus, Counter, ElementCount, Error, RuleStatus, SetStatus, TableStatus};
+use super::{
+    ChainStatus, Counter, ElementCount, Error, RuleStatus, SetStatus, TableInfo, TableStatus,
+};
 use crate::nl::{Attr, Message, MsgBuf, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NlError, Socket};
 
 /// Sends one dump request of nf_tables message `msg` for family inet and returns what `each`
@@ -349,4 +355,131 @@ pub(crate) fn check_elements_present(
         )));
     }
     Ok(())
+}
+
+/// Handle and comment of table `inet <name>` from one GETTABLE request (not a dump: the kernel
+/// looks the table up by name and sends one NEWTABLE back). `None` when it does not exist.
+pub(crate) fn table_info(sock: &mut Socket, name: &str) -> Result<Option<TableInfo>, Error> {
+    let ctx = |source| Error::Netlink {
+        context: format!("reading table inet {name}"),
+        source,
+    };
+    let mut b = MsgBuf::new();
+    let m = b.begin(nft_type(NFT_MSG_GETTABLE), NLM_F_REQUEST | NLM_F_ACK, 1);
+    b.put_header(&[NFPROTO_INET, NFNETLINK_V0, 0, 0]);
+    b.attr_str(NFTA_TABLE_NAME, name);
+    b.end(m).map_err(ctx)?;
+    let mut info = None;
+    let res = sock.request(b.as_bytes(), |m| {
+        let t = m.attrs(NFGENMSG_LEN).table::<8>()?;
+        let handle = t[NFTA_TABLE_HANDLE as usize]
+            .ok_or_else(|| NlError::Malformed("NEWTABLE reply without NFTA_TABLE_HANDLE".into()))?
+            .be64()?;
+        info = Some(TableInfo {
+            handle,
+            comment: t[NFTA_TABLE_USERDATA as usize].and_then(|a| udata_comment(a.data)),
+        });
+        Ok(())
+    });
+    match res {
+        Err(NlError::Kernel(e)) if e.errno == libc::ENOENT => Ok(None),
+        Err(e) => Err(ctx(e)),
+        Ok(()) => match info {
+            Some(i) => Ok(Some(i)),
+            None => Err(ctx(NlError::Malformed(
+                "GETTABLE acked without a NEWTABLE reply".into(),
+            ))),
+        },
+    }
+}
+
+/// The addresses in set `<set>` of table `inet <table>` with the milliseconds each has left, from
+/// one GETSETELEM dump on a socket of its own. `None` when the table or the set does not exist.
+/// See [`super::timed_elements`] for which elements are listed and with what time.
+pub(crate) fn timed_elements(
+    table: &str,
+    set: &str,
+) -> Result<Option<Vec<(IpAddr, u64)>>, Error> {
+    let ctx = |source| Error::Netlink {
+        context: format!("reading the elements of set {set} of table inet {table}"),
+        source,
+    };
+    let mut sock = Socket::open(crate::nl::NETLINK_NETFILTER).map_err(ctx)?;
+    let mut b = MsgBuf::new();
+    let m = b.begin(nft_type(NFT_MSG_GETSETELEM), NLM_F_REQUEST | NLM_F_DUMP, 1);
+    b.put_header(&[NFPROTO_INET, NFNETLINK_V0, 0, 0]);
+    b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
+    b.attr_str(NFTA_SET_ELEM_LIST_SET, set);
+    b.end(m).map_err(ctx)?;
+    let mut out = Vec::new();
+    let res = sock.dump(b.as_bytes(), |m| {
+        for a in m.attrs(NFGENMSG_LEN) {
+            let a = a?;
+            if a.ty != NFTA_SET_ELEM_LIST_ELEMENTS {
+                continue;
+            }
+            for el in a.nested() {
+                if let Some(e) = timed_element(&el?)? {
+                    out.push(e);
+                }
+            }
+        }
+        Ok(())
+    });
+    match res {
+        // The kernel looks the table and the set up before it starts the dump, and answers the
+        // request with ENOENT when either is missing.
+        Err(NlError::Kernel(e)) if e.errno == libc::ENOENT => Ok(None),
+        Err(e) => Err(ctx(e)),
+        Ok(()) => Ok(Some(out)),
+    }
+}
+
+/// One element of a GETSETELEM dump as (address, ms left); `None` for an element that has no
+/// time left to carry over (see [`super::timed_elements`]).
+fn timed_element(el: &Attr<'_>) -> Result<Option<(IpAddr, u64)>, NlError> {
+    let (mut key, mut flags, mut timeout, mut expiration) = (None, 0, None, None);
+    for f in el.nested() {
+        let f = f?;
+        match f.ty {
+            NFTA_SET_ELEM_KEY => {
+                for v in f.nested() {
+                    let v = v?;
+                    if v.ty == NFTA_DATA_VALUE {
+                        key = Some(v.data);
+                    }
+                }
+            }
+            NFTA_SET_ELEM_FLAGS => flags = f.be32()?,
+            NFTA_SET_ELEM_TIMEOUT => timeout = Some(f.be64()?),
+            NFTA_SET_ELEM_EXPIRATION => expiration = Some(f.be64()?),
+            _ => {}
+        }
+    }
+    if flags & NFT_SET_ELEM_INTERVAL_END != 0 {
+        // Only in interval sets, which the forwarder does not fill: the end of a range is no
+        // address of its own.
+        return Ok(None);
+    }
+    let addr = match key {
+        Some(k) => match <[u8; 4]>::try_from(k) {
+            Ok(v4) => IpAddr::from(v4),
+            Err(_) => match <[u8; 16]>::try_from(k) {
+                Ok(v6) => IpAddr::from(v6),
+                Err(_) => {
+                    return Err(NlError::Malformed(format!(
+                        "element key of {} bytes: not an IPv4 or IPv6 address",
+                        k.len()
+                    )));
+                }
+            },
+        },
+        None => return Err(NlError::Malformed("element without a key".into())),
+    };
+    // The kernel sends the expiration whenever the element has a timeout (0 once it is past),
+    // so `timeout` alone is a fallback for kernels that might not.
+    Ok(match expiration.or(timeout) {
+        Some(ms) if ms > 0 => Some((addr, ms)),
+        _ => None,
+    })
 }

@@ -213,6 +213,12 @@ impl Setup {
         let path = dir.file("p.toml", &policy_text(bypass, upstream));
         let r = leash_in(lab.client(), &["apply", &path]);
         assert!(r.ok(), "{r}");
+        if upstream == UPSTREAM {
+            // The exact names resolve once at apply time.
+            assert!(r.stdout.contains("warm-up: 4 of 4 exact domain names resolved"), "{r}");
+        } else {
+            assert!(r.stderr.contains("warning: warm-up"), "a dead upstream is reported, not fatal{r}");
+        }
         let forwarder = Some(start_forwarder(lab.client(), &path, &dir));
         Setup { forwarder, upstream: upstream_d, lab, _dir: dir }
     }
@@ -237,8 +243,9 @@ fn answered_addresses_are_allowed_at_once_and_others_stay_blocked() {
     }
     let s = Setup::new("deny", UPSTREAM);
     let logs = || s.logs();
-    // Before any lookup the address is blocked like any other.
-    assert_eq!(s.connect("192.0.2.10"), Outcome::Refused, "{}", logs());
+    // Before any lookup a wildcard's address is blocked like any other (exact names were
+    // warmed up by the apply; see the warm-up test).
+    assert_eq!(s.connect("192.0.2.30"), Outcome::Refused, "{}", logs());
 
     let d = s.q("api.example.test", "A");
     assert_eq!(d.status.as_deref(), Some("NOERROR"), "{}{}", d.run, logs());
@@ -260,7 +267,7 @@ fn answered_addresses_are_allowed_at_once_and_others_stay_blocked() {
     assert!(d.addrs.contains(&"192.0.2.40".parse().unwrap()), "{}", d.run);
     assert_eq!(s.connect("192.0.2.40"), Outcome::Connected, "{}", logs());
 
-    // Wildcards cover subdomains, not the apex.
+    // Wildcards cover subdomains (looked up, the address is allowed at once), not the apex.
     assert_eq!(s.q("a.cdn.example.test", "A").addrs, vec!["192.0.2.30".parse::<IpAddr>().unwrap()]);
     assert_eq!(s.connect("192.0.2.30"), Outcome::Connected, "{}", logs());
     assert_eq!(s.q("cdn.example.test", "A").addrs, vec!["192.0.2.31".parse::<IpAddr>().unwrap()]);
@@ -277,6 +284,31 @@ fn answered_addresses_are_allowed_at_once_and_others_stay_blocked() {
     assert!(sets.contains("timeout"), "{sets}");
     assert!(!sets.contains("198.51.100.20"), "{sets}");
     root_has_no_leash_table();
+}
+
+#[test]
+fn apply_warms_up_exact_names_so_they_work_before_any_lookup() {
+    if !need_root("apply_warms_up_exact_names_so_they_work_before_any_lookup") {
+        return;
+    }
+    let lab = dns_lab();
+    let dir = TempDir::new("warm");
+    let _upstream = start_dnsmasq(lab.peer(), UPSTREAM, &dir, None);
+    let path = dir.file("p.toml", &policy_text("deny", UPSTREAM));
+    let r = leash_in(lab.client(), &["apply", "--json", &path]);
+    assert!(r.ok(), "{r}");
+    let w = &r.json()["warm_up"];
+    assert_eq!((w["names"].as_u64(), w["resolved"].as_u64()), (Some(4), Some(4)), "{r}");
+    // api (v4 + v6), pay (its CNAME target's address) and short: 4 elements. `ads` is refused
+    // outright (NXDOMAIN), so its addresses go nowhere.
+    assert_eq!(w["elements"].as_u64(), Some(4), "{r}");
+    // No forwarder runs, yet the exact names' addresses are allowed...
+    assert_eq!(lab.probe(&tcp443("192.0.2.10"), Duration::from_secs(1)), Outcome::Connected);
+    assert_eq!(lab.probe(&tcp443("2001:db8::10"), Duration::from_secs(1)), Outcome::Connected);
+    assert_eq!(lab.probe(&tcp443("192.0.2.40"), Duration::from_secs(1)), Outcome::Connected);
+    // ...and nothing else is.
+    assert_eq!(lab.probe(&tcp443("192.0.2.30"), Duration::from_secs(1)), Outcome::Refused);
+    assert_eq!(lab.probe(&tcp443("198.51.100.20"), Duration::from_secs(1)), Outcome::Refused);
 }
 
 #[test]
@@ -323,10 +355,10 @@ fn direct_queries_to_other_resolvers_are_denied_or_redirected() {
 
     // redirect: the direct query is answered by the forwarder, which fills the set.
     let s = Setup::new("redirect", UPSTREAM);
-    assert_eq!(s.connect("192.0.2.10"), Outcome::Refused);
-    let d = dig(s.lab.client(), "198.51.100.20", 53, "api.example.test", "A");
+    assert_eq!(s.connect("192.0.2.30"), Outcome::Refused);
+    let d = dig(s.lab.client(), "198.51.100.20", 53, "a.cdn.example.test", "A");
     assert_eq!(d.status.as_deref(), Some("NOERROR"), "{}{}", d.run, s.logs());
-    assert_eq!(s.connect("192.0.2.10"), Outcome::Connected, "{}", s.logs());
+    assert_eq!(s.connect("192.0.2.30"), Outcome::Connected, "{}", s.logs());
     // DNS over TLS cannot be redirected: denied.
     let dot = Case { port: Some(853), ..tcp443(UPSTREAM) };
     assert_eq!(s.lab.probe(&dot, Duration::from_secs(1)), Outcome::Refused);

@@ -1,0 +1,179 @@
+//! `leash dns` (the forwarder for a policy's domain rules) and the apply-time warm-up of domain
+//! sets: the glue between the `dns` crate, which knows no netlink, and the `kernel` crate.
+
+use crate::load;
+use anyhow::{Context, Result, bail};
+use kernel::nft::{SetWriter, TimedElement};
+use policy::Policy;
+use std::io;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The forwarder's [`dns::SetSink`]: one netlink batch per call, acked before it returns.
+struct KernelSink(SetWriter);
+
+impl dns::SetSink for KernelSink {
+    fn add(&mut self, batch: &[dns::Insert]) -> io::Result<()> {
+        let elems: Vec<TimedElement> =
+            batch.iter().map(|i| TimedElement { set: &i.set, addr: i.addr, timeout_ms: i.timeout_ms }).collect();
+        self.0.add_timed(ruleset::TABLE_NAME, &elems).map_err(io::Error::other)
+    }
+}
+
+/// The two timeout sets of every domain rule, by rule index (`None` for rules without domains).
+pub fn rule_sets(p: &Policy) -> Vec<Option<dns::RuleSets>> {
+    p.rules
+        .iter()
+        .map(|r| {
+            (!r.domains.is_empty()).then(|| dns::RuleSets {
+                v4: ruleset::domain_set_name(&r.name, ruleset::Family::Ipv4).into(),
+                v6: ruleset::domain_set_name(&r.name, ruleset::Family::Ipv6).into(),
+            })
+        })
+        .collect()
+}
+
+/// The addresses of this network namespace's interfaces (the rebinding guard keeps them out of
+/// allow sets).
+pub fn own_addresses() -> Vec<IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
+    let mut out: Vec<IpAddr> = addrs
+        .filter_map(|a| a.address)
+        .filter_map(|s| {
+            if let Some(v4) = s.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                s.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Runs the forwarder until SIGINT or SIGTERM.
+pub fn run(path: &Path) -> Result<u8> {
+    let Some((l, p)) = load::load_valid(path)? else { return Ok(crate::commands::EXIT_POLICY) };
+    crate::commands::require_root("dns")?;
+    if !p.has_domain_rules() {
+        eprintln!(
+            "leash dns: warning: {} has no domain rules; the forwarder will only forward",
+            l.display_name()
+        );
+    }
+    // The sets live in the applied table: without it every insert would fail, and every
+    // answer for a listed name would be SERVFAIL.
+    match kernel::status().context("cannot read the leash table")? {
+        None => bail!("no leash table is active: apply the policy first (leash apply {})", path.display()),
+        Some(st) if st.comment.as_deref() != Some(l.table_comment().as_str()) => eprintln!(
+            "leash dns: warning: the active table is not from {} as it is now ({}); apply it so the sets match",
+            l.display_name(),
+            st.comment.as_deref().unwrap_or("no comment")
+        ),
+        Some(_) => {}
+    }
+    let writer = SetWriter::open().context("cannot open a netlink socket for set updates")?;
+    let policy = Arc::new(p);
+    let cfg = dns::ForwarderConfig { policy: policy.clone(), sets: rule_sets(&policy), own_addresses: own_addresses() };
+    let rt = dns::runtime().context("cannot start the runtime")?;
+    rt.block_on(async move {
+        let fwd = dns::Forwarder::bind(cfg, Box::new(KernelSink(writer))).await?;
+        let listen: Vec<String> = fwd.local_addrs().iter().map(|a| a.to_string()).collect();
+        let upstreams: Vec<String> = policy.dns.upstreams.iter().map(|a| a.to_string()).collect();
+        eprintln!(
+            "leash dns: listening on {} (udp, tcp); upstreams {}; {} domain rule(s); bypass {}",
+            listen.join(", "),
+            upstreams.join(", "),
+            policy.rules.iter().filter(|r| !r.domains.is_empty()).count(),
+            policy.dns.bypass.as_str()
+        );
+        let handle = fwd.handle();
+        fwd.serve(shutdown_signal()).await?;
+        let s = handle.stats();
+        eprintln!("leash dns: stopped; {s:?}");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(crate::commands::EXIT_OK)
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        // Without signal handlers the process still ends on the default action of the signal.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// What the apply-time warm-up did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct WarmUp {
+    /// Exact names asked.
+    pub names: usize,
+    /// Names that resolved.
+    pub resolved: usize,
+    /// Elements put into sets.
+    pub elements: usize,
+    /// Addresses the rebinding guard kept out.
+    pub guarded: usize,
+    /// Names that failed, with why.
+    pub failures: Vec<String>,
+}
+
+/// Resolves every exact domain name of the policy once through its upstreams and puts the
+/// answers into the rules' sets, so that a freshly applied policy works before the first
+/// lookup through the forwarder. Wildcards cannot be resolved in advance. Runs after the apply,
+/// when the new table (with its forwarder rule letting marked queries out) is in place.
+pub fn warm_up(p: &Policy) -> Result<WarmUp> {
+    let mut w = WarmUp::default();
+    let mut names: Vec<&str> = p.rules.iter().flat_map(|r| &r.domains).filter(|d| !d.wildcard).map(|d| d.name.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    w.names = names.len();
+    if names.is_empty() {
+        return Ok(w);
+    }
+    let own = own_addresses();
+    let timeout = Duration::from_millis(u64::from(p.dns.timeout_ms));
+    let mut elems: Vec<(String, IpAddr, u64)> = Vec::new();
+    for name in names {
+        let answers = match dns::resolve_once(&p.dns.upstreams, p.dns.mark, name, timeout) {
+            Ok(a) => a,
+            Err(e) => {
+                w.failures.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        if !answers.is_empty() {
+            w.resolved += 1;
+        }
+        let d = policy::dns::decide_name(p, name);
+        for &(addr, ttl) in &answers {
+            for &r in &d.rules {
+                let rule = &p.rules[r];
+                if !policy::dns::admits(rule, addr, own.contains(&addr)) {
+                    w.guarded += 1;
+                    continue;
+                }
+                let family = if addr.is_ipv6() { ruleset::Family::Ipv6 } else { ruleset::Family::Ipv4 };
+                elems.push((ruleset::domain_set_name(&rule.name, family), addr, p.dns.element_timeout_ms(ttl)));
+            }
+        }
+    }
+    if !elems.is_empty() {
+        let batch: Vec<TimedElement> =
+            elems.iter().map(|(set, addr, t)| TimedElement { set, addr: *addr, timeout_ms: *t }).collect();
+        SetWriter::open()
+            .and_then(|mut w| w.add_timed(ruleset::TABLE_NAME, &batch))
+            .context("cannot put the warm-up answers into the domain sets")?;
+        w.elements = batch.len();
+    }
+    Ok(w)
+}
