@@ -142,9 +142,26 @@ pub fn warm_up(p: &Policy) -> Result<WarmUp> {
     }
     let own = own_addresses();
     let timeout = Duration::from_millis(u64::from(p.dns.timeout_ms));
+    // All names at once (a few threads each), so a dead upstream costs one timeout, not one
+    // per name.
+    const THREADS: usize = 16;
+    let chunk = names.len().div_ceil(THREADS);
+    let answers: Vec<(&str, io::Result<Vec<(IpAddr, u32)>>)> = std::thread::scope(|s| {
+        let workers: Vec<_> = names
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|&n| (n, dns::resolve_once(&p.dns.upstreams, p.dns.mark, n, timeout)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+    });
     let mut elems: Vec<(String, IpAddr, u64)> = Vec::new();
-    for name in names {
-        let answers = match dns::resolve_once(&p.dns.upstreams, p.dns.mark, name, timeout) {
+    for (name, result) in answers {
+        let answers = match result {
             Ok(a) => a,
             Err(e) => {
                 w.failures.push(format!("{name}: {e}"));

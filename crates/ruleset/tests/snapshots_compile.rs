@@ -29,6 +29,18 @@ fn developer_workstation_nft() {
 }
 
 #[test]
+fn app_server_domains_nft() {
+    insta::assert_snapshot!(ruleset::render::nft_text(&compile_src(&example("app-server-domains"))));
+}
+
+#[test]
+fn app_server_domains_json() {
+    let json =
+        serde_json::to_string_pretty(&ruleset::render::nft_json(&compile_src(&example("app-server-domains")))).unwrap();
+    insta::assert_snapshot!(json);
+}
+
+#[test]
 fn web_server_json() {
     let json = serde_json::to_string_pretty(&ruleset::render::nft_json(&compile_src(&example("web-server")))).unwrap();
     insta::assert_snapshot!(json);
