@@ -151,7 +151,7 @@ pub fn print_status(st: Option<&kernel::TableStatus>, json: bool) {
             "policy": path,
             "comment": st.comment,
             "rules": rules.iter().map(|(n, k, p, b)| json!({"rule": n, "kernel_rules": k, "packets": p, "bytes": b})).collect::<Vec<_>>(),
-            "sets": st.sets.iter().map(|s| json!({"name": s.name, "elements": s.elements.value(), "elements_exact": matches!(s.elements, kernel::ElementCount::Exact(_)), "interval": s.interval})).collect::<Vec<_>>(),
+            "sets": st.sets.iter().map(|s| json!({"name": s.name, "elements": s.elements.value(), "elements_exact": matches!(s.elements, kernel::ElementCount::Exact(_)), "interval": s.interval, "timeout": s.timeout})).collect::<Vec<_>>(),
             "chains": st.chains.iter().map(|c| json!({"name": c.name, "priority": c.priority, "policy": c.policy.map(|p| format!("{p:?}").to_lowercase()), "rules": c.rules.len()})).collect::<Vec<_>>(),
         }));
         return;
@@ -177,26 +177,38 @@ pub fn print_status(st: Option<&kernel::TableStatus>, json: bool) {
         println!();
         println!("  {:<28} {:>14}", "SET", "ELEMENTS");
         for s in &st.sets {
-            println!("  {:<28} {:>14}", s.name, s.elements);
+            // Timeout sets are the forwarder's: their elements come and go with DNS answers.
+            let kind = if s.timeout { "  (domain answers, with timeouts)" } else { "" };
+            println!("  {:<28} {:>14}{kind}", s.name, s.elements.to_string());
         }
     }
 }
 
 pub fn print_test_report(l: &Loaded, p: &Policy, r: &lab::Report) {
-    println!(
-        "{:<4} {:<6} {:<6} {:<30} {:<8} {:<8} {:<8} {:<26} DECIDED BY",
-        "#", "RESULT", "PROTO", "DESTINATION", "USER", "EXPECT", "KERNEL", "OUTCOME"
-    );
-    for row in &r.rows {
-        let c = &row.case;
+    let dst_text = |c: &lab::Case| {
         let dst = match (c.dst, c.port) {
             (std::net::IpAddr::V6(a), Some(port)) => format!("[{a}]:{port}"),
             (a, Some(port)) => format!("{a}:{port}"),
             (a, None) => a.to_string(),
         };
+        match &c.name {
+            Some(n) => format!("{n} = {dst}"),
+            None => dst,
+        }
+    };
+    // Columns as wide as their widest cell, so names of domain cases do not break the table.
+    let dw = r.rows.iter().map(|row| dst_text(&row.case).len()).max().unwrap_or(0).max("DESTINATION".len());
+    let ow = r.rows.iter().map(|row| row.outcome.describe().len()).max().unwrap_or(0).max("OUTCOME".len());
+    println!(
+        "{:<4} {:<6} {:<6} {:<dw$} {:<8} {:<8} {:<8} {:<ow$} DECIDED BY",
+        "#", "RESULT", "PROTO", "DESTINATION", "USER", "EXPECT", "KERNEL", "OUTCOME"
+    );
+    for row in &r.rows {
+        let c = &row.case;
+        let dst = dst_text(c);
         let user = crate::system::user_name(c.uid).unwrap_or_else(|| c.uid.to_string());
         println!(
-            "{:<4} {:<6} {:<6} {:<30} {:<8} {:<8} {:<8} {:<26} {}",
+            "{:<4} {:<6} {:<6} {:<dw$} {:<8} {:<8} {:<8} {:<ow$} {}",
             row.index + 1,
             if row.pass { "ok" } else { "FAIL" },
             c.proto.as_str(),
