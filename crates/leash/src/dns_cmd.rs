@@ -112,6 +112,9 @@ async fn shutdown_signal() {
     }
 }
 
+/// What one name resolved to: addresses with their TTLs.
+type Answers = io::Result<Vec<(IpAddr, u32)>>;
+
 /// What the apply-time warm-up did.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct WarmUp {
@@ -146,7 +149,7 @@ pub fn warm_up(p: &Policy) -> Result<WarmUp> {
     // per name.
     const THREADS: usize = 16;
     let chunk = names.len().div_ceil(THREADS);
-    let answers: Vec<(&str, io::Result<Vec<(IpAddr, u32)>>)> = std::thread::scope(|s| {
+    let answers: Vec<(&str, Answers)> = std::thread::scope(|s| {
         let workers: Vec<_> = names
             .chunks(chunk)
             .map(|part| {

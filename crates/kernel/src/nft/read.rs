@@ -396,10 +396,7 @@ pub(crate) fn table_info(sock: &mut Socket, name: &str) -> Result<Option<TableIn
 /// The addresses in set `<set>` of table `inet <table>` with the milliseconds each has left, from
 /// one GETSETELEM dump on a socket of its own. `None` when the table or the set does not exist.
 /// See [`super::timed_elements`] for which elements are listed and with what time.
-pub(crate) fn timed_elements(
-    table: &str,
-    set: &str,
-) -> Result<Option<Vec<(IpAddr, u64)>>, Error> {
+pub(crate) fn timed_elements(table: &str, set: &str) -> Result<Option<Vec<(IpAddr, u64)>>, Error> {
     let ctx = |source| Error::Netlink {
         context: format!("reading the elements of set {set} of table inet {table}"),
         source,
@@ -431,8 +428,30 @@ pub(crate) fn timed_elements(
         // request with ENOENT when either is missing.
         Err(NlError::Kernel(e)) if e.errno == libc::ENOENT => Ok(None),
         Err(e) => Err(ctx(e)),
-        Ok(()) => Ok(Some(out)),
+        Ok(()) => Ok(Some(dedup_by_address(out))),
     }
+}
+
+/// Sorts by address and keeps one entry per address, the one read last.
+///
+/// The kernel fills each reply of the dump by walking the set from its start and skipping the
+/// elements it sent before; an element added or removed meanwhile shifts the walk, so an element
+/// can come twice (measured: dozens of duplicates in a 20,000-element dump while elements were
+/// being added) or, symmetrically, not at all, and the kernel does not flag such a dump as
+/// interrupted. Duplicates would fail the apply that re-adds these elements (with `NLM_F_EXCL`);
+/// the later read of an element is the more recent one.
+fn dedup_by_address(mut v: Vec<(IpAddr, u64)>) -> Vec<(IpAddr, u64)> {
+    // Stable: elements with the same address stay in the order they were read.
+    v.sort_by_key(|e| e.0);
+    v.dedup_by(|later, earlier| {
+        if later.0 == earlier.0 {
+            earlier.1 = later.1;
+            true
+        } else {
+            false
+        }
+    });
+    v
 }
 
 /// One element of a GETSETELEM dump as (address, ms left); `None` for an element that has no

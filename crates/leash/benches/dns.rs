@@ -1,0 +1,1602 @@
+//! Benchmark: `leash dns` against dnsmasq with `--nftset` as DNS forwarders that put every answered
+//! address into an nftables set before the answer goes out, in the same run, against the same
+//! upstream, with the same load generator (dnsperf).
+//!
+//! ```sh
+//! sudo cargo bench -p leash --bench dns                  # 5 rounds, both cases, about 3 minutes
+//! LEASH_BENCH_QUICK=1 cargo bench -p leash --bench dns   # 2 rounds, shorter passes
+//! sudo cargo bench -p leash --bench dns -- --rounds 3 --case uncached --no-interval --keep
+//! ```
+//!
+//! Options (after `--`): `--rounds N` (default 5, or `LEASH_BENCH_ROUNDS`; 2 with
+//! `LEASH_BENCH_QUICK=1`), `--case uncached|cached|all`, `--no-interval` (skip dnsmasq with an
+//! interval set), `--interval-secs N` (cap of each of its two passes, default 10), `--cached-secs N`
+//! (length of the cached throughput pass, default 3), `--keep` (keep the scratch directory: hosts
+//! file, query files, policy, every tool's stderr). `LEASH_BIN` overrides the leash binary
+//! (default: the one cargo built for this bench, in the bench profile).
+//!
+//! # Set-up
+//!
+//! Everything runs in anonymous network namespaces held by file descriptors of this process (they
+//! vanish with it, however it ends); nothing touches the machine's own namespace. Only benchmark
+//! and documentation addresses are used.
+//!
+//! - **Upstream namespace**, for the whole run: dnsmasq at 203.0.113.53 (on `lo`), authoritative for
+//!   the bench names from a hosts file (`--addn-hosts`, `--local-ttl=3600`): `u<j>.bench.test` →
+//!   198.18.0.0 + 100,000 + j (j < 31,072, the rest of 198.18.0.0/15), `c<i>.bench.test` →
+//!   198.18.0.0 + i (i < 1,000), and `probe.test` (readiness checks, no set matches it).
+//! - **Client namespace**, a fresh one for every run of every tool: a veth pair to the upstream
+//!   namespace (its own /30 of 198.51.100.0/24), the bench policy applied with `leash apply` (default
+//!   deny, DNS to the upstream allowed, rule `bench` allowing TCP 443 to `*.bench.test`, whose IPv4
+//!   set `r_bench_d4` is a hash set with `flags timeout`; `bypass = "off"`, so that dnsmasq and the
+//!   direct baseline, which set no packet mark, reach the upstream through the same ruleset), then
+//!   one forwarder listening on 127.0.0.1:5300:
+//!   - `leash dns POLICY` (filling `r_bench_d4` over netlink);
+//!   - `dnsmasq --server=203.0.113.53 --cache-size=10000 --nftset=/bench.test/4#inet#leash#r_bench_d4`
+//!     (the same set; dnsmasq adds elements through libnftables);
+//!   - dnsmasq with `--nftset=/bench.test/4#inet#bench#ivl` into a table of the bench's own whose
+//!     set `ivl` is declared `flags interval` (how nft sets are usually declared; leash never uses
+//!     interval sets for domains). Uncached case only, each pass capped (`--interval-secs`).
+//!   - no forwarder: the **direct** baseline queries the upstream itself, the same names; a
+//!     forwarder's *added* latency is its latency minus the direct one of the same round.
+//!
+//! # Cases
+//!
+//! - **uncached**: the set first gets 100,000 elements (198.18.0.0 + i, i < 100,000, timeout 10 h;
+//!   `kernel::nft::SetWriter` for the hash set, `nft -f` for the interval set). Then every query
+//!   asks a name never asked before in this namespace, so no cache helps and every answer inserts
+//!   a new element: the latency pass asks u0..u4999, the throughput pass u5000..u31071.
+//! - **cached**: 1,000 names (`c<i>`), asked once (warm-up, untimed), then asked over and over.
+//!
+//! # Passes (dnsperf 2.10, run inside the client namespace)
+//!
+//! - *latency*: one query outstanding at a time (`-q 1 -c 1 -v`); per-query round trip times from
+//!   dnsperf's verbose lines give p50/p99 of an unloaded forwarder.
+//! - *throughput*: `-q 100 -c 4` (100 outstanding, below dnsmasq's `--dns-forward-max` of 150), each
+//!   name once (`-n 1`) for uncached, `-l --cached-secs` looping over the 1,000 names for cached:
+//!   queries/s at saturation. The CPU time of the forwarder (per thread for leash: its runtime
+//!   thread and its set-inserter thread), of the upstream and of dnsperf is read from /proc and
+//!   `wait4` around this pass.
+//!
+//! Before each pass the bench waits (at most 5 s) for a 100 ms window in which the CPUs are idle;
+//! the report says how many passes started without one. The order of the tools alternates between
+//! rounds.
+//!
+//! # Checks
+//!
+//! After each forwarder run the set is read back with a netlink GETSETELEM dump in the namespace:
+//! every address of a name answered NOERROR in the latency pass must be in it; the number of new
+//! elements must be at least the number of NOERROR answers of both passes (and at most the queries
+//! sent), and the 100,000 pre-filled ones must still be there. Cached runs must hold all 1,000
+//! addresses. Failures in the report are queries dnsperf counted as lost, answers other than
+//! NOERROR and addresses missing from the set.
+
+use anyhow::{Context, Result, bail, ensure};
+use kernel::netns::NetNs;
+use kernel::nft::{SetWriter, TimedElement};
+use kernel::rtnl::{Family, Rtnl};
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The upstream resolver's address (documentation range, outside every element range).
+const UPSTREAM: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 53);
+/// Where the forwarder under test listens in the client namespace.
+const LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5300);
+/// 198.18.0.0, start of the benchmark range 198.18.0.0/15 (131,072 addresses).
+const BASE: u32 = 0xC612_0000;
+const RANGE: u32 = 131_072;
+/// Elements in the set before an uncached run.
+const PREFILL: u32 = 100_000;
+/// Uncached names: one per address of 198.18.0.0/15 not pre-filled.
+const FRESH: u32 = RANGE - PREFILL;
+/// Uncached names of the latency pass (the rest go to the throughput pass).
+const LAT_UNCACHED: u32 = 5_000;
+/// Names of the cached case, and how often the latency pass asks each.
+const CACHED_NAMES: u32 = 1_000;
+const CACHED_LAT_REPEAT: u32 = 5;
+/// Name of the policy's domain rule.
+const RULE: &str = "bench";
+/// dnsperf settings of the throughput pass.
+const TP_OUTSTANDING: u32 = 100;
+const TP_CLIENTS: u32 = 4;
+/// Element timeout of the pre-filled elements.
+const PREFILL_TIMEOUT_MS: u64 = 10 * 3600 * 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Tool {
+    Leash,
+    Dnsmasq,
+    DnsmasqInterval,
+    Direct,
+}
+
+impl Tool {
+    fn label(self) -> &'static str {
+        match self {
+            Tool::Leash => "`leash dns` (hash set, timeouts)",
+            Tool::Dnsmasq => "dnsmasq --nftset (hash set, timeouts)",
+            Tool::DnsmasqInterval => "dnsmasq --nftset (interval set)",
+            Tool::Direct => "direct to upstream (baseline)",
+        }
+    }
+    fn short(self) -> &'static str {
+        match self {
+            Tool::Leash => "leash",
+            Tool::Dnsmasq => "dnsmasq",
+            Tool::DnsmasqInterval => "dnsmasq-interval",
+            Tool::Direct => "direct",
+        }
+    }
+    fn is_forwarder(self) -> bool {
+        self != Tool::Direct
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Case {
+    Uncached,
+    Cached,
+}
+
+impl Case {
+    fn label(self) -> &'static str {
+        match self {
+            Case::Uncached => "(a) uncached, set holds 100,000",
+            Case::Cached => "(b) cached, 1,000 names",
+        }
+    }
+    fn short(self) -> &'static str {
+        match self {
+            Case::Uncached => "uncached",
+            Case::Cached => "cached",
+        }
+    }
+}
+
+fn v4(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(BASE + i)
+}
+
+fn uncached_name(j: u32) -> String {
+    format!("u{j}.bench.test")
+}
+
+fn cached_name(i: u32) -> String {
+    format!("c{i}.bench.test")
+}
+
+/// The address the upstream answers for a bench name (offset from 198.18.0.0).
+fn offset_of(name: &str) -> Option<u32> {
+    let label = name
+        .strip_suffix('.')
+        .unwrap_or(name)
+        .strip_suffix(".bench.test")?;
+    if let Some(j) = label.strip_prefix('u') {
+        j.parse::<u32>()
+            .ok()
+            .filter(|&j| j < FRESH)
+            .map(|j| PREFILL + j)
+    } else {
+        label
+            .strip_prefix('c')?
+            .parse::<u32>()
+            .ok()
+            .filter(|&i| i < CACHED_NAMES)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Options
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Opts {
+    rounds: usize,
+    cases: Vec<Case>,
+    interval: bool,
+    interval_secs: u32,
+    cached_secs: u32,
+    keep: bool,
+    quick: bool,
+}
+
+fn parse_args() -> Result<Opts> {
+    let quick = std::env::var("LEASH_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+    let mut o = Opts {
+        rounds: match std::env::var("LEASH_BENCH_ROUNDS") {
+            Ok(s) => s.parse().context("LEASH_BENCH_ROUNDS")?,
+            Err(_) => {
+                if quick {
+                    2
+                } else {
+                    5
+                }
+            }
+        },
+        cases: vec![Case::Uncached, Case::Cached],
+        interval: true,
+        interval_secs: if quick { 4 } else { 10 },
+        cached_secs: if quick { 2 } else { 3 },
+        keep: false,
+        quick,
+    };
+    let mut args = std::env::args().skip(1);
+    let num = |a: Option<String>, what: &str| -> Result<u32> {
+        a.with_context(|| format!("{what} N"))?
+            .parse()
+            .with_context(|| format!("{what} N"))
+    };
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--bench" => {} // passed by `cargo bench`
+            "--rounds" => o.rounds = num(args.next(), "--rounds")? as usize,
+            "--case" => {
+                o.cases = match args.next().as_deref() {
+                    Some("uncached") | Some("a") => vec![Case::Uncached],
+                    Some("cached") | Some("b") => vec![Case::Cached],
+                    Some("all") => vec![Case::Uncached, Case::Cached],
+                    other => bail!("--case uncached|cached|all, not {other:?}"),
+                }
+            }
+            "--no-interval" => o.interval = false,
+            "--interval-secs" => o.interval_secs = num(args.next(), "--interval-secs")?,
+            "--cached-secs" => o.cached_secs = num(args.next(), "--cached-secs")?,
+            "--keep" => o.keep = true,
+            other => bail!(
+                "unknown argument {other:?} (options: --rounds N, --case uncached|cached|all, --no-interval, --interval-secs N, --cached-secs N, --keep)"
+            ),
+        }
+    }
+    ensure!((1..=51).contains(&o.rounds), "rounds must be 1..=51");
+    ensure!(
+        (1..=120).contains(&o.interval_secs),
+        "--interval-secs must be 1..=120"
+    );
+    ensure!(
+        (1..=60).contains(&o.cached_secs),
+        "--cached-secs must be 1..=60"
+    );
+    Ok(o)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scratch files
+// ---------------------------------------------------------------------------------------------
+
+/// Removes the scratch directory however `main` ends (unless `--keep`).
+struct Scratch(PathBuf, bool);
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.1 {
+            eprintln!("kept {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+struct Files {
+    dir: PathBuf,
+    hosts: PathBuf,
+    policy: PathBuf,
+    interval_nft: PathBuf,
+    lat_uncached: PathBuf,
+    tp_uncached: PathBuf,
+    cached_once: PathBuf,
+    lat_cached: PathBuf,
+}
+
+fn write_files(dir: &Path) -> Result<Files> {
+    let f = Files {
+        dir: dir.to_path_buf(),
+        hosts: dir.join("upstream.hosts"),
+        policy: dir.join("bench.toml"),
+        interval_nft: dir.join("interval.nft"),
+        lat_uncached: dir.join("uncached-latency.txt"),
+        tp_uncached: dir.join("uncached-throughput.txt"),
+        cached_once: dir.join("cached.txt"),
+        lat_cached: dir.join("cached-latency.txt"),
+    };
+    let mut hosts = String::with_capacity(40 * (FRESH + CACHED_NAMES) as usize);
+    writeln!(hosts, "192.0.2.99 probe.test")?;
+    for j in 0..FRESH {
+        writeln!(hosts, "{} {}", v4(PREFILL + j), uncached_name(j))?;
+    }
+    for i in 0..CACHED_NAMES {
+        writeln!(hosts, "{} {}", v4(i), cached_name(i))?;
+    }
+    std::fs::write(&f.hosts, hosts)?;
+    let lines = |r: std::ops::Range<u32>, name: fn(u32) -> String| -> String {
+        r.map(|i| format!("{} A\n", name(i))).collect()
+    };
+    std::fs::write(&f.lat_uncached, lines(0..LAT_UNCACHED, uncached_name))?;
+    std::fs::write(&f.tp_uncached, lines(LAT_UNCACHED..FRESH, uncached_name))?;
+    let once = lines(0..CACHED_NAMES, cached_name);
+    std::fs::write(&f.cached_once, &once)?;
+    std::fs::write(&f.lat_cached, once.repeat(CACHED_LAT_REPEAT as usize))?;
+    std::fs::write(
+        &f.policy,
+        format!(
+            r#"# Generated by crates/leash/benches/dns.rs. Benchmark and documentation ranges only.
+version = 1
+
+[defaults]
+outbound = "deny"
+deny_with = "reject"
+
+[dns]
+listen = ["{LISTEN}"]
+upstreams = ["{UPSTREAM}"]
+min_ttl = 60
+max_ttl = 3600
+grace = 120
+timeout_ms = 1000
+cache_size = 10000
+# dnsmasq and the direct baseline set no packet mark: they reach the upstream through the rule
+# below, as the forwarder does.
+bypass = "off"
+
+[[rule]]
+name = "upstream"
+action = "allow"
+ports = [53]
+to = ["{UPSTREAM}"]
+purpose = "The bench's upstream resolver"
+
+[[rule]]
+name = "{RULE}"
+action = "allow"
+proto = "tcp"
+ports = [443]
+to = ["*.bench.test"]
+purpose = "Benchmark: every answered address goes into this rule's timeout sets"
+"#
+        ),
+    )?;
+    let mut nft = String::with_capacity(16 * PREFILL as usize);
+    nft.push_str(
+        "# Generated by crates/leash/benches/dns.rs: an interval set, as nft sets are usually declared.\n\
+         table inet bench {\n\tset ivl {\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\telements = { ",
+    );
+    for i in 0..PREFILL {
+        if i > 0 {
+            nft.push_str(", ");
+        }
+        write!(nft, "{}", v4(i))?;
+    }
+    nft.push_str(" }\n\t}\n}\n");
+    std::fs::write(&f.interval_nft, nft)?;
+    Ok(f)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Namespaces and processes
+// ---------------------------------------------------------------------------------------------
+
+/// Gives the upstream namespace its resolver address on `lo`.
+fn setup_upstream(ns: &NetNs) -> Result<()> {
+    ns.run(|| -> Result<()> {
+        let mut r = Rtnl::open()?;
+        let lo = r.link_index("lo")?;
+        r.add_address(lo, UPSTREAM.into(), 32)?;
+        r.wait_local(UPSTREAM.into(), Duration::from_secs(3))?;
+        Ok(())
+    })
+}
+
+/// Joins a fresh client namespace to the upstream namespace: veth pair, the /30 number `slot` of
+/// 198.51.100.0/24 (.1 client, .2 upstream side), an on-link default route in the client. The
+/// upstream side's name and index are unique in the run (`serial`), because the ends of earlier
+/// clients may still be going away.
+fn wire(client: &NetNs, upstream: &NetNs, serial: u32) -> Result<()> {
+    let slot = serial % 64;
+    let c_addr = Ipv4Addr::new(198, 51, 100, (4 * slot + 1) as u8);
+    let u_addr = Ipv4Addr::new(198, 51, 100, (4 * slot + 2) as u8);
+    let u_name = format!("bu{serial}");
+    let c_if = client.run(|| -> Result<u32> {
+        let mut r = Rtnl::open()?;
+        r.create_veth_with_indexes("bc", 10, &u_name, 1000 + serial, upstream.as_fd())?;
+        let i = r.link_index("bc")?;
+        r.add_address(i, c_addr.into(), 30)?;
+        r.set_link_up(i)?;
+        r.add_default_route(i, Family::V4)?;
+        Ok(i)
+    })?;
+    upstream.run(|| -> Result<()> {
+        let mut r = Rtnl::open()?;
+        let i = r.link_index(&u_name)?;
+        r.add_address(i, u_addr.into(), 30)?;
+        r.set_link_up(i)?;
+        r.wait_oper_up(i, Duration::from_secs(3))?;
+        Ok(())
+    })?;
+    client.run(|| -> Result<()> {
+        let mut r = Rtnl::open()?;
+        r.wait_oper_up(c_if, Duration::from_secs(3))?;
+        r.wait_local(c_addr.into(), Duration::from_secs(3))?;
+        Ok(())
+    })
+}
+
+fn nsenter(ns: &NetNs, program: impl Into<OsString>) -> Command {
+    let mut netarg = OsString::from("--net=");
+    netarg.push(ns.path());
+    let mut c = Command::new("nsenter");
+    c.arg(netarg).arg(program.into());
+    c
+}
+
+/// A process we started (`nsenter` execs the program, so the pid is the program's), ended by its
+/// pid: SIGTERM by [`Daemon::stop`], SIGKILL on drop if it still runs.
+struct Daemon {
+    name: String,
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(name: &str, mut cmd: Command, dir: &Path) -> Result<Daemon> {
+        let stderr = dir.join(format!("{name}.stderr"));
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&stderr)?)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Daemon {
+            name: name.into(),
+            child,
+            stderr,
+        })
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: plain syscall on the pid of our own child, which has not been reaped yet
+        // (reaping happens only in `stop` and `drop`, after which no signal is sent).
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// SIGTERM, then waits (at most 5 s, then SIGKILL); returns its stderr.
+    fn stop(mut self) -> Result<String> {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if self.child.try_wait()?.is_some() {
+                break;
+            }
+            if Instant::now() > deadline {
+                eprintln!(
+                    "   {} did not stop within 5 s of SIGTERM; killed",
+                    self.name
+                );
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(self.log())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn dnsmasq_base() -> Vec<String> {
+    [
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        "--conf-file=/dev/null",
+        "--bind-interfaces",
+        "--user=root",
+        "--pid-file=",
+        "--log-facility=-",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn start_upstream(ns: &NetNs, files: &Files) -> Result<Daemon> {
+    let mut args = dnsmasq_base();
+    args.push(format!("--listen-address={UPSTREAM}"));
+    args.push(format!("--addn-hosts={}", files.hosts.display()));
+    args.push("--local-ttl=3600".into());
+    let mut cmd = nsenter(ns, "dnsmasq");
+    cmd.args(&args);
+    let d = Daemon::spawn("upstream-dnsmasq", cmd, &files.dir)?;
+    wait_ready(ns, SocketAddr::new(UPSTREAM.into(), 53), &d)?;
+    Ok(d)
+}
+
+/// Starts the forwarder `tool` in `ns` and waits until it answers.
+fn start_forwarder(
+    tool: Tool,
+    ns: &NetNs,
+    leash: &Path,
+    files: &Files,
+    tag: &str,
+) -> Result<Daemon> {
+    let cmd = match tool {
+        Tool::Leash => {
+            let mut c = nsenter(ns, leash);
+            c.arg("dns").arg(&files.policy);
+            c
+        }
+        Tool::Dnsmasq | Tool::DnsmasqInterval => {
+            let mut args = dnsmasq_base();
+            args.push(format!("--listen-address={}", LISTEN.ip()));
+            args.push(format!("--port={}", LISTEN.port()));
+            args.push(format!("--server={UPSTREAM}"));
+            args.push("--cache-size=10000".into());
+            args.push(if tool == Tool::Dnsmasq {
+                format!(
+                    "--nftset=/bench.test/4#inet#{}#{}",
+                    ruleset::TABLE_NAME,
+                    set_name()
+                )
+            } else {
+                "--nftset=/bench.test/4#inet#bench#ivl".into()
+            });
+            let mut c = nsenter(ns, "dnsmasq");
+            c.args(&args);
+            c
+        }
+        Tool::Direct => bail!("the direct baseline has no forwarder"),
+    };
+    let d = Daemon::spawn(&format!("{tag}-{}", tool.short()), cmd, &files.dir)?;
+    wait_ready(ns, LISTEN, &d)?;
+    Ok(d)
+}
+
+fn set_name() -> String {
+    ruleset::domain_set_name(RULE, ruleset::Family::Ipv4)
+}
+
+/// A DNS query for `name` type A, recursion desired.
+fn query_packet(id: u16, name: &str) -> Vec<u8> {
+    let mut p = Vec::with_capacity(12 + name.len() + 6);
+    p.extend_from_slice(&id.to_be_bytes());
+    p.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.').filter(|l| !l.is_empty()) {
+        p.push(label.len() as u8);
+        p.extend_from_slice(label.as_bytes());
+    }
+    p.extend_from_slice(&[0, 0, 1, 0, 1]);
+    p
+}
+
+/// Waits (at most 10 s) until `server` answers a query for `probe.test` from inside `ns`.
+fn wait_ready(ns: &NetNs, server: SocketAddr, d: &Daemon) -> Result<()> {
+    let ok = ns.run(|| -> Result<bool> {
+        let bind: SocketAddr = if server.ip().is_loopback() {
+            "127.0.0.1:0".parse()?
+        } else {
+            "0.0.0.0:0".parse()?
+        };
+        let sock = UdpSocket::bind(bind)?;
+        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 512];
+        for id in 1u16.. {
+            if Instant::now() > deadline {
+                return Ok(false);
+            }
+            let _ = sock.send_to(&query_packet(id, "probe.test"), server);
+            if let Ok((n, _)) = sock.recv_from(&mut buf)
+                && n >= 12
+                && buf[..2] == id.to_be_bytes()
+                && buf[2] & 0x80 != 0
+            {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(false)
+    })?;
+    ensure!(
+        ok,
+        "{} did not answer on {server} within 10 s:\n{}",
+        d.name,
+        d.log()
+    );
+    Ok(())
+}
+
+/// A command run to completion inside a namespace, with its rusage.
+struct Ran {
+    stdout: String,
+    stderr: String,
+    cpu: Duration,
+}
+
+fn tv(t: libc::timeval) -> Duration {
+    Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+}
+
+fn run_to_end(mut cmd: Command, dir: &Path) -> Result<Ran> {
+    let out_path = dir.join("child.stdout");
+    let err_path = dir.join("child.stderr");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path)?)
+        .stderr(File::create(&err_path)?)
+        .spawn()
+        .context("spawning a child")?;
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain old data; all-zero is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: waits for our own child; status and ru are valid out-pointers. `child` is never
+        // waited on through std afterwards (dropping a `Child` does not wait).
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+        if r == pid {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e).context("wait4");
+        }
+    }
+    drop(child);
+    let stdout = std::fs::read_to_string(&out_path)?;
+    let stderr = std::fs::read_to_string(&err_path)?;
+    ensure!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{cmd:?} failed (wait status {status:#x}):\n{stdout}{stderr}"
+    );
+    Ok(Ran {
+        stdout,
+        stderr,
+        cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
+    })
+}
+
+/// Waits (at most 5 s) until both CPUs were idle for a 100 ms window (see apply.rs).
+fn settle() -> bool {
+    fn busy_total() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let v: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let idle = v.get(3)? + v.get(4).unwrap_or(&0);
+        let total: u64 = v.iter().take(8).sum();
+        Some((total - idle, total))
+    }
+    for _ in 0..50 {
+        let Some((b0, t0)) = busy_total() else {
+            return false;
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        let Some((b1, t1)) = busy_total() else {
+            return false;
+        };
+        if t1 > t0 && ((b1 - b0) as f64) < 0.05 * (t1 - t0) as f64 {
+            return true;
+        }
+    }
+    false
+}
+
+/// CPU seconds (user + system) of each thread of `pid`, by thread name.
+fn thread_cpu(pid: i32) -> BTreeMap<String, f64> {
+    // SAFETY: sysconf cannot fail for this name.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut out = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_string();
+        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks: f64 = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+        *out.entry(comm).or_insert(0.0) += ticks / hz;
+    }
+    out
+}
+
+fn cpu_diff(a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    b.iter()
+        .map(|(k, v)| (k.clone(), v - a.get(k).copied().unwrap_or(0.0)))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// dnsperf
+// ---------------------------------------------------------------------------------------------
+
+/// One dnsperf pass.
+#[derive(Debug, Default, Clone)]
+struct Pass {
+    sent: u64,
+    completed: u64,
+    lost: u64,
+    /// Response codes other than NOERROR, with counts.
+    bad_rcodes: Vec<(String, u64)>,
+    noerror: u64,
+    qps: f64,
+    /// Per-query round trip times in seconds (verbose passes only).
+    rtts: Vec<f64>,
+    /// Names answered NOERROR (verbose passes only).
+    answered: Vec<String>,
+    /// dnsperf's own CPU time.
+    cpu: Duration,
+}
+
+impl Pass {
+    fn failures(&self) -> u64 {
+        self.lost + self.bad_rcodes.iter().map(|(_, n)| n).sum::<u64>()
+    }
+}
+
+struct Perf<'a> {
+    server: SocketAddr,
+    file: &'a Path,
+    /// `-n`: runs through the file (0: unlimited, with `limit`).
+    runs: u32,
+    /// `-l` seconds.
+    limit: u32,
+    outstanding: u32,
+    clients: u32,
+    /// `-t` seconds.
+    timeout: u32,
+    verbose: bool,
+}
+
+fn dnsperf(ns: &NetNs, p: &Perf<'_>, dir: &Path) -> Result<Pass> {
+    let mut cmd = nsenter(ns, "dnsperf");
+    cmd.arg("-s")
+        .arg(p.server.ip().to_string())
+        .arg("-p")
+        .arg(p.server.port().to_string())
+        .arg("-d")
+        .arg(p.file)
+        .arg("-c")
+        .arg(p.clients.to_string())
+        .arg("-T")
+        .arg("1")
+        .arg("-q")
+        .arg(p.outstanding.to_string())
+        .arg("-t")
+        .arg(p.timeout.to_string())
+        .arg("-l")
+        .arg(p.limit.to_string());
+    if p.runs > 0 {
+        cmd.arg("-n").arg(p.runs.to_string());
+    }
+    if p.verbose {
+        cmd.arg("-v");
+    }
+    let r = run_to_end(cmd, dir)?;
+    let mut pass = parse_dnsperf(&r.stdout)
+        .with_context(|| format!("dnsperf output:\n{}{}", r.stdout, r.stderr))?;
+    pass.cpu = r.cpu;
+    Ok(pass)
+}
+
+fn parse_dnsperf(out: &str) -> Result<Pass> {
+    let mut p = Pass::default();
+    let first_num = |s: &str| -> Result<f64> {
+        s.split_whitespace()
+            .next()
+            .context("number")?
+            .parse::<f64>()
+            .context("number")
+    };
+    let mut seen = 0;
+    for line in out.lines() {
+        if let Some(v) = line.strip_prefix("> ") {
+            // `> NOERROR name A 0.000146` or `> T name A` (timed out).
+            let f: Vec<&str> = v.split_whitespace().collect();
+            if f.len() >= 4 && f[0] == "NOERROR" {
+                p.rtts.push(f[3].parse().context("latency")?);
+                p.answered.push(f[1].to_string());
+            } else if f.len() >= 4 {
+                p.rtts.push(f[3].parse().context("latency")?);
+            }
+            continue;
+        }
+        let t = line.trim();
+        if let Some(v) = t.strip_prefix("Queries sent:") {
+            p.sent = first_num(v)? as u64;
+            seen += 1;
+        } else if let Some(v) = t.strip_prefix("Queries completed:") {
+            p.completed = first_num(v)? as u64;
+            seen += 1;
+        } else if let Some(v) = t.strip_prefix("Queries lost:") {
+            p.lost = first_num(v)? as u64;
+        } else if let Some(v) = t.strip_prefix("Queries per second:") {
+            p.qps = first_num(v)?;
+            seen += 1;
+        } else if let Some(v) = t.strip_prefix("Response codes:") {
+            // `NOERROR 31072 (100.00%), SERVFAIL 3 (0.01%)`
+            for part in v.split(',') {
+                let f: Vec<&str> = part.split_whitespace().collect();
+                if f.len() >= 2 {
+                    let n: u64 = f[1].parse().context("response code count")?;
+                    if f[0] == "NOERROR" {
+                        p.noerror = n;
+                    } else {
+                        p.bad_rcodes.push((f[0].to_string(), n));
+                    }
+                }
+            }
+        }
+    }
+    ensure!(seen == 3, "no statistics in dnsperf's output");
+    Ok(p)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Set read-back
+// ---------------------------------------------------------------------------------------------
+
+/// Keys (IPv4, as offsets-independent u32) of set `set` of table `inet table` in `ns`: one
+/// GETSETELEM dump; interval ends are left out.
+fn set_keys(ns: &NetNs, table: &str, set: &str) -> Result<Vec<u32>> {
+    use kernel::nl::{MsgBuf, NETLINK_NETFILTER, NLM_F_DUMP, NLM_F_REQUEST, Socket};
+    const NFNL_SUBSYS_NFTABLES: u16 = 10;
+    const NFT_MSG_GETSETELEM: u16 = 13;
+    const NFPROTO_INET: u8 = 1;
+    const NFGENMSG_LEN: usize = 4;
+    const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+    const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+    const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+    const NFTA_SET_ELEM_KEY: u16 = 1;
+    const NFTA_SET_ELEM_FLAGS: u16 = 3;
+    const NFTA_DATA_VALUE: u16 = 1;
+    const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
+    ns.run(|| -> Result<Vec<u32>> {
+        let mut sock = Socket::open(NETLINK_NETFILTER)?;
+        sock.set_recv_buffer(4 << 20)?;
+        let mut b = MsgBuf::new();
+        let m = b.begin(
+            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            1,
+        );
+        b.put_header(&[NFPROTO_INET, 0, 0, 0]);
+        b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
+        b.attr_str(NFTA_SET_ELEM_LIST_SET, set);
+        b.end(m)?;
+        let mut out = Vec::new();
+        sock.dump(b.as_bytes(), |m| {
+            for a in m.attrs(NFGENMSG_LEN) {
+                let a = a?;
+                if a.ty != NFTA_SET_ELEM_LIST_ELEMENTS {
+                    continue;
+                }
+                for el in a.nested() {
+                    let (mut key, mut flags) = (None, 0);
+                    for f in el?.nested() {
+                        let f = f?;
+                        if f.ty == NFTA_SET_ELEM_KEY {
+                            for v in f.nested() {
+                                let v = v?;
+                                if v.ty == NFTA_DATA_VALUE {
+                                    key = Some(v.data);
+                                }
+                            }
+                        } else if f.ty == NFTA_SET_ELEM_FLAGS {
+                            flags = f.be32()?;
+                        }
+                    }
+                    if flags & NFT_SET_ELEM_INTERVAL_END == 0
+                        && let Some(k) = key.and_then(|k| <[u8; 4]>::try_from(k).ok())
+                    {
+                        out.push(u32::from_be_bytes(k));
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    })
+}
+
+/// What the read-back found.
+#[derive(Debug, Default, Clone)]
+struct Check {
+    /// Pre-filled elements still there (uncached) / cached addresses present (cached).
+    base_present: u64,
+    /// Elements of fresh (uncached) addresses.
+    fresh: u64,
+    /// Addresses answered NOERROR in the latency pass but not in the set.
+    missing: u64,
+    /// NOERROR answers of both passes that need an element each (uncached).
+    needed: u64,
+    ok: bool,
+    note: String,
+    took: Duration,
+}
+
+fn check_set(ns: &NetNs, tool: Tool, case: Case, lat: &Pass, tp: &Pass) -> Result<Check> {
+    let t = Instant::now();
+    let (table, set) = match tool {
+        Tool::DnsmasqInterval => ("bench".to_string(), "ivl".to_string()),
+        _ => (ruleset::TABLE_NAME.to_string(), set_name()),
+    };
+    let keys: HashSet<u32> = set_keys(ns, &table, &set)?.into_iter().collect();
+    let mut c = Check::default();
+    let in_range = |lo: u32, hi: u32| {
+        keys.iter()
+            .filter(|&&k| k >= BASE + lo && k < BASE + hi)
+            .count() as u64
+    };
+    let missing: u64 = lat
+        .answered
+        .iter()
+        .filter_map(|n| offset_of(n))
+        .filter(|&o| !keys.contains(&(BASE + o)))
+        .count() as u64;
+    c.missing = missing;
+    match case {
+        Case::Uncached => {
+            c.base_present = in_range(0, PREFILL);
+            c.fresh = in_range(PREFILL, RANGE);
+            c.needed = lat.noerror + tp.noerror;
+            let sent = lat.sent + tp.sent;
+            c.ok = c.missing == 0
+                && c.base_present == u64::from(PREFILL)
+                && c.fresh >= c.needed
+                && c.fresh <= sent;
+            c.note = format!(
+                "{} pre-filled + {} new elements; {} NOERROR answers of {} queries; {} answered addresses missing",
+                c.base_present, c.fresh, c.needed, sent, c.missing
+            );
+        }
+        Case::Cached => {
+            c.base_present = in_range(0, CACHED_NAMES);
+            c.ok = c.missing == 0 && c.base_present == u64::from(CACHED_NAMES);
+            c.note = format!(
+                "{} of {CACHED_NAMES} cached names' addresses in the set; {} answered addresses missing",
+                c.base_present, c.missing
+            );
+        }
+    }
+    c.took = t.elapsed();
+    Ok(c)
+}
+
+// ---------------------------------------------------------------------------------------------
+// One run: one tool, one case, in a fresh client namespace
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Default, Clone)]
+struct RunResult {
+    lat: Pass,
+    tp: Pass,
+    /// CPU seconds during the throughput pass, by thread name, of the forwarder.
+    fwd_cpu: BTreeMap<String, f64>,
+    upstream_cpu: f64,
+    check: Option<Check>,
+    /// leash's counters at exit, or dnsmasq's `queries forwarded/answered locally` line.
+    stats: String,
+    /// Passes that started while the machine was busy.
+    unsettled: usize,
+}
+
+impl RunResult {
+    fn failures(&self) -> u64 {
+        self.lat.failures() + self.tp.failures() + self.check.as_ref().map_or(0, |c| c.missing)
+    }
+    fn fwd_cpu_total(&self) -> f64 {
+        self.fwd_cpu.values().sum()
+    }
+}
+
+struct Ctx<'a> {
+    opts: &'a Opts,
+    files: &'a Files,
+    leash: &'a Path,
+    upstream_ns: &'a NetNs,
+    upstream: &'a Daemon,
+    serial: u32,
+}
+
+fn run_one(ctx: &mut Ctx<'_>, tool: Tool, case: Case, round: usize) -> Result<RunResult> {
+    let dir = &ctx.files.dir;
+    ctx.serial += 1;
+    let ns = NetNs::new().context("new namespace")?;
+    wire(&ns, ctx.upstream_ns, ctx.serial)?;
+    let mut apply = nsenter(&ns, ctx.leash);
+    apply.arg("apply").arg(&ctx.files.policy);
+    run_to_end(apply, dir).context("leash apply")?;
+    if case == Case::Uncached {
+        match tool {
+            Tool::Leash | Tool::Dnsmasq => prefill_hash(&ns)?,
+            Tool::DnsmasqInterval => {
+                let mut c = nsenter(&ns, "nft");
+                c.arg("-f").arg(&ctx.files.interval_nft);
+                run_to_end(c, dir).context("loading the interval set")?;
+            }
+            Tool::Direct => {}
+        }
+    }
+    let tag = format!("r{round}-{}", case.short());
+    let fwd = if tool.is_forwarder() {
+        Some(start_forwarder(tool, &ns, ctx.leash, ctx.files, &tag)?)
+    } else {
+        None
+    };
+    let server = if tool.is_forwarder() {
+        LISTEN
+    } else {
+        SocketAddr::new(UPSTREAM.into(), 53)
+    };
+    let capped = tool == Tool::DnsmasqInterval;
+    let mut res = RunResult::default();
+    if case == Case::Cached {
+        // Warm-up: every name once (fills the cache), untimed.
+        dnsperf(
+            &ns,
+            &Perf {
+                server,
+                file: &ctx.files.cached_once,
+                runs: 1,
+                limit: 30,
+                outstanding: 10,
+                clients: 1,
+                timeout: 2,
+                verbose: false,
+            },
+            dir,
+        )?;
+    }
+    // Latency pass: one query at a time.
+    res.unsettled += usize::from(!settle());
+    res.lat = dnsperf(
+        &ns,
+        &Perf {
+            server,
+            file: match case {
+                Case::Uncached => &ctx.files.lat_uncached,
+                Case::Cached => &ctx.files.lat_cached,
+            },
+            runs: 1,
+            limit: if capped { ctx.opts.interval_secs } else { 60 },
+            outstanding: 1,
+            clients: 1,
+            timeout: if capped { 5 } else { 2 },
+            verbose: true,
+        },
+        dir,
+    )?;
+    // Throughput pass.
+    res.unsettled += usize::from(!settle());
+    let fwd_before = fwd
+        .as_ref()
+        .map(|d| thread_cpu(d.pid()))
+        .unwrap_or_default();
+    let up_before: f64 = thread_cpu(ctx.upstream.pid()).values().sum();
+    res.tp = dnsperf(
+        &ns,
+        &Perf {
+            server,
+            file: match case {
+                Case::Uncached => &ctx.files.tp_uncached,
+                Case::Cached => &ctx.files.cached_once,
+            },
+            runs: if case == Case::Uncached { 1 } else { 0 },
+            limit: match (case, capped) {
+                (_, true) => ctx.opts.interval_secs,
+                (Case::Uncached, false) => 60,
+                (Case::Cached, false) => ctx.opts.cached_secs,
+            },
+            outstanding: TP_OUTSTANDING,
+            clients: TP_CLIENTS,
+            timeout: if capped { 5 } else { 2 },
+            verbose: false,
+        },
+        dir,
+    )?;
+    if let Some(d) = &fwd {
+        res.fwd_cpu = cpu_diff(&fwd_before, &thread_cpu(d.pid()));
+    }
+    res.upstream_cpu = thread_cpu(ctx.upstream.pid()).values().sum::<f64>() - up_before;
+    if let Some(d) = fwd {
+        if tool != Tool::Leash {
+            // dnsmasq logs its counters on SIGUSR1.
+            d.signal(libc::SIGUSR1);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let log = d.stop()?;
+        res.stats = match tool {
+            Tool::Leash => log
+                .lines()
+                .find_map(|l| l.split("stopped; ").nth(1))
+                .unwrap_or("no stats line")
+                .to_string(),
+            _ => log
+                .lines()
+                .filter(|l| l.contains("queries forwarded") || l.contains("cache size"))
+                .map(|l| l.split(": ").skip(1).collect::<Vec<_>>().join(": "))
+                .collect::<Vec<_>>()
+                .join("; "),
+        };
+        res.check = Some(check_set(&ns, tool, case, &res.lat, &res.tp)?);
+    }
+    Ok(res)
+}
+
+/// 100,000 elements with a long timeout into the rule's hash set, from inside `ns`.
+fn prefill_hash(ns: &NetNs) -> Result<()> {
+    let set = set_name();
+    ns.run(|| -> Result<()> {
+        let mut w = SetWriter::open()?;
+        let all: Vec<TimedElement<'_>> = (0..PREFILL)
+            .map(|i| TimedElement {
+                set: &set,
+                addr: IpAddr::V4(v4(i)),
+                timeout_ms: PREFILL_TIMEOUT_MS,
+            })
+            .collect();
+        for chunk in all.chunks(5_000) {
+            w.add_timed(ruleset::TABLE_NAME, chunk)?;
+        }
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics and the report
+// ---------------------------------------------------------------------------------------------
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn sorted(v: &[f64]) -> Vec<f64> {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s
+}
+
+fn median(v: &[f64]) -> f64 {
+    let s = sorted(v);
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    if s.len() % 2 == 1 {
+        s[s.len() / 2]
+    } else {
+        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
+    }
+}
+
+/// Per tool and case: medians over rounds.
+#[derive(Debug, Default)]
+struct Summary {
+    rounds: usize,
+    qps: f64,
+    qps_all: Vec<f64>,
+    p50_us: f64,
+    p99_us: f64,
+    failures: u64,
+    queries: u64,
+    /// Forwarder CPU per query of the throughput pass, in µs, and the share of it in threads
+    /// named `leash-dns-sets`.
+    cpu_us_per_q: f64,
+    sets_thread_us_per_q: f64,
+    upstream_us_per_q: f64,
+    dnsperf_us_per_q: f64,
+    checks_ok: usize,
+    checks: usize,
+    unsettled: usize,
+}
+
+fn summarize(runs: &[RunResult]) -> Summary {
+    let per_q = |f: &dyn Fn(&RunResult) -> f64| -> f64 {
+        median(
+            &runs
+                .iter()
+                .filter(|r| r.tp.completed > 0)
+                .map(|r| f(r) * 1e6 / r.tp.completed as f64)
+                .collect::<Vec<_>>(),
+        )
+    };
+    let p = |q: f64| {
+        median(
+            &runs
+                .iter()
+                .map(|r| percentile(&sorted(&r.lat.rtts), q) * 1e6)
+                .collect::<Vec<_>>(),
+        )
+    };
+    Summary {
+        rounds: runs.len(),
+        qps: median(&runs.iter().map(|r| r.tp.qps).collect::<Vec<_>>()),
+        qps_all: runs.iter().map(|r| r.tp.qps).collect(),
+        p50_us: p(50.0),
+        p99_us: p(99.0),
+        failures: runs.iter().map(RunResult::failures).sum(),
+        queries: runs.iter().map(|r| r.lat.sent + r.tp.sent).sum(),
+        cpu_us_per_q: per_q(&|r| r.fwd_cpu_total()),
+        sets_thread_us_per_q: per_q(&|r| {
+            r.fwd_cpu
+                .iter()
+                .filter(|(k, _)| k.as_str() == "leash-dns-sets")
+                .map(|(_, v)| v)
+                .sum()
+        }),
+        upstream_us_per_q: per_q(&|r| r.upstream_cpu),
+        dnsperf_us_per_q: per_q(&|r| r.tp.cpu.as_secs_f64()),
+        checks_ok: runs
+            .iter()
+            .filter(|r| r.check.as_ref().is_some_and(|c| c.ok))
+            .count(),
+        checks: runs.iter().filter(|r| r.check.is_some()).count(),
+        unsettled: runs.iter().map(|r| r.unsettled).sum(),
+    }
+}
+
+fn fmt_us(v: f64) -> String {
+    if v.is_nan() {
+        "–".into()
+    } else if v.abs() >= 10_000.0 {
+        format!("{:.0} ms", v / 1000.0)
+    } else {
+        format!("{v:.0} µs")
+    }
+}
+
+fn ratio(num: f64, den: f64) -> String {
+    if num.is_nan() || den.is_nan() || num <= 0.0 || den <= 0.0 {
+        "n/a".into()
+    } else {
+        format!("**{:.2}**", num / den)
+    }
+}
+
+fn render(opts: &Opts, results: &BTreeMap<(Case, Tool), Vec<RunResult>>, header: &str) -> String {
+    let mut s = String::new();
+    writeln!(s, "{header}").unwrap();
+    for case in [Case::Uncached, Case::Cached] {
+        let tools: Vec<Tool> = [
+            Tool::Leash,
+            Tool::Dnsmasq,
+            Tool::DnsmasqInterval,
+            Tool::Direct,
+        ]
+        .into_iter()
+        .filter(|t| results.contains_key(&(case, *t)))
+        .collect();
+        if tools.is_empty() {
+            continue;
+        }
+        let sum: BTreeMap<Tool, Summary> = tools
+            .iter()
+            .map(|t| (*t, summarize(&results[&(case, *t)])))
+            .collect();
+        let direct = sum.get(&Tool::Direct);
+        let added = |t: Tool, which: fn(&Summary) -> f64| -> f64 {
+            match (sum.get(&t), direct) {
+                (Some(x), Some(d)) if t != Tool::Direct => which(x) - which(d),
+                _ => f64::NAN,
+            }
+        };
+        writeln!(s, "\n### {}\n", case.label()).unwrap();
+        writeln!(
+            s,
+            "| tool | case | queries/s | p50 added | p99 added | failures | p50 | p99 | forwarder CPU/query | set check |"
+        )
+        .unwrap();
+        writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|").unwrap();
+        for &t in &tools {
+            let x = &sum[&t];
+            let cpu = if t.is_forwarder() {
+                if t == Tool::Leash {
+                    format!(
+                        "{} ({} in the set thread)",
+                        fmt_us(x.cpu_us_per_q),
+                        fmt_us(x.sets_thread_us_per_q)
+                    )
+                } else {
+                    fmt_us(x.cpu_us_per_q)
+                }
+            } else {
+                "–".into()
+            };
+            let check = if x.checks == 0 {
+                "–".into()
+            } else {
+                format!("{}/{} ok", x.checks_ok, x.checks)
+            };
+            let rounds = if x.rounds != opts.rounds {
+                format!(
+                    " ({} run{})",
+                    x.rounds,
+                    if x.rounds == 1 { "" } else { "s" }
+                )
+            } else {
+                String::new()
+            };
+            writeln!(
+                s,
+                "| {}{rounds} | {} | {:.0} | {} | {} | {} of {} | {} | {} | {cpu} | {check} |",
+                t.label(),
+                case.short(),
+                x.qps,
+                if t.is_forwarder() {
+                    fmt_us(added(t, |x| x.p50_us))
+                } else {
+                    "(0)".into()
+                },
+                if t.is_forwarder() {
+                    fmt_us(added(t, |x| x.p99_us))
+                } else {
+                    "(0)".into()
+                },
+                x.failures,
+                x.queries,
+                fmt_us(x.p50_us),
+                fmt_us(x.p99_us),
+            )
+            .unwrap();
+        }
+        if let (Some(l), Some(d)) = (sum.get(&Tool::Leash), sum.get(&Tool::Dnsmasq)) {
+            writeln!(
+                s,
+                "\nRatios (same run, medians over rounds): leash/dnsmasq queries/s {}; dnsmasq/leash added latency p50 {}, p99 {}; dnsmasq/leash forwarder CPU per query {}.",
+                ratio(l.qps, d.qps),
+                ratio(added(Tool::Dnsmasq, |x| x.p50_us), added(Tool::Leash, |x| x.p50_us)),
+                ratio(added(Tool::Dnsmasq, |x| x.p99_us), added(Tool::Leash, |x| x.p99_us)),
+                ratio(d.cpu_us_per_q, l.cpu_us_per_q),
+            )
+            .unwrap();
+        }
+        if let (Some(l), Some(i)) = (sum.get(&Tool::Leash), sum.get(&Tool::DnsmasqInterval)) {
+            writeln!(
+                s,
+                "leash/dnsmasq-with-interval-set queries/s {}.",
+                ratio(l.qps, i.qps)
+            )
+            .unwrap();
+        }
+        writeln!(s, "\nPer round queries/s and CPU per throughput-pass query (µs: forwarder / upstream dnsmasq / dnsperf):\n").unwrap();
+        for &t in &tools {
+            let x = &sum[&t];
+            writeln!(
+                s,
+                "- {}: {} — CPU {} / {} / {}",
+                t.short(),
+                x.qps_all
+                    .iter()
+                    .map(|q| format!("{q:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                fmt_us(x.cpu_us_per_q),
+                fmt_us(x.upstream_us_per_q),
+                fmt_us(x.dnsperf_us_per_q),
+            )
+            .unwrap();
+        }
+        let unsettled: usize = sum.values().map(|x| x.unsettled).sum();
+        let passes: usize = sum.values().map(|x| 2 * x.rounds).sum();
+        writeln!(
+            s,
+            "\n{unsettled} of {passes} timed passes started while other load kept the machine busy."
+        )
+        .unwrap();
+    }
+    s
+}
+
+fn tool_version(argv: &[&str]) -> String {
+    Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .map(|o| {
+            let t = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&t)
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_else(|e| format!("unknown ({e})"))
+}
+
+fn report_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+        .join("bench-dns")
+}
+
+fn main() -> Result<()> {
+    let opts = parse_args()?;
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("bench dns: needs root (network namespaces and nftables); skipped");
+        return Ok(());
+    }
+    for tool in ["dnsperf", "dnsmasq", "nft", "nsenter"] {
+        if Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_err()
+        {
+            eprintln!(
+                "bench dns: `{tool}` is not installed (apt-get install dnsperf dnsmasq-base nftables util-linux); skipped"
+            );
+            return Ok(());
+        }
+    }
+    let leash = PathBuf::from(
+        std::env::var_os("LEASH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_leash").into()),
+    );
+    let scratch = Scratch(
+        std::env::temp_dir().join(format!("leash-bench-dns-{}", std::process::id())),
+        opts.keep,
+    );
+    std::fs::create_dir_all(&scratch.0)?;
+    let files = write_files(&scratch.0)?;
+    let started = Instant::now();
+
+    let header = format!(
+        "leash binary: {}\n{}; {}; {}\nkernel {}, {} CPUs; {} rounds{}",
+        leash.display(),
+        tool_version(&["dnsmasq", "--version"]),
+        tool_version_dnsperf(),
+        tool_version(&["nft", "--version"]),
+        tool_version(&["uname", "-r"]),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        opts.rounds,
+        if opts.quick {
+            " (LEASH_BENCH_QUICK)"
+        } else {
+            ""
+        },
+    );
+    println!("{header}\n");
+
+    let upstream_ns = NetNs::new().context("upstream namespace")?;
+    setup_upstream(&upstream_ns)?;
+    let upstream = start_upstream(&upstream_ns, &files)?;
+    let mut ctx = Ctx {
+        opts: &opts,
+        files: &files,
+        leash: &leash,
+        upstream_ns: &upstream_ns,
+        upstream: &upstream,
+        serial: 0,
+    };
+    let mut results: BTreeMap<(Case, Tool), Vec<RunResult>> = BTreeMap::new();
+    for round in 0..opts.rounds {
+        for &case in &opts.cases {
+            let mut order = vec![Tool::Leash, Tool::Dnsmasq, Tool::Direct];
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for tool in order {
+                let t = Instant::now();
+                let r = run_one(&mut ctx, tool, case, round + 1).with_context(|| {
+                    format!("round {}, {}, {}", round + 1, case.short(), tool.short())
+                })?;
+                print_run(round + 1, case, tool, &r, t.elapsed());
+                results.entry((case, tool)).or_default().push(r);
+            }
+        }
+    }
+    if opts.interval && opts.cases.contains(&Case::Uncached) {
+        let t = Instant::now();
+        let r = run_one(&mut ctx, Tool::DnsmasqInterval, Case::Uncached, 0)
+            .context("dnsmasq with an interval set")?;
+        print_run(0, Case::Uncached, Tool::DnsmasqInterval, &r, t.elapsed());
+        results
+            .entry((Case::Uncached, Tool::DnsmasqInterval))
+            .or_default()
+            .push(r);
+    }
+    drop(upstream);
+    drop(upstream_ns);
+
+    let report = render(&opts, &results, &header);
+    let report = format!(
+        "{report}\n(bench took {:.0} s; `p50`/`p99`: one query outstanding, medians over rounds of each run's percentile; added = forwarder minus direct; failures: lost + non-NOERROR + answered addresses missing from the set, summed over rounds)\n",
+        started.elapsed().as_secs_f64()
+    );
+    println!("\n{report}");
+    let out = report_dir();
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("report.md"), &report)?;
+    println!("written to {}", out.join("report.md").display());
+    Ok(())
+}
+
+fn tool_version_dnsperf() -> String {
+    let out = Command::new("dnsperf").arg("-h").output();
+    out.ok()
+        .and_then(|o| {
+            let t = String::from_utf8_lossy(&o.stderr).into_owned()
+                + &String::from_utf8_lossy(&o.stdout);
+            t.lines()
+                .find(|l| l.starts_with("Version"))
+                .map(|l| format!("dnsperf {}", l.trim_start_matches("Version ")))
+        })
+        .unwrap_or_else(|| "dnsperf (version unknown)".into())
+}
+
+fn print_run(round: usize, case: Case, tool: Tool, r: &RunResult, took: Duration) {
+    let lat = sorted(&r.lat.rtts);
+    println!(
+        "   {} {:8} {:16} {:>8.0} q/s ({} of {} answered) | seq p50 {} p99 {} ({} answered) | failures {} | fwd CPU {:.2} s {:?} | {:.1} s",
+        if round == 0 {
+            "once   ".to_string()
+        } else {
+            format!("round {round}")
+        },
+        case.short(),
+        tool.short(),
+        r.tp.qps,
+        r.tp.noerror,
+        r.tp.sent,
+        fmt_us(percentile(&lat, 50.0) * 1e6),
+        fmt_us(percentile(&lat, 99.0) * 1e6),
+        r.lat.noerror,
+        r.failures(),
+        r.fwd_cpu_total(),
+        r.fwd_cpu
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.2}"))
+            .collect::<Vec<_>>(),
+        took.as_secs_f64(),
+    );
+    if let Some(c) = &r.check {
+        println!(
+            "      set: {} ({}; read back in {:.0} ms)",
+            if c.ok { "ok" } else { "NOT OK" },
+            c.note,
+            c.took.as_secs_f64() * 1000.0
+        );
+    }
+    if !r.stats.is_empty() {
+        println!("      stats: {}", r.stats);
+    }
+}
