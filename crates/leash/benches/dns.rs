@@ -48,11 +48,13 @@
 //!   a new element: the latency pass asks u0..u4999, the throughput pass u5000..u31071.
 //! - **cached**: 1,000 names (`c<i>`), asked once (warm-up, untimed), then asked over and over.
 //!
-//! # Passes (dnsperf 2.10, run inside the client namespace)
+//! # Passes (inside the client namespace)
 //!
-//! - *latency*: one query outstanding at a time (`-q 1 -c 1 -v`); per-query round trip times from
-//!   dnsperf's verbose lines give p50/p99 of an unloaded forwarder.
-//! - *throughput*: `-q 100 -c 4` (100 outstanding, below dnsmasq's `--dns-forward-max` of 150), each
+//! - *latency*: a small client in this bench asks one query at a time (the next leaves when the
+//!   answer to the previous one is in) and records each round trip: p50/p99 of an unloaded
+//!   forwarder. (dnsperf with `-q 1` paces itself at about 35 queries/s here, so it is not used
+//!   for this.) 5,000 queries: the uncached names once each, or the cached names 5 times.
+//! - *throughput*: dnsperf 2.10 with `-q 100 -c 4` (100 outstanding, below dnsmasq's `--dns-forward-max` of 150), each
 //!   name once (`-n 1`) for uncached, `-l --cached-secs` looping over the 1,000 names for cached:
 //!   queries/s at saturation. The CPU time of the forwarder (per thread for leash: its runtime
 //!   thread and its set-inserter thread), of the upstream and of dnsperf is read from /proc and
@@ -287,10 +289,8 @@ struct Files {
     hosts: PathBuf,
     policy: PathBuf,
     interval_nft: PathBuf,
-    lat_uncached: PathBuf,
     tp_uncached: PathBuf,
     cached_once: PathBuf,
-    lat_cached: PathBuf,
 }
 
 fn write_files(dir: &Path) -> Result<Files> {
@@ -299,10 +299,8 @@ fn write_files(dir: &Path) -> Result<Files> {
         hosts: dir.join("upstream.hosts"),
         policy: dir.join("bench.toml"),
         interval_nft: dir.join("interval.nft"),
-        lat_uncached: dir.join("uncached-latency.txt"),
         tp_uncached: dir.join("uncached-throughput.txt"),
         cached_once: dir.join("cached.txt"),
-        lat_cached: dir.join("cached-latency.txt"),
     };
     let mut hosts = String::with_capacity(40 * (FRESH + CACHED_NAMES) as usize);
     writeln!(hosts, "192.0.2.99 probe.test")?;
@@ -316,11 +314,9 @@ fn write_files(dir: &Path) -> Result<Files> {
     let lines = |r: std::ops::Range<u32>, name: fn(u32) -> String| -> String {
         r.map(|i| format!("{} A\n", name(i))).collect()
     };
-    std::fs::write(&f.lat_uncached, lines(0..LAT_UNCACHED, uncached_name))?;
     std::fs::write(&f.tp_uncached, lines(LAT_UNCACHED..FRESH, uncached_name))?;
     let once = lines(0..CACHED_NAMES, cached_name);
     std::fs::write(&f.cached_once, &once)?;
-    std::fs::write(&f.lat_cached, once.repeat(CACHED_LAT_REPEAT as usize))?;
     std::fs::write(
         &f.policy,
         format!(
@@ -749,9 +745,9 @@ struct Pass {
     bad_rcodes: Vec<(String, u64)>,
     noerror: u64,
     qps: f64,
-    /// Per-query round trip times in seconds (verbose passes only).
+    /// Per-query round trip times in seconds (latency pass only).
     rtts: Vec<f64>,
-    /// Names answered NOERROR (verbose passes only).
+    /// Names answered NOERROR (latency pass only).
     answered: Vec<String>,
     /// dnsperf's own CPU time.
     cpu: Duration,
@@ -774,7 +770,6 @@ struct Perf<'a> {
     clients: u32,
     /// `-t` seconds.
     timeout: u32,
-    verbose: bool,
 }
 
 fn dnsperf(ns: &NetNs, p: &Perf<'_>, dir: &Path) -> Result<Pass> {
@@ -798,9 +793,6 @@ fn dnsperf(ns: &NetNs, p: &Perf<'_>, dir: &Path) -> Result<Pass> {
     if p.runs > 0 {
         cmd.arg("-n").arg(p.runs.to_string());
     }
-    if p.verbose {
-        cmd.arg("-v");
-    }
     let r = run_to_end(cmd, dir)?;
     let mut pass = parse_dnsperf(&r.stdout)
         .with_context(|| format!("dnsperf output:\n{}{}", r.stdout, r.stderr))?;
@@ -819,17 +811,6 @@ fn parse_dnsperf(out: &str) -> Result<Pass> {
     };
     let mut seen = 0;
     for line in out.lines() {
-        if let Some(v) = line.strip_prefix("> ") {
-            // `> NOERROR name A 0.000146` or `> T name A` (timed out).
-            let f: Vec<&str> = v.split_whitespace().collect();
-            if f.len() >= 4 && f[0] == "NOERROR" {
-                p.rtts.push(f[3].parse().context("latency")?);
-                p.answered.push(f[1].to_string());
-            } else if f.len() >= 4 {
-                p.rtts.push(f[3].parse().context("latency")?);
-            }
-            continue;
-        }
         let t = line.trim();
         if let Some(v) = t.strip_prefix("Queries sent:") {
             p.sent = first_num(v)? as u64;
@@ -859,6 +840,85 @@ fn parse_dnsperf(out: &str) -> Result<Pass> {
     }
     ensure!(seen == 3, "no statistics in dnsperf's output");
     Ok(p)
+}
+
+/// The latency pass: asks `names` one at a time (the next query leaves when the previous answer
+/// arrived or timed out) from inside `ns`, and records each round trip. Stops early after `cap`.
+fn sequential(
+    ns: &NetNs,
+    server: SocketAddr,
+    names: &[String],
+    timeout: Duration,
+    cap: Duration,
+) -> Result<Pass> {
+    ns.run(|| -> Result<Pass> {
+        let bind: SocketAddr = if server.ip().is_loopback() {
+            "127.0.0.1:0".parse()?
+        } else {
+            "0.0.0.0:0".parse()?
+        };
+        let sock = UdpSocket::bind(bind)?;
+        sock.connect(server)?;
+        sock.set_read_timeout(Some(timeout))?;
+        let mut p = Pass {
+            rtts: Vec::with_capacity(names.len()),
+            ..Pass::default()
+        };
+        let mut rcodes: BTreeMap<u8, u64> = BTreeMap::new();
+        let mut buf = [0u8; 1500];
+        let start = Instant::now();
+        for (i, name) in names.iter().enumerate() {
+            if start.elapsed() > cap {
+                break;
+            }
+            let id = i as u16;
+            let q = query_packet(id, name);
+            let t0 = Instant::now();
+            p.sent += 1;
+            if sock.send(&q).is_err() {
+                p.lost += 1;
+                continue;
+            }
+            loop {
+                match sock.recv(&mut buf) {
+                    // An answer to this query (stale answers to earlier, timed-out ones are skipped).
+                    Ok(n) if n >= 12 && buf[..2] == id.to_be_bytes() && buf[2] & 0x80 != 0 => {
+                        p.rtts.push(t0.elapsed().as_secs_f64());
+                        p.completed += 1;
+                        let rcode = buf[3] & 0x0f;
+                        if rcode == 0 {
+                            p.noerror += 1;
+                            p.answered.push(name.clone());
+                        } else {
+                            *rcodes.entry(rcode).or_default() += 1;
+                        }
+                        break;
+                    }
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        // Timed out (or refused): lost.
+                        p.lost += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        p.qps = p.completed as f64 / start.elapsed().as_secs_f64();
+        p.bad_rcodes = rcodes
+            .into_iter()
+            .map(|(c, n)| {
+                let name = match c {
+                    2 => "SERVFAIL".to_string(),
+                    3 => "NXDOMAIN".to_string(),
+                    5 => "REFUSED".to_string(),
+                    c => format!("rcode {c}"),
+                };
+                (name, n)
+            })
+            .collect();
+        Ok(p)
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1072,29 +1132,28 @@ fn run_one(ctx: &mut Ctx<'_>, tool: Tool, case: Case, round: usize) -> Result<Ru
                 outstanding: 10,
                 clients: 1,
                 timeout: 2,
-                verbose: false,
             },
             dir,
         )?;
     }
     // Latency pass: one query at a time.
     res.unsettled += usize::from(!settle());
-    res.lat = dnsperf(
+    let names: Vec<String> = match case {
+        Case::Uncached => (0..LAT_UNCACHED).map(uncached_name).collect(),
+        Case::Cached => (0..CACHED_LAT_REPEAT * CACHED_NAMES)
+            .map(|i| cached_name(i % CACHED_NAMES))
+            .collect(),
+    };
+    res.lat = sequential(
         &ns,
-        &Perf {
-            server,
-            file: match case {
-                Case::Uncached => &ctx.files.lat_uncached,
-                Case::Cached => &ctx.files.lat_cached,
-            },
-            runs: 1,
-            limit: if capped { ctx.opts.interval_secs } else { 60 },
-            outstanding: 1,
-            clients: 1,
-            timeout: if capped { 5 } else { 2 },
-            verbose: true,
-        },
-        dir,
+        server,
+        &names,
+        Duration::from_secs(if capped { 5 } else { 2 }),
+        Duration::from_secs(if capped {
+            u64::from(ctx.opts.interval_secs)
+        } else {
+            60
+        }),
     )?;
     // Throughput pass.
     res.unsettled += usize::from(!settle());
@@ -1120,7 +1179,6 @@ fn run_one(ctx: &mut Ctx<'_>, tool: Tool, case: Case, round: usize) -> Result<Ru
             outstanding: TP_OUTSTANDING,
             clients: TP_CLIENTS,
             timeout: if capped { 5 } else { 2 },
-            verbose: false,
         },
         dir,
     )?;

@@ -118,7 +118,8 @@ pub(crate) fn require_root(what: &str) -> Result<()> {
 fn apply(path: &std::path::Path, fault_inject: bool, json: bool) -> Result<u8> {
     let Some((l, p)) = load::load_valid(path)? else { return Ok(EXIT_POLICY) };
     require_root("apply")?;
-    let table = compiled(&l, &p);
+    let mut table = compiled(&l, &p);
+    let carried = carry_over_domain_sets(&mut table)?;
     let elements: usize = table.sets.iter().map(|s| s.elements.len()).sum();
     if elements >= 50_000 && !json {
         // Large sets take a few seconds; say what is happening.
@@ -156,6 +157,7 @@ fn apply(path: &std::path::Path, fault_inject: bool, json: bool) -> Result<u8> {
             "elements": elements,
             "report": output::apply_report_json(&report),
             "warm_up": warm,
+            "carried_over": carried,
         }));
     } else {
         println!(
@@ -168,6 +170,9 @@ fn apply(path: &std::path::Path, fault_inject: bool, json: bool) -> Result<u8> {
             elements,
             output::apply_report_text(&report),
         );
+        if carried > 0 {
+            println!("kept {carried} domain answers from the previous table, with their time left");
+        }
         if let Some(w) = &warm {
             println!(
                 "warm-up: {} of {} exact domain names resolved, {} set elements added{}",
@@ -179,6 +184,35 @@ fn apply(path: &std::path::Path, fault_inject: bool, json: bool) -> Result<u8> {
         }
     }
     Ok(EXIT_OK)
+}
+
+/// Shortest time left for which an answer is carried into the new table; anything shorter would
+/// expire before anyone could use it.
+const CARRY_OVER_MIN_MS: u64 = 1000;
+
+/// Copies the forwarder's answers from the domain sets of the active table into the same-named
+/// timeout sets of `table`, with the time they have left, so that re-applying a policy does not
+/// cut off applications that cached a DNS answer: the replaced table's sets would start empty.
+/// Returns the number of elements carried over.
+fn carry_over_domain_sets(table: &mut ruleset::Table) -> Result<usize> {
+    use ruleset::SetElements;
+    let mut carried = 0;
+    for set in table.sets.iter_mut().filter(|s| s.timeout) {
+        let Some(old) = kernel::timed_elements(ruleset::TABLE_NAME, &set.name)
+            .with_context(|| format!("cannot read the answers in set {} of the active table", set.name))?
+        else {
+            continue;
+        };
+        for (addr, left) in old.into_iter().filter(|&(_, left)| left >= CARRY_OVER_MIN_MS) {
+            match (&mut set.elements, addr) {
+                (SetElements::TimedV4(v), IpAddr::V4(a)) => v.push((a, left)),
+                (SetElements::TimedV6(v), IpAddr::V6(a)) => v.push((a, left)),
+                _ => continue,
+            }
+            carried += 1;
+        }
+    }
+    Ok(carried)
 }
 
 fn status(json: bool) -> Result<u8> {

@@ -76,6 +76,7 @@ pub fn run(path: &Path) -> Result<u8> {
         Some(_) => {}
     }
     let writer = SetWriter::open().context("cannot open a netlink socket for set updates")?;
+    let table_comment = l.table_comment();
     let policy = Arc::new(p);
     let cfg = dns::ForwarderConfig { policy: policy.clone(), sets: rule_sets(&policy), own_addresses: own_addresses() };
     let rt = dns::runtime().context("cannot start the runtime")?;
@@ -91,12 +92,53 @@ pub fn run(path: &Path) -> Result<u8> {
             policy.dns.bypass.as_str()
         );
         let handle = fwd.handle();
+        tokio::spawn(watch_table(handle.clone(), table_comment));
         fwd.serve(shutdown_signal()).await?;
         let s = handle.stats();
         eprintln!("leash dns: stopped; {s:?}");
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(crate::commands::EXIT_OK)
+}
+
+/// How often the forwarder looks whether the table was re-applied.
+const TABLE_POLL: Duration = Duration::from_secs(1);
+
+/// Watches the applied table: when it is replaced (a new handle), the forwarder forgets which
+/// elements it believes the kernel holds, so the next answer or cache hit for each name inserts
+/// again (apply carries answers over, but one that arrives between its read and its commit would
+/// be lost). When the table comes from another policy, it says so once: the forwarder keeps
+/// deciding names by the policy it was started with.
+async fn watch_table(handle: dns::Handle, expected_comment: String) {
+    let mut last: Option<u64> = None;
+    let mut warned = false;
+    let mut tick = tokio::time::interval(TABLE_POLL);
+    loop {
+        tick.tick().await;
+        let info = match kernel::table_comment(ruleset::TABLE_NAME) {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("leash dns: warning: cannot read the leash table: {e}");
+                continue;
+            }
+        };
+        let handle_now = info.as_ref().map(|i| i.handle);
+        if last.is_some() && handle_now != last {
+            handle.forget_kernel_state();
+            match &info {
+                Some(_) => eprintln!("leash dns: the leash table was re-applied; answers will be re-inserted"),
+                None => eprintln!("leash dns: warning: the leash table is gone; answers cannot be inserted (SERVFAIL)"),
+            }
+        }
+        last = handle_now;
+        let same_policy = info.as_ref().and_then(|i| i.comment.as_deref()) == Some(expected_comment.as_str());
+        if info.is_some() && !same_policy && !warned {
+            eprintln!(
+                "leash dns: warning: the active table is from another policy; restart leash dns with it to follow its domain rules"
+            );
+        }
+        warned = info.is_some() && !same_policy;
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

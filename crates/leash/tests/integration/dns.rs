@@ -202,7 +202,7 @@ struct Setup {
     forwarder: Option<Daemon>,
     upstream: Daemon,
     lab: Lab,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Setup {
@@ -220,7 +220,7 @@ impl Setup {
             assert!(r.stderr.contains("warning: warm-up"), "a dead upstream is reported, not fatal{r}");
         }
         let forwarder = Some(start_forwarder(lab.client(), &path, &dir));
-        Setup { forwarder, upstream: upstream_d, lab, _dir: dir }
+        Setup { forwarder, upstream: upstream_d, lab, dir }
     }
 
     fn logs(&self) -> String {
@@ -309,6 +309,31 @@ fn apply_warms_up_exact_names_so_they_work_before_any_lookup() {
     // ...and nothing else is.
     assert_eq!(lab.probe(&tcp443("192.0.2.30"), Duration::from_secs(1)), Outcome::Refused);
     assert_eq!(lab.probe(&tcp443("198.51.100.20"), Duration::from_secs(1)), Outcome::Refused);
+}
+
+#[test]
+fn re_applying_keeps_the_answers_and_the_forwarder_re_inserts() {
+    if !need_root("re_applying_keeps_the_answers_and_the_forwarder_re_inserts") {
+        return;
+    }
+    let s = Setup::new("deny", UPSTREAM);
+    // A wildcard name: not warmed up by apply, only the forwarder's answer allows it.
+    assert_eq!(s.q("a.cdn.example.test", "A").addrs, vec!["192.0.2.30".parse::<IpAddr>().unwrap()]);
+    assert_eq!(s.connect("192.0.2.30"), Outcome::Connected, "{}", s.logs());
+    // Re-applying replaces the table in one transaction; the answer is carried into it.
+    let path = s.dir.0.join("p.toml");
+    let r = leash_in(s.lab.client(), &["apply", "--json", path.to_str().unwrap()]);
+    assert!(r.ok(), "{r}");
+    assert!(r.json()["carried_over"].as_u64().unwrap() >= 1, "{r}");
+    assert_eq!(s.connect("192.0.2.30"), Outcome::Connected, "the re-apply cut off a cached answer{}", s.logs());
+    let (_, set, _) = nft_raw(s.lab.client(), &["list", "set", "inet", "leash", "r_cdn_d4"], None);
+    assert!(set.contains("192.0.2.30"), "{set}");
+    // The forwarder notices the new table and says it will re-insert.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !s.logs().contains("re-applied") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(s.logs().contains("re-applied"), "{}", s.logs());
 }
 
 #[test]
