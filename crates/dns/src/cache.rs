@@ -78,10 +78,16 @@ impl Cache {
             self.slots[i].referenced = true;
             return;
         }
-        if self.slots.len() >= self.capacity {
-            self.evict(now);
-        }
         let key: Box<[u8]> = key.into();
+        if self.slots.len() >= self.capacity {
+            // Reuse the victim's slot in place: moving another entry into it (swap_remove) would
+            // put the newest entry under the hand, to be evicted by the very next insertion.
+            let i = self.victim(now);
+            let old = std::mem::replace(&mut self.slots[i], Slot { key: key.clone(), entry, referenced: false });
+            self.map.remove(&old.key);
+            self.map.insert(key, i);
+            return;
+        }
         self.map.insert(key.clone(), self.slots.len());
         self.slots.push(Slot { key, entry, referenced: false });
     }
@@ -92,22 +98,24 @@ impl Cache {
         self.hand = 0;
     }
 
-    /// Advances the hand to the first expired or unreferenced entry and removes it. Every pass
-    /// clears bits, so this ends within two turns.
-    fn evict(&mut self, now: Instant) {
+    /// Advances the hand to the first expired or unreferenced entry and returns its index, with
+    /// the hand moved past it. Every pass clears bits, so this ends within two turns. The cache
+    /// must not be empty.
+    fn victim(&mut self, now: Instant) -> usize {
         for _ in 0..2 * self.slots.len() + 1 {
             if self.hand >= self.slots.len() {
                 self.hand = 0;
             }
-            let Some(s) = self.slots.get_mut(self.hand) else { return };
+            let s = &mut self.slots[self.hand];
+            self.hand += 1;
             if s.referenced && !s.entry.expired(now) {
                 s.referenced = false;
-                self.hand += 1;
             } else {
-                self.remove_slot(self.hand);
-                return;
+                return self.hand - 1;
             }
         }
+        // Unreachable in practice (the second turn finds every bit cleared); any slot will do.
+        self.hand % self.slots.len()
     }
 
     fn remove_slot(&mut self, i: usize) {
@@ -222,6 +230,31 @@ mod tests {
             assert_eq!(c.map.len(), c.slots.len());
         }
         assert_eq!(c.len(), 3);
+    }
+
+    #[test]
+    fn a_new_entry_survives_the_next_insertion_in_a_full_cache() {
+        // Regression: eviction used to move the newest entry under the hand, so in a full cache
+        // every new entry was evicted by the next one and later names never hit.
+        let t0 = Instant::now();
+        let mut c = Cache::new(3);
+        for i in 0..100u32 {
+            c.put(&i.to_be_bytes(), entry(t0, Some(100)), t0);
+            if i >= 1 {
+                assert!(c.map.contains_key(&(i - 1).to_be_bytes()[..]), "entry {} evicted by entry {i}", i - 1);
+            }
+            assert_eq!(c.map.len(), c.slots.len());
+        }
+        // A long run of one-off names, then a small working set still gets hits.
+        let mut c = Cache::new(100);
+        for i in 0..1000u32 {
+            c.put(&i.to_be_bytes(), entry(t0, Some(100)), t0);
+        }
+        for k in 5000..5010u32 {
+            c.put(&k.to_be_bytes(), entry(t0, Some(100)), t0);
+        }
+        let hits = (0..10).flat_map(|_| 5000..5010u32).filter(|k| c.get(&k.to_be_bytes(), t0).is_some()).count();
+        assert_eq!(hits, 100);
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! The only code that talks to the kernel: netlink, leash's nftables table, and namespaces for tests.
 
 pub mod netns;
+pub mod nflog;
 pub mod nft;
 pub mod nl;
 pub mod rtnl;
+pub mod sockdiag;
+pub mod trace;
 #[cfg(feature = "testutil")]
 pub mod testutil;
 

@@ -77,6 +77,24 @@ pub enum Command {
     /// Evaluate one connection against a policy offline: verdict, deciding rule, and why each
     /// earlier rule did not match.
     Explain(ExplainArgs),
+    /// Live TCP and UDP sockets with their process, user and the verdict of the active policy.
+    #[command(hide = true)] // until it is built
+    Conns(crate::conns_cmd::Args),
+    /// Blocked (and rule-logged) connection attempts from NFLOG, with the process when found.
+    #[command(hide = true)] // until it is built
+    Log(crate::log_cmd::Args),
+    /// Terminal UI: processes, their destinations, rates and blocked attempts, live.
+    #[command(hide = true)] // until it is built
+    Top(crate::top_cmd::Args),
+    /// Prometheus metrics: per-rule counters, blocked attempts, set sizes.
+    #[command(hide = true)] // until it is built
+    Metrics(crate::metrics_cmd::Args),
+    /// Trace matching packets through leash's table and print which rule decided each.
+    #[command(hide = true)] // until it is built
+    Trace(crate::trace_cmd::Args),
+    /// Alerts: connection spikes, unusual ports, many half-open connections.
+    #[command(hide = true)] // until it is built
+    Watch(crate::watch_cmd::Args),
     /// Run the DNS forwarder for the policy's domain rules in this network namespace.
     ///
     /// It listens where `[dns] listen` says (UDP and TCP) and forwards to `[dns] upstreams`. For

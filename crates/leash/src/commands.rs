@@ -49,6 +49,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Explain(args) => explain(&args, json)?,
         Command::Test { policy, timeout_ms } => test(&policy, timeout_ms, json)?,
         Command::Dns { policy } => crate::dns_cmd::run(&policy)?,
+        Command::Conns(a) => crate::conns_cmd::run(&a, json)?,
+        Command::Log(a) => crate::log_cmd::run(&a, json)?,
+        Command::Top(a) => crate::top_cmd::run(&a, json)?,
+        Command::Metrics(a) => crate::metrics_cmd::run(&a, json)?,
+        Command::Trace(a) => crate::trace_cmd::run(&a, json)?,
+        Command::Watch(a) => crate::watch_cmd::run(&a, json)?,
     };
     Ok(ExitCode::from(code))
 }

@@ -2,7 +2,13 @@
 
 mod cli;
 mod commands;
+mod conns_cmd;
 mod dns_cmd;
+mod log_cmd;
+mod metrics_cmd;
+mod top_cmd;
+mod trace_cmd;
+mod watch_cmd;
 mod load;
 mod output;
 mod system;
