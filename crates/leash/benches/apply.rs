@@ -35,7 +35,10 @@
 //! (every other address from 2001:db8:1::, documentation range): two interval sets, 100,000
 //! elements in all.
 
+mod common;
+
 use anyhow::{Context, Result, bail, ensure};
+use common::{Scratch, settle, tool_version, tv};
 use kernel::netns::NetNs;
 use sha2::{Digest, Sha256};
 use std::ffi::OsString;
@@ -253,41 +256,7 @@ struct Run {
     stdout: String,
 }
 
-fn tv(t: libc::timeval) -> Duration {
-    Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
-}
 
-/// Waits (at most 5 s) until both CPUs were idle for a 100 ms window, so that deferred kernel
-/// work of the previous run (freeing a replaced table, tearing down a namespace) does not land in
-/// the next measurement.
-fn settle() -> bool {
-    fn busy_total() -> Option<(u64, u64)> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let v: Vec<u64> = stat
-            .lines()
-            .next()?
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        let idle = v.get(3)? + v.get(4).unwrap_or(&0);
-        let total: u64 = v.iter().take(8).sum();
-        Some((total - idle, total))
-    }
-    for _ in 0..50 {
-        let Some((b0, t0)) = busy_total() else {
-            return false;
-        };
-        std::thread::sleep(Duration::from_millis(100));
-        let Some((b1, t1)) = busy_total() else {
-            return false;
-        };
-        if t1 > t0 && ((b1 - b0) as f64) < 0.05 * (t1 - t0) as f64 {
-            return true;
-        }
-    }
-    false
-}
 
 /// Runs `argv` inside `ns` (through `nsenter --net=`), reaping it with `wait4` for its rusage.
 fn run_in(ns: &NetNs, argv: &[OsString], scratch: &Path) -> Result<Run> {
@@ -603,25 +572,7 @@ fn parse_args() -> Result<Opts> {
     })
 }
 
-/// Removes the scratch directory however `main` ends (unless `--keep`).
-struct Scratch(PathBuf, bool);
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if self.1 {
-            eprintln!("kept {} (policies, scripts, report.md)", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
 
-fn tool_version(argv: &[&str]) -> String {
-    Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|e| format!("unknown ({e})"))
-}
 
 fn main() -> Result<()> {
     let opts = parse_args()?;

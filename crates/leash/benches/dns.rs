@@ -83,7 +83,10 @@
 //! addresses. Failures in the report are queries that got no answer in time, answers other than
 //! NOERROR and addresses missing from the set.
 
+mod common;
+
 use anyhow::{Context, Result, bail, ensure};
+use common::{Scratch, settle, tv};
 use kernel::netns::NetNs;
 use kernel::nft::{SetWriter, TimedElement};
 use kernel::rtnl::{Family, Rtnl};
@@ -300,17 +303,6 @@ fn parse_args() -> Result<Opts> {
 // Scratch files
 // ---------------------------------------------------------------------------------------------
 
-/// Removes the scratch directory however `main` ends (unless `--keep`).
-struct Scratch(PathBuf, bool);
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if self.1 {
-            eprintln!("kept {}", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
 
 struct Files {
     dir: PathBuf,
@@ -662,9 +654,6 @@ struct Ran {
     cpu: Duration,
 }
 
-fn tv(t: libc::timeval) -> Duration {
-    Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
-}
 
 fn run_to_end(mut cmd: Command, dir: &Path) -> Result<Ran> {
     let out_path = dir.join("child.stdout");
@@ -705,35 +694,6 @@ fn run_to_end(mut cmd: Command, dir: &Path) -> Result<Ran> {
     })
 }
 
-/// Waits (at most 5 s) until both CPUs were idle for a 100 ms window (see apply.rs).
-fn settle() -> bool {
-    fn busy_total() -> Option<(u64, u64)> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let v: Vec<u64> = stat
-            .lines()
-            .next()?
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        let idle = v.get(3)? + v.get(4).unwrap_or(&0);
-        let total: u64 = v.iter().take(8).sum();
-        Some((total - idle, total))
-    }
-    for _ in 0..50 {
-        let Some((b0, t0)) = busy_total() else {
-            return false;
-        };
-        std::thread::sleep(Duration::from_millis(100));
-        let Some((b1, t1)) = busy_total() else {
-            return false;
-        };
-        if t1 > t0 && ((b1 - b0) as f64) < 0.05 * (t1 - t0) as f64 {
-            return true;
-        }
-    }
-    false
-}
 
 /// CPU seconds (user + system) of each thread of `pid`, by thread name.
 fn thread_cpu(pid: i32) -> BTreeMap<String, f64> {
