@@ -78,22 +78,32 @@ pub enum Command {
     /// earlier rule did not match.
     Explain(ExplainArgs),
     /// Live TCP and UDP sockets with their process, user and the verdict of the active policy.
-    #[command(hide = true)] // until it is built
     Conns(crate::conns_cmd::Args),
     /// Blocked (and rule-logged) connection attempts from NFLOG, with the process when found.
-    #[command(hide = true)] // until it is built
+    ///
+    /// Listens for --seconds (default 10) or --count events, or with --follow until SIGINT or
+    /// SIGTERM; NFLOG keeps no history. One line per attempt (JSON lines with --json) on stdout,
+    /// a summary with counts and kernel-reported losses on stderr. Needs root.
     Log(crate::log_cmd::Args),
     /// Terminal UI: processes, their destinations, rates and blocked attempts, live.
-    #[command(hide = true)] // until it is built
     Top(crate::top_cmd::Args),
-    /// Prometheus metrics: per-rule counters, blocked attempts, set sizes.
-    #[command(hide = true)] // until it is built
+    /// Prometheus metrics: per-rule counters, blocked attempts, set sizes, the active policy,
+    /// alert counts; served over HTTP (--listen) or printed once (--once).
     Metrics(crate::metrics_cmd::Args),
     /// Trace matching packets through leash's table and print which rule decided each.
-    #[command(hide = true)] // until it is built
+    ///
+    /// Adds a chain `trace` to table inet leash that sets the nftables trace flag on packets
+    /// matching --to, --port and --uid (it changes no verdict), prints one line per packet: the
+    /// rules it passed, the rule that decided and the verdict; and removes the chain again when
+    /// --seconds or --count is reached, or on SIGINT or SIGTERM. Needs root and an applied policy.
+    ///
+    /// A line reads `tcp 192.0.2.1:40000 -> 203.0.113.9:443 syn oif eth0: @loopback no,
+    /// @established no, dns no, web -> accept` (rules that did not match, then the deciding rule
+    /// and its verdict); --json prints one JSON object per packet instead. The socket's owner is
+    /// shown only with --uid: trace events do not carry it.
     Trace(crate::trace_cmd::Args),
-    /// Alerts: connection spikes, unusual ports, many half-open connections.
-    #[command(hide = true)] // until it is built
+    /// Alerts: too many connections (in total or per process), unusual ports, many half-open
+    /// connections; one line each (JSON lines with --json).
     Watch(crate::watch_cmd::Args),
     /// Run the DNS forwarder for the policy's domain rules in this network namespace.
     ///
@@ -104,7 +114,13 @@ pub enum Command {
     /// an unconditional deny rule lists get NXDOMAIN; private answers for public names are
     /// stripped (rebinding guard) unless the rule says allow_private. Apply the policy first;
     /// runs until SIGINT or SIGTERM. Needs root (netlink and SO_MARK).
-    Dns { policy: PathBuf },
+    Dns {
+        policy: PathBuf,
+        /// Also serve the forwarder's counters (queries, cache hits, upstream failures, set
+        /// inserts, ...) as Prometheus metrics on http://ADDR/metrics.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
+    },
     /// Run the policy's [[expect]] cases against the real kernel in throwaway network namespaces.
     ///
     /// A client namespace gets the compiled policy; a peer namespace owns every destination address

@@ -48,7 +48,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Disable => disable(json)?,
         Command::Explain(args) => explain(&args, json)?,
         Command::Test { policy, timeout_ms } => test(&policy, timeout_ms, json)?,
-        Command::Dns { policy } => crate::dns_cmd::run(&policy)?,
+        Command::Dns { policy, metrics } => crate::dns_cmd::run(&policy, metrics)?,
         Command::Conns(a) => crate::conns_cmd::run(&a, json)?,
         Command::Log(a) => crate::log_cmd::run(&a, json)?,
         Command::Top(a) => crate::top_cmd::run(&a, json)?,

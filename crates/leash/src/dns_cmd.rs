@@ -54,8 +54,8 @@ pub fn own_addresses() -> Vec<IpAddr> {
     out
 }
 
-/// Runs the forwarder until SIGINT or SIGTERM.
-pub fn run(path: &Path) -> Result<u8> {
+/// Runs the forwarder until SIGINT or SIGTERM; with `metrics`, its counters are served there.
+pub fn run(path: &Path, metrics: Option<std::net::SocketAddr>) -> Result<u8> {
     let Some((l, p)) = load::load_valid(path)? else { return Ok(crate::commands::EXIT_POLICY) };
     crate::commands::require_root("dns")?;
     if !p.has_domain_rules() {
@@ -75,6 +75,11 @@ pub fn run(path: &Path) -> Result<u8> {
         ),
         Some(_) => {}
     }
+    // Bound before the forwarder starts, so a taken port fails the command at once.
+    let metrics = match metrics {
+        Some(a) => Some(std::net::TcpListener::bind(a).with_context(|| format!("cannot listen on {a} for metrics"))?),
+        None => None,
+    };
     let writer = SetWriter::open().context("cannot open a netlink socket for set updates")?;
     let table_comment = l.table_comment();
     let policy = Arc::new(p);
@@ -92,6 +97,9 @@ pub fn run(path: &Path) -> Result<u8> {
             policy.dns.bypass.as_str()
         );
         let handle = fwd.handle();
+        if let Some(l) = metrics {
+            crate::metrics_cmd::serve_dns(l, handle.clone())?;
+        }
         tokio::spawn(watch_table(handle.clone(), table_comment));
         fwd.serve(shutdown_signal()).await?;
         let s = handle.stats();

@@ -1,9 +1,203 @@
-//! `leash watch` (being written).
+//! `leash watch`: polls the namespace's sockets and prints one line per alert (connection count
+//! over a threshold, in total or per process; connections to unusual ports; many half-open
+//! connections), as text or JSON lines. The detectors are `observe::detect`.
+
+use crate::commands::{EXIT_OK, UsageError};
+use anyhow::{Context, Result};
+use observe::detect::{self, Alert, Detector, Source, Thresholds};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+/// Detector thresholds, shared by `leash watch` and `leash metrics`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DetectArgs {
+    /// Alert when there are more than N egress connections in total.
+    #[arg(long, value_name = "N", default_value_t = Thresholds::default().max_conns)]
+    pub max_conns: usize,
+    /// Alert when one process holds more than N egress connections.
+    #[arg(long, value_name = "N", default_value_t = Thresholds::default().max_conns_per_process)]
+    pub max_conns_per_process: usize,
+    /// Alert when N or more egress connections are half-open (SYN_SENT: a scan, a flood, or
+    /// connects that a drop rule leaves hanging); 0 turns this alert off.
+    #[arg(long, value_name = "N", default_value_t = Thresholds::default().syn_sent)]
+    pub syn_sent: usize,
+    /// Remote ports that are usual on this host, as numbers and FROM-TO ranges separated by
+    /// commas; a connection to any other port is an unusual-port alert. An empty list makes every
+    /// port unusual.
+    #[arg(long, value_name = "LIST", default_value = "22,53,80,123,443,587,853,993")]
+    pub ports: String,
+}
+
+impl DetectArgs {
+    pub fn thresholds(&self) -> Result<Thresholds> {
+        let usual_ports = detect::parse_ports(&self.ports).map_err(|e| UsageError(format!("--ports: {e}")))?;
+        Ok(Thresholds {
+            max_conns: self.max_conns,
+            max_conns_per_process: self.max_conns_per_process,
+            syn_sent: self.syn_sent,
+            usual_ports,
+        })
+    }
+}
 
 /// Arguments of `leash watch`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_help = "\
+Only egress is watched: connections this host opened to other hosts. Listening sockets,
+connections a local listener accepted, loopback peers and finished (TIME_WAIT) connections are
+left out. Each condition is reported once when it starts: a count alert again only after the
+count was back at or under its threshold, an unusual port once per connection.
 
-pub fn run(_a: &Args, _json: bool) -> anyhow::Result<u8> {
-    anyhow::bail!("leash watch is being written")
+Text lines start with the time (UTC) and the alert's kind; with --json every line is one JSON
+object with \"time\", \"kind\", the kind's fields and \"message\".
+
+Examples:
+  leash watch                                  # defaults, every 2 s, until interrupted
+  leash watch --json --ports 22,53,443,5432    # JSON lines; PostgreSQL is usual here
+  leash watch --count 1 --syn-sent 5           # one look, e.g. from cron")]
+pub struct Args {
+    /// Seconds between two looks at the sockets.
+    #[arg(long, value_name = "S", default_value_t = 2.0)]
+    pub interval: f64,
+    /// Stop after N looks (default: run until interrupted).
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    #[command(flatten)]
+    pub detect: DetectArgs,
+}
+
+/// Parses an interval in seconds: positive and at most an hour.
+pub fn interval(s: f64, flag: &str) -> Result<Duration> {
+    if !(s.is_finite() && s > 0.0 && s <= 3600.0) {
+        return Err(UsageError(format!("{flag} must be between 0 and 3600 seconds, not {s}")).into());
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+pub fn run(a: &Args, json: bool) -> Result<u8> {
+    let every = interval(a.interval, "--interval")?;
+    let thresholds = a.detect.thresholds()?;
+    let mut source = observe::detect::LiveSource::open(None, active_policy());
+    if !json {
+        eprintln!(
+            "leash watch: every {}s; alerts over {} connections, over {} per process, at {} half-open{}, ports other than {}",
+            a.interval,
+            thresholds.max_conns,
+            thresholds.max_conns_per_process,
+            thresholds.syn_sent,
+            if thresholds.syn_sent == 0 { " (off)" } else { "" },
+            a.detect.ports
+        );
+    }
+    watch(&mut source, Detector::new(thresholds), every, a.count, json, &mut std::io::stdout())?;
+    Ok(EXIT_OK)
+}
+
+/// The active policy (the file the table's comment names, read again) to judge connections by;
+/// `None` without a table, or when the file is gone or has errors now: alerts then carry no
+/// verdict, which is no reason to stop watching.
+pub fn active_policy() -> Option<policy::Policy> {
+    let info = kernel::table_comment(ruleset::TABLE_NAME).ok()??;
+    let (_, path) = observe::metrics::parse_table_comment(info.comment.as_deref()?)?;
+    crate::load::load(std::path::Path::new(path), crate::system::today()).ok()?.policy
+}
+
+/// The loop, over any source (tests give a fixed one).
+pub fn watch(
+    source: &mut dyn Source,
+    mut detector: Detector,
+    every: Duration,
+    count: Option<u64>,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let mut looks = 0u64;
+    loop {
+        let started = Instant::now();
+        let socks = source.sockets().context("cannot read the sockets")?;
+        let time = now_text();
+        for alert in detector.check(&socks) {
+            writeln!(out, "{}", line(&alert, &time, json))?;
+        }
+        // Each line goes out at once: watch is read by people and by log shippers as it runs.
+        out.flush()?;
+        looks += 1;
+        if count.is_some_and(|n| looks >= n) {
+            return Ok(());
+        }
+        std::thread::sleep(every.saturating_sub(started.elapsed()));
+    }
+}
+
+fn now_text() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// One output line for an alert seen at `time`.
+pub fn line(alert: &Alert, time: &str, json: bool) -> String {
+    if !json {
+        return format!("{time} {alert}");
+    }
+    // Spliced by hand so that the keys keep a readable order (time, kind, the kind's fields,
+    // message): serde_json's map sorts keys unless its preserve_order feature is on.
+    let fields = serde_json::to_string(alert).expect("alerts serialise");
+    let inner = fields.strip_prefix('{').and_then(|f| f.strip_suffix('}')).unwrap_or("");
+    format!(
+        "{{\"time\":{},{inner},\"message\":{}}}",
+        serde_json::Value::from(time),
+        serde_json::Value::from(alert.to_string())
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use observe::detect::{Proto, Replay, Sock, State};
+
+    fn sock(state: State, local: &str, remote: &str) -> Sock {
+        Sock {
+            proto: Proto::Tcp,
+            state,
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            uid: 0,
+            pid: Some(42),
+            comm: Some("curl".into()),
+            bytes_sent: None,
+            bytes_received: None,
+            verdict: Some("deny".into()),
+            rule: Some("(default)".into()),
+        }
+    }
+
+    #[test]
+    fn watch_prints_each_alert_once() {
+        let flood: Vec<Sock> =
+            (0..30).map(|i| sock(State::SynSent, &format!("192.0.2.1:{}", 40000 + i), "198.51.100.66:443")).collect();
+        let mut later = flood.clone();
+        later.push(sock(State::Established, "192.0.2.1:39999", "198.51.100.7:6667"));
+        let mut src = Replay::new(vec![vec![], flood, later], vec![]);
+        let mut out = Vec::new();
+        watch(&mut src, Detector::new(Thresholds::default()), Duration::ZERO, Some(3), false, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let kinds: Vec<&str> = text.lines().map(|l| l.split(' ').nth(1).unwrap()).collect();
+        assert_eq!(kinds, ["half-open:", "unusual-port:"], "{text}");
+    }
+
+    #[test]
+    fn json_lines_carry_time_kind_fields_and_message() {
+        let a = Alert::ConnCount { count: 3, threshold: 2 };
+        assert_eq!(
+            line(&a, "2026-01-02T03:04:05Z", true),
+            r#"{"time":"2026-01-02T03:04:05Z","kind":"conn-count","count":3,"threshold":2,"message":"conn-count: 3 egress connections (more than 2)"}"#
+        );
+        assert_eq!(line(&a, "T", false), "T conn-count: 3 egress connections (more than 2)");
+    }
+
+    #[test]
+    fn intervals_are_checked() {
+        assert!(interval(0.0, "--interval").is_err());
+        assert!(interval(f64::NAN, "--interval").is_err());
+        assert_eq!(interval(0.5, "--interval").unwrap(), Duration::from_millis(500));
+    }
 }

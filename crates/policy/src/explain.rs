@@ -144,6 +144,15 @@ pub fn is_loopback(dst: IpAddr) -> bool {
 
 /// Decides a new connection the way the compiled ruleset does, and says why.
 pub fn explain(policy: &Policy, conn: &Connection) -> Explanation {
+    explain_with(policy, conn, &|_, _| false)
+}
+
+/// [`explain`] for a connection seen on a live host, whose name is not known but whose
+/// destination may already be in a domain rule's set: `in_domain_set(rule_index, addr)` says
+/// whether the forwarder put `addr` into that rule's set (as `leash conns` reads from the
+/// kernel). A domain rule matches when the connection's name matches it or its set holds the
+/// address, which is what the kernel's lookup does.
+pub fn explain_with(policy: &Policy, conn: &Connection, in_domain_set: &dyn Fn(usize, IpAddr) -> bool) -> Explanation {
     // A refused name never gets an address, so there is no connection for anything to decide.
     if let Some(name) = &conn.name
         && let Some(i) = crate::dns::decide_name(policy, name).refuse
@@ -161,7 +170,8 @@ pub fn explain(policy: &Policy, conn: &Connection) -> Explanation {
         return Explanation { verdict, decider, misses: Vec::new() };
     }
     for (i, rule) in policy.rules.iter().enumerate() {
-        match first_miss(rule, conn) {
+        let in_set = !rule.domains.is_empty() && in_domain_set(i, conn.dst);
+        match first_miss_in(rule, conn, in_set) {
             None => return Explanation { verdict: rule.action, decider: Decider::Rule(i), misses },
             Some(m) => misses.push((i, m)),
         }
@@ -193,6 +203,12 @@ pub fn dns_bypass(policy: &Policy, conn: &Connection) -> Option<Decider> {
 
 /// The first condition of `rule` that `conn` does not satisfy, or `None` when the rule matches.
 pub fn first_miss(rule: &Rule, conn: &Connection) -> Option<Miss> {
+    first_miss_in(rule, conn, false)
+}
+
+/// [`first_miss`], where `in_domain_set` says the destination is already in the rule's domain
+/// sets (see [`explain_with`]).
+fn first_miss_in(rule: &Rule, conn: &Connection, in_domain_set: bool) -> Option<Miss> {
     if let Some(allowed) = rule.effective_protos()
         && !allowed.contains(&conn.proto)
     {
@@ -215,7 +231,7 @@ pub fn first_miss(rule: &Rule, conn: &Connection) -> Option<Miss> {
             rule.domains.iter().any(|d| d.matches(&n))
         });
         // Explain cannot know the host's own addresses; the forwarder also keeps those out.
-        let admitted = name_matches && crate::dns::admits(rule, conn.dst, false);
+        let admitted = (name_matches && crate::dns::admits(rule, conn.dst, false)) || in_domain_set;
         if !by_network && !admitted {
             return Some(Miss::To {
                 dst: conn.dst,

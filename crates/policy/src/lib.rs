@@ -15,7 +15,7 @@ pub mod resolver;
 
 pub use diag::{Diagnostic, Severity};
 pub use dns::{Bypass, DnsConfig, NameDecision};
-pub use explain::{Connection, Decider, Explanation, Miss, explain};
+pub use explain::{Connection, Decider, Explanation, Miss, explain, explain_with};
 pub use model::*;
 pub use parse::load;
 pub use resolver::StaticResolver;

@@ -44,6 +44,11 @@ pub const NFT_MSG_GETSETELEM: u16 = 13;
 pub const NFT_MSG_DELSETELEM: u16 = 14;
 pub const NFT_MSG_NEWGEN: u16 = 15;
 pub const NFT_MSG_GETGEN: u16 = 16;
+/// A trace event (kernel to listeners of [`NFNLGRP_NFTRACE`] only).
+pub const NFT_MSG_TRACE: u16 = 17;
+
+/// nfnetlink multicast group of nf_tables trace events (`enum nfnetlink_groups`).
+pub const NFNLGRP_NFTRACE: u32 = 9;
 
 /// `NFTA_GEN_ID`: the ruleset generation in a NEWGEN reply (big-endian u32).
 pub const NFTA_GEN_ID: u16 = 1;
@@ -106,6 +111,17 @@ pub const NF_INET_LOCAL_OUT: u32 = 3;
 
 pub const NF_DROP: u32 = 0;
 pub const NF_ACCEPT: u32 = 1;
+pub const NF_STOLEN: u32 = 2;
+pub const NF_QUEUE: u32 = 3;
+pub const NF_REPEAT: u32 = 4;
+/// The low byte of a verdict is the verdict; `NF_QUEUE` carries the queue number above it.
+pub const NF_VERDICT_MASK: u32 = 0xff;
+// nf_tables' own verdicts (`enum nft_verdicts`): negative, as i32.
+pub const NFT_CONTINUE: i32 = -1;
+pub const NFT_BREAK: i32 = -2;
+pub const NFT_JUMP: i32 = -3;
+pub const NFT_GOTO: i32 = -4;
+pub const NFT_RETURN: i32 = -5;
 
 // --- rule --------------------------------------------------------------------------------------
 
@@ -126,6 +142,8 @@ pub const NFTA_EXPR_DATA: u16 = 2;
 pub const NFTA_DATA_VALUE: u16 = 1;
 pub const NFTA_DATA_VERDICT: u16 = 2;
 pub const NFTA_VERDICT_CODE: u16 = 1;
+/// The target chain of a jump or goto verdict.
+pub const NFTA_VERDICT_CHAIN: u16 = 2;
 
 /// The verdict register.
 pub const NFT_REG_VERDICT: u32 = 0;
@@ -136,10 +154,15 @@ pub const NFT_REG_1: u32 = 1;
 
 pub const NFTA_META_DREG: u16 = 1;
 pub const NFTA_META_KEY: u16 = 2;
+/// The source register of a `meta ... set` statement.
+pub const NFTA_META_SREG: u16 = 3;
 pub const NFT_META_MARK: u32 = 3;
 pub const NFT_META_OIF: u32 = 5;
 pub const NFT_META_SKUID: u32 = 10;
 pub const NFT_META_SKGID: u32 = 11;
+/// The packet's trace flag (`meta nftrace`): while set, nf_tables reports every rule the packet
+/// matches, and every chain policy it meets, to [`NFNLGRP_NFTRACE`].
+pub const NFT_META_NFTRACE: u32 = 12;
 pub const NFT_META_NFPROTO: u32 = 15;
 pub const NFT_META_L4PROTO: u32 = 16;
 
@@ -196,6 +219,37 @@ pub const NFTA_REDIR_REG_PROTO_MAX: u16 = 2;
 pub const NFTA_REDIR_FLAGS: u16 = 3;
 /// `NF_NAT_RANGE_PROTO_SPECIFIED` (`linux/netfilter/nf_nat.h`): the redirect names a port.
 pub const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 1 << 1;
+
+// --- trace events (`enum nft_trace_attributes`, `enum nft_trace_types`) ------------------------
+
+pub const NFTA_TRACE_TABLE: u16 = 1;
+pub const NFTA_TRACE_CHAIN: u16 = 2;
+/// be64; absent in policy events and in the implicit return at a chain's end.
+pub const NFTA_TRACE_RULE_HANDLE: u16 = 3;
+pub const NFTA_TRACE_TYPE: u16 = 4;
+/// Nested: `NFTA_VERDICT_CODE` and, for jump and goto, `NFTA_VERDICT_CHAIN`.
+pub const NFTA_TRACE_VERDICT: u16 = 5;
+/// A u32 in host order (the kernel's `nla_put_u32`), the same for every event of one packet.
+pub const NFTA_TRACE_ID: u16 = 6;
+pub const NFTA_TRACE_LL_HEADER: u16 = 7;
+/// Up to 40 bytes from the network header (sent with the first event of a base chain only).
+pub const NFTA_TRACE_NETWORK_HEADER: u16 = 8;
+/// Up to 20 bytes from the transport header (likewise).
+pub const NFTA_TRACE_TRANSPORT_HEADER: u16 = 9;
+pub const NFTA_TRACE_IIF: u16 = 10;
+pub const NFTA_TRACE_IIFTYPE: u16 = 11;
+pub const NFTA_TRACE_OIF: u16 = 12;
+pub const NFTA_TRACE_OIFTYPE: u16 = 13;
+pub const NFTA_TRACE_MARK: u16 = 14;
+/// The packet's family (be32): `NFPROTO_IPV4` or `NFPROTO_IPV6` in an inet table.
+pub const NFTA_TRACE_NFPROTO: u16 = 15;
+/// The chain policy (be32 `NF_ACCEPT`/`NF_DROP`) in a policy event.
+pub const NFTA_TRACE_POLICY: u16 = 16;
+
+pub const NFT_TRACETYPE_UNSPEC: u32 = 0;
+pub const NFT_TRACETYPE_POLICY: u32 = 1;
+pub const NFT_TRACETYPE_RETURN: u32 = 2;
+pub const NFT_TRACETYPE_RULE: u32 = 3;
 
 // --- sets --------------------------------------------------------------------------------------
 

@@ -35,7 +35,8 @@ use ruleset::{
 use super::consts::*;
 use super::expr::{self, SetRef};
 use super::{ApplyOptions, Error};
-use crate::nl::{MsgBuf, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
+use crate::nl::{MsgBuf, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, Socket};
+use crate::trace::{TRACE_CHAIN, TRACE_PRIORITY, TraceFilter};
 
 /// Largest payload of an `NFTA_SET_ELEM_LIST_ELEMENTS` attribute: its length is a u16 that
 /// includes the 4-byte header. Elements go into one NEWSETELEM message until the next range would
@@ -864,6 +865,87 @@ fn check_set(s: &Set) -> Result<(), Error> {
         });
     }
     Ok(())
+}
+
+// --- leash trace ---------------------------------------------------------------------------------
+//
+// `crate::trace` reaches this code through the methods below: the encoder, the expressions and
+// the batch sender are private to the `nft` module, and methods of a type are callable wherever
+// the type is.
+
+impl TraceFilter {
+    /// The batch that adds the trace chain to table `inet leash`:
+    ///
+    /// ```text
+    /// BATCH_BEGIN
+    /// [DELCHAIN inet leash trace]   when `remove_stale`: a chain left by an earlier session
+    /// NEWCHAIN  inet leash trace    type filter hook output priority TRACE_PRIORITY; policy accept
+    /// NEWRULE   inet leash trace    <this filter> meta nftrace set 1 comment "<comment>"
+    /// BATCH_END
+    /// ```
+    ///
+    /// No NEWTABLE: the chain can only go into a table that exists, so a missing table fails the
+    /// batch (ENOENT) instead of creating an empty table that would allow everything.
+    pub(crate) fn install_batch(&self, comment: &str, remove_stale: bool) -> Result<Batch, Error> {
+        check_comment("trace rule comment", comment)?;
+        let table = ruleset::TABLE_NAME;
+        let mut e = Encoder::new(1024);
+        e.begin_batch()?;
+        if remove_stale {
+            trace_delchain(&mut e)?;
+        }
+        let chain = Chain {
+            name: TRACE_CHAIN.into(),
+            kind: ChainType::Filter,
+            hook: Hook::Output,
+            priority: TRACE_PRIORITY,
+            policy: ChainPolicy::Accept,
+            rules: Vec::new(),
+        };
+        encode_chain(&mut e, table, &chain)?;
+        e.nft(
+            NFT_MSG_NEWRULE,
+            NLM_F_CREATE | NLM_F_APPEND,
+            format!("rule `{comment}` (chain {TRACE_CHAIN})"),
+            |b| {
+                b.attr_str(NFTA_RULE_TABLE, table);
+                b.attr_str(NFTA_RULE_CHAIN, TRACE_CHAIN);
+                let x = b.begin_nested(NFTA_RULE_EXPRESSIONS);
+                expr::encode_trace_stmts(b, self.daddr, self.uid, self.dport);
+                b.end_nested(x);
+                b.attr(
+                    NFTA_RULE_USERDATA,
+                    &udata_comment(NFTNL_UDATA_RULE_COMMENT, comment),
+                );
+            },
+        )?;
+        e.end_batch()?;
+        Ok(e.finish(0))
+    }
+
+    /// The batch that deletes the trace chain with its rule (a DELCHAIN without `NLM_F_NONREC`
+    /// deletes the chain's rules with it; nothing jumps to the chain, so nothing else holds it).
+    pub(crate) fn remove_batch() -> Result<Batch, Error> {
+        let mut e = Encoder::new(256);
+        e.begin_batch()?;
+        trace_delchain(&mut e)?;
+        e.end_batch()?;
+        Ok(e.finish(0))
+    }
+}
+
+fn trace_delchain(e: &mut Encoder) -> Result<(), Error> {
+    e.nft(NFT_MSG_DELCHAIN, 0, format!("chain `{TRACE_CHAIN}`"), |b| {
+        b.attr_str(NFTA_CHAIN_TABLE, ruleset::TABLE_NAME);
+        b.attr_str(NFTA_CHAIN_NAME, TRACE_CHAIN);
+    })
+}
+
+impl Batch {
+    /// Sends the batch in one `sendmsg` and checks every ack (see `super::send_batch`).
+    pub(crate) fn send(&self, sock: &mut Socket) -> Result<(), Error> {
+        super::send_batch(sock, self)
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! that "protocol context" while it linearizes a rule; [`ProtoCtx`] reproduces exactly the cases
 //! leash's statements can produce (checked against `nft --debug=netlink` by the oracle tests).
 
+use ipnet::IpNet;
 use ruleset::{Family, L4, Stmt, Value};
 
 use super::consts::*;
@@ -272,5 +273,80 @@ fn reject(b: &mut MsgBuf, ty: u32, code: u8) {
     expr(b, "reject", |b| {
         b.attr_be32(NFTA_REJECT_TYPE, ty);
         b.attr_u8(NFTA_REJECT_ICMP_CODE, code);
+    });
+}
+
+/// The rule of `leash trace`'s chain: `[ip daddr NET | ip6 daddr NET] [meta skuid UID]
+/// [th dport PORT] meta nftrace set 1`, as nft 1.0.6 encodes that text. It has no verdict, so it
+/// changes no decision; it only sets the packet's trace flag.
+///
+/// nft's choices, reproduced (checked by `tests/trace.rs` against `nft --debug=mnl`):
+/// - an address match checks `meta nfproto` first;
+/// - a prefix on a byte boundary loads only the prefix's bytes and compares them (`/24`: 3 bytes);
+///   any other prefix, `/0` included, loads the whole address, masks it with `bitwise` and compares
+///   the masked network; a full-length prefix is a plain comparison;
+/// - `th dport` is the 2 bytes at offset 2 of the transport header with no protocol check (it also
+///   matches e.g. an ICMP header whose checksum happens to equal the port: harmless for tracing);
+/// - `meta nftrace set 1` is a 1-byte immediate into register 1 and a meta set reading it.
+pub(crate) fn encode_trace_stmts(
+    b: &mut MsgBuf,
+    daddr: Option<IpNet>,
+    uid: Option<u32>,
+    dport: Option<u16>,
+) {
+    if let Some(net) = daddr {
+        let net = net.trunc();
+        let (family, offset, addr, mask) = match net {
+            IpNet::V4(n) => (
+                Family::Ipv4,
+                16,
+                n.addr().octets().to_vec(),
+                n.netmask().octets().to_vec(),
+            ),
+            IpNet::V6(n) => (
+                Family::Ipv6,
+                24,
+                n.addr().octets().to_vec(),
+                n.netmask().octets().to_vec(),
+            ),
+        };
+        nfproto(b, family);
+        let prefix = usize::from(net.prefix_len());
+        let full = addr.len() * 8;
+        if prefix == full {
+            payload(b, NFT_PAYLOAD_NETWORK_HEADER, offset, addr.len() as u32);
+            cmp(b, NFT_CMP_EQ, &addr);
+        } else if prefix > 0 && prefix % 8 == 0 {
+            let n = prefix / 8;
+            payload(b, NFT_PAYLOAD_NETWORK_HEADER, offset, n as u32);
+            cmp(b, NFT_CMP_EQ, &addr[..n]);
+        } else {
+            payload(b, NFT_PAYLOAD_NETWORK_HEADER, offset, addr.len() as u32);
+            bitwise(b, &mask, &vec![0; mask.len()]);
+            cmp(b, NFT_CMP_EQ, &addr);
+        }
+    }
+    if let Some(u) = uid {
+        meta_load(b, NFT_META_SKUID);
+        cmp(b, NFT_CMP_EQ, &u.to_ne_bytes());
+    }
+    if let Some(p) = dport {
+        payload(b, NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2);
+        cmp(b, NFT_CMP_EQ, &p.to_be_bytes());
+    }
+    nftrace_set(b);
+}
+
+/// `meta nftrace set 1`: nftrace is a 1-bit value, which nft sends as one byte.
+fn nftrace_set(b: &mut MsgBuf) {
+    expr(b, "immediate", |b| {
+        b.attr_be32(NFTA_IMMEDIATE_DREG, NFT_REG_1);
+        let d = b.begin_nested(NFTA_IMMEDIATE_DATA);
+        b.attr(NFTA_DATA_VALUE, &[1]);
+        b.end_nested(d);
+    });
+    expr(b, "meta", |b| {
+        b.attr_be32(NFTA_META_KEY, NFT_META_NFTRACE);
+        b.attr_be32(NFTA_META_SREG, NFT_REG_1);
     });
 }

@@ -337,6 +337,31 @@ fn re_applying_keeps_the_answers_and_the_forwarder_re_inserts() {
 }
 
 #[test]
+fn conns_sees_connections_a_domain_rule_allows() {
+    if !need_root("conns_sees_connections_a_domain_rule_allows") {
+        return;
+    }
+    let s = Setup::new("deny", UPSTREAM);
+    assert_eq!(s.q("a.cdn.example.test", "A").addrs, vec!["192.0.2.30".parse::<IpAddr>().unwrap()]);
+    // Hold a connection open while conns looks.
+    let held = s.lab.client().run(|| std::net::TcpStream::connect_timeout(&"192.0.2.30:443".parse().unwrap(), Duration::from_secs(2)));
+    let held = held.unwrap_or_else(|e| panic!("connect: {e}{}", s.logs()));
+    let r = leash_in(s.lab.client(), &["conns", "--json", "--tcp", "--state", "connected"]);
+    assert!(r.ok(), "{r}");
+    let j = r.json();
+    let c = j["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["remote"] == "192.0.2.30:443")
+        .unwrap_or_else(|| panic!("no connection to 192.0.2.30:443{r}"));
+    // The kernel's set holds the answer, so conns shows the domain rule, not the default.
+    assert_eq!((c["verdict"].as_str(), c["rule"].as_str()), (Some("allow"), Some("cdn")), "{r}");
+    assert_eq!(c["host"], "*.cdn.example.test", "{r}");
+    drop(held);
+}
+
+#[test]
 fn rebinding_answers_are_stripped_and_not_allowed() {
     if !need_root("rebinding_answers_are_stripped_and_not_allowed") {
         return;
