@@ -375,6 +375,16 @@ pub fn read_process(proc_fd: RawFd, pid: u32) -> Option<Process> {
 
 /// The name of a user id from the system's user database (NSS: /etc/passwd, LDAP, ...).
 pub fn user_name(uid: u32) -> Option<String> {
+    passwd_entry(uid).map(|(name, _)| name)
+}
+
+/// The primary group of a user id, for sockets whose process is unknown.
+pub fn primary_group(uid: u32) -> Option<u32> {
+    passwd_entry(uid).map(|(_, gid)| gid)
+}
+
+/// The user database's name and primary group of a uid (getpwuid_r, thread-safe).
+fn passwd_entry(uid: u32) -> Option<(String, u32)> {
     let mut buf = vec![0u8; 1024];
     // Bounded: the buffer doubles up to 1 MiB.
     loop {
@@ -382,15 +392,7 @@ pub fn user_name(uid: u32) -> Option<String> {
         let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
         let mut out: *mut libc::passwd = std::ptr::null_mut();
         // SAFETY: every pointer is valid for the sizes given.
-        let rc = unsafe {
-            libc::getpwuid_r(
-                uid,
-                &mut pw,
-                buf.as_mut_ptr() as *mut libc::c_char,
-                buf.len(),
-                &mut out,
-            )
-        };
+        let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr() as *mut libc::c_char, buf.len(), &mut out) };
         if rc == libc::ERANGE && buf.len() < (1 << 20) {
             buf.resize(buf.len() * 2, 0);
             continue;
@@ -400,35 +402,7 @@ pub fn user_name(uid: u32) -> Option<String> {
         }
         // SAFETY: on success pw_name points to a NUL-terminated string inside buf.
         let name = unsafe { CStr::from_ptr(pw.pw_name) };
-        return Some(name.to_string_lossy().into_owned());
-    }
-}
-
-/// The primary group of a user id, for sockets whose process is unknown.
-pub fn primary_group(uid: u32) -> Option<u32> {
-    let mut buf = vec![0u8; 1024];
-    loop {
-        // SAFETY: as in user_name.
-        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut out: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: every pointer is valid for the sizes given.
-        let rc = unsafe {
-            libc::getpwuid_r(
-                uid,
-                &mut pw,
-                buf.as_mut_ptr() as *mut libc::c_char,
-                buf.len(),
-                &mut out,
-            )
-        };
-        if rc == libc::ERANGE && buf.len() < (1 << 20) {
-            buf.resize(buf.len() * 2, 0);
-            continue;
-        }
-        if rc != 0 || out.is_null() {
-            return None;
-        }
-        return Some(pw.pw_gid);
+        return Some((name.to_string_lossy().into_owned(), pw.pw_gid));
     }
 }
 
