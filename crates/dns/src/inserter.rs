@@ -11,7 +11,7 @@ use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// One set element to add (or refresh) with a timeout.
@@ -65,6 +65,7 @@ impl Inserter {
 
 fn run(mut sink: Box<dyn SetSink>, rx: mpsc::Receiver<Job>, stats: &Stats) {
     let mut merged = Vec::new();
+    let mut sent = Sent::default();
     while let Ok(first) = rx.recv() {
         let mut n = first.inserts.len();
         let mut jobs = vec![first];
@@ -82,12 +83,8 @@ fn run(mut sink: Box<dyn SetSink>, rx: mpsc::Receiver<Job>, stats: &Stats) {
         if jobs.is_empty() {
             continue;
         }
-        let ok = if jobs.len() == 1 {
-            add(&mut *sink, &jobs[0].inserts, stats)
-        } else {
-            merge(&jobs, &mut merged);
-            add(&mut *sink, &merged, stats)
-        };
+        merge(&jobs, &mut merged);
+        let ok = sent.add(&mut *sink, &mut merged, stats);
         if ok || jobs.len() == 1 {
             for j in jobs {
                 let _ = j.done.send(ok);
@@ -96,10 +93,49 @@ fn run(mut sink: Box<dyn SetSink>, rx: mpsc::Receiver<Job>, stats: &Stats) {
             // One bad element must not fail every client that shared the batch: retry each on
             // its own so only the client whose answer holds it gets SERVFAIL.
             for j in jobs {
-                let ok = add(&mut *sink, &j.inserts, stats);
+                let mut own = j.inserts.clone();
+                let ok = sent.add(&mut *sink, &mut own, stats);
                 let _ = j.done.send(ok);
             }
         }
+    }
+}
+
+/// When each element this thread sent will expire in the kernel, so that a later insert never
+/// shortens it. The kernel takes a re-added element's timeout as is, even a shorter one, and
+/// two answers for one shared address (two names on one CDN address, or every name at once
+/// after the table was re-applied) can both decide to insert before either is acked. This
+/// thread is the only writer, so raising every timeout to what was sent before keeps the
+/// promise: an element outlives every TTL any client was given.
+#[derive(Debug, Default)]
+struct Sent {
+    expiry: HashMap<(Arc<str>, IpAddr), Instant>,
+    /// Prune expired entries when the map has doubled since the last prune.
+    prune_at: usize,
+}
+
+impl Sent {
+    fn add(&mut self, sink: &mut dyn SetSink, batch: &mut [Insert], stats: &Stats) -> bool {
+        let now = Instant::now();
+        for ins in batch.iter_mut() {
+            if let Some(&until) = self.expiry.get(&(ins.set.clone(), ins.addr)) {
+                let left = until.saturating_duration_since(now).as_millis() as u64;
+                ins.timeout_ms = ins.timeout_ms.max(left);
+            }
+        }
+        let ok = add(sink, batch, stats);
+        if ok {
+            for ins in batch.iter() {
+                let until = now + Duration::from_millis(ins.timeout_ms);
+                let e = self.expiry.entry((ins.set.clone(), ins.addr)).or_insert(until);
+                *e = (*e).max(until);
+            }
+            if self.expiry.len() > self.prune_at.max(1024) {
+                self.expiry.retain(|_, until| *until > now);
+                self.prune_at = self.expiry.len() * 2;
+            }
+        }
+        ok
     }
 }
 
@@ -182,5 +218,51 @@ mod tests {
         }
         assert!(!ins_.insert(vec![ins("s", "192.0.2.99", 1)], d).await);
         assert_eq!(stats.snapshot().insert_errors, 1);
+    }
+
+    #[tokio::test]
+    async fn a_bad_element_in_a_merged_batch_fails_only_its_own_job() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stats = Arc::new(Stats::default());
+        let bad: IpAddr = "192.0.2.99".parse().unwrap();
+        let ins_ = Inserter::start(Box::new(Rec(log.clone(), Some(bad))), stats.clone()).unwrap();
+        let d = Duration::from_secs(5);
+        let mut handles = Vec::new();
+        // Job 7 carries the bad element among good ones, queued with the others.
+        for i in 0..20u8 {
+            let ins_ = ins_.clone();
+            handles.push(tokio::spawn(async move {
+                let mut v = vec![ins("s", &format!("192.0.2.{i}"), 1000)];
+                if i == 7 {
+                    v.push(ins("s", "192.0.2.99", 1000));
+                }
+                (i, ins_.insert(v, d).await)
+            }));
+        }
+        for h in handles {
+            let (i, ok) = h.await.unwrap();
+            assert_eq!(ok, i != 7, "job {i}");
+        }
+        // Every good element went in; the bad job's good element did not (its batch failed).
+        let inserted: Vec<String> = log.lock().unwrap().iter().flatten().map(|i| i.addr.to_string()).collect();
+        for i in (0..20u8).filter(|&i| i != 7) {
+            assert!(inserted.contains(&format!("192.0.2.{i}")), "192.0.2.{i} missing");
+        }
+        assert!(!inserted.contains(&"192.0.2.7".to_string()));
+    }
+
+    #[tokio::test]
+    async fn a_later_shorter_insert_never_shortens_an_element() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stats = Arc::new(Stats::default());
+        let ins_ = Inserter::start(Box::new(Rec(log.clone(), None)), stats).unwrap();
+        let d = Duration::from_secs(5);
+        assert!(ins_.insert(vec![ins("s", "192.0.2.1", 3_600_000)], d).await);
+        // A second name on the same address with a short TTL.
+        assert!(ins_.insert(vec![ins("s", "192.0.2.1", 60_000)], d).await);
+        let batches = log.lock().unwrap().clone();
+        assert_eq!(batches.len(), 2);
+        let second = batches[1][0].timeout_ms;
+        assert!(second > 3_590_000, "the element was shortened to {second} ms");
     }
 }

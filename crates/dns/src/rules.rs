@@ -87,28 +87,41 @@ impl Rules {
     }
 
     /// The set elements for `addrs` (address, client TTL) under `decision`, and the addresses
-    /// the rebinding guard blocks. An address some allow rule refuses is blocked as a whole: it
-    /// is removed from the answer, so it goes into no set at all.
+    /// the rebinding guard blocks. Each rule takes the address if it admits it
+    /// (`policy::dns::admits`, the same test `explain` and `leash test` make); an address that
+    /// some allow rule refused and no allow rule took is blocked: it is removed from the answer,
+    /// since no allow set would let the client reach it. An address listed twice is timed by
+    /// its longest TTL, which is what the client may keep it for.
     pub fn plan(&self, decision: &NameDecision, addrs: &[(IpAddr, u32)], own: &[IpAddr]) -> (Vec<Planned>, Vec<Blocked>) {
-        let mut planned = Vec::new();
+        let mut planned: Vec<Planned> = Vec::new();
         let mut blocked = Vec::new();
         for &(addr, ttl) in addrs {
             let is_own = own.contains(&addr);
-            let refused_by = decision.rules.iter().copied().find(|&i| self.policy.rules.get(i).is_some_and(|r| !policy::dns::admits(r, addr, is_own)));
-            if let Some(rule) = refused_by {
-                if !blocked.iter().any(|b: &Blocked| b.addr == addr) {
-                    blocked.push(Blocked { addr, rule });
-                }
-                continue;
-            }
+            let mut refused_by = None;
+            let mut allowed_somewhere = false;
             for &i in &decision.rules {
+                let Some(rule) = self.policy.rules.get(i) else { continue };
+                if !policy::dns::admits(rule, addr, is_own) {
+                    refused_by.get_or_insert(i);
+                    continue;
+                }
+                allowed_somewhere |= rule.action == policy::Action::Allow;
                 let Some(Some((v4, v6))) = self.sets.get(i) else { continue };
                 let set = if addr.is_ipv4() { *v4 } else { *v6 };
-                if !planned.iter().any(|p: &Planned| p.set == set && p.addr == addr) {
-                    planned.push(Planned { set, addr, ttl });
+                match planned.iter_mut().find(|p| p.set == set && p.addr == addr) {
+                    Some(p) => p.ttl = p.ttl.max(ttl),
+                    None => planned.push(Planned { set, addr, ttl }),
                 }
             }
+            if let Some(rule) = refused_by
+                && !allowed_somewhere
+                && !blocked.iter().any(|b: &Blocked| b.addr == addr)
+            {
+                blocked.push(Blocked { addr, rule });
+            }
         }
+        // A blocked address leaves the answer, so no set needs it (not even a deny rule's).
+        planned.retain(|p| !blocked.iter().any(|b| b.addr == p.addr));
         (planned, blocked)
     }
 }
@@ -255,5 +268,23 @@ to = ["*.example.test"]
         let (p, b) = r.plan(&d, &[(ip("10.1.2.3"), 60)], &own);
         assert!(b.is_empty());
         assert_eq!(p.len(), 2);
+    }
+
+    #[test]
+    fn an_address_one_allow_rule_refuses_and_another_admits_stays_in_the_answer() {
+        // nas.example.test is named by `lan` (allow_private) and, in this policy, by no other
+        // allow rule; add one that names it without allow_private: the private answer goes into
+        // `lan`'s set only and stays in the answer, as `explain` and `leash test` decide.
+        let src = POLICY.replace("to = [\"api.example.test\", \"*.cdn.example.test\"]", "to = [\"api.example.test\", \"*.cdn.example.test\", \"nas.example.test\"]");
+        let (p, diags) = policy::load(&src, &StaticResolver::default());
+        let p = Arc::new(p.unwrap_or_else(|| panic!("{diags:?}")));
+        let sets = (0..p.rules.len()).map(|i| Some(RuleSets { v4: format!("r{i}_v4").into(), v6: format!("r{i}_v6").into() })).collect();
+        let r = Rules::new(p, sets);
+        let d = r.decide(&Name::from_dotted("nas.example.test").unwrap());
+        let (planned, blocked) = r.plan(&d, &[(ip("10.1.2.3"), 60), (ip("10.1.2.3"), 300)], &[]);
+        assert!(blocked.is_empty(), "{blocked:?}");
+        let names: Vec<(&str, u32)> = planned.iter().map(|x| (&**r.set_name(x.set), x.ttl)).collect();
+        // lan (rule 2) and the smtp deny rule (3) take it, api (1) does not; the longest TTL wins.
+        assert_eq!(names, vec![("r2_v4", 300), ("r3_v4", 300)]);
     }
 }

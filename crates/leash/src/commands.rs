@@ -125,7 +125,7 @@ fn apply(path: &std::path::Path, fault_inject: bool, json: bool) -> Result<u8> {
     let Some((l, p)) = load::load_valid(path)? else { return Ok(EXIT_POLICY) };
     require_root("apply")?;
     let mut table = compiled(&l, &p);
-    let carried = carry_over_domain_sets(&mut table)?;
+    let carried = carry_over_domain_sets(&p, &mut table)?;
     let elements: usize = table.sets.iter().map(|s| s.elements.len()).sum();
     if elements >= 50_000 && !json {
         // Large sets take a few seconds; say what is happening.
@@ -141,7 +141,7 @@ fn apply(path: &std::path::Path, fault_inject: bool, json: bool) -> Result<u8> {
         if !json {
             eprintln!("leash: resolving the policy's domain names to warm up its sets...");
         }
-        Some(crate::dns_cmd::warm_up(&p).unwrap_or_else(|e| crate::dns_cmd::WarmUp {
+        Some(crate::dns_cmd::warm_up(&p, &carried_elements(&table)).unwrap_or_else(|e| crate::dns_cmd::WarmUp {
             failures: vec![format!("{e:#}")],
             ..Default::default()
         }))
@@ -192,6 +192,23 @@ fn apply(path: &std::path::Path, fault_inject: bool, json: bool) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
+/// The elements carried into `table`'s timeout sets, with their time left in milliseconds.
+fn carried_elements(table: &ruleset::Table) -> std::collections::HashMap<(String, IpAddr), u64> {
+    use ruleset::SetElements;
+    let mut out = std::collections::HashMap::new();
+    for set in table.sets.iter().filter(|s| s.timeout) {
+        let elems: Vec<(IpAddr, u64)> = match &set.elements {
+            SetElements::TimedV4(v) => v.iter().map(|&(a, t)| (IpAddr::V4(a), t)).collect(),
+            SetElements::TimedV6(v) => v.iter().map(|&(a, t)| (IpAddr::V6(a), t)).collect(),
+            _ => continue,
+        };
+        for (a, t) in elems {
+            out.insert((set.name.clone(), a), t);
+        }
+    }
+    out
+}
+
 /// Shortest time left for which an answer is carried into the new table; anything shorter would
 /// expire before anyone could use it.
 const CARRY_OVER_MIN_MS: u64 = 1000;
@@ -200,16 +217,23 @@ const CARRY_OVER_MIN_MS: u64 = 1000;
 /// timeout sets of `table`, with the time they have left, so that re-applying a policy does not
 /// cut off applications that cached a DNS answer: the replaced table's sets would start empty.
 /// Returns the number of elements carried over.
-fn carry_over_domain_sets(table: &mut ruleset::Table) -> Result<usize> {
+fn carry_over_domain_sets(p: &policy::Policy, table: &mut ruleset::Table) -> Result<usize> {
     use ruleset::SetElements;
     let mut carried = 0;
+    let own = crate::dns_cmd::own_addresses();
     for set in table.sets.iter_mut().filter(|s| s.timeout) {
+        // The rule the set belongs to in the new policy: an answer it would no longer admit
+        // (allow_private removed, or an own address) stays behind.
+        let rule = p.rules.iter().find(|r| {
+            [ruleset::Family::Ipv4, ruleset::Family::Ipv6].iter().any(|&f| ruleset::domain_set_name(&r.name, f) == set.name)
+        });
         let Some(old) = kernel::timed_elements(ruleset::TABLE_NAME, &set.name)
             .with_context(|| format!("cannot read the answers in set {} of the active table", set.name))?
         else {
             continue;
         };
-        for (addr, left) in old.into_iter().filter(|&(_, left)| left >= CARRY_OVER_MIN_MS) {
+        let admitted = |addr: IpAddr| rule.is_none_or(|r| policy::dns::admits(r, addr, own.contains(&addr)));
+        for (addr, left) in old.into_iter().filter(|&(a, left)| left >= CARRY_OVER_MIN_MS && admitted(a)) {
             match (&mut set.elements, addr) {
                 (SetElements::TimedV4(v), IpAddr::V4(a)) => v.push((a, left)),
                 (SetElements::TimedV6(v), IpAddr::V6(a)) => v.push((a, left)),

@@ -112,7 +112,7 @@ pub fn run(path: &Path, metrics: Option<std::net::SocketAddr>) -> Result<u8> {
 /// How often the forwarder looks whether the table was re-applied.
 const TABLE_POLL: Duration = Duration::from_secs(1);
 
-/// Watches the applied table: when it is replaced (a new handle), the forwarder forgets which
+/// Watches the host's addresses (for the rebinding guard) and the applied table: when it is replaced (a new handle), the forwarder forgets which
 /// elements it believes the kernel holds, so the next answer or cache hit for each name inserts
 /// again (apply carries answers over, but one that arrives between its read and its commit would
 /// be lost). When the table comes from another policy, it says so once: the forwarder keeps
@@ -120,9 +120,16 @@ const TABLE_POLL: Duration = Duration::from_secs(1);
 async fn watch_table(handle: dns::Handle, expected_comment: String) {
     let mut last: Option<u64> = None;
     let mut warned = false;
+    let mut own = own_addresses();
     let mut tick = tokio::time::interval(TABLE_POLL);
     loop {
         tick.tick().await;
+        // The host's addresses change (DHCP, VPN): the rebinding guard follows them.
+        let now_own = own_addresses();
+        if now_own != own {
+            handle.set_own_addresses(now_own.clone());
+            own = now_own;
+        }
         let info = match kernel::table_comment(ruleset::TABLE_NAME) {
             Ok(i) => i,
             Err(e) => {
@@ -184,7 +191,11 @@ pub struct WarmUp {
 /// answers into the rules' sets, so that a freshly applied policy works before the first
 /// lookup through the forwarder. Wildcards cannot be resolved in advance. Runs after the apply,
 /// when the new table (with its forwarder rule letting marked queries out) is in place.
-pub fn warm_up(p: &Policy) -> Result<WarmUp> {
+///
+/// `carried` holds the answers apply carried over from the previous table (set, address → ms
+/// left): the kernel takes a re-added element's timeout as is, so the warm-up never sends one
+/// shorter than that, nor two for one element.
+pub fn warm_up(p: &Policy, carried: &std::collections::HashMap<(String, IpAddr), u64>) -> Result<WarmUp> {
     let mut w = WarmUp::default();
     let mut names: Vec<&str> = p.rules.iter().flat_map(|r| &r.domains).filter(|d| !d.wildcard).map(|d| d.name.as_str()).collect();
     names.sort_unstable();
@@ -195,8 +206,8 @@ pub fn warm_up(p: &Policy) -> Result<WarmUp> {
     }
     let own = own_addresses();
     let timeout = Duration::from_millis(u64::from(p.dns.timeout_ms));
-    // All names at once (a few threads each), so a dead upstream costs one timeout, not one
-    // per name.
+    // All names at once, spread over a few threads, so a dead upstream costs a few timeouts
+    // (per name and record type within a thread), not one per name of the whole policy.
     const THREADS: usize = 16;
     let chunk = names.len().div_ceil(THREADS);
     let answers: Vec<(&str, Answers)> = std::thread::scope(|s| {
@@ -237,9 +248,16 @@ pub fn warm_up(p: &Policy) -> Result<WarmUp> {
             }
         }
     }
-    if !elems.is_empty() {
+    // One element per (set, address), with the longest of its timeouts and of what was carried.
+    let mut longest: std::collections::HashMap<(String, IpAddr), u64> = std::collections::HashMap::new();
+    for (set, addr, t) in elems {
+        let carried = carried.get(&(set.clone(), addr)).copied().unwrap_or(0);
+        let e = longest.entry((set, addr)).or_insert(0);
+        *e = (*e).max(t).max(carried);
+    }
+    if !longest.is_empty() {
         let batch: Vec<TimedElement> =
-            elems.iter().map(|(set, addr, t)| TimedElement { set, addr: *addr, timeout_ms: *t }).collect();
+            longest.iter().map(|((set, addr), t)| TimedElement { set, addr: *addr, timeout_ms: *t }).collect();
         SetWriter::open()
             .and_then(|mut w| w.add_timed(ruleset::TABLE_NAME, &batch))
             .context("cannot put the warm-up answers into the domain sets")?;

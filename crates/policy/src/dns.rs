@@ -91,7 +91,9 @@ impl DnsConfig {
     /// what the client was told, plus the grace period.
     pub fn element_timeout_ms(&self, ttl: u32) -> u64 {
         let life = self.client_ttl(ttl).max(self.min_ttl);
-        (u64::from(life) + u64::from(self.grace)) * 1000
+        // At least a second: a TTL of 0 with min_ttl = grace = 0 must still let the client
+        // connect right after the answer (and the kernel refuses a zero timeout).
+        ((u64::from(life) + u64::from(self.grace)) * 1000).max(1000)
     }
 
     /// The loopback port queries are redirected to, per family (`None`: the forwarder does not
