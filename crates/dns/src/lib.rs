@@ -4,11 +4,13 @@
 //!
 //! The crate knows nothing about netlink: the binary hands in a [`SetSink`] (one kernel batch per
 //! call) and the set names of each rule ([`RuleSets`]). Message handling is pure and fuzzed
-//! (`message`, `wire`, `rules`); sockets live in `server`, `upstream` and `stub`.
+//! (`message`, `wire`, `rules`); sockets live in `server`, `udp`, `upstream` and `stub`.
 //!
-//! Threads: the forwarder runs on whatever tokio runtime the caller gives it; [`runtime`]
-//! builds the recommended one (current-thread, see there). Set inserts run on one dedicated OS
-//! thread that owns the sink and batches whatever is queued.
+//! Threads: UDP queries are read by blocking OS threads, one per CPU and listen address (`udp`),
+//! which answer cache hits themselves and hand everything that must wait to the tokio runtime
+//! the caller gives the forwarder; [`runtime`] builds the recommended one (current-thread, see
+//! there). Set inserts run on one dedicated OS thread that owns the sink and batches whatever is
+//! queued.
 
 pub mod cache;
 mod inserter;
@@ -17,6 +19,7 @@ pub mod rules;
 mod server;
 mod stats;
 mod stub;
+mod udp;
 mod upstream;
 pub mod wire;
 
@@ -58,8 +61,9 @@ impl From<Error> for io::Error {
 
 /// The runtime the forwarder is meant to run on: current-thread, with I/O and timers.
 ///
-/// Why not multi-thread: the target machines have 2 vCPUs, and per query the forwarder does
-/// little besides two syscalls and a hash lookup. A second worker would mostly add cross-thread
+/// Why not multi-thread: the target machines have 2 vCPUs, and the runtime only sees what the
+/// UDP listener threads could not answer from the cache (and TCP): per query it does little
+/// besides a few syscalls and a hash lookup. A second worker would mostly add cross-thread
 /// wake-ups, contention on the cache lock and task migration, and would compete for the second
 /// core with the set inserter thread (whose netlink round trips are where the kernel does its
 /// work) and, on a busy host, with the upstream resolver. The code itself is runtime-agnostic

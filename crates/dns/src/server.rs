@@ -5,36 +5,43 @@
 //! answer at once (no task, no allocation) → refused name: NXDOMAIN → otherwise a task asks the
 //! upstreams, processes the answer, waits until the kernel acked the set elements, and only then
 //! answers. An answer never reaches a client before its addresses are in the sets.
+//!
+//! Where that runs: UDP queries are read by blocking OS threads (see `udp`), which do the first
+//! two steps themselves. The rest (with a copy of the packet) they start up to its first wait
+//! and hand over a channel to the tokio runtime, which finishes it and answers through the same
+//! socket (see `SlowStart`). TCP runs on the runtime entirely.
 
 use crate::cache::{Cache, Entry, KernelState};
 use crate::inserter::{Insert, Inserter, SetSink};
 use crate::message::{self, Query};
 use crate::rules::{self, Planned, RuleSets, Rules};
 use crate::stats::{Stats, StatsSnapshot};
+use crate::udp::{self, Listener, Threads};
 use crate::upstream::{SocketError, Upstreams, read_framed};
 use crate::Error;
 use policy::Policy;
 use policy::dns::{DnsConfig, NameDecision};
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-/// Queries of one UDP listener waiting for an upstream or the kernel at once; more are dropped
-/// (and counted) so a flood of uncached names cannot grow memory without bound. Clients retry.
+/// Queries of one UDP listen address waiting for an upstream or the kernel at once; more are
+/// dropped (and counted) so a flood of uncached names cannot grow memory without bound. Clients
+/// retry.
 const MAX_INFLIGHT: usize = 4096;
 /// Concurrent TCP client connections; more are closed at once.
 const MAX_TCP_CLIENTS: usize = 256;
 /// A TCP client connection idle this long is closed.
 const TCP_IDLE: Duration = Duration::from_secs(10);
-/// Receive buffer asked for on the UDP listeners, so bursts of queries are not dropped while
-/// the reactor is busy (the kernel caps it at net.core.rmem_max).
-const LISTEN_RCVBUF: usize = 4 << 20;
 
 /// What the forwarder needs from its caller.
 #[derive(Debug, Clone)]
@@ -71,7 +78,8 @@ struct Shared {
 #[derive(Debug)]
 pub struct Forwarder {
     shared: Arc<Shared>,
-    udp: Vec<Arc<UdpSocket>>,
+    /// Per listen address, its UDP sockets (one per CPU, see `udp`).
+    udp: Vec<Vec<Listener>>,
     tcp: Vec<TcpListener>,
     addrs: Vec<SocketAddr>,
 }
@@ -129,10 +137,11 @@ impl Forwarder {
         let mut udp = Vec::new();
         let mut tcp = Vec::new();
         let mut addrs = Vec::new();
+        let cpus = udp::allowed_cpus();
         for &addr in &dns.listen {
-            let (u, t) = bind_pair(addr)?;
-            addrs.push(u.local_addr().map_err(|source| Error::Listen { addr, source })?);
-            udp.push(Arc::new(u));
+            let (u, t) = bind_pair(addr, &cpus)?;
+            addrs.push(u[0].sock.local_addr().map_err(|source| Error::Listen { addr, source })?);
+            udp.push(u);
             tcp.push(t);
         }
         let inserter = Inserter::start(sink, stats.clone()).map_err(Error::Thread)?;
@@ -163,45 +172,46 @@ impl Forwarder {
         Handle { shared: Arc::downgrade(&self.shared), stats: self.shared.stats.clone() }
     }
 
-    /// Serves until `shutdown` completes; then stops every listener and in-flight query.
+    /// Serves until `shutdown` completes; then stops every listener thread (joined before this
+    /// returns) and every in-flight query.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let mut set = JoinSet::new();
-        for u in self.udp {
-            set.spawn(udp_loop(self.shared.clone(), u));
+        // Dropped on every way out, also when this future is dropped before `shutdown`
+        // completes: the threads must not outlive the forwarder and keep its port.
+        let mut threads = Vec::new();
+        let runtime = tokio::runtime::Handle::current();
+        for listeners in self.udp {
+            let (tx, rx) = mpsc::channel(MAX_INFLIGHT);
+            set.spawn(udp_slow_loop(rx));
+            let slow = SlowStart { shared: self.shared.clone(), runtime: runtime.clone(), inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)), tx };
+            let t = Threads::start(&listeners, move |sock, stop, affinity| udp_fast_loop(&slow, sock, stop, affinity)).map_err(Error::Thread)?;
+            threads.push(t);
         }
         for t in self.tcp {
             set.spawn(tcp_loop(self.shared.clone(), t));
         }
         shutdown.await;
+        for t in &mut threads {
+            t.stop();
+        }
         set.shutdown().await;
         Ok(())
     }
 }
 
-/// Binds UDP and TCP on `addr`; for port 0 on the same free port.
-fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), Error> {
+/// Binds UDP (the group of `udp`) and TCP on `addr`; for port 0 on the same free port.
+fn bind_pair(addr: SocketAddr, cpus: &[usize]) -> Result<(Vec<Listener>, TcpListener), Error> {
     let err = |source| Error::Listen { addr, source };
     for _ in 0..16 {
-        let udp = bind_udp(addr).map_err(err)?;
-        let actual = udp.local_addr().map_err(err)?;
+        let first = udp::bind_first(addr).map_err(err)?;
+        let actual = first.local_addr().map_err(err)?.as_socket().ok_or_else(|| err(io::Error::other("no IP address")))?;
         match bind_tcp(actual) {
-            Ok(tcp) => return Ok((udp, tcp)),
+            Ok(tcp) => return Ok((udp::bind_rest(first, cpus).map_err(err)?, tcp)),
             Err(e) if e.kind() == io::ErrorKind::AddrInUse && addr.port() == 0 => continue,
             Err(e) => return Err(err(e)),
         }
     }
     Err(err(io::Error::new(io::ErrorKind::AddrInUse, "no port free for both UDP and TCP")))
-}
-
-fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
-    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    let _ = s.set_recv_buffer_size(LISTEN_RCVBUF);
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    UdpSocket::from_std(s.into())
 }
 
 fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -231,50 +241,114 @@ enum Step {
     Resolve(NameDecision),
 }
 
-async fn udp_loop(shared: Arc<Shared>, sock: Arc<UdpSocket>) {
-    let mut buf = vec![0u8; 4096];
-    let mut out = Vec::with_capacity(4096);
-    let mut tasks = JoinSet::new();
-    loop {
-        let (n, peer) = match sock.recv_from(&mut buf).await {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("leash dns: receiving a query: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
+/// A UDP query a listener thread could not answer at once, already started: the rest of its
+/// work, from the wait for the upstream or the kernel to the answer.
+type SlowQuery = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What a listener thread needs to start slow queries and hand them to the runtime.
+struct SlowStart {
+    shared: Arc<Shared>,
+    runtime: tokio::runtime::Handle,
+    /// Slow queries of this listen address started and not yet finished (waiting in the channel
+    /// or running): at most [`MAX_INFLIGHT`].
+    inflight: Arc<Semaphore>,
+    tx: mpsc::Sender<SlowQuery>,
+}
+
+impl SlowStart {
+    /// Starts the slow path of a query here, on the listener thread, up to its first wait (for
+    /// a cache hit that needs a refresh: the insert is queued; otherwise the query is on its way
+    /// to the upstream), then hands it to the runtime.
+    ///
+    /// Why not hand it over unstarted: waking the runtime thread costs, on an idle vCPU, about as
+    /// much as the upstream's whole answer (tens of µs in the bench VM). Handed over unstarted,
+    /// that wake-up came before the upstream query left, on the path of every uncached answer;
+    /// in the bench, forwarding alone then needed 24 µs of CPU per answer where every other run
+    /// needed 15 to 21 (BENCHMARKS.md, DNS forwarder). Started here, the runtime wakes while the
+    /// upstream works.
+    ///
+    /// Safe because the future only meets its first wait through tokio resources of the
+    /// runtime, whose context this thread entered (see [`udp_fast_loop`]): what it registered
+    /// with the no-op waker of this first poll is registered again when the runtime polls the
+    /// spawned task, and a wake-up that came in between is not lost (readiness and channel
+    /// values are kept, and a spawned task is always polled).
+    fn start(&self, raw: &[u8], step: Step, peer: SocketAddr, sock: &Arc<std::net::UdpSocket>) {
+        // Taken before anything starts: a query dropped later would leave its upstream id
+        // registered.
+        let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
+            Stats::inc(&self.shared.stats.overload_dropped);
+            return;
         };
-        while tasks.try_join_next().is_some() {}
-        let raw = &buf[..n];
-        let Some(q) = shared.accept(raw) else { continue };
-        match shared.first_look(&q, q.max_udp(), &mut out) {
-            Step::Answered => send_udp(&sock, &out, peer).await,
-            _ if tasks.len() >= MAX_INFLIGHT => Stats::inc(&shared.stats.overload_dropped),
-            step => {
-                let (shared, sock, raw) = (shared.clone(), sock.clone(), raw.to_vec());
-                tasks.spawn(async move {
-                    // Parsed again: the task owns its copy of the packet.
-                    let Ok(q) = message::parse_query(&raw) else { return };
-                    let mut out = Vec::new();
-                    shared.finish(&q, step, q.max_udp(), &mut out).await;
-                    send_udp(&sock, &out, peer).await;
-                });
-            }
+        let (shared, raw, sock) = (self.shared.clone(), raw.to_vec(), sock.clone());
+        let mut query: SlowQuery = Box::pin(async move {
+            let _permit = permit;
+            // Parsed again: the future owns its copy of the packet.
+            let Ok(q) = message::parse_query(&raw) else { return };
+            let mut out = Vec::new();
+            shared.finish(&q, step, q.max_udp(), &mut out).await;
+            udp::send_nonblocking(&sock, &out, peer).await;
+        });
+        if query.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_ready() {
+            return;
         }
+        // Fails only once the runtime side is gone (shutting down); the permits keep the
+        // channel from filling.
+        let _ = self.tx.try_send(query);
     }
 }
 
-async fn send_udp(sock: &UdpSocket, out: &[u8], peer: SocketAddr) {
-    if out.is_empty() {
-        return;
-    }
-    // A datagram socket's send only waits when the socket buffer is full; try without a
-    // reactor round trip first.
-    match sock.try_send_to(out, peer) {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            let _ = sock.send_to(out, peer).await;
+/// Datagrams a listener thread takes per `recvmmsg`.
+const BATCH: usize = 32;
+
+/// A listener thread (see `udp`): blocking receive of whatever is queued, validate, answer cache
+/// hits and refused names inline, send those answers together, start the rest and hand them to
+/// [`udp_slow_loop`]. Allocates nothing for the queries it answers itself.
+fn udp_fast_loop(slow: &SlowStart, sock: &Arc<std::net::UdpSocket>, stop: &AtomicBool, affinity: &mut udp::Affinity) {
+    // For the first poll of slow queries (SlowStart::start); nothing on the hit path uses it.
+    let _runtime = slow.runtime.enter();
+    let shared = &*slow.shared;
+    let mut batch = udp::Batch::new(BATCH);
+    loop {
+        let r = batch.recv(sock);
+        // Checked after every receive: shutdown(2) ends a blocked receive with 0 bytes.
+        if stop.load(Ordering::Relaxed) {
+            return;
         }
-        _ => {}
+        let n = match r {
+            Ok(n) => n,
+            // The receive timeout of the loaded mode (see udp::Affinity).
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => 0,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                eprintln!("leash dns: receiving a query: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        affinity.after_batch(n);
+        for i in 0..n {
+            let (raw, peer, out) = batch.get(i);
+            let Some(q) = shared.accept(raw) else { continue };
+            match shared.first_look(&q, q.max_udp(), out) {
+                Step::Answered => batch.answer(i),
+                step => {
+                    if let Some(peer) = peer.addr() {
+                        slow.start(raw, step, peer, sock);
+                    }
+                }
+            }
+        }
+        batch.send(sock);
+    }
+}
+
+/// The runtime side of one UDP listen address: runs the slow queries the listener threads
+/// started. Their number is bounded by the threads (`SlowStart::inflight`).
+async fn udp_slow_loop(mut rx: mpsc::Receiver<SlowQuery>) {
+    let mut tasks = JoinSet::new();
+    while let Some(query) = rx.recv().await {
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(query);
     }
 }
 

@@ -412,3 +412,194 @@ async fn bind_reports_missing_upstreams() {
     let err = dns::Forwarder::bind(cfg, Box::new(Sink::default())).await.unwrap_err();
     assert!(matches!(err, dns::Error::NoUpstreams), "{err}");
 }
+
+/// Cache hits are answered by the UDP listener threads themselves: they need no runtime. Here
+/// the runtime's only thread is blocked while a client asks a cached and an uncached name; the
+/// cached one is answered during the block, the uncached one (upstream and sets go through the
+/// runtime) only after it.
+#[tokio::test]
+async fn cache_hits_are_answered_while_the_runtime_is_blocked() {
+    let up = Upstream::start(std_zone()).await;
+    let f = forwarder(&[up.addr], vec![], |c| c.cache_size = 100).await;
+    ask(f.addr, "api.example.test.", RecordType::A).await;
+    let server = f.addr;
+    let block = Duration::from_millis(500);
+    let t0 = Instant::now();
+    let client = std::thread::spawn(move || {
+        let ask_blocking = |name: &str| {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let q = query(name, RecordType::A);
+            s.send_to(&q.to_vec().unwrap(), server).unwrap();
+            (s, q.metadata.id)
+        };
+        let recv = |(s, id): (std::net::UdpSocket, u16)| {
+            let mut buf = [0u8; 4096];
+            let n = s.recv(&mut buf).expect("an answer within 5 s");
+            let m = Message::from_vec(&buf[..n]).unwrap();
+            assert_eq!(m.metadata.id, id);
+            (m, Instant::now())
+        };
+        let cached = ask_blocking("api.example.test.");
+        let uncached = ask_blocking("x.y.cdn.example.test.");
+        (recv(cached), recv(uncached))
+    });
+    // Blocks the current-thread runtime: no task (upstream, inserts, the fake upstream) runs.
+    std::thread::sleep(block);
+    let unblocked = Instant::now();
+    let ((hit, hit_at), (miss, miss_at)) = tokio::task::spawn_blocking(move || client.join().unwrap()).await.unwrap();
+    assert_eq!(addrs(&hit), vec![ip("192.0.2.10")]);
+    assert!(hit_at < t0 + block, "the cache hit was answered {:?} after the block began, not during it", hit_at - t0);
+    assert_eq!(addrs(&miss), vec![ip("192.0.2.20")]);
+    assert!(miss_at >= unblocked, "the miss was answered before the runtime ran again");
+    f.sink.assert_acked_before(&miss, miss_at, &["api"]);
+    let s = f.handle.stats();
+    assert_eq!((s.queries, s.cache_hits, s.upstream_queries), (3, 1, 2));
+    f.stop().await;
+}
+
+/// Whether a plain UDP socket (no SO_REUSEPORT) can take `addr`: only once every listen socket
+/// on it is closed.
+fn udp_port_free(addr: SocketAddr) -> bool {
+    std::net::UdpSocket::bind(addr).is_ok()
+}
+
+/// The listener threads hold the UDP sockets: the port is free again only after they ended.
+/// Stopping joins them before `serve` returns; dropping the serving task (abort) stops them too.
+#[tokio::test]
+async fn stopping_the_forwarder_ends_its_listener_threads_and_frees_the_port() {
+    let up = Upstream::start(std_zone()).await;
+    let f = forwarder(&[up.addr], vec![], |c| c.cache_size = 100).await;
+    let addr = f.addr;
+    ask(addr, "api.example.test.", RecordType::A).await;
+    ask(addr, "api.example.test.", RecordType::A).await;
+    assert!(!udp_port_free(addr));
+    f.stop().await;
+    assert!(udp_port_free(addr), "a listener socket outlived serve()");
+
+    let f = forwarder(&[up.addr], vec![], |c| c.cache_size = 100).await;
+    let addr = f.addr;
+    ask(addr, "api.example.test.", RecordType::A).await;
+    drop(f);
+    let t0 = Instant::now();
+    while !udp_port_free(addr) && t0.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(udp_port_free(addr), "the listener threads outlived the aborted serve()");
+}
+
+/// The UDP listen sockets of one address form an SO_REUSEPORT group (one per CPU), but the
+/// port is taken exclusively first: a second forwarder, or anyone else on the port, is an error
+/// as it was before, not a silent split of the queries.
+#[tokio::test]
+async fn a_listen_port_in_use_is_an_error_even_for_a_second_forwarder() {
+    let up = Upstream::start(std_zone()).await;
+    let f = forwarder(&[up.addr], vec![], |_| {}).await;
+    let other = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for taken in [f.addr, other.local_addr().unwrap()] {
+        let mut p = policy();
+        p.dns.listen = vec![taken];
+        p.dns.upstreams = vec![up.addr];
+        if !is_root() {
+            p.dns.mark = 0;
+        }
+        let cfg = dns::ForwarderConfig { policy: std::sync::Arc::new(p), sets: vec![], own_addresses: vec![] };
+        let err = dns::Forwarder::bind(cfg, Box::new(Sink::default())).await.unwrap_err();
+        assert!(matches!(&err, dns::Error::Listen { addr, .. } if *addr == taken), "{err}");
+    }
+    // The first forwarder still gets every query.
+    for _ in 0..20 {
+        let (m, _) = ask(f.addr, "api.example.test.", RecordType::A).await;
+        assert_eq!(addrs(&m), vec![ip("192.0.2.10")]);
+    }
+    f.stop().await;
+}
+
+/// IPv6 listen addresses: hits answered by the listener threads (the client's address goes back
+/// as the kernel wrote it), misses by the runtime (the address converted for the hand-off).
+#[tokio::test]
+async fn ipv6_clients_get_cached_and_uncached_answers() {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("skipped: no IPv6 loopback");
+        return;
+    }
+    let up = Upstream::start(std_zone()).await;
+    let mut p = policy();
+    p.dns.listen = vec!["[::1]:0".parse().unwrap()];
+    p.dns.upstreams = vec![up.addr];
+    p.dns.cache_size = 100;
+    if !is_root() {
+        p.dns.mark = 0;
+    }
+    let sets = sets(&p);
+    let cfg = dns::ForwarderConfig { policy: std::sync::Arc::new(p), sets, own_addresses: vec![] };
+    let f = dns::Forwarder::bind(cfg, Box::new(Sink::default())).await.unwrap();
+    let addr = f.local_addrs()[0];
+    assert!(addr.is_ipv6());
+    let handle = f.handle();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(f.serve(async {
+        let _ = rx.await;
+    }));
+    let ask6 = |name: &'static str| async move {
+        let s = tokio::net::UdpSocket::bind("[::1]:0").await.unwrap();
+        let q = query(name, RecordType::A);
+        s.send_to(&q.to_vec().unwrap(), addr).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.recv(&mut buf)).await.expect("an answer within 10 s").unwrap();
+        let m = Message::from_vec(&buf[..n]).unwrap();
+        assert_eq!(m.metadata.id, q.metadata.id);
+        m
+    };
+    for _ in 0..3 {
+        assert_eq!(addrs(&ask6("api.example.test.").await), vec![ip("192.0.2.10")]);
+    }
+    let s = handle.stats();
+    assert_eq!((s.queries, s.cache_hits, s.upstream_queries), (3, 2, 1));
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
+}
+
+/// Many clients at once, without waiting for answers: the listener threads take the queued
+/// queries in batches and must send every answer to its own client, with its own id and name.
+#[tokio::test]
+async fn a_burst_of_cached_queries_from_many_clients_is_answered_in_full() {
+    let up = Upstream::start(std_zone()).await;
+    let f = forwarder(&[up.addr], vec![], |c| c.cache_size = 100).await;
+    let names = [("api.example.test.", "192.0.2.10"), ("x.y.cdn.example.test.", "192.0.2.20"), ("www.example.test.", "192.0.2.77")];
+    for (n, _) in names {
+        ask(f.addr, n, RecordType::A).await;
+    }
+    let server = f.addr;
+    let (clients, per_client) = (16usize, 10usize);
+    tokio::task::spawn_blocking(move || {
+        let socks: Vec<std::net::UdpSocket> = (0..clients).map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+        let mut sent = std::collections::HashMap::new();
+        for round in 0..per_client {
+            for (c, s) in socks.iter().enumerate() {
+                let (name, addr) = names[(c + round) % names.len()];
+                let mut q = query(name, RecordType::A);
+                q.metadata.id = (c * per_client + round) as u16;
+                s.send_to(&q.to_vec().unwrap(), server).unwrap();
+                sent.insert((c, q.metadata.id), (name, addr));
+            }
+        }
+        let mut buf = [0u8; 4096];
+        for (c, s) in socks.iter().enumerate() {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            for _ in 0..per_client {
+                let n = s.recv(&mut buf).expect("every query answered within 5 s");
+                let m = Message::from_vec(&buf[..n]).unwrap();
+                let (name, addr) = sent.remove(&(c, m.metadata.id)).expect("an answer to a query this client sent, once");
+                assert_eq!(m.queries[0].name().to_ascii(), name);
+                assert_eq!(addrs(&m), vec![ip(addr)]);
+            }
+        }
+        assert!(sent.is_empty());
+    })
+    .await
+    .unwrap();
+    let s = f.handle.stats();
+    assert_eq!((s.cache_hits, s.upstream_queries), ((clients * per_client) as u64, 3));
+    f.stop().await;
+}

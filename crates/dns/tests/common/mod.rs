@@ -145,11 +145,36 @@ impl Drop for Upstream {
     }
 }
 
+/// A UDP socket on 127.0.0.1 with a receive buffer large enough for every query a test sends
+/// at once: with the default buffer, 300 concurrent clients could overflow it and the fake
+/// upstream would lose queries (a test failure that says nothing about the forwarder).
+fn big_buffer_udp() -> UdpSocket {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, Some(socket2::Protocol::UDP)).unwrap();
+    const SIZE: libc::c_int = 8 << 20;
+    // SO_RCVBUFFORCE passes net.core.rmem_max (tests run as root); otherwise take what we get.
+    // SAFETY: setsockopt with a valid fd and a c_int option value.
+    let forced = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            &SIZE as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    } == 0;
+    if !forced {
+        let _ = s.set_recv_buffer_size(SIZE as usize);
+    }
+    s.set_nonblocking(true).unwrap();
+    s.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    UdpSocket::from_std(s.into()).unwrap()
+}
+
 impl Upstream {
     pub async fn start(h: impl Fn(&Message, bool) -> Vec<Act> + Send + Sync + 'static) -> Upstream {
         let h: Handler = Arc::new(h);
         let (udp, tcp) = loop {
-            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let udp = big_buffer_udp();
             if let Ok(tcp) = TcpListener::bind(udp.local_addr().unwrap()).await {
                 break (Arc::new(udp), tcp);
             }
