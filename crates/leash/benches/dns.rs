@@ -664,22 +664,8 @@ fn run_to_end(mut cmd: Command, dir: &Path) -> Result<Ran> {
         .stderr(File::create(&err_path)?)
         .spawn()
         .context("spawning a child")?;
-    let pid = child.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    // SAFETY: rusage is plain old data; all-zero is a valid value.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: waits for our own child; status and ru are valid out-pointers. `child` is never
-        // waited on through std afterwards (dropping a `Child` does not wait).
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-        if r == pid {
-            break;
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e).context("wait4");
-        }
-    }
+    // `child` is never waited on through std afterwards (dropping a `Child` does not wait).
+    let (status, ru) = common::wait_with_rusage(&child).context("wait4")?;
     drop(child);
     let stdout = std::fs::read_to_string(&out_path)?;
     let stderr = std::fs::read_to_string(&err_path)?;

@@ -42,6 +42,26 @@ pub fn settle() -> bool {
     false
 }
 
+/// Waits for our own child with `wait4`, for its exit status and resource usage (CPU time and
+/// peak RSS, which std's `wait` does not report). The `Child` must not be waited on afterwards.
+pub fn wait_with_rusage(child: &std::process::Child) -> std::io::Result<(libc::c_int, libc::rusage)> {
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain old data; all-zero is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: waits for our own child; status and ru are valid out-pointers.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+        if r == pid {
+            return Ok((status, ru));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// Removes the scratch directory however `main` ends (unless kept, with `--keep`).
 pub struct Scratch(pub PathBuf, pub bool);
 
