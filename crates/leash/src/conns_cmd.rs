@@ -211,7 +211,7 @@ fn active_policy(warnings: &mut Vec<String>) -> Option<Judge> {
         warnings.push(format!("the active policy {path} has errors now (see `leash check {path}`); no verdicts"));
         return None;
     };
-    let changed = l.sha256 != hash;
+    let changed = !crate::load::same_hash(&l.sha256, hash);
     if changed {
         warnings.push(format!(
             "{path} changed since it was applied (sha256 {} applied, {} now): verdicts follow the file as it is now, \

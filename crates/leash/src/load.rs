@@ -31,10 +31,32 @@ impl Loaded {
         self.path.display().to_string()
     }
     /// The comment leash stores in the kernel with the table: hash and absolute path.
+    ///
+    /// nft keeps at most 127 bytes of comment. A long path would be cut, and every command that
+    /// finds the active policy through it (`status`, `conns`, `log`, `metrics`, `top`) would read
+    /// a wrong file; so the hash is shortened first (to no less than 16 hex digits, which
+    /// readers compare as a prefix), and a path that still does not fit is left out whole.
     pub fn table_comment(&self) -> String {
         let abs = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
-        format!("leash sha256:{} {}", self.sha256, abs.display())
+        let path = abs.display().to_string();
+        let fixed = "leash sha256: ".len();
+        let room = ruleset::MAX_COMMENT_LEN.saturating_sub(fixed + path.len());
+        if room >= MIN_HASH_HEX && !path.contains('"') && !path.chars().any(char::is_control) {
+            let hash = &self.sha256[..room.min(self.sha256.len())];
+            format!("leash sha256:{hash} {path}")
+        } else {
+            format!("leash sha256:{}", self.sha256)
+        }
     }
+}
+
+/// The shortest policy hash a table comment carries (64 bits).
+const MIN_HASH_HEX: usize = 16;
+
+/// Whether the policy hash read from a table comment (possibly shortened, see
+/// [`Loaded::table_comment`]) is the hash of `full`.
+pub fn same_hash(full: &str, from_comment: &str) -> bool {
+    from_comment.len() >= MIN_HASH_HEX && full.starts_with(from_comment)
 }
 
 /// Reads and validates a policy, running the lints too when it parses (`today` for the review lint).
@@ -108,4 +130,36 @@ pub fn load_valid(path: &Path) -> Result<Option<(Loaded, Policy)>> {
     }
     let p = l.policy.clone().context("policy validated without errors but produced no policy")?;
     Ok(Some((l, p)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loaded(path: &str) -> Loaded {
+        Loaded { path: path.into(), src: String::new(), policy: None, diagnostics: Vec::new(), sha256: "ab".repeat(32) }
+    }
+
+    #[test]
+    fn table_comments_fit_nft_and_never_carry_a_cut_path() {
+        // (path length) -> the comment keeps the whole path with a (possibly shortened) hash,
+        // or leaves the path out.
+        for len in [10, 40, 49, 50, 60, 97, 98, 200] {
+            let path = format!("/{}", "p".repeat(len - 1));
+            let c = loaded(&path).table_comment();
+            assert!(c.len() <= ruleset::MAX_COMMENT_LEN, "{len}: {} bytes", c.len());
+            let rest = c.strip_prefix("leash sha256:").unwrap();
+            match rest.split_once(' ') {
+                Some((hash, p)) => {
+                    assert_eq!(p, path, "{len}: the path is whole");
+                    assert!(same_hash(&"ab".repeat(32), hash), "{len}: {hash}");
+                }
+                None => {
+                    assert!(len > 97, "{len}: a path that fits was left out");
+                    assert_eq!(rest, "ab".repeat(32));
+                }
+            }
+        }
+        assert!(!same_hash("abcdef", "abc"), "too short a prefix proves nothing");
+    }
 }

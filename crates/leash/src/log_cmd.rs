@@ -433,7 +433,7 @@ fn choose_group(explicit: Option<u16>) -> GroupChoice {
         };
     };
     let mut warnings = Vec::new();
-    if loaded.sha256 != hash {
+    if !crate::load::same_hash(&loaded.sha256, hash) {
         warnings.push(format!(
             "{path} changed since it was applied; using its log_group anyway"
         ));
