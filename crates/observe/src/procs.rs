@@ -23,7 +23,10 @@
 //! scan itself fails only when `/proc` cannot be opened.
 //!
 //! A socket held by several processes (a listener inherited by pre-forked workers, a descriptor
-//! passed over a UNIX socket) is attributed to the lowest pid holding it, usually the parent.
+//! passed over a UNIX socket, or a child between fork and exec that still has its parent's
+//! descriptors) is attributed to the oldest process holding it (earliest start time), usually
+//! the parent. Not the lowest pid: pids wrap around, and a child then has a lower pid than its
+//! parent.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
@@ -100,13 +103,23 @@ impl SocketOwners {
         });
         let mut owner: HashMap<u64, u32> = HashMap::with_capacity(inodes.len());
         let mut descriptors = 0;
+        // Start times, read only for processes that share a socket with another (rare).
+        let mut started: HashMap<u32, u64> = HashMap::new();
+        let mut start_of = |pid: u32| *started.entry(pid).or_insert_with(|| start_time(dirfd, pid).unwrap_or(u64::MAX));
         for (found, n) in results {
             descriptors += n;
             for (ino, pid) in found {
-                owner
-                    .entry(ino)
-                    .and_modify(|p| *p = (*p).min(pid))
-                    .or_insert(pid);
+                match owner.get_mut(&ino) {
+                    None => {
+                        owner.insert(ino, pid);
+                    }
+                    Some(p) if *p != pid => {
+                        if (start_of(pid), pid) < (start_of(*p), *p) {
+                            *p = pid;
+                        }
+                    }
+                    Some(_) => {}
+                }
             }
         }
         // Details only for the processes that own something.
@@ -373,6 +386,24 @@ pub fn read_process(proc_fd: RawFd, pid: u32) -> Option<Process> {
     })
 }
 
+/// When a process started, in clock ticks since boot (field 22 of `/proc/PID/stat`); `None`
+/// when it is gone.
+fn start_time(proc_dir: RawFd, pid: u32) -> Option<u64> {
+    let path = std::ffi::CString::new(format!("{pid}/stat")).ok()?;
+    // SAFETY: a valid directory descriptor and a NUL-terminated relative path.
+    let fd = unsafe { libc::openat(proc_dir, path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd was just opened and is owned here.
+    let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut f, &mut text).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: count from the last ')'.
+    let after = &text[text.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// The name of a user id from the system's user database (NSS: /etc/passwd, LDAP, ...).
 pub fn user_name(uid: u32) -> Option<String> {
     passwd_entry(uid).map(|(name, _)| name)
@@ -409,6 +440,20 @@ fn passwd_entry(uid: u32) -> Option<(String, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_child_starts_after_its_parent() {
+        // The tie-break for a socket two processes hold: the oldest wins, whatever the pids.
+        let proc_dir = open_dir(None, c"/proc").unwrap();
+        let mut child = std::process::Command::new("sleep").arg("1").spawn().unwrap();
+        let me = start_time(proc_dir.as_raw_fd(), std::process::id()).unwrap();
+        let kid = start_time(proc_dir.as_raw_fd(), child.id()).unwrap();
+        // Ours: started by this test.
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(me <= kid, "parent started at {me}, child at {kid}");
+        assert_eq!(start_time(proc_dir.as_raw_fd(), u32::MAX), None);
+    }
     use std::net::{TcpListener, UdpSocket};
     use std::os::fd::AsRawFd;
 
