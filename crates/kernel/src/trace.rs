@@ -47,13 +47,8 @@ use crate::nl::{
     self, Attr, Message, Messages, MsgBuf, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NlError, Socket,
 };
 
-// The nf_tables numbers: the same file the `nft` module uses. `nft::consts` is private to that
-// module, so it is compiled here once more (it holds only constants) rather than copied; should
-// `nft` make it `pub(crate)`, this becomes `use crate::nft::consts::*`.
-#[allow(clippy::duplicate_mod)]
-#[path = "nft/consts.rs"]
-mod consts;
-use consts::*;
+// The nf_tables numbers the `nft` module uses.
+use crate::nft::consts::*;
 
 /// Name of the tracing chain in table `inet leash`. leash's compiler never names a chain so.
 pub const TRACE_CHAIN: &str = "trace";

@@ -5,7 +5,7 @@
 //! the namespace of the thread that opens them) and on table `inet leash` only: every message
 //! names family inet and that table.
 
-mod consts;
+pub(crate) mod consts;
 mod elements;
 mod encode;
 mod expr;
