@@ -138,6 +138,19 @@ impl State {
         State::BoundInactive,
     ];
 
+    /// Parses the names [`State::as_str`] prints (and `ss`'s short `ESTAB`, `UNCONN`),
+    /// case-insensitively, with `-` or `_`.
+    pub fn parse(s: &str) -> Option<State> {
+        let up = s.to_ascii_uppercase().replace('-', "_");
+        match up.as_str() {
+            "ESTAB" => Some(State::Established),
+            "UNCONN" => Some(State::Close),
+            "FIN_WAIT_1" => Some(State::FinWait1),
+            "FIN_WAIT_2" => Some(State::FinWait2),
+            _ => State::ALL.iter().copied().find(|st| st.as_str() == up),
+        }
+    }
+
     pub fn from_u8(v: u8) -> Option<State> {
         State::ALL.get(usize::from(v).checked_sub(1)?).copied()
     }
@@ -639,6 +652,12 @@ fn parse_socket(p: &[u8], proto: Proto) -> Result<Option<DiagSocket>, NlError> {
         }
     }
     Ok(Some(s))
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[cfg(test)]

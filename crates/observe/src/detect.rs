@@ -38,97 +38,14 @@ impl Proto {
     }
 }
 
-/// A socket's state, in the kernel's terms (`include/net/tcp_states.h`). UDP sockets are
-/// `Established` when connected and `Close` otherwise, as the kernel reports them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum State {
-    Established,
-    SynSent,
-    SynRecv,
-    FinWait1,
-    FinWait2,
-    TimeWait,
-    Close,
-    CloseWait,
-    LastAck,
-    Listen,
-    Closing,
-    NewSynRecv,
-    /// A state number this code does not know.
-    Other(u8),
-}
+/// A socket's state, in the kernel's terms (the sock_diag type: one list of states and their
+/// names for the whole project). UDP sockets are `Established` when connected and `Close`
+/// otherwise, as the kernel reports them.
+pub use kernel::sockdiag::State;
 
-impl State {
-    /// The state from the kernel's number (`TCP_ESTABLISHED` = 1 ...).
-    pub fn from_kernel(n: u8) -> State {
-        match n {
-            1 => State::Established,
-            2 => State::SynSent,
-            3 => State::SynRecv,
-            4 => State::FinWait1,
-            5 => State::FinWait2,
-            6 => State::TimeWait,
-            7 => State::Close,
-            8 => State::CloseWait,
-            9 => State::LastAck,
-            10 => State::Listen,
-            11 => State::Closing,
-            12 => State::NewSynRecv,
-            n => State::Other(n),
-        }
-    }
-
-    /// The name `ss` prints (`ESTAB` aside: the full names read better in alerts).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Established => "ESTABLISHED",
-            State::SynSent => "SYN_SENT",
-            State::SynRecv => "SYN_RECV",
-            State::FinWait1 => "FIN_WAIT1",
-            State::FinWait2 => "FIN_WAIT2",
-            State::TimeWait => "TIME_WAIT",
-            State::Close => "CLOSE",
-            State::CloseWait => "CLOSE_WAIT",
-            State::LastAck => "LAST_ACK",
-            State::Listen => "LISTEN",
-            State::Closing => "CLOSING",
-            State::NewSynRecv => "NEW_SYN_RECV",
-            State::Other(_) => "UNKNOWN",
-        }
-    }
-
-    /// Parses the names [`State::as_str`] prints (and `ss`'s short ones), case-insensitively.
-    pub fn parse(s: &str) -> Option<State> {
-        let up = s.to_ascii_uppercase().replace('-', "_");
-        let st = match up.as_str() {
-            "ESTABLISHED" | "ESTAB" => State::Established,
-            "SYN_SENT" => State::SynSent,
-            "SYN_RECV" => State::SynRecv,
-            "FIN_WAIT1" | "FIN_WAIT_1" => State::FinWait1,
-            "FIN_WAIT2" | "FIN_WAIT_2" => State::FinWait2,
-            "TIME_WAIT" => State::TimeWait,
-            "CLOSE" | "UNCONN" => State::Close,
-            "CLOSE_WAIT" => State::CloseWait,
-            "LAST_ACK" => State::LastAck,
-            "LISTEN" => State::Listen,
-            "CLOSING" => State::Closing,
-            "NEW_SYN_RECV" => State::NewSynRecv,
-            _ => return None,
-        };
-        Some(st)
-    }
-}
-
-impl fmt::Display for State {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for State {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
+/// Alerts carry the state by its name (`SYN_SENT`).
+fn state_name<S: serde::Serializer>(st: &State, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(st.as_str())
 }
 
 /// One socket as `watch`, `top` and `metrics` see it.
@@ -339,7 +256,7 @@ pub fn sock_of(c: &crate::conns::Conn) -> Sock {
     let unspecified = SocketAddr::new(if c.local.is_ipv4() { [0u8; 4].into() } else { [0u16; 8].into() }, 0);
     Sock {
         proto: if c.proto == "tcp" { Proto::Tcp } else { Proto::Udp },
-        state: State::from_kernel(c.socket.state as u8),
+        state: c.socket.state,
         local: c.local,
         remote: c.remote.unwrap_or(unspecified),
         // Only sockets without an owner (TIME_WAIT, request sockets) lack a uid, and no
@@ -528,6 +445,7 @@ pub enum Alert {
         local: SocketAddr,
         remote: SocketAddr,
         port: u16,
+        #[serde(serialize_with = "state_name")]
         state: State,
         #[serde(flatten)]
         process: Proc,
@@ -857,8 +775,7 @@ mod tests {
 
     #[test]
     fn states_round_trip() {
-        for n in 1..=12 {
-            let s = State::from_kernel(n);
+        for s in State::ALL {
             assert_eq!(State::parse(s.as_str()), Some(s));
         }
         assert_eq!(State::parse("estab"), Some(State::Established));
