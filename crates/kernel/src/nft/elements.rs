@@ -24,7 +24,7 @@ use std::net::IpAddr;
 use super::consts::*;
 use super::{Error, netlink};
 use crate::nl::{
-    self, KernelError, Messages, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NLMSG_ERROR, NLMSG_HDRLEN,
+    self, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NLMSG_HDRLEN,
     NlError, Socket,
 };
 
@@ -166,27 +166,12 @@ impl SetWriter {
         self.sock
             .drain_queued(&mut self.replies)
             .map_err(netlink("reading the acks of the set element batch"))?;
-        let mut acked = 0;
-        let mut first_error: Option<(u32, KernelError)> = None;
-        for m in Messages::new(&self.replies) {
-            let m = m.map_err(netlink("parsing the acks of the set element batch"))?;
-            if m.header.ty != NLMSG_ERROR {
-                continue;
-            }
-            let e = nl::parse_error(&m)
-                .map_err(netlink("parsing the acks of the set element batch"))?;
-            // Offset of the acked message in the batch; replies to anything else are stale.
-            let k = e.request.seq.wrapping_sub(begin);
-            if k == 0 || k as usize > enc.msgs.len() + 1 {
-                continue;
-            }
-            if e.errno == 0 {
-                acked += 1;
-            } else if first_error.as_ref().is_none_or(|(f, _)| k < *f) {
-                // Later errors may follow from the first; the lowest offset is the cause.
-                first_error = Some((k, e));
-            }
-        }
+        // Offset of the acked message in the batch; replies to anything else are stale.
+        let n = enc.msgs.len();
+        let (acked, first_error) = super::scan_acks(&self.replies, "parsing the acks of the set element batch", |seq| {
+            let k = seq.wrapping_sub(begin);
+            (k != 0 && k as usize <= n + 1).then_some(k)
+        })?;
         if let Some((k, error)) = first_error {
             let what = match enc.msgs.get(k as usize - 1) {
                 Some(&(g, n)) => format!(
@@ -390,7 +375,7 @@ fn end_nest(buf: &mut [u8], start: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nl::Attrs;
+    use crate::nl::{Attrs, Messages};
 
     fn encode(elems: &[TimedElement<'_>]) -> (Vec<u8>, Vec<(usize, usize)>) {
         let mut w = BatchEncoder {

@@ -304,6 +304,33 @@ pub fn timed_elements(table: &str, set: &str) -> Result<Option<Vec<(IpAddr, u64)
 /// Sends the batch in one `sendmsg` and reads every reply. The kernel processes the whole batch
 /// inside the send and queues one ack per `NLM_F_ACK` message (and the errors, all after the
 /// batch was committed or aborted), so everything is there to read without blocking.
+/// Reads the acks of a batch: how many messages the kernel acked, and the error that caused the
+/// others. `key` maps an acked request's sequence number to its place in the batch (`None`:
+/// not this batch's, skip); later errors are often consequences of the first (a rule in a
+/// chain that failed), so the error with the lowest place is the cause.
+pub(super) fn scan_acks(
+    replies: &[u8],
+    context: &'static str,
+    key: impl Fn(u32) -> Option<u32>,
+) -> Result<(usize, Option<(u32, KernelError)>), Error> {
+    let mut acked = 0;
+    let mut first_error: Option<(u32, KernelError)> = None;
+    for m in Messages::new(replies) {
+        let m = m.map_err(netlink(context))?;
+        if m.header.ty != NLMSG_ERROR {
+            continue;
+        }
+        let e = nl::parse_error(&m).map_err(netlink(context))?;
+        let Some(k) = key(e.request.seq) else { continue };
+        if e.errno == 0 {
+            acked += 1;
+        } else if first_error.as_ref().is_none_or(|(f, _)| k < *f) {
+            first_error = Some((k, e));
+        }
+    }
+    Ok((acked, first_error))
+}
+
 fn send_batch(sock: &mut Socket, batch: &Batch) -> Result<(), Error> {
     sock.set_send_buffer(batch.bytes.len() + SEND_BUF_SLACK)
         .map_err(netlink("sizing the netlink send buffer"))?;
@@ -315,27 +342,8 @@ fn send_batch(sock: &mut Socket, batch: &Batch) -> Result<(), Error> {
     let mut replies = Vec::new();
     sock.drain_queued(&mut replies)
         .map_err(netlink("reading the replies to the nftables batch"))?;
-    let mut acked = 0;
-    let mut first_error: Option<KernelError> = None;
-    for m in Messages::new(&replies) {
-        let m = m.map_err(netlink("parsing the replies to the nftables batch"))?;
-        if m.header.ty != NLMSG_ERROR {
-            continue;
-        }
-        let e =
-            nl::parse_error(&m).map_err(netlink("parsing the replies to the nftables batch"))?;
-        if e.errno == 0 {
-            acked += 1;
-        } else if first_error
-            .as_ref()
-            .is_none_or(|f| e.request.seq < f.request.seq)
-        {
-            // Later errors are often consequences of the first (e.g. a rule in a chain that
-            // failed); the lowest sequence number is the cause.
-            first_error = Some(e);
-        }
-    }
-    if let Some(error) = first_error {
+    let (acked, first_error) = scan_acks(&replies, "parsing the replies to the nftables batch", Some)?;
+    if let Some((_, error)) = first_error {
         return Err(Error::Rejected {
             what: batch.describe(error.request.seq),
             error,
