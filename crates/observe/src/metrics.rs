@@ -403,6 +403,7 @@ mod tests {
                 flags: 0,
                 interval: false,
                 timeout: true,
+                dynamic: None,
                 elements: ElementCount::Exact(2),
             }],
         }

@@ -74,6 +74,7 @@ pub fn compile(policy: &Policy, opts: &CompileOptions) -> Table {
         key: KeyType::Icmpv6Type,
         interval: false,
         timeout: false,
+        dynamic: None,
         elements: SetElements::Ids(NDP_TYPES.to_vec()),
     });
     rules.push(builtin(
@@ -125,6 +126,7 @@ fn dns_control(policy: &Policy, sets: &mut Vec<Set>, rules: &mut Vec<Rule>) -> O
         key: KeyType::InetService,
         interval: true,
         timeout: false,
+        dynamic: None,
         elements: SetElements::Ports(vec![(DNS_PORT, DNS_PORT), (DOT_PORT, DOT_PORT)]),
     });
     for l4 in [L4::Udp, L4::Tcp] {
@@ -257,6 +259,7 @@ fn compile_rule(policy: &Policy, rule: &policy::Rule, sets: &mut Vec<Set>, out: 
                         key: KeyType::Ipv4Addr,
                         interval: true,
                         timeout: false,
+                        dynamic: None,
                         elements: SetElements::V4(v4),
                     });
                     Value::InSet(set_name("v4"))
@@ -271,6 +274,7 @@ fn compile_rule(policy: &Policy, rule: &policy::Rule, sets: &mut Vec<Set>, out: 
                         key: KeyType::Ipv6Addr,
                         interval: true,
                         timeout: false,
+                        dynamic: None,
                         elements: SetElements::V6(v6),
                     });
                     Value::InSet(set_name("v6"))
@@ -286,6 +290,7 @@ fn compile_rule(policy: &Policy, rule: &policy::Rule, sets: &mut Vec<Set>, out: 
                         key,
                         interval: false,
                         timeout: true,
+                        dynamic: None,
                         elements: match family {
                             Family::Ipv4 => SetElements::TimedV4(Vec::new()),
                             Family::Ipv6 => SetElements::TimedV6(Vec::new()),
@@ -311,6 +316,7 @@ fn compile_rule(policy: &Policy, rule: &policy::Rule, sets: &mut Vec<Set>, out: 
                 key: KeyType::InetService,
                 interval: true,
                 timeout: false,
+                dynamic: None,
                 elements: SetElements::Ports(merged),
             });
             Value::InSet(set_name("ports"))
@@ -325,7 +331,7 @@ fn compile_rule(policy: &Policy, rule: &policy::Rule, sets: &mut Vec<Set>, out: 
             if v.len() == 1 {
                 Value::Eq(v[0])
             } else {
-                sets.push(Set { name: set_name(suffix), key, interval: false, timeout: false, elements: SetElements::Ids(v) });
+                sets.push(Set { name: set_name(suffix), key, interval: false, timeout: false, dynamic: None, elements: SetElements::Ids(v) });
                 Value::InSet(set_name(suffix))
             }
         })

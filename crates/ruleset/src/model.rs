@@ -114,7 +114,19 @@ pub struct Set {
     /// `flags timeout`: elements may carry a timeout after which the kernel removes them. The DNS
     /// forwarder fills such sets (hash sets, never interval sets) with the addresses it answers.
     pub timeout: bool,
+    /// `flags dynamic` (a meter): the packet path adds elements itself through `add @set { ... }`
+    /// statements ([`Stmt::Meter`]), each element carrying its own limiter or connection counter.
+    pub dynamic: Option<Dynamic>,
     pub elements: SetElements,
+}
+
+/// How a dynamic set (a meter) is bounded: at most `size` elements, each removed `timeout_ms`
+/// after it was last updated (`None`: elements stay until the kernel's own garbage collection
+/// removes them, which connection counters need).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dynamic {
+    pub size: u32,
+    pub timeout_ms: Option<u64>,
 }
 
 /// Netfilter hooks leash attaches to.
@@ -204,6 +216,72 @@ pub enum Value<T> {
     InSet(String),
 }
 
+/// A packet rate: `rate` packets per `unit`, with a bucket of `burst` packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RateLimit {
+    pub rate: u64,
+    pub unit: RateUnit,
+    pub burst: u32,
+}
+
+/// The time unit of a rate (nft's `second`, `minute`, `hour`, `day`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RateUnit {
+    Second,
+    Minute,
+    Hour,
+    Day,
+}
+
+impl RateUnit {
+    pub fn seconds(self) -> u64 {
+        match self {
+            RateUnit::Second => 1,
+            RateUnit::Minute => 60,
+            RateUnit::Hour => 3600,
+            RateUnit::Day => 86_400,
+        }
+    }
+    pub fn nft_name(self) -> &'static str {
+        match self {
+            RateUnit::Second => "second",
+            RateUnit::Minute => "minute",
+            RateUnit::Hour => "hour",
+            RateUnit::Day => "day",
+        }
+    }
+}
+
+/// The key of a meter: what gets its own limiter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MeterKey {
+    /// `ip daddr`
+    Daddr4,
+    /// `ip6 daddr`
+    Daddr6,
+    /// `meta skuid`
+    SkUid,
+}
+
+impl MeterKey {
+    pub fn key_type(self) -> KeyType {
+        match self {
+            MeterKey::Daddr4 => KeyType::Ipv4Addr,
+            MeterKey::Daddr6 => KeyType::Ipv6Addr,
+            MeterKey::SkUid => KeyType::Uid,
+        }
+    }
+}
+
+/// What each element of a meter holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MeterLimit {
+    /// A limiter: the statement matches while the key's packets stay under the rate.
+    Rate(RateLimit),
+    /// A connection counter: the statement matches while the key has at most N connections.
+    Count(u32),
+}
+
 /// Address family of a packet (`meta nfproto`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Family {
@@ -244,6 +322,30 @@ pub enum Stmt {
     SkGid(Value<u32>),
     /// `icmpv6 type V` (implies nfproto ipv6 and l4proto ipv6-icmp).
     Icmpv6Type(Value<u8>),
+    /// `meta day D` or `meta day A-B`: the weekday in UTC (0 = Sunday), inclusive.
+    MetaDay { first: u8, last: u8 },
+    /// `meta hour "H:M:S"-"H:M:S"`: seconds since midnight UTC, inclusive (nft prints and
+    /// parses hours in its own local time zone; the model and the kernel use UTC).
+    MetaHour { first: u32, last: u32 },
+    /// `meta time >= T`: the packet's wall-clock time (nanoseconds since the epoch) is at or
+    /// after T. Bounds the rules of one daylight-saving period of a time zone.
+    MetaTimeFrom(i64),
+    /// `meta time < T`.
+    MetaTimeUntil(i64),
+    /// `limit rate N/UNIT burst B packets`: matches while the rule's packets stay under the rate
+    /// (each match takes a token).
+    Limit(RateLimit),
+    /// `ct count N`: matches while the connections counted by this statement (this one included)
+    /// are at most N.
+    CtCount(u32),
+    /// `socket cgroupv2 level LEVEL "PATH"`: the socket was created by a process in the cgroup v2
+    /// directory PATH (relative to `/sys/fs/cgroup`, as nft writes it) or below it. `id` is the
+    /// directory's inode number, which is what the kernel compares; it is looked up when the
+    /// policy is loaded, so a cgroup made again later (a restarted service) needs a new apply.
+    SocketCgroup { level: u32, path: String, id: u64 },
+    /// `update @SET { KEY limit rate ... }` or `add @SET { KEY ct count N }`: a limiter or
+    /// connection counter per key (destination or user), kept in the dynamic set SET.
+    Meter { set: String, key: MeterKey, limit: MeterLimit },
     /// `counter`.
     Counter,
     /// `log prefix "P" group G` (NFLOG).

@@ -128,6 +128,43 @@ pub fn stmt_text(s: &Stmt) -> String {
         Stmt::Drop => "drop".into(),
         Stmt::RejectTcpReset => "reject with tcp reset".into(),
         Stmt::RejectAdminProhibited => "reject with icmpx admin-prohibited".into(),
+        Stmt::MetaDay { first, last } if first == last => format!("meta day {first}"),
+        Stmt::MetaDay { first, last } => format!("meta day {first}-{last}"),
+        Stmt::MetaHour { first, last } => format!("meta hour \"{}\"-\"{}\"", hms(*first), hms(*last)),
+        Stmt::MetaTimeFrom(ns) => format!("meta time >= \"{}\"", utc_text(*ns)),
+        Stmt::MetaTimeUntil(ns) => format!("meta time < \"{}\"", utc_text(*ns)),
+        Stmt::Limit(l) => limit_text(l),
+        Stmt::CtCount(n) => format!("ct count {n}"),
+        Stmt::SocketCgroup { level, path, .. } => format!("socket cgroupv2 level {level} \"{path}\""),
+        Stmt::Meter { set, key, limit } => {
+            let key = match key {
+                MeterKey::Daddr4 => "ip daddr",
+                MeterKey::Daddr6 => "ip6 daddr",
+                MeterKey::SkUid => "meta skuid",
+            };
+            match limit {
+                MeterLimit::Rate(l) => format!("update @{set} {{ {key} {} }}", limit_text(l)),
+                MeterLimit::Count(n) => format!("add @{set} {{ {key} ct count {n} }}"),
+            }
+        }
+    }
+}
+
+fn limit_text(l: &RateLimit) -> String {
+    format!("limit rate {}/{} burst {} packets", l.rate, l.unit.nft_name(), l.burst)
+}
+
+/// Seconds since midnight as `HH:MM:SS`.
+fn hms(secs: u32) -> String {
+    format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+/// An instant as nft's `meta time` literal, in UTC (nft reads it in its own time zone, so a script
+/// with `meta time` must be loaded with `TZ=UTC`; the text header says so).
+fn utc_text(ns: i64) -> String {
+    match jiff::Timestamp::from_nanosecond(ns as i128) {
+        Ok(t) => t.strftime("%Y-%m-%d %H:%M:%S").to_string(),
+        Err(_) => ns.to_string(),
     }
 }
 
@@ -296,6 +333,15 @@ fn json_match_ne(left: J, right: J) -> J {
 /// One statement as an nft JSON expression object.
 pub fn stmt_json(s: &Stmt) -> J {
     match s {
+        // Filled in with the kernel encoding of these statements.
+        Stmt::MetaDay { .. }
+        | Stmt::MetaHour { .. }
+        | Stmt::MetaTimeFrom(_)
+        | Stmt::MetaTimeUntil(_)
+        | Stmt::Limit(_)
+        | Stmt::CtCount(_)
+        | Stmt::SocketCgroup { .. }
+        | Stmt::Meter { .. } => json!({"todo": stmt_text(s)}),
         Stmt::OifLoopback => json_match(json!({"meta": {"key": "oif"}}), json!("lo")),
         Stmt::OifNotLoopback => json_match_ne(json!({"meta": {"key": "oif"}}), json!("lo")),
         Stmt::MarkEq(m) => json_match(json!({"meta": {"key": "mark"}}), json!(m)),
@@ -390,6 +436,7 @@ mod tests {
                 key: KeyType::Ipv4Addr,
                 interval: false,
                 timeout: true,
+                dynamic: None,
                 elements: SetElements::TimedV4(vec![]),
             }],
             chains: vec![Chain {

@@ -985,6 +985,7 @@ mod tests {
             key: KeyType::Ipv4Addr,
             interval: true,
             timeout: false,
+            dynamic: None,
             elements: SetElements::V4(r),
         }
     }
@@ -1174,6 +1175,7 @@ mod tests {
             key: KeyType::InetService,
             interval: true,
             timeout: false,
+            dynamic: None,
             elements: SetElements::Ports(vec![(1, 10), (10, 20)]),
         };
         let e = encode_apply(&table(vec![overlapping], vec![]), &ApplyOptions::default())

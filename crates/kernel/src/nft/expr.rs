@@ -38,6 +38,14 @@ pub(crate) fn encode_stmts<'a>(
     let mut ctx = ProtoCtx::default();
     for s in stmts {
         match s {
+            Stmt::MetaDay { .. }
+            | Stmt::MetaHour { .. }
+            | Stmt::MetaTimeFrom(_)
+            | Stmt::MetaTimeUntil(_)
+            | Stmt::Limit(_)
+            | Stmt::CtCount(_)
+            | Stmt::SocketCgroup { .. }
+            | Stmt::Meter { .. } => unimplemented!("encoding of {s:?}"),
             Stmt::OifLoopback => {
                 meta_load(b, NFT_META_OIF);
                 cmp(b, NFT_CMP_EQ, &LOOPBACK_IFINDEX.to_ne_bytes());

@@ -38,6 +38,7 @@ pub fn set(name: &str, key: KeyType, elements: SetElements) -> Set {
         key,
         interval,
         timeout: false,
+        dynamic: None,
         elements,
     }
 }
@@ -201,6 +202,7 @@ pub fn timed_set(name: &str, elements: SetElements) -> Set {
         key,
         interval: false,
         timeout: true,
+        dynamic: None,
         elements,
     }
 }
