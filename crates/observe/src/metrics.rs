@@ -403,7 +403,6 @@ mod tests {
                 flags: 0,
                 interval: false,
                 timeout: true,
-                dynamic: None,
                 elements: ElementCount::Exact(2),
             }],
         }
