@@ -1214,6 +1214,7 @@ mod tests {
             key: KeyType::Ipv4Addr,
             interval,
             timeout,
+            dynamic: None,
             elements,
         };
         let one = |ms| SetElements::TimedV4(vec![(Ipv4Addr::new(192, 0, 2, 1), ms)]);
