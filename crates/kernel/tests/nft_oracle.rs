@@ -1,6 +1,8 @@
 //! `nft` as the oracle: what `kernel::apply` puts into a namespace must list exactly like what
 //! `nft -f` makes of the same text in another namespace, and each message must carry the bytes
 //! nft sends. Needs root (each test makes its own network namespaces; see `kernel::testutil`).
+//! nft runs with `TZ=UTC` throughout: it reads and prints `meta hour` and `meta time` in its local
+//! time zone, and the model and the rendered text are UTC.
 
 mod common;
 
@@ -12,7 +14,7 @@ use ruleset::*;
 /// Applies `table` and loads `text`, in two fresh namespaces, and compares the listings (with
 /// the `expires` countdown of timed elements taken out).
 fn assert_same_listing(table: &Table, text: &str) {
-    let (want, got) = testutil::listings(table, text);
+    let (want, got) = listings_utc(table, text);
     assert_eq!(
         normalize_listing(&got),
         normalize_listing(&want),
@@ -37,7 +39,7 @@ const NEWSETELEM: u16 = 12;
 /// NEWTABLE); only its last NEWTABLE is compared.
 fn assert_same_bytes(table: &Table, text: &str) {
     let ns = NetNs::new().unwrap();
-    let theirs = testutil::nft_messages(&ns, text);
+    let theirs = nft_messages_utc(&ns, text);
     let ours = batch_messages(&kernel::encode_apply_batch(table, &Default::default()).unwrap());
     for kind in [NEWTABLE, NEWSET, NEWSETELEM, NEWCHAIN, NEWRULE] {
         let pick = |v: &[(u16, Vec<u8>)]| -> Vec<Vec<u8>> {
@@ -65,12 +67,21 @@ fn assert_same_bytes(table: &Table, text: &str) {
     }
 }
 
+/// A cgroup directory for the `socket cgroupv2` rule of [`every_new_stmt`]; the tests need one
+/// (this machine mounts cgroup v2), so its absence fails them rather than skipping.
+fn test_cgroup() -> TestCgroup {
+    TestCgroup::new().expect("a cgroup v2 directory under /sys/fs/cgroup (is cgroup2 mounted?)")
+}
+
 #[test]
 fn every_statement_lists_like_nft() {
     if !need_root("every_statement_lists_like_nft") {
         return;
     }
     let (table, text) = every_stmt();
+    assert_same_listing(&table, &text);
+    let cg = test_cgroup();
+    let (table, text) = every_new_stmt(&cg);
     assert_same_listing(&table, &text);
     testutil::root_has_no_leash_table();
 }
@@ -82,6 +93,123 @@ fn every_statement_encodes_the_bytes_nft_sends() {
     }
     let (table, text) = every_stmt();
     assert_same_bytes(&table, &text);
+    let cg = test_cgroup();
+    let (table, text) = every_new_stmt(&cg);
+    assert_same_bytes(&table, &text);
+}
+
+/// What nft and the kernel refuse, leash's encoder refuses first, with a message that says why;
+/// and what it lets through, the kernel takes. Each refusal is checked against nft itself.
+#[test]
+fn invalid_limits_and_meters_are_refused_like_nft() {
+    if !need_root("invalid_limits_and_meters_are_refused_like_nft") {
+        return;
+    }
+    use Stmt::*;
+    let count = |set: &str| Meter {
+        set: set.into(),
+        key: MeterKey::Daddr4,
+        limit: MeterLimit::Count(2),
+    };
+    let table = |sets: Vec<Set>, stmts: Vec<Stmt>| Table {
+        name: TABLE_NAME.into(),
+        comment: None,
+        sets,
+        chains: vec![chain(ChainPolicy::Accept, vec![rule(stmts, None)])],
+    };
+    let timed = dynamic_set("c", KeyType::Ipv4Addr, 10, Some(1000));
+    let cases: Vec<(Table, &str, &str)> = vec![
+        (
+            // A connection counter in a set with a timeout: EOPNOTSUPP from the kernel.
+            table(vec![timed.clone()], vec![count("c"), Accept]),
+            "cannot have a timeout",
+            "table inet leash { set c { type ipv4_addr; size 10; flags dynamic,timeout; timeout 1s; }\n chain output { type filter hook output priority filter;\n add @c { ip daddr ct count 2 } accept\n } }\n",
+        ),
+        (
+            table(vec![], vec![Limit(rate(0, RateUnit::Second, 5)), Accept]),
+            "at least 1",
+            "table inet leash { chain output { type filter hook output priority filter;\n limit rate 0/second accept\n } }\n",
+        ),
+        (
+            table(vec![], vec![Limit(rate(1, RateUnit::Second, 0)), Accept]),
+            "at least 1",
+            "table inet leash { chain output { type filter hook output priority filter;\n limit rate 1/second burst 0 packets accept\n } }\n",
+        ),
+        (
+            // 86,400 s per token times 2^32 tokens overflows the kernel's u64 of nanoseconds.
+            table(vec![], vec![Limit(rate(1, RateUnit::Day, u32::MAX)), Accept]),
+            "overflows",
+            "table inet leash { chain output { type filter hook output priority filter;\n limit rate 1/day burst 4294967295 packets accept\n } }\n",
+        ),
+        (
+            table(
+                vec![Set {
+                    interval: true,
+                    ..dynamic_set("c", KeyType::Ipv4Addr, 10, None)
+                }],
+                vec![count("c"), Accept],
+            ),
+            "flags interval",
+            "table inet leash { set c { type ipv4_addr; size 10; flags dynamic,interval; }\n chain output { type filter hook output priority filter;\n add @c { ip daddr ct count 2 } accept\n } }\n",
+        ),
+    ];
+    for (t, want, text) in cases {
+        let e = kernel::encode_apply_batch(&t, &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{e}");
+        let ns = NetNs::new().unwrap();
+        let (ok, _, err) = nft_utc(&ns, &["-f", "-"], Some(text));
+        assert!(!ok, "nft accepted what leash refuses ({want}):\n{text}");
+        eprintln!("nft refuses it too: {}", err.lines().next().unwrap_or(""));
+    }
+    // The same counter in a set without a timeout goes in.
+    let ok = table(
+        vec![dynamic_set("c", KeyType::Ipv4Addr, 10, None)],
+        vec![count("c"), Accept],
+    );
+    let ns = NetNs::new().unwrap();
+    ns.run(|| kernel::apply(&ok, &Default::default())).unwrap();
+    // Refusals that only leash makes (nft would quietly change the table, so it would no longer
+    // be what the model says).
+    let e = kernel::encode_apply_batch(
+        &table(
+            vec![set("c", KeyType::Ipv4Addr, SetElements::V4(vec![]))],
+            vec![count("c")],
+        ),
+        &Default::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("needs a dynamic set"), "{e}");
+    let e = kernel::encode_apply_batch(
+        &table(
+            vec![Set {
+                timeout: true,
+                ..dynamic_set("c", KeyType::Ipv4Addr, 10, None)
+            }],
+            vec![],
+        ),
+        &Default::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("Dynamic::timeout_ms"), "{e}");
+    let e = kernel::encode_apply_batch(
+        &table(vec![], vec![MetaTimeFrom(-1_000_000_000)]),
+        &Default::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("whole second at or after 1970"), "{e}");
+    let e = kernel::encode_apply_batch(
+        &table(vec![], vec![MetaDay { first: 1, last: 7 }]),
+        &Default::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("weekdays are 0 (Sunday) to 6"), "{e}");
+    testutil::root_has_no_leash_table();
 }
 
 /// The lead's renderer (`ruleset::render::nft_text`) and this encoder agree: nft makes of the
@@ -91,8 +219,10 @@ fn rendered_text_encodes_like_apply() {
     if !need_root("rendered_text_encodes_like_apply") {
         return;
     }
+    let cg = test_cgroup();
     for table in [
         every_stmt().0,
+        every_new_stmt(&cg).0,
         dns_redirect().0,
         protocol_deps().0,
         interval_edges().0,
@@ -117,20 +247,33 @@ fn dns_redirect_and_timeout_sets_like_nft() {
 }
 
 /// The JSON rendering loads with `nft -j -f` into the same table as the text rendering. (nft's JSON
-/// has whole-second timeouts, so timed elements are rounded up to seconds for this comparison; and
-/// nft 1.0.6 ignores a table's `comment` in JSON, so the comparison leaves the table comment out.)
+/// has whole-second timeouts, so timeouts are rounded up to seconds for this comparison; nft 1.0.6
+/// ignores a table's `comment` in JSON, so the comparison leaves the table comment out; and its
+/// JSON parser knows no `socket cgroupv2`, so rules with one are left out.)
 #[test]
 fn rendered_json_loads_like_rendered_text() {
     if !need_root("rendered_json_loads_like_rendered_text") {
         return;
     }
+    let cg = test_cgroup();
     for mut table in [
         every_stmt().0,
+        every_new_stmt(&cg).0,
         dns_redirect().0,
         protocol_deps().0,
         interval_edges().0,
     ] {
+        for chain in &mut table.chains {
+            chain.rules.retain(|r| {
+                !r.stmts
+                    .iter()
+                    .any(|s| matches!(s, Stmt::SocketCgroup { .. }))
+            });
+        }
         for set in &mut table.sets {
+            if let Some(d) = &mut set.dynamic {
+                d.timeout_ms = d.timeout_ms.map(|ms| ms.div_ceil(1000) * 1000);
+            }
             match &mut set.elements {
                 SetElements::TimedV4(v) => {
                     v.iter_mut().for_each(|e| e.1 = e.1.div_ceil(1000) * 1000)
@@ -144,9 +287,9 @@ fn rendered_json_loads_like_rendered_text() {
         let text = ruleset::render::nft_text(&table);
         let json = ruleset::render::nft_json(&table).to_string();
         let from_text = NetNs::new().unwrap();
-        testutil::nft_load(&from_text, &text);
+        nft_load_utc(&from_text, &text);
         let from_json = NetNs::new().unwrap();
-        let (ok, _, err) = testutil::nft_raw(&from_json, &["-j", "-f", "-"], Some(&json));
+        let (ok, _, err) = nft_utc(&from_json, &["-j", "-f", "-"], Some(&json));
         assert!(ok, "nft -j -f failed: {err}\n--- json ---\n{json}");
         let without_table_comment = |l: String| -> String {
             normalize_listing(&l)
@@ -156,8 +299,8 @@ fn rendered_json_loads_like_rendered_text() {
                 .join("\n")
         };
         assert_eq!(
-            without_table_comment(testutil::list_leash(&from_json).unwrap()),
-            without_table_comment(testutil::list_leash(&from_text).unwrap()),
+            without_table_comment(list_leash_utc(&from_json).unwrap()),
+            without_table_comment(list_leash_utc(&from_text).unwrap()),
             "nft -j -f of the JSON lists differently from nft -f of the text:\n{text}"
         );
     }

@@ -49,11 +49,15 @@
 //! `tests/outcomes.rs` checks every cell. [`run_expectations`] accepts Refused/Unreachable as
 //! "denied by reject" and TimedOut/NotPermitted as "denied by drop".
 
+pub mod cgroup;
 mod echo;
+mod fork;
+pub mod measure;
 mod probe;
 mod run;
 mod ser;
 
+pub use measure::{Measurement, MeasureOptions, measure};
 pub use probe::{Case, Outcome};
 pub use run::{Report, Row, RunOptions, run_expectations};
 
@@ -204,9 +208,13 @@ impl Lab {
         &self.destinations
     }
 
-    /// Makes the connection of `case` from the client namespace as the case's uid and gid, and
-    /// reports how it ended, waiting at most about `timeout`.
+    /// Makes the connection of `case` from the client namespace as the case's uid and gid (and,
+    /// with `case.cgroup`, from a process in that cgroup), and reports how it ended, waiting at
+    /// most about `timeout`.
     pub fn probe(&self, case: &Case, timeout: Duration) -> Outcome {
+        if let Some(cg) = &case.cgroup {
+            return self.probe_in_cgroup(case, cg, timeout);
+        }
         let res = self.client.try_run(|| {
             probe::become_user(case.uid, case.gid)?;
             Ok::<_, io::Error>(probe::probe_here(case, timeout))
@@ -214,6 +222,41 @@ impl Lab {
         match res {
             Ok(Ok(o)) => o,
             Ok(Err(e)) => Outcome::Error(format!("cannot become uid {} gid {}: {e}", case.uid, case.gid)),
+            Err(e) => Outcome::Error(format!("cannot enter the client namespace: {e}")),
+        }
+    }
+}
+
+impl Lab {
+    /// A probe from a process in cgroup `cg` (relative to the cgroup v2 root): a child forked
+    /// by a thread inside the client namespace joins the cgroup, drops to the user and probes.
+    fn probe_in_cgroup(&self, case: &Case, cg: &str, timeout: Duration) -> Outcome {
+        use std::os::unix::ffi::OsStrExt;
+        let cg = cg.trim_matches('/');
+        let Some(mount) = cgroup::mount_point() else {
+            return Outcome::Error(format!("cannot probe from cgroup /{cg}: cgroup v2 is not mounted here"));
+        };
+        let dir = mount.join(cg);
+        if !dir.is_dir() {
+            return Outcome::Error(format!("cannot probe from cgroup /{cg}: {} does not exist", dir.display()));
+        }
+        let Ok(procs) = std::ffi::CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()) else {
+            return Outcome::Error(format!("cannot probe from cgroup /{cg}: the path holds a NUL byte"));
+        };
+        let who = fork::Identity { cgroup_procs: Some(&procs), uid: case.uid, gid: case.gid };
+        // The child gives up at `timeout` by itself; the margin covers fork and exit.
+        let limit = timeout + Duration::from_secs(2);
+        let res = self.client.try_run(|| {
+            fork::run(who, limit, |pipe| {
+                let o = probe::probe_here(case, timeout);
+                let (code, detail) = o.to_exit();
+                pipe.write_all(detail);
+                code
+            })
+        });
+        match res {
+            Ok(Ok((end, detail))) => Outcome::from_child(&end, &detail),
+            Ok(Err(e)) => Outcome::Error(format!("cannot fork the probe process: {e}")),
             Err(e) => Outcome::Error(format!("cannot enter the client namespace: {e}")),
         }
     }

@@ -27,6 +27,11 @@ pub struct Case {
     /// into the sets the forwarder would, before it probes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The cgroup v2 directory (relative to the cgroup v2 root) whose process makes the
+    /// connection: the probe runs in a forked child that joins it first, because `socket
+    /// cgroupv2` matches the cgroup of the socket's creator. `None`: the lab's own cgroup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
 impl std::fmt::Display for Case {
@@ -40,7 +45,11 @@ impl std::fmt::Display for Case {
             (Some(p), a) => write!(f, "{a}:{p}")?,
             (None, a) => write!(f, "{a}")?,
         }
-        write!(f, " as uid {} gid {}", self.uid, self.gid)
+        write!(f, " as uid {} gid {}", self.uid, self.gid)?;
+        if let Some(c) = &self.cgroup {
+            write!(f, " in cgroup /{}", c.trim_matches('/'))?;
+        }
+        Ok(())
     }
 }
 
@@ -101,6 +110,51 @@ impl Outcome {
                 io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Outcome::TimedOut,
                 _ => Outcome::Error(e.to_string()),
             },
+        }
+    }
+}
+
+/// Exit statuses of a forked probe (see [`Outcome::to_exit`]); the detail of `Unreachable` and
+/// `Error` travels through the child's pipe.
+const EXIT_CONNECTED: u8 = 0;
+const EXIT_REFUSED: u8 = 1;
+const EXIT_UNREACHABLE: u8 = 2;
+const EXIT_NOT_PERMITTED: u8 = 3;
+const EXIT_TIMED_OUT: u8 = 4;
+const EXIT_NAME_REFUSED: u8 = 5;
+const EXIT_ERROR: u8 = 6;
+
+impl Outcome {
+    /// The outcome as a child's exit status, and the detail to send through its pipe.
+    pub(crate) fn to_exit(&self) -> (u8, &[u8]) {
+        match self {
+            Outcome::Connected => (EXIT_CONNECTED, b""),
+            Outcome::Refused => (EXIT_REFUSED, b""),
+            Outcome::Unreachable(e) => (EXIT_UNREACHABLE, e.as_bytes()),
+            Outcome::NotPermitted => (EXIT_NOT_PERMITTED, b""),
+            Outcome::TimedOut => (EXIT_TIMED_OUT, b""),
+            Outcome::NameRefused => (EXIT_NAME_REFUSED, b""),
+            Outcome::Error(e) => (EXIT_ERROR, e.as_bytes()),
+        }
+    }
+
+    /// The outcome a forked probe reported by its end and pipe.
+    pub(crate) fn from_child(end: &crate::fork::End, detail: &[u8]) -> Outcome {
+        use crate::fork::{End, PANICKED, SETUP_FAILED};
+        let text = || String::from_utf8_lossy(detail).into_owned();
+        match end {
+            End::Exited(EXIT_CONNECTED) => Outcome::Connected,
+            End::Exited(EXIT_REFUSED) => Outcome::Refused,
+            End::Exited(EXIT_UNREACHABLE) => Outcome::Unreachable(text()),
+            End::Exited(EXIT_NOT_PERMITTED) => Outcome::NotPermitted,
+            End::Exited(EXIT_TIMED_OUT) => Outcome::TimedOut,
+            End::Exited(EXIT_NAME_REFUSED) => Outcome::NameRefused,
+            End::Exited(EXIT_ERROR) => Outcome::Error(text()),
+            End::Exited(SETUP_FAILED) => Outcome::Error(text()),
+            End::Exited(PANICKED) => Outcome::Error("the probe process panicked".into()),
+            End::Exited(n) => Outcome::Error(format!("the probe process exited with status {n}")),
+            End::Signaled(s) => Outcome::Error(format!("the probe process was killed by signal {s}")),
+            End::Killed => Outcome::Error("the probe process hung and was killed".into()),
         }
     }
 }
@@ -320,10 +374,28 @@ mod tests {
 
     #[test]
     fn cases_display_like_addresses() {
-        let c = Case { proto: Proto::Tcp, dst: "2001:db8::5".parse().unwrap(), port: Some(443), uid: 0, gid: 0, name: None };
+        let c = Case { proto: Proto::Tcp, dst: "2001:db8::5".parse().unwrap(), port: Some(443), uid: 0, gid: 0, name: None, cgroup: None };
         assert_eq!(c.to_string(), "tcp [2001:db8::5]:443 as uid 0 gid 0");
-        let c = Case { proto: Proto::Icmp, dst: "192.0.2.5".parse().unwrap(), port: None, uid: 1, gid: 2, name: None };
-        assert_eq!(c.to_string(), "icmp 192.0.2.5 as uid 1 gid 2");
+        let c = Case { proto: Proto::Icmp, dst: "192.0.2.5".parse().unwrap(), port: None, uid: 1, gid: 2, name: None, cgroup: Some("a/b".into()) };
+        assert_eq!(c.to_string(), "icmp 192.0.2.5 as uid 1 gid 2 in cgroup /a/b");
+    }
+
+    #[test]
+    fn outcomes_survive_the_exit_status() {
+        use crate::fork::End;
+        for o in [
+            Outcome::Connected,
+            Outcome::Refused,
+            Outcome::Unreachable("EACCES".into()),
+            Outcome::NotPermitted,
+            Outcome::TimedOut,
+            Outcome::NameRefused,
+            Outcome::Error("boom".into()),
+        ] {
+            let (code, detail) = o.to_exit();
+            assert_eq!(Outcome::from_child(&End::Exited(code), detail), o);
+        }
+        assert!(matches!(Outcome::from_child(&End::Killed, b""), Outcome::Error(_)));
     }
 
     #[test]

@@ -229,6 +229,7 @@ fn phases(path: &Path) -> Result<(Phases, ruleset::Table)> {
         &p,
         &ruleset::compile::CompileOptions {
             comment: Some(comment),
+            ..Default::default()
         },
     );
     ph.compile = t.elapsed();

@@ -170,10 +170,17 @@ pub struct ExplainArgs {
     /// Group of the socket (name or gid; default: the user's primary group).
     #[arg(long, value_name = "GROUP")]
     pub group: Option<String>,
-    /// When the connection happens (RFC 3339, e.g. 2027-01-04T09:30:00Z; default: now). Policies
-    /// without time windows decide the same at any time.
-    #[arg(long, value_name = "RFC3339")]
+    /// When the connection happens (default: now): an instant (RFC 3339, e.g.
+    /// 2027-01-04T09:30:00Z), or a wall-clock time in the policy's time zone
+    /// ("2027-01-04 09:30", "Mon 09:30"). Only rules with `when` windows depend on it.
+    #[arg(long, value_name = "TIME")]
     pub at: Option<String>,
+    /// The systemd service making the connection (its cgroup is system.slice/SERVICE).
+    #[arg(long, value_name = "UNIT", conflicts_with = "cgroup")]
+    pub service: Option<String>,
+    /// The cgroup v2 path of the process making the connection, e.g. /system.slice/nginx.service.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

@@ -101,7 +101,7 @@ fn check(path: &std::path::Path, deny_warnings: bool, today: Option<&str>, json:
 }
 
 fn compiled(l: &Loaded, p: &policy::Policy) -> ruleset::Table {
-    ruleset::compile(p, &CompileOptions { comment: Some(l.table_comment()) })
+    ruleset::compile(p, &CompileOptions { comment: Some(l.table_comment()), now: Some(jiff::Timestamp::now()), imitate: None })
 }
 
 fn compile(path: &std::path::Path, format: Format) -> Result<u8> {
@@ -296,12 +296,21 @@ fn explain(a: &ExplainArgs, json: bool) -> Result<u8> {
     if !proto.has_ports() && port.is_some() {
         usage!("--proto {} has no ports; give --to without :PORT", proto.as_str());
     }
-    let at = match &a.at {
+    let local = match &a.at {
         Some(s) => match s.parse::<jiff::Timestamp>() {
-            Ok(t) => Some(t),
-            Err(_) => usage!("invalid --at {s:?} (RFC 3339, e.g. 2027-01-04T09:30:00Z)"),
+            Ok(t) => p.local_time(t),
+            Err(_) => match policy::time::parse_at(s) {
+                Ok(t) => t,
+                Err(m) => usage!("--at: {m}, or an RFC 3339 instant such as 2027-01-04T09:30:00Z"),
+            },
         },
-        None => None,
+        None => p.local_time(jiff::Timestamp::now()),
+    };
+    let at = a.at.is_some().then_some(local);
+    let cgroup = match (&a.service, &a.cgroup) {
+        (Some(s), _) => Some(format!("system.slice/{}", if s.contains('.') { s.clone() } else { format!("{s}.service") })),
+        (None, Some(c)) => Some(c.trim_matches('/').to_string()),
+        (None, None) => None,
     };
     let r = system::SystemResolver;
     let uid = match &a.user {
@@ -320,7 +329,7 @@ fn explain(a: &ExplainArgs, json: bool) -> Result<u8> {
         },
         None => None,
     };
-    let conn = policy::Connection { proto, dst, port, uid, gid, name };
+    let conn = policy::Connection { proto, dst, port, uid, gid, name, cgroup, at: Some(local) };
     let e = policy::explain(&p, &conn);
     output::print_explanation(&l, &p, &conn, &e, at, json);
     Ok(EXIT_OK)

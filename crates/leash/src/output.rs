@@ -34,7 +34,7 @@ pub fn print_explanation(
     p: &Policy,
     c: &Connection,
     e: &Explanation,
-    at: Option<jiff::Timestamp>,
+    at: Option<jiff::civil::DateTime>,
     json: bool,
 ) {
     let conn_text = format!(
@@ -46,12 +46,25 @@ pub fn print_explanation(
         c.uid,
         c.gid
     );
+    let conn_text = match (&c.cgroup, at.or(c.at.filter(|_| p.rules.iter().any(|r| r.when.is_some())))) {
+        (cg, t) => format!(
+            "{conn_text}{}{}",
+            cg.as_ref().map(|g| format!(" in cgroup /{g}")).unwrap_or_default(),
+            t.map(|t| format!(" at {} {}", policy::WEEKDAYS[t.weekday().to_sunday_zero_offset() as usize], t.strftime("%Y-%m-%d %H:%M:%S"))).unwrap_or_default()
+        ),
+    };
+    let limits = match e.decider {
+        Decider::Rule(i) => limits_text(p, &p.rules[i]),
+        _ => None,
+    };
     if json {
         print_json(&json!({
             "connection": {
                 "proto": c.proto.as_str(), "to": c.dst.to_string(), "name": c.name, "port": c.port,
-                "uid": c.uid, "gid": c.gid, "at": at.map(|t| t.to_string()),
+                "uid": c.uid, "gid": c.gid, "cgroup": c.cgroup, "at": c.at.map(|t| t.to_string()),
+                "time_zone": p.defaults.timezone.as_deref().unwrap_or("UTC"),
             },
+            "limits": limits,
             "verdict": e.verdict.as_str(),
             "decided_by": match e.decider {
                 Decider::Loopback => json!({"kind": "loopback"}),
@@ -72,12 +85,40 @@ pub fn print_explanation(
     if let Decider::Rule(i) | Decider::NameRefused(i) = e.decider {
         println!("  at {}", rule_position(l, p, i));
     }
+    if let Some(l) = &limits {
+        println!("  {l}");
+    }
     if !e.misses.is_empty() {
         println!("earlier rules that did not match:");
         for (i, m) in &e.misses {
             println!("  {:<24} {}", p.rules[*i].name, m);
         }
     }
+}
+
+/// What an allow rule's `rate` and `max_connections` let through, for explain: the verdict holds
+/// only below them.
+fn limits_text(p: &Policy, r: &policy::Rule) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(rate) = r.rate {
+        parts.push(format!("at most {rate} new connections"));
+    }
+    if let Some(n) = r.max_connections {
+        parts.push(format!("at most {n} connections at once"));
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    let per = match r.limit_per {
+        policy::LimitPer::Rule => "for the whole rule",
+        policy::LimitPer::Destination => "per destination",
+        policy::LimitPer::User => "per user",
+    };
+    let above = match p.defaults.deny_with {
+        policy::DenyWith::Reject => "reject",
+        policy::DenyWith::Drop => "drop",
+    };
+    Some(format!("limited: {} {per}; above that: deny ({above})", parts.join(" and ")))
 }
 
 fn ms(d: std::time::Duration) -> f64 {

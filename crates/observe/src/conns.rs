@@ -319,7 +319,17 @@ pub fn connection(c: &Conn) -> Option<Connection> {
         uid,
         gid: c.gid.unwrap_or(uid),
         name: None,
+        cgroup: c.pid.and_then(cgroup_of),
+        // Filled in by `decide`, which knows the policy's time zone.
+        at: None,
     })
+}
+
+/// The cgroup v2 path of a process (the `0::/PATH` line of `/proc/PID/cgroup`), relative to the
+/// cgroup v2 root, as `socket cgroupv2` matches it.
+pub fn cgroup_of(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("0::")).map(|p| p.trim_matches('/').to_string())
 }
 
 /// What `policy` decides for `c`, when it is an outgoing connection (see [`connection`]).
@@ -373,7 +383,9 @@ impl DomainSets {
 }
 
 fn decide(policy: &Policy, conn: &Connection, domains: &DomainSets) -> Verdict {
-    let e = policy::explain_with(policy, conn, &|rule, addr| domains.contains(rule, addr));
+    let mut conn = conn.clone();
+    conn.at.get_or_insert_with(|| policy.local_time(jiff::Timestamp::now()));
+    let e = policy::explain_with(policy, &conn, &|rule, addr| domains.contains(rule, addr));
     let (rule, decided_by) = match e.decider {
         Decider::Rule(i) => (Some(policy.rules[i].name.clone()), "rule"),
         Decider::NameRefused(i) => (Some(policy.rules[i].name.clone()), "name-refused"),

@@ -23,6 +23,13 @@ pub struct Connection {
     /// The name the DNS forwarder answered with `dst`, when the connection follows a lookup
     /// through it. Domain rules match only such connections.
     pub name: Option<String>,
+    /// The cgroup v2 path of the socket's process, relative to the cgroup v2 root
+    /// (`system.slice/nginx.service`); `None` is the root cgroup.
+    pub cgroup: Option<String>,
+    /// The local wall-clock time of the connection in the policy's time zone
+    /// ([`crate::Policy::local_time`] turns an instant into it). Rules with `when` windows
+    /// match only when it is given and inside one of them.
+    pub at: Option<jiff::civil::DateTime>,
 }
 
 /// What decided a connection's verdict.
@@ -70,13 +77,27 @@ pub enum Miss {
     NoPort { ports: Vec<PortRange> },
     /// The connection's port is not in the rule's ports.
     Port { port: u16, ports: Vec<PortRange> },
-    /// The destination is in none of the rule's networks, and was not answered for any of its
-    /// domain names (or the rebinding guard keeps it out of the rule's sets).
-    To { dst: IpAddr, networks: Vec<IpNet>, domains: Vec<DomainPattern>, name: Option<String>, guarded: bool },
+    /// The destination is in none of the rule's networks, sets or countries, and was not answered
+    /// for any of its domain names (or the rebinding guard keeps it out of the rule's sets).
+    To {
+        dst: IpAddr,
+        networks: Vec<IpNet>,
+        domains: Vec<DomainPattern>,
+        /// Names of the rule's `set:NAME` destinations.
+        sets: Vec<String>,
+        countries: Vec<String>,
+        name: Option<String>,
+        guarded: bool,
+    },
     /// The connection's uid is not among the rule's users.
     User { uid: u32, users: Vec<Principal> },
     /// The connection's gid is not among the rule's groups.
     Group { gid: u32, groups: Vec<Principal> },
+    /// The connection's process is in none of the rule's cgroups (services).
+    Cgroup { cgroup: Option<String>, cgroups: Vec<CgroupMatch> },
+    /// The connection's time is outside every window of the rule (`at` is `None` when no
+    /// time was given).
+    Time { at: Option<jiff::civil::DateTime>, windows: Vec<Window> },
 }
 
 impl fmt::Display for Miss {
@@ -91,11 +112,13 @@ impl fmt::Display for Miss {
             }
             Miss::NoPort { ports } => write!(f, "no port, but the rule needs port {}", list(ports.iter())),
             Miss::Port { port, ports } => write!(f, "port {port} not in {}", list(ports.iter())),
-            Miss::To { dst, networks, domains, name, guarded } => {
+            Miss::To { dst, networks, domains, sets, countries, name, guarded } => {
                 let all: Vec<String> = networks
                     .iter()
                     .map(|n| NetDisplay(n).to_string())
                     .chain(domains.iter().map(|d| d.to_string()))
+                    .chain(sets.iter().map(|s| format!("set:{s}")))
+                    .chain(countries.iter().map(|c| format!("country {c}")))
                     .collect();
                 match name {
                     Some(n) if *guarded => {
@@ -107,6 +130,17 @@ impl fmt::Display for Miss {
             }
             Miss::User { uid, users } => write!(f, "uid {uid} not in {}", list(users.iter())),
             Miss::Group { gid, groups } => write!(f, "gid {gid} not in {}", list(groups.iter())),
+            Miss::Cgroup { cgroup, cgroups } => {
+                let shown: Vec<String> = cgroups
+                    .iter()
+                    .map(|c| if c.id.is_none() { format!("{} (missing at load)", c.written) } else { c.written.clone() })
+                    .collect();
+                write!(f, "cgroup /{} not in {}", cgroup.as_deref().unwrap_or("").trim_matches('/'), list(shown.iter()))
+            }
+            Miss::Time { at: Some(at), windows } => {
+                write!(f, "{} {} is outside {}", WEEKDAYS[at.weekday().to_sunday_zero_offset() as usize], at.strftime("%Y-%m-%d %H:%M:%S"), list(windows.iter()))
+            }
+            Miss::Time { at: None, windows } => write!(f, "no time given for the windows {}", list(windows.iter())),
         }
     }
 }
@@ -171,7 +205,7 @@ pub fn explain_with(policy: &Policy, conn: &Connection, in_domain_set: &dyn Fn(u
     }
     for (i, rule) in policy.rules.iter().enumerate() {
         let in_set = !rule.domains.is_empty() && in_domain_set(i, conn.dst);
-        match first_miss_in(rule, conn, in_set) {
+        match first_miss_in(policy, rule, conn, in_set) {
             None => return Explanation { verdict: rule.action, decider: Decider::Rule(i), misses },
             Some(m) => misses.push((i, m)),
         }
@@ -202,13 +236,14 @@ pub fn dns_bypass(policy: &Policy, conn: &Connection) -> Option<Decider> {
 }
 
 /// The first condition of `rule` that `conn` does not satisfy, or `None` when the rule matches.
-pub fn first_miss(rule: &Rule, conn: &Connection) -> Option<Miss> {
-    first_miss_in(rule, conn, false)
+/// `policy` is the rule's policy (for its named sets).
+pub fn first_miss(policy: &Policy, rule: &Rule, conn: &Connection) -> Option<Miss> {
+    first_miss_in(policy, rule, conn, false)
 }
 
 /// [`first_miss`], where `in_domain_set` says the destination is already in the rule's domain
 /// sets (see [`explain_with`]).
-fn first_miss_in(rule: &Rule, conn: &Connection, in_domain_set: bool) -> Option<Miss> {
+fn first_miss_in(policy: &Policy, rule: &Rule, conn: &Connection, in_domain_set: bool) -> Option<Miss> {
     if let Some(allowed) = rule.effective_protos()
         && !allowed.contains(&conn.proto)
     {
@@ -232,11 +267,15 @@ fn first_miss_in(rule: &Rule, conn: &Connection, in_domain_set: bool) -> Option<
         });
         // Explain cannot know the host's own addresses; the forwarder also keeps those out.
         let admitted = (name_matches && crate::dns::admits(rule, conn.dst, false)) || in_domain_set;
-        if !by_network && !admitted {
+        let by_set = rule.sets.iter().any(|r| policy.sets.get(r.index).is_some_and(|s| s.ranges.contains(conn.dst)));
+        let by_country = rule.country_ranges.contains(conn.dst);
+        if !by_network && !admitted && !by_set && !by_country {
             return Some(Miss::To {
                 dst: conn.dst,
                 networks: networks.clone(),
                 domains: rule.domains.clone(),
+                sets: rule.sets.iter().filter_map(|r| policy.sets.get(r.index).map(|s| s.name.clone())).collect(),
+                countries: rule.countries.iter().map(|c| c.0.clone()).collect(),
                 name: conn.name.clone(),
                 guarded: name_matches,
             });
@@ -252,5 +291,29 @@ fn first_miss_in(rule: &Rule, conn: &Connection, in_domain_set: bool) -> Option<
     {
         return Some(Miss::Group { gid: conn.gid, groups: groups.clone() });
     }
+    if let Some(cgroups) = &rule.cgroups {
+        // A cgroup that did not exist when the policy was loaded has no kernel rule.
+        let inside = conn.cgroup.as_deref().unwrap_or("");
+        if !cgroups.iter().any(|c| c.id.is_some() && c.covers(inside)) {
+            return Some(Miss::Cgroup { cgroup: conn.cgroup.clone(), cgroups: cgroups.clone() });
+        }
+    }
+    if let Some(windows) = &rule.when {
+        let open = conn.at.is_some_and(|at| {
+            let second = week_second(at);
+            windows.iter().any(|w| w.contains(second))
+        });
+        if !open {
+            return Some(Miss::Time { at: conn.at, windows: windows.clone() });
+        }
+    }
     None
+}
+
+/// Seconds since Sunday 00:00:00 of a local time's week.
+pub fn week_second(at: jiff::civil::DateTime) -> u32 {
+    at.weekday().to_sunday_zero_offset() as u32 * 86_400
+        + at.hour() as u32 * 3600
+        + at.minute() as u32 * 60
+        + at.second() as u32
 }

@@ -7,10 +7,13 @@
 pub mod diag;
 pub mod dns;
 pub mod explain;
+pub mod geo;
 pub mod lint;
 pub mod model;
 pub mod parse;
 pub mod ranges;
+pub mod setfile;
+pub mod time;
 pub mod resolver;
 
 pub use diag::{Diagnostic, Severity};
@@ -27,4 +30,19 @@ pub trait Resolver {
     fn group(&self, name: &str) -> Option<u32>;
     /// The primary group of a user id, used when an expectation names a user but no group.
     fn primary_group(&self, uid: u32) -> Option<u32>;
+    /// The contents of a file the policy names (a `[[set]]` file, the country database), as
+    /// written in the policy: the binary resolves it relative to the policy's directory.
+    fn read_file(&self, path: &str) -> Result<Vec<u8>, String> {
+        Err(format!("{path}: files cannot be read here"))
+    }
+    /// Where nft finds the cgroup v2 hierarchy, relative to `/sys/fs/cgroup`: `Some("")` on a
+    /// cgroup2-only host, `Some("unified")` on a hybrid one, `None` when cgroup v2 is not mounted.
+    fn cgroup2_prefix(&self) -> Option<String> {
+        None
+    }
+    /// The kernel's id (the inode number) of a cgroup v2 directory given relative to the cgroup v2
+    /// root, or `None` when it does not exist.
+    fn cgroup_id(&self, _path: &str) -> Option<u64> {
+        None
+    }
 }

@@ -16,9 +16,50 @@ pub struct Policy {
     pub expects: Vec<Expect>,
     /// The `[dns]` section: the forwarder that fills the sets of domain rules.
     pub dns: crate::dns::DnsConfig,
+    /// The `[[set]]` tables: named address lists read from files, used as `to = ["set:NAME"]`.
+    pub sets: Vec<NamedSet>,
+    /// The `[countries]` section: the country database `to_country` rules read.
+    pub countries: Option<CountryDbRef>,
+}
+
+/// One `[[set]]`: a named address list loaded from a file (one address, network or range a
+/// line), merged. Its contents can be replaced in the kernel later without touching the rules
+/// (`leash set update`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedSet {
+    pub name: String,
+    pub name_span: Span,
+    /// The file as written in the policy (relative to the policy's directory).
+    pub file: String,
+    pub file_span: Span,
+    /// The merged contents, shared with every rule that uses the set.
+    pub ranges: std::sync::Arc<crate::ranges::AddrRanges>,
+    /// Entries (lines with an address) the file held before merging.
+    pub entries: usize,
+}
+
+/// The `[countries]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CountryDbRef {
+    /// The database file as written (mmdb, or a DB-IP / GeoLite2 CSV file).
+    pub database: String,
+    pub span: Span,
+    /// The GeoLite2 locations CSV, when `database` is a GeoLite2 blocks CSV.
+    pub locations: Option<String>,
 }
 
 impl Policy {
+    /// The time zone of `when` windows (`[defaults] timezone`, UTC when unset).
+    pub fn time_zone(&self) -> jiff::tz::TimeZone {
+        self.defaults.timezone.as_deref().and_then(|n| crate::time::zone(n).ok()).unwrap_or(jiff::tz::TimeZone::UTC)
+    }
+
+    /// The local wall-clock time of an instant in the policy's time zone, which is what
+    /// [`crate::explain::Connection::at`] holds.
+    pub fn local_time(&self, t: jiff::Timestamp) -> jiff::civil::DateTime {
+        crate::time::local(&self.time_zone(), t)
+    }
+
     /// Whether any rule names a domain, which is what makes the DNS forwarder (and the DNS bypass
     /// control) part of the policy.
     pub fn has_domain_rules(&self) -> bool {
@@ -64,6 +105,9 @@ pub struct Defaults {
     pub allow_loopback: bool,
     pub allow_established: bool,
     pub allow_established_span: Option<Span>,
+    /// The time zone `when` windows are written in (IANA name); `None` means UTC.
+    pub timezone: Option<String>,
+    pub timezone_span: Option<Span>,
 }
 
 impl Default for Defaults {
@@ -77,6 +121,8 @@ impl Default for Defaults {
             allow_loopback: true,
             allow_established: true,
             allow_established_span: None,
+            timezone: None,
+            timezone_span: None,
         }
     }
 }
@@ -213,8 +259,29 @@ pub struct Rule {
     /// Let answers pointing into private, loopback, link-local or the host's own addresses into
     /// this rule's sets (the rebinding guard keeps them out otherwise).
     pub allow_private: bool,
+    /// Named sets of `to` (`set:NAME`), as indexes into [`Policy::sets`].
+    pub sets: Vec<SetRef>,
+    /// Countries of `to_country`; their networks are in [`Rule::country_ranges`].
+    pub countries: Vec<(String, Span)>,
+    /// The merged networks of every country in [`Rule::countries`].
+    pub country_ranges: std::sync::Arc<crate::ranges::AddrRanges>,
     pub users: Option<Vec<Principal>>,
     pub groups: Option<Vec<Principal>>,
+    /// cgroup v2 directories of `service` and `cgroup`: the socket's process must be in one of
+    /// them or below. `None` means any process.
+    pub cgroups: Option<Vec<CgroupMatch>>,
+    pub cgroups_span: Option<Span>,
+    /// Time windows of `when`; the rule applies only inside one of them. `None` means always.
+    pub when: Option<Vec<Window>>,
+    pub when_span: Option<Span>,
+    /// `rate` and `burst`: new connections above the rate are denied (as `deny_with` says).
+    pub rate: Option<Rate>,
+    /// `max_connections`: connections beyond this many at once are denied.
+    pub max_connections: Option<u32>,
+    /// What `rate` and `max_connections` count separately: the whole rule, each destination,
+    /// or each user.
+    pub limit_per: LimitPer,
+    pub limit_span: Option<Span>,
     pub log: bool,
     pub purpose: Option<String>,
     pub justification: Option<String>,
@@ -231,6 +298,145 @@ impl Rule {
         match (&self.protos, &self.ports) {
             (None, Some(_)) => Some(vec![Proto::Tcp, Proto::Udp]),
             (p, _) => p.clone(),
+        }
+    }
+}
+
+/// A `set:NAME` destination of a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetRef {
+    /// Index into [`Policy::sets`].
+    pub index: usize,
+    pub span: Span,
+}
+
+/// A cgroup v2 directory a rule matches, from `service = "nginx.service"` (which is
+/// `system.slice/nginx.service`) or `cgroup = "PATH"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupMatch {
+    /// As written: the service name or the path.
+    pub written: String,
+    pub service: bool,
+    /// The directory relative to the cgroup v2 root, without leading or trailing `/`
+    /// (`system.slice/nginx.service`).
+    pub path: String,
+    /// The directory's inode number (the kernel's cgroup id) when it existed at load time. A rule
+    /// whose cgroups all are missing matches no process (a warning says so).
+    pub id: Option<u64>,
+    /// The path nft writes: relative to `/sys/fs/cgroup`, with the prefix of a hybrid host's
+    /// cgroup2 mount (`unified/system.slice/nginx.service`).
+    pub nft_path: String,
+    pub span: Span,
+}
+
+impl CgroupMatch {
+    /// Depth below the cgroup v2 root (`system.slice/nginx.service` is 2): nft's `level`.
+    pub fn level(&self) -> u32 {
+        self.path.split('/').filter(|c| !c.is_empty()).count() as u32
+    }
+
+    /// Whether a process in cgroup `path` (relative to the cgroup v2 root, leading `/` allowed)
+    /// is in this directory or below it.
+    pub fn covers(&self, path: &str) -> bool {
+        let p = path.trim_matches('/');
+        p == self.path || (p.len() > self.path.len() && p.starts_with(&self.path) && p.as_bytes()[self.path.len()] == b'/')
+    }
+}
+
+/// One time window of `when`, in the policy's time zone: it opens at `start` on each of `days`
+/// and closes at `end`, on the next day when `end <= start` (`22:00-06:00`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    /// Bit `d` is set for weekday `d`, 0 = Sunday ... 6 = Saturday.
+    pub days: u8,
+    /// Minutes since midnight, 0..1440.
+    pub start: u16,
+    /// Minutes since midnight, 1..=1440.
+    pub end: u16,
+    pub span: Span,
+}
+
+pub const WEEKDAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+
+impl Window {
+    /// The intervals the window covers within one week, as seconds since Sunday 00:00 (local),
+    /// `[start, end)`, not wrapping past the end of the week (a Saturday-night window gives two).
+    pub fn week_intervals(&self) -> Vec<(u32, u32)> {
+        const DAY: u32 = 86_400;
+        const WEEK: u32 = 7 * DAY;
+        let mut out = Vec::new();
+        for d in 0..7u32 {
+            if self.days & (1 << d) == 0 {
+                continue;
+            }
+            let s = d * DAY + self.start as u32 * 60;
+            let e = if self.end > self.start { d * DAY + self.end as u32 * 60 } else { (d + 1) * DAY + self.end as u32 * 60 };
+            if e <= WEEK {
+                out.push((s, e));
+            } else {
+                out.push((s, WEEK));
+                out.push((0, e - WEEK));
+            }
+        }
+        out
+    }
+
+    /// Whether the window is open at `second` of the local week (0 = Sunday 00:00:00).
+    pub fn contains(&self, second: u32) -> bool {
+        self.week_intervals().iter().any(|&(a, b)| a <= second && second < b)
+    }
+}
+
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.days != 0x7f {
+            let days: Vec<&str> = (0..7).filter(|d| self.days & (1 << d) != 0).map(|d| WEEKDAYS[d]).collect();
+            write!(f, "{} ", days.join(","))?;
+        }
+        let hm = |m: u16| format!("{:02}:{:02}", m / 60, m % 60);
+        write!(f, "{}-{}", hm(self.start), hm(self.end))
+    }
+}
+
+/// A rate of `count` per `per_seconds`, with a bucket of `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    /// 1, 60, 3600 or 86400.
+    pub per_seconds: u32,
+    pub burst: u32,
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.per_seconds {
+            1 => "second",
+            60 => "minute",
+            3600 => "hour",
+            _ => "day",
+        };
+        write!(f, "{}/{unit} (burst {})", self.count, self.burst)
+    }
+}
+
+/// What a rate or connection limit counts separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LimitPer {
+    /// All connections the rule matches together.
+    #[default]
+    Rule,
+    /// Each destination address on its own.
+    Destination,
+    /// Each user (socket owner) on its own.
+    User,
+}
+
+impl LimitPer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitPer::Rule => "rule",
+            LimitPer::Destination => "destination",
+            LimitPer::User => "user",
         }
     }
 }
@@ -284,6 +490,11 @@ pub struct Expect {
     /// The group id the connection is made as, with the default (the user's primary group,
     /// resolved when the policy was loaded) applied.
     pub gid: u32,
+    /// The cgroup v2 path the connection is made from (`cgroup = ...` or `service = ...` of the
+    /// expectation), relative to the cgroup v2 root.
+    pub cgroup: Option<String>,
+    /// The local time of the connection (`at`), in the policy's time zone.
+    pub at: Option<jiff::civil::DateTime>,
     pub verdict: Action,
 }
 
@@ -297,6 +508,8 @@ impl Expect {
             uid: self.uid,
             gid: self.gid,
             name: self.name.clone(),
+            cgroup: self.cgroup.clone(),
+            at: self.at,
         }
     }
 }

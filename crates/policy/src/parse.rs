@@ -13,13 +13,17 @@ use std::net::IpAddr;
 use toml_edit::{Document, Item, TableLike, Value};
 
 /// Keys of the top-level table.
-const TOP_KEYS: &[&str] = &["version", "defaults", "dns", "rule", "expect"];
+const TOP_KEYS: &[&str] = &["version", "defaults", "dns", "set", "countries", "rule", "expect"];
+/// Keys of a `[[set]]`.
+const SET_KEYS: &[&str] = &["name", "file"];
+/// Keys of `[countries]`.
+const COUNTRIES_KEYS: &[&str] = &["database", "locations"];
 /// Keys of `[dns]`.
 const DNS_KEYS: &[&str] =
     &["listen", "upstreams", "min_ttl", "max_ttl", "grace", "timeout_ms", "bypass", "mark", "cache_size"];
 /// Keys of `[defaults]`.
 const DEFAULTS_KEYS: &[&str] =
-    &["outbound", "deny_with", "log_denied", "log_group", "allow_loopback", "allow_established"];
+    &["outbound", "deny_with", "log_denied", "log_group", "allow_loopback", "allow_established", "timezone"];
 /// Keys of a `[[rule]]`.
 const RULE_KEYS: &[&str] = &[
     "name",
@@ -27,9 +31,17 @@ const RULE_KEYS: &[&str] = &[
     "proto",
     "ports",
     "to",
+    "to_country",
     "allow_private",
     "user",
     "group",
+    "service",
+    "cgroup",
+    "when",
+    "rate",
+    "burst",
+    "max_connections",
+    "limit_per",
     "log",
     "purpose",
     "justification",
@@ -38,7 +50,7 @@ const RULE_KEYS: &[&str] = &[
     "review",
 ];
 /// Keys of an `[[expect]]`.
-const EXPECT_KEYS: &[&str] = &["to", "address", "proto", "user", "group", "verdict"];
+const EXPECT_KEYS: &[&str] = &["to", "address", "proto", "user", "group", "service", "cgroup", "at", "verdict"];
 
 /// Parses and validates a policy text.
 ///
@@ -56,7 +68,7 @@ pub fn load(src: &str, resolver: &dyn Resolver) -> (Option<Policy>, Vec<Diagnost
             return (None, vec![Diagnostic::error("syntax", span, format!("TOML syntax: {message}"))]);
         }
     };
-    let mut p = Parser { src, resolver, diags: Vec::new() };
+    let mut p = Parser { src, resolver, diags: Vec::new(), sets: Vec::new(), countries: None, country_db: None };
     let policy = p.policy(doc.as_table());
     let mut diags = p.diags;
     diags.sort_by_key(|d| (d.span.start, d.span.end));
@@ -74,6 +86,12 @@ struct Parser<'a> {
     src: &'a str,
     resolver: &'a dyn Resolver,
     diags: Vec<Diagnostic>,
+    /// The `[[set]]`s, read before the rules so that rules can name them wherever they stand.
+    sets: Vec<NamedSet>,
+    countries: Option<CountryDbRef>,
+    /// Looks up the merged networks of country codes in the loaded database, when `[countries]`
+    /// names one that loads.
+    country_db: Option<Box<dyn Fn(&[&str]) -> (crate::ranges::AddrRanges, Vec<String>)>>,
 }
 
 /// One entry of a table: the key's name and span, and the item.
@@ -143,8 +161,28 @@ impl<'a> Parser<'a> {
         let mut expects = Vec::new();
         let mut dns = crate::dns::DnsConfig::default();
         let (entries, suggested) = self.entries(root, "the top level", TOP_KEYS);
+        // Sets and the country database first: rules refer to them.
+        for e in &entries {
+            match e.key {
+                "set" => {
+                    for (t, span) in self.tables(e, "[[set]]") {
+                        self.named_set(t, span);
+                    }
+                }
+                "countries" => {
+                    if let Some(t) = e.item.as_table_like() {
+                        self.countries_section(t, self.span(e.item, &e.key_span));
+                    } else {
+                        let span = self.span(e.item, &e.key_span);
+                        self.wrong_type(span, "a table ([countries])", e.item);
+                    }
+                }
+                _ => {}
+            }
+        }
         for e in entries {
             match e.key {
+                "set" | "countries" => {}
                 "version" => version = self.version(&e),
                 "defaults" => {
                     if let Some(t) = e.item.as_table_like() {
@@ -182,7 +220,9 @@ impl<'a> Parser<'a> {
         }
         self.require(root, "version", &suggested, &(0..0), "missing `version = 1` (the policy language version)");
         self.check_dns(&dns, &rules);
-        let mut policy = Policy { version: version?, defaults, rules, expects, dns };
+        let sets = std::mem::take(&mut self.sets);
+        let countries = self.countries.take();
+        let mut policy = Policy { version: version?, defaults, rules, expects, dns, sets, countries };
         self.place_domain_expects(&mut policy);
         Some(policy)
     }
@@ -480,6 +520,17 @@ impl<'a> Parser<'a> {
                     }
                 }
                 "allow_loopback" => d.allow_loopback = self.boolean(&e).unwrap_or(d.allow_loopback),
+                "timezone" => {
+                    if let Some((name, span)) = self.string(&e) {
+                        match crate::time::zone(name) {
+                            Ok(_) => {
+                                d.timezone = Some(name.to_string());
+                                d.timezone_span = Some(span);
+                            }
+                            Err(m) => self.error("bad-timezone", span, m),
+                        }
+                    }
+                }
                 "allow_established" => {
                     if let Some(b) = self.boolean(&e) {
                         d.allow_established = b;
@@ -497,6 +548,8 @@ impl<'a> Parser<'a> {
         let mut name = None;
         let mut action = None;
         let mut protos: Option<Protos> = None;
+        let mut burst: Option<(u32, Span)> = None;
+        let mut limit_per_span: Option<Span> = None;
         let mut rule = Rule {
             name: String::new(),
             span: span.clone(),
@@ -509,8 +562,19 @@ impl<'a> Parser<'a> {
             to_span: None,
             domains: Vec::new(),
             allow_private: false,
+            sets: Vec::new(),
+            countries: Vec::new(),
+            country_ranges: Default::default(),
             users: None,
             groups: None,
+            cgroups: None,
+            cgroups_span: None,
+            when: None,
+            when_span: None,
+            rate: None,
+            max_connections: None,
+            limit_per: LimitPer::Rule,
+            limit_span: None,
             log: false,
             purpose: None,
             justification: None,
@@ -537,10 +601,56 @@ impl<'a> Parser<'a> {
                 }
                 "to" => {
                     rule.to_span = Some(self.span(e.item, &e.key_span));
-                    if let Some((nets, domains)) = self.destinations(&e) {
+                    if let Some((nets, domains, sets)) = self.destinations(&e) {
                         rule.to = Some(nets);
                         rule.domains = domains;
+                        rule.sets = sets;
                     }
+                }
+                "to_country" => {
+                    if let Some((codes, ranges)) = self.to_country(&e) {
+                        rule.countries = codes;
+                        rule.country_ranges = std::sync::Arc::new(ranges);
+                    }
+                }
+                "service" | "cgroup" => {
+                    let span = self.span(e.item, &e.key_span);
+                    rule.cgroups_span.get_or_insert(span);
+                    if let Some(list) = self.cgroups(&e, e.key == "service") {
+                        rule.cgroups.get_or_insert_with(Vec::new).extend(list);
+                    }
+                }
+                "when" => {
+                    rule.when_span = Some(self.span(e.item, &e.key_span));
+                    rule.when = self.windows(&e);
+                }
+                "rate" => {
+                    rule.limit_span.get_or_insert(self.span(e.item, &e.key_span));
+                    if let Some((s, span)) = self.string(&e) {
+                        match parse_rate(s) {
+                            Ok((count, per_seconds)) => {
+                                let burst = rule.rate.map_or(count, |r| r.burst);
+                                rule.rate = Some(Rate { count, per_seconds, burst });
+                            }
+                            Err(m) => self.error("bad-rate", span, m),
+                        }
+                    }
+                }
+                "burst" => {
+                    burst = self.integer(&e, 1, 1_000_000).map(|n| (n as u32, self.span(e.item, &e.key_span)));
+                }
+                "max_connections" => {
+                    rule.limit_span.get_or_insert(self.span(e.item, &e.key_span));
+                    rule.max_connections = self.integer(&e, 1, 1_000_000).map(|n| n as u32);
+                }
+                "limit_per" => {
+                    limit_per_span = Some(self.span(e.item, &e.key_span));
+                    rule.limit_per = self
+                        .choice(
+                            &e,
+                            &[("rule", LimitPer::Rule), ("destination", LimitPer::Destination), ("user", LimitPer::User)],
+                        )
+                        .unwrap_or_default();
                 }
                 "allow_private" => rule.allow_private = self.boolean(&e).unwrap_or(false),
                 "user" => rule.users = self.principals(&e, Kind::User),
@@ -578,6 +688,11 @@ impl<'a> Parser<'a> {
                 }
             }
         }
+        self.check_limits(&mut rule, action, burst, limit_per_span);
+        // `to_country` alone still limits the destination: the rule no longer means "anywhere".
+        if !rule.countries.is_empty() && rule.to.is_none() {
+            rule.to = Some(Vec::new());
+        }
         if self.error_count() > errors_before {
             return None;
         }
@@ -588,6 +703,246 @@ impl<'a> Parser<'a> {
         // `any` anywhere in the list means every protocol.
         rule.protos = protos.filter(|p| !p.any).map(|p| p.list.into_iter().map(|(p, _)| p).collect());
         Some(rule)
+    }
+
+    /// One `[[set]]`: its name and file, read through the resolver and parsed.
+    fn named_set(&mut self, t: &dyn TableLike, span: Span) {
+        let mut name: Option<(String, Span)> = None;
+        let mut file: Option<(String, Span)> = None;
+        let (entries, suggested) = self.entries(t, "[[set]]", SET_KEYS);
+        for e in entries {
+            match e.key {
+                "name" => {
+                    if let Some((n, nspan)) = self.string(&e) {
+                        if !valid_set_name(n) {
+                            self.error(
+                                "bad-set-name",
+                                nspan,
+                                format!("invalid set name `{n}`; use letters, digits, `-` and `_`, at most 48 characters"),
+                            );
+                        } else if let Some(prev) = self.sets.iter().find(|s| s.name == n) {
+                            let line = self.line(&prev.name_span);
+                            self.error("duplicate-set", nspan, format!("set `{n}` is already defined on line {line}"));
+                        } else {
+                            name = Some((n.to_string(), nspan));
+                        }
+                    }
+                }
+                "file" => file = self.string(&e).map(|(f, fspan)| (f.to_string(), fspan)),
+                _ => unreachable!("entries() only returns allowed keys"),
+            }
+        }
+        self.require(t, "name", &suggested, &span, "set has no `name`");
+        self.require(t, "file", &suggested, &span, "set has no `file` (one address or network a line)");
+        let (Some((name, name_span)), Some((file, file_span))) = (name, file) else { return };
+        let text = match self.resolver.read_file(&file) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(t) => t,
+                Err(_) => {
+                    self.error("set-file", file_span, format!("{file}: not a text file (invalid UTF-8)"));
+                    return;
+                }
+            },
+            Err(m) => {
+                self.error("set-file", file_span, format!("cannot read set file: {m}"));
+                return;
+            }
+        };
+        match crate::setfile::parse_set_file(&text) {
+            Ok(f) => self.sets.push(NamedSet {
+                name,
+                name_span,
+                file,
+                file_span,
+                ranges: std::sync::Arc::new(f.ranges),
+                entries: f.entries,
+            }),
+            Err(errors) => {
+                for e in &errors {
+                    self.error("set-file", file_span.clone(), format!("{file}:{}:{}: {}", e.line, e.col, e.message));
+                }
+            }
+        }
+    }
+
+    /// `[countries]`: the database file (and GeoLite2's locations file).
+    fn countries_section(&mut self, t: &dyn TableLike, span: Span) {
+        let mut database: Option<(String, Span)> = None;
+        let mut locations: Option<(String, Span)> = None;
+        let (entries, suggested) = self.entries(t, "[countries]", COUNTRIES_KEYS);
+        for e in entries {
+            match e.key {
+                "database" => database = self.string(&e).map(|(f, s)| (f.to_string(), s)),
+                "locations" => locations = self.string(&e).map(|(f, s)| (f.to_string(), s)),
+                _ => unreachable!("entries() only returns allowed keys"),
+            }
+        }
+        self.require(t, "database", &suggested, &span, "[countries] has no `database` (an mmdb or CSV country database)");
+        let Some((database, dspan)) = database else { return };
+        self.countries =
+            Some(CountryDbRef { database: database.clone(), span: dspan.clone(), locations: locations.as_ref().map(|l| l.0.clone()) });
+        self.load_country_db(&database, dspan, locations);
+    }
+
+    /// `to_country`: upper-case two-letter codes, looked up in the `[countries]` database.
+    fn to_country(&mut self, e: &Entry) -> Option<(Vec<(String, Span)>, crate::ranges::AddrRanges)> {
+        let mut codes = Vec::new();
+        let mut ok = true;
+        for v in self.list(e, "a list of country codes")? {
+            let span = self.vspan(v, &e.key_span);
+            match v.as_str() {
+                Some(c) if c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()) => {
+                    codes.push((c.to_ascii_uppercase(), span))
+                }
+                Some(c) => {
+                    ok = false;
+                    self.error("bad-country", span, format!("invalid country code `{c}`; expected ISO 3166-1 alpha-2, e.g. \"NL\""));
+                }
+                None => {
+                    ok = false;
+                    self.error("wrong-type", span, format!("expected a country code (a string), found {}", value_type(v)));
+                }
+            }
+        }
+        if !ok {
+            return None;
+        }
+        let key_span = e.key_span.clone();
+        if self.countries.is_none() {
+            self.error("no-country-db", key_span, "`to_country` needs a country database: add `[countries]` with `database = \"FILE\"`");
+            return None;
+        }
+        // A database that failed to load has already been reported.
+        let lookup = self.country_db.as_ref()?;
+        let refs: Vec<&str> = codes.iter().map(|c| c.0.as_str()).collect();
+        let (ranges, present) = lookup(&refs);
+        for (c, span) in &codes {
+            if !present.iter().any(|p| p == c) {
+                self.warning("unknown-country", span.clone(), format!("the country database has no networks for `{c}`"));
+            }
+        }
+        Some((codes, ranges))
+    }
+
+    /// `service` (systemd units, under `system.slice`) or `cgroup` (cgroup v2 paths).
+    fn cgroups(&mut self, e: &Entry, service: bool) -> Option<Vec<CgroupMatch>> {
+        let items: Vec<&Value> = match e.item.as_value() {
+            Some(v) if v.is_str() => vec![v],
+            _ => self.list(e, if service { "a service name or a list of them" } else { "a cgroup path or a list of them" })?,
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for v in items {
+            let span = self.vspan(v, &e.key_span);
+            let Some(text) = v.as_str() else {
+                ok = false;
+                self.error("wrong-type", span, format!("expected a string, found {}", value_type(v)));
+                continue;
+            };
+            let path = if service {
+                if text.is_empty() || text.contains('/') || text.starts_with('.') {
+                    ok = false;
+                    self.error("bad-service", span, format!("invalid service `{text}`; expected a unit name such as `nginx.service`"));
+                    continue;
+                }
+                let unit = if text.contains('.') { text.to_string() } else { format!("{text}.service") };
+                format!("system.slice/{unit}")
+            } else {
+                let p = text.trim_matches('/');
+                if p.is_empty() || p.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+                    ok = false;
+                    self.error(
+                        "bad-cgroup",
+                        span,
+                        format!("invalid cgroup `{text}`; expected a path below the cgroup v2 root, e.g. `/system.slice/nginx.service`"),
+                    );
+                    continue;
+                }
+                p.to_string()
+            };
+            let prefix = self.resolver.cgroup2_prefix();
+            let id = prefix.as_ref().and_then(|_| self.resolver.cgroup_id(&path));
+            let what = if service { format!("service {text}") } else { format!("cgroup {text}") };
+            match (&prefix, id) {
+                (None, _) => self.warning(
+                    "no-cgroup2",
+                    span.clone(),
+                    format!("cgroup v2 is not mounted here, so the rule for {what} matches no process"),
+                ),
+                (Some(_), None) => self.warning(
+                    "missing-cgroup",
+                    span.clone(),
+                    format!("{what} has no cgroup yet (/{path}); the rule matches no process until the policy is applied again after it starts"),
+                ),
+                _ => {}
+            }
+            let nft_path = match prefix.as_deref() {
+                Some(p) if !p.is_empty() => format!("{}/{path}", p.trim_matches('/')),
+                _ => path.clone(),
+            };
+            out.push(CgroupMatch { written: text.to_string(), service, path, id, nft_path, span });
+        }
+        ok.then_some(out)
+    }
+
+    /// `when`: one window or a list of them.
+    fn windows(&mut self, e: &Entry) -> Option<Vec<Window>> {
+        let items: Vec<&Value> = match e.item.as_value() {
+            Some(v) if v.is_str() => vec![v],
+            _ => self.list(e, "a time window such as \"Mon-Fri 09:00-17:00\" or a list of them")?,
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for v in items {
+            let span = self.vspan(v, &e.key_span);
+            match v.as_str().map(crate::time::parse_window) {
+                Some(Ok((days, start, end))) => out.push(Window { days, start, end, span }),
+                Some(Err(m)) => {
+                    ok = false;
+                    self.error("bad-window", span, m);
+                }
+                None => {
+                    ok = false;
+                    self.error("wrong-type", span, format!("expected a time window (a string), found {}", value_type(v)));
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// `rate`, `burst`, `max_connections` and `limit_per` only make sense together and on allow
+    /// rules: a limit on a deny rule would let traffic through below it.
+    fn check_limits(&mut self, rule: &mut Rule, action: Option<Action>, burst: Option<(u32, Span)>, per: Option<Span>) {
+        if let Some((b, bspan)) = burst {
+            match &mut rule.rate {
+                Some(r) => r.burst = b,
+                None => self.error("burst-without-rate", bspan, "`burst` needs a `rate`"),
+            }
+        }
+        if let Some(pspan) = per
+            && rule.rate.is_none()
+            && rule.max_connections.is_none()
+        {
+            self.error("limit-per-without-limit", pspan, "`limit_per` needs `rate` or `max_connections`");
+        }
+        if action == Some(Action::Deny)
+            && let Some(span) = &rule.limit_span
+        {
+            self.error(
+                "limit-on-deny",
+                span.clone(),
+                "`rate` and `max_connections` limit what an allow rule lets through; a deny rule denies everything it matches",
+            );
+        }
+    }
+
+    /// Reads and parses the country database (replaced by the real reader in `geo`).
+    fn load_country_db(&mut self, database: &str, span: Span, _locations: Option<(String, Span)>) {
+        self.error("country-db", span, format!("{database}: country databases are not supported by this build"));
+    }
+
+    fn warning(&mut self, code: &'static str, span: Span, message: impl Into<String>) {
+        self.diags.push(Diagnostic::warning(code, span, message));
     }
 
     fn error_count(&self) -> usize {
@@ -685,9 +1040,10 @@ impl<'a> Parser<'a> {
     }
 
     /// `to`: addresses, networks and domain names, sorted into networks and domain patterns.
-    fn destinations(&mut self, e: &Entry) -> Option<(Vec<IpNet>, Vec<DomainPattern>)> {
+    fn destinations(&mut self, e: &Entry) -> Option<(Vec<IpNet>, Vec<DomainPattern>, Vec<SetRef>)> {
         let mut out = Vec::new();
         let mut domains = Vec::new();
+        let mut sets = Vec::new();
         let mut ok = true;
         for v in self.list(e, "a list of addresses, networks or domain names")? {
             let span = self.vspan(v, &e.key_span);
@@ -700,6 +1056,22 @@ impl<'a> Parser<'a> {
                 );
                 continue;
             };
+            if let Some(set) = s.strip_prefix("set:") {
+                match self.sets.iter().position(|x| x.name == set) {
+                    Some(index) => sets.push(SetRef { index, span }),
+                    None => {
+                        ok = false;
+                        let names: Vec<&str> = self.sets.iter().map(|x| x.name.as_str()).collect();
+                        let hint = match suggest(set, &names) {
+                            Some(n) => format!("; did you mean `set:{n}`?"),
+                            None if names.is_empty() => "; define it with [[set]] name = ... file = ...".to_string(),
+                            None => format!("; the policy defines {}", one_of(&names)),
+                        };
+                        self.error("unknown-set", span, format!("no [[set]] named `{set}`{hint}"));
+                    }
+                }
+                continue;
+            }
             match parse_network(s) {
                 Ok(n) => out.push(n),
                 Err((code, m)) if looks_like_address(s) => {
@@ -715,7 +1087,7 @@ impl<'a> Parser<'a> {
                 },
             }
         }
-        ok.then_some((out, domains))
+        ok.then_some((out, domains, sets))
     }
 
     fn principals(&mut self, e: &Entry, kind: Kind) -> Option<Vec<Principal>> {
@@ -816,6 +1188,8 @@ impl<'a> Parser<'a> {
         let mut user: Option<Principal> = None;
         let mut group: Option<Principal> = None;
         let mut verdict = None;
+        let mut cgroup: Option<String> = None;
+        let mut at: Option<jiff::civil::DateTime> = None;
         let (entries, suggested) = self.entries(t, "[[expect]]", EXPECT_KEYS);
         for e in entries {
             match e.key {
@@ -875,6 +1249,27 @@ impl<'a> Parser<'a> {
                     }
                 }
                 "verdict" => verdict = self.choice(&e, ACTIONS),
+                "service" | "cgroup" => {
+                    if let Some((text, cspan)) = self.string(&e) {
+                        let p = text.trim_matches('/');
+                        if p.is_empty() || p.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+                            self.error("bad-cgroup", cspan, format!("invalid {} `{text}`", e.key));
+                        } else if e.key == "service" {
+                            let unit = if p.contains('.') { p.to_string() } else { format!("{p}.service") };
+                            cgroup = Some(format!("system.slice/{unit}"));
+                        } else {
+                            cgroup = Some(p.to_string());
+                        }
+                    }
+                }
+                "at" => {
+                    if let Some((text, aspan)) = self.string(&e) {
+                        match crate::time::parse_at(text) {
+                            Ok(t) => at = Some(t),
+                            Err(m) => self.error("bad-time", aspan, m),
+                        }
+                    }
+                }
                 _ => unreachable!("entries() only returns allowed keys"),
             }
         }
@@ -938,7 +1333,20 @@ impl<'a> Parser<'a> {
             return None;
         }
         let (to, port, _) = to?;
-        Some(Expect { span, to, name, port, proto: proto?.0, user, group, uid, gid: gid?, verdict: verdict? })
+        Some(Expect {
+            span,
+            to,
+            name,
+            port,
+            proto: proto?.0,
+            user,
+            group,
+            uid,
+            gid: gid?,
+            cgroup,
+            at,
+            verdict: verdict?,
+        })
     }
 }
 
@@ -1011,6 +1419,29 @@ fn one_of(names: &[&str]) -> String {
 }
 
 /// The allowed key closest to a misspelt one, if it is close enough to be a typo.
+/// Set names become part of nft set names (`s_NAME_v4`), which nft limits to 64 characters.
+fn valid_set_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 48 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// `N/second`, `N/minute`, `N/hour` or `N/day` -> (N, seconds of the unit).
+fn parse_rate(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("invalid rate `{s}`; expected N/second, N/minute, N/hour or N/day, e.g. \"10/minute\"");
+    let (n, unit) = s.split_once('/').ok_or_else(bad)?;
+    let n: u32 = n.trim().parse().map_err(|_| bad())?;
+    if n == 0 {
+        return Err(format!("rate `{s}` allows nothing; use a deny rule instead"));
+    }
+    let per = match unit.trim() {
+        "second" | "s" => 1,
+        "minute" | "min" => 60,
+        "hour" | "h" => 3600,
+        "day" | "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    Ok((n, per))
+}
+
 fn suggest<'k>(key: &str, allowed: &[&'k str]) -> Option<&'k str> {
     allowed
         .iter()

@@ -8,6 +8,9 @@ use crate::Resolver;
 pub struct StaticResolver {
     users: Vec<(String, u32, Option<u32>)>,
     groups: Vec<(String, u32)>,
+    files: Vec<(String, Vec<u8>)>,
+    cgroup_prefix: Option<String>,
+    cgroups: Vec<(String, u64)>,
 }
 
 impl StaticResolver {
@@ -24,6 +27,24 @@ impl StaticResolver {
     /// Adds a group.
     pub fn group(mut self, name: &str, gid: u32) -> Self {
         self.groups.push((name.to_string(), gid));
+        self
+    }
+
+    /// Adds a file the policy may name.
+    pub fn file(mut self, path: &str, contents: impl Into<Vec<u8>>) -> Self {
+        self.files.push((path.to_string(), contents.into()));
+        self
+    }
+
+    /// Says where cgroup v2 is mounted (see [`Resolver::cgroup2_prefix`]).
+    pub fn cgroup2(mut self, prefix: &str) -> Self {
+        self.cgroup_prefix = Some(prefix.to_string());
+        self
+    }
+
+    /// Adds an existing cgroup v2 directory (relative to the cgroup v2 root) with its id.
+    pub fn cgroup(mut self, path: &str, id: u64) -> Self {
+        self.cgroups.push((path.trim_matches('/').to_string(), id));
         self
     }
 
@@ -51,5 +72,14 @@ impl Resolver for StaticResolver {
     }
     fn primary_group(&self, uid: u32) -> Option<u32> {
         self.users.iter().find(|u| u.1 == uid).and_then(|u| u.2)
+    }
+    fn read_file(&self, path: &str) -> Result<Vec<u8>, String> {
+        self.files.iter().find(|f| f.0 == path).map(|f| f.1.clone()).ok_or_else(|| format!("{path}: no such file"))
+    }
+    fn cgroup2_prefix(&self) -> Option<String> {
+        self.cgroup_prefix.clone()
+    }
+    fn cgroup_id(&self, path: &str) -> Option<u64> {
+        self.cgroups.iter().find(|c| c.0 == path.trim_matches('/')).map(|c| c.1)
     }
 }

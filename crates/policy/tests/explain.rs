@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use std::net::IpAddr;
 
 fn conn(proto: Proto, dst: &str, port: Option<u16>, uid: u32, gid: u32) -> Connection {
-    Connection { proto, dst: dst.parse().unwrap(), port, uid, gid, name: None }
+    Connection { proto, dst: dst.parse().unwrap(), port, uid, gid, name: None, cgroup: None, at: None }
 }
 
 const POLICY: &str = r#"version = 1
@@ -93,9 +93,8 @@ fn every_kind_of_miss_is_printed_helpfully() {
     assert_eq!(m.to_string(), "192.0.2.9 not in 198.51.100.0/24, 2001:db8::/32");
 
     // A connection without a port never matches a rule with ports.
-    let r =
-        &load_ok("version = 1\n[[rule]]\nname = \"p\"\naction = \"allow\"\nproto = \"tcp\"\nports = [80]\n").rules[0];
-    let m = explain::first_miss(r, &conn(Proto::Tcp, "192.0.2.1", None, 0, 0)).unwrap();
+    let p = load_ok("version = 1\n[[rule]]\nname = \"p\"\naction = \"allow\"\nproto = \"tcp\"\nports = [80]\n");
+    let m = explain::first_miss(&p, &p.rules[0], &conn(Proto::Tcp, "192.0.2.1", None, 0, 0)).unwrap();
     assert_eq!(m.to_string(), "no port, but the rule needs port 80");
 
     // Empty lists show as "(nothing)".

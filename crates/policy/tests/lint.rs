@@ -272,15 +272,15 @@ mod soundness {
                         let (later, earlier) = (index(named[0]), index(named[1]));
                         prop_assert!(earlier < later);
                         for c in &conns {
-                            if first_miss(&p.rules[later], c).is_none() {
-                                prop_assert!(first_miss(&p.rules[earlier], c).is_none(), "{:?} {}", c, d.message);
+                            if first_miss(&p, &p.rules[later], c).is_none() {
+                                prop_assert!(first_miss(&p, &p.rules[earlier], c).is_none(), "{:?} {}", c, d.message);
                             }
                         }
                     }
                     "never-matches" => {
                         let r = &p.rules[index(named[0])];
                         for c in &conns {
-                            prop_assert!(first_miss(r, c).is_some(), "{:?} matches {}", c, d.message);
+                            prop_assert!(first_miss(&p, r, c).is_some(), "{:?} matches {}", c, d.message);
                         }
                     }
                     _ => {}

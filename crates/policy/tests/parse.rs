@@ -53,7 +53,7 @@ fn unknown_key_at_top_level() {
     assert_eq!(got, vec![(1, 1, "missing-key"), (1, 1, "unknown-key")]);
 
     one_error("version = 1\n[rules]\n", 2, 2, "unknown-key", "did you mean `rule`?");
-    one_error("version = 1\nzzz = 3\n", 2, 1, "unknown-key", "expected `version`, `defaults`, `dns`, `rule` or `expect`");
+    one_error("version = 1\nzzz = 3\n", 2, 1, "unknown-key", "expected `version`, `defaults`, `dns`, `set`, `countries`, `rule` or `expect`");
 }
 
 #[test]
@@ -569,6 +569,8 @@ fn full_example_parses_to_the_expected_policy() {
                 let s = span_of(src, "allow_established = true").end - 4;
                 s..s + 4
             }),
+            timezone: None,
+            timezone_span: None,
         },
         rules: vec![
             Rule {
@@ -600,6 +602,17 @@ fn full_example_parses_to_the_expected_policy() {
                     id: 1001,
                     span: span_of(src, "\"developers\""),
                 }]),
+                sets: vec![],
+                countries: vec![],
+                country_ranges: Default::default(),
+                cgroups: None,
+                cgroups_span: None,
+                when: None,
+                when_span: None,
+                rate: None,
+                max_connections: None,
+                limit_per: Default::default(),
+                limit_span: None,
                 log: false,
                 purpose: Some("Name resolution".into()),
                 justification: Some("Every service needs DNS".into()),
@@ -622,6 +635,17 @@ fn full_example_parses_to_the_expected_policy() {
                 allow_private: false,
                 users: None,
                 groups: None,
+                sets: vec![],
+                countries: vec![],
+                country_ranges: Default::default(),
+                cgroups: None,
+                cgroups_span: None,
+                when: None,
+                when_span: None,
+                rate: None,
+                max_connections: None,
+                limit_per: Default::default(),
+                limit_span: None,
                 log: true,
                 purpose: None,
                 justification: None,
@@ -646,6 +670,8 @@ fn full_example_parses_to_the_expected_policy() {
                 group: Some(Principal { name: Some("wheel".into()), id: 10, span: span_of(src, "\"wheel\"") }),
                 uid: 0,
                 gid: 10,
+                cgroup: None,
+                at: None,
                 verdict: Action::Allow,
             },
             Expect {
@@ -658,6 +684,8 @@ fn full_example_parses_to_the_expected_policy() {
                 group: None,
                 uid: 1000,
                 gid: 1000,
+                cgroup: None,
+                at: None,
                 verdict: Action::Deny,
             },
             Expect {
@@ -670,16 +698,20 @@ fn full_example_parses_to_the_expected_policy() {
                 group: None,
                 uid: 0,
                 gid: 0,
+                cgroup: None,
+                at: None,
                 verdict: Action::Deny,
             },
         ],
         dns: Default::default(),
+        sets: vec![],
+        countries: None,
     };
     assert_eq!(p, expected);
     assert_eq!(p.rules[1].effective_protos(), Some(vec![Proto::Tcp, Proto::Udp]));
     assert_eq!(
         p.expects[1].connection(),
-        Connection { proto: Proto::Tcp, dst: "2001:db8::1".parse().unwrap(), port: Some(443), uid: 1000, gid: 1000, name: None }
+        Connection { proto: Proto::Tcp, dst: "2001:db8::1".parse().unwrap(), port: Some(443), uid: 1000, gid: 1000, name: None, cgroup: None, at: None }
     );
 }
 

@@ -9,7 +9,7 @@
 use crate::model::*;
 use ipnet::IpNet;
 use policy::ranges::{merge, net_ranges};
-use policy::{Action, DenyWith, Policy, Proto};
+use policy::{Action, DenyWith, LimitPer, Policy, Proto};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Name of the base chain on the output hook.
@@ -47,11 +47,38 @@ pub fn domain_set_name(rule: &str, family: Family) -> String {
 pub const NDP_SET: &str = "icmpv6_nd";
 pub const NDP_TYPES: [u32; 6] = [133, 134, 135, 136, 137, 143];
 
+/// Name of an interval set holding one family of a `[[set]]`'s addresses. Both families always
+/// exist, so that `leash set update` can fill either whatever the file held at apply time.
+pub fn named_set_name(set: &str, family: Family) -> String {
+    match family {
+        Family::Ipv4 => format!("s_{set}_v4"),
+        Family::Ipv6 => format!("s_{set}_v6"),
+    }
+}
+
+/// Name of the regular chain that holds a limited rule's rate limit and connection count: every
+/// kernel rule of the policy rule jumps there, so the rule has one limiter, not one per family
+/// and protocol.
+pub fn limit_chain_name(rule: &str) -> String {
+    format!("limit_{rule}")
+}
+
+/// Elements a meter (the dynamic set of a per-destination or per-user limit) holds at most.
+pub const METER_SIZE: u32 = 65_535;
+
 /// What the compiler needs besides the policy.
 #[derive(Debug, Clone, Default)]
 pub struct CompileOptions {
     /// Table comment (leash stores the policy hash and path there; see `leash status`).
     pub comment: Option<String>,
+    /// The time of the apply: time windows are projected onto UTC with the offsets the policy's
+    /// time zone has from then on (the daylight-saving periods of the next year, see
+    /// `policy::time::periods`). `None` takes the offsets in force at the Unix epoch.
+    pub now: Option<jiff::Timestamp>,
+    /// Make the kernel, at the real instant `now`, behave as the policy does at the local time
+    /// `at` (`leash test` uses it for expectations with `at`): the windows are shifted by the
+    /// difference, in one period.
+    pub imitate: Option<(jiff::Timestamp, jiff::civil::DateTime)>,
 }
 
 /// Compiles a validated policy into the table leash applies.
@@ -87,8 +114,29 @@ pub fn compile(policy: &Policy, opts: &CompileOptions) -> Table {
         chains.extend(dns_control(policy, &mut sets, &mut rules));
     }
 
+    for set in &policy.sets {
+        for family in [Family::Ipv4, Family::Ipv6] {
+            sets.push(Set {
+                name: named_set_name(&set.name, family),
+                key: if family == Family::Ipv4 { KeyType::Ipv4Addr } else { KeyType::Ipv6Addr },
+                interval: true,
+                timeout: false,
+                dynamic: None,
+                elements: match family {
+                    Family::Ipv4 => SetElements::V4(
+                        set.ranges.v4.iter().map(|&(a, b)| (Ipv4Addr::from(a), Ipv4Addr::from(b))).collect(),
+                    ),
+                    Family::Ipv6 => SetElements::V6(
+                        set.ranges.v6.iter().map(|&(a, b)| (Ipv6Addr::from(a), Ipv6Addr::from(b))).collect(),
+                    ),
+                },
+            });
+        }
+    }
+
+    let mut limit_chains = Vec::new();
     for rule in &policy.rules {
-        compile_rule(policy, rule, &mut sets, &mut rules);
+        compile_rule(policy, rule, opts, &mut sets, &mut rules, &mut limit_chains);
     }
 
     // The default. The chain policy says the same thing, but explicit rules are what count
@@ -112,6 +160,7 @@ pub fn compile(policy: &Policy, opts: &CompileOptions) -> Table {
             rules,
         })
         .chain(chains)
+        .chain(limit_chains)
         .collect(),
     }
 }
@@ -229,16 +278,29 @@ fn l4_of(p: Proto) -> L4 {
     }
 }
 
-fn compile_rule(policy: &Policy, rule: &policy::Rule, sets: &mut Vec<Set>, out: &mut Vec<Rule>) {
+fn compile_rule(
+    policy: &Policy,
+    rule: &policy::Rule,
+    opts: &CompileOptions,
+    sets: &mut Vec<Set>,
+    out: &mut Vec<Rule>,
+    chains: &mut Vec<Chain>,
+) {
     // An empty list is a condition nothing satisfies; the rule compiles to no kernel rule at all
-    // (the linter warns about it).
+    // (the linter warns about it). A cgroup that did not exist at load time has no id to match,
+    // so a rule whose cgroups all are missing matches nothing either.
     let empty = |o: &Option<Vec<_>>| o.as_ref().is_some_and(|v: &Vec<_>| v.is_empty());
     let protos = rule.effective_protos();
     if empty(&protos)
         || rule.ports.as_ref().is_some_and(|v| v.is_empty())
-        || (rule.to.as_ref().is_some_and(|v| v.is_empty()) && rule.domains.is_empty())
+        || (rule.to.as_ref().is_some_and(|v| v.is_empty())
+            && rule.domains.is_empty()
+            && rule.sets.is_empty()
+            && rule.country_ranges.is_empty())
         || rule.users.as_ref().is_some_and(|v| v.is_empty())
         || rule.groups.as_ref().is_some_and(|v| v.is_empty())
+        || rule.cgroups.as_ref().is_some_and(|v| v.iter().all(|c| c.id.is_none()))
+        || rule.when.as_ref().is_some_and(|v| v.is_empty())
     {
         return;
     }
@@ -279,6 +341,36 @@ fn compile_rule(policy: &Policy, rule: &policy::Rule, sets: &mut Vec<Set>, out: 
                     });
                     Value::InSet(set_name("v6"))
                 })));
+            }
+            // Named sets: the shared `s_NAME_v4`/`s_NAME_v6` interval sets.
+            for r in &rule.sets {
+                let Some(named) = policy.sets.get(r.index) else { continue };
+                f.push(Some(Stmt::Daddr4(Value::InSet(named_set_name(&named.name, Family::Ipv4)))));
+                f.push(Some(Stmt::Daddr6(Value::InSet(named_set_name(&named.name, Family::Ipv6)))));
+            }
+            // Countries: the union of the rule's countries, one interval set per family.
+            let c = &rule.country_ranges;
+            if !c.v4.is_empty() {
+                sets.push(Set {
+                    name: set_name("c4"),
+                    key: KeyType::Ipv4Addr,
+                    interval: true,
+                    timeout: false,
+                    dynamic: None,
+                    elements: SetElements::V4(c.v4.iter().map(|&(a, b)| (Ipv4Addr::from(a), Ipv4Addr::from(b))).collect()),
+                });
+                f.push(Some(Stmt::Daddr4(Value::InSet(set_name("c4")))));
+            }
+            if !c.v6.is_empty() {
+                sets.push(Set {
+                    name: set_name("c6"),
+                    key: KeyType::Ipv6Addr,
+                    interval: true,
+                    timeout: false,
+                    dynamic: None,
+                    elements: SetElements::V6(c.v6.iter().map(|&(a, b)| (Ipv6Addr::from(a), Ipv6Addr::from(b))).collect()),
+                });
+                f.push(Some(Stmt::Daddr6(Value::InSet(set_name("c6")))));
             }
             // Addresses the forwarder answered for the rule's names: one timeout set per family,
             // filled at run time (and warmed up at apply), matched like any destination list.
@@ -349,6 +441,26 @@ fn compile_rule(policy: &Policy, rule: &policy::Rule, sets: &mut Vec<Set>, out: 
         }
     };
 
+    // Processes: one kernel rule per cgroup (they may sit at different levels).
+    let cgroups: Vec<Option<Stmt>> = match &rule.cgroups {
+        None => vec![None],
+        Some(list) => list
+            .iter()
+            .filter_map(|c| {
+                c.id.map(|id| Some(Stmt::SocketCgroup { level: c.level(), path: c.nft_path.clone(), id }))
+            })
+            .collect(),
+    };
+    let times: Vec<Vec<Stmt>> = match &rule.when {
+        None => vec![Vec::new()],
+        Some(windows) => time_conditions(policy, windows, opts),
+    };
+    // An allow rule with limits jumps to its own chain, which holds the one limiter of the rule.
+    let limited = rule.action == Action::Allow && (rule.rate.is_some() || rule.max_connections.is_some());
+    if limited {
+        chains.push(limit_chain(policy, rule, sets));
+    }
+
     for fam in &families {
         for proto in &protos {
             // ICMP exists only in IPv4 and ICMPv6 only in IPv6; such pairs can never match.
@@ -375,13 +487,146 @@ fn compile_rule(policy: &Policy, rule: &policy::Rule, sets: &mut Vec<Set>, out: 
             if let Some(v) = &gid {
                 stmts.push(Stmt::SkGid(v.clone()));
             }
-            for mut tail in verdict_rules_for(policy, rule.action, rule.log, &rule.name, *proto) {
-                let mut s = stmts.clone();
-                s.append(&mut tail);
-                out.push(Rule { stmts: s, comment: Some(rule.name.clone()) });
+            for cg in &cgroups {
+                for time in &times {
+                    let mut matched = stmts.clone();
+                    matched.extend(cg.iter().cloned());
+                    matched.extend(time.iter().cloned());
+                    if limited {
+                        matched.push(Stmt::Jump(limit_chain_name(&rule.name)));
+                        out.push(Rule { stmts: matched, comment: Some(rule.name.clone()) });
+                        continue;
+                    }
+                    for mut tail in verdict_rules_for(policy, rule.action, rule.log, &rule.name, *proto) {
+                        let mut s = matched.clone();
+                        s.append(&mut tail);
+                        out.push(Rule { stmts: s, comment: Some(rule.name.clone()) });
+                    }
+                }
             }
         }
     }
+}
+
+/// The regular chain of a limited allow rule: packets under the connection count and the rate
+/// are accepted, the rest denied the way `deny_with` says (and logged when denials are). The
+/// count comes first so that a connection over it takes no token from the rate.
+fn limit_chain(policy: &Policy, rule: &policy::Rule, sets: &mut Vec<Set>) -> Chain {
+    let name = &rule.name;
+    let rate = rule.rate.map(|r| RateLimit {
+        rate: r.count as u64,
+        unit: match r.per_seconds {
+            1 => RateUnit::Second,
+            60 => RateUnit::Minute,
+            3600 => RateUnit::Hour,
+            _ => RateUnit::Day,
+        },
+        burst: r.burst,
+    });
+    let keys: Vec<Option<(MeterKey, &str)>> = match rule.limit_per {
+        LimitPer::Rule => vec![None],
+        LimitPer::Destination => vec![Some((MeterKey::Daddr4, "4")), Some((MeterKey::Daddr6, "6"))],
+        LimitPer::User => vec![Some((MeterKey::SkUid, "u"))],
+    };
+    let mut rules = Vec::new();
+    for key in keys {
+        let mut stmts = Vec::new();
+        if let Some(n) = rule.max_connections {
+            match key {
+                None => stmts.push(Stmt::CtCount(n)),
+                Some((k, suffix)) => {
+                    let set = format!("r_{name}_conn{suffix}");
+                    // Connection counters clean up after their connections close, so their
+                    // elements carry no timeout.
+                    sets.push(meter_set(&set, k, None));
+                    stmts.push(Stmt::Meter { set, key: k, limit: MeterLimit::Count(n) });
+                }
+            }
+        }
+        if let Some(l) = rate {
+            match key {
+                None => stmts.push(Stmt::Limit(l)),
+                Some((k, suffix)) => {
+                    let set = format!("r_{name}_rate{suffix}");
+                    // A limiter forgotten after one idle unit (at least a minute) starts again
+                    // with a full bucket, which is what it would hold by then anyway.
+                    let timeout = (l.unit.seconds() * 1000).max(60_000);
+                    sets.push(meter_set(&set, k, Some(timeout)));
+                    stmts.push(Stmt::Meter { set, key: k, limit: MeterLimit::Rate(l) });
+                }
+            }
+        }
+        stmts.push(Stmt::Counter);
+        if rule.log {
+            stmts.push(Stmt::Log { prefix: log_prefix(Action::Allow, name), group: policy.defaults.log_group });
+        }
+        stmts.push(Stmt::Accept);
+        rules.push(Rule { stmts, comment: Some(name.clone()) });
+    }
+    for tail in verdict_rules_for(policy, Action::Deny, policy.defaults.log_denied || rule.log, name, None) {
+        rules.push(Rule { stmts: tail, comment: Some(name.clone()) });
+    }
+    Chain {
+        name: limit_chain_name(name),
+        kind: ChainType::Regular,
+        hook: Hook::Output,
+        priority: 0,
+        policy: ChainPolicy::Accept,
+        rules,
+    }
+}
+
+fn meter_set(name: &str, key: MeterKey, timeout_ms: Option<u64>) -> Set {
+    Set {
+        name: name.into(),
+        key: key.key_type(),
+        interval: false,
+        timeout: timeout_ms.is_some(),
+        dynamic: Some(Dynamic { size: METER_SIZE, timeout_ms }),
+        elements: match key {
+            MeterKey::Daddr4 => SetElements::V4(Vec::new()),
+            MeterKey::Daddr6 => SetElements::V6(Vec::new()),
+            MeterKey::SkUid => SetElements::Ids(Vec::new()),
+        },
+    }
+}
+
+/// The time conditions of a rule with `when` windows, one list of statements per kernel rule:
+/// each daylight-saving period (bounded by `meta time`) times each UTC slot (`meta day`,
+/// `meta hour`).
+pub fn time_conditions(policy: &Policy, windows: &[policy::Window], opts: &CompileOptions) -> Vec<Vec<Stmt>> {
+    use policy::time::{Period, WEEK, periods, utc_slots};
+    const NS: i64 = 1_000_000_000;
+    let (periods, shift) = match opts.imitate {
+        Some((now, at)) => {
+            // The kernel sees UTC now; the windows must open as they would at local time `at`.
+            let utc_now = (now.as_second() + 4 * policy::time::DAY).rem_euclid(WEEK);
+            let shift = policy::explain::week_second(at) as i64 - utc_now;
+            (vec![Period { from: None, until: None, offset: 0 }], shift)
+        }
+        None => (periods(&policy.time_zone(), opts.now.unwrap_or(jiff::Timestamp::UNIX_EPOCH)), 0),
+    };
+    let mut out = Vec::new();
+    for p in periods {
+        let mut bounds = Vec::new();
+        if let Some(from) = p.from {
+            bounds.push(Stmt::MetaTimeFrom(from * NS));
+        }
+        if let Some(until) = p.until {
+            bounds.push(Stmt::MetaTimeUntil(until * NS));
+        }
+        for slot in utc_slots(windows, p.offset, shift) {
+            let mut s = bounds.clone();
+            if !(slot.first_day == 0 && slot.last_day == 6) {
+                s.push(Stmt::MetaDay { first: slot.first_day, last: slot.last_day });
+            }
+            if !slot.whole_days() {
+                s.push(Stmt::MetaHour { first: slot.first_second, last: slot.last_second });
+            }
+            out.push(s);
+        }
+    }
+    out
 }
 
 /// The tails (counter, log, verdict) a matching packet meets. A reject of unknown protocol needs

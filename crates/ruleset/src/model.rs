@@ -149,6 +149,9 @@ pub enum ChainType {
     Filter,
     /// `type nat`: address rewriting (`redirect`); sees only the first packet of a connection.
     Nat,
+    /// A regular chain, reached only by `jump` from a base chain; its `hook`, `priority` and
+    /// `policy` are not used (a packet no rule decides returns to the rule after the jump).
+    Regular,
 }
 
 impl ChainType {
@@ -156,6 +159,7 @@ impl ChainType {
         match self {
             ChainType::Filter => "filter",
             ChainType::Nat => "nat",
+            ChainType::Regular => "regular",
         }
     }
 }
@@ -350,6 +354,8 @@ pub enum Stmt {
     Counter,
     /// `log prefix "P" group G` (NFLOG).
     Log { prefix: String, group: u16 },
+    /// `jump CHAIN`: continue in the regular chain CHAIN.
+    Jump(String),
     /// `accept`.
     Accept,
     /// `drop`.

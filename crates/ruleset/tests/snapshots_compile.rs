@@ -5,7 +5,7 @@ use ruleset::compile::CompileOptions;
 fn compile_src(src: &str) -> ruleset::Table {
     let (p, diags) = policy::load(src, &policy::StaticResolver::debian_base());
     let p = p.unwrap_or_else(|| panic!("policy has errors: {diags:#?}"));
-    ruleset::compile(&p, &CompileOptions { comment: Some("leash sha256:test /etc/leash/policy.toml".into()) })
+    ruleset::compile(&p, &CompileOptions { comment: Some("leash sha256:test /etc/leash/policy.toml".into()), ..Default::default() })
 }
 
 fn example(name: &str) -> String {

@@ -165,12 +165,41 @@ pub const NFT_META_SKGID: u32 = 11;
 pub const NFT_META_NFTRACE: u32 = 12;
 pub const NFT_META_NFPROTO: u32 = 15;
 pub const NFT_META_L4PROTO: u32 = 16;
+/// `meta time`: the packet's wall-clock time, nanoseconds since the epoch (a host-order u64).
+pub const NFT_META_TIME_NS: u32 = 30;
+/// `meta day`: the weekday in UTC, 0 = Sunday (one byte).
+pub const NFT_META_TIME_DAY: u32 = 31;
+/// `meta hour`: seconds since midnight UTC (a host-order u32).
+pub const NFT_META_TIME_HOUR: u32 = 32;
 
 pub const NFTA_CMP_SREG: u16 = 1;
 pub const NFTA_CMP_OP: u16 = 2;
 pub const NFTA_CMP_DATA: u16 = 3;
 pub const NFT_CMP_EQ: u32 = 0;
 pub const NFT_CMP_NEQ: u32 = 1;
+pub const NFT_CMP_LT: u32 = 2;
+pub const NFT_CMP_LTE: u32 = 3;
+pub const NFT_CMP_GT: u32 = 4;
+pub const NFT_CMP_GTE: u32 = 5;
+
+/// `range` expression: the register is (not) within FROM..=TO, compared bytewise (memcmp), so
+/// the bounds must be big-endian for the order to be numeric.
+pub const NFTA_RANGE_SREG: u16 = 1;
+pub const NFTA_RANGE_OP: u16 = 2;
+pub const NFTA_RANGE_FROM_DATA: u16 = 3;
+pub const NFTA_RANGE_TO_DATA: u16 = 4;
+pub const NFT_RANGE_EQ: u32 = 0;
+pub const NFT_RANGE_NEQ: u32 = 1;
+
+/// `byteorder` expression: converts a register between host and network order (nft puts one
+/// before an ordered comparison of a host-order value, as cmp and range compare bytewise).
+pub const NFTA_BYTEORDER_SREG: u16 = 1;
+pub const NFTA_BYTEORDER_DREG: u16 = 2;
+pub const NFTA_BYTEORDER_OP: u16 = 3;
+pub const NFTA_BYTEORDER_LEN: u16 = 4;
+pub const NFTA_BYTEORDER_SIZE: u16 = 5;
+pub const NFT_BYTEORDER_NTOH: u32 = 0;
+pub const NFT_BYTEORDER_HTON: u32 = 1;
 
 pub const NFTA_PAYLOAD_DREG: u16 = 1;
 pub const NFTA_PAYLOAD_BASE: u16 = 2;
@@ -210,6 +239,51 @@ pub const NFTA_REJECT_ICMP_CODE: u16 = 2;
 pub const NFT_REJECT_TCP_RST: u32 = 1;
 pub const NFT_REJECT_ICMPX_UNREACH: u32 = 2;
 pub const NFT_REJECT_ICMPX_ADMIN_PROHIBITED: u8 = 3;
+
+/// `limit` expression (`limit rate N/UNIT burst B packets`).
+pub const NFTA_LIMIT_RATE: u16 = 1;
+/// The unit in seconds (be64).
+pub const NFTA_LIMIT_UNIT: u16 = 2;
+pub const NFTA_LIMIT_BURST: u16 = 3;
+pub const NFTA_LIMIT_TYPE: u16 = 4;
+pub const NFTA_LIMIT_FLAGS: u16 = 5;
+/// `NFT_LIMIT_PKTS`: the rate counts packets (`NFT_LIMIT_PKT_BYTES` would count bytes).
+pub const NFT_LIMIT_PKTS: u32 = 0;
+/// `NFT_LIMIT_F_INV`: `limit rate over`, which leash never uses.
+pub const NFT_LIMIT_F_INV: u32 = 1;
+
+/// `connlimit` expression (`ct count N`).
+pub const NFTA_CONNLIMIT_COUNT: u16 = 1;
+pub const NFTA_CONNLIMIT_FLAGS: u16 = 2;
+/// `NFT_CONNLIMIT_F_INV`: `ct count over N`, which leash never uses.
+pub const NFT_CONNLIMIT_F_INV: u32 = 1;
+
+/// `socket` expression (`socket cgroupv2 level L`).
+pub const NFTA_SOCKET_KEY: u16 = 1;
+pub const NFTA_SOCKET_DREG: u16 = 2;
+pub const NFTA_SOCKET_LEVEL: u16 = 3;
+/// The id (inode number) of the socket's cgroup v2 ancestor at the given level (a host-order u64).
+pub const NFT_SOCKET_CGROUPV2: u32 = 3;
+/// Deepest level the kernel accepts for `socket cgroupv2` (it answers EOPNOTSUPP above).
+pub const NFT_SOCKET_MAX_LEVEL: u32 = 255;
+
+/// `dynset` expression (`add @set { KEY STMT }`, `update @set { KEY STMT }`).
+pub const NFTA_DYNSET_SET_NAME: u16 = 1;
+pub const NFTA_DYNSET_SET_ID: u16 = 2;
+pub const NFTA_DYNSET_OP: u16 = 3;
+pub const NFTA_DYNSET_SREG_KEY: u16 = 4;
+pub const NFTA_DYNSET_SREG_DATA: u16 = 5;
+/// A timeout for elements this statement adds; nft sends it only for `add @s { KEY timeout T }`.
+pub const NFTA_DYNSET_TIMEOUT: u16 = 6;
+/// One stateful expression given to each element (`NAME` + `DATA`, not a list); nft 1.0.6 uses
+/// it for a single statement and `NFTA_DYNSET_EXPRESSIONS` only for several.
+pub const NFTA_DYNSET_EXPR: u16 = 7;
+pub const NFTA_DYNSET_FLAGS: u16 = 9;
+pub const NFTA_DYNSET_EXPRESSIONS: u16 = 10;
+/// Adds the element if missing; an existing one keeps its expiry.
+pub const NFT_DYNSET_OP_ADD: u32 = 0;
+/// Adds the element if missing, and restarts an existing one's timeout.
+pub const NFT_DYNSET_OP_UPDATE: u32 = 1;
 
 pub const NFTA_IMMEDIATE_DREG: u16 = 1;
 pub const NFTA_IMMEDIATE_DATA: u16 = 2;
@@ -258,14 +332,23 @@ pub const NFTA_SET_NAME: u16 = 2;
 pub const NFTA_SET_FLAGS: u16 = 3;
 pub const NFTA_SET_KEY_TYPE: u16 = 4;
 pub const NFTA_SET_KEY_LEN: u16 = 5;
-/// A default timeout for the set's elements (nft sends it only for `timeout T` in the set; leash never).
-pub const NFTA_SET_TIMEOUT: u16 = 11;
+/// Nested set description; leash sends only [`NFTA_SET_DESC_SIZE`] (`size N`).
+pub const NFTA_SET_DESC: u16 = 9;
 pub const NFTA_SET_ID: u16 = 10;
+/// A default timeout in milliseconds (be64) for elements added without one: nft sends it for
+/// `timeout T` in the set; leash does for dynamic sets with a timeout.
+pub const NFTA_SET_TIMEOUT: u16 = 11;
 pub const NFTA_SET_USERDATA: u16 = 13;
+
+/// The most elements the set may hold (be32), in [`NFTA_SET_DESC`].
+pub const NFTA_SET_DESC_SIZE: u16 = 1;
 
 pub const NFT_SET_INTERVAL: u32 = 0x4;
 /// Elements may carry a timeout (`flags timeout`).
 pub const NFT_SET_TIMEOUT: u32 = 0x10;
+/// `flags dynamic`: the packet path adds elements (dynset); nft sets it for any set a rule
+/// updates, declared or not.
+pub const NFT_SET_EVAL: u32 = 0x20;
 
 pub const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 pub const NFTA_SET_ELEM_LIST_SET: u16 = 2;

@@ -29,7 +29,8 @@
 //! element expires after its timeout anyway).
 
 use ruleset::{
-    Chain, ChainPolicy, ChainType, Hook, KeyType, L4, Rule, Set, SetElements, Stmt, Table, Value,
+    Chain, ChainPolicy, ChainType, Hook, KeyType, L4, MeterLimit, RateLimit, Rule, Set,
+    SetElements, Stmt, Table, Value,
 };
 
 use super::consts::*;
@@ -312,20 +313,26 @@ fn key_byteorder(k: KeyType) -> u32 {
     }
 }
 
-/// `NFTA_SET_FLAGS` of a set.
+/// The interval and timeout bits of a set's `NFTA_SET_FLAGS` (what verification compares). A
+/// dynamic set with a default timeout has the timeout flag too, as nft gives it for `timeout T`.
 pub(crate) fn set_flags(set: &Set) -> u32 {
     let mut flags = 0;
     if set.interval {
         flags |= NFT_SET_INTERVAL;
     }
-    if set.timeout {
+    if set.timeout || set.dynamic.is_some_and(|d| d.timeout_ms.is_some()) {
         flags |= NFT_SET_TIMEOUT;
     }
     flags
 }
 
+/// `NFTA_SET_FLAGS` as sent: [`set_flags`] and, for a meter's set, `flags dynamic`.
+pub(crate) fn set_flags_sent(set: &Set) -> u32 {
+    set_flags(set) | if set.dynamic.is_some() { NFT_SET_EVAL } else { 0 }
+}
+
 fn encode_set(e: &mut Encoder, table: &str, set: &Set, id: u32) -> Result<(), Error> {
-    let flags = set_flags(set);
+    let flags = set_flags_sent(set);
     e.nft(
         NFT_MSG_NEWSET,
         NLM_F_CREATE | NLM_F_EXCL,
@@ -337,6 +344,15 @@ fn encode_set(e: &mut Encoder, table: &str, set: &Set, id: u32) -> Result<(), Er
             b.attr_be32(NFTA_SET_KEY_TYPE, key_type_id(set.key));
             b.attr_be32(NFTA_SET_KEY_LEN, set.key.key_len() as u32);
             b.attr_be32(NFTA_SET_ID, id);
+            // `size N` and `timeout T` of a dynamic set, where libnftnl puts them.
+            if let Some(d) = &set.dynamic {
+                let desc = b.begin_nested(NFTA_SET_DESC);
+                b.attr_be32(NFTA_SET_DESC_SIZE, d.size);
+                b.end_nested(desc);
+                if let Some(ms) = d.timeout_ms {
+                    b.attr_be64(NFTA_SET_TIMEOUT, ms);
+                }
+            }
             b.attr(
                 NFTA_SET_USERDATA,
                 &udata_u32(NFTNL_UDATA_SET_KEYBYTEORDER, key_byteorder(set.key)),
@@ -590,6 +606,10 @@ fn encode_chain(e: &mut Encoder, table: &str, chain: &Chain) -> Result<(), Error
         |b| {
             b.attr_str(NFTA_CHAIN_TABLE, table);
             b.attr_str(NFTA_CHAIN_NAME, &chain.name);
+            // A regular chain has no type, hook or policy: nft sends only its name.
+            if chain.kind == ChainType::Regular {
+                return;
+            }
             b.attr_str(NFTA_CHAIN_TYPE, chain.kind.nft_name());
             b.attr_be32(NFTA_CHAIN_POLICY, policy);
             let h = b.begin_nested(NFTA_CHAIN_HOOK);
@@ -695,6 +715,7 @@ pub(crate) fn validate(table: &Table) -> Result<(), Error> {
                 {
                     return bad(format!("{}: {} has no ports", at(), l4.nft_name()));
                 }
+                check_stmt(table, s).map_err(|m| Error::Invalid(format!("{}: {m}", at())))?;
                 let (name, want) = match s {
                     Stmt::Dport {
                         value: Value::InSet(n),
@@ -736,6 +757,129 @@ pub(crate) fn validate(table: &Table) -> Result<(), Error> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Checks a time, rate, connection-count, cgroup or meter statement against what nft can write
+/// and the kernel accepts; the message says what is wrong (the caller adds where).
+fn check_stmt(table: &Table, s: &Stmt) -> Result<(), String> {
+    match s {
+        Stmt::MetaDay { first, last } => {
+            if u32::from(*first.max(last)) > ruleset::render::DAY_MAX {
+                return Err(format!(
+                    "meta day {first}-{last}: weekdays are 0 (Sunday) to 6 (Saturday)"
+                ));
+            }
+        }
+        Stmt::MetaHour { first, last } => {
+            if *first.max(last) > ruleset::render::HOUR_MAX {
+                return Err(format!(
+                    "meta hour {first}-{last}: a second of the day is 0 to {}",
+                    ruleset::render::HOUR_MAX
+                ));
+            }
+        }
+        Stmt::MetaTimeFrom(ns) | Stmt::MetaTimeUntil(ns) => {
+            // The kernel compares an unsigned u64, so an instant before 1970 would wrap to the
+            // far future; nft writes whole seconds only, so the text could not say more.
+            if *ns < 0 || *ns % 1_000_000_000 != 0 {
+                return Err(format!(
+                    "meta time {ns} ns: must be a whole second at or after 1970-01-01 00:00:00 UTC"
+                ));
+            }
+        }
+        Stmt::Limit(l) => check_rate(l)?,
+        Stmt::CtCount(_) => {}
+        Stmt::SocketCgroup { level, path, id } => {
+            if *level > NFT_SOCKET_MAX_LEVEL {
+                return Err(format!(
+                    "socket cgroupv2 level {level}: the kernel supports levels up to {NFT_SOCKET_MAX_LEVEL}"
+                ));
+            }
+            // The path is only text (the kernel compares `id`), but it must survive nft's
+            // quoting for the rendered script to load.
+            if path.is_empty() || path.contains(['"', '\0', '\n']) {
+                return Err(format!(
+                    "socket cgroupv2 path {path:?}: must be non-empty, without quotes or line breaks"
+                ));
+            }
+            if *id == 0 {
+                return Err(format!("socket cgroupv2 \"{path}\": cgroup id 0 names no cgroup"));
+            }
+        }
+        Stmt::Meter { set, key, limit } => {
+            let Some(m) = table.sets.iter().find(|x| &x.name == set) else {
+                return Err(format!("uses set @{set}, which the table does not define"));
+            };
+            if m.dynamic.is_none() {
+                // nft would make the set dynamic on its own, and the table would then list
+                // differently from the model.
+                return Err(format!(
+                    "a meter needs a dynamic set, and set @{set} is not (Set::dynamic is None)"
+                ));
+            }
+            if m.key != key.key_type() {
+                return Err(format!(
+                    "set @{set} holds {}, but the meter's key is {}",
+                    m.key.nft_name(),
+                    key.key_type().nft_name()
+                ));
+            }
+            match limit {
+                MeterLimit::Rate(l) => check_rate(l)?,
+                MeterLimit::Count(_) => {
+                    if set_flags(m) & NFT_SET_TIMEOUT != 0 {
+                        // The kernel answers EOPNOTSUPP: a connection counter is removed by
+                        // the kernel's own garbage collection once its connections are gone,
+                        // never by a timeout.
+                        return Err(format!(
+                            "ct count in set @{set}: a set of connection counters cannot have a timeout"
+                        ));
+                    }
+                }
+            }
+            // One set holds one kind of element: a limiter or a counter, not both.
+            let other_kind = table
+                .chains
+                .iter()
+                .flat_map(|c| &c.rules)
+                .flat_map(|r| &r.stmts)
+                .any(|o| match o {
+                    Stmt::Meter {
+                        set: s2, limit: l2, ..
+                    } => {
+                        s2 == set
+                            && matches!(l2, MeterLimit::Rate(_)) != matches!(limit, MeterLimit::Rate(_))
+                    }
+                    _ => false,
+                });
+            if other_kind {
+                return Err(format!(
+                    "set @{set} is used both for rate limits and for ct count; give each its own set"
+                ));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// What the kernel's `nft_limit_init` accepts (it answers EINVAL or EOVERFLOW otherwise), plus
+/// nft's "packet limit burst must be > 0" (the kernel would silently turn 0 into 5).
+fn check_rate(l: &RateLimit) -> Result<(), String> {
+    let what = || format!("limit rate {}/{} burst {}", l.rate, l.unit.nft_name(), l.burst);
+    if l.rate == 0 || l.burst == 0 {
+        return Err(format!("{}: rate and burst must be at least 1", what()));
+    }
+    let nsecs = l.unit.seconds() * 1_000_000_000;
+    let fits = l.rate.checked_add(u64::from(l.burst)).is_some()
+        && (nsecs / l.rate).checked_mul(u64::from(l.burst)).is_some();
+    if !fits {
+        return Err(format!(
+            "{}: the bucket overflows the kernel's 64-bit token count (lower the burst)",
+            what()
+        ));
     }
     Ok(())
 }
@@ -790,6 +934,32 @@ fn check_set(s: &Set) -> Result<(), Error> {
             "elements do not match key type {}",
             s.key.nft_name()
         ));
+    }
+    if let Some(d) = &s.dynamic {
+        // A meter's set: the packet path fills it, each element with its own limiter or counter.
+        if s.interval {
+            // The kernel answers EOPNOTSUPP: interval sets cannot be updated from the packet path.
+            return bad("a dynamic set cannot have flags interval");
+        }
+        if s.timeout {
+            // `timeout` marks the DNS forwarder's sets, whose elements `leash apply` carries
+            // over; a meter's timeout is `Dynamic::timeout_ms`.
+            return bad(
+                "a dynamic set takes its timeout from Dynamic::timeout_ms, not Set::timeout (which marks DNS answer sets)",
+            );
+        }
+        if !s.elements.is_empty() {
+            return bad("a dynamic set starts empty (its elements come from the packet path)");
+        }
+        if d.size == 0 {
+            return bad("a dynamic set needs a size of at least 1");
+        }
+        if let Some(ms) = d.timeout_ms
+            && !(1..=MAX_TIMEOUT_MS).contains(&ms)
+        {
+            return bad(&format!("timeout must be 1 to {MAX_TIMEOUT_MS} ms"));
+        }
+        return Ok(());
     }
     if s.timeout && s.interval {
         // nft allows it, but leash's interval encoding carries no timeouts.

@@ -8,7 +8,8 @@
 //! leash's statements can produce (checked against `nft --debug=netlink` by the oracle tests).
 
 use ipnet::IpNet;
-use ruleset::{Family, L4, Stmt, Value};
+use ruleset::render::{CyclicMatch, DAY_MAX, HOUR_MAX, cyclic_match};
+use ruleset::{Family, L4, MeterKey, MeterLimit, RateLimit, Stmt, Value};
 
 use super::consts::*;
 use crate::nl::MsgBuf;
@@ -38,14 +39,111 @@ pub(crate) fn encode_stmts<'a>(
     let mut ctx = ProtoCtx::default();
     for s in stmts {
         match s {
-            Stmt::MetaDay { .. }
-            | Stmt::MetaHour { .. }
-            | Stmt::MetaTimeFrom(_)
-            | Stmt::MetaTimeUntil(_)
-            | Stmt::Limit(_)
-            | Stmt::CtCount(_)
-            | Stmt::SocketCgroup { .. }
-            | Stmt::Meter { .. } => unimplemented!("encoding of {s:?}"),
+            Stmt::MetaDay { first, last } => {
+                // The weekday is one byte, so a bytewise comparison is a numeric one: no
+                // byteorder, even for the ordered comparisons of a range.
+                meta_load(b, NFT_META_TIME_DAY);
+                match cyclic_match(u32::from(*first), u32::from(*last), DAY_MAX) {
+                    CyclicMatch::Eq(d) => cmp(b, NFT_CMP_EQ, &[d as u8]),
+                    CyclicMatch::Ne(d) => cmp(b, NFT_CMP_NEQ, &[d as u8]),
+                    CyclicMatch::Range(lo, hi) => {
+                        cmp(b, NFT_CMP_GTE, &[lo as u8]);
+                        cmp(b, NFT_CMP_LTE, &[hi as u8]);
+                    }
+                    CyclicMatch::NotRange(lo, hi) => {
+                        range(b, NFT_RANGE_NEQ, &[lo as u8], &[hi as u8]);
+                    }
+                }
+            }
+            Stmt::MetaHour { first, last } => {
+                // The kernel stores the second of the day as a host-order u32. An equality is
+                // compared as is; for an ordered comparison (cmp gte/lte, range) nft first turns
+                // the register big-endian, since the kernel compares bytes.
+                meta_load(b, NFT_META_TIME_HOUR);
+                match cyclic_match(*first, *last, HOUR_MAX) {
+                    CyclicMatch::Eq(t) => cmp(b, NFT_CMP_EQ, &t.to_ne_bytes()),
+                    CyclicMatch::Ne(t) => cmp(b, NFT_CMP_NEQ, &t.to_ne_bytes()),
+                    CyclicMatch::Range(lo, hi) => {
+                        hton(b, 4);
+                        cmp(b, NFT_CMP_GTE, &lo.to_be_bytes());
+                        cmp(b, NFT_CMP_LTE, &hi.to_be_bytes());
+                    }
+                    CyclicMatch::NotRange(lo, hi) => {
+                        hton(b, 4);
+                        range(b, NFT_RANGE_NEQ, &lo.to_be_bytes(), &hi.to_be_bytes());
+                    }
+                }
+            }
+            // `meta time` is a host-order u64 of nanoseconds; `>=` and `<` are ordered, so
+            // byteorder first, as for hours. Validation has made sure the instant is not negative.
+            Stmt::MetaTimeFrom(ns) => {
+                meta_load(b, NFT_META_TIME_NS);
+                hton(b, 8);
+                cmp(b, NFT_CMP_GTE, &(*ns as u64).to_be_bytes());
+            }
+            Stmt::MetaTimeUntil(ns) => {
+                meta_load(b, NFT_META_TIME_NS);
+                hton(b, 8);
+                cmp(b, NFT_CMP_LT, &(*ns as u64).to_be_bytes());
+            }
+            Stmt::Limit(l) => expr(b, "limit", |b| limit_data(b, l)),
+            Stmt::CtCount(n) => expr(b, "connlimit", |b| connlimit_data(b, *n)),
+            Stmt::SocketCgroup { level, id, .. } => {
+                // nft resolves the path to the directory's inode number, which is the cgroup
+                // id the kernel compares (a host-order u64) with the socket's ancestor at `level`.
+                expr(b, "socket", |b| {
+                    b.attr_be32(NFTA_SOCKET_KEY, NFT_SOCKET_CGROUPV2);
+                    b.attr_be32(NFTA_SOCKET_DREG, NFT_REG_1);
+                    b.attr_be32(NFTA_SOCKET_LEVEL, *level);
+                });
+                cmp(b, NFT_CMP_EQ, &id.to_ne_bytes());
+            }
+            Stmt::Meter {
+                set: name,
+                key,
+                limit,
+            } => {
+                // The key is loaded as the same match would load it (with its protocol
+                // dependency), then the dynset adds or updates the element and runs the
+                // element's own limiter or counter, which breaks the rule when exceeded.
+                match key {
+                    MeterKey::Daddr4 => {
+                        if ctx.net != Some(Family::Ipv4) {
+                            nfproto(b, Family::Ipv4);
+                            ctx.net = Some(Family::Ipv4);
+                        }
+                        payload(b, NFT_PAYLOAD_NETWORK_HEADER, 16, 4);
+                    }
+                    MeterKey::Daddr6 => {
+                        if ctx.net != Some(Family::Ipv6) {
+                            nfproto(b, Family::Ipv6);
+                            ctx.net = Some(Family::Ipv6);
+                        }
+                        payload(b, NFT_PAYLOAD_NETWORK_HEADER, 24, 16);
+                    }
+                    MeterKey::SkUid => meta_load(b, NFT_META_SKUID),
+                }
+                // nft writes `update` for a limiter (an active key keeps its element, and its
+                // timeout restarts) and `add` for a counter (its set has no timeouts).
+                let op = match limit {
+                    MeterLimit::Rate(_) => NFT_DYNSET_OP_UPDATE,
+                    MeterLimit::Count(_) => NFT_DYNSET_OP_ADD,
+                };
+                let (set_name, set_id) = set(name).map_or(("", 0), |s| (s.name, s.id));
+                expr(b, "dynset", |b| {
+                    b.attr_be32(NFTA_DYNSET_SREG_KEY, NFT_REG_1);
+                    b.attr_be32(NFTA_DYNSET_OP, op);
+                    b.attr_str(NFTA_DYNSET_SET_NAME, set_name);
+                    b.attr_be32(NFTA_DYNSET_SET_ID, set_id);
+                    // One statement: nft 1.0.6 sends NFTA_DYNSET_EXPR (name + data, no list).
+                    let x = b.begin_nested(NFTA_DYNSET_EXPR);
+                    match limit {
+                        MeterLimit::Rate(l) => expr_body(b, "limit", |b| limit_data(b, l)),
+                        MeterLimit::Count(n) => expr_body(b, "connlimit", |b| connlimit_data(b, *n)),
+                    }
+                    b.end_nested(x);
+                });
+            }
             Stmt::OifLoopback => {
                 meta_load(b, NFT_META_OIF);
                 cmp(b, NFT_CMP_EQ, &LOOPBACK_IFINDEX.to_ne_bytes());
@@ -168,6 +266,15 @@ pub(crate) fn encode_stmts<'a>(
                 b.attr_str(NFTA_LOG_PREFIX, prefix);
                 b.attr_be16(NFTA_LOG_GROUP, *group);
             }),
+            Stmt::Jump(chain) => expr(b, "immediate", |b| {
+                b.attr_be32(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
+                let d = b.begin_nested(NFTA_IMMEDIATE_DATA);
+                let v = b.begin_nested(NFTA_DATA_VERDICT);
+                b.attr_be32(NFTA_VERDICT_CODE, NFT_JUMP as u32);
+                b.attr_str(NFTA_VERDICT_CHAIN, chain);
+                b.end_nested(v);
+                b.end_nested(d);
+            }),
             Stmt::Accept => verdict(b, NF_ACCEPT),
             Stmt::Drop => verdict(b, NF_DROP),
             Stmt::RejectTcpReset => {
@@ -194,11 +301,58 @@ pub(crate) const LOOPBACK_IFINDEX: u32 = 1;
 /// One `NFTA_LIST_ELEM { NFTA_EXPR_NAME, NFTA_EXPR_DATA { ... } }`.
 pub(crate) fn expr(b: &mut MsgBuf, name: &str, data: impl FnOnce(&mut MsgBuf)) {
     let elem = b.begin_nested(NFTA_LIST_ELEM);
+    expr_body(b, name, data);
+    b.end_nested(elem);
+}
+
+/// `NFTA_EXPR_NAME, NFTA_EXPR_DATA { ... }`: an expression without the list element around it
+/// (inside a rule's list, or alone in `NFTA_DYNSET_EXPR`).
+fn expr_body(b: &mut MsgBuf, name: &str, data: impl FnOnce(&mut MsgBuf)) {
     b.attr_str(NFTA_EXPR_NAME, name);
     let d = b.begin_nested(NFTA_EXPR_DATA);
     data(b);
     b.end_nested(d);
-    b.end_nested(elem);
+}
+
+/// The data of a `limit` expression: packets per unit (the unit in seconds), not inverted.
+fn limit_data(b: &mut MsgBuf, l: &RateLimit) {
+    b.attr_be64(NFTA_LIMIT_RATE, l.rate);
+    b.attr_be64(NFTA_LIMIT_UNIT, l.unit.seconds());
+    b.attr_be32(NFTA_LIMIT_BURST, l.burst);
+    b.attr_be32(NFTA_LIMIT_TYPE, NFT_LIMIT_PKTS);
+    b.attr_be32(NFTA_LIMIT_FLAGS, 0);
+}
+
+/// The data of a `connlimit` expression (`ct count N`, not inverted).
+fn connlimit_data(b: &mut MsgBuf, count: u32) {
+    b.attr_be32(NFTA_CONNLIMIT_COUNT, count);
+    b.attr_be32(NFTA_CONNLIMIT_FLAGS, 0);
+}
+
+/// `range` on register 1: matches when the register is (op EQ) or is not (op NEQ) within
+/// `from..=to`, compared bytewise.
+fn range(b: &mut MsgBuf, op: u32, from: &[u8], to: &[u8]) {
+    expr(b, "range", |b| {
+        b.attr_be32(NFTA_RANGE_SREG, NFT_REG_1);
+        b.attr_be32(NFTA_RANGE_OP, op);
+        let f = b.begin_nested(NFTA_RANGE_FROM_DATA);
+        b.attr(NFTA_DATA_VALUE, from);
+        b.end_nested(f);
+        let t = b.begin_nested(NFTA_RANGE_TO_DATA);
+        b.attr(NFTA_DATA_VALUE, to);
+        b.end_nested(t);
+    });
+}
+
+/// Register 1 from host to network order in place, as one value of `size` bytes.
+fn hton(b: &mut MsgBuf, size: u32) {
+    expr(b, "byteorder", |b| {
+        b.attr_be32(NFTA_BYTEORDER_SREG, NFT_REG_1);
+        b.attr_be32(NFTA_BYTEORDER_DREG, NFT_REG_1);
+        b.attr_be32(NFTA_BYTEORDER_OP, NFT_BYTEORDER_HTON);
+        b.attr_be32(NFTA_BYTEORDER_LEN, size);
+        b.attr_be32(NFTA_BYTEORDER_SIZE, size);
+    });
 }
 
 fn meta_load(b: &mut MsgBuf, key: u32) {

@@ -1,8 +1,15 @@
-//! Tables used by several kernel tests, each with the nft text that means the same.
+//! Tables used by several kernel tests, each with the nft text that means the same; nft run with
+//! `TZ=UTC`; and throwaway cgroup v2 directories for `socket cgroupv2`.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 
+use kernel::netns::NetNs;
 use ruleset::*;
 
 pub fn chain(policy: ChainPolicy, rules: Vec<Rule>) -> Chain {
@@ -43,7 +50,8 @@ pub fn set(name: &str, key: KeyType, elements: SetElements) -> Set {
     }
 }
 
-/// A table with every statement kind and every set kind, and its nft text.
+/// A table with every statement kind and every set kind except those that need a cgroup
+/// directory or dynamic sets (see [`every_new_stmt`]), and its nft text (load it with `TZ=UTC`).
 pub fn every_stmt() -> (Table, String) {
     use Stmt::*;
     let table = Table {
@@ -156,6 +164,23 @@ pub fn every_stmt() -> (Table, String) {
                     ],
                     None,
                 ),
+                rule(
+                    vec![
+                        MetaDay { first: 1, last: 5 },
+                        MetaHour {
+                            first: 8 * 3600,
+                            last: 18 * 3600 - 1,
+                        },
+                        Limit(RateLimit {
+                            rate: 100,
+                            unit: RateUnit::Second,
+                            burst: 50,
+                        }),
+                        CtCount(64),
+                        Accept,
+                    ],
+                    Some("office"),
+                ),
                 rule(vec![L4proto(L4::Tcp), RejectTcpReset], Some("reject")),
                 rule(vec![Counter, RejectAdminProhibited], Some("default")),
             ],
@@ -183,12 +208,440 @@ pub fn every_stmt() -> (Table, String) {
     icmpv6 type 135 accept
     meta nfproto ipv6 meta l4proto ipv6-icmp accept
     meta l4proto icmp counter log prefix "leash drop " group 5 drop
+    meta day 1-5 meta hour "08:00"-"17:59:59" limit rate 100/second burst 50 packets ct count 64 accept comment "office"
     meta l4proto tcp reject with tcp reset comment "reject"
     counter reject with icmpx admin-prohibited comment "default"
   }
 }
 "#;
     (table, text.to_string())
+}
+
+/// Seconds since the epoch of 2024-03-31 01:00:00 UTC (a daylight-saving change in Europe).
+pub const DST_START_2024: i64 = 1_711_846_800;
+/// 2024-10-27 01:00:00 UTC.
+pub const DST_END_2024: i64 = 1_729_990_800;
+
+pub fn rate(rate: u64, unit: RateUnit, burst: u32) -> RateLimit {
+    RateLimit { rate, unit, burst }
+}
+
+/// An empty dynamic set (a meter's).
+pub fn dynamic_set(name: &str, key: KeyType, size: u32, timeout_ms: Option<u64>) -> Set {
+    let elements = match key {
+        KeyType::Ipv4Addr => SetElements::V4(vec![]),
+        KeyType::Ipv6Addr => SetElements::V6(vec![]),
+        _ => SetElements::Ids(vec![]),
+    };
+    Set {
+        name: name.into(),
+        key,
+        interval: false,
+        timeout: false,
+        dynamic: Some(Dynamic { size, timeout_ms }),
+        elements,
+    }
+}
+
+/// The statements of time windows, rates, connection counts, cgroups and meters, each in every
+/// shape nft encodes differently, and their nft text (hand-written, as nft 1.0.6 lists them;
+/// loaded with `TZ=UTC`). `cg` is the cgroup the `socket cgroupv2` rule names: nft resolves its
+/// path when it loads the text, so it must exist then.
+pub fn every_new_stmt(cg: &TestCgroup) -> (Table, String) {
+    use Stmt::*;
+    let h = |hh: u32, mm: u32, ss: u32| hh * 3600 + mm * 60 + ss;
+    let ns = |secs: i64| secs * 1_000_000_000;
+    let meter = |set: &str, key, limit| Meter {
+        set: set.into(),
+        key,
+        limit,
+    };
+    let table = Table {
+        name: TABLE_NAME.into(),
+        comment: Some("limits".into()),
+        sets: vec![
+            dynamic_set("m4", KeyType::Ipv4Addr, 65535, Some(60_000)),
+            dynamic_set("m6", KeyType::Ipv6Addr, 1024, None),
+            dynamic_set("mu", KeyType::Uid, 100, Some(30_500)),
+            dynamic_set("c4", KeyType::Ipv4Addr, 65535, None),
+            dynamic_set("cu", KeyType::Uid, 16, None),
+        ],
+        chains: vec![chain(
+            ChainPolicy::Accept,
+            vec![
+                rule(vec![MetaDay { first: 1, last: 5 }, Accept], Some("weekdays")),
+                rule(vec![MetaDay { first: 3, last: 3 }, Accept], None),
+                rule(vec![MetaDay { first: 6, last: 1 }, Accept], Some("weekend")),
+                rule(vec![MetaDay { first: 4, last: 2 }, Accept], None),
+                rule(vec![MetaDay { first: 1, last: 0 }, Accept], None),
+                rule(vec![MetaDay { first: 0, last: 6 }, Accept], None),
+                rule(
+                    vec![
+                        MetaHour {
+                            first: h(9, 0, 0),
+                            last: h(17, 30, 5),
+                        },
+                        Accept,
+                    ],
+                    Some("office"),
+                ),
+                rule(
+                    vec![
+                        MetaHour {
+                            first: h(12, 0, 0),
+                            last: h(12, 0, 0),
+                        },
+                        Accept,
+                    ],
+                    None,
+                ),
+                rule(
+                    vec![
+                        MetaHour {
+                            first: h(22, 0, 0),
+                            last: h(5, 59, 59),
+                        },
+                        Accept,
+                    ],
+                    Some("night"),
+                ),
+                rule(vec![MetaHour { first: 10, last: 8 }, Accept], None),
+                rule(
+                    vec![
+                        MetaHour {
+                            first: h(23, 59, 59),
+                            last: h(23, 59, 58),
+                        },
+                        Accept,
+                    ],
+                    None,
+                ),
+                rule(
+                    vec![
+                        MetaDay { first: 1, last: 5 },
+                        MetaHour {
+                            first: h(8, 0, 0),
+                            last: h(18, 59, 59),
+                        },
+                        MetaTimeFrom(ns(DST_START_2024)),
+                        MetaTimeUntil(ns(DST_END_2024)),
+                        Accept,
+                    ],
+                    Some("summer"),
+                ),
+                rule(vec![MetaTimeFrom(0), Accept], None),
+                rule(
+                    vec![Limit(rate(10, RateUnit::Minute, 5)), Accept],
+                    Some("rate"),
+                ),
+                rule(
+                    vec![
+                        Limit(rate(7, RateUnit::Second, 3)),
+                        Limit(rate(1, RateUnit::Hour, 1)),
+                        Limit(rate(86_400, RateUnit::Day, 100_000)),
+                        Accept,
+                    ],
+                    None,
+                ),
+                rule(
+                    vec![
+                        Dport {
+                            l4: L4::Tcp,
+                            value: Value::Eq(443),
+                        },
+                        CtCount(4),
+                        Accept,
+                    ],
+                    Some("conns"),
+                ),
+                rule(vec![CtCount(0), Drop], None),
+                rule(
+                    vec![
+                        SocketCgroup {
+                            level: cg.level,
+                            path: cg.nft_path.clone(),
+                            id: cg.id,
+                        },
+                        Counter,
+                        Accept,
+                    ],
+                    Some("service"),
+                ),
+                rule(
+                    vec![
+                        meter(
+                            "m4",
+                            MeterKey::Daddr4,
+                            MeterLimit::Rate(rate(10, RateUnit::Second, 5)),
+                        ),
+                        Accept,
+                    ],
+                    Some("per-destination"),
+                ),
+                rule(
+                    vec![
+                        Daddr4(Value::Eq(v4("192.0.2.1"))),
+                        meter(
+                            "m4",
+                            MeterKey::Daddr4,
+                            MeterLimit::Rate(rate(10, RateUnit::Second, 5)),
+                        ),
+                        Accept,
+                    ],
+                    None,
+                ),
+                rule(
+                    vec![
+                        meter(
+                            "m6",
+                            MeterKey::Daddr6,
+                            MeterLimit::Rate(rate(2, RateUnit::Minute, 9)),
+                        ),
+                        Accept,
+                    ],
+                    None,
+                ),
+                rule(
+                    vec![
+                        Nfproto(Family::Ipv6),
+                        meter(
+                            "m6",
+                            MeterKey::Daddr6,
+                            MeterLimit::Rate(rate(2, RateUnit::Minute, 9)),
+                        ),
+                        Accept,
+                    ],
+                    None,
+                ),
+                rule(
+                    vec![
+                        meter(
+                            "mu",
+                            MeterKey::SkUid,
+                            MeterLimit::Rate(rate(10, RateUnit::Minute, 7)),
+                        ),
+                        Accept,
+                    ],
+                    Some("per-user"),
+                ),
+                rule(
+                    vec![
+                        Dport {
+                            l4: L4::Tcp,
+                            value: Value::Eq(22),
+                        },
+                        meter("c4", MeterKey::Daddr4, MeterLimit::Count(4)),
+                        Accept,
+                    ],
+                    None,
+                ),
+                rule(
+                    vec![
+                        meter("cu", MeterKey::SkUid, MeterLimit::Count(2)),
+                        Counter,
+                        Accept,
+                    ],
+                    None,
+                ),
+                rule(
+                    vec![
+                        Daddr4(Value::InSet("m4".into())),
+                        SkUid(Value::InSet("cu".into())),
+                        Drop,
+                    ],
+                    None,
+                ),
+            ],
+        )],
+    };
+    let text = format!(
+        r#"table inet leash {{
+  comment "limits"
+  set m4 {{ type ipv4_addr; size 65535; flags dynamic,timeout; timeout 1m; }}
+  set m6 {{ type ipv6_addr; size 1024; flags dynamic; }}
+  set mu {{ type uid; size 100; flags dynamic,timeout; timeout 30s500ms; }}
+  set c4 {{ type ipv4_addr; size 65535; flags dynamic; }}
+  set cu {{ type uid; size 16; flags dynamic; }}
+  chain output {{
+    type filter hook output priority filter; policy accept;
+    meta day 1-5 accept comment "weekdays"
+    meta day "Wednesday" accept
+    meta day != 2-5 accept comment "weekend"
+    meta day != 3 accept
+    meta day 0-6 accept
+    meta day "Sunday"-"Saturday" accept
+    meta hour "09:00"-"17:30:05" accept comment "office"
+    meta hour "12:00" accept
+    meta hour != "06:00"-"21:59:59" accept comment "night"
+    meta hour != "00:00:09" accept
+    meta hour "00:00"-"23:59:59" accept
+    meta day 1-5 meta hour "08:00"-"18:59:59" meta time >= "2024-03-31 01:00:00" meta time < "2024-10-27 01:00:00" accept comment "summer"
+    meta time >= "1970-01-01 00:00:00" accept
+    limit rate 10/minute burst 5 packets accept comment "rate"
+    limit rate 7/second burst 3 packets limit rate 1/hour burst 1 packets limit rate 86400/day burst 100000 packets accept
+    tcp dport 443 ct count 4 accept comment "conns"
+    ct count 0 drop
+    socket cgroupv2 level {level} "{path}" counter accept comment "service"
+    update @m4 {{ ip daddr limit rate 10/second }} accept comment "per-destination"
+    ip daddr 192.0.2.1 update @m4 {{ ip daddr limit rate 10/second burst 5 packets }} accept
+    update @m6 {{ ip6 daddr limit rate 2/minute burst 9 packets }} accept
+    meta nfproto ipv6 update @m6 {{ ip6 daddr limit rate 2/minute burst 9 packets }} accept
+    update @mu {{ meta skuid limit rate 10/minute burst 7 packets }} accept comment "per-user"
+    tcp dport 22 add @c4 {{ ip daddr ct count 4 }} accept
+    add @cu {{ meta skuid ct count 2 }} counter accept
+    ip daddr @m4 meta skuid @cu drop
+  }}
+}}
+"#,
+        level = cg.level,
+        path = cg.nft_path
+    );
+    (table, text)
+}
+
+/// A throwaway cgroup v2 directory two levels below the cgroup v2 root
+/// (`leash-test-PID-N/a`), removed again when dropped (also when a test fails). The machine's
+/// cgroup tree is shared with everything else, so nothing is ever moved into it here unless a
+/// test says so, and only its own threads' processes.
+pub struct TestCgroup {
+    /// The leaf directory (`.../leash-test-PID-N/a`).
+    pub dir: PathBuf,
+    top: PathBuf,
+    /// As nft writes it: relative to `/sys/fs/cgroup` (`unified/leash-test-PID-N/a` on a hybrid host).
+    pub nft_path: String,
+    /// Depth below the cgroup v2 root: 2.
+    pub level: u32,
+    /// The directory's inode number, the cgroup id the kernel compares.
+    pub id: u64,
+}
+
+impl TestCgroup {
+    /// A new directory, or `None` when no cgroup v2 hierarchy is mounted under /sys/fs/cgroup.
+    pub fn new() -> Option<TestCgroup> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let root = cgroup2_mount()?;
+        let rel = root.strip_prefix("/sys/fs/cgroup").ok()?.to_path_buf();
+        let name = format!(
+            "leash-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let top = root.join(&name);
+        let dir = top.join("a");
+        std::fs::create_dir(&top).ok()?;
+        // From here on, Drop removes what exists.
+        let mut cg = TestCgroup {
+            dir: dir.clone(),
+            top,
+            nft_path: rel.join(&name).join("a").to_string_lossy().into_owned(),
+            level: 2,
+            id: 0,
+        };
+        std::fs::create_dir(&dir).ok()?;
+        cg.id = std::fs::metadata(&dir).ok()?.ino();
+        Some(cg)
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // A cgroup directory is removed with rmdir (its control files go with it); it must hold
+        // no process by now.
+        for d in [&self.dir, &self.top] {
+            if let Err(e) = std::fs::remove_dir(d)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                eprintln!("could not remove test cgroup {}: {e}", d.display());
+            }
+        }
+    }
+}
+
+/// Where cgroup v2 is mounted (`/sys/fs/cgroup` on a pure v2 host, `/sys/fs/cgroup/unified` on
+/// a hybrid one), from this process's mountinfo.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        // "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS ... - FSTYPE SOURCE SUPER"
+        let (left, right) = l.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        let mount = left.split_whitespace().nth(4)?;
+        (fstype == "cgroup2" && mount.starts_with("/sys/fs/cgroup")).then(|| PathBuf::from(mount))
+    })
+}
+
+/// `nft ARGS` inside `ns` with `TZ=UTC` (nft reads and prints `meta hour` and `meta time` in its
+/// local time zone, and leash's model is UTC); returns (success, stdout, stderr). Entered with
+/// `nsenter --net`, which keeps `/sys/fs/cgroup` visible for `socket cgroupv2` paths.
+pub fn nft_utc(ns: &NetNs, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net={}", ns.path().display()))
+        .arg("nft")
+        .args(args)
+        .env("TZ", "UTC")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run nsenter nft");
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `nft -f -` of `text` in `ns` with `TZ=UTC`; panics with nft's message if it fails.
+pub fn nft_load_utc(ns: &NetNs, text: &str) {
+    let (ok, _, err) = nft_utc(ns, &["-f", "-"], Some(text));
+    assert!(ok, "nft -f failed: {err}\n--- text ---\n{text}");
+}
+
+/// `nft list table inet leash` in `ns` with `TZ=UTC`, or `None` when there is no such table.
+pub fn list_leash_utc(ns: &NetNs) -> Option<String> {
+    let (ok, out, err) = nft_utc(ns, &["list", "table", "inet", TABLE_NAME], None);
+    if ok {
+        Some(kernel::testutil::strip_handles(&out))
+    } else {
+        assert!(
+            err.contains("No such file or directory"),
+            "nft list failed: {err}"
+        );
+        None
+    }
+}
+
+/// The messages nft sends for `text` (see `kernel::testutil::nft_messages`), with `TZ=UTC`.
+pub fn nft_messages_utc(ns: &NetNs, text: &str) -> Vec<(u16, Vec<u8>)> {
+    let (ok, out, err) = nft_utc(ns, &["--debug=mnl", "-f", "-"], Some(text));
+    assert!(ok, "nft -f failed: {err}\n--- text ---\n{text}");
+    kernel::testutil::parse_mnl_debug(&format!("{out}\n{err}"))
+}
+
+/// `kernel::testutil::listings` with nft run with `TZ=UTC`: `text` loaded by nft into one fresh
+/// namespace, `table` applied into another; both listings, nft's first.
+pub fn listings_utc(table: &Table, text: &str) -> (String, String) {
+    let oracle = NetNs::new().expect("new netns");
+    nft_load_utc(&oracle, text);
+    let want = list_leash_utc(&oracle).expect("nft created the table");
+    let ours = NetNs::new().expect("new netns");
+    ours.run(|| kernel::apply(table, &kernel::ApplyOptions::default()))
+        .expect("apply");
+    let got = list_leash_utc(&ours).expect("apply created the table");
+    (want, got)
 }
 
 /// A timeout set (hash set with `flags timeout`) holding `elements`.

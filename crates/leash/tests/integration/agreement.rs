@@ -170,7 +170,7 @@ fn with_expectations(text: &str, conns: &[GenConn]) -> String {
         }
         let proto_v = policy::Proto::parse(proto).unwrap();
         let port = proto_v.has_ports().then_some(PORTS[c.port]);
-        let conn = policy::Connection { proto: proto_v, dst, port, uid: UIDS[c.uid], gid: UIDS[c.gid], name: name.clone() };
+        let conn = policy::Connection { proto: proto_v, dst, port, uid: UIDS[c.uid], gid: UIDS[c.gid], name: name.clone(), cgroup: None, at: None };
         let verdict = policy::explain(&p, &conn).verdict;
         let to = match (&name, dst, port) {
             (Some(n), _, Some(port)) => format!("{n}:{port}\"\naddress = \"{dst}"),

@@ -72,8 +72,19 @@ pub fn arb_rule() -> impl Strategy<Value = Rule> {
             to_span: None,
             domains: vec![],
             allow_private: false,
+            sets: vec![],
+            countries: vec![],
+            country_ranges: Default::default(),
             users,
             groups,
+            cgroups: None,
+            cgroups_span: None,
+            when: None,
+            when_span: None,
+            rate: None,
+            max_connections: None,
+            limit_per: Default::default(),
+            limit_span: None,
             log: false,
             purpose: None,
             justification: None,
@@ -100,12 +111,14 @@ pub fn arb_policy() -> impl Strategy<Value = Policy> {
             .collect(),
         expects: vec![],
         dns: Default::default(),
+        sets: vec![],
+        countries: None,
     })
 }
 
 pub fn arb_conn() -> impl Strategy<Value = Connection> {
     (arb_proto(), arb_addr(), prop::option::of(0u16..50), 0u32..4, 0u32..4)
-        .prop_map(|(proto, dst, port, uid, gid)| Connection { proto, dst, port, uid, gid, name: None })
+        .prop_map(|(proto, dst, port, uid, gid)| Connection { proto, dst, port, uid, gid, name: None, cgroup: None, at: None })
 }
 
 
