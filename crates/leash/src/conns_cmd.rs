@@ -175,7 +175,7 @@ fn resolve_user(u: &str) -> Result<u32> {
     if let Ok(id) = u.parse::<u32>() {
         return Ok(id);
     }
-    crate::system::SystemResolver
+    crate::system::SystemResolver::default()
         .user(u)
         .ok_or_else(|| anyhow::Error::new(UsageError(format!("unknown user {u:?}"))))
 }

@@ -64,7 +64,7 @@ pub fn load(path: &Path, today: policy::Date) -> Result<Loaded> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read policy {}", path.display()))?;
     let sha256 = hex(&Sha256::digest(&bytes));
     let src = String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))?;
-    let (policy, mut diagnostics) = policy::load(&src, &SystemResolver);
+    let (policy, mut diagnostics) = policy::load(&src, &SystemResolver::for_policy(path));
     if let Some(p) = &policy {
         diagnostics.extend(policy::lint::lint(p, today));
         diagnostics.sort_by_key(|d| (d.span.start, d.severity));

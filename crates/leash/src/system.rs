@@ -2,9 +2,35 @@
 
 use nix::unistd::{Group, Uid, User};
 
-/// Resolves names with the C library (NSS: /etc/passwd, LDAP, ... whatever the host uses).
+/// Resolves names with the C library (NSS: /etc/passwd, LDAP, ... whatever the host uses), reads
+/// the files a policy names relative to the policy's directory, and looks cgroups up in the host's
+/// cgroup v2 hierarchy.
 #[derive(Debug, Default)]
-pub struct SystemResolver;
+pub struct SystemResolver {
+    /// The directory relative file names are read from (the policy file's directory).
+    pub base_dir: Option<std::path::PathBuf>,
+}
+
+impl SystemResolver {
+    /// A resolver reading files relative to the directory of `policy`.
+    pub fn for_policy(policy: &std::path::Path) -> Self {
+        SystemResolver { base_dir: policy.parent().map(|d| if d.as_os_str().is_empty() { ".".into() } else { d.to_path_buf() }) }
+    }
+}
+
+/// Where cgroup v2 is mounted (from /proc/self/mountinfo), e.g. `/sys/fs/cgroup/unified` on a
+/// hybrid host, `/sys/fs/cgroup` on a cgroup2-only one.
+pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        // Fields: id parent major:minor root mount-point options ... - fstype source super-options
+        let (pre, post) = l.split_once(" - ")?;
+        if post.split(' ').next()? != "cgroup2" {
+            return None;
+        }
+        pre.split(' ').nth(4).map(|m| std::path::PathBuf::from(m.replace("\\040", " ")))
+    })
+}
 
 impl policy::Resolver for SystemResolver {
     fn user(&self, name: &str) -> Option<u32> {
@@ -15,6 +41,25 @@ impl policy::Resolver for SystemResolver {
     }
     fn primary_group(&self, uid: u32) -> Option<u32> {
         User::from_uid(Uid::from_raw(uid)).ok().flatten().map(|u| u.gid.as_raw())
+    }
+    fn read_file(&self, path: &str) -> Result<Vec<u8>, String> {
+        let p = std::path::Path::new(path);
+        let full = match &self.base_dir {
+            Some(base) if p.is_relative() => base.join(p),
+            _ => p.to_path_buf(),
+        };
+        std::fs::read(&full).map_err(|e| format!("{}: {e}", full.display()))
+    }
+    fn cgroup2_prefix(&self) -> Option<String> {
+        // nft resolves `socket cgroupv2` paths below /sys/fs/cgroup.
+        let mount = cgroup2_mount()?;
+        let rel = mount.strip_prefix("/sys/fs/cgroup").ok()?;
+        Some(rel.to_string_lossy().into_owned())
+    }
+    fn cgroup_id(&self, path: &str) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = cgroup2_mount()?.join(path.trim_matches('/'));
+        std::fs::metadata(dir).ok().filter(|m| m.is_dir()).map(|m| m.ino())
     }
 }
 

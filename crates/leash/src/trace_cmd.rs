@@ -96,7 +96,7 @@ fn parse_uid(s: &str) -> Result<u32> {
     if let Ok(id) = s.parse::<u32>() {
         return Ok(id);
     }
-    crate::system::SystemResolver.user(s).ok_or_else(|| usage(format!("unknown user {s:?} for --uid")))
+    crate::system::SystemResolver::default().user(s).ok_or_else(|| usage(format!("unknown user {s:?} for --uid")))
 }
 
 /// Why the session ended.

@@ -18,7 +18,7 @@ pub fn lint(policy: &Policy, today: Date) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     let d = &policy.defaults;
 
-    let sets: Vec<Sets> = policy.rules.iter().map(Sets::of).collect();
+    let sets: Vec<Sets> = policy.rules.iter().map(|r| Sets::of(policy, r)).collect();
     for (j, rule) in policy.rules.iter().enumerate() {
         let never = never_matches(rule);
         let mut decides = never.is_none();
@@ -96,6 +96,34 @@ pub fn lint(policy: &Policy, today: Date) -> Vec<Diagnostic> {
         ));
     }
 
+    // A rate counts the packets that reach the rule; with established traffic accepted first
+    // those are the first packets of new connections, otherwise every packet.
+    if !d.allow_established
+        && let Some(r) = policy.rules.iter().find(|r| r.rate.is_some())
+    {
+        out.push(Diagnostic::warning(
+            "rate-counts-packets",
+            r.limit_span.clone().unwrap_or(r.name_span.clone()),
+            format!(
+                "rule `{}` has a rate, but allow_established is off: the rate then counts every packet of its \
+                 connections, not new connections",
+                r.name
+            ),
+        ));
+    }
+
+    // An expectation without `at` is checked at the time the test runs; with time windows its
+    // verdict may then change during the day.
+    if policy.rules.iter().any(|r| r.when.is_some()) {
+        for x in policy.expects.iter().filter(|x| x.at.is_none()) {
+            out.push(Diagnostic::warning(
+                "expect-without-time",
+                x.span.clone(),
+                "the policy has time windows but this expectation has no `at`: its verdict depends on when the test runs",
+            ));
+        }
+    }
+
     if !d.allow_established {
         out.push(Diagnostic::warning(
             "established-off",
@@ -156,10 +184,14 @@ struct Sets {
     admits_private: bool,
     users: Option<Vec<u32>>,
     groups: Option<Vec<u32>>,
+    /// Cgroup paths (only those that existed at load: the others match nothing).
+    cgroups: Option<Vec<crate::model::CgroupMatch>>,
+    /// Time windows, compared as written.
+    when: Option<Vec<(u8, u16, u16)>>,
 }
 
 impl Sets {
-    fn of(rule: &Rule) -> Sets {
+    fn of(policy: &Policy, rule: &Rule) -> Sets {
         let ids = |l: &Option<Vec<Principal>>| {
             l.as_ref().map(|l| {
                 let mut v: Vec<u32> = l.iter().map(|p| p.id).collect();
@@ -172,8 +204,24 @@ impl Sets {
             protos: rule.effective_protos(),
             ports: rule.ports.as_ref().map(|p| merge(p.iter().map(|r| (r.first as u128, r.last as u128)).collect())),
             to: rule.to.as_ref().map(|nets| {
-                let (v4, v6) = net_ranges(nets);
+                let (mut v4, mut v6) = net_ranges(nets);
+                // Named sets and countries are destinations too.
+                let lists = rule
+                    .sets
+                    .iter()
+                    .filter_map(|r| policy.sets.get(r.index).map(|s| &*s.ranges))
+                    .chain(std::iter::once(&*rule.country_ranges));
+                for l in lists {
+                    v4.extend(l.v4.iter().map(|&(a, b)| (a as u128, b as u128)));
+                    v6.extend(l.v6.iter().copied());
+                }
                 (merge(v4), merge(v6))
+            }),
+            cgroups: rule.cgroups.as_ref().map(|c| c.iter().filter(|c| c.id.is_some()).cloned().collect()),
+            when: rule.when.as_ref().map(|w| {
+                let mut v: Vec<(u8, u16, u16)> = w.iter().map(|w| (w.days, w.start, w.end)).collect();
+                v.sort_unstable();
+                v
             }),
             users: ids(&rule.users),
             groups: ids(&rule.groups),
@@ -205,6 +253,10 @@ impl Sets {
                 l4.iter().all(|r| range_covered(*r, e4)) && l6.iter().all(|r| range_covered(*r, e6))
             })
             && (self.to.is_none() || self.covers_domains(later))
+            && dim(&self.cgroups, &later.cgroups, |e, l| l.iter().all(|c| e.iter().any(|x| x.covers(&c.path))))
+            // Windows are compared as written: equal lists cover each other, anything else is
+            // not claimed (sound, if not complete).
+            && dim(&self.when, &later.when, |e, l| e == l)
     }
 
     /// Whether every name `later` lists is covered by one of ours, for at least the addresses

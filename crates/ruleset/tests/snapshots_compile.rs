@@ -104,3 +104,24 @@ to = ["192.0.2.0/24", "2001:db8::/64"]
         ]
     );
 }
+
+/// The example with every rule dimension beyond address and port, compiled as of a fixed
+/// instant (time windows depend on the daylight-saving periods from then on), with the feed file
+/// and the nginx cgroup supplied the way the binary's resolver would.
+#[test]
+fn branch_office_nft() {
+    let dir = format!("{}/../../examples", env!("CARGO_MANIFEST_DIR"));
+    let feed = std::fs::read(format!("{dir}/feeds/threat-feed.txt")).unwrap();
+    let resolver = policy::StaticResolver::debian_base()
+        .file("feeds/threat-feed.txt", feed)
+        .cgroup2("unified")
+        .cgroup("system.slice/nginx.service", 4242);
+    let (p, diags) = policy::load(&example("branch-office"), &resolver);
+    let p = p.unwrap_or_else(|| panic!("policy has errors: {diags:#?}"));
+    let opts = CompileOptions {
+        comment: Some("leash sha256:test /etc/leash/policy.toml".into()),
+        now: Some("2026-11-25T12:00:00Z".parse().unwrap()),
+        imitate: None,
+    };
+    insta::assert_snapshot!(ruleset::render::nft_text(&ruleset::compile(&p, &opts)));
+}

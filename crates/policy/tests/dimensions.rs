@@ -1,0 +1,201 @@
+//! Parsing and `explain` of the rule dimensions beyond address, port and user: time windows,
+//! limits, cgroups (services), named sets and countries.
+
+use policy::{Action, Connection, Decider, Proto, StaticResolver, explain};
+
+fn resolver() -> StaticResolver {
+    StaticResolver::debian_base()
+        .cgroup2("unified")
+        .cgroup("system.slice/nginx.service", 4242)
+        .file("feeds/block.txt", "# feed\n198.51.100.0/24\n203.0.113.7\n2001:db8:bad::/48 ; doc\n")
+        .file("feeds/bad.txt", "192.0.2.1\n  not-an-address\n")
+}
+
+fn load(src: &str) -> (Option<policy::Policy>, Vec<policy::Diagnostic>) {
+    policy::load(src, &resolver())
+}
+
+fn load_ok(src: &str) -> policy::Policy {
+    let (p, d) = load(src);
+    p.unwrap_or_else(|| panic!("policy did not load: {d:#?}"))
+}
+
+/// (line, column, code, message) of every diagnostic.
+fn diags(src: &str) -> Vec<(usize, usize, &'static str, String)> {
+    load(src)
+        .1
+        .into_iter()
+        .map(|d| {
+            let (l, c) = policy::diag::line_col(src, d.span.start);
+            (l, c, d.code, d.message)
+        })
+        .collect()
+}
+
+fn conn(dst: &str, port: u16) -> Connection {
+    Connection { proto: Proto::Tcp, dst: dst.parse().unwrap(), port: Some(port), uid: 0, gid: 0, name: None, cgroup: None, at: None }
+}
+
+fn at(s: &str) -> Option<jiff::civil::DateTime> {
+    Some(policy::time::parse_at(s).unwrap())
+}
+
+const WINDOWS: &str = r#"version = 1
+[defaults]
+outbound = "deny"
+timezone = "Europe/Berlin"
+
+[[rule]]
+name = "office"
+action = "allow"
+ports = [443]
+when = ["Mon-Fri 09:00-17:00", "Sat 10:00-12:00"]
+
+[[rule]]
+name = "night"
+action = "allow"
+ports = [22]
+when = "22:00-06:00"
+"#;
+
+#[test]
+fn windows_decide_by_local_time() {
+    let p = load_ok(WINDOWS);
+    assert_eq!(p.defaults.timezone.as_deref(), Some("Europe/Berlin"));
+    let check = |port, time: &str, want: Action| {
+        let mut c = conn("192.0.2.1", port);
+        c.at = at(time);
+        let e = explain(&p, &c);
+        assert_eq!(e.verdict, want, "port {port} at {time}: {e:?}");
+    };
+    check(443, "Mon 09:00", Action::Allow);
+    check(443, "Fri 16:59", Action::Allow);
+    check(443, "Fri 17:00", Action::Deny);
+    check(443, "Sat 11:00", Action::Allow);
+    check(443, "Sun 11:00", Action::Deny);
+    // The night window crosses midnight: Sunday 03:00 belongs to Saturday night's window.
+    check(22, "Sun 03:00", Action::Allow);
+    check(22, "Wed 23:30", Action::Allow);
+    check(22, "Wed 12:00", Action::Deny);
+    // Without a time, windowed rules do not match, and the reason says so.
+    let e = explain(&p, &conn("192.0.2.1", 443));
+    assert_eq!(e.decider, Decider::Default);
+    assert!(e.misses[0].1.to_string().contains("no time given"), "{}", e.misses[0].1);
+    let mut c = conn("192.0.2.1", 443);
+    c.at = at("2026-11-29 10:00");
+    let m = explain(&p, &c).misses[0].1.to_string();
+    assert_eq!(m, "Sun 2026-11-29 10:00:00 is outside Mon,Tue,Wed,Thu,Fri 09:00-17:00, Sat 10:00-12:00");
+}
+
+#[test]
+fn instants_become_local_time() {
+    let p = load_ok(WINDOWS);
+    // 08:30 UTC on a winter Monday is 09:30 in Berlin; in summer 07:30 UTC is 09:30.
+    let winter: jiff::Timestamp = "2026-11-23T08:30:00Z".parse().unwrap();
+    let summer: jiff::Timestamp = "2027-06-07T07:30:00Z".parse().unwrap();
+    assert_eq!(p.local_time(winter).hour(), 9);
+    assert_eq!(p.local_time(summer).hour(), 9);
+}
+
+#[test]
+fn window_errors_point_at_the_value() {
+    let src = "version = 1\n[defaults]\ntimezone = \"Mars/Base\"\n[[rule]]\nname = \"a\"\naction = \"allow\"\nwhen = [\"Mon-Fri 09:00-09:00\", \"Funday 10:00-11:00\", 3]\n";
+    let d = diags(src);
+    let got: Vec<(usize, usize, &str)> = d.iter().map(|(l, c, k, _)| (*l, *c, *k)).collect();
+    assert_eq!(got, vec![(3, 12, "bad-timezone"), (7, 9, "bad-window"), (7, 32, "bad-window"), (7, 54, "wrong-type")], "{d:#?}");
+    assert!(d[1].3.contains("empty"), "{}", d[1].3);
+}
+
+#[test]
+fn limits() {
+    let p = load_ok(
+        "version = 1\n[[rule]]\nname = \"api\"\naction = \"allow\"\nports = [443]\nrate = \"10/minute\"\nburst = 3\nmax_connections = 4\nlimit_per = \"destination\"\n",
+    );
+    let r = &p.rules[0];
+    assert_eq!(r.rate, Some(policy::Rate { count: 10, per_seconds: 60, burst: 3 }));
+    assert_eq!(r.max_connections, Some(4));
+    assert_eq!(r.limit_per, policy::LimitPer::Destination);
+    // The burst defaults to the count.
+    let p = load_ok("version = 1\n[[rule]]\nname = \"api\"\naction = \"allow\"\nrate = \"7/second\"\n");
+    assert_eq!(p.rules[0].rate.unwrap().burst, 7);
+
+    let d = diags("version = 1\n[[rule]]\nname = \"x\"\naction = \"deny\"\nrate = \"10/minute\"\n");
+    assert_eq!(d[0].2, "limit-on-deny", "{d:#?}");
+    let d = diags("version = 1\n[[rule]]\nname = \"x\"\naction = \"allow\"\nburst = 3\nlimit_per = \"user\"\n");
+    let codes: Vec<&str> = d.iter().map(|x| x.2).collect();
+    assert_eq!(codes, vec!["burst-without-rate", "limit-per-without-limit"]);
+    for bad in ["10", "10/fortnight", "0/second", "x/minute"] {
+        let d = diags(&format!("version = 1\n[[rule]]\nname = \"x\"\naction = \"allow\"\nrate = \"{bad}\"\n"));
+        assert_eq!(d[0].2, "bad-rate", "{bad}: {d:#?}");
+    }
+}
+
+#[test]
+fn cgroups_and_services() {
+    let src = "version = 1\n[[rule]]\nname = \"web\"\naction = \"allow\"\nservice = \"nginx\"\n\n[[rule]]\nname = \"later\"\naction = \"allow\"\nservice = [\"postgresql.service\"]\ncgroup = \"/user.slice\"\n";
+    let (p, d) = load(src);
+    let p = p.unwrap();
+    let web = &p.rules[0].cgroups.as_ref().unwrap()[0];
+    assert_eq!((web.path.as_str(), web.id, web.nft_path.as_str(), web.level()), ("system.slice/nginx.service", Some(4242), "unified/system.slice/nginx.service", 2));
+    // Services that do not exist yet are warnings, not errors.
+    let codes: Vec<&str> = d.iter().map(|x| x.code).collect();
+    assert_eq!(codes, vec!["missing-cgroup", "missing-cgroup"], "{d:#?}");
+    assert!(d[0].message.contains("postgresql.service"), "{}", d[0].message);
+
+    let mut c = conn("192.0.2.1", 443);
+    c.cgroup = Some("system.slice/nginx.service".into());
+    assert_eq!(explain(&p, &c).decider, Decider::Rule(0));
+    c.cgroup = Some("/system.slice/nginx.service/worker".into());
+    assert_eq!(explain(&p, &c).decider, Decider::Rule(0), "below the service's cgroup");
+    c.cgroup = Some("system.slice/nginx.service-other".into());
+    let e = explain(&p, &c);
+    assert_eq!(e.decider, Decider::Default);
+    // The second rule's cgroups did not exist at load, so it matches nothing, and says why.
+    c.cgroup = Some("user.slice".into());
+    let e = explain(&p, &c);
+    assert_eq!(e.decider, Decider::Default);
+    assert!(e.misses[1].1.to_string().contains("(missing at load)"), "{}", e.misses[1].1);
+
+    let d = diags("version = 1\n[[rule]]\nname = \"x\"\naction = \"allow\"\ncgroup = \"/a/../b\"\nservice = \"a/b\"\n");
+    let codes: Vec<&str> = d.iter().map(|x| x.2).collect();
+    assert_eq!(codes, vec!["bad-cgroup", "bad-service"]);
+}
+
+#[test]
+fn named_sets() {
+    let src = "version = 1\n[[set]]\nname = \"threats\"\nfile = \"feeds/block.txt\"\n\n[[rule]]\nname = \"block\"\naction = \"deny\"\nto = [\"set:threats\"]\n\n[[rule]]\nname = \"rest\"\naction = \"allow\"\n";
+    let p = load_ok(src);
+    assert_eq!(p.sets.len(), 1);
+    assert_eq!((p.sets[0].entries, p.sets[0].ranges.len()), (3, 3));
+    assert_eq!(explain(&p, &conn("198.51.100.9", 443)).decider, Decider::Rule(0));
+    assert_eq!(explain(&p, &conn("2001:db8:bad::1", 443)).decider, Decider::Rule(0));
+    let e = explain(&p, &conn("192.0.2.1", 443));
+    assert_eq!(e.decider, Decider::Rule(1));
+    assert_eq!(e.misses[0].1.to_string(), "192.0.2.1 not in set:threats");
+
+    // A rule may name a set defined after it.
+    let later = "version = 1\n[[rule]]\nname = \"b\"\naction = \"deny\"\nto = [\"set:threats\"]\n[[set]]\nname = \"threats\"\nfile = \"feeds/block.txt\"\n";
+    assert_eq!(load_ok(later).rules[0].sets[0].index, 0);
+
+    let d = diags("version = 1\n[[set]]\nname = \"t\"\nfile = \"feeds/bad.txt\"\n[[set]]\nname = \"u\"\nfile = \"feeds/none.txt\"\n[[rule]]\nname = \"b\"\naction = \"deny\"\nto = [\"set:threat\"]\n");
+    let got: Vec<(usize, &str)> = d.iter().map(|x| (x.0, x.2)).collect();
+    assert_eq!(got, vec![(4, "set-file"), (7, "set-file"), (11, "unknown-set")], "{d:#?}");
+    assert!(d[0].3.contains("feeds/bad.txt:2:3:"), "{}", d[0].3);
+    assert!(d[2].3.contains("define it with [[set]]"), "{}", d[2].3);
+    let d = diags("version = 1\n[[set]]\nname = \"threats\"\nfile = \"feeds/block.txt\"\n[[rule]]\nname = \"b\"\naction = \"deny\"\nto = [\"set:threat\"]\n");
+    assert!(d[0].3.contains("did you mean `set:threats`?"), "{}", d[0].3);
+}
+
+#[test]
+fn expectations_with_time_and_service() {
+    let src = format!(
+        "{WINDOWS}\n[[expect]]\nto = \"192.0.2.1:443\"\nat = \"Mon 10:00\"\nservice = \"nginx\"\nverdict = \"allow\"\n\n[[expect]]\nto = \"192.0.2.1:443\"\nat = \"2026-11-29 10:00\"\nverdict = \"deny\"\n"
+    );
+    let p = load_ok(&src);
+    assert_eq!(p.expects[0].cgroup.as_deref(), Some("system.slice/nginx.service"));
+    for x in &p.expects {
+        assert_eq!(explain(&p, &x.connection()).verdict, x.verdict);
+    }
+    let d = diags(&format!("{WINDOWS}\n[[expect]]\nto = \"192.0.2.1:443\"\nat = \"someday\"\nverdict = \"allow\"\n"));
+    assert_eq!(d.iter().map(|x| x.2).collect::<Vec<_>>(), vec!["bad-time"]);
+}
