@@ -936,9 +936,81 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// Reads and parses the country database (replaced by the real reader in `geo`).
-    fn load_country_db(&mut self, database: &str, span: Span, _locations: Option<(String, Span)>) {
-        self.error("country-db", span, format!("{database}: country databases are not supported by this build"));
+    /// Reads and parses the country database: a MaxMind DB, a DB-IP CSV, or a GeoLite2 blocks CSV
+    /// with its locations file (named by `locations`, or found next to it by MaxMind's naming) and
+    /// the other family's blocks file when it is there.
+    fn load_country_db(&mut self, database: &str, span: Span, locations: Option<(String, Span)>) {
+        use crate::geo::{CountryDb, CountryDbFormat, CsvFile, GeoError};
+        let bytes = match self.resolver.read_file(database) {
+            Ok(b) => b,
+            Err(m) => return self.error("country-db", span, format!("cannot read the country database: {m}")),
+        };
+        // A path with the file name replaced, for the files MaxMind ships side by side.
+        let beside = |name: &str| match database.rsplit_once('/') {
+            Some((dir, _)) => format!("{dir}/{name}"),
+            None => name.to_string(),
+        };
+        let file_name = database.rsplit('/').next().unwrap_or(database);
+        // Errors as `FILE:LINE:COL: message` for CSV lines, `FILE: message` otherwise.
+        let describe = |e: GeoError, blocks: &[String], locations: &str| match e {
+            GeoError::Csv { file, line, col, msg } => {
+                let name = match file {
+                    CsvFile::Blocks(i) => blocks.get(i).map_or(database, |n| n.as_str()),
+                    CsvFile::Locations => locations,
+                };
+                format!("{name}:{line}:{col}: {msg}")
+            }
+            e => format!("{database}: {e}"),
+        };
+        let result: Result<CountryDb, String> = match CountryDb::detect(&bytes) {
+            CountryDbFormat::Mmdb => CountryDb::from_mmdb(&bytes).map_err(|e| describe(e, &[], "")),
+            CountryDbFormat::DbIpCsv => crate::geo::csv_text(&bytes, CsvFile::Blocks(0))
+                .and_then(|t| CountryDb::from_csv(t, None))
+                .map_err(|e| describe(e, &[], "")),
+            CountryDbFormat::GeoLiteCsv => {
+                let loc_name = match &locations {
+                    Some((l, _)) => Some(l.clone()),
+                    None => crate::geo::geolite_locations_name(file_name).map(|n| beside(&n)),
+                };
+                let Some(loc_name) = loc_name else {
+                    return self.error(
+                        "country-db",
+                        span,
+                        format!("{database} is a GeoLite2 blocks file: name its locations file with `locations = \"FILE\"`"),
+                    );
+                };
+                let loc = match self.resolver.read_file(&loc_name) {
+                    Ok(b) => b,
+                    Err(m) => {
+                        let lspan = locations.as_ref().map_or(span.clone(), |l| l.1.clone());
+                        return self.error("country-db", lspan, format!("cannot read the GeoLite2 locations file: {m}"));
+                    }
+                };
+                // The other family's blocks file is optional: a database may hold one family.
+                let sibling = crate::geo::geolite_sibling_blocks_name(file_name)
+                    .map(|n| beside(&n))
+                    .and_then(|n| self.resolver.read_file(&n).ok().map(|b| (n, b)));
+                let mut names = vec![database.to_string()];
+                names.extend(sibling.as_ref().map(|s| s.0.clone()));
+                let texts: Result<Vec<&str>, GeoError> = std::iter::once(&bytes)
+                    .chain(sibling.as_ref().map(|s| &s.1))
+                    .enumerate()
+                    .map(|(i, b)| crate::geo::csv_text(b, CsvFile::Blocks(i)))
+                    .collect();
+                match (texts, crate::geo::csv_text(&loc, CsvFile::Locations)) {
+                    (Ok(t), Ok(l)) => CountryDb::from_geolite_csv(&t, l),
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                }
+                .map_err(|e| describe(e, &names, &loc_name))
+            }
+        };
+        match result {
+            Ok(db) => {
+                let db = std::sync::Arc::new(db);
+                self.country_db = Some(Box::new(move |codes: &[&str]| (db.ranges(codes), db.codes())));
+            }
+            Err(m) => self.error("country-db", span, m),
+        }
     }
 
     fn warning(&mut self, code: &'static str, span: Span, message: impl Into<String>) {

@@ -199,3 +199,51 @@ fn expectations_with_time_and_service() {
     let d = diags(&format!("{WINDOWS}\n[[expect]]\nto = \"192.0.2.1:443\"\nat = \"someday\"\nverdict = \"allow\"\n"));
     assert_eq!(d.iter().map(|x| x.2).collect::<Vec<_>>(), vec!["bad-time"]);
 }
+
+#[test]
+fn countries_from_each_database_layout() {
+    use policy::geo::testdb;
+    let nets: Vec<(ipnet::IpNet, &str)> = vec![
+        ("192.0.2.0/25".parse().unwrap(), "XA"),
+        ("198.51.100.0/24".parse().unwrap(), "XB"),
+        ("2001:db8:1::/48".parse().unwrap(), "XA"),
+    ];
+    let (blocks, locations) = testdb::write_geolite_csv(&nets);
+    let layouts: Vec<(&str, StaticResolver, &str)> = vec![
+        ("geo/db.mmdb", resolver().file("geo/db.mmdb", testdb::write_mmdb(&nets, 6)), ""),
+        ("geo/db.csv", resolver().file("geo/db.csv", testdb::write_dbip_csv(&nets)), ""),
+        (
+            "geo/GeoLite2-Country-Blocks-IPv4.csv",
+            resolver()
+                .file("geo/GeoLite2-Country-Blocks-IPv4.csv", blocks.clone())
+                .file("geo/GeoLite2-Country-Locations-en.csv", locations.clone()),
+            "",
+        ),
+    ];
+    for (db, r, _) in layouts {
+        let src = format!(
+            "version = 1\n[countries]\ndatabase = \"{db}\"\n[[rule]]\nname = \"xa\"\naction = \"deny\"\nto_country = [\"XA\", \"xz\"]\n[[rule]]\nname = \"rest\"\naction = \"allow\"\n"
+        );
+        let (p, d) = policy::load(&src, &r);
+        let p = p.unwrap_or_else(|| panic!("{db}: {d:#?}"));
+        // `xz` is a valid code the database does not have: a warning.
+        assert_eq!(d.iter().map(|d| d.code).collect::<Vec<_>>(), vec!["unknown-country"], "{db}");
+        assert_eq!(p.rules[0].countries.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(), vec!["XA", "XZ"]);
+        assert_eq!(explain(&p, &conn("192.0.2.7", 443)).decider, Decider::Rule(0), "{db}");
+        assert_eq!(explain(&p, &conn("2001:db8:1::9", 443)).decider, Decider::Rule(0), "{db}");
+        let e = explain(&p, &conn("198.51.100.7", 443));
+        assert_eq!(e.decider, Decider::Rule(1), "{db}");
+        assert_eq!(e.misses[0].1.to_string(), "198.51.100.7 not in country XA, country XZ");
+    }
+
+    // Errors: no [countries], a bad code, a CSV with a bad line (file:line:col).
+    let d = diags("version = 1\n[[rule]]\nname = \"x\"\naction = \"deny\"\nto_country = [\"XA\"]\n");
+    assert_eq!(d[0].2, "no-country-db");
+    let r = resolver().file("geo/bad.csv", "192.0.2.0,192.0.2.255,XA\n192.0.2.300,192.0.3.0,XB\n");
+    let src = "version = 1\n[countries]\ndatabase = \"geo/bad.csv\"\n[[rule]]\nname = \"x\"\naction = \"deny\"\nto_country = [\"XA\", \"X1\"]\n";
+    let (p, d) = policy::load(src, &r);
+    assert!(p.is_none());
+    let msgs: Vec<String> = d.iter().map(|d| format!("{}: {}", d.code, d.message)).collect();
+    assert!(msgs[0].starts_with("country-db: geo/bad.csv:2:"), "{msgs:#?}");
+    assert!(msgs[1].starts_with("bad-country: invalid country code `X1`"), "{msgs:#?}");
+}
