@@ -122,7 +122,7 @@ pub struct NameDecision {
 /// A name is refused when the first rule (in file order) whose domains match it is a deny rule
 /// without any other condition: then no connection to its addresses could ever be allowed by
 /// it, and NXDOMAIN tells the application so at once. A deny rule with conditions (ports,
-/// protocols, users, groups) cannot be decided at lookup time, so its sets receive the
+/// protocols, users, groups, cgroups, time windows) cannot be decided at lookup time, so its sets receive the
 /// addresses and the kernel decides per connection.
 pub fn decide_name(policy: &Policy, qname: &str) -> NameDecision {
     let qname = normalize_name(qname);
@@ -145,6 +145,9 @@ fn is_unconditional_deny(rule: &Rule) -> bool {
         && rule.ports.is_none()
         && rule.users.is_none()
         && rule.groups.is_none()
+        // A deny rule for some processes or some hours does not deny the name for everyone always.
+        && rule.cgroups.is_none()
+        && rule.when.is_none()
 }
 
 /// Whether an address is one a public name has no business pointing at: loopback, private,

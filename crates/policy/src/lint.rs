@@ -112,15 +112,26 @@ pub fn lint(policy: &Policy, today: Date) -> Vec<Diagnostic> {
         ));
     }
 
-    // An expectation without `at` is checked at the time the test runs; with time windows its
-    // verdict may then change during the day.
+    // An expectation without `at` is checked at the time the test runs; when its verdict differs
+    // across the windows' edges it then depends on the hour the test runs.
     if policy.rules.iter().any(|r| r.when.is_some()) {
+        let edges = window_edges(policy);
         for x in policy.expects.iter().filter(|x| x.at.is_none()) {
-            out.push(Diagnostic::warning(
-                "expect-without-time",
-                x.span.clone(),
-                "the policy has time windows but this expectation has no `at`: its verdict depends on when the test runs",
-            ));
+            let mut c = x.connection();
+            let verdicts: std::collections::HashSet<Action> = edges
+                .iter()
+                .map(|t| {
+                    c.at = Some(*t);
+                    crate::explain(policy, &c).verdict
+                })
+                .collect();
+            if verdicts.len() > 1 {
+                out.push(Diagnostic::warning(
+                    "expect-without-time",
+                    x.span.clone(),
+                    "this expectation's verdict depends on the time of day (time windows decide it) but it has no `at`",
+                ));
+            }
         }
     }
 
@@ -137,12 +148,36 @@ pub fn lint(policy: &Policy, today: Date) -> Vec<Diagnostic> {
     out
 }
 
+/// Local times just inside and just outside every window edge of the policy, in the reference
+/// week of `time::parse_at`: the verdict of any connection can only change at these.
+fn window_edges(policy: &Policy) -> Vec<jiff::civil::DateTime> {
+    let mut seconds: Vec<i64> = vec![0];
+    for w in policy.rules.iter().filter_map(|r| r.when.as_ref()).flatten() {
+        for (a, b) in w.week_intervals() {
+            seconds.extend([a as i64, b as i64 - 1, b as i64]);
+        }
+    }
+    seconds.sort_unstable();
+    seconds.dedup();
+    let sunday = jiff::civil::date(2026, 1, 4).at(0, 0, 0, 0);
+    seconds
+        .into_iter()
+        .filter_map(|s| sunday.checked_add(jiff::Span::new().seconds(s.rem_euclid(crate::time::WEEK))).ok())
+        .collect()
+}
+
 /// Why a rule can never match, if it cannot.
 fn never_matches(rule: &Rule) -> Option<String> {
     let empty = [
         ("proto", rule.protos.as_ref().is_some_and(Vec::is_empty)),
         ("ports", rule.ports.as_ref().is_some_and(Vec::is_empty)),
-        ("to", rule.to.as_ref().is_some_and(Vec::is_empty) && rule.domains.is_empty()),
+        (
+            "to",
+            rule.to.as_ref().is_some_and(Vec::is_empty)
+                && rule.domains.is_empty()
+                && rule.sets.is_empty()
+                && rule.country_ranges.is_empty(),
+        ),
         ("user", rule.users.as_ref().is_some_and(Vec::is_empty)),
         ("group", rule.groups.as_ref().is_some_and(Vec::is_empty)),
     ];
@@ -151,14 +186,20 @@ fn never_matches(rule: &Rule) -> Option<String> {
     }
     // ICMP only exists over IPv4 and ICMPv6 only over IPv6: the rule needs at least one
     // protocol that can reach at least one of its destinations.
-    // A domain may resolve to either family, so only rules without domains are checked.
-    if let (Some(protos), Some(to), true) = (rule.effective_protos(), &rule.to, rule.domains.is_empty()) {
+    // A domain may resolve to either family, so only rules without domains are checked (and a
+    // named set may get either family by `leash set update`; countries are checked by their ranges).
+    if let (Some(protos), Some(to), true) = (rule.effective_protos(), &rule.to, rule.domains.is_empty() && rule.sets.is_empty()) {
+        let c = &rule.country_ranges;
         let reachable = protos.iter().any(|p| {
             to.iter().any(|n| match p {
                 Proto::Icmp => matches!(n, IpNet::V4(_)),
                 Proto::Icmpv6 => matches!(n, IpNet::V6(_)),
                 Proto::Tcp | Proto::Udp => true,
-            })
+            }) || match p {
+                Proto::Icmp => !c.v4.is_empty(),
+                Proto::Icmpv6 => !c.v6.is_empty(),
+                Proto::Tcp | Proto::Udp => !c.is_empty(),
+            }
         });
         if !reachable {
             let names: Vec<&str> = protos.iter().map(|p| p.as_str()).collect();

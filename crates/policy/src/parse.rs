@@ -68,7 +68,7 @@ pub fn load(src: &str, resolver: &dyn Resolver) -> (Option<Policy>, Vec<Diagnost
             return (None, vec![Diagnostic::error("syntax", span, format!("TOML syntax: {message}"))]);
         }
     };
-    let mut p = Parser { src, resolver, diags: Vec::new(), sets: Vec::new(), countries: None, country_db: None };
+    let mut p = Parser { src, resolver, diags: Vec::new(), sets: Vec::new(), failed_sets: Vec::new(), countries: None, country_db: None };
     let policy = p.policy(doc.as_table());
     let mut diags = p.diags;
     diags.sort_by_key(|d| (d.span.start, d.span.end));
@@ -88,6 +88,9 @@ struct Parser<'a> {
     diags: Vec<Diagnostic>,
     /// The `[[set]]`s, read before the rules so that rules can name them wherever they stand.
     sets: Vec<NamedSet>,
+    /// Names of `[[set]]`s whose file did not load (already reported): rules naming them are not
+    /// reported a second time.
+    failed_sets: Vec<String>,
     countries: Option<CountryDbRef>,
     /// Looks up the merged networks of country codes in the loaded database, when `[countries]`
     /// names one that loads.
@@ -735,6 +738,8 @@ impl<'a> Parser<'a> {
         self.require(t, "name", &suggested, &span, "set has no `name`");
         self.require(t, "file", &suggested, &span, "set has no `file` (one address or network a line)");
         let (Some((name, name_span)), Some((file, file_span))) = (name, file) else { return };
+        // Until it loads, the set counts as failed (every early return below reported why).
+        self.failed_sets.push(name.clone());
         let text = match self.resolver.read_file(&file) {
             Ok(bytes) => match String::from_utf8(bytes) {
                 Ok(t) => t,
@@ -749,14 +754,17 @@ impl<'a> Parser<'a> {
             }
         };
         match crate::setfile::parse_set_file(&text) {
-            Ok(f) => self.sets.push(NamedSet {
-                name,
-                name_span,
-                file,
-                file_span,
-                ranges: std::sync::Arc::new(f.ranges),
-                entries: f.entries,
-            }),
+            Ok(f) => {
+                self.failed_sets.pop();
+                self.sets.push(NamedSet {
+                    name,
+                    name_span,
+                    file,
+                    file_span,
+                    ranges: std::sync::Arc::new(f.ranges),
+                    entries: f.entries,
+                })
+            }
             Err(errors) => {
                 for e in &errors {
                     self.error("set-file", file_span.clone(), format!("{file}:{}:{}: {}", e.line, e.col, e.message));
@@ -1131,6 +1139,7 @@ impl<'a> Parser<'a> {
             if let Some(set) = s.strip_prefix("set:") {
                 match self.sets.iter().position(|x| x.name == set) {
                     Some(index) => sets.push(SetRef { index, span }),
+                    None if self.failed_sets.iter().any(|f| f == set) => ok = false,
                     None => {
                         ok = false;
                         let names: Vec<&str> = self.sets.iter().map(|x| x.name.as_str()).collect();

@@ -247,3 +247,32 @@ fn countries_from_each_database_layout() {
     assert!(msgs[0].starts_with("country-db: geo/bad.csv:2:"), "{msgs:#?}");
     assert!(msgs[1].starts_with("bad-country: invalid country code `X1`"), "{msgs:#?}");
 }
+
+#[test]
+fn lints_for_the_new_dimensions() {
+    let today = policy::Date { year: 2026, month: 6, day: 1 };
+    // The general lints (no DNS rule, undocumented broad allows) are not what this is about.
+    let codes = |src: &str| -> Vec<&'static str> {
+        let p = load_ok(src);
+        policy::lint::lint(&p, today)
+            .into_iter()
+            .map(|d| d.code)
+            .filter(|c| !matches!(*c, "no-dns" | "undocumented-broad-allow"))
+            .collect()
+    };
+    // Only the expectation whose verdict depends on the hour is flagged.
+    let src = format!(
+        "{WINDOWS}\n[[expect]]\nto = \"192.0.2.1:443\"\nverdict = \"allow\"\n\n[[expect]]\nto = \"192.0.2.1:80\"\nverdict = \"deny\"\n"
+    );
+    assert_eq!(codes(&src), vec!["expect-without-time"]);
+    // A rate with allow_established off counts every packet.
+    let c = codes("version = 1\n[defaults]\nallow_established = false\n[[rule]]\nname = \"a\"\naction = \"allow\"\npurpose = \"p\"\nowner = \"o\"\nrate = \"5/second\"\n");
+    assert!(c.contains(&"rate-counts-packets"), "{c:?}");
+    // A set or a country is a destination: `to = ["set:x"]` is not an empty list, and an earlier
+    // windowed rule does not shadow a later unwindowed one.
+    let c = codes("version = 1\n[[set]]\nname = \"t\"\nfile = \"feeds/block.txt\"\n[[rule]]\nname = \"a\"\naction = \"deny\"\nto = [\"set:t\"]\nwhen = \"Mon 09:00-10:00\"\n[[rule]]\nname = \"b\"\naction = \"deny\"\nto = [\"set:t\"]\n");
+    assert!(c.is_empty(), "{c:?}");
+    // ... while a later rule inside the earlier one's set and window is shadowed.
+    let c = codes("version = 1\n[[set]]\nname = \"t\"\nfile = \"feeds/block.txt\"\n[[rule]]\nname = \"a\"\naction = \"deny\"\nto = [\"set:t\"]\n[[rule]]\nname = \"b\"\naction = \"deny\"\nto = [\"198.51.100.7\"]\nwhen = \"Mon 09:00-10:00\"\n");
+    assert_eq!(c, vec!["shadowed"]);
+}

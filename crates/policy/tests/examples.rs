@@ -37,6 +37,18 @@ impl Resolver for Debian {
             _ => return None,
         })
     }
+    /// The files next to the examples (feeds).
+    fn read_file(&self, path: &str) -> Result<Vec<u8>, String> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+        std::fs::read(format!("{dir}/{path}")).map_err(|e| format!("{path}: {e}"))
+    }
+    /// A hybrid host where the services the examples name run.
+    fn cgroup2_prefix(&self) -> Option<String> {
+        Some("unified".into())
+    }
+    fn cgroup_id(&self, path: &str) -> Option<u64> {
+        (path == "system.slice/nginx.service").then_some(4242)
+    }
 }
 
 #[test]
