@@ -16,7 +16,7 @@ pub use elements::{SetWriter, TimedElement};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use ruleset::{ChainPolicy, Hook, KeyType, Table};
+use ruleset::{ChainPolicy, ChainType, Hook, KeyType, Table};
 
 use crate::nl::{self, KernelError, Messages, NLMSG_ERROR, NlError, Socket};
 use encode::Batch;
@@ -383,13 +383,18 @@ fn verify(sock: &mut Socket, want: &Table, got: Option<&TableStatus>) -> Result<
         let Some(g) = got.chains.iter().find(|c| c.name == w.name) else {
             return fail(format!("chain {} is missing", w.name));
         };
-        if g.hook != Some(w.hook) || g.priority != Some(w.priority) || g.policy != Some(w.policy) {
+        // A regular chain has no hook, priority, policy or type.
+        if w.kind == ChainType::Regular {
+            if g.hook_num.is_some() || g.chain_type.is_some() {
+                return fail(format!("chain {}: has a hook or type, want a regular chain", w.name));
+            }
+        } else if g.hook != Some(w.hook) || g.priority != Some(w.priority) || g.policy != Some(w.policy) {
             return fail(format!(
                 "chain {}: hook {:?} priority {:?} policy {:?}, want {:?} {} {:?}",
                 w.name, g.hook_num, g.priority, g.policy, w.hook, w.priority, w.policy
             ));
         }
-        if g.chain_type.as_deref() != Some(w.kind.nft_name()) {
+        if w.kind != ChainType::Regular && g.chain_type.as_deref() != Some(w.kind.nft_name()) {
             return fail(format!(
                 "chain {}: type {:?}, want {}",
                 w.name,
