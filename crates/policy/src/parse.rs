@@ -92,9 +92,8 @@ struct Parser<'a> {
     /// reported a second time.
     failed_sets: Vec<String>,
     countries: Option<CountryDbRef>,
-    /// Looks up the merged networks of country codes in the loaded database, when `[countries]`
-    /// names one that loads.
-    country_db: Option<Box<dyn Fn(&[&str]) -> (crate::ranges::AddrRanges, Vec<String>)>>,
+    /// The loaded country database, when `[countries]` names one that loads.
+    country_db: Option<crate::geo::CountryDb>,
 }
 
 /// One entry of a table: the key's name and span, and the item.
@@ -611,7 +610,7 @@ impl<'a> Parser<'a> {
                     }
                 }
                 "to_country" => {
-                    if let Some((codes, ranges)) = self.to_country(&e) {
+                    if let Some((codes, ranges)) = self.country_list(&e) {
                         rule.countries = codes;
                         rule.country_ranges = std::sync::Arc::new(ranges);
                     }
@@ -793,7 +792,7 @@ impl<'a> Parser<'a> {
     }
 
     /// `to_country`: upper-case two-letter codes, looked up in the `[countries]` database.
-    fn to_country(&mut self, e: &Entry) -> Option<(Vec<(String, Span)>, crate::ranges::AddrRanges)> {
+    fn country_list(&mut self, e: &Entry) -> Option<(Vec<(String, Span)>, crate::ranges::AddrRanges)> {
         let mut codes = Vec::new();
         let mut ok = true;
         for v in self.list(e, "a list of country codes")? {
@@ -821,9 +820,9 @@ impl<'a> Parser<'a> {
             return None;
         }
         // A database that failed to load has already been reported.
-        let lookup = self.country_db.as_ref()?;
+        let db = self.country_db.as_ref()?;
         let refs: Vec<&str> = codes.iter().map(|c| c.0.as_str()).collect();
-        let (ranges, present) = lookup(&refs);
+        let (ranges, present) = (db.ranges(&refs), db.codes());
         for (c, span) in &codes {
             if !present.iter().any(|p| p == c) {
                 self.warning("unknown-country", span.clone(), format!("the country database has no networks for `{c}`"));
@@ -1013,10 +1012,7 @@ impl<'a> Parser<'a> {
             }
         };
         match result {
-            Ok(db) => {
-                let db = std::sync::Arc::new(db);
-                self.country_db = Some(Box::new(move |codes: &[&str]| (db.ranges(codes), db.codes())));
-            }
+            Ok(db) => self.country_db = Some(db),
             Err(m) => self.error("country-db", span, m),
         }
     }
