@@ -47,7 +47,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status => status(json)?,
         Command::Disable => disable(json)?,
         Command::Explain(args) => explain(&args, json)?,
-        Command::Test { policy, timeout_ms } => test(&policy, timeout_ms, json)?,
+        Command::Test { policy, measure, .. } if measure.measure => test_measure(&policy, &measure, json)?,
+        Command::Test { policy, timeout_ms, .. } => test(&policy, timeout_ms, json)?,
         Command::Dns { policy, metrics } => crate::dns_cmd::run(&policy, metrics)?,
         Command::Conns(a) => crate::conns_cmd::run(&a, json)?,
         Command::Log(a) => crate::log_cmd::run(&a, json)?,
@@ -221,7 +222,7 @@ fn carry_over_domain_sets(p: &policy::Policy, table: &mut ruleset::Table) -> Res
     use ruleset::SetElements;
     let mut carried = 0;
     let own = crate::dns_cmd::own_addresses();
-    for set in table.sets.iter_mut().filter(|s| s.timeout) {
+    for set in table.sets.iter_mut().filter(|s| s.timeout && s.dynamic.is_none()) {
         // The rule the set belongs to in the new policy: an answer it would no longer admit
         // (allow_private removed, or an own address) stays behind.
         let rule = p.rules.iter().find(|r| {
@@ -312,7 +313,7 @@ fn explain(a: &ExplainArgs, json: bool) -> Result<u8> {
         (None, Some(c)) => Some(c.trim_matches('/').to_string()),
         (None, None) => None,
     };
-    let r = system::SystemResolver;
+    let r = system::SystemResolver::default();
     let uid = match &a.user {
         Some(u) => resolve_principal(u, |n| r.user(n), "user")?,
         None => 0,
@@ -341,12 +342,17 @@ fn test(path: &std::path::Path, timeout_ms: u64, json: bool) -> Result<u8> {
     if p.expects.is_empty() {
         bail!("{} has no [[expect]] cases to test", l.display_name());
     }
-    let table = compiled(&l, &p);
-    let opts = lab::RunOptions { timeout: std::time::Duration::from_millis(timeout_ms), ..Default::default() };
+    // The lab compiles the policy itself: once for now, and again for each `at` of the
+    // expectations, with the policy's cgroups pointed at scratch cgroups.
+    let opts = lab::RunOptions {
+        timeout: std::time::Duration::from_millis(timeout_ms),
+        compile: CompileOptions { comment: Some(l.table_comment()), ..Default::default() },
+        ..Default::default()
+    };
     if !json {
         eprintln!("leash: testing {} expectation(s) of {} in scratch namespaces...", p.expects.len(), l.display_name());
     }
-    let report = lab::run_expectations(&p, &table, &opts).context("could not run the expectations")?;
+    let report = lab::run_expectations(&p, &opts).context("could not run the expectations")?;
     let failed = report.rows.iter().filter(|r| !r.pass).count();
     if json {
         output::print_json(&serde_json::json!({
@@ -360,4 +366,71 @@ fn test(path: &std::path::Path, timeout_ms: u64, json: bool) -> Result<u8> {
         println!("{} passed, {} failed", report.rows.len() - failed, failed);
     }
     Ok(if failed == 0 { EXIT_OK } else { EXIT_POLICY })
+}
+
+/// `leash test --measure`: connect latency and rate with the policy versus no table.
+fn test_measure(path: &std::path::Path, a: &crate::cli::MeasureArgs, json: bool) -> Result<u8> {
+    let Some((l, p)) = load::load_valid(path)? else { return Ok(EXIT_POLICY) };
+    require_root("test --measure")?;
+    if a.rounds == 0 || a.connects == 0 {
+        usage!("--rounds and --connects must be at least 1");
+    }
+    let opts = lab::MeasureOptions {
+        rounds: a.rounds,
+        connects: a.connects,
+        time_limit: std::time::Duration::from_secs(a.max_seconds),
+        compile: CompileOptions { comment: Some(l.table_comment()), ..Default::default() },
+        ..Default::default()
+    };
+    eprintln!(
+        "leash: measuring {} in scratch namespaces: {} round(s) x {} connects, with the policy and with no table...",
+        l.display_name(),
+        a.rounds,
+        a.connects
+    );
+    let progress = |line: &str| eprintln!("leash: {line}");
+    let m = match lab::measure(&p, &opts, &progress) {
+        Ok(m) => m,
+        // Nothing to measure is the policy's business (exit 1), not a system failure.
+        Err(e @ lab::LabError::NothingToMeasure(_)) => {
+            eprintln!("leash: {}: {e}", l.display_name());
+            return Ok(EXIT_POLICY);
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("could not measure")),
+    };
+    if json {
+        output::print_json(&serde_json::json!({ "file": l.display_name(), "measurement": m }));
+    } else {
+        print_measurement(&l, &m);
+    }
+    Ok(EXIT_OK)
+}
+
+fn print_measurement(l: &Loaded, m: &lab::Measurement) {
+    println!(
+        "performance impact of {} on new TCP connections ({} destination(s), {} kernel rules; {} interleaved round(s) x {} connects per side{})",
+        l.display_name(),
+        m.targets.len(),
+        m.kernel_rules,
+        m.rounds,
+        m.connects_per_round,
+        if m.stopped_early { ", stopped early by the time limit" } else { "" }
+    );
+    println!("{:<16} {:>12} {:>12} {:>12} {:>9}", "", "p50 connect", "p99 connect", "connects/s", "failed");
+    for (name, s) in [("no table", &m.without_policy), ("policy applied", &m.with_policy)] {
+        println!(
+            "{:<16} {:>9.1} us {:>9.1} us {:>12.0} {:>9}",
+            name, s.p50_us, s.p99_us, s.connects_per_s, s.failures
+        );
+    }
+    println!("{:<16} {:>11.2}x {:>11.2}x {:>11.2}x", "ratio", m.ratio.p50, m.ratio.p99, m.ratio.connects_per_s);
+    for s in &m.skipped {
+        println!("skipped: {s}");
+    }
+    if m.with_policy.failures > 0 {
+        println!(
+            "note: {} connect(s) failed with the policy applied although their expectations allow them (rate or connection limits?)",
+            m.with_policy.failures
+        );
+    }
 }

@@ -46,13 +46,19 @@ pub fn print_explanation(
         c.uid,
         c.gid
     );
-    let conn_text = match (&c.cgroup, at.or(c.at.filter(|_| p.rules.iter().any(|r| r.when.is_some())))) {
-        (cg, t) => format!(
-            "{conn_text}{}{}",
-            cg.as_ref().map(|g| format!(" in cgroup /{g}")).unwrap_or_default(),
-            t.map(|t| format!(" at {} {}", policy::WEEKDAYS[t.weekday().to_sunday_zero_offset() as usize], t.strftime("%Y-%m-%d %H:%M:%S"))).unwrap_or_default()
-        ),
-    };
+    // The time shows when it was asked for or when windows decide; the cgroup when given.
+    let shown_time = at.or(c.at.filter(|_| p.rules.iter().any(|r| r.when.is_some())));
+    let conn_text = format!(
+        "{conn_text}{}{}",
+        c.cgroup.as_ref().map(|g| format!(" in cgroup /{g}")).unwrap_or_default(),
+        shown_time
+            .map(|t| format!(
+                " at {} {}",
+                policy::WEEKDAYS[t.weekday().to_sunday_zero_offset() as usize],
+                t.strftime("%Y-%m-%d %H:%M:%S")
+            ))
+            .unwrap_or_default()
+    );
     let limits = match e.decider {
         Decider::Rule(i) => limits_text(p, &p.rules[i]),
         _ => None,
@@ -219,26 +225,42 @@ pub fn print_status(st: Option<&kernel::TableStatus>, json: bool) {
         println!("  {:<28} {:>14}", "SET", "ELEMENTS");
         for s in &st.sets {
             // Timeout sets are the forwarder's: their elements come and go with DNS answers.
-            let kind = if s.timeout { "  (domain answers, with timeouts)" } else { "" };
+            // Meters (limit_per) are dynamic sets the packet path fills: nft's NFT_SET_EVAL flag.
+            let kind = if s.flags & 0x20 != 0 {
+                "  (meter: one limiter per key)"
+            } else if s.timeout {
+                "  (domain answers, with timeouts)"
+            } else {
+                ""
+            };
             println!("  {:<28} {:>14}{kind}", s.name, s.elements.to_string());
         }
     }
 }
 
 pub fn print_test_report(l: &Loaded, p: &Policy, r: &lab::Report) {
-    let dst_text = |c: &lab::Case| {
+    let dst_text = |row: &lab::Row| {
+        let c = &row.case;
         let dst = match (c.dst, c.port) {
             (std::net::IpAddr::V6(a), Some(port)) => format!("[{a}]:{port}"),
             (a, Some(port)) => format!("{a}:{port}"),
             (a, None) => a.to_string(),
         };
-        match &c.name {
+        let mut t = match &c.name {
             Some(n) => format!("{n} = {dst}"),
             None => dst,
+        };
+        // The process and the time, when the expectation names them.
+        if let Some(cg) = &c.cgroup {
+            t += &format!(" from /{cg}");
         }
+        if let Some(at) = row.at {
+            t += &format!(" at {}", at.strftime("%a %Y-%m-%d %H:%M"));
+        }
+        t
     };
     // Columns as wide as their widest cell, so names of domain cases do not break the table.
-    let dw = r.rows.iter().map(|row| dst_text(&row.case).len()).max().unwrap_or(0).max("DESTINATION".len());
+    let dw = r.rows.iter().map(|row| dst_text(row).len()).max().unwrap_or(0).max("DESTINATION".len());
     let ow = r.rows.iter().map(|row| row.outcome.describe().len()).max().unwrap_or(0).max("OUTCOME".len());
     println!(
         "{:<4} {:<6} {:<6} {:<dw$} {:<8} {:<8} {:<8} {:<ow$} DECIDED BY",
@@ -246,7 +268,7 @@ pub fn print_test_report(l: &Loaded, p: &Policy, r: &lab::Report) {
     );
     for row in &r.rows {
         let c = &row.case;
-        let dst = dst_text(c);
+        let dst = dst_text(row);
         let user = crate::system::user_name(c.uid).unwrap_or_else(|| c.uid.to_string());
         println!(
             "{:<4} {:<6} {:<6} {:<dw$} {:<8} {:<8} {:<8} {:<ow$} {}",

@@ -5,12 +5,14 @@
 //! the namespace of the thread that opens them) and on table `inet leash` only: every message
 //! names family inet and that table.
 
+mod bulk;
 pub(crate) mod consts;
 mod elements;
 mod encode;
 mod expr;
 mod read;
 
+pub use bulk::{ReplaceOptions, ReplaceReport, SetContents, replace_set_elements};
 pub use elements::{SetWriter, TimedElement};
 
 use std::net::IpAddr;
@@ -44,6 +46,12 @@ pub enum Error {
     /// The table read back after an apply differs from the one applied.
     #[error("the table read back after apply differs: {0}")]
     Verify(String),
+    /// There is no table `inet <name>` (to change the sets of).
+    #[error("there is no table inet {0}")]
+    NoSuchTable(String),
+    /// Table `inet <table>` has no set `<set>`.
+    #[error("table inet {table} has no set {set}")]
+    NoSuchSet { table: String, set: String },
 }
 
 impl Error {
@@ -89,6 +97,9 @@ pub struct ApplyReport {
     /// Sets too large to count back quickly ([`COUNT_LIMIT`]); their elements were checked by
     /// looking up a sample instead (and every NEWSETELEM was acked, with `NLM_F_EXCL`).
     pub sampled_sets: usize,
+    /// The handle of the new table (see [`TableInfo::handle`]): callers that record what they
+    /// applied (element counts of large sets) key the record by it.
+    pub table_handle: u64,
 }
 
 /// A packet and byte counter of a rule.
@@ -140,19 +151,24 @@ pub struct SetStatus {
 }
 
 /// How many elements a set has. Counting reads the elements back, which costs O(n^2) in the
-/// kernel for interval sets, so large sets are counted only up to a limit.
+/// kernel for interval sets, so large sets are counted only up to a limit, or not at all when the
+/// caller knows the number from loading the set ([`status_with`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ElementCount {
+    /// Counted in the kernel.
     Exact(usize),
     /// More than the counting limit; at least this many.
     AtLeast(usize),
+    /// Not counted: the number the caller recorded when it loaded the set (every element of that
+    /// batch was acked). Changes made since by other tools are not seen.
+    Recorded(usize),
 }
 
 impl ElementCount {
-    /// The number counted (exact, or a lower bound).
+    /// The number counted (exact, or a lower bound) or recorded.
     pub fn value(self) -> usize {
         match self {
-            ElementCount::Exact(n) | ElementCount::AtLeast(n) => n,
+            ElementCount::Exact(n) | ElementCount::AtLeast(n) | ElementCount::Recorded(n) => n,
         }
     }
 }
@@ -162,6 +178,7 @@ impl std::fmt::Display for ElementCount {
         match self {
             ElementCount::Exact(n) => write!(f, "{n}"),
             ElementCount::AtLeast(n) => write!(f, "at least {n}"),
+            ElementCount::Recorded(n) => write!(f, "{n} (as loaded)"),
         }
     }
 }
@@ -224,6 +241,11 @@ pub fn encode_apply_batch(table: &Table, opts: &ApplyOptions) -> Result<Vec<u8>,
 /// Replaces table `inet leash` with `table` in one atomic batch, then reads it back and checks
 /// it. On any error the kernel has applied nothing and the previous table (if any) is intact,
 /// except for [`Error::Verify`], which means the batch was committed but reads back differently.
+///
+/// Verification never reads a large set back: sets of more than [`COUNT_LIMIT`] elements (and
+/// the forwarder's timeout sets, whose contents change on their own) are not counted; every
+/// NEWSETELEM of the batch was acked with `NLM_F_EXCL`, which proves each element went in, and a
+/// sample of [`VERIFY_SAMPLE`] ranges is looked up to check that they went into the right set.
 pub fn apply(table: &Table, opts: &ApplyOptions) -> Result<ApplyReport, Error> {
     let batch = encode::encode_apply(table, opts)?;
     let mut sock = open_socket()?;
@@ -231,8 +253,15 @@ pub fn apply(table: &Table, opts: &ApplyOptions) -> Result<ApplyReport, Error> {
     send_batch(&mut sock, &batch)?;
     let send_and_ack = t0.elapsed();
     let t1 = Instant::now();
-    let got = read::read_table(&mut sock, &table.name, COUNT_LIMIT)?;
-    let sampled_sets = verify(&mut sock, table, got.as_ref())?;
+    let counting = |_: u64, s: &SetStatus| match table.sets.iter().find(|w| w.name == s.name) {
+        Some(w) if w.timeout || w.dynamic.is_some() || w.elements.len() > COUNT_LIMIT => {
+            read::Counting::Known(ElementCount::Recorded(w.elements.len()))
+        }
+        _ => read::Counting::Dump(COUNT_LIMIT),
+    };
+    let got = read::read_table(&mut sock, &table.name, &counting)?;
+    let table_handle = got.as_ref().map_or(0, |(h, _)| *h);
+    let sampled_sets = verify(&mut sock, table, got.as_ref().map(|(_, t)| t))?;
     Ok(ApplyReport {
         messages: batch.what.len(),
         bytes: batch.bytes.len(),
@@ -240,6 +269,7 @@ pub fn apply(table: &Table, opts: &ApplyOptions) -> Result<ApplyReport, Error> {
         send_and_ack,
         verify: t1.elapsed(),
         sampled_sets,
+        table_handle,
     })
 }
 
@@ -254,10 +284,26 @@ pub fn disable() -> Result<bool, Error> {
     }
 }
 
-/// Table `inet leash` with rule counters and set sizes; `None` if there is no such table.
+/// Table `inet leash` with rule counters and set sizes; `None` if there is no such table. Sets
+/// are counted up to [`COUNT_LIMIT`] elements.
 pub fn status() -> Result<Option<TableStatus>, Error> {
+    status_with(|_, _| None)
+}
+
+/// Like [`status`], but a set for which `recorded(table_handle, set)` gives a number is not
+/// counted in the kernel at all: its count is reported as [`ElementCount::Recorded`]. Callers
+/// pass the counts they recorded when they loaded the sets, for the table with that handle, so
+/// that a million-element set costs nothing to report (counting it would take minutes, and even
+/// the bounded count reads [`COUNT_LIMIT`] elements).
+pub fn status_with(
+    recorded: impl Fn(u64, &SetStatus) -> Option<usize>,
+) -> Result<Option<TableStatus>, Error> {
     let mut sock = open_socket()?;
-    read::read_table(&mut sock, ruleset::TABLE_NAME, COUNT_LIMIT)
+    let counting = |handle: u64, s: &SetStatus| match recorded(handle, s) {
+        Some(n) => read::Counting::Known(ElementCount::Recorded(n)),
+        None => read::Counting::Dump(COUNT_LIMIT),
+    };
+    Ok(read::read_table(&mut sock, ruleset::TABLE_NAME, &counting)?.map(|(_, t)| t))
 }
 
 /// Handle and comment of table `inet <table>`; `None` if there is no such table.
@@ -451,33 +497,24 @@ fn verify(sock: &mut Socket, want: &Table, got: Option<&TableStatus>) -> Result<
             ));
         }
         let n = w.elements.len();
-        if w.timeout {
+        // Meters (dynamic sets) fill from the packet path, also between commit and this read.
+        if w.timeout || w.dynamic.is_some() {
             // Elements of a timeout set expire on their own and the DNS forwarder adds more at
             // any time (even between our commit and this read), so no count is "right". Every
             // NEWSETELEM of the batch was acked with NLM_F_EXCL, which proves they went in.
             continue;
         }
+        if n > COUNT_LIMIT {
+            // Not counted (see `apply`): look up a sample of ranges, each start and end element
+            // (nft's leading zero-key end element cannot be looked up: the kernel answers ENOENT).
+            let picked = bulk::sample(w.key, &w.elements, VERIFY_SAMPLE);
+            let refs: Vec<&encode::KernelElem> = picked.iter().collect();
+            read::check_elements_present(sock, &want.name, &w.name, &refs)?;
+            sampled += 1;
+            continue;
+        }
         match g.elements {
             ElementCount::Exact(c) if c == n => {}
-            ElementCount::AtLeast(c) if n > COUNT_LIMIT && c > COUNT_LIMIT => {
-                let k = encode::kernel_elements(w);
-                let samples = VERIFY_SAMPLE.min(n);
-                let mut picked: Vec<&encode::KernelElem> = Vec::new();
-                for j in 0..samples {
-                    let i = if samples == 1 {
-                        0
-                    } else {
-                        j * (n - 1) / (samples - 1)
-                    };
-                    // A range's start and end element. (nft's leading zero-key end element cannot
-                    // be looked up: the kernel answers ENOENT for it.)
-                    let from = k.starts[i];
-                    let to = k.starts.get(i + 1).copied().unwrap_or(k.elems.len());
-                    picked.extend(&k.elems[from..to]);
-                }
-                read::check_elements_present(sock, &want.name, &w.name, &picked)?;
-                sampled += 1;
-            }
             c => return fail(format!("set {}: {c} elements, want {n}", w.name)),
         }
     }
