@@ -207,6 +207,11 @@ pub fn print_status(st: Option<&kernel::TableStatus>, json: bool) {
     println!("  policy  {}", path.unwrap_or("(unknown: table has no leash comment)"));
     println!("  sha256  {}", hash.unwrap_or("-"));
     for c in &st.chains {
+        // A chain without a hook is a limited rule's own chain, reached by jump.
+        if c.hook_num.is_none() {
+            println!("  chain   {} (regular, jumped to; {} kernel rules)", c.name, c.rules.len());
+            continue;
+        }
         println!(
             "  chain   {} (priority {}, policy {}, {} kernel rules)",
             c.name,
