@@ -81,3 +81,22 @@ fn compile_prints_nft_and_json() {
     assert!(r.ok(), "{r}");
     assert!(r.json()["nftables"].as_array().unwrap().len() > 5, "{r}");
 }
+
+#[test]
+fn check_reports_set_file_lines_and_changes_nothing() {
+    let dir = TempDir::new("check-set");
+    dir.file("feed.txt", "192.0.2.1\n198.51.100.0/24\n  203.0.113.300\n");
+    let policy = dir.file(
+        "p.toml",
+        "version = 1\n[[set]]\nname = \"feed\"\nfile = \"feed.txt\"\n[[rule]]\nname = \"block\"\naction = \"deny\"\nto = [\"set:feed\"]\n",
+    );
+    let r = leash(&["check", &policy]);
+    assert_eq!(r.code, Some(1), "{r}");
+    // The policy position, then the feed's own FILE:LINE:COL.
+    assert!(r.stderr.contains("p.toml:4:8: error: feed.txt:3:3: `203.0.113.300` is not an IP address"), "{r}");
+    // A missing file is named with the path it was looked for at (next to the policy).
+    let policy = dir.file("q.toml", "version = 1\n[[set]]\nname = \"feed\"\nfile = \"nope.txt\"\n");
+    let r = leash(&["check", &policy]);
+    assert_eq!(r.code, Some(1), "{r}");
+    assert!(r.stderr.contains("cannot read set file:") && r.stderr.contains("nope.txt"), "{r}");
+}

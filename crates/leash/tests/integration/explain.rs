@@ -47,3 +47,34 @@ fn explain_rejects_bad_arguments() {
         assert!(r.stderr.starts_with("leash: error:"), "{r}");
     }
 }
+
+#[test]
+fn explain_at_a_time_from_a_service() {
+    let p = example("branch-office");
+    let p = p.to_str().unwrap();
+    // The office-hours rule opens on a Monday morning in Berlin, in local time or as an instant
+    // (08:30 UTC on a winter Monday is 09:30 in Berlin).
+    for at in ["Mon 09:30", "2026-11-23 09:30", "2026-11-23T08:30:00Z"] {
+        let r = leash(&["explain", p, "--to", "203.0.113.10:443", "--at", at]);
+        assert!(r.ok(), "{r}");
+        assert!(r.stdout.starts_with("ALLOW:"), "{at}: {r}");
+        assert!(r.stdout.contains("decided by rule `saas-office-hours`"), "{at}: {r}");
+    }
+    let r = leash(&["explain", p, "--to", "203.0.113.10:443", "--at", "Sun 09:30"]);
+    assert!(r.stdout.starts_with("DENY:") && r.stdout.contains("is outside Mon,Tue,Wed,Thu,Fri 08:00-18:00"), "{r}");
+
+    // The payment provider only for nginx; the test resolver of this host has no such service,
+    // so the rule matches nothing and says why.
+    let r = leash(&["explain", "--json", p, "--to", "192.0.2.200:443", "--service", "nginx"]);
+    assert!(r.ok(), "{r}");
+    let j = r.json();
+    assert_eq!(j["connection"]["cgroup"], "system.slice/nginx.service", "{r}");
+    assert_eq!(j["connection"]["time_zone"], "Europe/Berlin", "{r}");
+
+    // A limited rule says what it lets through.
+    let r = leash(&["explain", p, "--to", "192.0.2.25:587"]);
+    assert!(r.stdout.contains("limited: at most 30/minute (burst 10) new connections and at most 4 connections at once"), "{r}");
+    // The threat feed decides before anything else.
+    let r = leash(&["explain", p, "--to", "198.51.100.99:443"]);
+    assert!(r.stdout.starts_with("DENY:") && r.stdout.contains("decided by rule `threats`"), "{r}");
+}
