@@ -2,6 +2,10 @@
 //! same bytes (lossily as UTF-8) as DB-IP CSV and as a GeoLite2 blocks file plus locations file
 //! (split at the first NUL byte). Nothing may panic or hang, and whatever loads must answer
 //! `ranges` and `country_of` consistently.
+//!
+//! Random bytes rarely end in valid metadata, so the input is also tried as a search tree and data
+//! section behind metadata made from its first two bytes (record size, IP version, node count):
+//! that takes the fuzzer straight to the tree walk and the data decoder.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -15,6 +19,11 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(db) = mmdb {
         check(&db);
+    }
+    if let [sel, nodes, body @ ..] = data {
+        if let Ok(db) = CountryDb::from_mmdb(&with_metadata(*sel, *nodes, body)) {
+            check(&db);
+        }
     }
     let text = String::from_utf8_lossy(data);
     if let Ok(db) = CountryDb::from_csv(&text, None) {
@@ -31,6 +40,21 @@ fuzz_target!(|data: &[u8]| {
         check(&db);
     }
 });
+
+/// `body` (tree, separator, data) followed by the metadata marker and a metadata map.
+fn with_metadata(sel: u8, nodes: u8, body: &[u8]) -> Vec<u8> {
+    let record_size: u8 = [24, 28, 32, 24][usize::from(sel & 3)];
+    let ip_version: u8 = if sel & 4 == 0 { 4 } else { 6 };
+    let mut b = body.to_vec();
+    b.extend_from_slice(b"\xab\xcd\xefMaxMind.com");
+    b.push(0xe3); // a map of three pairs
+    for (key, value) in [("node_count", nodes.max(1)), ("record_size", record_size), ("ip_version", ip_version)] {
+        b.push(0x40 | key.len() as u8); // a string
+        b.extend_from_slice(key.as_bytes());
+        b.extend_from_slice(&[0xa1, value]); // a one-byte uint16
+    }
+    b
+}
 
 /// Every code owns ranges; every range's ends belong to its code and to no other.
 fn check(db: &CountryDb) {
@@ -49,7 +73,9 @@ fn check(db: &CountryDb) {
             .iter()
             .take(8)
             .flat_map(|&(a, b)| [IpAddr::from(a.to_be_bytes()), IpAddr::from(b.to_be_bytes())])
-            .chain(r.v6.iter().take(8).flat_map(|&(a, b)| [IpAddr::from(a.to_be_bytes()), IpAddr::from(b.to_be_bytes())]));
+            .chain(
+                r.v6.iter().take(8).flat_map(|&(a, b)| [IpAddr::from(a.to_be_bytes()), IpAddr::from(b.to_be_bytes())]),
+            );
         for a in ends {
             assert_eq!(db.country_of(a).as_deref(), Some(code.as_str()), "{a}");
             assert!(all.contains(a));

@@ -32,6 +32,31 @@ impl Resolver for Users {
             _ => None,
         }
     }
+    /// Two set files (one good, one bad) and a tiny country database.
+    fn read_file(&self, path: &str) -> Result<Vec<u8>, String> {
+        match path {
+            "feed.txt" => Ok(b"198.51.100.0/24\n203.0.113.7 ; x\n2001:db8:bad::/48\n".to_vec()),
+            "bad.txt" => Ok(b"192.0.2.1\nnope\n".to_vec()),
+            "geo.mmdb" => Ok(country_db().to_vec()),
+            "geo.csv" => Ok(b"192.0.2.0,192.0.2.127,XA\n2001:db8:1::,2001:db8:1::ffff,XB\n".to_vec()),
+            _ => Err(format!("{path}: no such file")),
+        }
+    }
+    fn cgroup2_prefix(&self) -> Option<String> {
+        Some("unified".into())
+    }
+    fn cgroup_id(&self, path: &str) -> Option<u64> {
+        (path == "system.slice/nginx.service").then_some(4242)
+    }
+}
+
+fn country_db() -> &'static [u8] {
+    static DB: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    DB.get_or_init(|| {
+        let nets: Vec<(ipnet::IpNet, &str)> =
+            vec![("192.0.2.0/25".parse().unwrap(), "XA"), ("2001:db8:1::/48".parse().unwrap(), "XB")];
+        policy::geo::testdb::write_mmdb(&nets, 6)
+    })
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -54,6 +79,14 @@ fuzz_target!(|data: &[u8]| {
             for (_, m) in &e.misses {
                 let _ = m.to_string();
             }
+        }
+        // Every valid policy compiles, at any time and imitating any expectation's time.
+        let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let t = ruleset::compile(&p, &ruleset::compile::CompileOptions { now: Some(now), ..Default::default() });
+        let _ = ruleset::render::nft_text(&t);
+        for x in p.expects.iter().filter_map(|x| x.at) {
+            let opts = ruleset::compile::CompileOptions { imitate: Some((now, x)), ..Default::default() };
+            let _ = ruleset::compile(&p, &opts);
         }
     }
 });

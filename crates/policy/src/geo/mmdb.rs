@@ -167,8 +167,8 @@ fn walk(tree: &[u8], data: &[u8], meta: Meta) -> Result<CountryDb, GeoError> {
             ));
         }
         budget -= 1;
-        // Right first, so that the left (lower) half is popped and walked first: the IPv4 subtree
-        // at ::/96 is then fully walked before the aliases further right are reached.
+        // Right first, so that the lower half is popped first and ranges come out in address
+        // order, which makes the final sort cheap.
         for side in [1usize, 0] {
             let rec = record(tree, record_size, node, side);
             let child = prefix | ((side as u128) << (127 - depth));
@@ -224,6 +224,28 @@ fn add_network(b: &mut Builder, bits: u32, prefix: u128, depth: u32, tag: u32) {
     b.v4.push((start as u32, end.min(u128::from(u32::MAX)) as u32, tag));
     if end > u128::from(u32::MAX) {
         b.v6.push((1 << 32, end, tag));
+    }
+}
+
+/// A data type's name, for error messages.
+fn type_name(ty: u8) -> &'static str {
+    match ty {
+        T_POINTER => "a pointer",
+        T_STRING => "a string",
+        T_DOUBLE => "a double",
+        T_BYTES => "a byte string",
+        T_U16 => "a uint16",
+        T_U32 => "a uint32",
+        T_MAP => "a map",
+        T_I32 => "an int32",
+        T_U64 => "a uint64",
+        T_U128 => "a uint128",
+        T_ARRAY => "an array",
+        12 => "a data cache container",
+        13 => "an end marker",
+        T_BOOL => "a boolean",
+        T_FLOAT => "a float",
+        _ => "an unknown type",
     }
 }
 
@@ -330,7 +352,11 @@ impl<'a> Decoder<'a> {
     fn skip(&mut self, pos: usize, depth: u32) -> Result<usize, DecodeError> {
         let h = self.head(pos)?;
         let fixed = |want: &[usize]| {
-            if want.contains(&h.size) { Ok(()) } else { Self::err(pos, format!("type {} with size {}", h.ty, h.size)) }
+            if want.contains(&h.size) {
+                Ok(())
+            } else {
+                Self::err(pos, format!("{} of {} bytes", type_name(h.ty), h.size))
+            }
         };
         match h.ty {
             T_POINTER => return Ok(h.body),
@@ -359,10 +385,10 @@ impl<'a> Decoder<'a> {
             T_U64 => fixed(&[0, 1, 2, 3, 4, 5, 6, 7, 8])?,
             T_U128 => {
                 if h.size > 16 {
-                    return Self::err(pos, format!("a uint128 of {} bytes", h.size));
+                    return Self::err(pos, format!("{} of {} bytes", type_name(h.ty), h.size));
                 }
             }
-            _ => return Self::err(pos, format!("type {} has no place in a record", h.ty)),
+            _ => return Self::err(pos, format!("{} has no place in a record", type_name(h.ty))),
         }
         self.bytes(h.body, h.size).map(|_| h.body + h.size)
     }
@@ -371,7 +397,7 @@ impl<'a> Decoder<'a> {
     fn string(&mut self, pos: usize) -> Result<&'a [u8], DecodeError> {
         let h = self.follow(pos)?;
         if h.ty != T_STRING {
-            return Self::err(pos, format!("expected a string, found type {}", h.ty));
+            return Self::err(pos, format!("expected a string, found {}", type_name(h.ty)));
         }
         self.bytes(h.body, h.size)
     }
@@ -380,7 +406,10 @@ impl<'a> Decoder<'a> {
     fn uint(&mut self, pos: usize) -> Result<u128, DecodeError> {
         let h = self.follow(pos)?;
         if !matches!(h.ty, T_U16 | T_U32 | T_U64 | T_U128) || h.size > 16 {
-            return Self::err(pos, format!("expected an unsigned integer, found type {} of size {}", h.ty, h.size));
+            return Self::err(
+                pos,
+                format!("expected an unsigned integer, found {} of {} bytes", type_name(h.ty), h.size),
+            );
         }
         Ok(self.bytes(h.body, h.size)?.iter().fold(0u128, |acc, &x| (acc << 8) | u128::from(x)))
     }
