@@ -79,6 +79,9 @@ pub struct CompileOptions {
     /// `at` (`leash test` uses it for expectations with `at`): the windows are shifted by the
     /// difference, in one period.
     pub imitate: Option<(jiff::Timestamp, jiff::civil::DateTime)>,
+    /// The kernel's time zone (`settimeofday`'s `tz_minuteswest`, usually 0). The kernel's
+    /// `meta day` subtracts it while `meta hour` does not, so the day ranges are shifted to match.
+    pub kernel_minutes_west: i32,
 }
 
 /// Compiles a validated policy into the table leash applies.
@@ -591,6 +594,34 @@ fn meter_set(name: &str, key: MeterKey, timeout_ms: Option<u64>) -> Set {
     }
 }
 
+/// A UTC slot as the kernel sees it: `meta hour` is UTC, but `meta day` is the weekday of UTC
+/// minus the kernel's time zone. A slot whose seconds straddle the point where the two days
+/// differ splits into two pieces, the part on the other side taking the neighbouring weekdays
+/// (`meta day` ranges may wrap: Saturday to Monday). Each piece: the weekday range (`None`: every
+/// day) and the inclusive seconds.
+fn kernel_day_pieces(slot: policy::time::UtcSlot, minutes_west: i32) -> Vec<(Option<(u8, u8)>, u32, u32)> {
+    const DAY: i64 = policy::time::DAY;
+    let west = (minutes_west as i64 * 60).clamp(-(DAY - 1), DAY - 1);
+    let all_days = slot.first_day == 0 && slot.last_day == 6;
+    let days = |delta: i64| -> Option<(u8, u8)> {
+        (!all_days).then(|| {
+            let shift = |d: u8| (d as i64 + delta).rem_euclid(7) as u8;
+            (shift(slot.first_day), shift(slot.last_day))
+        })
+    };
+    // Seconds x of UTC day d: the kernel's day is d - 1 while x < west (west > 0), d + 1 once
+    // x >= DAY + west (west < 0), else d.
+    let (split, below, above) = if west > 0 { (west, -1, 0) } else { (DAY + west, 0, 1) };
+    let (a, b) = (slot.first_second as i64, slot.last_second as i64);
+    if west == 0 || b < split {
+        return vec![(days(below), slot.first_second, slot.last_second)];
+    }
+    if a >= split {
+        return vec![(days(above), slot.first_second, slot.last_second)];
+    }
+    vec![(days(below), slot.first_second, (split - 1) as u32), (days(above), split as u32, slot.last_second)]
+}
+
 /// The time conditions of a rule with `when` windows, one list of statements per kernel rule:
 /// each daylight-saving period (bounded by `meta time`) times each UTC slot (`meta day`,
 /// `meta hour`).
@@ -616,14 +647,16 @@ pub fn time_conditions(policy: &Policy, windows: &[policy::Window], opts: &Compi
             bounds.push(Stmt::MetaTimeUntil(until * NS));
         }
         for slot in utc_slots(windows, p.offset, shift) {
-            let mut s = bounds.clone();
-            if !(slot.first_day == 0 && slot.last_day == 6) {
-                s.push(Stmt::MetaDay { first: slot.first_day, last: slot.last_day });
+            for (days, first, last) in kernel_day_pieces(slot, opts.kernel_minutes_west) {
+                let mut s = bounds.clone();
+                if let Some((a, b)) = days {
+                    s.push(Stmt::MetaDay { first: a, last: b });
+                }
+                if !(first == 0 && last == policy::time::DAY as u32 - 1) {
+                    s.push(Stmt::MetaHour { first, last });
+                }
+                out.push(s);
             }
-            if !slot.whole_days() {
-                s.push(Stmt::MetaHour { first: slot.first_second, last: slot.last_second });
-            }
-            out.push(s);
         }
     }
     out

@@ -122,6 +122,7 @@ fn branch_office_nft() {
         comment: Some("leash sha256:test /etc/leash/policy.toml".into()),
         now: Some("2026-11-25T12:00:00Z".parse().unwrap()),
         imitate: None,
+        kernel_minutes_west: 0,
     };
     insta::assert_snapshot!(ruleset::render::nft_text(&ruleset::compile(&p, &opts)));
 }

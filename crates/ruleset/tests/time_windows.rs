@@ -7,14 +7,17 @@ use proptest::prelude::*;
 use ruleset::compile::{CompileOptions, time_conditions};
 use ruleset::model::Stmt;
 
-/// What the kernel's `meta` keys give for an instant: weekday (0 = Sunday) and second of the day
-/// in UTC, and nanoseconds since the epoch.
-fn holds(stmts: &[Stmt], t: i64) -> bool {
-    let day = ((t.div_euclid(86_400)) + 4).rem_euclid(7) as u8;
+/// What the kernel's `meta` keys give for an instant: the weekday (0 = Sunday) of UTC minus the
+/// kernel's time zone (`nft_meta_weekday` subtracts `sys_tz.tz_minuteswest`), the second of the
+/// day in UTC, and nanoseconds since the epoch.
+fn holds(stmts: &[Stmt], t: i64, minutes_west: i32) -> bool {
+    let day = (((t - minutes_west as i64 * 60).div_euclid(86_400)) + 4).rem_euclid(7) as u8;
     let sec = t.rem_euclid(86_400) as u32;
     let ns = t * 1_000_000_000;
     stmts.iter().all(|s| match s {
-        Stmt::MetaDay { first, last } => *first <= day && day <= *last,
+        // Ranges may wrap (Saturday to Monday).
+        Stmt::MetaDay { first, last } if first <= last => *first <= day && day <= *last,
+        Stmt::MetaDay { first, last } => day >= *first || day <= *last,
         Stmt::MetaHour { first, last } => *first <= sec && sec <= *last,
         Stmt::MetaTimeFrom(from) => ns >= *from,
         Stmt::MetaTimeUntil(until) => ns < *until,
@@ -57,10 +60,15 @@ proptest! {
     /// Over a year after the compile time, sampled every few hours plus around every
     /// transition, the kernel conditions agree with the local windows.
     #[test]
-    fn compiled_windows_agree(zone in 0usize..ZONES.len(), windows in prop::collection::vec(arb_window(), 1..4), start in 1_700_000_000i64..1_900_000_000) {
+    fn compiled_windows_agree(
+        zone in 0usize..ZONES.len(),
+        windows in prop::collection::vec(arb_window(), 1..4),
+        start in 1_700_000_000i64..1_900_000_000,
+        west in prop::sample::select(vec![0i32, 0, 60, -60, -330, 300, 720, -840]),
+    ) {
         let p = policy_with(ZONES[zone], &windows);
         let now = jiff::Timestamp::from_second(start).unwrap();
-        let opts = CompileOptions { now: Some(now), ..Default::default() };
+        let opts = CompileOptions { now: Some(now), kernel_minutes_west: west, ..Default::default() };
         let w = p.rules[0].when.clone().unwrap();
         let variants = time_conditions(&p, &w, &opts);
         let tz = p.time_zone();
@@ -74,8 +82,8 @@ proptest! {
         for t in instants {
             let local = p.local_time(jiff::Timestamp::from_second(t).unwrap());
             let want = open_at(&w, local);
-            let got = variants.iter().any(|v| holds(v, t));
-            prop_assert_eq!(got, want, "{} at {} (local {})", ZONES[zone], t, local);
+            let got = variants.iter().any(|v| holds(v, t, west));
+            prop_assert_eq!(got, want, "{} at {} (local {}), kernel tz {} min west", ZONES[zone], t, local, west);
         }
     }
 
@@ -91,7 +99,7 @@ proptest! {
         let variants = time_conditions(&p, &w, &opts);
         for lag in [0i64, 5, 59] {
             let want = open_at(&w, at + jiff::Span::new().seconds(lag));
-            let got = variants.iter().any(|v| holds(v, now + lag));
+            let got = variants.iter().any(|v| holds(v, now + lag, 0));
             prop_assert_eq!(got, want, "{} at {} lag {}", ZONES[zone], at, lag);
         }
     }
