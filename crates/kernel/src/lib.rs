@@ -11,7 +11,8 @@ pub mod trace;
 pub mod testutil;
 
 pub use nft::{
-    ApplyOptions, ApplyReport, ChainStatus, Counter, ElementCount, Error, RuleStatus, SetStatus,
-    SetWriter, TableInfo, TableStatus, TimedElement, apply, disable, encode_apply_batch, status,
+    ApplyOptions, ApplyReport, ChainStatus, Counter, ElementCount, Error, ReplaceOptions,
+    ReplaceReport, RuleStatus, SetContents, SetStatus, SetWriter, TableInfo, TableStatus,
+    TimedElement, apply, disable, encode_apply_batch, replace_set_elements, status, status_with,
     table_comment, timed_elements,
 };

@@ -796,6 +796,16 @@ impl MsgBuf {
     pub fn nested_len(&self, n: &NestStart) -> usize {
         self.buf.len() - n.0
     }
+
+    /// Appends bytes that already are whole, 4-byte aligned attributes (a hot loop that encodes
+    /// millions of set elements writes each one at once instead of attribute by attribute).
+    pub fn put_raw(&mut self, bytes: &[u8]) {
+        debug_assert!(
+            bytes.len().is_multiple_of(4),
+            "raw attributes must be aligned"
+        );
+        self.buf.extend_from_slice(bytes);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 //! say. Needs root; every test makes its own pair of network namespaces.
 //!
 //! The counts do not depend on timing: a burst of packets is sent within a few milliseconds, and
-//! a bucket refills at 5 packets per second, so at most one extra token can appear meanwhile.
+//! a bucket refills at 5 packets per second, so about one bucket passes; the bound allows for the
+//! tokens that can refill while the burst is sent (measured), should the sender be descheduled.
 
 mod common;
 
@@ -57,25 +58,27 @@ fn net() -> Net {
         .unwrap();
     type Sockets = (Vec<UdpSocket>, Vec<TcpListener>);
     let (udp, tcp) = peer
-        .run(|| -> Result<Sockets, Box<dyn std::error::Error + Send + Sync>> {
-            let mut r = Rtnl::open()?;
-            let i = r.link_index("lim1")?;
-            for a in [PEER_A, PEER_B] {
-                r.add_address(i, a.into(), 32)?;
-            }
-            r.set_link_up(i)?;
-            r.add_default_route(i, rtnl::Family::V4)?;
-            r.wait_oper_up(i, UP)?;
-            let (mut udp, mut tcp) = (Vec::new(), Vec::new());
-            for a in [PEER_A, PEER_B] {
-                r.wait_local(a.into(), UP)?;
-                let u = UdpSocket::bind((a, UDP_PORT))?;
-                u.set_nonblocking(true)?;
-                udp.push(u);
-                tcp.push(TcpListener::bind((a, TCP_PORT))?);
-            }
-            Ok((udp, tcp))
-        })
+        .run(
+            || -> Result<Sockets, Box<dyn std::error::Error + Send + Sync>> {
+                let mut r = Rtnl::open()?;
+                let i = r.link_index("lim1")?;
+                for a in [PEER_A, PEER_B] {
+                    r.add_address(i, a.into(), 32)?;
+                }
+                r.set_link_up(i)?;
+                r.add_default_route(i, rtnl::Family::V4)?;
+                r.wait_oper_up(i, UP)?;
+                let (mut udp, mut tcp) = (Vec::new(), Vec::new());
+                for a in [PEER_A, PEER_B] {
+                    r.wait_local(a.into(), UP)?;
+                    let u = UdpSocket::bind((a, UDP_PORT))?;
+                    u.set_nonblocking(true)?;
+                    udp.push(u);
+                    tcp.push(TcpListener::bind((a, TCP_PORT))?);
+                }
+                Ok((udp, tcp))
+            },
+        )
         .unwrap();
     client
         .run(|| Rtnl::open().unwrap().wait_oper_up(ci, UP))
@@ -103,12 +106,13 @@ fn udp() -> Stmt {
 
 /// Sends BURST_SENT datagrams from the client to each of `to`, interleaved, as fast as it can;
 /// returns how many `send` accepted per destination (a packet the output hook drops fails with
-/// EPERM).
-fn send_burst(net: &Net, to: &[Ipv4Addr]) -> Vec<usize> {
+/// EPERM) and how long the burst took.
+fn send_burst(net: &Net, to: &[Ipv4Addr]) -> (Vec<usize>, Duration) {
     let to = to.to_vec();
     net.client.run(move || {
         let s = UdpSocket::bind((CLIENT, 0)).unwrap();
         let mut sent = vec![0; to.len()];
+        let start = Instant::now();
         for _ in 0..BURST_SENT {
             for (i, a) in to.iter().enumerate() {
                 match s.send_to(b"leash", (*a, UDP_PORT)) {
@@ -118,7 +122,7 @@ fn send_burst(net: &Net, to: &[Ipv4Addr]) -> Vec<usize> {
                 }
             }
         }
-        sent
+        (sent, start.elapsed())
     })
 }
 
@@ -143,14 +147,16 @@ fn received(net: &Net, addr: Ipv4Addr) -> usize {
     n
 }
 
-/// The bucket's packets pass, and at most one more (a token refilled while the burst was sent).
-fn assert_about_one_bucket(what: &str, sent: usize, got: usize) {
-    eprintln!("{what}: {got} of {BURST_SENT} arrived");
+/// The bucket's packets pass, and no more than the tokens that can have refilled while the
+/// burst was sent (one per 1/RATE s, plus one partly refilled).
+fn assert_about_one_bucket(what: &str, sent: usize, got: usize, took: Duration) {
+    eprintln!("{what}: {got} of {BURST_SENT} arrived (burst sent in {took:?})");
     assert_eq!(got, sent, "{what}: every accepted send arrives");
     let bucket = BUCKET as usize;
+    let refill = 1 + (took.as_secs_f64() * RATE as f64) as usize;
     assert!(
-        (bucket..=bucket + 1).contains(&got),
-        "{what}: {got} of {BURST_SENT} passed, want about {bucket}"
+        (bucket..=bucket + refill).contains(&got),
+        "{what}: {got} of {BURST_SENT} passed, want {bucket} (up to {refill} more)"
     );
 }
 
@@ -168,9 +174,16 @@ fn a_rate_limit_lets_one_bucket_of_a_burst_through() {
             rule(vec![udp(), Stmt::Counter, Stmt::Drop], Some("over")),
         ],
     );
-    net.client.run(|| kernel::apply(&t, &Default::default())).unwrap();
-    let sent = send_burst(&net, &[PEER_A]);
-    assert_about_one_bucket("limit rate 5/second burst 5", sent[0], received(&net, PEER_A));
+    net.client
+        .run(|| kernel::apply(&t, &Default::default()))
+        .unwrap();
+    let (sent, took) = send_burst(&net, &[PEER_A]);
+    assert_about_one_bucket(
+        "limit rate 5/second burst 5",
+        sent[0],
+        received(&net, PEER_A),
+        took,
+    );
     // The rest met the drop rule.
     let st = net.client.run(kernel::status).unwrap().unwrap();
     let over = st.chains[0].rules[1].counter.unwrap();
@@ -190,16 +203,28 @@ fn a_meter_gives_each_destination_its_own_bucket() {
         limit: MeterLimit::Rate(rate(RATE, RateUnit::Second, BUCKET)),
     };
     let t = table(
-        vec![dynamic_set("per_dst", KeyType::Ipv4Addr, 1024, Some(60_000))],
+        vec![dynamic_set(
+            "per_dst",
+            KeyType::Ipv4Addr,
+            1024,
+            Some(60_000),
+        )],
         vec![
             rule(vec![udp(), meter, Stmt::Accept], Some("per destination")),
             rule(vec![udp(), Stmt::Drop], Some("over")),
         ],
     );
-    net.client.run(|| kernel::apply(&t, &Default::default())).unwrap();
-    let sent = send_burst(&net, &[PEER_A, PEER_B]);
-    assert_about_one_bucket("meter, first destination", sent[0], received(&net, PEER_A));
-    assert_about_one_bucket("meter, second destination", sent[1], received(&net, PEER_B));
+    net.client
+        .run(|| kernel::apply(&t, &Default::default()))
+        .unwrap();
+    let (sent, took) = send_burst(&net, &[PEER_A, PEER_B]);
+    for (i, (peer, what)) in [(PEER_A, "first"), (PEER_B, "second")]
+        .into_iter()
+        .enumerate()
+    {
+        let what = format!("meter, {what} destination");
+        assert_about_one_bucket(&what, sent[i], received(&net, peer), took);
+    }
     // The set now holds one element per destination (it was empty after apply).
     let st = net.client.run(kernel::status).unwrap().unwrap();
     let set = st.sets.iter().find(|s| s.name == "per_dst").unwrap();
@@ -243,7 +268,10 @@ fn count_table(sets: Vec<Set>, count: Stmt) -> Table {
         vec![
             rule(vec![Stmt::CtStateEstablishedRelated, Stmt::Accept], None),
             rule(vec![tcp, count, Stmt::Accept], Some("counted")),
-            rule(vec![Stmt::L4proto(L4::Tcp), Stmt::RejectTcpReset], Some("over")),
+            rule(
+                vec![Stmt::L4proto(L4::Tcp), Stmt::RejectTcpReset],
+                Some("over"),
+            ),
         ],
     )
 }
@@ -255,7 +283,9 @@ fn ct_count_refuses_a_third_concurrent_connection() {
     }
     let net = net();
     let t = count_table(vec![], Stmt::CtCount(2));
-    net.client.run(|| kernel::apply(&t, &Default::default())).unwrap();
+    net.client
+        .run(|| kernel::apply(&t, &Default::default()))
+        .unwrap();
     let a = connect(&net, PEER_A).expect("first connection");
     let b = connect(&net, PEER_B).expect("second connection");
     assert_refused(connect(&net, PEER_A), "third connection while two are open");
@@ -299,7 +329,9 @@ fn a_ct_count_meter_counts_each_destination_on_its_own() {
         vec![dynamic_set("conns", KeyType::Ipv4Addr, 1024, None)],
         meter,
     );
-    net.client.run(|| kernel::apply(&t, &Default::default())).unwrap();
+    net.client
+        .run(|| kernel::apply(&t, &Default::default()))
+        .unwrap();
     let a1 = connect(&net, PEER_A).expect("first connection to A");
     let a2 = connect(&net, PEER_A).expect("second connection to A");
     assert_refused(connect(&net, PEER_A), "third connection to A");

@@ -194,7 +194,7 @@ fn invalid_limits_and_meters_are_refused_like_nft() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("Dynamic::timeout_ms"), "{e}");
+    assert!(e.contains("needs Dynamic::timeout_ms"), "{e}");
     let e = kernel::encode_apply_batch(
         &table(vec![], vec![MetaTimeFrom(-1_000_000_000)]),
         &Default::default(),

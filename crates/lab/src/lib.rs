@@ -48,6 +48,16 @@
 //!
 //! `tests/outcomes.rs` checks every cell. [`run_expectations`] accepts Refused/Unreachable as
 //! "denied by reject" and TimedOut/NotPermitted as "denied by drop".
+//!
+//! # Processes and time
+//!
+//! A case with a `cgroup` is probed by a child process forked from a thread inside the client
+//! namespace, which joins the cgroup before it creates its socket (`socket cgroupv2` sees the
+//! socket creator's cgroup; see `fork.rs`). [`run_expectations`] never uses the host's cgroups: it
+//! mirrors the policy's in a scratch subtree (`cgroup.rs`). Expectations with `at` get the table
+//! compiled again with the windows shifted so that the kernel, now, behaves as at that time
+//! (`run.rs`). [`measure`] (`leash test --measure`) uses the same pieces to time connects with the
+//! policy applied and without it.
 
 pub mod cgroup;
 mod echo;
@@ -112,6 +122,11 @@ pub enum LabError {
     Echo(#[source] io::Error),
     #[error("cannot apply the ruleset in the lab: {0}")]
     Apply(String),
+    #[error("cannot measure: {0}")]
+    Measure(String),
+    /// The policy has no expectation `leash test --measure` can use.
+    #[error("nothing to measure: {0}")]
+    NothingToMeasure(String),
 }
 
 /// A client and a peer namespace joined by a veth pair; see the module docs.

@@ -1,9 +1,22 @@
 //! `leash test`: every `[[expect]]` of a policy against the real kernel, next to `explain`.
+//!
+//! Two dimensions need more than one table and one namespace:
+//! - **Time.** The kernel matches `when` windows against its real clock. Expectations without `at`
+//!   run against the table compiled for now (and `explain` judges them at the local time of the
+//!   probe); each distinct `at` gets the table compiled again with `CompileOptions::imitate`,
+//!   which shifts the windows so that the kernel, right now, behaves as the policy would at
+//!   that local time, and re-applied before its probes.
+//! - **Processes.** `service`/`cgroup` rules match the cgroup of the socket's creator. The lab
+//!   never uses the host's real cgroups: it mirrors every path the policy names inside a scratch
+//!   subtree (`leash-lab-<pid>-<n>/system.slice/nginx.service`), points a copy of the policy at
+//!   those directories (path, nft path, id) and probes from processes it moves there.
 
+use crate::cgroup::{self, Scratch};
 use crate::{Case, Lab, LabError, Outcome};
 use policy::{Action, Decider, DenyWith, Policy, Proto};
+use ruleset::compile::CompileOptions;
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,11 +29,15 @@ pub struct RunOptions {
     pub timeout: Duration,
     /// Probes running at once (at least 1), so that dropped cases wait in parallel.
     pub parallel: usize,
+    /// How the lab compiles the policy: `comment` is kept, `now` is the instant the table is
+    /// compiled for (`None`: the current time); `imitate` is the lab's own business (it is set
+    /// per `at` of the expectations) and ignored here.
+    pub compile: CompileOptions,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { timeout: Duration::from_secs(1), parallel: 8 }
+        RunOptions { timeout: Duration::from_secs(1), parallel: 8, compile: CompileOptions::default() }
     }
 }
 
@@ -29,14 +46,23 @@ impl Default for RunOptions {
 pub struct Row {
     /// Index into `policy.expects`.
     pub index: usize,
+    /// The connection, with the cgroup as the policy names it (the probe ran in its scratch
+    /// mirror).
     pub case: Case,
+    /// The expectation's `at` (local time in the policy's time zone), when it has one.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "crate::ser::opt_civil")]
+    pub at: Option<jiff::civil::DateTime>,
+    /// The local time `explain` judged the row at: `at`, or for a policy with time windows the
+    /// time of the probe.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "crate::ser::opt_civil")]
+    pub local_time: Option<jiff::civil::DateTime>,
     /// The verdict the `[[expect]]` asks for.
     #[serde(serialize_with = "crate::ser::action")]
     pub expected: Action,
     /// The verdict `policy::explain` gives.
     #[serde(serialize_with = "crate::ser::action")]
     pub explain: Action,
-    /// What decided it, e.g. `rule "dns"` or `default (deny)`.
+    /// What decided it, e.g. `rule "web"` or `default (deny)`.
     pub decider: String,
     /// What the real connection did.
     pub outcome: Outcome,
@@ -60,6 +86,10 @@ pub struct Report {
     #[serde(rename = "timeout_ms", serialize_with = "crate::ser::millis")]
     pub timeout: Duration,
     pub rows: Vec<Row>,
+    /// Every table the lab applied, in order (one for now, one per distinct `at`), with the `at`
+    /// it imitated; for failure messages.
+    #[serde(skip)]
+    pub tables: Vec<(Option<jiff::civil::DateTime>, ruleset::Table)>,
 }
 
 impl Report {
@@ -74,16 +104,176 @@ impl Report {
     }
 }
 
+/// A policy made ready for the lab: its cgroups pointed at a scratch subtree.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The policy with every rule's and expectation's cgroup rewritten to its scratch mirror.
+    pub policy: Policy,
+    /// The scratch subtree; removed when this is dropped.
+    pub scratch: Option<Scratch>,
+    /// Why the policy's cgroups could not be mirrored (no cgroup v2, no permission): their rules
+    /// then match nothing and cases from a cgroup fail with this reason.
+    pub cgroup_problem: Option<String>,
+}
+
+/// Mirrors every cgroup path of `policy`'s rules and expectations in a scratch subtree and
+/// rewrites a copy of the policy to use the mirrors. A policy without cgroups is returned as is.
+pub fn prepare(policy: &Policy) -> Prepared {
+    let mut p = policy.clone();
+    let named = p.rules.iter().any(|r| r.cgroups.is_some()) || p.expects.iter().any(|e| e.cgroup.is_some());
+    if !named {
+        return Prepared { policy: p, scratch: None, cgroup_problem: None };
+    }
+    let mirrored = cgroup::mount_point()
+        .ok_or_else(|| "cgroup v2 is not mounted here, so no probe can come from a cgroup".to_string())
+        .and_then(|mount| Scratch::new(&mount).map_err(|e| format!("cannot make a scratch cgroup: {e}")))
+        .and_then(|mut scratch| {
+            for r in &mut p.rules {
+                for c in r.cgroups.iter_mut().flatten() {
+                    let m = scratch.mirror(&c.path).map_err(|e| e.to_string())?;
+                    c.path = m.path;
+                    c.nft_path = m.nft_path;
+                    c.id = Some(m.id);
+                }
+            }
+            for e in &mut p.expects {
+                if let Some(c) = &mut e.cgroup {
+                    *c = scratch.mirror(c).map_err(|e| e.to_string())?.path;
+                }
+            }
+            Ok(scratch)
+        });
+    match mirrored {
+        Ok(scratch) => Prepared { policy: p, scratch: Some(scratch), cgroup_problem: None },
+        Err(why) => {
+            // Never point the kernel at the host's real cgroups: the rules match nothing (as
+            // `explain` sees it too, a cgroup without id matches no process).
+            let mut p = policy.clone();
+            for r in &mut p.rules {
+                for c in r.cgroups.iter_mut().flatten() {
+                    c.id = None;
+                }
+            }
+            Prepared { policy: p, scratch: None, cgroup_problem: Some(why) }
+        }
+    }
+}
+
+/// Whether any rule has time windows (only then does the time of a connection matter).
+fn has_windows(policy: &Policy) -> bool {
+    policy.rules.iter().any(|r| r.when.is_some())
+}
+
+/// The case of an expectation.
+fn case_of(e: &policy::Expect) -> Case {
+    Case { proto: e.proto, dst: e.to, port: e.port, uid: e.uid, gid: e.gid, name: e.name.clone(), cgroup: e.cgroup.clone() }
+}
+
 /// Runs every `[[expect]]` of `policy` against the real kernel: builds a [`Lab`] for the
-/// expectations' destinations and ports, applies `table` (the policy compiled) in its client
-/// namespace, probes each case as its user, and compares kernel, expectation and
-/// `policy::explain`. Needs root; touches nothing outside the lab's namespaces.
-pub fn run_expectations(policy: &Policy, table: &ruleset::Table, opts: &RunOptions) -> Result<Report, LabError> {
-    let cases: Vec<Case> = policy
+/// expectations' destinations and ports, compiles and applies the policy in its client namespace
+/// (again for each distinct `at`), probes each case as its user (from its scratch cgroup), and
+/// compares kernel, expectation and `policy::explain`. Needs root; touches nothing outside the
+/// lab's namespaces and its scratch cgroups, which are removed before it returns.
+pub fn run_expectations(policy: &Policy, opts: &RunOptions) -> Result<Report, LabError> {
+    let prepared = prepare(policy);
+    let p = &prepared.policy;
+    let probe_cases: Vec<Case> = p.expects.iter().map(case_of).collect();
+    let report_cases: Vec<Case> = policy.expects.iter().map(case_of).collect();
+    let lab = lab_for(p, &probe_cases)?;
+
+    let windows = has_windows(p);
+    // Groups of expectations by `at`, the ones without first. Without windows the time changes
+    // nothing, so one table does for all.
+    let mut groups: BTreeMap<Option<jiff::civil::DateTime>, Vec<usize>> = BTreeMap::new();
+    for (i, e) in p.expects.iter().enumerate() {
+        groups.entry(if windows { e.at } else { None }).or_default().push(i);
+    }
+    let n = probe_cases.len();
+    let mut outcomes: Vec<(Outcome, Duration)> = vec![(Outcome::Error("not probed".into()), Duration::ZERO); n];
+    let mut local_times: Vec<Option<jiff::civil::DateTime>> = vec![None; n];
+    let mut tables = Vec::new();
+    for (at, members) in groups {
+        let now = jiff::Timestamp::now();
+        let copts = CompileOptions {
+            comment: opts.compile.comment.clone(),
+            now: Some(opts.compile.now.unwrap_or(now)),
+            imitate: at.map(|a| (now, a)),
+            kernel_minutes_west: opts.compile.kernel_minutes_west,
+        };
+        let table = ruleset::compile(p, &copts);
+        lab.client().run(|| kernel::apply(&table, &Default::default())).map_err(|e| LabError::Apply(e.to_string()))?;
+        let cases: Vec<Case> = members.iter().map(|&i| probe_cases[i].clone()).collect();
+        let refused = lab
+            .client()
+            .run(|| play_forwarder(p, &cases))
+            .map_err(|e| LabError::Apply(format!("cannot fill the domain sets: {e}")))?;
+        // The time explain judges the group at: the `at` the table imitates, or (with windows)
+        // the local time right before the probes.
+        let judged_at = at.or_else(|| windows.then(|| p.local_time(jiff::Timestamp::now())));
+        let mut results = probe_all(&lab, &cases, opts, prepared.cgroup_problem.as_deref());
+        for (k, r) in refused.iter().enumerate() {
+            if *r {
+                results[k] = (Outcome::NameRefused, Duration::ZERO);
+            }
+        }
+        for (&i, r) in members.iter().zip(results) {
+            outcomes[i] = r;
+            local_times[i] = judged_at;
+        }
+        tables.push((at, table));
+    }
+    drop(lab);
+    let deny_with = p.defaults.deny_with;
+    let rows = p
         .expects
         .iter()
-        .map(|e| Case { proto: e.proto, dst: e.to, port: e.port, uid: e.uid, gid: e.gid, name: e.name.clone() })
+        .zip(report_cases)
+        .zip(outcomes.into_iter().zip(local_times))
+        .enumerate()
+        .map(|(index, ((e, case), ((outcome, elapsed), local_time)))| {
+            let mut conn = e.connection();
+            conn.at = local_time;
+            let ex = policy::explain(p, &conn);
+            let decider = describe_decider(p, ex.decider);
+            let kernel = outcome.verdict();
+            let mut problems = judge(e.verdict, ex.verdict, &decider, &outcome, deny_with);
+            // explain has no state: a limited rule allows in explain, while the kernel's limiter
+            // may already be spent by earlier probes of the same test.
+            if let Decider::Rule(i) = ex.decider
+                && let Some(r) = p.rules.get(i)
+                && (r.rate.is_some() || r.max_connections.is_some())
+                && ex.verdict == Action::Allow
+                && kernel == Action::Deny
+            {
+                problems.push(format!(
+                    "rule {:?} has rate or max_connections limits, which explain does not model; the lab's other probes through it count against them",
+                    r.name
+                ));
+            }
+            Row {
+                index,
+                case,
+                at: e.at,
+                local_time,
+                expected: e.verdict,
+                explain: ex.verdict,
+                decider,
+                kernel,
+                pass: problems.is_empty(),
+                problems,
+                outcome,
+                elapsed,
+            }
+        })
         .collect();
+    // The scratch cgroups go only now: every probe process has been reaped.
+    drop(prepared);
+    Ok(Report { deny_with, timeout: opts.timeout, rows, tables })
+}
+
+/// A lab whose peer owns every destination of `cases` and echoes on their ports (and on the
+/// forwarder's loopback port when DNS is redirected).
+pub(crate) fn lab_for(policy: &Policy, cases: &[Case]) -> Result<Lab, LabError> {
     let mut dsts: BTreeSet<IpAddr> = cases.iter().map(|c| c.dst).collect();
     let ports = |proto: Proto| -> BTreeSet<u16> {
         cases.iter().filter(|c| c.proto == proto).filter_map(|c| c.port).collect()
@@ -101,46 +291,7 @@ pub fn run_expectations(policy: &Policy, table: &ruleset::Table, opts: &RunOptio
         }
     }
     let dsts: Vec<IpAddr> = dsts.into_iter().collect();
-    let lab = Lab::new(&dsts, &tcp.into_iter().collect::<Vec<_>>(), &udp.into_iter().collect::<Vec<_>>())?;
-    lab.client().run(|| kernel::apply(table, &Default::default())).map_err(|e| LabError::Apply(e.to_string()))?;
-    let refused = lab
-        .client()
-        .run(|| play_forwarder(policy, &cases))
-        .map_err(|e| LabError::Apply(format!("cannot fill the domain sets: {e}")))?;
-
-    let mut outcomes = probe_all(&lab, &cases, opts);
-    for (i, r) in refused.iter().enumerate() {
-        if *r {
-            outcomes[i] = (Outcome::NameRefused, Duration::ZERO);
-        }
-    }
-    let deny_with = policy.defaults.deny_with;
-    let rows = policy
-        .expects
-        .iter()
-        .zip(cases)
-        .zip(outcomes)
-        .enumerate()
-        .map(|(index, ((e, case), (outcome, elapsed)))| {
-            let ex = policy::explain(policy, &e.connection());
-            let decider = describe_decider(policy, ex.decider);
-            let kernel = outcome.verdict();
-            let problems = judge(e.verdict, ex.verdict, &decider, &outcome, deny_with);
-            Row {
-                index,
-                case,
-                expected: e.verdict,
-                explain: ex.verdict,
-                decider,
-                kernel,
-                pass: problems.is_empty(),
-                problems,
-                outcome,
-                elapsed,
-            }
-        })
-        .collect();
-    Ok(Report { deny_with, timeout: opts.timeout, rows })
+    Lab::new(&dsts, &tcp.into_iter().collect::<Vec<_>>(), &udp.into_iter().collect::<Vec<_>>())
 }
 
 /// The loopback port DNS is redirected to for a family, when the policy redirects it.
@@ -185,8 +336,9 @@ pub fn play_forwarder(policy: &Policy, cases: &[Case]) -> Result<Vec<bool>, kern
     Ok(refused)
 }
 
-/// Probes every case, `opts.parallel` at a time, keeping the input order.
-fn probe_all(lab: &Lab, cases: &[Case], opts: &RunOptions) -> Vec<(Outcome, Duration)> {
+/// Probes every case, `opts.parallel` at a time, keeping the input order. Cases from a cgroup
+/// fail with `cgroup_problem` when the policy's cgroups could not be mirrored.
+fn probe_all(lab: &Lab, cases: &[Case], opts: &RunOptions, cgroup_problem: Option<&str>) -> Vec<(Outcome, Duration)> {
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<(Outcome, Duration)>>> = Mutex::new(vec![None; cases.len()]);
     let workers = opts.parallel.clamp(1, cases.len().max(1));
@@ -197,7 +349,10 @@ fn probe_all(lab: &Lab, cases: &[Case], opts: &RunOptions) -> Vec<(Outcome, Dura
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(case) = cases.get(i) else { break };
                     let start = Instant::now();
-                    let outcome = lab.probe(case, opts.timeout);
+                    let outcome = match (&case.cgroup, cgroup_problem) {
+                        (Some(cg), Some(why)) => Outcome::Error(format!("cannot probe from cgroup /{cg}: {why}")),
+                        _ => lab.probe(case, opts.timeout),
+                    };
                     let r = (outcome, start.elapsed());
                     results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
                 }

@@ -65,7 +65,7 @@ fn live_net_namespaces() -> BTreeSet<String> {
 }
 
 fn exercise(lab: &Lab) {
-    let case = Case { proto: Proto::Tcp, dst: "192.0.2.10".parse().unwrap(), port: Some(80), uid: 65534, gid: 65534, name: None };
+    let case = Case { proto: Proto::Tcp, dst: "192.0.2.10".parse().unwrap(), port: Some(80), uid: 65534, gid: 65534, name: None, cgroup: None };
     assert_eq!(lab.probe(&case, Duration::from_secs(1)), Outcome::Connected);
     common::nft(lab.client(), "table inet t { chain o { type filter hook output priority 0; policy drop; }; }");
 }

@@ -125,9 +125,8 @@ fn policy(deny_with: &str, extra: &str) -> policy::Policy {
 }
 
 fn run(p: &policy::Policy) -> lab::Report {
-    let table = ruleset::compile(p, &Default::default());
-    let opts = RunOptions { timeout: Duration::from_millis(700), parallel: 8 };
-    let r = run_expectations(p, &table, &opts).expect("run expectations");
+    let opts = RunOptions { timeout: Duration::from_millis(700), parallel: 8, ..Default::default() };
+    let r = run_expectations(p, &opts).expect("run expectations");
     eprintln!("{}", show(&r));
     r
 }

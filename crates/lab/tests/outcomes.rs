@@ -24,7 +24,7 @@ fn case(proto: Proto, dst: &str, uid: u32, gid: u32) -> Case {
         Proto::Udp => Some(UDP),
         _ => None,
     };
-    Case { proto, dst: ip(dst), port, uid, gid, name: None }
+    Case { proto, dst: ip(dst), port, uid, gid, name: None, cgroup: None }
 }
 
 fn icmp_for(dst: &str) -> Proto {
@@ -163,13 +163,13 @@ fn bad_cases_are_probe_errors_not_verdicts() {
         return;
     }
     let lab = lab(&["192.0.2.10"]);
-    let no_port = Case { proto: Proto::Tcp, dst: ip("192.0.2.10"), port: None, uid: 0, gid: 0, name: None };
+    let no_port = Case { proto: Proto::Tcp, dst: ip("192.0.2.10"), port: None, uid: 0, gid: 0, name: None, cgroup: None };
     assert!(matches!(lab.probe(&no_port, TIMEOUT), Outcome::Error(_)));
     let wrong_family = case(Proto::Icmpv6, "192.0.2.10", 0, 0);
     assert!(matches!(lab.probe(&wrong_family, TIMEOUT), Outcome::Error(_)));
     // A port the peer does not listen on: the peer's own kernel refuses (TCP reset, ICMP port
     // unreachable), which is a denial in the lab's terms; expectations only use listened ports.
-    let closed = Case { proto: Proto::Tcp, dst: ip("192.0.2.10"), port: Some(9), uid: 0, gid: 0, name: None };
+    let closed = Case { proto: Proto::Tcp, dst: ip("192.0.2.10"), port: Some(9), uid: 0, gid: 0, name: None, cgroup: None };
     assert_eq!(lab.probe(&closed, TIMEOUT), Outcome::Refused);
 }
 

@@ -74,6 +74,9 @@ pub enum Command {
     Status,
     /// Remove table inet leash; the host falls back to its other rules.
     Disable,
+    /// Change the contents of a [[set]] (an address list such as a blocklist) of the applied
+    /// policy without touching its rules: `leash set update NAME FILE`.
+    Set(crate::set_cmd::Args),
     /// Evaluate one connection against a policy offline: verdict, deciding rule, and why each
     /// earlier rule did not match.
     Explain(ExplainArgs),
@@ -132,7 +135,29 @@ pub enum Command {
         /// How long to wait for each connection before calling it timed out, in milliseconds.
         #[arg(long, default_value_t = 1000, value_name = "MS")]
         timeout_ms: u64,
+        #[command(flatten)]
+        measure: MeasureArgs,
     },
+}
+
+/// `leash test --measure`: the performance impact assessment.
+#[derive(Debug, Clone, Args)]
+pub struct MeasureArgs {
+    /// Instead of checking the expectations, measure what the policy costs new TCP connections:
+    /// connect latency (p50, p99) and connects per second to the destinations of the allowed TCP
+    /// expectations, with the policy applied versus with no table, in interleaved rounds in
+    /// scratch namespaces. Reported as ratios (policy / no table).
+    #[arg(long)]
+    pub measure: bool,
+    /// Rounds of --measure (each measures both sides once).
+    #[arg(long, default_value_t = 5, value_name = "N", requires = "measure")]
+    pub rounds: usize,
+    /// Sequential connects per side and round of --measure.
+    #[arg(long, default_value_t = 2000, value_name = "N", requires = "measure")]
+    pub connects: usize,
+    /// Stop --measure after the round that passes this many seconds.
+    #[arg(long, default_value_t = 120, value_name = "S", requires = "measure")]
+    pub max_seconds: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

@@ -46,6 +46,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Apply { policy, fault } => apply(&policy, fault.fault_inject, json)?,
         Command::Status => status(json)?,
         Command::Disable => disable(json)?,
+        Command::Set(a) => crate::set_cmd::run(&a, json)?,
         Command::Explain(args) => explain(&args, json)?,
         Command::Test { policy, measure, .. } if measure.measure => test_measure(&policy, &measure, json)?,
         Command::Test { policy, timeout_ms, .. } => test(&policy, timeout_ms, json)?,
@@ -101,8 +102,18 @@ fn check(path: &std::path::Path, deny_warnings: bool, today: Option<&str>, json:
     Ok(if failed { EXIT_POLICY } else { EXIT_OK })
 }
 
+/// How this host compiles: now, with the kernel's time zone (see `CompileOptions`).
+fn compile_options(l: &Loaded) -> CompileOptions {
+    CompileOptions {
+        comment: Some(l.table_comment()),
+        now: Some(jiff::Timestamp::now()),
+        imitate: None,
+        kernel_minutes_west: system::kernel_minutes_west(),
+    }
+}
+
 fn compiled(l: &Loaded, p: &policy::Policy) -> ruleset::Table {
-    ruleset::compile(p, &CompileOptions { comment: Some(l.table_comment()), now: Some(jiff::Timestamp::now()), imitate: None })
+    ruleset::compile(p, &compile_options(l))
 }
 
 fn compile(path: &std::path::Path, format: Format) -> Result<u8> {
@@ -134,6 +145,8 @@ fn apply(path: &std::path::Path, fault_inject: bool, json: bool) -> Result<u8> {
     }
     let report = kernel::apply(&table, &kernel::ApplyOptions { fault_inject })
         .with_context(|| format!("applying {} failed; the kernel discarded the whole transaction, nothing changed", l.display_name()))?;
+    // Sizes of sets too large to count back, for `leash status` (see set_cmd).
+    crate::set_cmd::record_apply(&table, report.table_handle);
     let kernel_rules: usize = table.chains.iter().map(|c| c.rules.len()).sum();
     // Domain sets start empty: resolve the exact names once so the policy works before the
     // first lookup through the forwarder. A failure here is reported, not fatal: the table is
@@ -247,7 +260,8 @@ fn carry_over_domain_sets(p: &policy::Policy, table: &mut ruleset::Table) -> Res
 }
 
 fn status(json: bool) -> Result<u8> {
-    let st = kernel::status().context("cannot read the leash table")?;
+    // Large sets are reported from what leash loaded, not counted (see set_cmd).
+    let st = crate::set_cmd::status().context("cannot read the leash table")?;
     output::print_status(st.as_ref(), json);
     Ok(EXIT_OK)
 }
@@ -255,6 +269,7 @@ fn status(json: bool) -> Result<u8> {
 fn disable(json: bool) -> Result<u8> {
     require_root("disable")?;
     let existed = kernel::disable().context("removing table inet leash failed; nothing changed")?;
+    crate::set_cmd::forget();
     if json {
         output::print_json(&serde_json::json!({ "removed": existed }));
     } else if existed {
@@ -346,7 +361,7 @@ fn test(path: &std::path::Path, timeout_ms: u64, json: bool) -> Result<u8> {
     // expectations, with the policy's cgroups pointed at scratch cgroups.
     let opts = lab::RunOptions {
         timeout: std::time::Duration::from_millis(timeout_ms),
-        compile: CompileOptions { comment: Some(l.table_comment()), ..Default::default() },
+        compile: CompileOptions { now: None, ..compile_options(&l) },
         ..Default::default()
     };
     if !json {
@@ -379,7 +394,7 @@ fn test_measure(path: &std::path::Path, a: &crate::cli::MeasureArgs, json: bool)
         rounds: a.rounds,
         connects: a.connects,
         time_limit: std::time::Duration::from_secs(a.max_seconds),
-        compile: CompileOptions { comment: Some(l.table_comment()), ..Default::default() },
+        compile: CompileOptions { now: None, ..compile_options(&l) },
         ..Default::default()
     };
     eprintln!(

@@ -11,6 +11,7 @@ mod trace_cmd;
 mod watch_cmd;
 mod load;
 mod output;
+mod set_cmd;
 mod system;
 
 use clap::Parser;

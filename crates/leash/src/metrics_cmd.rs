@@ -84,7 +84,7 @@ pub fn run(a: &Args, _json: bool) -> Result<u8> {
         let mut source = LiveSource::open(None, None);
         let mut detector = Detector::new(thresholds);
         detector.check(&source.sockets().context("cannot read the sockets")?);
-        let st = kernel::status().context("cannot read the leash table")?;
+        let st = crate::set_cmd::status().context("cannot read the leash table")?;
         let input = Input { table: st.as_ref(), table_read: true, alerts: Some(detector.counts()), ..Input::default() };
         let format = if a.format == FormatArg::Openmetrics { Format::OpenMetrics } else { Format::Prometheus };
         print!("{}", metrics::render(&input, format));
@@ -111,7 +111,7 @@ pub fn run(a: &Args, _json: bool) -> Result<u8> {
         if logging { format!(" (blocked attempts from NFLOG group {group})") } else { String::new() }
     );
     let exporter = move |format: Format| -> Result<String, String> {
-        let st = kernel::status().map_err(|e| format!("cannot read the leash table: {e}"))?;
+        let st = crate::set_cmd::status().map_err(|e| format!("cannot read the leash table: {e}"))?;
         let c = counts.lock().unwrap_or_else(|e| e.into_inner());
         let input = Input {
             table: st.as_ref(),

@@ -198,7 +198,7 @@ pub fn print_status(st: Option<&kernel::TableStatus>, json: bool) {
             "policy": path,
             "comment": st.comment,
             "rules": rules.iter().map(|(n, k, p, b)| json!({"rule": n, "kernel_rules": k, "packets": p, "bytes": b})).collect::<Vec<_>>(),
-            "sets": st.sets.iter().map(|s| json!({"name": s.name, "elements": s.elements.value(), "elements_exact": matches!(s.elements, kernel::ElementCount::Exact(_)), "interval": s.interval, "timeout": s.timeout})).collect::<Vec<_>>(),
+            "sets": st.sets.iter().map(|s| json!({"name": s.name, "elements": s.elements.value(), "elements_exact": matches!(s.elements, kernel::ElementCount::Exact(_)), "elements_recorded": matches!(s.elements, kernel::ElementCount::Recorded(_)), "interval": s.interval, "timeout": s.timeout})).collect::<Vec<_>>(),
             "chains": st.chains.iter().map(|c| json!({"name": c.name, "priority": c.priority, "policy": c.policy.map(|p| format!("{p:?}").to_lowercase()), "rules": c.rules.len()})).collect::<Vec<_>>(),
         }));
         return;

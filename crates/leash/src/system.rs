@@ -68,6 +68,23 @@ pub fn user_name(uid: u32) -> Option<String> {
     User::from_uid(Uid::from_raw(uid)).ok().flatten().map(|u| u.name)
 }
 
+/// The kernel's time zone, minutes west of UTC (`gettimeofday`'s `tz_minuteswest`; 0 unless
+/// something called `settimeofday` with one, as hosts with the hardware clock in local time do).
+/// The kernel's `meta day` uses it.
+pub fn kernel_minutes_west() -> i32 {
+    /// `struct timezone` of <sys/time.h> (the libc crate declares it opaque).
+    #[repr(C)]
+    struct Timezone {
+        tz_minuteswest: libc::c_int,
+        tz_dsttime: libc::c_int,
+    }
+    let mut tv = libc::timeval { tv_sec: 0, tv_usec: 0 };
+    let mut tz = Timezone { tz_minuteswest: 0, tz_dsttime: 0 };
+    // SAFETY: both pointers are to valid, writable structs with the kernel's layout.
+    let rc = unsafe { libc::gettimeofday(&mut tv, (&mut tz as *mut Timezone).cast()) };
+    if rc == 0 { tz.tz_minuteswest } else { 0 }
+}
+
 /// Today's date in UTC, for the review lint.
 pub fn today() -> policy::Date {
     jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::UTC).date().into()

@@ -177,7 +177,7 @@ fn families(input: &Input<'_>) -> Vec<Family> {
         fams.push(bytes);
         let mut sets = Family::new(
             "set_elements",
-            "Elements of each set of the table (ranges in interval sets; a lower bound above 16384)",
+            "Elements of each set of the table (ranges in interval sets; above 16384, the count leash loaded, or a lower bound if it has none)",
             MetricType::Gauge,
         );
         for s in &st.sets {

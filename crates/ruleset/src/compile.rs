@@ -594,12 +594,16 @@ fn meter_set(name: &str, key: MeterKey, timeout_ms: Option<u64>) -> Set {
     }
 }
 
+/// A weekday range (`None`: every day) and inclusive seconds of the day, as `meta day` and
+/// `meta hour` match them.
+type DayPiece = (Option<(u8, u8)>, u32, u32);
+
 /// A UTC slot as the kernel sees it: `meta hour` is UTC, but `meta day` is the weekday of UTC
 /// minus the kernel's time zone. A slot whose seconds straddle the point where the two days
 /// differ splits into two pieces, the part on the other side taking the neighbouring weekdays
 /// (`meta day` ranges may wrap: Saturday to Monday). Each piece: the weekday range (`None`: every
 /// day) and the inclusive seconds.
-fn kernel_day_pieces(slot: policy::time::UtcSlot, minutes_west: i32) -> Vec<(Option<(u8, u8)>, u32, u32)> {
+fn kernel_day_pieces(slot: policy::time::UtcSlot, minutes_west: i32) -> Vec<DayPiece> {
     const DAY: i64 = policy::time::DAY;
     let west = (minutes_west as i64 * 60).clamp(-(DAY - 1), DAY - 1);
     let all_days = slot.first_day == 0 && slot.last_day == 6;

@@ -250,7 +250,7 @@ fn day_name(d: u32) -> String {
 
 /// Seconds since midnight as nft prints them: `HH:MM`, or `HH:MM:SS` when the seconds are not 0.
 fn hms(secs: u32) -> String {
-    if secs % 60 == 0 {
+    if secs.is_multiple_of(60) {
         format!("{:02}:{:02}", secs / 3600, secs / 60 % 60)
     } else {
         format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)

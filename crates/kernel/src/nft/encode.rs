@@ -26,7 +26,9 @@
 //! (including nft's user data: the table and rule comments, the set's key byte order, and the
 //! interval-open flag), so `nft list` shows exactly what it shows for the same text. Timed elements
 //! carry `NFTA_SET_ELEM_TIMEOUT` only, as nft sends `192.0.2.1 timeout 5m` (no expiration: a new
-//! element expires after its timeout anyway).
+//! element expires after its timeout anyway). A meter's set (`Set::dynamic`) is sent as nft sends
+//! `set m { type ipv4_addr; size N; flags dynamic,timeout; timeout T; }`: flags `NFT_SET_EVAL`
+//! (plus `NFT_SET_TIMEOUT` with a timeout), `NFTA_SET_DESC { SIZE }` and `NFTA_SET_TIMEOUT`.
 
 use ruleset::{
     Chain, ChainPolicy, ChainType, Hook, KeyType, L4, MeterLimit, RateLimit, Rule, Set,
@@ -38,11 +40,6 @@ use super::expr::{self, SetRef};
 use super::{ApplyOptions, Error};
 use crate::nl::{MsgBuf, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, Socket};
 use crate::trace::{TRACE_CHAIN, TRACE_PRIORITY, TraceFilter};
-
-/// Largest payload of an `NFTA_SET_ELEM_LIST_ELEMENTS` attribute: its length is a u16 that
-/// includes the 4-byte header. Elements go into one NEWSETELEM message until the next range would
-/// not fit, then a new message starts.
-const MAX_ELEMENTS_NEST: usize = 65535 - 4;
 
 /// Name of the set the fault-injection rule looks up; sets are never named like this (the model's
 /// names come from policy identifiers), and its id is one no set in the batch has.
@@ -328,7 +325,12 @@ pub(crate) fn set_flags(set: &Set) -> u32 {
 
 /// `NFTA_SET_FLAGS` as sent: [`set_flags`] and, for a meter's set, `flags dynamic`.
 pub(crate) fn set_flags_sent(set: &Set) -> u32 {
-    set_flags(set) | if set.dynamic.is_some() { NFT_SET_EVAL } else { 0 }
+    let eval = if set.dynamic.is_some() {
+        NFT_SET_EVAL
+    } else {
+        0
+    };
+    set_flags(set) | eval
 }
 
 fn encode_set(e: &mut Encoder, table: &str, set: &Set, id: u32) -> Result<(), Error> {
@@ -360,47 +362,16 @@ fn encode_set(e: &mut Encoder, table: &str, set: &Set, id: u32) -> Result<(), Er
         },
     )?;
 
-    let KernelElements { elems, starts } = kernel_elements(set);
-    if elems.is_empty() {
-        return Ok(());
-    }
-    // Group the kernel elements by model element (a range is a start and an end element; nft's
-    // leading zero end element joins the first group) and fill each message with whole groups.
-    let n = starts.len();
-    let bound = |g: usize| {
-        if g == 0 {
-            0
-        } else if g == n {
-            elems.len()
-        } else {
-            starts[g]
-        }
-    };
-    let mut g = 0;
-    while g < n {
-        let first = g;
-        let mut size = 0;
-        while g < n {
-            let add: usize = elems[bound(g)..bound(g + 1)].iter().map(elem_size).sum();
-            if g > first && size + add > MAX_ELEMENTS_NEST {
-                break;
-            }
-            size += add;
-            g += 1;
-        }
-        let what = format!(
-            "set `{}` (elements {}..{} of {})",
-            set.name,
-            first + 1,
-            g,
-            n
-        );
-        let chunk = &elems[bound(first)..bound(g)];
+    // Straight from the model's ranges, no allocation per element (see `bulk`): a blocklist
+    // set can hold a million ranges.
+    let n = set.elements.len();
+    for r in super::bulk::chunks(set.key, &set.elements) {
+        let what = format!("set `{}` (elements {}..{} of {n})", set.name, r.start + 1, r.end);
         e.nft(NFT_MSG_NEWSETELEM, NLM_F_CREATE | NLM_F_EXCL, what, |b| {
             b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
             b.attr_str(NFTA_SET_ELEM_LIST_SET, &set.name);
             b.attr_be32(NFTA_SET_ELEM_LIST_SET_ID, id);
-            put_element_list(b, chunk, true);
+            super::bulk::put_elements(b, set.key, &set.elements, r);
         })?;
     }
     Ok(())
@@ -450,6 +421,9 @@ pub(crate) struct KernelElem {
     pub timeout_ms: Option<u64>,
 }
 
+// The reference encoding of elements below is kept for tests: `bulk` encodes them without
+// allocating and is checked against it byte for byte.
+#[cfg(test)]
 impl KernelElem {
     fn key(key: Vec<u8>) -> KernelElem {
         KernelElem {
@@ -463,11 +437,13 @@ impl KernelElem {
 
 /// The kernel elements of a set, and the index in `elems` where each model element (range or
 /// value) starts.
+#[cfg(test)]
 pub(crate) struct KernelElements {
     pub elems: Vec<KernelElem>,
     pub starts: Vec<usize>,
 }
 
+#[cfg(test)]
 pub(crate) fn kernel_elements(set: &Set) -> KernelElements {
     let mut elems = Vec::with_capacity(set.elements.len() * 2 + 1);
     let mut starts = Vec::with_capacity(set.elements.len());
@@ -527,19 +503,11 @@ pub(crate) fn kernel_elements(set: &Set) -> KernelElements {
     KernelElements { elems, starts }
 }
 
-/// Encoded size of one element in the ELEMENTS list.
-fn elem_size(e: &KernelElem) -> usize {
-    let key = 4 + 4 + crate::nl::align(e.key.len()); // KEY nest + DATA_VALUE
-    4 + key
-        + if e.end { 8 } else { 0 }
-        + if e.open { 12 } else { 0 }
-        + if e.timeout_ms.is_some() { 12 } else { 0 }
-}
-
 /// nft's interval encoding (nftables `src/intervals.c`, `set_to_intervals`): each range
 /// `lo-hi` becomes a start element `lo` and an end element `hi+1` flagged INTERVAL_END. A range
 /// ending at the type's maximum has no end element; its start carries nft's INTERVAL_OPEN user
 /// data instead. Unless the first range starts at 0, a zero-key INTERVAL_END element comes first.
+#[cfg(test)]
 fn interval_elems<T: Copy + PartialEq + Default + num::Inc>(
     ranges: impl Iterator<Item = (T, T)>,
     max: T,
@@ -765,29 +733,23 @@ pub(crate) fn validate(table: &Table) -> Result<(), Error> {
 /// and the kernel accepts; the message says what is wrong (the caller adds where).
 fn check_stmt(table: &Table, s: &Stmt) -> Result<(), String> {
     match s {
-        Stmt::MetaDay { first, last } => {
-            if u32::from(*first.max(last)) > ruleset::render::DAY_MAX {
-                return Err(format!(
-                    "meta day {first}-{last}: weekdays are 0 (Sunday) to 6 (Saturday)"
-                ));
-            }
+        Stmt::MetaDay { first, last } if u32::from(*first.max(last)) > ruleset::render::DAY_MAX => {
+            return Err(format!(
+                "meta day {first}-{last}: weekdays are 0 (Sunday) to 6 (Saturday)"
+            ));
         }
-        Stmt::MetaHour { first, last } => {
-            if *first.max(last) > ruleset::render::HOUR_MAX {
-                return Err(format!(
-                    "meta hour {first}-{last}: a second of the day is 0 to {}",
-                    ruleset::render::HOUR_MAX
-                ));
-            }
+        Stmt::MetaHour { first, last } if *first.max(last) > ruleset::render::HOUR_MAX => {
+            return Err(format!(
+                "meta hour {first}-{last}: a second of the day is 0 to {}",
+                ruleset::render::HOUR_MAX
+            ));
         }
-        Stmt::MetaTimeFrom(ns) | Stmt::MetaTimeUntil(ns) => {
-            // The kernel compares an unsigned u64, so an instant before 1970 would wrap to the
-            // far future; nft writes whole seconds only, so the text could not say more.
-            if *ns < 0 || *ns % 1_000_000_000 != 0 {
-                return Err(format!(
-                    "meta time {ns} ns: must be a whole second at or after 1970-01-01 00:00:00 UTC"
-                ));
-            }
+        // The kernel compares an unsigned u64, so an instant before 1970 would wrap to the far
+        // future; nft writes whole seconds only, so the text could not say more.
+        Stmt::MetaTimeFrom(ns) | Stmt::MetaTimeUntil(ns) if *ns < 0 || *ns % 1_000_000_000 != 0 => {
+            return Err(format!(
+                "meta time {ns} ns: must be a whole second at or after 1970-01-01 00:00:00 UTC"
+            ));
         }
         Stmt::Limit(l) => check_rate(l)?,
         Stmt::CtCount(_) => {}
@@ -805,7 +767,9 @@ fn check_stmt(table: &Table, s: &Stmt) -> Result<(), String> {
                 ));
             }
             if *id == 0 {
-                return Err(format!("socket cgroupv2 \"{path}\": cgroup id 0 names no cgroup"));
+                return Err(format!(
+                    "socket cgroupv2 \"{path}\": cgroup id 0 names no cgroup"
+                ));
             }
         }
         Stmt::Meter { set, key, limit } => {
@@ -850,7 +814,8 @@ fn check_stmt(table: &Table, s: &Stmt) -> Result<(), String> {
                         set: s2, limit: l2, ..
                     } => {
                         s2 == set
-                            && matches!(l2, MeterLimit::Rate(_)) != matches!(limit, MeterLimit::Rate(_))
+                            && matches!(l2, MeterLimit::Rate(_))
+                                != matches!(limit, MeterLimit::Rate(_))
                     }
                     _ => false,
                 });
@@ -868,7 +833,14 @@ fn check_stmt(table: &Table, s: &Stmt) -> Result<(), String> {
 /// What the kernel's `nft_limit_init` accepts (it answers EINVAL or EOVERFLOW otherwise), plus
 /// nft's "packet limit burst must be > 0" (the kernel would silently turn 0 into 5).
 fn check_rate(l: &RateLimit) -> Result<(), String> {
-    let what = || format!("limit rate {}/{} burst {}", l.rate, l.unit.nft_name(), l.burst);
+    let what = || {
+        format!(
+            "limit rate {}/{} burst {}",
+            l.rate,
+            l.unit.nft_name(),
+            l.burst
+        )
+    };
     if l.rate == 0 || l.burst == 0 {
         return Err(format!("{}: rate and burst must be at least 1", what()));
     }
@@ -941,12 +913,11 @@ fn check_set(s: &Set) -> Result<(), Error> {
             // The kernel answers EOPNOTSUPP: interval sets cannot be updated from the packet path.
             return bad("a dynamic set cannot have flags interval");
         }
-        if s.timeout {
-            // `timeout` marks the DNS forwarder's sets, whose elements `leash apply` carries
-            // over; a meter's timeout is `Dynamic::timeout_ms`.
-            return bad(
-                "a dynamic set takes its timeout from Dynamic::timeout_ms, not Set::timeout (which marks DNS answer sets)",
-            );
+        if s.timeout && d.timeout_ms.is_none() {
+            // `flags timeout` without a default timeout: elements a rule adds would never expire
+            // (and a set of connection counters cannot have the flag at all). On a dynamic set,
+            // `Set::timeout` may only restate that `Dynamic::timeout_ms` is set.
+            return bad("flags timeout on a dynamic set needs Dynamic::timeout_ms");
         }
         if !s.elements.is_empty() {
             return bad("a dynamic set starts empty (its elements come from the packet path)");
@@ -1417,6 +1388,200 @@ mod tests {
             )
             .unwrap();
         }
+    }
+
+    #[test]
+    fn time_rate_cgroup_and_meter_statements_are_validated() {
+        use ruleset::{Dynamic, MeterKey, RateUnit};
+        let err = |sets: Vec<Set>, stmts: Vec<Stmt>| {
+            encode_apply(
+                &table(
+                    sets,
+                    vec![Rule {
+                        stmts,
+                        comment: None,
+                    }],
+                ),
+                &ApplyOptions::default(),
+            )
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+        };
+        let dynamic = |name: &str, key, timeout_ms| Set {
+            name: name.into(),
+            key,
+            interval: false,
+            timeout: false,
+            dynamic: Some(Dynamic {
+                size: 10,
+                timeout_ms,
+            }),
+            elements: SetElements::Ids(vec![]),
+        };
+        let rate = |rate, unit, burst| RateLimit { rate, unit, burst };
+        let ok_rate = MeterLimit::Rate(rate(5, RateUnit::Second, 5));
+        let meter = |set: &str, key, limit| Stmt::Meter {
+            set: set.into(),
+            key,
+            limit,
+        };
+        let uid = KeyType::Uid;
+        for (sets, stmts, want) in [
+            (
+                vec![],
+                vec![Stmt::MetaDay { first: 0, last: 7 }],
+                "weekdays are 0",
+            ),
+            (
+                vec![],
+                vec![Stmt::MetaHour {
+                    first: 86_400,
+                    last: 0,
+                }],
+                "second of the day",
+            ),
+            (
+                vec![],
+                vec![Stmt::MetaTimeFrom(-1_000_000_000)],
+                "whole second",
+            ),
+            (
+                vec![],
+                vec![Stmt::MetaTimeUntil(1_500_000_000)],
+                "whole second",
+            ),
+            (
+                vec![],
+                vec![Stmt::Limit(rate(0, RateUnit::Second, 1))],
+                "at least 1",
+            ),
+            (
+                vec![],
+                vec![Stmt::Limit(rate(1, RateUnit::Second, 0))],
+                "at least 1",
+            ),
+            (
+                vec![],
+                vec![Stmt::Limit(rate(u64::MAX, RateUnit::Second, 1))],
+                "overflows",
+            ),
+            (
+                vec![],
+                vec![Stmt::Limit(rate(1, RateUnit::Day, u32::MAX))],
+                "overflows",
+            ),
+            (
+                vec![],
+                vec![Stmt::SocketCgroup {
+                    level: 256,
+                    path: "a/b".into(),
+                    id: 7,
+                }],
+                "levels up to 255",
+            ),
+            (
+                vec![],
+                vec![Stmt::SocketCgroup {
+                    level: 1,
+                    path: "a\"b".into(),
+                    id: 7,
+                }],
+                "without quotes",
+            ),
+            (
+                vec![],
+                vec![meter("m", MeterKey::SkUid, ok_rate)],
+                "does not define",
+            ),
+            (
+                vec![Set {
+                    dynamic: None,
+                    ..dynamic("m", uid, None)
+                }],
+                vec![meter("m", MeterKey::SkUid, ok_rate)],
+                "needs a dynamic set",
+            ),
+            (
+                vec![dynamic("m", uid, None)],
+                vec![meter("m", MeterKey::Daddr4, ok_rate)],
+                "holds uid, but the meter's key is ipv4_addr",
+            ),
+            (
+                vec![dynamic("m", uid, Some(1000))],
+                vec![meter("m", MeterKey::SkUid, MeterLimit::Count(3))],
+                "cannot have a timeout",
+            ),
+            (
+                vec![dynamic("m", uid, None)],
+                vec![
+                    meter("m", MeterKey::SkUid, MeterLimit::Count(3)),
+                    meter("m", MeterKey::SkUid, ok_rate),
+                ],
+                "both for rate limits and for ct count",
+            ),
+            (
+                vec![Set {
+                    interval: true,
+                    ..dynamic("m", uid, None)
+                }],
+                vec![],
+                "cannot have flags interval",
+            ),
+            (
+                vec![Set {
+                    timeout: true,
+                    ..dynamic("m", uid, None)
+                }],
+                vec![],
+                "needs Dynamic::timeout_ms",
+            ),
+            (
+                vec![Set {
+                    elements: SetElements::Ids(vec![1]),
+                    ..dynamic("m", uid, None)
+                }],
+                vec![],
+                "starts empty",
+            ),
+            (
+                vec![Set {
+                    dynamic: Some(Dynamic {
+                        size: 0,
+                        timeout_ms: None,
+                    }),
+                    ..dynamic("m", uid, None)
+                }],
+                vec![],
+                "size of at least 1",
+            ),
+        ] {
+            let e = err(sets, stmts);
+            assert!(e.contains(want), "want {want:?} in {e:?}");
+        }
+        // And what is valid encodes (`Set::timeout` may restate a dynamic set's timeout).
+        let restated = Set {
+            timeout: true,
+            ..dynamic("m", uid, Some(1000))
+        };
+        assert_eq!(
+            err(
+                vec![restated, dynamic("c", uid, None)],
+                vec![
+                    Stmt::MetaDay { first: 6, last: 0 },
+                    Stmt::MetaHour {
+                        first: 0,
+                        last: 86_399
+                    },
+                    Stmt::MetaTimeFrom(0),
+                    Stmt::Limit(rate(1, RateUnit::Day, 1000)),
+                    Stmt::CtCount(0),
+                    meter("m", MeterKey::SkUid, ok_rate),
+                    meter("c", MeterKey::SkUid, MeterLimit::Count(3)),
+                ],
+            ),
+            ""
+        );
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! `meta l4proto`) unless an earlier statement of the same rule already established it. nft tracks
 //! that "protocol context" while it linearizes a rule; [`ProtoCtx`] reproduces exactly the cases
 //! leash's statements can produce (checked against `nft --debug=netlink` by the oracle tests).
+//!
+//! `cmp` and `range` compare register bytes, so nft compares a host-order value (`meta hour`,
+//! `meta time`) for order only after a `byteorder` expression has made it big-endian; equality
+//! needs no conversion. A window that wraps around (Saturday to Monday, 22:00 to 06:00) becomes
+//! `!=` the gap between its ends ([`cyclic_match`], shared with the text renderer).
 
 use ipnet::IpNet;
 use ruleset::render::{CyclicMatch, DAY_MAX, HOUR_MAX, cyclic_match};
@@ -139,7 +144,9 @@ pub(crate) fn encode_stmts<'a>(
                     let x = b.begin_nested(NFTA_DYNSET_EXPR);
                     match limit {
                         MeterLimit::Rate(l) => expr_body(b, "limit", |b| limit_data(b, l)),
-                        MeterLimit::Count(n) => expr_body(b, "connlimit", |b| connlimit_data(b, *n)),
+                        MeterLimit::Count(n) => {
+                            expr_body(b, "connlimit", |b| connlimit_data(b, *n))
+                        }
                     }
                     b.end_nested(x);
                 });

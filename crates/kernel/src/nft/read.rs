@@ -62,13 +62,21 @@ fn str_of(a: &Option<Attr<'_>>) -> String {
     a.map(|a| a.str()).unwrap_or_default()
 }
 
-/// Reads table `inet <name>`; `None` when it does not exist. Set elements are counted up to
-/// `count_limit` per set (see [`count_elements`]).
+/// How [`read_table`] learns the size of a set.
+pub(crate) enum Counting {
+    /// Count the elements in a dump, reading at most about this many (see [`count_elements`]).
+    Dump(usize),
+    /// Do not read the set: the caller knows.
+    Known(ElementCount),
+}
+
+/// Reads table `inet <name>` and its handle; `None` when it does not exist. `counting` decides
+/// per set (given the table's handle and the set's declaration) whether its elements are counted.
 pub(crate) fn read_table(
     sock: &mut Socket,
     name: &str,
-    count_limit: usize,
-) -> Result<Option<TableStatus>, Error> {
+    counting: &dyn Fn(u64, &SetStatus) -> Counting,
+) -> Result<Option<(u64, TableStatus)>, Error> {
     let ctx = |what: &str| {
         let what = what.to_string();
         move |source| Error::Netlink {
@@ -87,13 +95,18 @@ pub(crate) fn read_table(
             if str_of(&t[NFTA_TABLE_NAME as usize]) != name {
                 return Ok(None);
             }
-            Ok(Some(
+            let handle = t[NFTA_TABLE_HANDLE as usize]
+                .map(|a| a.be64())
+                .transpose()?
+                .unwrap_or(0);
+            Ok(Some((
+                handle,
                 t[NFTA_TABLE_USERDATA as usize].and_then(|a| udata_comment(a.data)),
-            ))
+            )))
         },
     )
     .map_err(ctx("tables"))?;
-    let Some(comment) = tables.into_iter().next() else {
+    let Some((handle, comment)) = tables.into_iter().next() else {
         return Ok(None);
     };
 
@@ -231,14 +244,20 @@ pub(crate) fn read_table(
     )
     .map_err(ctx("sets"))?;
     for s in &mut sets {
-        s.elements = count_elements(name, &s.name, s.interval, count_limit)
-            .map_err(ctx(&format!("elements of set {}", s.name)))?;
+        s.elements = match counting(handle, s) {
+            Counting::Known(c) => c,
+            Counting::Dump(limit) => count_elements(name, &s.name, s.interval, limit)
+                .map_err(ctx(&format!("elements of set {}", s.name)))?,
+        };
     }
-    Ok(Some(TableStatus {
-        comment,
-        chains,
-        sets,
-    }))
+    Ok(Some((
+        handle,
+        TableStatus {
+            comment,
+            chains,
+            sets,
+        },
+    )))
 }
 
 /// Counts the elements of a set from a GETSETELEM dump, reading at most about `limit` of them.

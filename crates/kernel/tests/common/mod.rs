@@ -226,7 +226,8 @@ pub fn rate(rate: u64, unit: RateUnit, burst: u32) -> RateLimit {
     RateLimit { rate, unit, burst }
 }
 
-/// An empty dynamic set (a meter's).
+/// An empty dynamic set (a meter's); `Set::timeout` restates whether it has a timeout, as the
+/// compiler writes it.
 pub fn dynamic_set(name: &str, key: KeyType, size: u32, timeout_ms: Option<u64>) -> Set {
     let elements = match key {
         KeyType::Ipv4Addr => SetElements::V4(vec![]),
@@ -237,7 +238,7 @@ pub fn dynamic_set(name: &str, key: KeyType, size: u32, timeout_ms: Option<u64>)
         name: name.into(),
         key,
         interval: false,
-        timeout: false,
+        timeout: timeout_ms.is_some(),
         dynamic: Some(Dynamic { size, timeout_ms }),
         elements,
     }
@@ -269,7 +270,10 @@ pub fn every_new_stmt(cg: &TestCgroup) -> (Table, String) {
         chains: vec![chain(
             ChainPolicy::Accept,
             vec![
-                rule(vec![MetaDay { first: 1, last: 5 }, Accept], Some("weekdays")),
+                rule(
+                    vec![MetaDay { first: 1, last: 5 }, Accept],
+                    Some("weekdays"),
+                ),
                 rule(vec![MetaDay { first: 3, last: 3 }, Accept], None),
                 rule(vec![MetaDay { first: 6, last: 1 }, Accept], Some("weekend")),
                 rule(vec![MetaDay { first: 4, last: 2 }, Accept], None),

@@ -16,13 +16,7 @@ pub fn tv(t: libc::timeval) -> Duration {
 pub fn settle() -> bool {
     fn busy_total() -> Option<(u64, u64)> {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let v: Vec<u64> = stat
-            .lines()
-            .next()?
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|x| x.parse().ok())
-            .collect();
+        let v: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
         let idle = v.get(3)? + v.get(4).unwrap_or(&0);
         let total: u64 = v.iter().take(8).sum();
         Some((total - idle, total))

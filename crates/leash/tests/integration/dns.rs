@@ -186,7 +186,7 @@ fn dig(ns: &NetNs, server: &str, port: u16, name: &str, qtype: &str) -> Dig {
 }
 
 fn tcp443(dst: &str) -> Case {
-    Case { proto: Proto::Tcp, dst: dst.parse().unwrap(), port: Some(443), uid: 0, gid: 0, name: None }
+    Case { proto: Proto::Tcp, dst: dst.parse().unwrap(), port: Some(443), uid: 0, gid: 0, name: None, cgroup: None }
 }
 
 /// A lab whose peer owns every test address (echo on TCP 443) and the upstream's address.

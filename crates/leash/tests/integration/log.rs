@@ -69,6 +69,7 @@ fn case(proto: Proto, dst: &str, port: Option<u16>, uid: u32) -> Case {
         uid,
         gid: uid,
         name: None,
+        cgroup: None,
     }
 }
 

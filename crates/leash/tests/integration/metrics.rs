@@ -56,7 +56,7 @@ fn setup(dir: &TempDir) -> Lab {
 }
 
 fn connect(lab: &Lab, port: u16) -> Outcome {
-    let case = Case { proto: Proto::Tcp, dst: DST.parse().unwrap(), port: Some(port), uid: 0, gid: 0, name: None };
+    let case = Case { proto: Proto::Tcp, dst: DST.parse().unwrap(), port: Some(port), uid: 0, gid: 0, name: None, cgroup: None };
     lab.probe(&case, Duration::from_millis(500))
 }
 

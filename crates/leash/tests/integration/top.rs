@@ -54,7 +54,7 @@ fn top_once_lists_processes_destinations_and_blocked_attempts() {
     let out = std::thread::scope(|s| {
         let top = s.spawn(|| leash_in(lab.client(), &["top", "--once", "--json", "--interval", "2"]));
         std::thread::sleep(Duration::from_millis(700));
-        let case = Case { proto: Proto::Tcp, dst: DST.parse().unwrap(), port: Some(CLOSED), uid: 0, gid: 0, name: None };
+        let case = Case { proto: Proto::Tcp, dst: DST.parse().unwrap(), port: Some(CLOSED), uid: 0, gid: 0, name: None, cgroup: None };
         assert_eq!(lab.probe(&case, Duration::from_millis(300)), Outcome::TimedOut);
         top.join().unwrap()
     });
@@ -89,6 +89,12 @@ impl Tmux {
         // A plain shell in a 120x30 window; TERM set for tmux's client side (CI has none).
         let out = t.cmd(&["new-session", "-d", "-s", "t", "-x", "120", "-y", "30", "sh"]);
         assert!(out.0, "tmux new-session failed: {}", out.1);
+        // Type only once the shell shows its prompt: keys sent while it starts up can reach the
+        // terminal before the shell has set it up, and the first command then goes astray.
+        t.wait_for("the shell prompt", |s| {
+            let s = s.trim_end();
+            s.ends_with('#') || s.ends_with('$')
+        });
         t
     }
 

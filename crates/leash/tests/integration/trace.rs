@@ -51,7 +51,7 @@ fn setup() -> Setup {
 }
 
 fn case(dst: &str, port: u16, uid: u32) -> Case {
-    Case { proto: Proto::Tcp, dst: dst.parse().unwrap(), port: Some(port), uid, gid: uid, name: None }
+    Case { proto: Proto::Tcp, dst: dst.parse().unwrap(), port: Some(port), uid, gid: uid, name: None, cgroup: None }
 }
 
 /// `leash trace ARGS` running in a namespace, stdout and stderr into files; ended by its pid on
