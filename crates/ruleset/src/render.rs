@@ -371,6 +371,9 @@ pub fn nft_json(t: &Table) -> J {
                 "policy": match chain.policy { ChainPolicy::Accept => "accept", ChainPolicy::Drop => "drop" },
             }}}));
         }
+    }
+    // Rules after every chain: a `jump` needs its target to exist when nft processes the rule.
+    for chain in &t.chains {
         for rule in &chain.rules {
             let mut r = json!({
                 "family": "inet", "table": t.name, "chain": chain.name,

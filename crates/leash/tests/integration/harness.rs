@@ -19,7 +19,7 @@ pub fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(format!("{name}.toml"))
 }
 
-pub const EXAMPLES: [&str; 4] = ["web-server", "database-server", "developer-workstation", "app-server-domains"];
+pub const EXAMPLES: [&str; 5] = ["web-server", "database-server", "developer-workstation", "app-server-domains", "branch-office"];
 
 /// The result of one command, printable in full for failure messages.
 #[derive(Debug)]
