@@ -63,6 +63,24 @@ pub fn limit_chain_name(rule: &str) -> String {
     format!("limit_{rule}")
 }
 
+/// Name of the regular chain holding the two deny tails (TCP reset, ICMP otherwise) of a rule
+/// whose match looks a set up (see `compile_rule`).
+pub fn deny_chain_name(rule: &str) -> String {
+    format!("deny_{rule}")
+}
+
+/// Whether a statement looks a named set up (the costly part of a match).
+fn looks_up_a_set(s: &Stmt) -> bool {
+    matches!(
+        s,
+        Stmt::Daddr4(Value::InSet(_))
+            | Stmt::Daddr6(Value::InSet(_))
+            | Stmt::Dport { value: Value::InSet(_), .. }
+            | Stmt::SkUid(Value::InSet(_))
+            | Stmt::SkGid(Value::InSet(_))
+    )
+}
+
 /// Elements a meter (the dynamic set of a per-destination or per-user limit) holds at most.
 pub const METER_SIZE: u32 = 65_535;
 
@@ -500,7 +518,28 @@ fn compile_rule(
                         out.push(Rule { stmts: matched, comment: Some(rule.name.clone()) });
                         continue;
                     }
-                    for mut tail in verdict_rules_for(policy, rule.action, rule.log, &rule.name, *proto) {
+                    let tails = verdict_rules_for(policy, rule.action, rule.log, &rule.name, *proto);
+                    // A reject of unknown protocol has two tails (TCP reset, ICMP otherwise). Two
+                    // kernel rules would look a set up twice for every packet that misses it (a
+                    // blocklist's whole traffic), so they sit in the rule's own chain, reached by
+                    // one lookup and a jump.
+                    if tails.len() > 1 && matched.iter().any(looks_up_a_set) {
+                        let name = deny_chain_name(&rule.name);
+                        if !chains.iter().any(|c| c.name == name) {
+                            chains.push(Chain {
+                                name: name.clone(),
+                                kind: ChainType::Regular,
+                                hook: Hook::Output,
+                                priority: 0,
+                                policy: ChainPolicy::Accept,
+                                rules: tails.into_iter().map(|t| Rule { stmts: t, comment: Some(rule.name.clone()) }).collect(),
+                            });
+                        }
+                        matched.push(Stmt::Jump(name));
+                        out.push(Rule { stmts: matched, comment: Some(rule.name.clone()) });
+                        continue;
+                    }
+                    for mut tail in tails {
                         let mut s = matched.clone();
                         s.append(&mut tail);
                         out.push(Rule { stmts: s, comment: Some(rule.name.clone()) });
