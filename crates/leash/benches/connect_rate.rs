@@ -646,7 +646,8 @@ fn bench(o: &Opts, leash: &Path, dir: &Path) -> Result<()> {
                     _ => &small_policy,
                 };
                 let mut c = nsenter(&v.pair.client);
-                c.arg(leash).args(["apply", "--json"]).arg(p).stdin(Stdio::null());
+                // Keep leash's record of large sets in the scratch directory, not in /run/leash.
+                c.arg(leash).args(["apply", "--json"]).arg(p).stdin(Stdio::null()).env("LEASH_STATE_DIR", dir);
                 let (res, out) = run_capped(c, dir, "leash-apply", cap)?;
                 let mut load = match res {
                     Capped::Done(l) => l,
