@@ -182,10 +182,20 @@ to = ["{DST}", "{DST2}"]
 rate = "5/second"
 burst = 5
 limit_per = "destination"
+
+[[rule]]
+name = "per-user"
+action = "allow"
+proto = "tcp"
+ports = [9443]
+to = ["{DST}", "{DST6}"]
+rate = "5/second"
+burst = 5
+limit_per = "user"
 "#
     );
     let dir = TempDir::new("rate");
-    let lab = applied(&dir, "rate.toml", &policy, &[443, 8443]);
+    let lab = applied(&dir, "rate.toml", &policy, &[443, 8443, 9443]);
     let start = Instant::now();
     let (ok, refused) = burst(&lab, &[DST, DST2], 443, 30);
     let took = start.elapsed();
@@ -201,6 +211,27 @@ limit_per = "destination"
     let (ok, refused) = burst(&lab, &[DST, DST2], 8443, 30);
     let took = start.elapsed();
     eprintln!("per destination: {ok:?} connected, {refused} refused, in {took:?}");
+    let refill = (took.as_millis() / 200) as usize;
+    for o in &ok {
+        assert!((5..=5 + refill + 1).contains(o), "{ok:?} in {took:?}");
+    }
+
+    // Per user: root and nobody each get their own bucket, shared across both families (the
+    // meter is keyed by uid alone).
+    let start = Instant::now();
+    let mut ok = [0usize; 2];
+    let mut refused = 0;
+    for i in 0..40 {
+        let mut case = tcp(if i % 4 < 2 { DST } else { DST6 }, 9443);
+        (case.uid, case.gid) = if i % 2 == 0 { (0, 0) } else { (65534, 65534) };
+        match lab.probe(&case, PROBE) {
+            Outcome::Connected => ok[i % 2] += 1,
+            Outcome::Refused => refused += 1,
+            o => panic!("unexpected {o:?}"),
+        }
+    }
+    let took = start.elapsed();
+    eprintln!("per user: {ok:?} connected (root, nobody), {refused} refused, in {took:?}");
     let refill = (took.as_millis() / 200) as usize;
     for o in &ok {
         assert!((5..=5 + refill + 1).contains(o), "{ok:?} in {took:?}");
