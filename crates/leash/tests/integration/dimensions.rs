@@ -454,3 +454,48 @@ to_country = ["XB"]
     assert!(r.ok(), "{r}");
     assert_eq!(r.json()["verdict"], "allow", "{r}");
 }
+
+/// The `meta time` bounds of daylight-saving periods against the real clock: a rule bounded to
+/// an hour around now matches, one whose period ended a minute ago or starts in an hour does not.
+/// (Which bounds a time zone gets is checked against the windows, without a kernel, by
+/// ruleset's `time_windows` property test; this checks the kernel reads the bounds the same way.)
+#[test]
+fn daylight_saving_period_bounds_follow_the_real_clock() {
+    if !need_root("daylight_saving_period_bounds_follow_the_real_clock") {
+        return;
+    }
+    const NS: i64 = 1_000_000_000;
+    let (p, d) = policy::load(
+        &format!("version = 1\n[defaults]\ndeny_with = \"reject\"\n[[rule]]\nname = \"bounded\"\naction = \"allow\"\nproto = \"tcp\"\nports = [443]\nto = [\"{DST}\"]\n"),
+        &policy::StaticResolver::debian_base(),
+    );
+    let p = p.unwrap_or_else(|| panic!("{d:#?}"));
+    let now = jiff::Timestamp::now().as_second();
+    let lab = Lab::new(&[DST.parse().unwrap()], &[443], &[]).expect("lab");
+    for (from, until, open) in [
+        (Some(now - 3600), Some(now + 3600), true),
+        (None, Some(now + 3600), true),
+        (Some(now - 3600), None, true),
+        (None, Some(now - 60), false),
+        (Some(now + 3600), None, false),
+        (Some(now - 7200), Some(now - 3600), false),
+    ] {
+        let mut table = ruleset::compile(&p, &Default::default());
+        let rule = table.chains[0]
+            .rules
+            .iter_mut()
+            .find(|r| r.comment.as_deref() == Some("bounded"))
+            .expect("the rule");
+        let at = rule.stmts.len() - 2;
+        if let Some(u) = until {
+            rule.stmts.insert(at, ruleset::model::Stmt::MetaTimeUntil(u * NS));
+        }
+        if let Some(f) = from {
+            rule.stmts.insert(at, ruleset::model::Stmt::MetaTimeFrom(f * NS));
+        }
+        lab.client().run(|| kernel::apply(&table, &Default::default())).expect("apply");
+        let got = lab.probe(&tcp(DST, 443), PROBE);
+        let want = if open { Outcome::Connected } else { Outcome::Refused };
+        assert_eq!(got, want, "from {from:?} until {until:?} (now {now})");
+    }
+}
