@@ -263,6 +263,21 @@ fn status(json: bool) -> Result<u8> {
     // Large sets are reported from what leash loaded, not counted (see set_cmd).
     let st = crate::set_cmd::status().context("cannot read the leash table")?;
     output::print_status(st.as_ref(), json);
+    // Rules for a cgroup match its id at apply time; a service restarted since has a new one.
+    if st.is_some()
+        && let Ok(Some(info)) = kernel::table_comment(ruleset::TABLE_NAME)
+    {
+        for (path, then, now) in crate::set_cmd::stale_cgroups(info.handle) {
+            let what = match now {
+                Some(_) => "was made again (a restarted service?)",
+                None => "is gone",
+            };
+            eprintln!(
+                "leash: warning: cgroup /sys/fs/cgroup/{path} {what} since the apply (the rules match id {then}): \
+                 they match no process until `leash apply` runs again"
+            );
+        }
+    }
     Ok(EXIT_OK)
 }
 

@@ -220,6 +220,11 @@ struct Record {
     /// namespaces that are gone (see [`prune`]); 0 when unknown.
     #[serde(default)]
     netns_inode: u64,
+    /// cgroup path (as nft writes it, below /sys/fs/cgroup) -> the id (inode) the applied rules
+    /// match. A service restarted since gets a new directory with a new id, which no rule matches
+    /// (see [`stale_cgroups`]).
+    #[serde(default)]
+    cgroups: BTreeMap<String, u64>,
 }
 
 /// Directory of the records: `$LEASH_STATE_DIR`, else `/run/leash` (a tmpfs, empty after boot,
@@ -332,7 +337,9 @@ fn read_record() -> Option<Record> {
 /// no set.
 fn write_record(r: &Record) -> Result<()> {
     let path = record_path().context("cannot identify the network namespace to record set sizes")?;
-    if r.sets.is_empty() {
+    // Nothing worth remembering: no record at all (most policies have neither large sets nor
+    // cgroup rules).
+    if r.sets.is_empty() && r.cgroups.is_empty() {
         return match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(e).with_context(|| format!("cannot remove {}", path.display()))
@@ -364,7 +371,17 @@ pub fn record_apply(table: &ruleset::Table, table_handle: u64) {
         .map(|s| (s.name.clone(), s.elements.len()))
         .collect();
     let netns_inode = netns_inode(Path::new("/proc/thread-self/ns/net")).unwrap_or(0);
-    if let Err(e) = write_record(&Record { table_handle, sets, netns_inode }) {
+    let cgroups = table
+        .chains
+        .iter()
+        .flat_map(|c| &c.rules)
+        .flat_map(|r| &r.stmts)
+        .filter_map(|s| match s {
+            ruleset::model::Stmt::SocketCgroup { path, id, .. } => Some((path.clone(), *id)),
+            _ => None,
+        })
+        .collect();
+    if let Err(e) = write_record(&Record { table_handle, sets, netns_inode, cgroups }) {
         eprintln!("leash: warning: {e:#}; leash status will count large sets only up to {}", kernel::nft::COUNT_LIMIT);
     }
 }
@@ -393,6 +410,20 @@ pub fn forget() {
 
 /// `kernel::status`, with the recorded sizes of large sets instead of counting them (see the
 /// module documentation). What `leash status` and `leash metrics` show.
+/// The cgroups the applied rules match that are gone or were made again since the apply (a
+/// restarted service): (path below /sys/fs/cgroup, id the rules match, id now if it exists).
+pub fn stale_cgroups(table_handle: u64) -> Vec<(String, u64, Option<u64>)> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(rec) = read_record().filter(|r| r.table_handle == table_handle) else { return Vec::new() };
+    rec.cgroups
+        .into_iter()
+        .filter_map(|(path, id)| {
+            let now = std::fs::metadata(Path::new("/sys/fs/cgroup").join(&path)).ok().map(|m| m.ino());
+            (now != Some(id)).then_some((path, id, now))
+        })
+        .collect()
+}
+
 pub fn status() -> Result<Option<kernel::TableStatus>, kernel::Error> {
     let rec = read_record();
     kernel::status_with(|handle, s| {
@@ -407,7 +438,12 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_only_large_sets_count() {
-        let r = Record { table_handle: 7, sets: [("s_x_v4".to_string(), 1_000_000)].into(), netns_inode: 4026531840 };
+        let r = Record {
+            table_handle: 7,
+            sets: [("s_x_v4".to_string(), 1_000_000)].into(),
+            netns_inode: 4026531840,
+            cgroups: [("unified/system.slice/nginx.service".to_string(), 4242)].into(),
+        };
         let text = serde_json::to_string(&r).unwrap();
         assert_eq!(text, r#"{"table_handle":7,"sets":{"s_x_v4":1000000},"netns_inode":4026531840}"#);
         assert_eq!(serde_json::from_str::<Record>(&text).unwrap(), r);
@@ -422,7 +458,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("leash-prune-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let write = |name: &str, inode: u64| {
-            let r = Record { table_handle: 1, sets: BTreeMap::new(), netns_inode: inode };
+            let r = Record { table_handle: 1, sets: BTreeMap::new(), netns_inode: inode, cgroups: BTreeMap::new() };
             std::fs::write(dir.join(name), serde_json::to_vec(&r).unwrap()).unwrap();
         };
         write("sets-cookie-1.json", own);

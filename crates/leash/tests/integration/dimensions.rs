@@ -499,3 +499,57 @@ fn daylight_saving_period_bounds_follow_the_real_clock() {
         assert_eq!(got, want, "from {from:?} until {until:?} (now {now})");
     }
 }
+
+/// A cgroup directory of our own under the cgroup2 mount, removed on drop.
+struct OwnCgroup(std::path::PathBuf);
+
+impl Drop for OwnCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// `leash status` warns when a cgroup the applied rules match was made again (a restarted
+/// service gets a new directory, with a new id, that no rule matches) or is gone.
+#[test]
+fn status_warns_about_a_cgroup_made_again_since_the_apply() {
+    if !need_root("status_warns_about_a_cgroup_made_again_since_the_apply") {
+        return;
+    }
+    let Some(mount) = lab::cgroup::mount_point() else {
+        assert!(std::env::var_os("CI").is_none(), "cgroup v2 is not mounted; CI needs it");
+        eprintln!("skipped: cgroup v2 is not mounted here");
+        return;
+    };
+    let name = format!("leash-it-stale-{}", std::process::id());
+    let cg = OwnCgroup(mount.join(&name));
+    std::fs::create_dir(&cg.0).unwrap();
+    let dir = TempDir::new("stale-cgroup");
+    let state = dir.0.join("state");
+    let policy = dir.file(
+        "p.toml",
+        &format!("version = 1\n[[rule]]\nname = \"app\"\naction = \"allow\"\nproto = \"tcp\"\nports = [443]\ncgroup = \"/{name}\"\n"),
+    );
+    let ns = kernel::netns::NetNs::new().expect("namespace");
+    let with_state = |args: &[&str]| {
+        let mut argv = vec![format!("--net={}", ns.path().display()), "env".into(), format!("LEASH_STATE_DIR={}", state.display()), leash_bin().into()];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        run_cmd(None, "nsenter", &argv.iter().map(String::as_str).collect::<Vec<_>>(), None)
+    };
+    let r = with_state(&["apply", &policy]);
+    assert!(r.ok(), "{r}");
+    let r = with_state(&["status"]);
+    assert!(r.ok() && !r.stderr.contains("warning"), "{r}");
+
+    // The service restarts: its directory goes and comes back with a new inode.
+    std::fs::remove_dir(&cg.0).unwrap();
+    let r = with_state(&["status"]);
+    assert!(r.stderr.contains(&format!("{name} is gone since the apply")), "{r}");
+    std::fs::create_dir(&cg.0).unwrap();
+    let r = with_state(&["status"]);
+    assert!(r.stderr.contains(&format!("{name} was made again")), "{r}");
+    // A new apply takes the new id.
+    assert!(with_state(&["apply", &policy]).ok());
+    let r = with_state(&["status"]);
+    assert!(!r.stderr.contains("warning"), "{r}");
+}

@@ -75,10 +75,11 @@ pub fn run_cmd(ns: Option<&NetNs>, program: &str, args: &[&str], stdin: Option<&
         None => Command::new(program),
     };
     cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    // leash records the sizes of large sets it loads (for `status`); tests keep that record in a
-    // directory of their own instead of the host's /run/leash. A test that sets it itself wins.
+    // leash records the sizes of large sets and the cgroup ids it applied (for `status`); tests
+    // keep that record under the target directory instead of the host's /run/leash. A test that
+    // sets it itself wins.
     if std::env::var_os("LEASH_STATE_DIR").is_none() {
-        cmd.env("LEASH_STATE_DIR", std::env::temp_dir().join(format!("leash-it-state-{}", std::process::id())));
+        cmd.env("LEASH_STATE_DIR", std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("leash-state"));
     }
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
     let cmdline = format!(
