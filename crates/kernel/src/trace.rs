@@ -662,6 +662,23 @@ pub struct Assembler {
     next: u64,
 }
 
+/// The base chain a packet's `chain` was reached from: follows the jumps and gotos among the
+/// steps so far back to a chain no step jumped to.
+fn base_chain<'a>(steps: &'a [Step], chain: &'a str) -> &'a str {
+    let mut c = chain;
+    // A chain cannot be entered more often than there are steps; the bound stops a loop.
+    for _ in 0..=steps.len() {
+        let caller = steps.iter().rev().find(|s| {
+            matches!(&s.verdict, Some(Verdict::Jump(t) | Verdict::Goto(t)) if t == c)
+        });
+        match caller {
+            Some(s) => c = &s.chain,
+            None => break,
+        }
+    }
+    c
+}
+
 impl Assembler {
     /// `final_chain`: see [`TableRules::final_chain`]. A packet that has seen no event for
     /// `idle` is given up as incomplete by [`Assembler::expire`].
@@ -720,8 +737,10 @@ impl Assembler {
         }
         let ended = match (&ev.kind, &ev.verdict) {
             (_, Some(v)) if v.ends_packet() => true,
+            // An accept ends the base chain the packet is in, also from a regular chain it
+            // jumped to (a limited rule's `limit_<rule>`, a blocklist's `deny_<rule>`).
             (TraceType::Rule | TraceType::Policy, Some(Verdict::Accept)) => {
-                ev.chain == self.final_chain
+                base_chain(&p.steps, &ev.chain) == self.final_chain
             }
             _ => false,
         };
@@ -1241,6 +1260,23 @@ fn tracer_alive(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_accept_in_a_jumped_to_chain_ends_the_base_chain() {
+        let step = |chain: &str, verdict: Option<Verdict>| Step { chain: chain.into(), kind: TraceType::Rule, handle: None, verdict };
+        let steps = vec![
+            step("output", Some(Verdict::Continue)),
+            step("output", Some(Verdict::Jump("limit_web".into()))),
+            step("limit_web", Some(Verdict::Goto("deny_web".into()))),
+        ];
+        assert_eq!(base_chain(&steps, "limit_web"), "output");
+        assert_eq!(base_chain(&steps, "deny_web"), "output");
+        assert_eq!(base_chain(&steps, "output"), "output");
+        assert_eq!(base_chain(&steps, "dns-redirect"), "dns-redirect");
+        // A jump loop (which nft refuses) still ends.
+        let looped = vec![step("a", Some(Verdict::Jump("b".into()))), step("b", Some(Verdict::Jump("a".into())))];
+        let _ = base_chain(&looped, "a");
+    }
 
     fn ev(id: u32, chain: &str, kind: TraceType, handle: Option<u64>, v: Verdict) -> TraceEvent {
         TraceEvent {

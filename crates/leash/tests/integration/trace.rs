@@ -297,3 +297,72 @@ fn trace_without_a_table_fails_clearly() {
         assert_eq!(r.code, Some(2), "{r}");
     }
 }
+
+/// Rules that jump (a limited rule to `limit_<rule>`, a rejecting blocklist rule to
+/// `deny_<rule>`) are traced to the rule in that chain that decided.
+#[test]
+fn trace_follows_jumps_into_limit_and_deny_chains() {
+    if !need_root("trace_follows_jumps_into_limit_and_deny_chains") {
+        return;
+    }
+    let lab = Lab::new(&[TRACED.parse().unwrap(), OTHER.parse().unwrap()], &[443], &[]).expect("lab");
+    let dir = TempDir::new("trace-jumps");
+    dir.file("bad.txt", &format!("{OTHER}\n198.51.100.0/24\n"));
+    let policy = dir.file(
+        "p.toml",
+        r#"version = 1
+[defaults]
+outbound = "deny"
+deny_with = "reject"
+log_denied = false
+
+[[set]]
+name = "bad"
+file = "bad.txt"
+
+[[rule]]
+name = "blocklist"
+action = "deny"
+to = ["set:bad"]
+
+[[rule]]
+name = "web"
+action = "allow"
+proto = "tcp"
+ports = [443]
+to = ["203.0.113.0/24"]
+rate = "1000/second"
+"#,
+    );
+    let r = leash_in(lab.client(), &["apply", &policy]);
+    assert!(r.ok(), "{r}");
+    let ns = lab.client();
+    let mut t = Tracing::start(ns, &["--json", "--to", "203.0.113.0/24", "--port", "443", "--seconds", "60"], &dir);
+    let timeout = Duration::from_secs(2);
+    assert_eq!(lab.probe(&case(TRACED, 443, 0), timeout), Outcome::Connected);
+    assert_eq!(lab.probe(&case(OTHER, 443, 0), timeout), Outcome::Refused);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let lines: Vec<serde_json::Value> = t.stdout().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        if syn_to(&lines, TRACED, 443).is_some() && syn_to(&lines, OTHER, 443).is_some() {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "both SYNs were not traced{}", t.output());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    t.signal(libc::SIGINT);
+    assert_eq!(t.wait(Duration::from_secs(10)), Some(0), "{}", t.output());
+    let allowed = syn_to(&lines, TRACED, 443).unwrap();
+    assert_eq!(
+        (&allowed["verdict"], &allowed["rule"], &allowed["chain"]),
+        (&"accept".into(), &"web".into(), &"limit_web".into()),
+        "{allowed}"
+    );
+    let blocked = syn_to(&lines, OTHER, 443).unwrap();
+    assert_eq!(
+        (&blocked["verdict"], &blocked["rule"], &blocked["chain"]),
+        (&"reject".into(), &"blocklist".into(), &"deny_blocklist".into()),
+        "{blocked}"
+    );
+    root_has_no_leash_table();
+}
