@@ -167,10 +167,21 @@ fn apply(path: &std::path::Path, fault_inject: bool, json: bool) -> Result<u8> {
             eprintln!("leash: warning: warm-up: {f}");
         }
     }
+    // Time windows are compiled per daylight-saving period of the coming 400 days; say how far
+    // that reaches, since the last period's offset stays past it until the next apply.
+    let windows = p.rules.iter().any(|r| r.when.is_some()).then(|| {
+        let now = jiff::Timestamp::now();
+        let periods = policy::time::periods(&p.time_zone(), now);
+        let exact_until = now + jiff::SignedDuration::from_hours(24 * policy::time::HORIZON_DAYS);
+        (periods.len(), exact_until, p.defaults.timezone.clone().unwrap_or_else(|| "UTC".into()))
+    });
     if json {
         output::print_json(&serde_json::json!({
             "applied": l.display_name(),
             "sha256": l.sha256,
+            "time_windows": windows.as_ref().map(|(n, until, tz)| serde_json::json!({
+                "time_zone": tz, "offset_periods": n, "exact_until": until.to_string(),
+            })),
             "policy_rules": p.rules.len(),
             "kernel_rules": kernel_rules,
             "sets": table.sets.len(),
@@ -192,6 +203,12 @@ fn apply(path: &std::path::Path, fault_inject: bool, json: bool) -> Result<u8> {
         );
         if carried > 0 {
             println!("kept {carried} domain answers from the previous table, with their time left");
+        }
+        if let Some((n, until, tz)) = &windows {
+            println!(
+                "time windows: {tz}, {n} offset period(s) compiled; exact until {} (apply again before then)",
+                until.strftime("%Y-%m-%d")
+            );
         }
         if let Some(w) = &warm {
             println!(

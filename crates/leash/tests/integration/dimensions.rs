@@ -553,3 +553,25 @@ fn status_warns_about_a_cgroup_made_again_since_the_apply() {
     let r = with_state(&["status"]);
     assert!(!r.stderr.contains("warning"), "{r}");
 }
+
+/// `leash apply` says how far the compiled daylight-saving periods reach.
+#[test]
+fn apply_reports_how_long_time_windows_stay_exact() {
+    if !need_root("apply_reports_how_long_time_windows_stay_exact") {
+        return;
+    }
+    let ns = kernel::netns::NetNs::new().expect("namespace");
+    let r = leash_in(&ns, &["apply", "--json", example("branch-office").to_str().unwrap()]);
+    assert!(r.ok(), "{r}");
+    let j = r.json();
+    let w = &j["time_windows"];
+    assert_eq!(w["time_zone"], "Europe/Berlin", "{r}");
+    // Berlin changes its offset twice a year: at least two transitions in 400 days.
+    assert!(w["offset_periods"].as_u64().unwrap() >= 3, "{r}");
+    let until: jiff::Timestamp = w["exact_until"].as_str().unwrap().parse().unwrap();
+    let days = (until.as_second() - jiff::Timestamp::now().as_second()) / 86_400;
+    assert!((399..=400).contains(&days), "{r}");
+    // A policy without windows says nothing about them.
+    let r = leash_in(&ns, &["apply", "--json", example("web-server").to_str().unwrap()]);
+    assert!(r.ok() && r.json()["time_windows"].is_null(), "{r}");
+}
