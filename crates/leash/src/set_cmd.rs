@@ -445,8 +445,14 @@ mod tests {
             cgroups: [("unified/system.slice/nginx.service".to_string(), 4242)].into(),
         };
         let text = serde_json::to_string(&r).unwrap();
-        assert_eq!(text, r#"{"table_handle":7,"sets":{"s_x_v4":1000000},"netns_inode":4026531840}"#);
+        assert_eq!(
+            text,
+            r#"{"table_handle":7,"sets":{"s_x_v4":1000000},"netns_inode":4026531840,"cgroups":{"unified/system.slice/nginx.service":4242}}"#
+        );
         assert_eq!(serde_json::from_str::<Record>(&text).unwrap(), r);
+        // A record written before cgroups were kept still reads.
+        let old: Record = serde_json::from_str(r#"{"table_handle":7,"sets":{},"netns_inode":1}"#).unwrap();
+        assert!(old.cgroups.is_empty());
         assert!(large(kernel::nft::COUNT_LIMIT + 1));
         assert!(!large(kernel::nft::COUNT_LIMIT));
     }
