@@ -33,6 +33,9 @@ pub fn nft_raw(ns: &NetNs, args: &[&str], stdin: Option<&str>) -> (bool, String,
         .arg(net)
         .arg("nft")
         .args(args)
+        // nft reads and prints `meta hour` and `meta time` literals in its own time zone, while
+        // leash's model (and its rendered scripts) are UTC.
+        .env("TZ", "UTC")
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {

@@ -159,7 +159,7 @@ fn invalid_limits_and_meters_are_refused_like_nft() {
             .to_string();
         assert!(e.contains(want), "{e}");
         let ns = NetNs::new().unwrap();
-        let (ok, _, err) = nft_utc(&ns, &["-f", "-"], Some(text));
+        let (ok, _, err) = kernel::testutil::nft_raw(&ns, &["-f", "-"], Some(text));
         assert!(!ok, "nft accepted what leash refuses ({want}):\n{text}");
         eprintln!("nft refuses it too: {}", err.lines().next().unwrap_or(""));
     }
@@ -287,9 +287,9 @@ fn rendered_json_loads_like_rendered_text() {
         let text = ruleset::render::nft_text(&table);
         let json = ruleset::render::nft_json(&table).to_string();
         let from_text = NetNs::new().unwrap();
-        nft_load_utc(&from_text, &text);
+        kernel::testutil::nft_load(&from_text, &text);
         let from_json = NetNs::new().unwrap();
-        let (ok, _, err) = nft_utc(&from_json, &["-j", "-f", "-"], Some(&json));
+        let (ok, _, err) = kernel::testutil::nft_raw(&from_json, &["-j", "-f", "-"], Some(&json));
         assert!(ok, "nft -j -f failed: {err}\n--- json ---\n{json}");
         let without_table_comment = |l: String| -> String {
             normalize_listing(&l)
@@ -299,8 +299,8 @@ fn rendered_json_loads_like_rendered_text() {
                 .join("\n")
         };
         assert_eq!(
-            without_table_comment(list_leash_utc(&from_json).unwrap()),
-            without_table_comment(list_leash_utc(&from_text).unwrap()),
+            without_table_comment(kernel::testutil::list_leash(&from_json).unwrap()),
+            without_table_comment(kernel::testutil::list_leash(&from_text).unwrap()),
             "nft -j -f of the JSON lists differently from nft -f of the text:\n{text}"
         );
     }

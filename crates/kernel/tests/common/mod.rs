@@ -1,12 +1,11 @@
-//! Tables used by several kernel tests, each with the nft text that means the same; nft run with
-//! `TZ=UTC`; and throwaway cgroup v2 directories for `socket cgroupv2`.
+//! Tables used by several kernel tests, each with the nft text that means the same, and throwaway
+//! cgroup v2 directories for `socket cgroupv2`. (nft itself runs through `kernel::testutil`, with
+//! `TZ=UTC`.)
 #![allow(dead_code)]
 
-use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use kernel::netns::NetNs;
@@ -574,63 +573,10 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
     })
 }
 
-/// `nft ARGS` inside `ns` with `TZ=UTC` (nft reads and prints `meta hour` and `meta time` in its
-/// local time zone, and leash's model is UTC); returns (success, stdout, stderr). Entered with
-/// `nsenter --net`, which keeps `/sys/fs/cgroup` visible for `socket cgroupv2` paths.
-pub fn nft_utc(ns: &NetNs, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net={}", ns.path().display()))
-        .arg("nft")
-        .args(args)
-        .env("TZ", "UTC")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run nsenter nft");
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// `nft -f -` of `text` in `ns` with `TZ=UTC`; panics with nft's message if it fails.
-pub fn nft_load_utc(ns: &NetNs, text: &str) {
-    let (ok, _, err) = nft_utc(ns, &["-f", "-"], Some(text));
-    assert!(ok, "nft -f failed: {err}\n--- text ---\n{text}");
-}
-
-/// `nft list table inet leash` in `ns` with `TZ=UTC`, or `None` when there is no such table.
-pub fn list_leash_utc(ns: &NetNs) -> Option<String> {
-    let (ok, out, err) = nft_utc(ns, &["list", "table", "inet", TABLE_NAME], None);
-    if ok {
-        Some(kernel::testutil::strip_handles(&out))
-    } else {
-        assert!(
-            err.contains("No such file or directory"),
-            "nft list failed: {err}"
-        );
-        None
-    }
-}
 
 /// The messages nft sends for `text` (see `kernel::testutil::nft_messages`), with `TZ=UTC`.
 pub fn nft_messages_utc(ns: &NetNs, text: &str) -> Vec<(u16, Vec<u8>)> {
-    let (ok, out, err) = nft_utc(ns, &["--debug=mnl", "-f", "-"], Some(text));
+    let (ok, out, err) = kernel::testutil::nft_raw(ns, &["--debug=mnl", "-f", "-"], Some(text));
     assert!(ok, "nft -f failed: {err}\n--- text ---\n{text}");
     kernel::testutil::parse_mnl_debug(&format!("{out}\n{err}"))
 }
@@ -639,12 +585,12 @@ pub fn nft_messages_utc(ns: &NetNs, text: &str) -> Vec<(u16, Vec<u8>)> {
 /// namespace, `table` applied into another; both listings, nft's first.
 pub fn listings_utc(table: &Table, text: &str) -> (String, String) {
     let oracle = NetNs::new().expect("new netns");
-    nft_load_utc(&oracle, text);
-    let want = list_leash_utc(&oracle).expect("nft created the table");
+    kernel::testutil::nft_load(&oracle, text);
+    let want = kernel::testutil::list_leash(&oracle).expect("nft created the table");
     let ours = NetNs::new().expect("new netns");
     ours.run(|| kernel::apply(table, &kernel::ApplyOptions::default()))
         .expect("apply");
-    let got = list_leash_utc(&ours).expect("apply created the table");
+    let got = kernel::testutil::list_leash(&ours).expect("apply created the table");
     (want, got)
 }
 
