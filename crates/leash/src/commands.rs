@@ -356,9 +356,13 @@ fn explain(a: &ExplainArgs, json: bool) -> Result<u8> {
     };
     let at = a.at.is_some().then_some(local);
     let cgroup = match (&a.service, &a.cgroup) {
-        (Some(s), _) => Some(format!("system.slice/{}", if s.contains('.') { s.clone() } else { format!("{s}.service") })),
-        (None, Some(c)) => Some(c.trim_matches('/').to_string()),
+        (Some(s), _) => Some(policy::service_cgroup(s)),
+        (None, Some(c)) => Some(policy::cgroup_path(c)),
         (None, None) => None,
+    };
+    let cgroup = match cgroup.transpose() {
+        Ok(c) => c,
+        Err(m) => usage!("{m}"),
     };
     let r = system::SystemResolver::default();
     let uid = match &a.user {

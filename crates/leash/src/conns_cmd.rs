@@ -156,7 +156,7 @@ pub fn run(a: &Args, json: bool) -> Result<u8> {
     });
     // With a candidate, what the active policy says today, for comparison.
     let now: Option<Vec<Option<conns::Verdict>>> = match (&candidate, &active) {
-        (Some(_), Some(act)) => Some(snap.conns.iter().map(|c| conns::verdict(&act.policy, c)).collect()),
+        (Some(_), Some(act)) => Some(conns::verdicts(&act.policy, &snap.conns)),
         _ => None,
     };
     let stdout = std::io::stdout();

@@ -408,8 +408,6 @@ pub fn forget() {
     }
 }
 
-/// `kernel::status`, with the recorded sizes of large sets instead of counting them (see the
-/// module documentation). What `leash status` and `leash metrics` show.
 /// The cgroups the applied rules match that are gone or were made again since the apply (a
 /// restarted service): (path below /sys/fs/cgroup, id the rules match, id now if it exists).
 pub fn stale_cgroups(table_handle: u64) -> Vec<(String, u64, Option<u64>)> {
@@ -424,6 +422,8 @@ pub fn stale_cgroups(table_handle: u64) -> Vec<(String, u64, Option<u64>)> {
         .collect()
 }
 
+/// `kernel::status`, with the recorded sizes of large sets instead of counting them (see the
+/// module documentation). What `leash status` and `leash metrics` show.
 pub fn status() -> Result<Option<kernel::TableStatus>, kernel::Error> {
     let rec = read_record();
     kernel::status_with(|handle, s| {

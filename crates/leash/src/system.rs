@@ -18,18 +18,11 @@ impl SystemResolver {
     }
 }
 
-/// Where cgroup v2 is mounted (from /proc/self/mountinfo), e.g. `/sys/fs/cgroup/unified` on a
-/// hybrid host, `/sys/fs/cgroup` on a cgroup2-only one.
-pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|l| {
-        // Fields: id parent major:minor root mount-point options ... - fstype source super-options
-        let (pre, post) = l.split_once(" - ")?;
-        if post.split(' ').next()? != "cgroup2" {
-            return None;
-        }
-        pre.split(' ').nth(4).map(|m| std::path::PathBuf::from(m.replace("\\040", " ")))
-    })
+/// Where cgroup v2 is mounted (`lab::cgroup::mount_point` reads /proc/self/mountinfo), e.g.
+/// `/sys/fs/cgroup/unified` on a hybrid host; read once per process.
+pub fn cgroup2_mount() -> Option<&'static std::path::Path> {
+    static MOUNT: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    MOUNT.get_or_init(lab::cgroup::mount_point).as_deref()
 }
 
 impl policy::Resolver for SystemResolver {
@@ -51,10 +44,8 @@ impl policy::Resolver for SystemResolver {
         std::fs::read(&full).map_err(|e| format!("{}: {e}", full.display()))
     }
     fn cgroup2_prefix(&self) -> Option<String> {
-        // nft resolves `socket cgroupv2` paths below /sys/fs/cgroup.
-        let mount = cgroup2_mount()?;
-        let rel = mount.strip_prefix("/sys/fs/cgroup").ok()?;
-        Some(rel.to_string_lossy().into_owned())
+        // nft resolves `socket cgroupv2` paths below /sys/fs/cgroup only.
+        cgroup2_mount().filter(|m| m.starts_with("/sys/fs/cgroup")).map(lab::cgroup::nft_prefix)
     }
     fn cgroup_id(&self, path: &str) -> Option<u64> {
         use std::os::unix::fs::MetadataExt;
@@ -80,8 +71,12 @@ pub fn kernel_minutes_west() -> i32 {
     }
     let mut tv = libc::timeval { tv_sec: 0, tv_usec: 0 };
     let mut tz = Timezone { tz_minuteswest: 0, tz_dsttime: 0 };
+    // The system call itself: glibc's gettimeofday may zero `tz` instead of asking the kernel
+    // (it does outside the vDSO path since 2.31).
     // SAFETY: both pointers are to valid, writable structs with the kernel's layout.
-    let rc = unsafe { libc::gettimeofday(&mut tv, (&mut tz as *mut Timezone).cast()) };
+    let rc = unsafe {
+        libc::syscall(libc::SYS_gettimeofday, &mut tv as *mut libc::timeval, &mut tz as *mut Timezone)
+    };
     if rc == 0 { tz.tz_minuteswest } else { 0 }
 }
 

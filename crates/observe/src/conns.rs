@@ -237,6 +237,9 @@ pub fn snapshot(opts: &Options, policy: Option<&Policy>) -> Result<Snapshot, Err
     let mut users: HashMap<u32, Option<String>> = HashMap::new();
     let mut groups: HashMap<u32, Option<u32>> = HashMap::new();
     let mut verdicts: HashMap<Connection, Verdict> = HashMap::new();
+    // pid -> cgroup, read once per process and only when the policy has service or cgroup rules.
+    let has_cgroup_rules = policy.is_some_and(|p| p.rules.iter().any(|r| r.cgroups.is_some()));
+    let mut cgroups: HashMap<u32, Option<String>> = HashMap::new();
     let mut conns = Vec::with_capacity(sockets.len());
     for s in sockets {
         let owner = owners.owner(s.inode);
@@ -276,9 +279,20 @@ pub fn snapshot(opts: &Options, policy: Option<&Policy>) -> Result<Snapshot, Err
             socket: s,
         };
         if let Some(p) = policy
-            && let Some(conn) = connection(&c)
+            && let Some(mut conn) = connection(&c)
         {
             c.host = domains.host(p, conn.dst);
+            // Rules for services need the process's cgroup; without it the verdict is unknown.
+            if has_cgroup_rules {
+                conn.cgroup = match c.pid {
+                    Some(pid) => cgroups.entry(pid).or_insert_with(|| cgroup_of(pid)).clone(),
+                    None => None,
+                };
+                if conn.cgroup.is_none() {
+                    conns.push(c);
+                    continue;
+                }
+            }
             // Thousands of sockets usually share a few (destination, port, owner) keys: decide
             // each key once.
             let v = verdicts.entry(conn).or_insert_with_key(|k| decide(p, k, &domains));
@@ -319,23 +333,41 @@ pub fn connection(c: &Conn) -> Option<Connection> {
         uid,
         gid: c.gid.unwrap_or(uid),
         name: None,
-        cgroup: c.pid.and_then(cgroup_of),
+        // Filled in by the caller when the policy has service or cgroup rules (see
+        // `with_cgroup`): reading /proc for every socket would cost more than the rest.
+        cgroup: None,
         // Filled in by `decide`, which knows the policy's time zone.
         at: None,
     })
 }
 
 /// The cgroup v2 path of a process (the `0::/PATH` line of `/proc/PID/cgroup`), relative to the
-/// cgroup v2 root, as `socket cgroupv2` matches it.
+/// cgroup v2 root, as `socket cgroupv2` matches it. It is the process's cgroup now; the kernel
+/// matches the cgroup the socket was created in, which differs only for a process moved since.
 pub fn cgroup_of(pid: u32) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     text.lines().find_map(|l| l.strip_prefix("0::")).map(|p| p.trim_matches('/').to_string())
 }
 
-/// What `policy` decides for `c`, when it is an outgoing connection (see [`connection`]).
-pub fn verdict(policy: &Policy, c: &Conn) -> Option<Verdict> {
+/// What `policy` decides for each of `conns` that is an outgoing connection (see
+/// [`connection`]); `None` for the others and for those whose process's cgroup is unknown while
+/// the policy has service or cgroup rules. The domain sets are read once for all of them.
+pub fn verdicts(policy: &Policy, conns: &[Conn]) -> Vec<Option<Verdict>> {
     let domains = DomainSets::read(policy);
-    connection(c).map(|k| decide(policy, &k, &domains))
+    let has_cgroup_rules = policy.rules.iter().any(|r| r.cgroups.is_some());
+    let mut cgroups: HashMap<u32, Option<String>> = HashMap::new();
+    let mut decided: HashMap<Connection, Verdict> = HashMap::new();
+    conns
+        .iter()
+        .map(|c| {
+            let mut k = connection(c)?;
+            if has_cgroup_rules {
+                let pid = c.pid?;
+                k.cgroup = Some(cgroups.entry(pid).or_insert_with(|| cgroup_of(pid)).clone()?);
+            }
+            Some(decided.entry(k).or_insert_with_key(|k| decide(policy, k, &domains)).clone())
+        })
+        .collect()
 }
 
 /// The addresses the forwarder put into each domain rule's sets, read from the kernel once per

@@ -127,7 +127,8 @@ pub struct NameDecision {
 pub fn decide_name(policy: &Policy, qname: &str) -> NameDecision {
     let qname = normalize_name(qname);
     let mut d = NameDecision::default();
-    for (i, rule) in policy.rules.iter().enumerate() {
+    // A rule that matches nothing has no sets in the kernel.
+    for (i, rule) in policy.rules.iter().enumerate().filter(|(_, r)| r.matches_nothing().is_none()) {
         if rule.domains.iter().any(|p| p.matches(&qname)) {
             if d.rules.is_empty() && is_unconditional_deny(rule) {
                 d.refuse = Some(i);
@@ -191,12 +192,15 @@ pub fn admits(rule: &Rule, addr: IpAddr, is_own_address: bool) -> bool {
 }
 
 /// The address a domain expectation without `address` connects to: the first documentation
-/// address of its family that no rule lists by network and no other expectation uses (an
-/// address shared by two names would be in both names' sets), so that only domain rules can
-/// decide it. `None` when every candidate is taken.
-pub fn synthetic_address(policy_rules: &[Rule], v6: bool, taken: &[IpAddr]) -> Option<IpAddr> {
+/// address of its family that no rule lists (by network, named set or country) and no other
+/// expectation uses (an address shared by two names would be in both names' sets), so that only
+/// domain rules can decide it. `None` when every candidate is taken.
+pub fn synthetic_address(policy: &crate::Policy, v6: bool, taken: &[IpAddr]) -> Option<IpAddr> {
     let listed = |a: IpAddr| {
-        taken.contains(&a) || policy_rules.iter().filter_map(|r| r.to.as_ref()).flatten().any(|n| n.contains(&a))
+        taken.contains(&a)
+            || policy.rules.iter().filter_map(|r| r.to.as_ref()).flatten().any(|n| n.contains(&a))
+            || policy.rules.iter().any(|r| r.country_ranges.contains(a))
+            || policy.sets.iter().any(|s| s.ranges.contains(a))
     };
     let candidates: Box<dyn Iterator<Item = IpAddr>> = if v6 {
         Box::new((1..=0xffffu16).map(|i| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xd5, 0, 0, 0, 0, i))))

@@ -168,21 +168,11 @@ fn window_edges(policy: &Policy) -> Vec<jiff::civil::DateTime> {
 
 /// Why a rule can never match, if it cannot.
 fn never_matches(rule: &Rule) -> Option<String> {
-    let empty = [
-        ("proto", rule.protos.as_ref().is_some_and(Vec::is_empty)),
-        ("ports", rule.ports.as_ref().is_some_and(Vec::is_empty)),
-        (
-            "to",
-            rule.to.as_ref().is_some_and(Vec::is_empty)
-                && rule.domains.is_empty()
-                && rule.sets.is_empty()
-                && rule.country_ranges.is_empty(),
-        ),
-        ("user", rule.users.as_ref().is_some_and(Vec::is_empty)),
-        ("group", rule.groups.as_ref().is_some_and(Vec::is_empty)),
-    ];
-    if let Some((key, _)) = empty.iter().find(|(_, e)| *e) {
-        return Some(format!("`{key}` is an empty list"));
+    // Services that do not exist were already warned about when the policy was loaded, each at
+    // its own position (`missing-cgroup`); saying it again for the rule adds nothing.
+    let cgroups_missing = rule.cgroups.as_ref().is_some_and(|c| !c.is_empty() && c.iter().all(|c| c.id.is_none()));
+    if let Some(why) = rule.matches_nothing().filter(|_| !cgroups_missing) {
+        return Some(why);
     }
     // ICMP only exists over IPv4 and ICMPv6 only over IPv6: the rule needs at least one
     // protocol that can reach at least one of its destinations.

@@ -292,6 +292,38 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// Why the rule can match no connection at all, if it cannot: a condition that is an empty
+    /// list (`to = []`, `to_country = []`, `when = []`, ...) or cgroups none of which existed
+    /// when the policy was loaded. The compiler emits no kernel rule (and no set) for such a rule,
+    /// the forwarder feeds it no answers, and the linter says so.
+    pub fn matches_nothing(&self) -> Option<String> {
+        let empty = |o: bool, key: &str| o.then(|| format!("`{key}` is an empty list"));
+        empty(self.protos.as_ref().is_some_and(Vec::is_empty), "proto")
+            .or_else(|| empty(self.ports.as_ref().is_some_and(Vec::is_empty), "ports"))
+            .or_else(|| {
+                let no_destination = self.to.as_ref().is_some_and(Vec::is_empty)
+                    && self.domains.is_empty()
+                    && self.sets.is_empty()
+                    && self.country_ranges.is_empty();
+                match (no_destination, self.countries.is_empty(), self.to_span.is_some()) {
+                    (false, _, _) => None,
+                    (true, false, _) => Some("its countries have no networks in the country database".to_string()),
+                    (true, true, true) => empty(true, "to"),
+                    (true, true, false) => empty(true, "to_country"),
+                }
+            })
+            .or_else(|| empty(self.users.as_ref().is_some_and(Vec::is_empty), "user"))
+            .or_else(|| empty(self.groups.as_ref().is_some_and(Vec::is_empty), "group"))
+            .or_else(|| empty(self.when.as_ref().is_some_and(Vec::is_empty), "when"))
+            .or_else(|| match &self.cgroups {
+                Some(c) if c.is_empty() => Some("`service`/`cgroup` is an empty list".to_string()),
+                Some(c) if c.iter().all(|c| c.id.is_none()) => {
+                    Some("none of its services or cgroups existed when the policy was loaded".to_string())
+                }
+                _ => None,
+            })
+    }
+
     /// The protocols the rule really covers, `None` meaning every protocol: `ports` without a
     /// protocol (or with `any`) means TCP and UDP, because only they have ports.
     pub fn effective_protos(&self) -> Option<Vec<Proto>> {
@@ -341,6 +373,28 @@ impl CgroupMatch {
         let p = path.trim_matches('/');
         p == self.path || (p.len() > self.path.len() && p.starts_with(&self.path) && p.as_bytes()[self.path.len()] == b'/')
     }
+}
+
+/// The cgroup of a systemd service, relative to the cgroup v2 root: `system.slice/UNIT`, with
+/// `.service` added to a bare name (`nginx` is `nginx.service`).
+pub fn service_cgroup(name: &str) -> Result<String, String> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') || name.chars().any(char::is_control) {
+        return Err(format!("invalid service `{name}`; expected a unit name such as `nginx.service`"));
+    }
+    let unit = if name.contains('.') { name.to_string() } else { format!("{name}.service") };
+    Ok(format!("system.slice/{unit}"))
+}
+
+/// A cgroup path as written (`/system.slice/x` or `system.slice/x`), relative to the cgroup v2
+/// root without leading or trailing `/`; `..`, `.` and empty components are refused.
+pub fn cgroup_path(path: &str) -> Result<String, String> {
+    let p = path.trim_matches('/');
+    if p.is_empty() || p.split('/').any(|c| c.is_empty() || c == "." || c == "..") || p.chars().any(char::is_control) {
+        return Err(format!(
+            "invalid cgroup `{path}`; expected a path below the cgroup v2 root, e.g. `/system.slice/nginx.service`"
+        ));
+    }
+    Ok(p.to_string())
 }
 
 /// One time window of `when`, in the policy's time zone: it opens at `start` on each of `days`

@@ -277,7 +277,7 @@ impl<'a> Parser<'a> {
                 policy.expects[i].to = *a;
                 continue;
             }
-            match crate::dns::synthetic_address(&policy.rules, x.proto == Proto::Icmpv6, &taken) {
+            match crate::dns::synthetic_address(policy, x.proto == Proto::Icmpv6, &taken) {
                 Some(a) => {
                     policy.expects[i].to = a;
                     taken.push(a);
@@ -552,6 +552,7 @@ impl<'a> Parser<'a> {
         let mut protos: Option<Protos> = None;
         let mut burst: Option<(u32, Span)> = None;
         let mut limit_per_span: Option<Span> = None;
+        let mut to_country_given = false;
         let mut rule = Rule {
             name: String::new(),
             span: span.clone(),
@@ -610,6 +611,7 @@ impl<'a> Parser<'a> {
                     }
                 }
                 "to_country" => {
+                    to_country_given = true;
                     if let Some((codes, ranges)) = self.country_list(&e) {
                         rule.countries = codes;
                         rule.country_ranges = std::sync::Arc::new(ranges);
@@ -690,9 +692,10 @@ impl<'a> Parser<'a> {
                 }
             }
         }
-        self.check_limits(&mut rule, action, burst, limit_per_span);
-        // `to_country` alone still limits the destination: the rule no longer means "anywhere".
-        if !rule.countries.is_empty() && rule.to.is_none() {
+        self.check_limits(&mut rule, t, action, burst, limit_per_span);
+        // `to_country` alone still limits the destination, even an empty one (which matches
+        // nothing, as `to = []` does): the rule no longer means "anywhere".
+        if to_country_given && rule.to.is_none() {
             rule.to = Some(Vec::new());
         }
         if self.error_count() > errors_before {
@@ -722,6 +725,8 @@ impl<'a> Parser<'a> {
                                 nspan,
                                 format!("invalid set name `{n}`; use letters, digits, `-` and `_`, at most 48 characters"),
                             );
+                            // Rules naming it are not reported a second time.
+                            self.failed_sets.push(n.to_string());
                         } else if let Some(prev) = self.sets.iter().find(|s| s.name == n) {
                             let line = self.line(&prev.name_span);
                             self.error("duplicate-set", nspan, format!("set `{n}` is already defined on line {line}"));
@@ -846,26 +851,13 @@ impl<'a> Parser<'a> {
                 self.error("wrong-type", span, format!("expected a string, found {}", value_type(v)));
                 continue;
             };
-            let path = if service {
-                if text.is_empty() || text.contains('/') || text.starts_with('.') {
+            let path = match if service { service_cgroup(text) } else { cgroup_path(text) } {
+                Ok(p) => p,
+                Err(m) => {
                     ok = false;
-                    self.error("bad-service", span, format!("invalid service `{text}`; expected a unit name such as `nginx.service`"));
+                    self.error(if service { "bad-service" } else { "bad-cgroup" }, span, m);
                     continue;
                 }
-                let unit = if text.contains('.') { text.to_string() } else { format!("{text}.service") };
-                format!("system.slice/{unit}")
-            } else {
-                let p = text.trim_matches('/');
-                if p.is_empty() || p.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
-                    ok = false;
-                    self.error(
-                        "bad-cgroup",
-                        span,
-                        format!("invalid cgroup `{text}`; expected a path below the cgroup v2 root, e.g. `/system.slice/nginx.service`"),
-                    );
-                    continue;
-                }
-                p.to_string()
             };
             let prefix = self.resolver.cgroup2_prefix();
             let id = prefix.as_ref().and_then(|_| self.resolver.cgroup_id(&path));
@@ -919,16 +911,25 @@ impl<'a> Parser<'a> {
 
     /// `rate`, `burst`, `max_connections` and `limit_per` only make sense together and on allow
     /// rules: a limit on a deny rule would let traffic through below it.
-    fn check_limits(&mut self, rule: &mut Rule, action: Option<Action>, burst: Option<(u32, Span)>, per: Option<Span>) {
+    fn check_limits(
+        &mut self,
+        rule: &mut Rule,
+        t: &dyn TableLike,
+        action: Option<Action>,
+        burst: Option<(u32, Span)>,
+        per: Option<Span>,
+    ) {
         if let Some((b, bspan)) = burst {
             match &mut rule.rate {
                 Some(r) => r.burst = b,
+                // A `rate` that did not parse was reported already.
+                None if t.contains_key("rate") => {}
                 None => self.error("burst-without-rate", bspan, "`burst` needs a `rate`"),
             }
         }
         if let Some(pspan) = per
-            && rule.rate.is_none()
-            && rule.max_connections.is_none()
+            && !t.contains_key("rate")
+            && !t.contains_key("max_connections")
         {
             self.error("limit-per-without-limit", pspan, "`limit_per` needs `rate` or `max_connections`");
         }
@@ -1328,14 +1329,10 @@ impl<'a> Parser<'a> {
                 "verdict" => verdict = self.choice(&e, ACTIONS),
                 "service" | "cgroup" => {
                     if let Some((text, cspan)) = self.string(&e) {
-                        let p = text.trim_matches('/');
-                        if p.is_empty() || p.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
-                            self.error("bad-cgroup", cspan, format!("invalid {} `{text}`", e.key));
-                        } else if e.key == "service" {
-                            let unit = if p.contains('.') { p.to_string() } else { format!("{p}.service") };
-                            cgroup = Some(format!("system.slice/{unit}"));
-                        } else {
-                            cgroup = Some(p.to_string());
+                        let service = e.key == "service";
+                        match if service { service_cgroup(text) } else { cgroup_path(text) } {
+                            Ok(p) => cgroup = Some(p),
+                            Err(m) => self.error(if service { "bad-service" } else { "bad-cgroup" }, cspan, m),
                         }
                     }
                 }
@@ -1495,8 +1492,8 @@ fn one_of(names: &[&str]) -> String {
     }
 }
 
-/// The allowed key closest to a misspelt one, if it is close enough to be a typo.
-/// Set names become part of nft set names (`s_NAME_v4`), which nft limits to 64 characters.
+/// Set names become part of nft set names (`s_NAME_v4`); 48 characters keep those short and
+/// readable in listings, far below the kernel's 256.
 fn valid_set_name(n: &str) -> bool {
     !n.is_empty() && n.len() <= 48 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
@@ -1519,6 +1516,7 @@ fn parse_rate(s: &str) -> Result<(u32, u32), String> {
     Ok((n, per))
 }
 
+/// The allowed key closest to a misspelt one, if it is close enough to be a typo.
 fn suggest<'k>(key: &str, allowed: &[&'k str]) -> Option<&'k str> {
     allowed
         .iter()

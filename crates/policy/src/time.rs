@@ -83,7 +83,7 @@ impl UtcSlot {
 
 /// The windows as UTC slots for a local offset (seconds east of UTC) and an extra `shift`
 /// (seconds the kernel clock is behind the time to imitate; 0 normally, see
-/// `CompileOptions::clock_shift`). Slots are merged per day and grouped into runs of days with the
+/// `ruleset::compile::CompileOptions::imitate`). Slots are merged per day and grouped into runs of days with the
 /// same hours, so that a working-week window stays one slot.
 pub fn utc_slots(windows: &[Window], offset: i32, shift: i64) -> Vec<UtcSlot> {
     // Covered seconds of the UTC week, as sorted disjoint intervals.

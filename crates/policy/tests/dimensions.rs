@@ -276,3 +276,34 @@ fn lints_for_the_new_dimensions() {
     let c = codes("version = 1\n[[set]]\nname = \"t\"\nfile = \"feeds/block.txt\"\n[[rule]]\nname = \"a\"\naction = \"deny\"\nto = [\"set:t\"]\n[[rule]]\nname = \"b\"\naction = \"deny\"\nto = [\"198.51.100.7\"]\nwhen = \"Mon 09:00-10:00\"\n");
     assert_eq!(c, vec!["shadowed"]);
 }
+
+#[test]
+fn rules_that_match_nothing_stay_out_of_everything() {
+    let today = policy::Date { year: 2026, month: 6, day: 1 };
+    // An empty `to_country` matches nothing, as `to = []` does: never "anywhere".
+    let geo = resolver().file("geo/db.csv", policy::geo::testdb::write_dbip_csv(&[("192.0.2.0/25".parse().unwrap(), "XA")]));
+    let src = "version = 1\n[countries]\ndatabase = \"geo/db.csv\"\n[[rule]]\nname = \"a\"\naction = \"allow\"\nto_country = []\n";
+    let (p, d) = policy::load(src, &geo);
+    let p = p.unwrap_or_else(|| panic!("{d:#?}"));
+    assert_eq!(explain(&p, &conn("198.51.100.1", 443)).decider, Decider::Default);
+    let lints = policy::lint::lint(&p, today);
+    assert!(lints.iter().any(|l| l.code == "never-matches" && l.message.contains("`to_country` is an empty list")), "{lints:#?}");
+
+    // A domain rule for a service that does not run gets no answers: the forwarder feeds the
+    // next rule naming the domain, and explain agrees.
+    let src = "version = 1\n[dns]\nupstreams = [\"192.0.2.53\"]\n[[rule]]\nname = \"web\"\naction = \"deny\"\nto = [\"example.com\"]\nservice = \"not-running\"\n[[rule]]\nname = \"ok\"\naction = \"allow\"\nto = [\"example.com\"]\n";
+    let p = load_ok(src);
+    let d = policy::dns::decide_name(&p, "example.com");
+    assert_eq!((d.refuse, d.rules.clone()), (None, vec![1]));
+    let mut c = conn("198.51.100.1", 443);
+    c.name = Some("example.com".into());
+    assert_eq!(explain(&p, &c).decider, Decider::Rule(1));
+    assert!(p.rules[0].matches_nothing().unwrap().contains("existed when the policy was loaded"));
+    // The load warned about the service already; the linter does not repeat it.
+    let lints = policy::lint::lint(&p, today);
+    assert!(!lints.iter().any(|l| l.code == "never-matches"), "{lints:#?}");
+
+    // An empty `when` matches nothing either.
+    let p = load_ok("version = 1\n[[rule]]\nname = \"a\"\naction = \"allow\"\nwhen = []\n");
+    assert!(p.rules[0].matches_nothing().unwrap().contains("`when` is an empty list"));
+}

@@ -307,24 +307,12 @@ fn compile_rule(
     out: &mut Vec<Rule>,
     chains: &mut Vec<Chain>,
 ) {
-    // An empty list is a condition nothing satisfies; the rule compiles to no kernel rule at all
-    // (the linter warns about it). A cgroup that did not exist at load time has no id to match,
-    // so a rule whose cgroups all are missing matches nothing either.
-    let empty = |o: &Option<Vec<_>>| o.as_ref().is_some_and(|v: &Vec<_>| v.is_empty());
-    let protos = rule.effective_protos();
-    if empty(&protos)
-        || rule.ports.as_ref().is_some_and(|v| v.is_empty())
-        || (rule.to.as_ref().is_some_and(|v| v.is_empty())
-            && rule.domains.is_empty()
-            && rule.sets.is_empty()
-            && rule.country_ranges.is_empty())
-        || rule.users.as_ref().is_some_and(|v| v.is_empty())
-        || rule.groups.as_ref().is_some_and(|v| v.is_empty())
-        || rule.cgroups.as_ref().is_some_and(|v| v.iter().all(|c| c.id.is_none()))
-        || rule.when.as_ref().is_some_and(|v| v.is_empty())
-    {
+    // A rule that can match nothing (an empty list, services that do not exist) compiles to no
+    // kernel rule and no set at all (the linter warns about it).
+    if rule.matches_nothing().is_some() {
         return;
     }
+    let protos = rule.effective_protos();
     let set_name = |suffix: &str| format!("r_{}_{}", rule.name, suffix);
 
     // Destinations, split by family. `None` = any destination, any family.

@@ -601,4 +601,13 @@ fn explain_agrees_with_the_kernel_on_random_policies() {
         total.get(),
         seen.borrow()
     );
+    // The generator must keep reaching every dimension, or the test silently stops checking it.
+    // At 64 cases each of these is expected about ten times or more.
+    if cases >= 64 {
+        let seen = seen.borrow();
+        for dimension in ["when", "cgroup", "set", "country"] {
+            let n: usize = seen.iter().filter(|(k, _)| k.contains(dimension)).map(|(_, n)| *n).sum();
+            assert!(n > 0, "no connection of {cases} cases was decided or missed by a {dimension} rule: {seen:?}");
+        }
+    }
 }
