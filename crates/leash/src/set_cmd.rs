@@ -17,7 +17,6 @@ use anyhow::{Context, Result, anyhow};
 use ruleset::{Family, SetElements};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -112,8 +111,8 @@ fn update(name: &str, file: &Path, fault_inject: bool, json: bool) -> Result<u8>
     require_root("set update")?;
     let (v4name, v6name) =
         (ruleset::compile::named_set_name(name, Family::Ipv4), ruleset::compile::named_set_name(name, Family::Ipv6));
-    let v4 = SetElements::V4(f.ranges.v4.iter().map(|&(a, b)| (Ipv4Addr::from(a), Ipv4Addr::from(b))).collect());
-    let v6 = SetElements::V6(f.ranges.v6.iter().map(|&(a, b)| (Ipv6Addr::from(a), Ipv6Addr::from(b))).collect());
+    let v4 = SetElements::v4_of(&f.ranges);
+    let v6 = SetElements::v6_of(&f.ranges);
     let (n4, n6) = (v4.len(), v6.len());
     // The kernel call checks this too; asking first gives the error before the progress line.
     match kernel::status_with(|_, _| Some(0)) {

@@ -144,12 +144,8 @@ pub fn compile(policy: &Policy, opts: &CompileOptions) -> Table {
                 timeout: false,
                 dynamic: None,
                 elements: match family {
-                    Family::Ipv4 => SetElements::V4(
-                        set.ranges.v4.iter().map(|&(a, b)| (Ipv4Addr::from(a), Ipv4Addr::from(b))).collect(),
-                    ),
-                    Family::Ipv6 => SetElements::V6(
-                        set.ranges.v6.iter().map(|&(a, b)| (Ipv6Addr::from(a), Ipv6Addr::from(b))).collect(),
-                    ),
+                    Family::Ipv4 => SetElements::v4_of(&set.ranges),
+                    Family::Ipv6 => SetElements::v6_of(&set.ranges),
                 },
             });
         }
@@ -366,7 +362,7 @@ fn compile_rule(
                     interval: true,
                     timeout: false,
                     dynamic: None,
-                    elements: SetElements::V4(c.v4.iter().map(|&(a, b)| (Ipv4Addr::from(a), Ipv4Addr::from(b))).collect()),
+                    elements: SetElements::v4_of(c),
                 });
                 f.push(Some(Stmt::Daddr4(Value::InSet(set_name("c4")))));
             }
@@ -377,7 +373,7 @@ fn compile_rule(
                     interval: true,
                     timeout: false,
                     dynamic: None,
-                    elements: SetElements::V6(c.v6.iter().map(|&(a, b)| (Ipv6Addr::from(a), Ipv6Addr::from(b))).collect()),
+                    elements: SetElements::v6_of(c),
                 });
                 f.push(Some(Stmt::Daddr6(Value::InSet(set_name("c6")))));
             }

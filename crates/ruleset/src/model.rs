@@ -89,6 +89,16 @@ pub enum SetElements {
 }
 
 impl SetElements {
+    /// The IPv4 ranges of a merged address list (a `[[set]]` file, countries) as set elements.
+    pub fn v4_of(r: &policy::ranges::AddrRanges) -> SetElements {
+        SetElements::V4(r.v4.iter().map(|&(a, b)| (Ipv4Addr::from(a), Ipv4Addr::from(b))).collect())
+    }
+
+    /// The IPv6 ranges of a merged address list as set elements.
+    pub fn v6_of(r: &policy::ranges::AddrRanges) -> SetElements {
+        SetElements::V6(r.v6.iter().map(|&(a, b)| (Ipv6Addr::from(a), Ipv6Addr::from(b))).collect())
+    }
+
     pub fn len(&self) -> usize {
         match self {
             SetElements::V4(v) => v.len(),
