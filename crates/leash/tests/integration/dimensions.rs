@@ -575,3 +575,49 @@ fn apply_reports_how_long_time_windows_stay_exact() {
     let r = leash_in(&ns, &["apply", "--json", example("web-server").to_str().unwrap()]);
     assert!(r.ok() && r.json()["time_windows"].is_null(), "{r}");
 }
+
+/// `max_connections` per user: each user has its own count. nobody holds two connections and is
+/// refused a third, while root still gets through.
+#[test]
+fn max_connections_per_user_counts_each_user_apart() {
+    if !need_root("max_connections_per_user_counts_each_user_apart") {
+        return;
+    }
+    let policy = format!(
+        "version = 1\n[defaults]\noutbound = \"deny\"\n[[rule]]\nname = \"two-each\"\naction = \"allow\"\nproto = \"tcp\"\nports = [443]\nto = [\"{DST}\"]\nmax_connections = 2\nlimit_per = \"user\"\n"
+    );
+    let dir = TempDir::new("maxconn-user");
+    let lab = applied(&dir, "max.toml", &policy, &[443]);
+    let net = format!("--net={}", lab.client().path().display());
+    // Two connections held by nobody for a few seconds (bash's /dev/tcp keeps them open while it
+    // sleeps); their pids are ours to end.
+    let holders: Vec<std::process::Child> = (0..2)
+        .map(|_| {
+            std::process::Command::new("nsenter")
+                .args([net.as_str(), "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash", "-c"])
+                .arg(format!("exec 3<>/dev/tcp/{DST}/443 && sleep 5"))
+                .spawn()
+                .expect("nsenter setpriv bash")
+        })
+        .collect();
+    // Wait (bounded) until both are established.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let r = run_cmd(None, "nsenter", &[&net, "ss", "-Htn", "state", "established", "dst", DST], None);
+        if r.stdout.lines().count() >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the two held connections did not come up: {r}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let as_nobody = Case { uid: 65534, gid: 65534, ..tcp(DST, 443) };
+    assert_eq!(lab.probe(&as_nobody, PROBE), Outcome::Refused, "a third connection for nobody");
+    assert_eq!(lab.probe(&tcp(DST, 443), PROBE), Outcome::Connected, "root has a count of its own");
+    for mut h in holders {
+        // SAFETY: kill(2) on the pid of a child this test started and has not reaped yet.
+        unsafe {
+            libc::kill(h.id() as i32, libc::SIGKILL);
+        }
+        let _ = h.wait();
+    }
+}
