@@ -76,23 +76,23 @@ pub enum Command {
     Disable,
     /// Change the contents of a [[set]] (an address list such as a blocklist) of the applied
     /// policy without touching its rules: `leash set update NAME FILE`.
-    Set(crate::set_cmd::Args),
+    Set(crate::cmd::set::Args),
     /// Evaluate one connection against a policy offline: verdict, deciding rule, and why each
     /// earlier rule did not match.
     Explain(ExplainArgs),
     /// Live TCP and UDP sockets with their process, user and the verdict of the active policy.
-    Conns(crate::conns_cmd::Args),
+    Conns(crate::cmd::conns::Args),
     /// Blocked (and rule-logged) connection attempts from NFLOG, with the process when found.
     ///
     /// Listens for --seconds (default 10) or --count events, or with --follow until SIGINT or
     /// SIGTERM; NFLOG keeps no history. One line per attempt (JSON lines with --json) on stdout,
     /// a summary with counts and kernel-reported losses on stderr. Needs root.
-    Log(crate::log_cmd::Args),
+    Log(crate::cmd::log::Args),
     /// Terminal UI: processes, their destinations, rates and blocked attempts, live.
-    Top(crate::top_cmd::Args),
+    Top(crate::cmd::top::Args),
     /// Prometheus metrics: per-rule counters, blocked attempts, set sizes, the active policy,
     /// alert counts; served over HTTP (--listen) or printed once (--once).
-    Metrics(crate::metrics_cmd::Args),
+    Metrics(crate::cmd::metrics::Args),
     /// Trace matching packets through leash's table and print which rule decided each.
     ///
     /// Adds a chain `trace` to table inet leash that sets the nftables trace flag on packets
@@ -104,10 +104,10 @@ pub enum Command {
     /// @established no, dns no, web -> accept` (rules that did not match, then the deciding rule
     /// and its verdict); --json prints one JSON object per packet instead. The socket's owner is
     /// shown only with --uid: trace events do not carry it.
-    Trace(crate::trace_cmd::Args),
+    Trace(crate::cmd::trace::Args),
     /// Alerts: too many connections (in total or per process), unusual ports, many half-open
     /// connections; one line each (JSON lines with --json).
-    Watch(crate::watch_cmd::Args),
+    Watch(crate::cmd::watch::Args),
     /// Run the DNS forwarder for the policy's domain rules in this network namespace.
     ///
     /// It listens where `[dns] listen` says (UDP and TCP) and forwards to `[dns] upstreams`. For

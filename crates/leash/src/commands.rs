@@ -46,17 +46,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Apply { policy, fault } => apply(&policy, fault.fault_inject, json)?,
         Command::Status => status(json)?,
         Command::Disable => disable(json)?,
-        Command::Set(a) => crate::set_cmd::run(&a, json)?,
+        Command::Set(a) => crate::cmd::set::run(&a, json)?,
         Command::Explain(args) => explain(&args, json)?,
         Command::Test { policy, measure, .. } if measure.measure => test_measure(&policy, &measure, json)?,
         Command::Test { policy, timeout_ms, .. } => test(&policy, timeout_ms, json)?,
-        Command::Dns { policy, metrics } => crate::dns_cmd::run(&policy, metrics)?,
-        Command::Conns(a) => crate::conns_cmd::run(&a, json)?,
-        Command::Log(a) => crate::log_cmd::run(&a, json)?,
-        Command::Top(a) => crate::top_cmd::run(&a, json)?,
-        Command::Metrics(a) => crate::metrics_cmd::run(&a, json)?,
-        Command::Trace(a) => crate::trace_cmd::run(&a, json)?,
-        Command::Watch(a) => crate::watch_cmd::run(&a, json)?,
+        Command::Dns { policy, metrics } => crate::cmd::dns::run(&policy, metrics)?,
+        Command::Conns(a) => crate::cmd::conns::run(&a, json)?,
+        Command::Log(a) => crate::cmd::log::run(&a, json)?,
+        Command::Top(a) => crate::cmd::top::run(&a, json)?,
+        Command::Metrics(a) => crate::cmd::metrics::run(&a, json)?,
+        Command::Trace(a) => crate::cmd::trace::run(&a, json)?,
+        Command::Watch(a) => crate::cmd::watch::run(&a, json)?,
     };
     Ok(ExitCode::from(code))
 }
@@ -146,7 +146,7 @@ fn apply(path: &std::path::Path, fault_inject: bool, json: bool) -> Result<u8> {
     let report = kernel::apply(&table, &kernel::ApplyOptions { fault_inject })
         .with_context(|| format!("applying {} failed; the kernel discarded the whole transaction, nothing changed", l.display_name()))?;
     // Sizes of sets too large to count back, for `leash status` (see set_cmd).
-    crate::set_cmd::record_apply(&table, report.table_handle);
+    crate::cmd::set::record_apply(&table, report.table_handle);
     let kernel_rules: usize = table.chains.iter().map(|c| c.rules.len()).sum();
     // Domain sets start empty: resolve the exact names once so the policy works before the
     // first lookup through the forwarder. A failure here is reported, not fatal: the table is
@@ -155,7 +155,7 @@ fn apply(path: &std::path::Path, fault_inject: bool, json: bool) -> Result<u8> {
         if !json {
             eprintln!("leash: resolving the policy's domain names to warm up its sets...");
         }
-        Some(crate::dns_cmd::warm_up(&p, &carried_elements(&table)).unwrap_or_else(|e| crate::dns_cmd::WarmUp {
+        Some(crate::cmd::dns::warm_up(&p, &carried_elements(&table)).unwrap_or_else(|e| crate::cmd::dns::WarmUp {
             failures: vec![format!("{e:#}")],
             ..Default::default()
         }))
@@ -251,7 +251,7 @@ const CARRY_OVER_MIN_MS: u64 = 1000;
 fn carry_over_domain_sets(p: &policy::Policy, table: &mut ruleset::Table) -> Result<usize> {
     use ruleset::SetElements;
     let mut carried = 0;
-    let own = crate::dns_cmd::own_addresses();
+    let own = crate::cmd::dns::own_addresses();
     for set in table.sets.iter_mut().filter(|s| s.timeout && s.dynamic.is_none()) {
         // The rule the set belongs to in the new policy: an answer it would no longer admit
         // (allow_private removed, or an own address) stays behind.
@@ -278,13 +278,13 @@ fn carry_over_domain_sets(p: &policy::Policy, table: &mut ruleset::Table) -> Res
 
 fn status(json: bool) -> Result<u8> {
     // Large sets are reported from what leash loaded, not counted (see set_cmd).
-    let st = crate::set_cmd::status().context("cannot read the leash table")?;
+    let st = crate::cmd::set::status().context("cannot read the leash table")?;
     output::print_status(st.as_ref(), json);
     // Rules for a cgroup match its id at apply time; a service restarted since has a new one.
     if st.is_some()
         && let Ok(Some(info)) = kernel::table_comment(ruleset::TABLE_NAME)
     {
-        for (path, then, now) in crate::set_cmd::stale_cgroups(info.handle) {
+        for (path, then, now) in crate::cmd::set::stale_cgroups(info.handle) {
             let what = match now {
                 Some(_) => "was made again (a restarted service?)",
                 None => "is gone",
@@ -301,7 +301,7 @@ fn status(json: bool) -> Result<u8> {
 fn disable(json: bool) -> Result<u8> {
     require_root("disable")?;
     let existed = kernel::disable().context("removing table inet leash failed; nothing changed")?;
-    crate::set_cmd::forget();
+    crate::cmd::set::forget();
     if json {
         output::print_json(&serde_json::json!({ "removed": existed }));
     } else if existed {

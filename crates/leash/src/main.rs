@@ -1,17 +1,10 @@
 //! The `leash` command: parses the command line and hands each subcommand to its module.
 
 mod cli;
+mod cmd;
 mod commands;
-mod conns_cmd;
-mod dns_cmd;
-mod log_cmd;
-mod metrics_cmd;
-mod top_cmd;
-mod trace_cmd;
-mod watch_cmd;
 mod load;
 mod output;
-mod set_cmd;
 mod system;
 
 use clap::Parser;

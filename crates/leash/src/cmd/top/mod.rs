@@ -89,12 +89,12 @@ pub struct Args {
 }
 
 pub fn run(a: &Args, json: bool) -> Result<u8> {
-    let every = crate::watch_cmd::interval(a.interval, "--interval")?;
+    let every = crate::cmd::watch::interval(a.interval, "--interval")?;
     let interactive = !(a.once || json);
     if interactive && !(io::stdout().is_terminal() && io::stdin().is_terminal()) {
         return Err(UsageError("leash top needs a terminal; use `leash top --once` (or --json) for a one-off view".into()).into());
     }
-    let policy = crate::watch_cmd::active_policy();
+    let policy = crate::cmd::watch::active_policy();
     let group = a.log_group.or(policy.as_ref().map(|p| p.defaults.log_group)).unwrap_or(0);
     let mut source = LiveSource::open((!a.no_log).then_some(group), policy);
     let mut view = View::new(every);

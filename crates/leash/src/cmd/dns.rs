@@ -98,7 +98,7 @@ pub fn run(path: &Path, metrics: Option<std::net::SocketAddr>) -> Result<u8> {
         );
         let handle = fwd.handle();
         if let Some(l) = metrics {
-            crate::metrics_cmd::serve_dns(l, handle.clone())?;
+            crate::cmd::metrics::serve_dns(l, handle.clone())?;
         }
         tokio::spawn(watch_table(handle.clone(), table_comment));
         fwd.serve(shutdown_signal()).await?;

@@ -4,7 +4,7 @@
 //! attempts by rule, and the `leash watch` detectors counting alerts.
 
 use crate::commands::{EXIT_OK, UsageError};
-use crate::watch_cmd::DetectArgs;
+use crate::cmd::watch::DetectArgs;
 use anyhow::{Context, Result};
 use observe::detect::{AlertKind, Detector, LiveSource, Source};
 use observe::metrics::{self, Format, Input};
@@ -78,13 +78,13 @@ struct Counts {
 }
 
 pub fn run(a: &Args, _json: bool) -> Result<u8> {
-    let every = crate::watch_cmd::interval(a.interval, "--interval")?;
+    let every = crate::cmd::watch::interval(a.interval, "--interval")?;
     let thresholds = a.detect.thresholds()?;
     if a.once {
         let mut source = LiveSource::open(None, None);
         let mut detector = Detector::new(thresholds);
         detector.check(&source.sockets().context("cannot read the sockets")?);
-        let st = crate::set_cmd::status().context("cannot read the leash table")?;
+        let st = crate::cmd::set::status().context("cannot read the leash table")?;
         let input = Input { table: st.as_ref(), table_read: true, alerts: Some(detector.counts()), ..Input::default() };
         let format = if a.format == FormatArg::Openmetrics { Format::OpenMetrics } else { Format::Prometheus };
         print!("{}", metrics::render(&input, format));
@@ -92,7 +92,7 @@ pub fn run(a: &Args, _json: bool) -> Result<u8> {
     }
     let Some(addr) = a.listen else { return Err(UsageError("give --listen ADDR or --once".into()).into()) };
     let listener = TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
-    let group = a.log_group.or_else(|| crate::watch_cmd::active_policy().map(|p| p.defaults.log_group)).unwrap_or(0);
+    let group = a.log_group.or_else(|| crate::cmd::watch::active_policy().map(|p| p.defaults.log_group)).unwrap_or(0);
     let source = LiveSource::open((!a.no_log).then_some(group), None);
     if let Some(e) = source.log_error() {
         eprintln!("leash metrics: warning: no blocked-attempt counts: {e}");
@@ -111,7 +111,7 @@ pub fn run(a: &Args, _json: bool) -> Result<u8> {
         if logging { format!(" (blocked attempts from NFLOG group {group})") } else { String::new() }
     );
     let exporter = move |format: Format| -> Result<String, String> {
-        let st = crate::set_cmd::status().map_err(|e| format!("cannot read the leash table: {e}"))?;
+        let st = crate::cmd::set::status().map_err(|e| format!("cannot read the leash table: {e}"))?;
         let c = counts.lock().unwrap_or_else(|e| e.into_inner());
         let input = Input {
             table: st.as_ref(),
