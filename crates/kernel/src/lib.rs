@@ -1,5 +1,6 @@
 //! The only code that talks to the kernel: netlink, leash's nftables table, and namespaces for tests.
 
+pub mod firewall;
 pub mod netns;
 pub mod nflog;
 pub mod nft;
@@ -10,6 +11,7 @@ pub mod trace;
 #[cfg(feature = "testutil")]
 pub mod testutil;
 
+pub use firewall::{Firewall, Netlink};
 pub use nft::{
     ApplyOptions, ApplyReport, ChainStatus, Counter, ElementCount, Error, ReplaceOptions,
     ReplaceReport, RuleStatus, SetContents, SetStatus, SetWriter, TableInfo, TableStatus,

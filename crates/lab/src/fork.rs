@@ -120,7 +120,7 @@ fn child_main<F: FnOnce(&mut ChildPipe) -> u8>(who: Identity<'_>, pipe: &mut Chi
         pipe.write_all(format!("cannot join cgroup ({}): {e}", procs.to_string_lossy()).as_bytes());
         return SETUP_FAILED;
     }
-    if let Err(e) = crate::probe::become_user(who.uid, who.gid) {
+    if let Err(e) = crate::identity::become_user(who.uid, who.gid) {
         pipe.write_all(format!("cannot become uid {} gid {}: {e}", who.uid, who.gid).as_bytes());
         return SETUP_FAILED;
     }

@@ -62,6 +62,7 @@
 pub mod cgroup;
 mod echo;
 mod fork;
+mod identity;
 pub mod measure;
 mod probe;
 mod run;
@@ -231,7 +232,7 @@ impl Lab {
             return self.probe_in_cgroup(case, cg, timeout);
         }
         let res = self.client.try_run(|| {
-            probe::become_user(case.uid, case.gid)?;
+            identity::become_user(case.uid, case.gid)?;
             Ok::<_, io::Error>(probe::probe_here(case, timeout))
         });
         match res {

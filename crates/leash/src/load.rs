@@ -48,6 +48,17 @@ impl Loaded {
             format!("leash sha256:{}", self.sha256)
         }
     }
+
+    /// How this host compiles the policy: now, with the kernel's time zone (see
+    /// `CompileOptions`).
+    pub fn compile_options(&self) -> ruleset::compile::CompileOptions {
+        ruleset::compile::CompileOptions {
+            comment: Some(self.table_comment()),
+            now: Some(jiff::Timestamp::now()),
+            imitate: None,
+            kernel_minutes_west: crate::system::kernel_minutes_west(),
+        }
+    }
 }
 
 /// The shortest policy hash a table comment carries (64 bits).

@@ -1,38 +1,53 @@
-//! The `leash` command: parses the command line and hands each subcommand to its module.
+//! The `leash` command: parses the command line and hands each subcommand to its module in `cmd`.
 
+mod active;
+mod args;
 mod cli;
 mod cmd;
-mod commands;
+mod exit;
 mod load;
 mod output;
+mod serve;
+mod state;
 mod system;
+#[cfg(test)]
+mod testing;
 
 use clap::Parser;
+use cli::Command;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    // Commands that only print end quietly when their reader goes away (`leash compile | head`),
-    // as other Unix tools do. Commands that clean up after themselves (trace, test), serve sockets
-    // (dns, metrics) or own a terminal (top) keep Rust's default of ignoring SIGPIPE.
-    if matches!(
-        cli.command,
-        cli::Command::Check { .. }
-            | cli::Command::Compile { .. }
-            | cli::Command::Explain(_)
-            | cli::Command::Status
-            | cli::Command::Conns(_)
-    ) {
-        // SAFETY: restoring the default disposition of one signal before any thread exists.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
-    }
-    match commands::run(cli) {
-        Ok(code) => code,
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("leash: error: {err:#}");
-            ExitCode::from(commands::exit_code_of(&err))
+            ExitCode::from(exit::code_of(&err))
         }
+    }
+}
+
+fn run(cli: cli::Cli) -> anyhow::Result<u8> {
+    let json = cli.json;
+    // The kernel as the commands see it, and what leash records about the table it applied.
+    let fw = kernel::Netlink;
+    let state = state::State::from_env();
+    match cli.command {
+        Command::Check(a) => cmd::check::run(&a, json),
+        Command::Compile(a) => cmd::compile::run(&a),
+        Command::Apply(a) => cmd::apply::run(&a, json, &fw, &state),
+        Command::Status => cmd::status::run(json, &fw, &state),
+        Command::Disable => cmd::disable::run(json, &fw, &state),
+        Command::Set(a) => cmd::set::run(&a, json, &fw, &state),
+        Command::Explain(a) => cmd::explain::run(&a, json),
+        Command::Test(a) => cmd::test::run(&a, json),
+        Command::Dns(a) => cmd::dns::run(&a, &fw),
+        Command::Conns(a) => cmd::conns::run(&a, json, &fw),
+        Command::Log(a) => cmd::log::run(&a, json, &fw),
+        Command::Top(a) => cmd::top::run(&a, json, &fw),
+        Command::Metrics(a) => cmd::metrics::run(&a, json, &fw, &state),
+        Command::Trace(a) => cmd::trace::run(&a, json),
+        Command::Watch(a) => cmd::watch::run(&a, json, &fw),
     }
 }

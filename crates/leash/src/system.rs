@@ -54,6 +54,38 @@ impl policy::Resolver for SystemResolver {
     }
 }
 
+/// A user given on the command line as a number or a name.
+pub fn user_id(s: &str) -> Option<u32> {
+    use policy::Resolver;
+    s.parse::<u32>().ok().or_else(|| SystemResolver::default().user(s))
+}
+
+/// A group given on the command line as a number or a name.
+pub fn group_id(s: &str) -> Option<u32> {
+    use policy::Resolver;
+    s.parse::<u32>().ok().or_else(|| SystemResolver::default().group(s))
+}
+
+/// The addresses of this network namespace's interfaces (the rebinding guard keeps them out of
+/// allow sets).
+pub fn own_addresses() -> Vec<std::net::IpAddr> {
+    use std::net::IpAddr;
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
+    let mut out: Vec<IpAddr> = addrs
+        .filter_map(|a| a.address)
+        .filter_map(|s| {
+            if let Some(v4) = s.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                s.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// The name of a user id, if the system knows one.
 pub fn user_name(uid: u32) -> Option<String> {
     User::from_uid(Uid::from_raw(uid)).ok().flatten().map(|u| u.name)

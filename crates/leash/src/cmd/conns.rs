@@ -7,9 +7,11 @@
 //! comment leash stores with its table (`leash sha256:HEX PATH`); it is read again from disk, so
 //! a file edited since the apply is flagged (its hash no longer matches) and judged as it is now.
 
-use crate::commands::{EXIT_OK, EXIT_POLICY, UsageError};
+use crate::active::Active;
+use crate::exit::{EXIT_OK, EXIT_POLICY, UsageError};
 use crate::load;
 use anyhow::{Context, Result};
+use kernel::Firewall;
 use kernel::sockdiag::{Query, States};
 use observe::conns::{self, Conn, Direction, Options, Snapshot};
 use policy::Policy;
@@ -93,7 +95,8 @@ struct Judge {
     policy: Policy,
 }
 
-pub fn run(a: &Args, json: bool) -> Result<u8> {
+pub fn run(a: &Args, json: bool, fw: &dyn Firewall) -> Result<u8> {
+    crate::exit::end_quietly_on_closed_pipe();
     let mut states = States::NONE;
     for s in &a.state {
         states.0 |= conns::parse_states(s).map_err(UsageError)?.0;
@@ -123,7 +126,7 @@ pub fn run(a: &Args, json: bool) -> Result<u8> {
         }
         None => None,
     };
-    let active = active_policy(&mut warnings);
+    let active = active_policy(fw, &mut warnings);
     if candidate.is_none() && active.is_none() && json {
         // (The text output says so in its summary.)
         warnings.push("no verdicts: no leash policy is active here (give --policy FILE to judge by a file)".into());
@@ -171,58 +174,46 @@ pub fn run(a: &Args, json: bool) -> Result<u8> {
 }
 
 fn resolve_user(u: &str) -> Result<u32> {
-    use policy::Resolver;
-    if let Ok(id) = u.parse::<u32>() {
-        return Ok(id);
-    }
-    crate::system::SystemResolver::default()
-        .user(u)
-        .ok_or_else(|| anyhow::Error::new(UsageError(format!("unknown user {u:?}"))))
+    crate::system::user_id(u).ok_or_else(|| anyhow::Error::new(UsageError(format!("unknown user {u:?}"))))
 }
 
 /// The active policy: the file named in the table comment, loaded again. Problems are warnings
 /// (the listing is still useful without verdicts).
-fn active_policy(warnings: &mut Vec<String>) -> Option<Judge> {
-    let info = match kernel::table_comment(ruleset::TABLE_NAME) {
-        Ok(Some(info)) => info,
-        Ok(None) => return None,
-        Err(e) => {
+fn active_policy(fw: &dyn Firewall, warnings: &mut Vec<String>) -> Option<Judge> {
+    let a = match crate::active::find(fw) {
+        Active::Policy(a) => a,
+        Active::NoTable => return None,
+        Active::TableUnreadable(e) => {
             warnings.push(format!("cannot read the active leash table ({e}); no verdicts of the active policy"));
             return None;
         }
-    };
-    let Some((hash, path)) = info
-        .comment
-        .as_deref()
-        .and_then(|c| c.strip_prefix("leash sha256:"))
-        .and_then(|rest| rest.split_once(' '))
-    else {
-        warnings.push("the active leash table names no policy file (no `leash sha256:HASH PATH` comment); no verdicts".into());
-        return None;
-    };
-    let l = match load::load(std::path::Path::new(path), crate::system::today()) {
-        Ok(l) => l,
-        Err(e) => {
-            warnings.push(format!("the active policy {path} cannot be read ({e:#}); no verdicts"));
+        Active::NoPolicyFile => {
+            warnings.push("the active leash table names no policy file (no `leash sha256:HASH PATH` comment); no verdicts".into());
+            return None;
+        }
+        Active::Unreadable { path, error } => {
+            warnings.push(format!("the active policy {path} cannot be read ({error:#}); no verdicts"));
+            return None;
+        }
+        Active::HasErrors { path } => {
+            warnings.push(format!("the active policy {path} has errors now (see `leash check {path}`); no verdicts"));
             return None;
         }
     };
-    let Some(p) = l.policy.clone() else {
-        warnings.push(format!("the active policy {path} has errors now (see `leash check {path}`); no verdicts"));
-        return None;
-    };
-    let changed = !crate::load::same_hash(&l.sha256, hash);
+    let changed = a.changed_since_apply();
+    let path = &a.path;
     if changed {
         warnings.push(format!(
             "{path} changed since it was applied (sha256 {} applied, {} now): verdicts follow the file as it is now, \
              not the rules in the kernel; `leash apply {path}` to bring them together",
-            short(hash),
-            short(&l.sha256)
+            short(&a.applied_hash),
+            short(&a.loaded.sha256)
         ));
     }
+    let a = *a;
     Some(Judge {
-        info: PolicyInfo { source: "active", path: path.to_string(), sha256: l.sha256, changed_since_apply: changed },
-        policy: p,
+        info: PolicyInfo { source: "active", path: a.path, sha256: a.loaded.sha256, changed_since_apply: changed },
+        policy: a.policy,
     })
 }
 

@@ -1,15 +1,27 @@
-//! `leash dns` (the forwarder for a policy's domain rules) and the apply-time warm-up of domain
-//! sets: the glue between the `dns` crate, which knows no netlink, and the `kernel` crate.
+//! `leash dns`: the forwarder for a policy's domain rules, the glue between the `dns` crate,
+//! which knows no netlink, and the `kernel` crate.
 
+use crate::exit::{EXIT_OK, EXIT_POLICY, require_root};
 use crate::load;
+use crate::system::own_addresses;
 use anyhow::{Context, Result, bail};
+use kernel::Firewall;
 use kernel::nft::{SetWriter, TimedElement};
 use policy::Policy;
 use std::io;
-use std::net::IpAddr;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Arguments of `leash dns`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    pub policy: PathBuf,
+    /// Also serve the forwarder's counters (queries, cache hits, upstream failures, set
+    /// inserts, ...) as Prometheus metrics on http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+}
 
 /// The forwarder's [`dns::SetSink`]: one netlink batch per call, acked before it returns.
 struct KernelSink(SetWriter);
@@ -23,7 +35,7 @@ impl dns::SetSink for KernelSink {
 }
 
 /// The two timeout sets of every domain rule, by rule index (`None` for rules without domains).
-pub fn rule_sets(p: &Policy) -> Vec<Option<dns::RuleSets>> {
+fn rule_sets(p: &Policy) -> Vec<Option<dns::RuleSets>> {
     p.rules
         .iter()
         .map(|r| {
@@ -35,29 +47,11 @@ pub fn rule_sets(p: &Policy) -> Vec<Option<dns::RuleSets>> {
         .collect()
 }
 
-/// The addresses of this network namespace's interfaces (the rebinding guard keeps them out of
-/// allow sets).
-pub fn own_addresses() -> Vec<IpAddr> {
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
-    let mut out: Vec<IpAddr> = addrs
-        .filter_map(|a| a.address)
-        .filter_map(|s| {
-            if let Some(v4) = s.as_sockaddr_in() {
-                Some(IpAddr::V4(v4.ip()))
-            } else {
-                s.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
-            }
-        })
-        .collect();
-    out.sort();
-    out.dedup();
-    out
-}
-
 /// Runs the forwarder until SIGINT or SIGTERM; with `metrics`, its counters are served there.
-pub fn run(path: &Path, metrics: Option<std::net::SocketAddr>) -> Result<u8> {
-    let Some((l, p)) = load::load_valid(path)? else { return Ok(crate::commands::EXIT_POLICY) };
-    crate::commands::require_root("dns")?;
+pub fn run(a: &Args, fw: &dyn Firewall) -> Result<u8> {
+    let (path, metrics) = (&a.policy, a.metrics);
+    let Some((l, p)) = load::load_valid(path)? else { return Ok(EXIT_POLICY) };
+    require_root("dns")?;
     if !p.has_domain_rules() {
         eprintln!(
             "leash dns: warning: {} has no domain rules; the forwarder will only forward",
@@ -66,7 +60,7 @@ pub fn run(path: &Path, metrics: Option<std::net::SocketAddr>) -> Result<u8> {
     }
     // The sets live in the applied table: without it every insert would fail, and every
     // answer for a listed name would be SERVFAIL.
-    match kernel::status().context("cannot read the leash table")? {
+    match fw.status().context("cannot read the leash table")? {
         None => bail!("no leash table is active: apply the policy first (leash apply {})", path.display()),
         Some(st) if st.comment.as_deref() != Some(l.table_comment().as_str()) => eprintln!(
             "leash dns: warning: the active table is not from {} as it is now ({}); apply it so the sets match",
@@ -98,7 +92,7 @@ pub fn run(path: &Path, metrics: Option<std::net::SocketAddr>) -> Result<u8> {
         );
         let handle = fwd.handle();
         if let Some(l) = metrics {
-            crate::cmd::metrics::serve_dns(l, handle.clone())?;
+            crate::serve::dns_metrics(l, handle.clone())?;
         }
         tokio::spawn(watch_table(handle.clone(), table_comment));
         fwd.serve(shutdown_signal()).await?;
@@ -106,7 +100,7 @@ pub fn run(path: &Path, metrics: Option<std::net::SocketAddr>) -> Result<u8> {
         eprintln!("leash dns: stopped; {s:?}");
         Ok::<_, anyhow::Error>(())
     })?;
-    Ok(crate::commands::EXIT_OK)
+    Ok(EXIT_OK)
 }
 
 /// How often the forwarder looks whether the table was re-applied.
@@ -167,101 +161,4 @@ async fn shutdown_signal() {
         _ = int.recv() => {}
         _ = term.recv() => {}
     }
-}
-
-/// What one name resolved to: addresses with their TTLs.
-type Answers = io::Result<Vec<(IpAddr, u32)>>;
-
-/// What the apply-time warm-up did.
-#[derive(Debug, Default, serde::Serialize)]
-pub struct WarmUp {
-    /// Exact names asked.
-    pub names: usize,
-    /// Names that resolved.
-    pub resolved: usize,
-    /// Elements put into sets.
-    pub elements: usize,
-    /// Addresses the rebinding guard kept out.
-    pub guarded: usize,
-    /// Names that failed, with why.
-    pub failures: Vec<String>,
-}
-
-/// Resolves every exact domain name of the policy once through its upstreams and puts the
-/// answers into the rules' sets, so that a freshly applied policy works before the first
-/// lookup through the forwarder. Wildcards cannot be resolved in advance. Runs after the apply,
-/// when the new table (with its forwarder rule letting marked queries out) is in place.
-///
-/// `carried` holds the answers apply carried over from the previous table (set, address → ms
-/// left): the kernel takes a re-added element's timeout as is, so the warm-up never sends one
-/// shorter than that, nor two for one element.
-pub fn warm_up(p: &Policy, carried: &std::collections::HashMap<(String, IpAddr), u64>) -> Result<WarmUp> {
-    let mut w = WarmUp::default();
-    let mut names: Vec<&str> = p.rules.iter().flat_map(|r| &r.domains).filter(|d| !d.wildcard).map(|d| d.name.as_str()).collect();
-    names.sort_unstable();
-    names.dedup();
-    w.names = names.len();
-    if names.is_empty() {
-        return Ok(w);
-    }
-    let own = own_addresses();
-    let timeout = Duration::from_millis(u64::from(p.dns.timeout_ms));
-    // All names at once, spread over a few threads, so a dead upstream costs a few timeouts
-    // (per name and record type within a thread), not one per name of the whole policy.
-    const THREADS: usize = 16;
-    let chunk = names.len().div_ceil(THREADS);
-    let answers: Vec<(&str, Answers)> = std::thread::scope(|s| {
-        let workers: Vec<_> = names
-            .chunks(chunk)
-            .map(|part| {
-                s.spawn(move || {
-                    part.iter()
-                        .map(|&n| (n, dns::resolve_once(&p.dns.upstreams, p.dns.mark, n, timeout)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
-    });
-    let mut elems: Vec<(String, IpAddr, u64)> = Vec::new();
-    for (name, result) in answers {
-        let answers = match result {
-            Ok(a) => a,
-            Err(e) => {
-                w.failures.push(format!("{name}: {e}"));
-                continue;
-            }
-        };
-        if !answers.is_empty() {
-            w.resolved += 1;
-        }
-        let d = policy::dns::decide_name(p, name);
-        for &(addr, ttl) in &answers {
-            for &r in &d.rules {
-                let rule = &p.rules[r];
-                if !policy::dns::admits(rule, addr, own.contains(&addr)) {
-                    w.guarded += 1;
-                    continue;
-                }
-                let family = if addr.is_ipv6() { ruleset::Family::Ipv6 } else { ruleset::Family::Ipv4 };
-                elems.push((ruleset::domain_set_name(&rule.name, family), addr, p.dns.element_timeout_ms(ttl)));
-            }
-        }
-    }
-    // One element per (set, address), with the longest of its timeouts and of what was carried.
-    let mut longest: std::collections::HashMap<(String, IpAddr), u64> = std::collections::HashMap::new();
-    for (set, addr, t) in elems {
-        let carried = carried.get(&(set.clone(), addr)).copied().unwrap_or(0);
-        let e = longest.entry((set, addr)).or_insert(0);
-        *e = (*e).max(t).max(carried);
-    }
-    if !longest.is_empty() {
-        let batch: Vec<TimedElement> =
-            longest.iter().map(|((set, addr), t)| TimedElement { set, addr: *addr, timeout_ms: *t }).collect();
-        SetWriter::open()
-            .and_then(|mut w| w.add_timed(ruleset::TABLE_NAME, &batch))
-            .context("cannot put the warm-up answers into the domain sets")?;
-        w.elements = batch.len();
-    }
-    Ok(w)
 }

@@ -17,7 +17,10 @@
 //!   after the last packet read). Exit status 0 also when there were losses (they are in the
 //!   summary); 3 for system errors (not root, group taken, pcap or syslog not writable).
 
+use crate::active::Active;
+use crate::exit::{EXIT_OK, UsageError};
 use anyhow::{Context, Result, bail};
+use kernel::Firewall;
 use kernel::nflog::{Config, Subscriber};
 use observe::log::{Blocked, DecodeStats, Decoder};
 use observe::pcap::PcapWriter;
@@ -143,16 +146,16 @@ struct GroupChoice {
     warning: Option<String>,
 }
 
-pub fn run(a: &Args, json: bool) -> Result<u8> {
+pub fn run(a: &Args, json: bool, fw: &dyn Firewall) -> Result<u8> {
     if a.count == Some(0) {
-        bail!(crate::commands::UsageError(
+        bail!(UsageError(
             "--count must be at least 1".into()
         ));
     }
     if !crate::system::is_root() {
         bail!("log needs root (CAP_NET_ADMIN) to bind an NFLOG group");
     }
-    let choice = choose_group(a.group);
+    let choice = choose_group(a.group, fw);
     let limit = match (a.seconds, a.follow) {
         (Some(s), _) => Some(Duration::from_secs(s)),
         (None, false) => Some(Duration::from_secs(DEFAULT_SECONDS)),
@@ -289,7 +292,7 @@ pub fn run(a: &Args, json: bool) -> Result<u8> {
         pcap: a.pcap.as_deref(),
     };
     summary.print(json);
-    Ok(crate::commands::EXIT_OK)
+    Ok(EXIT_OK)
 }
 
 /// The line at the end.
@@ -370,7 +373,7 @@ impl Summary<'_> {
 }
 
 /// `--group`, else the active policy's `log_group`, else 0.
-fn choose_group(explicit: Option<u16>) -> GroupChoice {
+fn choose_group(explicit: Option<u16>, fw: &dyn Firewall) -> GroupChoice {
     if let Some(g) = explicit {
         return GroupChoice {
             group: g,
@@ -378,62 +381,29 @@ fn choose_group(explicit: Option<u16>) -> GroupChoice {
             warning: None,
         };
     }
-    let info = match kernel::table_comment(ruleset::TABLE_NAME) {
-        Ok(Some(info)) => info,
-        Ok(None) => {
-            return GroupChoice {
-                group: 0,
-                source: "default; no leash table is active".into(),
-                warning: Some(
-                    "no leash table is active in this network namespace; reading group 0".into(),
-                ),
-            };
+    let default = |source: &str, warning: Option<String>| GroupChoice { group: 0, source: source.into(), warning };
+    let a = match crate::active::find(fw) {
+        Active::Policy(a) => a,
+        Active::NoTable => {
+            return default(
+                "default; no leash table is active",
+                Some("no leash table is active in this network namespace; reading group 0".into()),
+            );
         }
-        Err(e) => {
-            return GroupChoice {
-                group: 0,
-                source: "default".into(),
-                warning: Some(format!(
-                    "cannot read the leash table ({e}); reading group 0"
-                )),
-            };
+        Active::TableUnreadable(e) => {
+            return default("default", Some(format!("cannot read the leash table ({e}); reading group 0")));
         }
-    };
-    let Some((hash, path)) = info
-        .comment
-        .as_deref()
-        .and_then(|c| c.strip_prefix("leash sha256:"))
-        .and_then(|r| r.split_once(' '))
-    else {
-        return GroupChoice {
-            group: 0,
-            source: "default; the table names no policy file".into(),
-            warning: None,
-        };
-    };
-    let loaded = match crate::load::load(Path::new(path), crate::system::today()) {
-        Ok(l) => l,
-        Err(e) => {
-            return GroupChoice {
-                group: 0,
-                source: "default".into(),
-                warning: Some(format!(
-                    "cannot read the active policy {path} ({e:#}); reading group 0"
-                )),
-            };
+        Active::NoPolicyFile => return default("default; the table names no policy file", None),
+        Active::Unreadable { path, error } => {
+            return default("default", Some(format!("cannot read the active policy {path} ({error:#}); reading group 0")));
+        }
+        Active::HasErrors { path } => {
+            return default("default", Some(format!("the active policy {path} has errors now; reading group 0")));
         }
     };
-    let Some(p) = loaded.policy.as_ref() else {
-        return GroupChoice {
-            group: 0,
-            source: "default".into(),
-            warning: Some(format!(
-                "the active policy {path} has errors now; reading group 0"
-            )),
-        };
-    };
+    let (p, path) = (&a.policy, &a.path);
     let mut warnings = Vec::new();
-    if !crate::load::same_hash(&loaded.sha256, hash) {
+    if a.changed_since_apply() {
         warnings.push(format!(
             "{path} changed since it was applied; using its log_group anyway"
         ));

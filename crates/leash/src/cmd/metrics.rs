@@ -3,9 +3,11 @@
 //! feed it: the kernel's counters read at each scrape, an NFLOG reader counting blocked
 //! attempts by rule, and the `leash watch` detectors counting alerts.
 
-use crate::commands::{EXIT_OK, UsageError};
-use crate::cmd::watch::DetectArgs;
+use crate::args::{DetectArgs, interval};
+use crate::exit::{EXIT_OK, UsageError};
+use crate::state::State;
 use anyhow::{Context, Result};
+use kernel::Firewall;
 use observe::detect::{AlertKind, Detector, LiveSource, Source};
 use observe::metrics::{self, Format, Input};
 use std::collections::BTreeMap;
@@ -77,14 +79,14 @@ struct Counts {
     lost: Option<u64>,
 }
 
-pub fn run(a: &Args, _json: bool) -> Result<u8> {
-    let every = crate::cmd::watch::interval(a.interval, "--interval")?;
+pub fn run(a: &Args, _json: bool, fw: &dyn Firewall, state: &State) -> Result<u8> {
+    let every = interval(a.interval, "--interval")?;
     let thresholds = a.detect.thresholds()?;
     if a.once {
         let mut source = LiveSource::open(None, None);
         let mut detector = Detector::new(thresholds);
         detector.check(&source.sockets().context("cannot read the sockets")?);
-        let st = crate::cmd::set::status().context("cannot read the leash table")?;
+        let st = state.status(fw).context("cannot read the leash table")?;
         let input = Input { table: st.as_ref(), table_read: true, alerts: Some(detector.counts()), ..Input::default() };
         let format = if a.format == FormatArg::Openmetrics { Format::OpenMetrics } else { Format::Prometheus };
         print!("{}", metrics::render(&input, format));
@@ -92,7 +94,7 @@ pub fn run(a: &Args, _json: bool) -> Result<u8> {
     }
     let Some(addr) = a.listen else { return Err(UsageError("give --listen ADDR or --once".into()).into()) };
     let listener = TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
-    let group = a.log_group.or_else(|| crate::cmd::watch::active_policy().map(|p| p.defaults.log_group)).unwrap_or(0);
+    let group = a.log_group.or_else(|| crate::active::find(fw).policy().map(|p| p.defaults.log_group)).unwrap_or(0);
     let source = LiveSource::open((!a.no_log).then_some(group), None);
     if let Some(e) = source.log_error() {
         eprintln!("leash metrics: warning: no blocked-attempt counts: {e}");
@@ -110,8 +112,11 @@ pub fn run(a: &Args, _json: bool) -> Result<u8> {
         listener.local_addr()?,
         if logging { format!(" (blocked attempts from NFLOG group {group})") } else { String::new() }
     );
+    // The scrapes are served from other threads: they read the table through netlink of their
+    // own, in this process's network namespace.
+    let state = state.clone();
     let exporter = move |format: Format| -> Result<String, String> {
-        let st = crate::cmd::set::status().map_err(|e| format!("cannot read the leash table: {e}"))?;
+        let st = state.status(&kernel::Netlink).map_err(|e| format!("cannot read the leash table: {e}"))?;
         let c = counts.lock().unwrap_or_else(|e| e.into_inner());
         let input = Input {
             table: st.as_ref(),
@@ -123,7 +128,7 @@ pub fn run(a: &Args, _json: bool) -> Result<u8> {
         };
         Ok(metrics::render(&input, format))
     };
-    metrics::serve(&listener, &exporter, &metrics::forever()).context("serving metrics")?;
+    crate::serve::metrics_forever(&listener, &exporter).context("serving metrics")?;
     Ok(EXIT_OK)
 }
 
@@ -157,20 +162,4 @@ fn count_loop(mut source: LiveSource, mut detector: Detector, every: Duration, c
         }
         std::thread::sleep(TALLY);
     }
-}
-
-/// Serves the DNS forwarder's counters (`leash dns --metrics ADDR`) on a thread of its own, for
-/// the life of the process. Only the forwarder's counters: the table's are `leash metrics`'s.
-pub fn serve_dns(listener: TcpListener, handle: dns::Handle) -> std::io::Result<()> {
-    eprintln!("leash dns: serving metrics on http://{}/metrics", listener.local_addr()?);
-    std::thread::Builder::new().name("metrics".into()).spawn(move || {
-        let exporter = move |format: Format| -> Result<String, String> {
-            let fields = handle.stats().fields();
-            Ok(metrics::render(&Input { dns: Some(&fields), ..Input::default() }, format))
-        };
-        if let Err(e) = metrics::serve(&listener, &exporter, &metrics::forever()) {
-            eprintln!("leash dns: warning: the metrics server stopped: {e}");
-        }
-    })?;
-    Ok(())
 }

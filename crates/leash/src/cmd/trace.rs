@@ -6,7 +6,7 @@
 //! noticed on the way and the closing summary go to stderr. The tracing chain is removed when
 //! --seconds or --count is reached, on SIGINT or SIGTERM, when stdout closes, and on errors.
 
-use crate::commands::{EXIT_OK, UsageError};
+use crate::exit::{EXIT_OK, UsageError, require_root};
 use anyhow::{Context, Result};
 use ipnet::IpNet;
 use kernel::trace::{
@@ -92,11 +92,7 @@ fn parse_to(s: &str) -> Result<IpNet> {
 }
 
 fn parse_uid(s: &str) -> Result<u32> {
-    use policy::Resolver;
-    if let Ok(id) = s.parse::<u32>() {
-        return Ok(id);
-    }
-    crate::system::SystemResolver::default().user(s).ok_or_else(|| usage(format!("unknown user {s:?} for --uid")))
+    crate::system::user_id(s).ok_or_else(|| usage(format!("unknown user {s:?} for --uid")))
 }
 
 /// Why the session ended.
@@ -113,7 +109,7 @@ pub fn run(a: &Args, json: bool) -> Result<u8> {
     let daddr = a.to.as_deref().map(parse_to).transpose()?;
     let uid = a.uid.as_deref().map(parse_uid).transpose()?;
     let filter = TraceFilter::new(daddr, uid, a.port);
-    crate::commands::require_root("trace")?;
+    require_root("trace")?;
     catch_signals()?;
     let mut tracer = Tracer::start(filter).map_err(|e| match e {
         TraceError::NoTable => anyhow::anyhow!("{e}; nothing was changed"),

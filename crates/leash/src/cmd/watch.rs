@@ -2,43 +2,13 @@
 //! over a threshold, in total or per process; connections to unusual ports; many half-open
 //! connections), as text or JSON lines. The detectors are `observe::detect`.
 
-use crate::commands::{EXIT_OK, UsageError};
+use crate::args::{DetectArgs, interval};
+use crate::exit::EXIT_OK;
 use anyhow::{Context, Result};
-use observe::detect::{self, Alert, Detector, Source, Thresholds};
+use kernel::Firewall;
+use observe::detect::{Alert, Detector, Source};
 use std::io::Write;
 use std::time::{Duration, Instant};
-
-/// Detector thresholds, shared by `leash watch` and `leash metrics`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct DetectArgs {
-    /// Alert when there are more than N egress connections in total.
-    #[arg(long, value_name = "N", default_value_t = Thresholds::default().max_conns)]
-    pub max_conns: usize,
-    /// Alert when one process holds more than N egress connections.
-    #[arg(long, value_name = "N", default_value_t = Thresholds::default().max_conns_per_process)]
-    pub max_conns_per_process: usize,
-    /// Alert when N or more egress connections are half-open (SYN_SENT: a scan, a flood, or
-    /// connects that a drop rule leaves hanging); 0 turns this alert off.
-    #[arg(long, value_name = "N", default_value_t = Thresholds::default().syn_sent)]
-    pub syn_sent: usize,
-    /// Remote ports that are usual on this host, as numbers and FROM-TO ranges separated by
-    /// commas; a connection to any other port is an unusual-port alert. An empty list makes every
-    /// port unusual.
-    #[arg(long, value_name = "LIST", default_value = "22,53,80,123,443,587,853,993")]
-    pub ports: String,
-}
-
-impl DetectArgs {
-    pub fn thresholds(&self) -> Result<Thresholds> {
-        let usual_ports = detect::parse_ports(&self.ports).map_err(|e| UsageError(format!("--ports: {e}")))?;
-        Ok(Thresholds {
-            max_conns: self.max_conns,
-            max_conns_per_process: self.max_conns_per_process,
-            syn_sent: self.syn_sent,
-            usual_ports,
-        })
-    }
-}
 
 /// Arguments of `leash watch`.
 #[derive(Debug, clap::Args)]
@@ -66,18 +36,12 @@ pub struct Args {
     pub detect: DetectArgs,
 }
 
-/// Parses an interval in seconds: positive and at most an hour.
-pub fn interval(s: f64, flag: &str) -> Result<Duration> {
-    if !(s.is_finite() && s > 0.0 && s <= 3600.0) {
-        return Err(UsageError(format!("{flag} must be between 0 and 3600 seconds, not {s}")).into());
-    }
-    Ok(Duration::from_secs_f64(s))
-}
-
-pub fn run(a: &Args, json: bool) -> Result<u8> {
+pub fn run(a: &Args, json: bool, fw: &dyn Firewall) -> Result<u8> {
     let every = interval(a.interval, "--interval")?;
     let thresholds = a.detect.thresholds()?;
-    let mut source = observe::detect::LiveSource::open(None, active_policy());
+    // The active policy judges the connections; without one (or with errors in it now) alerts
+    // carry no verdict, which is no reason to stop watching.
+    let mut source = observe::detect::LiveSource::open(None, crate::active::find(fw).policy());
     if !json {
         eprintln!(
             "leash watch: every {}s; alerts over {} connections, over {} per process, at {} half-open{}, ports other than {}",
@@ -91,15 +55,6 @@ pub fn run(a: &Args, json: bool) -> Result<u8> {
     }
     watch(&mut source, Detector::new(thresholds), every, a.count, json, &mut std::io::stdout())?;
     Ok(EXIT_OK)
-}
-
-/// The active policy (the file the table's comment names, read again) to judge connections by;
-/// `None` without a table, or when the file is gone or has errors now: alerts then carry no
-/// verdict, which is no reason to stop watching.
-pub fn active_policy() -> Option<policy::Policy> {
-    let info = kernel::table_comment(ruleset::TABLE_NAME).ok()??;
-    let (_, path) = observe::metrics::parse_table_comment(info.comment.as_deref()?)?;
-    crate::load::load(std::path::Path::new(path), crate::system::today()).ok()?.policy
 }
 
 /// The loop, over any source (tests give a fixed one).
@@ -152,7 +107,7 @@ pub fn line(alert: &Alert, time: &str, json: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use observe::detect::{Proto, Replay, Sock, State};
+    use observe::detect::{Proto, Replay, Sock, State, Thresholds};
 
     fn sock(state: State, local: &str, remote: &str) -> Sock {
         Sock {

@@ -11,8 +11,10 @@
 mod model;
 mod ui;
 
-use crate::commands::{EXIT_OK, UsageError};
+use crate::args::interval;
+use crate::exit::{EXIT_OK, UsageError};
 use anyhow::{Context, Result};
+use kernel::Firewall;
 use model::{Model, ProcKey, Sort};
 use observe::detect::{LiveSource, Source};
 use ratatui::Terminal;
@@ -88,18 +90,18 @@ pub struct Args {
     pub fault_panic: bool,
 }
 
-pub fn run(a: &Args, json: bool) -> Result<u8> {
-    let every = crate::cmd::watch::interval(a.interval, "--interval")?;
+pub fn run(a: &Args, json: bool, fw: &dyn Firewall) -> Result<u8> {
+    let every = interval(a.interval, "--interval")?;
     let interactive = !(a.once || json);
     if interactive && !(io::stdout().is_terminal() && io::stdin().is_terminal()) {
         return Err(UsageError("leash top needs a terminal; use `leash top --once` (or --json) for a one-off view".into()).into());
     }
-    let policy = crate::cmd::watch::active_policy();
+    let policy = crate::active::find(fw).policy();
     let group = a.log_group.or(policy.as_ref().map(|p| p.defaults.log_group)).unwrap_or(0);
     let mut source = LiveSource::open((!a.no_log).then_some(group), policy);
     let mut view = View::new(every);
     view.sort = a.sort.into();
-    view.policy = active_policy();
+    view.policy = status_line_policy(fw);
     view.log_note = if a.no_log {
         Some("not read (--no-log)".into())
     } else {
@@ -132,11 +134,11 @@ pub fn run(a: &Args, json: bool) -> Result<u8> {
 }
 
 /// The active policy as the status line shows it.
-fn active_policy() -> Option<String> {
-    let info = kernel::table_comment(ruleset::TABLE_NAME).ok().flatten()?;
+fn status_line_policy(fw: &dyn Firewall) -> Option<String> {
+    let info = fw.table_info().ok().flatten()?;
     let c = info.comment.unwrap_or_default();
-    Some(match observe::metrics::parse_table_comment(&c) {
-        Some((hash, path)) => format!("policy {} {path}", &hash[..hash.len().min(12)]),
+    Some(match crate::active::comment_fields(&c) {
+        Some((hash, path)) => format!("policy {} {}", &hash[..hash.len().min(12)], path.unwrap_or("")),
         None => "a leash table without leash's comment".into(),
     })
 }
