@@ -283,7 +283,7 @@ pub(crate) fn lab_for(policy: &Policy, cases: &[Case]) -> Result<Lab, LabError> 
     // shows the redirect really happened.
     for (lo, v6) in [(IpAddr::from([127, 0, 0, 1]), false), (IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), true)] {
         if let Some(port) = redirect_port(policy, v6)
-            && cases.iter().any(|c| c.port == Some(policy::dns::DNS_PORT) && c.dst.is_ipv6() == v6)
+            && cases.iter().any(|c| c.port == Some(policy::DNS_PORT) && c.dst.is_ipv6() == v6)
         {
             dsts.insert(lo);
             tcp.insert(port);

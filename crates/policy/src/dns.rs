@@ -1,107 +1,13 @@
-//! What the DNS forwarder does with a name and its addresses: the `[dns]` settings, which domain
-//! rules a name feeds, when it is refused, and the rebinding guard.
+//! What the DNS forwarder does with a name and its addresses: which domain rules a name feeds,
+//! when it is refused, and the rebinding guard (the `[dns]` settings themselves are
+//! [`crate::model::DnsConfig`]).
 //!
 //! These decisions live here, in the pure policy crate, because three places must make them the
 //! same way: the forwarder (which fills the kernel's sets), `explain` (which says what the kernel
 //! will do) and `leash test` (which plays the forwarder in a scratch namespace).
 
-use crate::model::{Action, Policy, Rule, Span};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-
-/// The port DNS uses over UDP and TCP.
-pub const DNS_PORT: u16 = 53;
-/// DNS over TLS; it cannot be redirected (the forwarder speaks no TLS), so it is always denied
-/// to everyone but the forwarder when the bypass control is on.
-pub const DOT_PORT: u16 = 853;
-
-/// What happens to DNS that does not go through the forwarder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Bypass {
-    /// Queries to port 53 anywhere are redirected to the forwarder (IPv4 and IPv6 each only when
-    /// the forwarder listens on that family's loopback); the rest of port 53/853 is denied.
-    Redirect,
-    /// Port 53/853 is denied to everyone but the forwarder.
-    Deny,
-    /// No control: applications may ask any resolver the rules allow, and addresses they learn
-    /// that way are not in the domain sets.
-    Off,
-}
-
-impl Bypass {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Bypass::Redirect => "redirect",
-            Bypass::Deny => "deny",
-            Bypass::Off => "off",
-        }
-    }
-}
-
-/// The `[dns]` section.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DnsConfig {
-    /// Where the forwarder listens (UDP and TCP).
-    pub listen: Vec<SocketAddr>,
-    /// Resolvers the forwarder asks, in order.
-    pub upstreams: Vec<SocketAddr>,
-    /// Shortest life of a set element, in seconds, whatever the answer's TTL.
-    pub min_ttl: u32,
-    /// Longest TTL handed to clients (and so the longest life of an element, plus grace).
-    pub max_ttl: u32,
-    /// Seconds an element outlives the TTL the client was given, for clients that use an
-    /// address a little after its TTL ran out.
-    pub grace: u32,
-    /// How long one upstream is given to answer, in milliseconds.
-    pub timeout_ms: u32,
-    pub bypass: Bypass,
-    /// SO_MARK of the forwarder's upstream sockets; the ruleset lets only packets with this mark
-    /// reach port 53/853 elsewhere. Setting a mark needs CAP_NET_ADMIN, the same power it takes
-    /// to change the firewall, so no unprivileged process can pose as the forwarder.
-    pub mark: u32,
-    /// Answers kept in the forwarder's cache; 0 turns the cache off.
-    pub cache_size: usize,
-    /// Span of the `[dns]` header, when the section is present.
-    pub span: Option<Span>,
-}
-
-impl Default for DnsConfig {
-    fn default() -> Self {
-        DnsConfig {
-            listen: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, DNS_PORT))],
-            upstreams: Vec::new(),
-            min_ttl: 60,
-            max_ttl: 3600,
-            grace: 120,
-            timeout_ms: 1000,
-            bypass: Bypass::Redirect,
-            mark: 0x6c6e,
-            cache_size: 10_000,
-            span: None,
-        }
-    }
-}
-
-impl DnsConfig {
-    /// The TTL a client is given for a record whose upstream TTL is `ttl`.
-    pub fn client_ttl(&self, ttl: u32) -> u32 {
-        ttl.min(self.max_ttl)
-    }
-
-    /// The timeout of the set element for an address answered with `ttl`: never shorter than
-    /// what the client was told, plus the grace period.
-    pub fn element_timeout_ms(&self, ttl: u32) -> u64 {
-        let life = self.client_ttl(ttl).max(self.min_ttl);
-        // At least a second: a TTL of 0 with min_ttl = grace = 0 must still let the client
-        // connect right after the answer (and the kernel refuses a zero timeout).
-        ((u64::from(life) + u64::from(self.grace)) * 1000).max(1000)
-    }
-
-    /// The loopback port queries are redirected to, per family (`None`: the forwarder does not
-    /// listen on that family's loopback, so that family's DNS is denied instead).
-    pub fn redirect_port(&self, v6: bool) -> Option<u16> {
-        self.listen.iter().find(|a| a.is_ipv6() == v6 && a.ip().is_loopback()).map(|a| a.port())
-    }
-}
+use crate::model::{Action, Policy, Rule};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Lowercase without the trailing dot: the form names are compared in.
 pub fn normalize_name(name: &str) -> String {
@@ -195,7 +101,7 @@ pub fn admits(rule: &Rule, addr: IpAddr, is_own_address: bool) -> bool {
 /// address of its family that no rule lists (by network, named set or country) and no other
 /// expectation uses (an address shared by two names would be in both names' sets), so that only
 /// domain rules can decide it. `None` when every candidate is taken.
-pub fn synthetic_address(policy: &crate::Policy, v6: bool, taken: &[IpAddr]) -> Option<IpAddr> {
+pub fn synthetic_address(policy: &Policy, v6: bool, taken: &[IpAddr]) -> Option<IpAddr> {
     let listed = |a: IpAddr| {
         taken.contains(&a)
             || policy.rules.iter().filter_map(|r| r.to.as_ref()).flatten().any(|n| n.contains(&a))
@@ -244,7 +150,7 @@ pub fn parse_domain(s: &str) -> Result<(String, bool), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::DomainPattern;
+    use crate::model::{DnsConfig, DomainPattern};
 
     fn pat(s: &str) -> DomainPattern {
         let (name, wildcard) = parse_domain(s).unwrap();

@@ -27,9 +27,26 @@ pub struct Connection {
     /// (`system.slice/nginx.service`); `None` is the root cgroup.
     pub cgroup: Option<String>,
     /// The local wall-clock time of the connection in the policy's time zone
-    /// ([`crate::Policy::local_time`] turns an instant into it). Rules with `when` windows
+    /// ([`Policy::local_time`] turns an instant into it). Rules with `when` windows
     /// match only when it is given and inside one of them.
     pub at: Option<jiff::civil::DateTime>,
+}
+
+// Here rather than in the model: an expectation is data, a connection is what `explain` decides.
+impl Expect {
+    /// The connection this expectation describes, ready for [`explain()`].
+    pub fn connection(&self) -> Connection {
+        Connection {
+            proto: self.proto,
+            dst: self.to,
+            port: self.port,
+            uid: self.uid,
+            gid: self.gid,
+            name: self.name.clone(),
+            cgroup: self.cgroup.clone(),
+            at: self.at,
+        }
+    }
 }
 
 /// What decided a connection's verdict.
@@ -218,7 +235,6 @@ pub fn explain_with(policy: &Policy, conn: &Connection, in_domain_set: &dyn Fn(u
 /// listens on over loopback) or denied. The forwarder's own upstream queries carry its mark and
 /// are not connections `explain` is asked about.
 pub fn dns_bypass(policy: &Policy, conn: &Connection) -> Option<Decider> {
-    use crate::dns::{Bypass, DNS_PORT, DOT_PORT};
     if !policy.has_domain_rules() || policy.dns.bypass == Bypass::Off || !conn.proto.has_ports() {
         return None;
     }

@@ -83,7 +83,7 @@ pub fn lint(policy: &Policy, today: Date) -> Vec<Diagnostic> {
     }
 
     if policy.has_domain_rules()
-        && policy.dns.bypass == crate::dns::Bypass::Redirect
+        && policy.dns.bypass == Bypass::Redirect
         && let Some(up) = policy.dns.upstreams.iter().find(|u| u.ip().is_loopback())
     {
         out.push(Diagnostic::warning(
@@ -122,7 +122,7 @@ pub fn lint(policy: &Policy, today: Date) -> Vec<Diagnostic> {
                 .iter()
                 .map(|t| {
                     c.at = Some(*t);
-                    crate::explain(policy, &c).verdict
+                    crate::explain::explain(policy, &c).verdict
                 })
                 .collect();
             if verdicts.len() > 1 {

@@ -1,7 +1,7 @@
 //! The validated policy: what a policy file means, with the source position of everything a diagnostic may point at.
 
 use ipnet::IpNet;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 
 /// A byte range into the policy text; diagnostics turn it into line and column.
@@ -15,7 +15,7 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     pub expects: Vec<Expect>,
     /// The `[dns]` section: the forwarder that fills the sets of domain rules.
-    pub dns: crate::dns::DnsConfig,
+    pub dns: DnsConfig,
     /// The `[[set]]` tables: named address lists read from files, used as `to = ["set:NAME"]`.
     pub sets: Vec<NamedSet>,
     /// The `[countries]` section: the country database `to_country` rules read.
@@ -49,17 +49,6 @@ pub struct CountryDbRef {
 }
 
 impl Policy {
-    /// The time zone of `when` windows (`[defaults] timezone`, UTC when unset).
-    pub fn time_zone(&self) -> jiff::tz::TimeZone {
-        self.defaults.timezone.as_deref().and_then(|n| crate::time::zone(n).ok()).unwrap_or(jiff::tz::TimeZone::UTC)
-    }
-
-    /// The local wall-clock time of an instant in the policy's time zone, which is what
-    /// [`crate::explain::Connection::at`] holds.
-    pub fn local_time(&self, t: jiff::Timestamp) -> jiff::civil::DateTime {
-        crate::time::local(&self.time_zone(), t)
-    }
-
     /// Whether any rule names a domain, which is what makes the DNS forwarder (and the DNS bypass
     /// control) part of the policy.
     pub fn has_domain_rules(&self) -> bool {
@@ -552,18 +541,97 @@ pub struct Expect {
     pub verdict: Action,
 }
 
-impl Expect {
-    /// The connection this expectation describes, ready for [`crate::explain()`].
-    pub fn connection(&self) -> crate::explain::Connection {
-        crate::explain::Connection {
-            proto: self.proto,
-            dst: self.to,
-            port: self.port,
-            uid: self.uid,
-            gid: self.gid,
-            name: self.name.clone(),
-            cgroup: self.cgroup.clone(),
-            at: self.at,
+/// The port DNS uses over UDP and TCP.
+pub const DNS_PORT: u16 = 53;
+/// DNS over TLS; it cannot be redirected (the forwarder speaks no TLS), so it is always denied
+/// to everyone but the forwarder when the bypass control is on.
+pub const DOT_PORT: u16 = 853;
+
+/// What happens to DNS that does not go through the forwarder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Bypass {
+    /// Queries to port 53 anywhere are redirected to the forwarder (IPv4 and IPv6 each only when
+    /// the forwarder listens on that family's loopback); the rest of port 53/853 is denied.
+    Redirect,
+    /// Port 53/853 is denied to everyone but the forwarder.
+    Deny,
+    /// No control: applications may ask any resolver the rules allow, and addresses they learn
+    /// that way are not in the domain sets.
+    Off,
+}
+
+impl Bypass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bypass::Redirect => "redirect",
+            Bypass::Deny => "deny",
+            Bypass::Off => "off",
         }
+    }
+}
+
+/// The `[dns]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Where the forwarder listens (UDP and TCP).
+    pub listen: Vec<SocketAddr>,
+    /// Resolvers the forwarder asks, in order.
+    pub upstreams: Vec<SocketAddr>,
+    /// Shortest life of a set element, in seconds, whatever the answer's TTL.
+    pub min_ttl: u32,
+    /// Longest TTL handed to clients (and so the longest life of an element, plus grace).
+    pub max_ttl: u32,
+    /// Seconds an element outlives the TTL the client was given, for clients that use an
+    /// address a little after its TTL ran out.
+    pub grace: u32,
+    /// How long one upstream is given to answer, in milliseconds.
+    pub timeout_ms: u32,
+    pub bypass: Bypass,
+    /// SO_MARK of the forwarder's upstream sockets; the ruleset lets only packets with this mark
+    /// reach port 53/853 elsewhere. Setting a mark needs CAP_NET_ADMIN, the same power it takes
+    /// to change the firewall, so no unprivileged process can pose as the forwarder.
+    pub mark: u32,
+    /// Answers kept in the forwarder's cache; 0 turns the cache off.
+    pub cache_size: usize,
+    /// Span of the `[dns]` header, when the section is present.
+    pub span: Option<Span>,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            listen: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, DNS_PORT))],
+            upstreams: Vec::new(),
+            min_ttl: 60,
+            max_ttl: 3600,
+            grace: 120,
+            timeout_ms: 1000,
+            bypass: Bypass::Redirect,
+            mark: 0x6c6e,
+            cache_size: 10_000,
+            span: None,
+        }
+    }
+}
+
+impl DnsConfig {
+    /// The TTL a client is given for a record whose upstream TTL is `ttl`.
+    pub fn client_ttl(&self, ttl: u32) -> u32 {
+        ttl.min(self.max_ttl)
+    }
+
+    /// The timeout of the set element for an address answered with `ttl`: never shorter than
+    /// what the client was told, plus the grace period.
+    pub fn element_timeout_ms(&self, ttl: u32) -> u64 {
+        let life = self.client_ttl(ttl).max(self.min_ttl);
+        // At least a second: a TTL of 0 with min_ttl = grace = 0 must still let the client
+        // connect right after the answer (and the kernel refuses a zero timeout).
+        ((u64::from(life) + u64::from(self.grace)) * 1000).max(1000)
+    }
+
+    /// The loopback port queries are redirected to, per family (`None`: the forwarder does not
+    /// listen on that family's loopback, so that family's DNS is denied instead).
+    pub fn redirect_port(&self, v6: bool) -> Option<u16> {
+        self.listen.iter().find(|a| a.is_ipv6() == v6 && a.ip().is_loopback()).map(|a| a.port())
     }
 }

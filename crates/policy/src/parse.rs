@@ -4,7 +4,7 @@
 //! serde: serde stops at the first problem and cannot point at an unknown key, while an operator
 //! fixing a policy wants all errors at once, each at the exact key or value that is wrong.
 
-use crate::Resolver;
+use crate::resolver::Resolver;
 use crate::diag::Diagnostic;
 use crate::model::*;
 use ipnet::IpNet;
@@ -72,7 +72,7 @@ pub fn load(src: &str, resolver: &dyn Resolver) -> (Option<Policy>, Vec<Diagnost
     let policy = p.policy(doc.as_table());
     let mut diags = p.diags;
     diags.sort_by_key(|d| (d.span.start, d.span.end));
-    let ok = !diags.iter().any(|d| d.severity == crate::Severity::Error);
+    let ok = !diags.iter().any(|d| d.severity == crate::diag::Severity::Error);
     (policy.filter(|_| ok), diags)
 }
 
@@ -161,7 +161,7 @@ impl<'a> Parser<'a> {
         let mut defaults = Defaults::default();
         let mut rules = Vec::new();
         let mut expects = Vec::new();
-        let mut dns = crate::dns::DnsConfig::default();
+        let mut dns = DnsConfig::default();
         let (entries, suggested) = self.entries(root, "the top level", TOP_KEYS);
         // Sets and the country database first: rules refer to them.
         for e in &entries {
@@ -230,7 +230,7 @@ impl<'a> Parser<'a> {
     }
 
     /// Domain rules need somewhere to resolve; redirecting needs a loopback listener.
-    fn check_dns(&mut self, dns: &crate::dns::DnsConfig, rules: &[Rule]) {
+    fn check_dns(&mut self, dns: &DnsConfig, rules: &[Rule]) {
         let header = dns.span.clone().unwrap_or(0..0);
         if let Some(r) = rules.iter().find(|r| !r.domains.is_empty())
             && dns.upstreams.is_empty()
@@ -249,7 +249,7 @@ impl<'a> Parser<'a> {
                 format!("[dns] min_ttl ({}) is greater than max_ttl ({})", dns.min_ttl, dns.max_ttl),
             );
         }
-        if dns.bypass == crate::dns::Bypass::Redirect
+        if dns.bypass == Bypass::Redirect
             && !dns.listen.is_empty()
             && dns.listen.iter().all(|a| !a.ip().is_loopback())
         {
@@ -295,9 +295,8 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn dns(&mut self, t: &dyn TableLike, span: Span) -> crate::dns::DnsConfig {
-        use crate::dns::Bypass;
-        let mut d = crate::dns::DnsConfig { span: Some(span), ..Default::default() };
+    fn dns(&mut self, t: &dyn TableLike, span: Span) -> DnsConfig {
+        let mut d = DnsConfig { span: Some(span), ..Default::default() };
         for e in self.entries(t, "[dns]", DNS_KEYS).0 {
             match e.key {
                 "listen" => {
@@ -306,7 +305,7 @@ impl<'a> Parser<'a> {
                     }
                 }
                 "upstreams" => {
-                    if let Some(v) = self.socket_addrs(&e, Some(crate::dns::DNS_PORT)) {
+                    if let Some(v) = self.socket_addrs(&e, Some(DNS_PORT)) {
                         d.upstreams = v;
                     }
                 }
@@ -1023,7 +1022,7 @@ impl<'a> Parser<'a> {
     }
 
     fn error_count(&self) -> usize {
-        self.diags.iter().filter(|d| d.severity == crate::Severity::Error).count()
+        self.diags.iter().filter(|d| d.severity == crate::diag::Severity::Error).count()
     }
 
     fn line(&self, span: &Span) -> usize {

@@ -185,7 +185,7 @@ pub fn compile(policy: &Policy, opts: &CompileOptions) -> Table {
 /// The DNS bypass control: the forwarder's marked queries go out; other DNS is redirected to
 /// the forwarder (a nat chain, returned) or denied (filter rules, appended to `rules`).
 fn dns_control(policy: &Policy, sets: &mut Vec<Set>, rules: &mut Vec<Rule>) -> Option<Chain> {
-    use policy::dns::{Bypass, DNS_PORT, DOT_PORT};
+    use policy::{Bypass, DNS_PORT, DOT_PORT};
     let dns = &policy.dns;
     sets.push(Set {
         name: DNS_PORTS_SET.into(),
