@@ -169,7 +169,7 @@ fn apply(path: &std::path::Path, fault_inject: bool, json: bool) -> Result<u8> {
     }
     // Time windows are compiled per daylight-saving period of the coming 400 days; say how far
     // that reaches, since the last period's offset stays past it until the next apply.
-    let windows = p.rules.iter().any(|r| r.when.is_some()).then(|| {
+    let windows = p.rules.iter().any(|r| r.cond.when.is_some()).then(|| {
         let now = jiff::Timestamp::now();
         let periods = policy::time::periods(&p.time_zone(), now);
         let exact_until = now + jiff::SignedDuration::from_hours(24 * policy::time::HORIZON_DAYS);

@@ -47,7 +47,7 @@ pub fn print_explanation(
         c.gid
     );
     // The time shows when it was asked for or when windows decide; the cgroup when given.
-    let shown_time = at.or(c.at.filter(|_| p.rules.iter().any(|r| r.when.is_some())));
+    let shown_time = at.or(c.at.filter(|_| p.rules.iter().any(|r| r.cond.when.is_some())));
     let conn_text = format!(
         "{conn_text}{}{}",
         c.cgroup.as_ref().map(|g| format!(" in cgroup /{g}")).unwrap_or_default(),
@@ -106,16 +106,16 @@ pub fn print_explanation(
 /// only below them.
 fn limits_text(p: &Policy, r: &policy::Rule) -> Option<String> {
     let mut parts = Vec::new();
-    if let Some(rate) = r.rate {
+    if let Some(rate) = r.limits.rate {
         parts.push(format!("at most {rate} new connections"));
     }
-    if let Some(n) = r.max_connections {
+    if let Some(n) = r.limits.max_connections {
         parts.push(format!("at most {n} connections at once"));
     }
     if parts.is_empty() {
         return None;
     }
-    let per = match r.limit_per {
+    let per = match r.limits.per {
         policy::LimitPer::Rule => "for the whole rule",
         policy::LimitPer::Destination => "per destination",
         policy::LimitPer::User => "per user",

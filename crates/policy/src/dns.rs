@@ -6,7 +6,7 @@
 //! same way: the forwarder (which fills the kernel's sets), `explain` (which says what the kernel
 //! will do) and `leash test` (which plays the forwarder in a scratch namespace).
 
-use crate::model::{Action, Policy, Rule};
+use crate::model::{Action, Conditions, Limits, Policy, Rule};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Lowercase without the trailing dot: the form names are compared in.
@@ -35,7 +35,7 @@ pub fn decide_name(policy: &Policy, qname: &str) -> NameDecision {
     let mut d = NameDecision::default();
     // A rule that matches nothing has no sets in the kernel.
     for (i, rule) in policy.rules.iter().enumerate().filter(|(_, r)| r.matches_nothing().is_none()) {
-        if rule.domains.iter().any(|p| p.matches(&qname)) {
+        if rule.cond.domains.iter().any(|p| p.matches(&qname)) {
             if d.rules.is_empty() && is_unconditional_deny(rule) {
                 d.refuse = Some(i);
                 return d;
@@ -47,14 +47,35 @@ pub fn decide_name(policy: &Policy, qname: &str) -> NameDecision {
 }
 
 fn is_unconditional_deny(rule: &Rule) -> bool {
+    let Conditions {
+        protos,
+        ports,
+        ports_span: _,
+        // The destination is what the name stands for.
+        to: _,
+        to_span: _,
+        domains: _,
+        allow_private: _,
+        sets: _,
+        countries: _,
+        country_ranges: _,
+        users,
+        groups,
+        cgroups,
+        cgroups_span: _,
+        when,
+        when_span: _,
+    } = &rule.cond;
+    // A deny rule has no limits (the parser refuses them: `limit-on-deny`).
+    let Limits { rate: _, max_connections: _, per: _, span: _ } = &rule.limits;
     rule.action == Action::Deny
-        && rule.protos.is_none()
-        && rule.ports.is_none()
-        && rule.users.is_none()
-        && rule.groups.is_none()
+        && protos.is_none()
+        && ports.is_none()
+        && users.is_none()
+        && groups.is_none()
         // A deny rule for some processes or some hours does not deny the name for everyone always.
-        && rule.cgroups.is_none()
-        && rule.when.is_none()
+        && cgroups.is_none()
+        && when.is_none()
 }
 
 /// Whether an address is one a public name has no business pointing at: loopback, private,
@@ -94,7 +115,7 @@ fn v4_special(a: Ipv4Addr) -> bool {
 /// allow rule refuses rebinding targets and the host's own addresses unless it says
 /// `allow_private = true`.
 pub fn admits(rule: &Rule, addr: IpAddr, is_own_address: bool) -> bool {
-    rule.action == Action::Deny || rule.allow_private || !(is_rebinding_target(addr) || is_own_address)
+    rule.action == Action::Deny || rule.cond.allow_private || !(is_rebinding_target(addr) || is_own_address)
 }
 
 /// The address a domain expectation without `address` connects to: the first documentation
@@ -104,8 +125,8 @@ pub fn admits(rule: &Rule, addr: IpAddr, is_own_address: bool) -> bool {
 pub fn synthetic_address(policy: &Policy, v6: bool, taken: &[IpAddr]) -> Option<IpAddr> {
     let listed = |a: IpAddr| {
         taken.contains(&a)
-            || policy.rules.iter().filter_map(|r| r.to.as_ref()).flatten().any(|n| n.contains(&a))
-            || policy.rules.iter().any(|r| r.country_ranges.contains(a))
+            || policy.rules.iter().filter_map(|r| r.cond.to.as_ref()).flatten().any(|n| n.contains(&a))
+            || policy.rules.iter().any(|r| r.cond.country_ranges.contains(a))
             || policy.sets.iter().any(|s| s.ranges.contains(a))
     };
     let candidates: Box<dyn Iterator<Item = IpAddr>> = if v6 {

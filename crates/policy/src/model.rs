@@ -52,7 +52,7 @@ impl Policy {
     /// Whether any rule names a domain, which is what makes the DNS forwarder (and the DNS bypass
     /// control) part of the policy.
     pub fn has_domain_rules(&self) -> bool {
-        self.rules.iter().any(|r| !r.domains.is_empty())
+        self.rules.iter().any(|r| !r.cond.domains.is_empty())
     }
 }
 
@@ -227,7 +227,8 @@ impl std::fmt::Display for Date {
     }
 }
 
-/// One `[[rule]]`. A `None` condition means "any"; `Some(vec![])` can never match.
+/// One `[[rule]]`: which connections it matches ([`Conditions`]), how many of them it lets
+/// through ([`Limits`]), its verdict, and what its owner documented about it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
     pub name: String,
@@ -235,12 +236,33 @@ pub struct Rule {
     pub span: Span,
     pub name_span: Span,
     pub action: Action,
+    pub cond: Conditions,
+    pub limits: Limits,
+    pub log: bool,
+    pub purpose: Option<String>,
+    pub justification: Option<String>,
+    pub risk: Option<Risk>,
+    pub owner: Option<String>,
+    pub review: Option<Date>,
+    pub review_span: Option<Span>,
+}
+
+/// Everything a new connection must satisfy for a rule to decide it. A `None` condition means
+/// "any"; `Some(vec![])` can never match. The span of each condition (where it was written)
+/// stands beside it. The default is the rule without conditions, which matches every connection.
+///
+/// Every place that goes through a rule's conditions (`explain`, the forwarder's refusal of
+/// names, the lints, [`Rule::matches_nothing`], the compiler, the agreement test) destructures
+/// this struct without `..`, so that a new kind of condition does not compile until each of them
+/// says what it does with it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Conditions {
     /// `None` for `proto = "any"` or no `proto` key.
     pub protos: Option<Vec<Proto>>,
     pub ports: Option<Vec<PortRange>>,
     pub ports_span: Option<Span>,
     /// Networks of `to`. `None` (no `to`) means any destination; when `to` lists only domain
-    /// names this is `Some(vec![])` and only [`Rule::domains`] can match.
+    /// names this is `Some(vec![])` and only [`Conditions::domains`] can match.
     pub to: Option<Vec<IpNet>>,
     pub to_span: Option<Span>,
     /// Domain names of `to`: the rule matches the addresses the DNS forwarder answered for them.
@@ -250,9 +272,9 @@ pub struct Rule {
     pub allow_private: bool,
     /// Named sets of `to` (`set:NAME`), as indexes into [`Policy::sets`].
     pub sets: Vec<SetRef>,
-    /// Countries of `to_country`; their networks are in [`Rule::country_ranges`].
+    /// Countries of `to_country`; their networks are in [`Conditions::country_ranges`].
     pub countries: Vec<(String, Span)>,
-    /// The merged networks of every country in [`Rule::countries`].
+    /// The merged networks of every country in [`Conditions::countries`].
     pub country_ranges: std::sync::Arc<crate::ranges::AddrRanges>,
     pub users: Option<Vec<Principal>>,
     pub groups: Option<Vec<Principal>>,
@@ -263,21 +285,28 @@ pub struct Rule {
     /// Time windows of `when`; the rule applies only inside one of them. `None` means always.
     pub when: Option<Vec<Window>>,
     pub when_span: Option<Span>,
-    /// `rate` and `burst`: new connections above the rate are denied (as `deny_with` says).
+}
+
+/// `rate`, `burst`, `max_connections` and `limit_per`: how many of the connections an allow rule
+/// matches it lets through; the others are denied (as `deny_with` says).
+///
+/// Limits are not [`Conditions`]: a limited rule matches the same connections as without its
+/// limits and decides every one of them (accepted under the limit, denied over it), so whether it
+/// matches, shadows a later rule or can match nothing does not depend on them. They are a value of
+/// their own, and everything that destructures a rule's conditions destructures its limits too,
+/// also without `..`: a new kind of limit must be handled (or consciously ignored: `explain` keeps
+/// no counters) everywhere.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Limits {
+    /// `rate` and `burst`: new connections above the rate are denied.
     pub rate: Option<Rate>,
     /// `max_connections`: connections beyond this many at once are denied.
     pub max_connections: Option<u32>,
-    /// What `rate` and `max_connections` count separately: the whole rule, each destination,
-    /// or each user.
-    pub limit_per: LimitPer,
-    pub limit_span: Option<Span>,
-    pub log: bool,
-    pub purpose: Option<String>,
-    pub justification: Option<String>,
-    pub risk: Option<Risk>,
-    pub owner: Option<String>,
-    pub review: Option<Date>,
-    pub review_span: Option<Span>,
+    /// `limit_per`: what `rate` and `max_connections` count separately: the whole rule, each
+    /// destination, or each user.
+    pub per: LimitPer,
+    /// Span of the first `rate` or `max_connections` key.
+    pub span: Option<Span>,
 }
 
 impl Rule {
@@ -286,25 +315,46 @@ impl Rule {
     /// when the policy was loaded. The compiler emits no kernel rule (and no set) for such a rule,
     /// the forwarder feeds it no answers, and the linter says so.
     pub fn matches_nothing(&self) -> Option<String> {
+        let Conditions {
+            protos,
+            ports,
+            ports_span: _,
+            to,
+            to_span,
+            domains,
+            // It only lets more answers into the rule's sets.
+            allow_private: _,
+            sets,
+            countries,
+            country_ranges,
+            users,
+            groups,
+            cgroups,
+            cgroups_span: _,
+            when,
+            when_span: _,
+        } = &self.cond;
+        // A limit lets at least one connection through (`rate` and `max_connections` are at least 1).
+        let Limits { rate: _, max_connections: _, per: _, span: _ } = &self.limits;
         let empty = |o: bool, key: &str| o.then(|| format!("`{key}` is an empty list"));
-        empty(self.protos.as_ref().is_some_and(Vec::is_empty), "proto")
-            .or_else(|| empty(self.ports.as_ref().is_some_and(Vec::is_empty), "ports"))
+        empty(protos.as_ref().is_some_and(Vec::is_empty), "proto")
+            .or_else(|| empty(ports.as_ref().is_some_and(Vec::is_empty), "ports"))
             .or_else(|| {
-                let no_destination = self.to.as_ref().is_some_and(Vec::is_empty)
-                    && self.domains.is_empty()
-                    && self.sets.is_empty()
-                    && self.country_ranges.is_empty();
-                match (no_destination, self.countries.is_empty(), self.to_span.is_some()) {
+                let no_destination = to.as_ref().is_some_and(Vec::is_empty)
+                    && domains.is_empty()
+                    && sets.is_empty()
+                    && country_ranges.is_empty();
+                match (no_destination, countries.is_empty(), to_span.is_some()) {
                     (false, _, _) => None,
                     (true, false, _) => Some("its countries have no networks in the country database".to_string()),
                     (true, true, true) => empty(true, "to"),
                     (true, true, false) => empty(true, "to_country"),
                 }
             })
-            .or_else(|| empty(self.users.as_ref().is_some_and(Vec::is_empty), "user"))
-            .or_else(|| empty(self.groups.as_ref().is_some_and(Vec::is_empty), "group"))
-            .or_else(|| empty(self.when.as_ref().is_some_and(Vec::is_empty), "when"))
-            .or_else(|| match &self.cgroups {
+            .or_else(|| empty(users.as_ref().is_some_and(Vec::is_empty), "user"))
+            .or_else(|| empty(groups.as_ref().is_some_and(Vec::is_empty), "group"))
+            .or_else(|| empty(when.as_ref().is_some_and(Vec::is_empty), "when"))
+            .or_else(|| match cgroups {
                 Some(c) if c.is_empty() => Some("`service`/`cgroup` is an empty list".to_string()),
                 Some(c) if c.iter().all(|c| c.id.is_none()) => {
                     Some("none of its services or cgroups existed when the policy was loaded".to_string())
@@ -316,7 +366,7 @@ impl Rule {
     /// The protocols the rule really covers, `None` meaning every protocol: `ports` without a
     /// protocol (or with `any`) means TCP and UDP, because only they have ports.
     pub fn effective_protos(&self) -> Option<Vec<Proto>> {
-        match (&self.protos, &self.ports) {
+        match (&self.cond.protos, &self.cond.ports) {
             (None, Some(_)) => Some(vec![Proto::Tcp, Proto::Udp]),
             (p, _) => p.clone(),
         }

@@ -232,10 +232,10 @@ impl<'a> Parser<'a> {
     /// Domain rules need somewhere to resolve; redirecting needs a loopback listener.
     fn check_dns(&mut self, dns: &DnsConfig, rules: &[Rule]) {
         let header = dns.span.clone().unwrap_or(0..0);
-        if let Some(r) = rules.iter().find(|r| !r.domains.is_empty())
+        if let Some(r) = rules.iter().find(|r| !r.cond.domains.is_empty())
             && dns.upstreams.is_empty()
         {
-            let span = r.domains[0].span.clone();
+            let span = r.cond.domains[0].span.clone();
             self.error(
                 "dns-no-upstream",
                 span,
@@ -557,26 +557,8 @@ impl<'a> Parser<'a> {
             span: span.clone(),
             name_span: span.clone(),
             action: Action::Deny,
-            protos: None,
-            ports: None,
-            ports_span: None,
-            to: None,
-            to_span: None,
-            domains: Vec::new(),
-            allow_private: false,
-            sets: Vec::new(),
-            countries: Vec::new(),
-            country_ranges: Default::default(),
-            users: None,
-            groups: None,
-            cgroups: None,
-            cgroups_span: None,
-            when: None,
-            when_span: None,
-            rate: None,
-            max_connections: None,
-            limit_per: LimitPer::Rule,
-            limit_span: None,
+            cond: Conditions::default(),
+            limits: Limits::default(),
             log: false,
             purpose: None,
             justification: None,
@@ -598,42 +580,42 @@ impl<'a> Parser<'a> {
                     protos = self.rule_protos(&e);
                 }
                 "ports" => {
-                    rule.ports_span = Some(self.span(e.item, &e.key_span));
-                    rule.ports = self.ports(&e);
+                    rule.cond.ports_span = Some(self.span(e.item, &e.key_span));
+                    rule.cond.ports = self.ports(&e);
                 }
                 "to" => {
-                    rule.to_span = Some(self.span(e.item, &e.key_span));
+                    rule.cond.to_span = Some(self.span(e.item, &e.key_span));
                     if let Some((nets, domains, sets)) = self.destinations(&e) {
-                        rule.to = Some(nets);
-                        rule.domains = domains;
-                        rule.sets = sets;
+                        rule.cond.to = Some(nets);
+                        rule.cond.domains = domains;
+                        rule.cond.sets = sets;
                     }
                 }
                 "to_country" => {
                     to_country_given = true;
                     if let Some((codes, ranges)) = self.country_list(&e) {
-                        rule.countries = codes;
-                        rule.country_ranges = std::sync::Arc::new(ranges);
+                        rule.cond.countries = codes;
+                        rule.cond.country_ranges = std::sync::Arc::new(ranges);
                     }
                 }
                 "service" | "cgroup" => {
                     let span = self.span(e.item, &e.key_span);
-                    rule.cgroups_span.get_or_insert(span);
+                    rule.cond.cgroups_span.get_or_insert(span);
                     if let Some(list) = self.cgroups(&e, e.key == "service") {
-                        rule.cgroups.get_or_insert_with(Vec::new).extend(list);
+                        rule.cond.cgroups.get_or_insert_with(Vec::new).extend(list);
                     }
                 }
                 "when" => {
-                    rule.when_span = Some(self.span(e.item, &e.key_span));
-                    rule.when = self.windows(&e);
+                    rule.cond.when_span = Some(self.span(e.item, &e.key_span));
+                    rule.cond.when = self.windows(&e);
                 }
                 "rate" => {
-                    rule.limit_span.get_or_insert(self.span(e.item, &e.key_span));
+                    rule.limits.span.get_or_insert(self.span(e.item, &e.key_span));
                     if let Some((s, span)) = self.string(&e) {
                         match parse_rate(s) {
                             Ok((count, per_seconds)) => {
-                                let burst = rule.rate.map_or(count, |r| r.burst);
-                                rule.rate = Some(Rate { count, per_seconds, burst });
+                                let burst = rule.limits.rate.map_or(count, |r| r.burst);
+                                rule.limits.rate = Some(Rate { count, per_seconds, burst });
                             }
                             Err(m) => self.error("bad-rate", span, m),
                         }
@@ -643,21 +625,21 @@ impl<'a> Parser<'a> {
                     burst = self.integer(&e, 1, 1_000_000).map(|n| (n as u32, self.span(e.item, &e.key_span)));
                 }
                 "max_connections" => {
-                    rule.limit_span.get_or_insert(self.span(e.item, &e.key_span));
-                    rule.max_connections = self.integer(&e, 1, 1_000_000).map(|n| n as u32);
+                    rule.limits.span.get_or_insert(self.span(e.item, &e.key_span));
+                    rule.limits.max_connections = self.integer(&e, 1, 1_000_000).map(|n| n as u32);
                 }
                 "limit_per" => {
                     limit_per_span = Some(self.span(e.item, &e.key_span));
-                    rule.limit_per = self
+                    rule.limits.per = self
                         .choice(
                             &e,
                             &[("rule", LimitPer::Rule), ("destination", LimitPer::Destination), ("user", LimitPer::User)],
                         )
                         .unwrap_or_default();
                 }
-                "allow_private" => rule.allow_private = self.boolean(&e).unwrap_or(false),
-                "user" => rule.users = self.principals(&e, Kind::User),
-                "group" => rule.groups = self.principals(&e, Kind::Group),
+                "allow_private" => rule.cond.allow_private = self.boolean(&e).unwrap_or(false),
+                "user" => rule.cond.users = self.principals(&e, Kind::User),
+                "group" => rule.cond.groups = self.principals(&e, Kind::Group),
                 "log" => rule.log = self.boolean(&e).unwrap_or(false),
                 "purpose" => rule.purpose = self.string(&e).map(|(s, _)| s.to_string()),
                 "justification" => rule.justification = self.string(&e).map(|(s, _)| s.to_string()),
@@ -676,7 +658,7 @@ impl<'a> Parser<'a> {
         self.require(t, "action", &suggested, &span, "rule has no `action` (allow or deny)");
         // Ports only exist for TCP and UDP; naming ICMP next to ports is a contradiction the
         // operator has to resolve, not something to silently narrow.
-        if let (Some(protos), Some(ports_span)) = (&protos, &rule.ports_span) {
+        if let (Some(protos), Some(ports_span)) = (&protos, &rule.cond.ports_span) {
             for (p, pspan) in &protos.list {
                 if !p.has_ports() {
                     self.error(
@@ -691,11 +673,11 @@ impl<'a> Parser<'a> {
                 }
             }
         }
-        self.check_limits(&mut rule, t, action, burst, limit_per_span);
+        self.check_limits(&mut rule.limits, t, action, burst, limit_per_span);
         // `to_country` alone still limits the destination, even an empty one (which matches
         // nothing, as `to = []` does): the rule no longer means "anywhere".
-        if to_country_given && rule.to.is_none() {
-            rule.to = Some(Vec::new());
+        if to_country_given && rule.cond.to.is_none() {
+            rule.cond.to = Some(Vec::new());
         }
         if self.error_count() > errors_before {
             return None;
@@ -705,7 +687,7 @@ impl<'a> Parser<'a> {
         rule.name_span = name_span;
         rule.action = action?;
         // `any` anywhere in the list means every protocol.
-        rule.protos = protos.filter(|p| !p.any).map(|p| p.list.into_iter().map(|(p, _)| p).collect());
+        rule.cond.protos = protos.filter(|p| !p.any).map(|p| p.list.into_iter().map(|(p, _)| p).collect());
         Some(rule)
     }
 
@@ -912,14 +894,14 @@ impl<'a> Parser<'a> {
     /// rules: a limit on a deny rule would let traffic through below it.
     fn check_limits(
         &mut self,
-        rule: &mut Rule,
+        limits: &mut Limits,
         t: &dyn TableLike,
         action: Option<Action>,
         burst: Option<(u32, Span)>,
         per: Option<Span>,
     ) {
         if let Some((b, bspan)) = burst {
-            match &mut rule.rate {
+            match &mut limits.rate {
                 Some(r) => r.burst = b,
                 // A `rate` that did not parse was reported already.
                 None if t.contains_key("rate") => {}
@@ -933,7 +915,7 @@ impl<'a> Parser<'a> {
             self.error("limit-per-without-limit", pspan, "`limit_per` needs `rate` or `max_connections`");
         }
         if action == Some(Action::Deny)
-            && let Some(span) = &rule.limit_span
+            && let Some(span) = &limits.span
         {
             self.error(
                 "limit-on-deny",

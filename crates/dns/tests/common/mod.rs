@@ -318,7 +318,7 @@ pub fn policy() -> Policy {
 
 /// Set names `RULE_v4` / `RULE_v6` for every domain rule.
 pub fn sets(p: &Policy) -> Vec<Option<RuleSets>> {
-    p.rules.iter().map(|r| (!r.domains.is_empty()).then(|| RuleSets { v4: format!("{}_v4", r.name).into(), v6: format!("{}_v6", r.name).into() })).collect()
+    p.rules.iter().map(|r| (!r.cond.domains.is_empty()).then(|| RuleSets { v4: format!("{}_v4", r.name).into(), v6: format!("{}_v6", r.name).into() })).collect()
 }
 
 pub struct Running {

@@ -27,7 +27,7 @@ pub fn rule_sets(p: &Policy) -> Vec<Option<dns::RuleSets>> {
     p.rules
         .iter()
         .map(|r| {
-            (!r.domains.is_empty()).then(|| dns::RuleSets {
+            (!r.cond.domains.is_empty()).then(|| dns::RuleSets {
                 v4: ruleset::domain_set_name(&r.name, ruleset::Family::Ipv4).into(),
                 v6: ruleset::domain_set_name(&r.name, ruleset::Family::Ipv6).into(),
             })
@@ -93,7 +93,7 @@ pub fn run(path: &Path, metrics: Option<std::net::SocketAddr>) -> Result<u8> {
             "leash dns: listening on {} (udp, tcp); upstreams {}; {} domain rule(s); bypass {}",
             listen.join(", "),
             upstreams.join(", "),
-            policy.rules.iter().filter(|r| !r.domains.is_empty()).count(),
+            policy.rules.iter().filter(|r| !r.cond.domains.is_empty()).count(),
             policy.dns.bypass.as_str()
         );
         let handle = fwd.handle();
@@ -197,7 +197,7 @@ pub struct WarmUp {
 /// shorter than that, nor two for one element.
 pub fn warm_up(p: &Policy, carried: &std::collections::HashMap<(String, IpAddr), u64>) -> Result<WarmUp> {
     let mut w = WarmUp::default();
-    let mut names: Vec<&str> = p.rules.iter().flat_map(|r| &r.domains).filter(|d| !d.wildcard).map(|d| d.name.as_str()).collect();
+    let mut names: Vec<&str> = p.rules.iter().flat_map(|r| &r.cond.domains).filter(|d| !d.wildcard).map(|d| d.name.as_str()).collect();
     names.sort_unstable();
     names.dedup();
     w.names = names.len();
