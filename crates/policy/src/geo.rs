@@ -4,8 +4,8 @@
 //! The caller reads the files and hands the bytes in, so this module stays free of I/O like the rest
 //! of the crate. A database is loaded once into two sorted, disjoint range tables (IPv4 and IPv6),
 //! each range tagged with its country; [`CountryDb::ranges`] then filters and merges them into the
-//! [`AddrRanges`](crate::ranges::AddrRanges) that the compiler turns into an interval set, and [`CountryDb::country_of`] is a
-//! binary search for `explain`.
+//! [`AddrRanges`](crate::ranges::AddrRanges) that the compiler turns into an interval set, and
+//! [`CountryDb::country_of`] is a binary search for `explain`.
 //!
 //! `db` holds the loaded database and what both readers share; `mmdb` and `csv` are the readers,
 //! `load` the public ways in (by format, or detected from the bytes).
