@@ -1,4 +1,7 @@
 //! The validated policy: what a policy file means, with the source position of everything a diagnostic may point at.
+//!
+//! It uses no other module of the crate but `ranges`: parsing, `explain`, the lints, the
+//! forwarder's decisions and the time arithmetic all build on it, never the other way round.
 
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -214,7 +217,7 @@ pub struct Date {
 }
 
 impl From<jiff::civil::Date> for Date {
-    /// Lets the binary pass today's date (`jiff::Zoned::now().date()`) to [`crate::lint::lint`];
+    /// Lets the binary pass today's date (`jiff::Zoned::now().date()`) to `lint::lint`;
     /// this crate never reads the clock itself.
     fn from(d: jiff::civil::Date) -> Self {
         Date { year: d.year(), month: d.month(), day: d.day() }
