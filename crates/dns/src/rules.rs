@@ -76,7 +76,7 @@ impl Rules {
 
     /// Whether any rule names domains: without, the forwarder is a plain forwarder.
     pub fn has_domain_rules(&self) -> bool {
-        self.policy.rules.iter().any(|r| !r.domains.is_empty())
+        self.policy.rules.iter().any(|r| !r.cond.domains.is_empty())
     }
 
     pub fn decide(&self, qname: &Name) -> NameDecision {
@@ -207,7 +207,7 @@ to = ["*.example.test"]
     pub(crate) fn sets(p: &Policy) -> Vec<Option<RuleSets>> {
         p.rules
             .iter()
-            .map(|r| (!r.domains.is_empty()).then(|| RuleSets { v4: format!("{}_v4", r.name).into(), v6: format!("{}_v6", r.name).into() }))
+            .map(|r| (!r.cond.domains.is_empty()).then(|| RuleSets { v4: format!("{}_v4", r.name).into(), v6: format!("{}_v6", r.name).into() }))
             .collect()
     }
 

@@ -20,7 +20,7 @@ use crate::udp::{self, Listener, Threads};
 use crate::upstream::{SocketError, Upstreams, read_framed};
 use crate::Error;
 use policy::Policy;
-use policy::dns::{DnsConfig, NameDecision};
+use policy::{DnsConfig, NameDecision};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;

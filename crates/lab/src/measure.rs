@@ -128,7 +128,7 @@ pub fn measure(policy: &Policy, opts: &MeasureOptions, progress: &dyn Fn(&str)) 
         ));
     }
     let Prepared { policy: p, scratch, cgroup_problem } = prepare(policy);
-    let windows = p.rules.iter().any(|r| r.when.is_some());
+    let windows = p.rules.iter().any(|r| r.cond.when.is_some());
     let now = jiff::Timestamp::now();
     let mut targets = Vec::new();
     let mut skipped = Vec::new();

@@ -120,7 +120,7 @@ pub struct Prepared {
 /// rewrites a copy of the policy to use the mirrors. A policy without cgroups is returned as is.
 pub fn prepare(policy: &Policy) -> Prepared {
     let mut p = policy.clone();
-    let named = p.rules.iter().any(|r| r.cgroups.is_some()) || p.expects.iter().any(|e| e.cgroup.is_some());
+    let named = p.rules.iter().any(|r| r.cond.cgroups.is_some()) || p.expects.iter().any(|e| e.cgroup.is_some());
     if !named {
         return Prepared { policy: p, scratch: None, cgroup_problem: None };
     }
@@ -129,7 +129,7 @@ pub fn prepare(policy: &Policy) -> Prepared {
         .and_then(|mount| Scratch::new(&mount).map_err(|e| format!("cannot make a scratch cgroup: {e}")))
         .and_then(|mut scratch| {
             for r in &mut p.rules {
-                for c in r.cgroups.iter_mut().flatten() {
+                for c in r.cond.cgroups.iter_mut().flatten() {
                     let m = scratch.mirror(&c.path).map_err(|e| e.to_string())?;
                     c.path = m.path;
                     c.nft_path = m.nft_path;
@@ -150,7 +150,7 @@ pub fn prepare(policy: &Policy) -> Prepared {
             // `explain` sees it too, a cgroup without id matches no process).
             let mut p = policy.clone();
             for r in &mut p.rules {
-                for c in r.cgroups.iter_mut().flatten() {
+                for c in r.cond.cgroups.iter_mut().flatten() {
                     c.id = None;
                 }
             }
@@ -161,7 +161,7 @@ pub fn prepare(policy: &Policy) -> Prepared {
 
 /// Whether any rule has time windows (only then does the time of a connection matter).
 fn has_windows(policy: &Policy) -> bool {
-    policy.rules.iter().any(|r| r.when.is_some())
+    policy.rules.iter().any(|r| r.cond.when.is_some())
 }
 
 /// The case of an expectation.
@@ -241,7 +241,7 @@ pub fn run_expectations(policy: &Policy, opts: &RunOptions) -> Result<Report, La
             // may already be spent by earlier probes of the same test.
             if let Decider::Rule(i) = ex.decider
                 && let Some(r) = p.rules.get(i)
-                && (r.rate.is_some() || r.max_connections.is_some())
+                && (r.limits.rate.is_some() || r.limits.max_connections.is_some())
                 && ex.verdict == Action::Allow
                 && kernel == Action::Deny
             {
@@ -283,7 +283,7 @@ pub(crate) fn lab_for(policy: &Policy, cases: &[Case]) -> Result<Lab, LabError> 
     // shows the redirect really happened.
     for (lo, v6) in [(IpAddr::from([127, 0, 0, 1]), false), (IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), true)] {
         if let Some(port) = redirect_port(policy, v6)
-            && cases.iter().any(|c| c.port == Some(policy::dns::DNS_PORT) && c.dst.is_ipv6() == v6)
+            && cases.iter().any(|c| c.port == Some(policy::DNS_PORT) && c.dst.is_ipv6() == v6)
         {
             dsts.insert(lo);
             tcp.insert(port);

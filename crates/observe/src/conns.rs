@@ -238,7 +238,7 @@ pub fn snapshot(opts: &Options, policy: Option<&Policy>) -> Result<Snapshot, Err
     let mut groups: HashMap<u32, Option<u32>> = HashMap::new();
     let mut verdicts: HashMap<Connection, Verdict> = HashMap::new();
     // pid -> cgroup, read once per process and only when the policy has service or cgroup rules.
-    let has_cgroup_rules = policy.is_some_and(|p| p.rules.iter().any(|r| r.cgroups.is_some()));
+    let has_cgroup_rules = policy.is_some_and(|p| p.rules.iter().any(|r| r.cond.cgroups.is_some()));
     let mut cgroups: HashMap<u32, Option<String>> = HashMap::new();
     let mut conns = Vec::with_capacity(sockets.len());
     for s in sockets {
@@ -354,7 +354,7 @@ pub fn cgroup_of(pid: u32) -> Option<String> {
 /// the policy has service or cgroup rules. The domain sets are read once for all of them.
 pub fn verdicts(policy: &Policy, conns: &[Conn]) -> Vec<Option<Verdict>> {
     let domains = DomainSets::read(policy);
-    let has_cgroup_rules = policy.rules.iter().any(|r| r.cgroups.is_some());
+    let has_cgroup_rules = policy.rules.iter().any(|r| r.cond.cgroups.is_some());
     let mut cgroups: HashMap<u32, Option<String>> = HashMap::new();
     let mut decided: HashMap<Connection, Verdict> = HashMap::new();
     conns
@@ -384,7 +384,7 @@ impl DomainSets {
     /// that is missing (another policy is applied, or none) or unreadable counts as empty.
     pub fn read(policy: &Policy) -> DomainSets {
         let mut by_rule = HashMap::new();
-        for (i, r) in policy.rules.iter().enumerate().filter(|(_, r)| !r.domains.is_empty()) {
+        for (i, r) in policy.rules.iter().enumerate().filter(|(_, r)| !r.cond.domains.is_empty()) {
             let mut addrs = HashSet::new();
             for family in [ruleset::Family::Ipv4, ruleset::Family::Ipv6] {
                 let set = ruleset::domain_set_name(&r.name, family);
@@ -408,7 +408,7 @@ impl DomainSets {
             .iter()
             .enumerate()
             .filter(|&(i, _)| self.contains(i, addr))
-            .flat_map(|(_, r)| r.domains.iter().map(|d| d.to_string()))
+            .flat_map(|(_, r)| r.cond.domains.iter().map(|d| d.to_string()))
             .collect();
         (!names.is_empty()).then(|| names.join(","))
     }

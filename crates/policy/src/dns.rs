@@ -1,107 +1,13 @@
-//! What the DNS forwarder does with a name and its addresses: the `[dns]` settings, which domain
-//! rules a name feeds, when it is refused, and the rebinding guard.
+//! What the DNS forwarder does with a name and its addresses: which domain rules a name feeds,
+//! when it is refused, and the rebinding guard (the `[dns]` settings themselves are
+//! [`crate::model::DnsConfig`]).
 //!
 //! These decisions live here, in the pure policy crate, because three places must make them the
 //! same way: the forwarder (which fills the kernel's sets), `explain` (which says what the kernel
 //! will do) and `leash test` (which plays the forwarder in a scratch namespace).
 
-use crate::model::{Action, Policy, Rule, Span};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-
-/// The port DNS uses over UDP and TCP.
-pub const DNS_PORT: u16 = 53;
-/// DNS over TLS; it cannot be redirected (the forwarder speaks no TLS), so it is always denied
-/// to everyone but the forwarder when the bypass control is on.
-pub const DOT_PORT: u16 = 853;
-
-/// What happens to DNS that does not go through the forwarder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Bypass {
-    /// Queries to port 53 anywhere are redirected to the forwarder (IPv4 and IPv6 each only when
-    /// the forwarder listens on that family's loopback); the rest of port 53/853 is denied.
-    Redirect,
-    /// Port 53/853 is denied to everyone but the forwarder.
-    Deny,
-    /// No control: applications may ask any resolver the rules allow, and addresses they learn
-    /// that way are not in the domain sets.
-    Off,
-}
-
-impl Bypass {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Bypass::Redirect => "redirect",
-            Bypass::Deny => "deny",
-            Bypass::Off => "off",
-        }
-    }
-}
-
-/// The `[dns]` section.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DnsConfig {
-    /// Where the forwarder listens (UDP and TCP).
-    pub listen: Vec<SocketAddr>,
-    /// Resolvers the forwarder asks, in order.
-    pub upstreams: Vec<SocketAddr>,
-    /// Shortest life of a set element, in seconds, whatever the answer's TTL.
-    pub min_ttl: u32,
-    /// Longest TTL handed to clients (and so the longest life of an element, plus grace).
-    pub max_ttl: u32,
-    /// Seconds an element outlives the TTL the client was given, for clients that use an
-    /// address a little after its TTL ran out.
-    pub grace: u32,
-    /// How long one upstream is given to answer, in milliseconds.
-    pub timeout_ms: u32,
-    pub bypass: Bypass,
-    /// SO_MARK of the forwarder's upstream sockets; the ruleset lets only packets with this mark
-    /// reach port 53/853 elsewhere. Setting a mark needs CAP_NET_ADMIN, the same power it takes
-    /// to change the firewall, so no unprivileged process can pose as the forwarder.
-    pub mark: u32,
-    /// Answers kept in the forwarder's cache; 0 turns the cache off.
-    pub cache_size: usize,
-    /// Span of the `[dns]` header, when the section is present.
-    pub span: Option<Span>,
-}
-
-impl Default for DnsConfig {
-    fn default() -> Self {
-        DnsConfig {
-            listen: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, DNS_PORT))],
-            upstreams: Vec::new(),
-            min_ttl: 60,
-            max_ttl: 3600,
-            grace: 120,
-            timeout_ms: 1000,
-            bypass: Bypass::Redirect,
-            mark: 0x6c6e,
-            cache_size: 10_000,
-            span: None,
-        }
-    }
-}
-
-impl DnsConfig {
-    /// The TTL a client is given for a record whose upstream TTL is `ttl`.
-    pub fn client_ttl(&self, ttl: u32) -> u32 {
-        ttl.min(self.max_ttl)
-    }
-
-    /// The timeout of the set element for an address answered with `ttl`: never shorter than
-    /// what the client was told, plus the grace period.
-    pub fn element_timeout_ms(&self, ttl: u32) -> u64 {
-        let life = self.client_ttl(ttl).max(self.min_ttl);
-        // At least a second: a TTL of 0 with min_ttl = grace = 0 must still let the client
-        // connect right after the answer (and the kernel refuses a zero timeout).
-        ((u64::from(life) + u64::from(self.grace)) * 1000).max(1000)
-    }
-
-    /// The loopback port queries are redirected to, per family (`None`: the forwarder does not
-    /// listen on that family's loopback, so that family's DNS is denied instead).
-    pub fn redirect_port(&self, v6: bool) -> Option<u16> {
-        self.listen.iter().find(|a| a.is_ipv6() == v6 && a.ip().is_loopback()).map(|a| a.port())
-    }
-}
+use crate::model::{Action, Conditions, Limits, Policy, Rule};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Lowercase without the trailing dot: the form names are compared in.
 pub fn normalize_name(name: &str) -> String {
@@ -129,7 +35,7 @@ pub fn decide_name(policy: &Policy, qname: &str) -> NameDecision {
     let mut d = NameDecision::default();
     // A rule that matches nothing has no sets in the kernel.
     for (i, rule) in policy.rules.iter().enumerate().filter(|(_, r)| r.matches_nothing().is_none()) {
-        if rule.domains.iter().any(|p| p.matches(&qname)) {
+        if rule.cond.domains.iter().any(|p| p.matches(&qname)) {
             if d.rules.is_empty() && is_unconditional_deny(rule) {
                 d.refuse = Some(i);
                 return d;
@@ -141,14 +47,35 @@ pub fn decide_name(policy: &Policy, qname: &str) -> NameDecision {
 }
 
 fn is_unconditional_deny(rule: &Rule) -> bool {
+    let Conditions {
+        protos,
+        ports,
+        ports_span: _,
+        // The destination is what the name stands for.
+        to: _,
+        to_span: _,
+        domains: _,
+        allow_private: _,
+        sets: _,
+        countries: _,
+        country_ranges: _,
+        users,
+        groups,
+        cgroups,
+        cgroups_span: _,
+        when,
+        when_span: _,
+    } = &rule.cond;
+    // A deny rule has no limits (the parser refuses them: `limit-on-deny`).
+    let Limits { rate: _, max_connections: _, per: _, span: _ } = &rule.limits;
     rule.action == Action::Deny
-        && rule.protos.is_none()
-        && rule.ports.is_none()
-        && rule.users.is_none()
-        && rule.groups.is_none()
+        && protos.is_none()
+        && ports.is_none()
+        && users.is_none()
+        && groups.is_none()
         // A deny rule for some processes or some hours does not deny the name for everyone always.
-        && rule.cgroups.is_none()
-        && rule.when.is_none()
+        && cgroups.is_none()
+        && when.is_none()
 }
 
 /// Whether an address is one a public name has no business pointing at: loopback, private,
@@ -188,18 +115,18 @@ fn v4_special(a: Ipv4Addr) -> bool {
 /// allow rule refuses rebinding targets and the host's own addresses unless it says
 /// `allow_private = true`.
 pub fn admits(rule: &Rule, addr: IpAddr, is_own_address: bool) -> bool {
-    rule.action == Action::Deny || rule.allow_private || !(is_rebinding_target(addr) || is_own_address)
+    rule.action == Action::Deny || rule.cond.allow_private || !(is_rebinding_target(addr) || is_own_address)
 }
 
 /// The address a domain expectation without `address` connects to: the first documentation
 /// address of its family that no rule lists (by network, named set or country) and no other
 /// expectation uses (an address shared by two names would be in both names' sets), so that only
 /// domain rules can decide it. `None` when every candidate is taken.
-pub fn synthetic_address(policy: &crate::Policy, v6: bool, taken: &[IpAddr]) -> Option<IpAddr> {
+pub fn synthetic_address(policy: &Policy, v6: bool, taken: &[IpAddr]) -> Option<IpAddr> {
     let listed = |a: IpAddr| {
         taken.contains(&a)
-            || policy.rules.iter().filter_map(|r| r.to.as_ref()).flatten().any(|n| n.contains(&a))
-            || policy.rules.iter().any(|r| r.country_ranges.contains(a))
+            || policy.rules.iter().filter_map(|r| r.cond.to.as_ref()).flatten().any(|n| n.contains(&a))
+            || policy.rules.iter().any(|r| r.cond.country_ranges.contains(a))
             || policy.sets.iter().any(|s| s.ranges.contains(a))
     };
     let candidates: Box<dyn Iterator<Item = IpAddr>> = if v6 {
@@ -244,7 +171,7 @@ pub fn parse_domain(s: &str) -> Result<(String, bool), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::DomainPattern;
+    use crate::model::{DnsConfig, DomainPattern};
 
     fn pat(s: &str) -> DomainPattern {
         let (name, wildcard) = parse_domain(s).unwrap();

@@ -27,9 +27,26 @@ pub struct Connection {
     /// (`system.slice/nginx.service`); `None` is the root cgroup.
     pub cgroup: Option<String>,
     /// The local wall-clock time of the connection in the policy's time zone
-    /// ([`crate::Policy::local_time`] turns an instant into it). Rules with `when` windows
+    /// ([`Policy::local_time`] turns an instant into it). Rules with `when` windows
     /// match only when it is given and inside one of them.
     pub at: Option<jiff::civil::DateTime>,
+}
+
+// Here rather than in the model: an expectation is data, a connection is what `explain` decides.
+impl Expect {
+    /// The connection this expectation describes, ready for [`explain()`].
+    pub fn connection(&self) -> Connection {
+        Connection {
+            proto: self.proto,
+            dst: self.to,
+            port: self.port,
+            uid: self.uid,
+            gid: self.gid,
+            name: self.name.clone(),
+            cgroup: self.cgroup.clone(),
+            at: self.at,
+        }
+    }
 }
 
 /// What decided a connection's verdict.
@@ -204,7 +221,7 @@ pub fn explain_with(policy: &Policy, conn: &Connection, in_domain_set: &dyn Fn(u
         return Explanation { verdict, decider, misses: Vec::new() };
     }
     for (i, rule) in policy.rules.iter().enumerate() {
-        let in_set = !rule.domains.is_empty() && in_domain_set(i, conn.dst);
+        let in_set = !rule.cond.domains.is_empty() && in_domain_set(i, conn.dst);
         match first_miss_in(policy, rule, conn, in_set) {
             None => return Explanation { verdict: rule.action, decider: Decider::Rule(i), misses },
             Some(m) => misses.push((i, m)),
@@ -218,7 +235,6 @@ pub fn explain_with(policy: &Policy, conn: &Connection, in_domain_set: &dyn Fn(u
 /// listens on over loopback) or denied. The forwarder's own upstream queries carry its mark and
 /// are not connections `explain` is asked about.
 pub fn dns_bypass(policy: &Policy, conn: &Connection) -> Option<Decider> {
-    use crate::dns::{Bypass, DNS_PORT, DOT_PORT};
     if !policy.has_domain_rules() || policy.dns.bypass == Bypass::Off || !conn.proto.has_ports() {
         return None;
     }
@@ -244,12 +260,33 @@ pub fn first_miss(policy: &Policy, rule: &Rule, conn: &Connection) -> Option<Mis
 /// [`first_miss`], where `in_domain_set` says the destination is already in the rule's domain
 /// sets (see [`explain_with`]).
 fn first_miss_in(policy: &Policy, rule: &Rule, conn: &Connection, in_domain_set: bool) -> Option<Miss> {
+    let Conditions {
+        protos,
+        ports,
+        ports_span: _,
+        to,
+        to_span: _,
+        domains,
+        allow_private: _, // through `dns::admits`
+        sets,
+        countries,
+        country_ranges,
+        users,
+        groups,
+        cgroups,
+        cgroups_span: _,
+        when,
+        when_span: _,
+    } = &rule.cond;
+    // A limited rule decides every connection it matches (over the limit it denies); whether a
+    // connection is over it depends on counters in the kernel, which explain does not see.
+    let Limits { rate: _, max_connections: _, per: _, span: _ } = &rule.limits;
     if let Some(allowed) = rule.effective_protos()
         && !allowed.contains(&conn.proto)
     {
-        return Some(Miss::Proto { proto: conn.proto, allowed, implied_by_ports: rule.protos.is_none() });
+        return Some(Miss::Proto { proto: conn.proto, allowed, implied_by_ports: protos.is_none() });
     }
-    if let Some(ports) = &rule.ports {
+    if let Some(ports) = ports {
         match conn.port {
             None => return Some(Miss::NoPort { ports: ports.clone() }),
             Some(port) if !ports.iter().any(|r| r.contains(port)) => {
@@ -258,47 +295,47 @@ fn first_miss_in(policy: &Policy, rule: &Rule, conn: &Connection, in_domain_set:
             Some(_) => {}
         }
     }
-    if let Some(networks) = &rule.to {
+    if let Some(networks) = to {
         // `IpNet::contains` is false across families: an IPv4 network never holds an IPv6 address.
         let by_network = networks.iter().any(|n| n.contains(&conn.dst));
         let name_matches = conn.name.as_deref().is_some_and(|n| {
             let n = crate::dns::normalize_name(n);
-            rule.domains.iter().any(|d| d.matches(&n))
+            domains.iter().any(|d| d.matches(&n))
         });
         // Explain cannot know the host's own addresses; the forwarder also keeps those out.
         let admitted = (name_matches && crate::dns::admits(rule, conn.dst, false)) || in_domain_set;
-        let by_set = rule.sets.iter().any(|r| policy.sets.get(r.index).is_some_and(|s| s.ranges.contains(conn.dst)));
-        let by_country = rule.country_ranges.contains(conn.dst);
+        let by_set = sets.iter().any(|r| policy.sets.get(r.index).is_some_and(|s| s.ranges.contains(conn.dst)));
+        let by_country = country_ranges.contains(conn.dst);
         if !by_network && !admitted && !by_set && !by_country {
             return Some(Miss::To {
                 dst: conn.dst,
                 networks: networks.clone(),
-                domains: rule.domains.clone(),
-                sets: rule.sets.iter().filter_map(|r| policy.sets.get(r.index).map(|s| s.name.clone())).collect(),
-                countries: rule.countries.iter().map(|c| c.0.clone()).collect(),
+                domains: domains.clone(),
+                sets: sets.iter().filter_map(|r| policy.sets.get(r.index).map(|s| s.name.clone())).collect(),
+                countries: countries.iter().map(|c| c.0.clone()).collect(),
                 name: conn.name.clone(),
                 guarded: name_matches,
             });
         }
     }
-    if let Some(users) = &rule.users
+    if let Some(users) = users
         && !users.iter().any(|u| u.id == conn.uid)
     {
         return Some(Miss::User { uid: conn.uid, users: users.clone() });
     }
-    if let Some(groups) = &rule.groups
+    if let Some(groups) = groups
         && !groups.iter().any(|g| g.id == conn.gid)
     {
         return Some(Miss::Group { gid: conn.gid, groups: groups.clone() });
     }
-    if let Some(cgroups) = &rule.cgroups {
+    if let Some(cgroups) = cgroups {
         // A cgroup that did not exist when the policy was loaded has no kernel rule.
         let inside = conn.cgroup.as_deref().unwrap_or("");
         if !cgroups.iter().any(|c| c.id.is_some() && c.covers(inside)) {
             return Some(Miss::Cgroup { cgroup: conn.cgroup.clone(), cgroups: cgroups.clone() });
         }
     }
-    if let Some(windows) = &rule.when {
+    if let Some(windows) = when {
         let open = conn.at.is_some_and(|at| {
             let second = week_second(at);
             windows.iter().any(|w| w.contains(second))

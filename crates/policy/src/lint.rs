@@ -83,7 +83,7 @@ pub fn lint(policy: &Policy, today: Date) -> Vec<Diagnostic> {
     }
 
     if policy.has_domain_rules()
-        && policy.dns.bypass == crate::dns::Bypass::Redirect
+        && policy.dns.bypass == Bypass::Redirect
         && let Some(up) = policy.dns.upstreams.iter().find(|u| u.ip().is_loopback())
     {
         out.push(Diagnostic::warning(
@@ -99,11 +99,11 @@ pub fn lint(policy: &Policy, today: Date) -> Vec<Diagnostic> {
     // A rate counts the packets that reach the rule; with established traffic accepted first
     // those are the first packets of new connections, otherwise every packet.
     if !d.allow_established
-        && let Some(r) = policy.rules.iter().find(|r| r.rate.is_some())
+        && let Some(r) = policy.rules.iter().find(|r| r.limits.rate.is_some())
     {
         out.push(Diagnostic::warning(
             "rate-counts-packets",
-            r.limit_span.clone().unwrap_or(r.name_span.clone()),
+            r.limits.span.clone().unwrap_or(r.name_span.clone()),
             format!(
                 "rule `{}` has a rate, but allow_established is off: the rate then counts every packet of its \
                  connections, not new connections",
@@ -114,7 +114,7 @@ pub fn lint(policy: &Policy, today: Date) -> Vec<Diagnostic> {
 
     // An expectation without `at` is checked at the time the test runs; when its verdict differs
     // across the windows' edges it then depends on the hour the test runs.
-    if policy.rules.iter().any(|r| r.when.is_some()) {
+    if policy.rules.iter().any(|r| r.cond.when.is_some()) {
         let edges = window_edges(policy);
         for x in policy.expects.iter().filter(|x| x.at.is_none()) {
             let mut c = x.connection();
@@ -122,7 +122,7 @@ pub fn lint(policy: &Policy, today: Date) -> Vec<Diagnostic> {
                 .iter()
                 .map(|t| {
                     c.at = Some(*t);
-                    crate::explain(policy, &c).verdict
+                    crate::explain::explain(policy, &c).verdict
                 })
                 .collect();
             if verdicts.len() > 1 {
@@ -152,7 +152,7 @@ pub fn lint(policy: &Policy, today: Date) -> Vec<Diagnostic> {
 /// week of `time::parse_at`: the verdict of any connection can only change at these.
 fn window_edges(policy: &Policy) -> Vec<jiff::civil::DateTime> {
     let mut seconds: Vec<i64> = vec![0];
-    for w in policy.rules.iter().filter_map(|r| r.when.as_ref()).flatten() {
+    for w in policy.rules.iter().filter_map(|r| r.cond.when.as_ref()).flatten() {
         for (a, b) in w.week_intervals() {
             seconds.extend([a as i64, b as i64 - 1, b as i64]);
         }
@@ -168,9 +168,31 @@ fn window_edges(policy: &Policy) -> Vec<jiff::civil::DateTime> {
 
 /// Why a rule can never match, if it cannot.
 fn never_matches(rule: &Rule) -> Option<String> {
+    let Conditions {
+        protos: _, // through `effective_protos`
+        ports: _,
+        ports_span: _,
+        to,
+        to_span: _,
+        domains,
+        allow_private: _,
+        sets,
+        countries: _,
+        country_ranges,
+        // Users, groups and windows can only make a rule match nothing by being empty, which
+        // `matches_nothing` says.
+        users: _,
+        groups: _,
+        cgroups,
+        cgroups_span: _,
+        when: _,
+        when_span: _,
+    } = &rule.cond;
+    // Limits never make a rule match nothing (they are at least 1).
+    let Limits { rate: _, max_connections: _, per: _, span: _ } = &rule.limits;
     // Services that do not exist were already warned about when the policy was loaded, each at
     // its own position (`missing-cgroup`); saying it again for the rule adds nothing.
-    let cgroups_missing = rule.cgroups.as_ref().is_some_and(|c| !c.is_empty() && c.iter().all(|c| c.id.is_none()));
+    let cgroups_missing = cgroups.as_ref().is_some_and(|c| !c.is_empty() && c.iter().all(|c| c.id.is_none()));
     if let Some(why) = rule.matches_nothing().filter(|_| !cgroups_missing) {
         return Some(why);
     }
@@ -178,8 +200,8 @@ fn never_matches(rule: &Rule) -> Option<String> {
     // protocol that can reach at least one of its destinations.
     // A domain may resolve to either family, so only rules without domains are checked (and a
     // named set may get either family by `leash set update`; countries are checked by their ranges).
-    if let (Some(protos), Some(to), true) = (rule.effective_protos(), &rule.to, rule.domains.is_empty() && rule.sets.is_empty()) {
-        let c = &rule.country_ranges;
+    if let (Some(protos), Some(to), true) = (rule.effective_protos(), to, domains.is_empty() && sets.is_empty()) {
+        let c = country_ranges;
         let reachable = protos.iter().any(|p| {
             to.iter().any(|n| match p {
                 Proto::Icmp => matches!(n, IpNet::V4(_)),
@@ -211,18 +233,39 @@ struct Sets {
     to: Option<(Ranges, Ranges)>,
     /// Domain patterns of `to`, and whether the rule admits private answers for them (allow
     /// rules without `allow_private` keep those out, deny rules take everything).
-    domains: Vec<crate::model::DomainPattern>,
+    domains: Vec<DomainPattern>,
     admits_private: bool,
     users: Option<Vec<u32>>,
     groups: Option<Vec<u32>>,
     /// Cgroup paths (only those that existed at load: the others match nothing).
-    cgroups: Option<Vec<crate::model::CgroupMatch>>,
+    cgroups: Option<Vec<CgroupMatch>>,
     /// Time windows, compared as written.
     when: Option<Vec<(u8, u16, u16)>>,
 }
 
 impl Sets {
     fn of(policy: &Policy, rule: &Rule) -> Sets {
+        let Conditions {
+            protos: _, // through `effective_protos`
+            ports,
+            ports_span: _,
+            to,
+            to_span: _,
+            domains,
+            allow_private,
+            sets,
+            countries: _, // their networks are `country_ranges`
+            country_ranges,
+            users,
+            groups,
+            cgroups,
+            cgroups_span: _,
+            when,
+            when_span: _,
+        } = &rule.cond;
+        // A limited rule still decides every connection it matches (over the limit it denies),
+        // so the limits do not change what it shadows.
+        let Limits { rate: _, max_connections: _, per: _, span: _ } = &rule.limits;
         let ids = |l: &Option<Vec<Principal>>| {
             l.as_ref().map(|l| {
                 let mut v: Vec<u32> = l.iter().map(|p| p.id).collect();
@@ -233,31 +276,30 @@ impl Sets {
         };
         Sets {
             protos: rule.effective_protos(),
-            ports: rule.ports.as_ref().map(|p| merge(p.iter().map(|r| (r.first as u128, r.last as u128)).collect())),
-            to: rule.to.as_ref().map(|nets| {
+            ports: ports.as_ref().map(|p| merge(p.iter().map(|r| (r.first as u128, r.last as u128)).collect())),
+            to: to.as_ref().map(|nets| {
                 let (mut v4, mut v6) = net_ranges(nets);
                 // Named sets and countries are destinations too.
-                let lists = rule
-                    .sets
+                let lists = sets
                     .iter()
                     .filter_map(|r| policy.sets.get(r.index).map(|s| &*s.ranges))
-                    .chain(std::iter::once(&*rule.country_ranges));
+                    .chain(std::iter::once(&**country_ranges));
                 for l in lists {
                     v4.extend(l.v4.iter().map(|&(a, b)| (a as u128, b as u128)));
                     v6.extend(l.v6.iter().copied());
                 }
                 (merge(v4), merge(v6))
             }),
-            cgroups: rule.cgroups.as_ref().map(|c| c.iter().filter(|c| c.id.is_some()).cloned().collect()),
-            when: rule.when.as_ref().map(|w| {
+            cgroups: cgroups.as_ref().map(|c| c.iter().filter(|c| c.id.is_some()).cloned().collect()),
+            when: when.as_ref().map(|w| {
                 let mut v: Vec<(u8, u16, u16)> = w.iter().map(|w| (w.days, w.start, w.end)).collect();
                 v.sort_unstable();
                 v
             }),
-            users: ids(&rule.users),
-            groups: ids(&rule.groups),
-            domains: rule.domains.clone(),
-            admits_private: rule.action == Action::Deny || rule.allow_private,
+            users: ids(users),
+            groups: ids(groups),
+            domains: domains.clone(),
+            admits_private: rule.action == Action::Deny || *allow_private,
         }
     }
 
@@ -316,16 +358,57 @@ fn range_covered((a, b): (u128, u128), merged: &[(u128, u128)]) -> bool {
 
 /// Whether an allow rule lets some DNS (udp or tcp to port 53) through.
 fn allows_dns(rule: &Rule) -> bool {
+    let Conditions {
+        protos: _, // through `effective_protos`
+        ports,
+        ports_span: _,
+        // Some DNS is enough: to some resolver, for some process, at some time.
+        to: _,
+        to_span: _,
+        domains: _,
+        allow_private: _,
+        sets: _,
+        countries: _,
+        country_ranges: _,
+        users: _,
+        groups: _,
+        cgroups: _,
+        cgroups_span: _,
+        when: _,
+        when_span: _,
+    } = &rule.cond;
+    let Limits { rate: _, max_connections: _, per: _, span: _ } = &rule.limits;
     rule.action == Action::Allow
         && never_matches(rule).is_none()
         && rule.effective_protos().is_none_or(|p| p.contains(&Proto::Udp) || p.contains(&Proto::Tcp))
-        && rule.ports.as_ref().is_none_or(|p| p.iter().any(|r| r.contains(53)))
+        && ports.as_ref().is_none_or(|p| p.iter().any(|r| r.contains(53)))
 }
 
 /// What makes an allow rule broad, if it is: every port or every destination.
 fn broad_because(rule: &Rule) -> Option<&'static str> {
-    let all_ports = rule.ports.is_none() && rule.effective_protos().is_none_or(|p| p.iter().any(|p| p.has_ports()));
-    let anywhere = rule.to.as_ref().is_none_or(|to| to.iter().any(|n| n.prefix_len() == 0));
+    let Conditions {
+        protos: _, // through `effective_protos`
+        ports,
+        ports_span: _,
+        // Domains, sets and countries come with a `to` (or `to_country`), which makes it `Some`.
+        to,
+        to_span: _,
+        domains: _,
+        allow_private: _,
+        sets: _,
+        countries: _,
+        country_ranges: _,
+        // Broad is about where to: a rule for one user to every port anywhere is still broad.
+        users: _,
+        groups: _,
+        cgroups: _,
+        cgroups_span: _,
+        when: _,
+        when_span: _,
+    } = &rule.cond;
+    let Limits { rate: _, max_connections: _, per: _, span: _ } = &rule.limits;
+    let all_ports = ports.is_none() && rule.effective_protos().is_none_or(|p| p.iter().any(|p| p.has_ports()));
+    let anywhere = to.as_ref().is_none_or(|to| to.iter().any(|n| n.prefix_len() == 0));
     match (all_ports, anywhere) {
         (true, true) => Some("every port to any destination"),
         (true, false) => Some("every port"),

@@ -1,7 +1,10 @@
 //! The validated policy: what a policy file means, with the source position of everything a diagnostic may point at.
+//!
+//! It uses no other module of the crate but `ranges`: parsing, `explain`, the lints, the
+//! forwarder's decisions and the time arithmetic all build on it, never the other way round.
 
 use ipnet::IpNet;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 
 /// A byte range into the policy text; diagnostics turn it into line and column.
@@ -15,7 +18,7 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     pub expects: Vec<Expect>,
     /// The `[dns]` section: the forwarder that fills the sets of domain rules.
-    pub dns: crate::dns::DnsConfig,
+    pub dns: DnsConfig,
     /// The `[[set]]` tables: named address lists read from files, used as `to = ["set:NAME"]`.
     pub sets: Vec<NamedSet>,
     /// The `[countries]` section: the country database `to_country` rules read.
@@ -49,21 +52,10 @@ pub struct CountryDbRef {
 }
 
 impl Policy {
-    /// The time zone of `when` windows (`[defaults] timezone`, UTC when unset).
-    pub fn time_zone(&self) -> jiff::tz::TimeZone {
-        self.defaults.timezone.as_deref().and_then(|n| crate::time::zone(n).ok()).unwrap_or(jiff::tz::TimeZone::UTC)
-    }
-
-    /// The local wall-clock time of an instant in the policy's time zone, which is what
-    /// [`crate::explain::Connection::at`] holds.
-    pub fn local_time(&self, t: jiff::Timestamp) -> jiff::civil::DateTime {
-        crate::time::local(&self.time_zone(), t)
-    }
-
     /// Whether any rule names a domain, which is what makes the DNS forwarder (and the DNS bypass
     /// control) part of the policy.
     pub fn has_domain_rules(&self) -> bool {
-        self.rules.iter().any(|r| !r.domains.is_empty())
+        self.rules.iter().any(|r| !r.cond.domains.is_empty())
     }
 }
 
@@ -225,7 +217,7 @@ pub struct Date {
 }
 
 impl From<jiff::civil::Date> for Date {
-    /// Lets the binary pass today's date (`jiff::Zoned::now().date()`) to [`crate::lint::lint`];
+    /// Lets the binary pass today's date (`jiff::Zoned::now().date()`) to `lint::lint`;
     /// this crate never reads the clock itself.
     fn from(d: jiff::civil::Date) -> Self {
         Date { year: d.year(), month: d.month(), day: d.day() }
@@ -238,7 +230,8 @@ impl std::fmt::Display for Date {
     }
 }
 
-/// One `[[rule]]`. A `None` condition means "any"; `Some(vec![])` can never match.
+/// One `[[rule]]`: which connections it matches ([`Conditions`]), how many of them it lets
+/// through ([`Limits`]), its verdict, and what its owner documented about it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
     pub name: String,
@@ -246,12 +239,33 @@ pub struct Rule {
     pub span: Span,
     pub name_span: Span,
     pub action: Action,
+    pub cond: Conditions,
+    pub limits: Limits,
+    pub log: bool,
+    pub purpose: Option<String>,
+    pub justification: Option<String>,
+    pub risk: Option<Risk>,
+    pub owner: Option<String>,
+    pub review: Option<Date>,
+    pub review_span: Option<Span>,
+}
+
+/// Everything a new connection must satisfy for a rule to decide it. A `None` condition means
+/// "any"; `Some(vec![])` can never match. The span of each condition (where it was written)
+/// stands beside it. The default is the rule without conditions, which matches every connection.
+///
+/// Every place that goes through a rule's conditions (`explain`, the forwarder's refusal of
+/// names, the lints, [`Rule::matches_nothing`], the compiler, the agreement test) destructures
+/// this struct without `..`, so that a new kind of condition does not compile until each of them
+/// says what it does with it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Conditions {
     /// `None` for `proto = "any"` or no `proto` key.
     pub protos: Option<Vec<Proto>>,
     pub ports: Option<Vec<PortRange>>,
     pub ports_span: Option<Span>,
     /// Networks of `to`. `None` (no `to`) means any destination; when `to` lists only domain
-    /// names this is `Some(vec![])` and only [`Rule::domains`] can match.
+    /// names this is `Some(vec![])` and only [`Conditions::domains`] can match.
     pub to: Option<Vec<IpNet>>,
     pub to_span: Option<Span>,
     /// Domain names of `to`: the rule matches the addresses the DNS forwarder answered for them.
@@ -261,9 +275,9 @@ pub struct Rule {
     pub allow_private: bool,
     /// Named sets of `to` (`set:NAME`), as indexes into [`Policy::sets`].
     pub sets: Vec<SetRef>,
-    /// Countries of `to_country`; their networks are in [`Rule::country_ranges`].
+    /// Countries of `to_country`; their networks are in [`Conditions::country_ranges`].
     pub countries: Vec<(String, Span)>,
-    /// The merged networks of every country in [`Rule::countries`].
+    /// The merged networks of every country in [`Conditions::countries`].
     pub country_ranges: std::sync::Arc<crate::ranges::AddrRanges>,
     pub users: Option<Vec<Principal>>,
     pub groups: Option<Vec<Principal>>,
@@ -274,21 +288,28 @@ pub struct Rule {
     /// Time windows of `when`; the rule applies only inside one of them. `None` means always.
     pub when: Option<Vec<Window>>,
     pub when_span: Option<Span>,
-    /// `rate` and `burst`: new connections above the rate are denied (as `deny_with` says).
+}
+
+/// `rate`, `burst`, `max_connections` and `limit_per`: how many of the connections an allow rule
+/// matches it lets through; the others are denied (as `deny_with` says).
+///
+/// Limits are not [`Conditions`]: a limited rule matches the same connections as without its
+/// limits and decides every one of them (accepted under the limit, denied over it), so whether it
+/// matches, shadows a later rule or can match nothing does not depend on them. They are a value of
+/// their own, and everything that destructures a rule's conditions destructures its limits too,
+/// also without `..`: a new kind of limit must be handled (or consciously ignored: `explain` keeps
+/// no counters) everywhere.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Limits {
+    /// `rate` and `burst`: new connections above the rate are denied.
     pub rate: Option<Rate>,
     /// `max_connections`: connections beyond this many at once are denied.
     pub max_connections: Option<u32>,
-    /// What `rate` and `max_connections` count separately: the whole rule, each destination,
-    /// or each user.
-    pub limit_per: LimitPer,
-    pub limit_span: Option<Span>,
-    pub log: bool,
-    pub purpose: Option<String>,
-    pub justification: Option<String>,
-    pub risk: Option<Risk>,
-    pub owner: Option<String>,
-    pub review: Option<Date>,
-    pub review_span: Option<Span>,
+    /// `limit_per`: what `rate` and `max_connections` count separately: the whole rule, each
+    /// destination, or each user.
+    pub per: LimitPer,
+    /// Span of the first `rate` or `max_connections` key.
+    pub span: Option<Span>,
 }
 
 impl Rule {
@@ -297,25 +318,46 @@ impl Rule {
     /// when the policy was loaded. The compiler emits no kernel rule (and no set) for such a rule,
     /// the forwarder feeds it no answers, and the linter says so.
     pub fn matches_nothing(&self) -> Option<String> {
+        let Conditions {
+            protos,
+            ports,
+            ports_span: _,
+            to,
+            to_span,
+            domains,
+            // It only lets more answers into the rule's sets.
+            allow_private: _,
+            sets,
+            countries,
+            country_ranges,
+            users,
+            groups,
+            cgroups,
+            cgroups_span: _,
+            when,
+            when_span: _,
+        } = &self.cond;
+        // A limit lets at least one connection through (`rate` and `max_connections` are at least 1).
+        let Limits { rate: _, max_connections: _, per: _, span: _ } = &self.limits;
         let empty = |o: bool, key: &str| o.then(|| format!("`{key}` is an empty list"));
-        empty(self.protos.as_ref().is_some_and(Vec::is_empty), "proto")
-            .or_else(|| empty(self.ports.as_ref().is_some_and(Vec::is_empty), "ports"))
+        empty(protos.as_ref().is_some_and(Vec::is_empty), "proto")
+            .or_else(|| empty(ports.as_ref().is_some_and(Vec::is_empty), "ports"))
             .or_else(|| {
-                let no_destination = self.to.as_ref().is_some_and(Vec::is_empty)
-                    && self.domains.is_empty()
-                    && self.sets.is_empty()
-                    && self.country_ranges.is_empty();
-                match (no_destination, self.countries.is_empty(), self.to_span.is_some()) {
+                let no_destination = to.as_ref().is_some_and(Vec::is_empty)
+                    && domains.is_empty()
+                    && sets.is_empty()
+                    && country_ranges.is_empty();
+                match (no_destination, countries.is_empty(), to_span.is_some()) {
                     (false, _, _) => None,
                     (true, false, _) => Some("its countries have no networks in the country database".to_string()),
                     (true, true, true) => empty(true, "to"),
                     (true, true, false) => empty(true, "to_country"),
                 }
             })
-            .or_else(|| empty(self.users.as_ref().is_some_and(Vec::is_empty), "user"))
-            .or_else(|| empty(self.groups.as_ref().is_some_and(Vec::is_empty), "group"))
-            .or_else(|| empty(self.when.as_ref().is_some_and(Vec::is_empty), "when"))
-            .or_else(|| match &self.cgroups {
+            .or_else(|| empty(users.as_ref().is_some_and(Vec::is_empty), "user"))
+            .or_else(|| empty(groups.as_ref().is_some_and(Vec::is_empty), "group"))
+            .or_else(|| empty(when.as_ref().is_some_and(Vec::is_empty), "when"))
+            .or_else(|| match cgroups {
                 Some(c) if c.is_empty() => Some("`service`/`cgroup` is an empty list".to_string()),
                 Some(c) if c.iter().all(|c| c.id.is_none()) => {
                     Some("none of its services or cgroups existed when the policy was loaded".to_string())
@@ -327,7 +369,7 @@ impl Rule {
     /// The protocols the rule really covers, `None` meaning every protocol: `ports` without a
     /// protocol (or with `any`) means TCP and UDP, because only they have ports.
     pub fn effective_protos(&self) -> Option<Vec<Proto>> {
-        match (&self.protos, &self.ports) {
+        match (&self.cond.protos, &self.cond.ports) {
             (None, Some(_)) => Some(vec![Proto::Tcp, Proto::Udp]),
             (p, _) => p.clone(),
         }
@@ -552,18 +594,97 @@ pub struct Expect {
     pub verdict: Action,
 }
 
-impl Expect {
-    /// The connection this expectation describes, ready for [`crate::explain()`].
-    pub fn connection(&self) -> crate::explain::Connection {
-        crate::explain::Connection {
-            proto: self.proto,
-            dst: self.to,
-            port: self.port,
-            uid: self.uid,
-            gid: self.gid,
-            name: self.name.clone(),
-            cgroup: self.cgroup.clone(),
-            at: self.at,
+/// The port DNS uses over UDP and TCP.
+pub const DNS_PORT: u16 = 53;
+/// DNS over TLS; it cannot be redirected (the forwarder speaks no TLS), so it is always denied
+/// to everyone but the forwarder when the bypass control is on.
+pub const DOT_PORT: u16 = 853;
+
+/// What happens to DNS that does not go through the forwarder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Bypass {
+    /// Queries to port 53 anywhere are redirected to the forwarder (IPv4 and IPv6 each only when
+    /// the forwarder listens on that family's loopback); the rest of port 53/853 is denied.
+    Redirect,
+    /// Port 53/853 is denied to everyone but the forwarder.
+    Deny,
+    /// No control: applications may ask any resolver the rules allow, and addresses they learn
+    /// that way are not in the domain sets.
+    Off,
+}
+
+impl Bypass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bypass::Redirect => "redirect",
+            Bypass::Deny => "deny",
+            Bypass::Off => "off",
         }
+    }
+}
+
+/// The `[dns]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Where the forwarder listens (UDP and TCP).
+    pub listen: Vec<SocketAddr>,
+    /// Resolvers the forwarder asks, in order.
+    pub upstreams: Vec<SocketAddr>,
+    /// Shortest life of a set element, in seconds, whatever the answer's TTL.
+    pub min_ttl: u32,
+    /// Longest TTL handed to clients (and so the longest life of an element, plus grace).
+    pub max_ttl: u32,
+    /// Seconds an element outlives the TTL the client was given, for clients that use an
+    /// address a little after its TTL ran out.
+    pub grace: u32,
+    /// How long one upstream is given to answer, in milliseconds.
+    pub timeout_ms: u32,
+    pub bypass: Bypass,
+    /// SO_MARK of the forwarder's upstream sockets; the ruleset lets only packets with this mark
+    /// reach port 53/853 elsewhere. Setting a mark needs CAP_NET_ADMIN, the same power it takes
+    /// to change the firewall, so no unprivileged process can pose as the forwarder.
+    pub mark: u32,
+    /// Answers kept in the forwarder's cache; 0 turns the cache off.
+    pub cache_size: usize,
+    /// Span of the `[dns]` header, when the section is present.
+    pub span: Option<Span>,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            listen: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, DNS_PORT))],
+            upstreams: Vec::new(),
+            min_ttl: 60,
+            max_ttl: 3600,
+            grace: 120,
+            timeout_ms: 1000,
+            bypass: Bypass::Redirect,
+            mark: 0x6c6e,
+            cache_size: 10_000,
+            span: None,
+        }
+    }
+}
+
+impl DnsConfig {
+    /// The TTL a client is given for a record whose upstream TTL is `ttl`.
+    pub fn client_ttl(&self, ttl: u32) -> u32 {
+        ttl.min(self.max_ttl)
+    }
+
+    /// The timeout of the set element for an address answered with `ttl`: never shorter than
+    /// what the client was told, plus the grace period.
+    pub fn element_timeout_ms(&self, ttl: u32) -> u64 {
+        let life = self.client_ttl(ttl).max(self.min_ttl);
+        // At least a second: a TTL of 0 with min_ttl = grace = 0 must still let the client
+        // connect right after the answer (and the kernel refuses a zero timeout).
+        ((u64::from(life) + u64::from(self.grace)) * 1000).max(1000)
+    }
+
+    /// The loopback port queries are redirected to, per family (`None`: the forwarder does not
+    /// listen on that family's loopback, so that family's DNS is denied instead).
+    pub fn redirect_port(&self, v6: bool) -> Option<u16> {
+        self.listen.iter().find(|a| a.is_ipv6() == v6 && a.ip().is_loopback()).map(|a| a.port())
     }
 }

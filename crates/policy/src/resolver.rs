@@ -1,7 +1,30 @@
-//! A user database given as a table, for tests, benchmarks and tools that must not depend on the
-//! host's `/etc/passwd`.
+//! The facts of the host a policy needs (users, groups, files, cgroups) as the [`Resolver`] trait
+//! the caller implements, and [`StaticResolver`], such a database given as a table, for tests,
+//! benchmarks and tools that must not depend on the host's `/etc/passwd`.
 
-use crate::Resolver;
+/// Resolves user and group names to numeric ids. The binary implements it over the system's user
+/// database; tests implement it over a fixed table.
+pub trait Resolver {
+    fn user(&self, name: &str) -> Option<u32>;
+    fn group(&self, name: &str) -> Option<u32>;
+    /// The primary group of a user id, used when an expectation names a user but no group.
+    fn primary_group(&self, uid: u32) -> Option<u32>;
+    /// The contents of a file the policy names (a `[[set]]` file, the country database), as
+    /// written in the policy: the binary resolves it relative to the policy's directory.
+    fn read_file(&self, path: &str) -> Result<Vec<u8>, String> {
+        Err(format!("{path}: files cannot be read here"))
+    }
+    /// Where nft finds the cgroup v2 hierarchy, relative to `/sys/fs/cgroup`: `Some("")` on a
+    /// cgroup2-only host, `Some("unified")` on a hybrid one, `None` when cgroup v2 is not mounted.
+    fn cgroup2_prefix(&self) -> Option<String> {
+        None
+    }
+    /// The kernel's id (the inode number) of a cgroup v2 directory given relative to the cgroup v2
+    /// root, or `None` when it does not exist.
+    fn cgroup_id(&self, _path: &str) -> Option<u64> {
+        None
+    }
+}
 
 /// Users (name, uid, primary gid) and groups (name, gid), looked up by exact name.
 #[derive(Debug, Clone, Default)]

@@ -7,7 +7,7 @@
 //! it is pure (time zones come from the database bundled into the binary, the current time is a
 //! parameter).
 
-use crate::model::Window;
+use crate::model::{Policy, Window};
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, civil};
 
@@ -17,6 +17,21 @@ pub const WEEK: i64 = 7 * DAY;
 /// How far ahead [`periods`] looks for offset changes: a policy applied today keeps exact
 /// windows through the next daylight-saving transitions of the coming year.
 pub const HORIZON_DAYS: i64 = 400;
+
+// The time zone lives with the other time arithmetic, so that the model itself needs no time
+// zone database.
+impl Policy {
+    /// The time zone of `when` windows (`[defaults] timezone`, UTC when unset).
+    pub fn time_zone(&self) -> TimeZone {
+        self.defaults.timezone.as_deref().and_then(|n| zone(n).ok()).unwrap_or(TimeZone::UTC)
+    }
+
+    /// The local wall-clock time of an instant in the policy's time zone, which is what
+    /// `Connection::at` (see `explain`) holds.
+    pub fn local_time(&self, t: Timestamp) -> civil::DateTime {
+        local(&self.time_zone(), t)
+    }
+}
 
 /// Looks a time zone up by IANA name in the bundled database (so that the verdict does not depend
 /// on the host's tzdata); `UTC` is always there.

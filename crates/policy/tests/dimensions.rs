@@ -112,12 +112,12 @@ fn limits() {
         "version = 1\n[[rule]]\nname = \"api\"\naction = \"allow\"\nports = [443]\nrate = \"10/minute\"\nburst = 3\nmax_connections = 4\nlimit_per = \"destination\"\n",
     );
     let r = &p.rules[0];
-    assert_eq!(r.rate, Some(policy::Rate { count: 10, per_seconds: 60, burst: 3 }));
-    assert_eq!(r.max_connections, Some(4));
-    assert_eq!(r.limit_per, policy::LimitPer::Destination);
+    assert_eq!(r.limits.rate, Some(policy::Rate { count: 10, per_seconds: 60, burst: 3 }));
+    assert_eq!(r.limits.max_connections, Some(4));
+    assert_eq!(r.limits.per, policy::LimitPer::Destination);
     // The burst defaults to the count.
     let p = load_ok("version = 1\n[[rule]]\nname = \"api\"\naction = \"allow\"\nrate = \"7/second\"\n");
-    assert_eq!(p.rules[0].rate.unwrap().burst, 7);
+    assert_eq!(p.rules[0].limits.rate.unwrap().burst, 7);
 
     let d = diags("version = 1\n[[rule]]\nname = \"x\"\naction = \"deny\"\nrate = \"10/minute\"\n");
     assert_eq!(d[0].2, "limit-on-deny", "{d:#?}");
@@ -135,7 +135,7 @@ fn cgroups_and_services() {
     let src = "version = 1\n[[rule]]\nname = \"web\"\naction = \"allow\"\nservice = \"nginx\"\n\n[[rule]]\nname = \"later\"\naction = \"allow\"\nservice = [\"postgresql.service\"]\ncgroup = \"/user.slice\"\n";
     let (p, d) = load(src);
     let p = p.unwrap();
-    let web = &p.rules[0].cgroups.as_ref().unwrap()[0];
+    let web = &p.rules[0].cond.cgroups.as_ref().unwrap()[0];
     assert_eq!((web.path.as_str(), web.id, web.nft_path.as_str(), web.level()), ("system.slice/nginx.service", Some(4242), "unified/system.slice/nginx.service", 2));
     // Services that do not exist yet are warnings, not errors.
     let codes: Vec<&str> = d.iter().map(|x| x.code).collect();
@@ -175,7 +175,7 @@ fn named_sets() {
 
     // A rule may name a set defined after it.
     let later = "version = 1\n[[rule]]\nname = \"b\"\naction = \"deny\"\nto = [\"set:threats\"]\n[[set]]\nname = \"threats\"\nfile = \"feeds/block.txt\"\n";
-    assert_eq!(load_ok(later).rules[0].sets[0].index, 0);
+    assert_eq!(load_ok(later).rules[0].cond.sets[0].index, 0);
 
     let d = diags("version = 1\n[[set]]\nname = \"t\"\nfile = \"feeds/bad.txt\"\n[[set]]\nname = \"u\"\nfile = \"feeds/none.txt\"\n[[rule]]\nname = \"b\"\naction = \"deny\"\nto = [\"set:threat\"]\n");
     let got: Vec<(usize, &str)> = d.iter().map(|x| (x.0, x.2)).collect();
@@ -228,7 +228,7 @@ fn countries_from_each_database_layout() {
         let p = p.unwrap_or_else(|| panic!("{db}: {d:#?}"));
         // `xz` is a valid code the database does not have: a warning.
         assert_eq!(d.iter().map(|d| d.code).collect::<Vec<_>>(), vec!["unknown-country"], "{db}");
-        assert_eq!(p.rules[0].countries.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(), vec!["XA", "XZ"]);
+        assert_eq!(p.rules[0].cond.countries.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(), vec!["XA", "XZ"]);
         assert_eq!(explain(&p, &conn("192.0.2.7", 443)).decider, Decider::Rule(0), "{db}");
         assert_eq!(explain(&p, &conn("2001:db8:1::9", 443)).decider, Decider::Rule(0), "{db}");
         let e = explain(&p, &conn("198.51.100.7", 443));

@@ -68,14 +68,14 @@ fn dns_section_and_domain_rules_parse() {
     assert_eq!(p.dns.bypass, Bypass::Deny);
     assert_eq!(p.dns.redirect_port(false), Some(5353));
     let api = &p.rules[0];
-    assert_eq!(api.to, Some(vec!["198.51.100.0/24".parse().unwrap()]));
-    assert_eq!(api.domains.len(), 1);
-    assert_eq!(api.domains[0].to_string(), "api.example.test");
-    assert!(!api.domains[0].wildcard);
-    assert_eq!(p.rules[1].domains[0].to_string(), "*.ads.example.test");
+    assert_eq!(api.cond.to, Some(vec!["198.51.100.0/24".parse().unwrap()]));
+    assert_eq!(api.cond.domains.len(), 1);
+    assert_eq!(api.cond.domains[0].to_string(), "api.example.test");
+    assert!(!api.cond.domains[0].wildcard);
+    assert_eq!(p.rules[1].cond.domains[0].to_string(), "*.ads.example.test");
     // A rule naming only domains has no networks: only forwarder answers can match it.
-    assert_eq!(p.rules[1].to, Some(vec![]));
-    assert!(p.rules[3].allow_private);
+    assert_eq!(p.rules[1].cond.to, Some(vec![]));
+    assert!(p.rules[3].cond.allow_private);
     assert!(p.has_domain_rules());
 }
 
@@ -86,7 +86,7 @@ fn domain_expectations_get_an_address_no_rule_lists() {
     assert_eq!(x.name.as_deref(), Some("api.example.test"));
     assert_eq!(x.port, Some(443));
     // 198.51.100.0/24 is listed by `api`, so the synthetic address avoids it.
-    assert!(!p.rules.iter().filter_map(|r| r.to.as_ref()).flatten().any(|n| n.contains(&x.to)), "{}", x.to);
+    assert!(!p.rules.iter().filter_map(|r| r.cond.to.as_ref()).flatten().any(|n| n.contains(&x.to)), "{}", x.to);
     assert_eq!(p.expects[2].to, "10.1.2.3".parse::<std::net::IpAddr>().unwrap());
     for x in &p.expects {
         assert_eq!(explain(&p, &x.connection()).verdict, x.verdict, "{x:?}");

@@ -199,19 +199,19 @@ fn in_net(net: &IpNet, a: IpAddr) -> bool {
 
 /// The first failing condition of a rule, straight from the written semantics.
 fn reference_fail(r: &Rule, c: &Connection) -> Option<Cond> {
-    let proto_ok = match &r.protos {
+    let proto_ok = match &r.cond.protos {
         Some(list) => list.contains(&c.proto),
         // `ports` without a protocol means tcp and udp.
-        None => r.ports.is_none() || matches!(c.proto, Proto::Tcp | Proto::Udp),
+        None => r.cond.ports.is_none() || matches!(c.proto, Proto::Tcp | Proto::Udp),
     };
-    let port_ok = match (&r.ports, c.port) {
+    let port_ok = match (&r.cond.ports, c.port) {
         (None, _) => true,
         (Some(_), None) => false,
         (Some(list), Some(p)) => list.iter().any(|x| x.first <= p && p <= x.last),
     };
-    let to_ok = r.to.as_ref().is_none_or(|nets| nets.iter().any(|n| in_net(n, c.dst)));
-    let user_ok = r.users.as_ref().is_none_or(|u| u.iter().any(|p| p.id == c.uid));
-    let group_ok = r.groups.as_ref().is_none_or(|g| g.iter().any(|p| p.id == c.gid));
+    let to_ok = r.cond.to.as_ref().is_none_or(|nets| nets.iter().any(|n| in_net(n, c.dst)));
+    let user_ok = r.cond.users.as_ref().is_none_or(|u| u.iter().any(|p| p.id == c.uid));
+    let group_ok = r.cond.groups.as_ref().is_none_or(|g| g.iter().any(|p| p.id == c.gid));
     [(proto_ok, Cond::Proto), (port_ok, Cond::Port), (to_ok, Cond::To), (user_ok, Cond::User), (group_ok, Cond::Group)]
         .into_iter()
         .find(|(ok, _)| !ok)

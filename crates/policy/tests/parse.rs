@@ -196,13 +196,13 @@ fn rule_proto() {
 
 #[test]
 fn rule_proto_forms() {
-    let protos = |v: &str| load_ok(&with_rule(&format!("proto = {v}\n"))).rules[0].protos.clone();
+    let protos = |v: &str| load_ok(&with_rule(&format!("proto = {v}\n"))).rules[0].cond.protos.clone();
     assert_eq!(protos("\"udp\""), Some(vec![Proto::Udp]));
     assert_eq!(protos("[\"udp\", \"tcp\", \"udp\"]"), Some(vec![Proto::Udp, Proto::Tcp]));
     assert_eq!(protos("\"any\""), None);
     assert_eq!(protos("[\"icmp\", \"any\"]"), None);
     assert_eq!(protos("[]"), Some(vec![]));
-    assert_eq!(load_ok(&with_rule("")).rules[0].protos, None);
+    assert_eq!(load_ok(&with_rule("")).rules[0].cond.protos, None);
 }
 
 #[test]
@@ -249,12 +249,12 @@ fn rule_ports() {
     let src = with_rule("ports = [53, \"8000-8080\", \"443\"]\n");
     let p = load_ok(&src);
     assert_eq!(
-        p.rules[0].ports,
+        p.rules[0].cond.ports,
         Some(vec![PortRange::single(53), PortRange { first: 8000, last: 8080 }, PortRange::single(443)])
     );
-    assert_eq!(p.rules[0].ports_span, Some(span_of(&src, "[53, \"8000-8080\", \"443\"]")));
+    assert_eq!(p.rules[0].cond.ports_span, Some(span_of(&src, "[53, \"8000-8080\", \"443\"]")));
     // A single port needs no list.
-    assert_eq!(load_ok(&with_rule("ports = 22\n")).rules[0].ports, Some(vec![PortRange::single(22)]));
+    assert_eq!(load_ok(&with_rule("ports = 22\n")).rules[0].cond.ports, Some(vec![PortRange::single(22)]));
 }
 
 #[test]
@@ -283,7 +283,7 @@ fn rule_to() {
     let p = load_ok(&with_rule("to = [\"192.0.2.53\", \"198.51.100.0/24\", \"::1\", \"0.0.0.0/0\"]\n"));
     let nets: Vec<IpNet> =
         ["192.0.2.53/32", "198.51.100.0/24", "::1/128", "0.0.0.0/0"].iter().map(|s| s.parse().unwrap()).collect();
-    assert_eq!(p.rules[0].to, Some(nets));
+    assert_eq!(p.rules[0].cond.to, Some(nets));
 }
 
 #[test]
@@ -299,14 +299,14 @@ fn rule_users_and_groups() {
     let src = with_rule("user = [\"root\", 1000]\ngroup = \"developers\"\n");
     let r = &load_ok(&src).rules[0];
     assert_eq!(
-        r.users,
+        r.cond.users,
         Some(vec![
             Principal { name: Some("root".into()), id: 0, span: span_of(&src, "\"root\"") },
             Principal { name: None, id: 1000, span: span_of(&src, "1000") },
         ])
     );
     assert_eq!(
-        r.groups,
+        r.cond.groups,
         Some(vec![Principal { name: Some("developers".into()), id: 1001, span: span_of(&src, "\"developers\"") }])
     );
 }
@@ -578,41 +578,45 @@ fn full_example_parses_to_the_expected_policy() {
                 span: header(0),
                 name_span: span_of(src, "\"dns\""),
                 action: Action::Allow,
-                protos: Some(vec![Proto::Udp]),
-                ports: Some(vec![PortRange::single(53), PortRange { first: 8000, last: 8080 }]),
-                ports_span: Some(span_of(src, "[53, \"8000-8080\"]")),
-                to: Some(vec![
-                    "192.0.2.53/32".parse().unwrap(),
-                    "198.51.100.0/24".parse().unwrap(),
-                    "2001:db8::/32".parse().unwrap(),
-                ]),
-                to_span: Some(span_of(src, "[\"192.0.2.53\", \"198.51.100.0/24\", \"2001:db8::/32\"]")),
-                domains: vec![],
-                allow_private: false,
-                users: Some(vec![
-                    Principal {
-                        name: Some("root".into()),
-                        id: 0,
-                        span: span_of(src, "[\"root\", 1000]").start + 1..span_of(src, "[\"root\", 1000]").start + 7,
-                    },
-                    Principal { name: None, id: 1000, span: span_of(src, "1000") },
-                ]),
-                groups: Some(vec![Principal {
-                    name: Some("developers".into()),
-                    id: 1001,
-                    span: span_of(src, "\"developers\""),
-                }]),
-                sets: vec![],
-                countries: vec![],
-                country_ranges: Default::default(),
-                cgroups: None,
-                cgroups_span: None,
-                when: None,
-                when_span: None,
-                rate: None,
-                max_connections: None,
-                limit_per: Default::default(),
-                limit_span: None,
+                cond: Conditions {
+                    protos: Some(vec![Proto::Udp]),
+                    ports: Some(vec![PortRange::single(53), PortRange { first: 8000, last: 8080 }]),
+                    ports_span: Some(span_of(src, "[53, \"8000-8080\"]")),
+                    to: Some(vec![
+                        "192.0.2.53/32".parse().unwrap(),
+                        "198.51.100.0/24".parse().unwrap(),
+                        "2001:db8::/32".parse().unwrap(),
+                    ]),
+                    to_span: Some(span_of(src, "[\"192.0.2.53\", \"198.51.100.0/24\", \"2001:db8::/32\"]")),
+                    domains: vec![],
+                    allow_private: false,
+                    sets: vec![],
+                    countries: vec![],
+                    country_ranges: Default::default(),
+                    users: Some(vec![
+                        Principal {
+                            name: Some("root".into()),
+                            id: 0,
+                            span: span_of(src, "[\"root\", 1000]").start + 1..span_of(src, "[\"root\", 1000]").start + 7,
+                        },
+                        Principal { name: None, id: 1000, span: span_of(src, "1000") },
+                    ]),
+                    groups: Some(vec![Principal {
+                        name: Some("developers".into()),
+                        id: 1001,
+                        span: span_of(src, "\"developers\""),
+                    }]),
+                    cgroups: None,
+                    cgroups_span: None,
+                    when: None,
+                    when_span: None,
+                },
+                limits: Limits {
+                    rate: None,
+                    max_connections: None,
+                    per: Default::default(),
+                    span: None,
+                },
                 log: false,
                 purpose: Some("Name resolution".into()),
                 justification: Some("Every service needs DNS".into()),
@@ -626,26 +630,30 @@ fn full_example_parses_to_the_expected_policy() {
                 span: header(1),
                 name_span: span_of(src, "\"no-smtp\""),
                 action: Action::Deny,
-                protos: None,
-                ports: Some(vec![PortRange::single(25)]),
-                ports_span: Some(span_of(src, "25\n").start..span_of(src, "25\n").start + 2),
-                to: None,
-                to_span: None,
-                domains: vec![],
-                allow_private: false,
-                users: None,
-                groups: None,
-                sets: vec![],
-                countries: vec![],
-                country_ranges: Default::default(),
-                cgroups: None,
-                cgroups_span: None,
-                when: None,
-                when_span: None,
-                rate: None,
-                max_connections: None,
-                limit_per: Default::default(),
-                limit_span: None,
+                cond: Conditions {
+                    protos: None,
+                    ports: Some(vec![PortRange::single(25)]),
+                    ports_span: Some(span_of(src, "25\n").start..span_of(src, "25\n").start + 2),
+                    to: None,
+                    to_span: None,
+                    domains: vec![],
+                    allow_private: false,
+                    sets: vec![],
+                    countries: vec![],
+                    country_ranges: Default::default(),
+                    users: None,
+                    groups: None,
+                    cgroups: None,
+                    cgroups_span: None,
+                    when: None,
+                    when_span: None,
+                },
+                limits: Limits {
+                    rate: None,
+                    max_connections: None,
+                    per: Default::default(),
+                    span: None,
+                },
                 log: true,
                 purpose: None,
                 justification: None,

@@ -185,7 +185,7 @@ pub fn compile(policy: &Policy, opts: &CompileOptions) -> Table {
 /// The DNS bypass control: the forwarder's marked queries go out; other DNS is redirected to
 /// the forwarder (a nat chain, returned) or denied (filter rules, appended to `rules`).
 fn dns_control(policy: &Policy, sets: &mut Vec<Set>, rules: &mut Vec<Rule>) -> Option<Chain> {
-    use policy::dns::{Bypass, DNS_PORT, DOT_PORT};
+    use policy::{Bypass, DNS_PORT, DOT_PORT};
     let dns = &policy.dns;
     sets.push(Set {
         name: DNS_PORTS_SET.into(),
@@ -308,11 +308,32 @@ fn compile_rule(
     if rule.matches_nothing().is_some() {
         return;
     }
+    let policy::Conditions {
+        protos: _, // through `effective_protos`
+        ports,
+        ports_span: _,
+        to,
+        to_span: _,
+        domains,
+        // The forwarder's business: it decides which answers go into the domain sets.
+        allow_private: _,
+        sets: named_sets,
+        countries: _, // their networks are `country_ranges`
+        country_ranges,
+        users,
+        groups,
+        cgroups,
+        cgroups_span: _,
+        when,
+        when_span: _,
+    } = &rule.cond;
+    // The limits go into the rule's own chain (`limit_chain`).
+    let policy::Limits { rate, max_connections, per: _, span: _ } = &rule.limits;
     let protos = rule.effective_protos();
     let set_name = |suffix: &str| format!("r_{}_{}", rule.name, suffix);
 
     // Destinations, split by family. `None` = any destination, any family.
-    let families: Vec<Option<Stmt>> = match &rule.to {
+    let families: Vec<Option<Stmt>> = match to {
         None => vec![None],
         Some(nets) => {
             let (v4, v6) = merge_nets(nets);
@@ -348,13 +369,13 @@ fn compile_rule(
                 })));
             }
             // Named sets: the shared `s_NAME_v4`/`s_NAME_v6` interval sets.
-            for r in &rule.sets {
+            for r in named_sets {
                 let Some(named) = policy.sets.get(r.index) else { continue };
                 f.push(Some(Stmt::Daddr4(Value::InSet(named_set_name(&named.name, Family::Ipv4)))));
                 f.push(Some(Stmt::Daddr6(Value::InSet(named_set_name(&named.name, Family::Ipv6)))));
             }
             // Countries: the union of the rule's countries, one interval set per family.
-            let c = &rule.country_ranges;
+            let c = country_ranges;
             if !c.v4.is_empty() {
                 sets.push(Set {
                     name: set_name("c4"),
@@ -379,7 +400,7 @@ fn compile_rule(
             }
             // Addresses the forwarder answered for the rule's names: one timeout set per family,
             // filled at run time (and warmed up at apply), matched like any destination list.
-            if !rule.domains.is_empty() {
+            if !domains.is_empty() {
                 for (family, key) in [(Family::Ipv4, KeyType::Ipv4Addr), (Family::Ipv6, KeyType::Ipv6Addr)] {
                     let name = domain_set_name(&rule.name, family);
                     sets.push(Set {
@@ -403,7 +424,7 @@ fn compile_rule(
         }
     };
 
-    let ports: Option<Value<u16>> = rule.ports.as_ref().map(|ports| {
+    let ports: Option<Value<u16>> = ports.as_ref().map(|ports| {
         let merged = merge_ports(ports.iter().map(|p| (p.first, p.last)));
         if merged.len() == 1 && merged[0].0 == merged[0].1 {
             Value::Eq(merged[0].0)
@@ -433,8 +454,8 @@ fn compile_rule(
             }
         })
     };
-    let uid = ids(&rule.users, "uid", KeyType::Uid);
-    let gid = ids(&rule.groups, "gid", KeyType::Gid);
+    let uid = ids(users, "uid", KeyType::Uid);
+    let gid = ids(groups, "gid", KeyType::Gid);
 
     let protos: Vec<Option<Proto>> = match protos {
         None => vec![None],
@@ -447,7 +468,7 @@ fn compile_rule(
     };
 
     // Processes: one kernel rule per cgroup (they may sit at different levels).
-    let cgroups: Vec<Option<Stmt>> = match &rule.cgroups {
+    let cgroups: Vec<Option<Stmt>> = match cgroups {
         None => vec![None],
         Some(list) => list
             .iter()
@@ -456,12 +477,12 @@ fn compile_rule(
             })
             .collect(),
     };
-    let times: Vec<Vec<Stmt>> = match &rule.when {
+    let times: Vec<Vec<Stmt>> = match when {
         None => vec![Vec::new()],
         Some(windows) => time_conditions(policy, windows, opts),
     };
     // An allow rule with limits jumps to its own chain, which holds the one limiter of the rule.
-    let limited = rule.action == Action::Allow && (rule.rate.is_some() || rule.max_connections.is_some());
+    let limited = rule.action == Action::Allow && (rate.is_some() || max_connections.is_some());
     if limited {
         chains.push(limit_chain(policy, rule, sets));
     }
@@ -539,7 +560,8 @@ fn compile_rule(
 /// count comes first so that a connection over it takes no token from the rate.
 fn limit_chain(policy: &Policy, rule: &policy::Rule, sets: &mut Vec<Set>) -> Chain {
     let name = &rule.name;
-    let rate = rule.rate.map(|r| RateLimit {
+    let policy::Limits { rate, max_connections, per, span: _ } = &rule.limits;
+    let rate = rate.map(|r| RateLimit {
         rate: r.count as u64,
         unit: match r.per_seconds {
             1 => RateUnit::Second,
@@ -549,7 +571,7 @@ fn limit_chain(policy: &Policy, rule: &policy::Rule, sets: &mut Vec<Set>) -> Cha
         },
         burst: r.burst,
     });
-    let keys: Vec<Option<(MeterKey, &str)>> = match rule.limit_per {
+    let keys: Vec<Option<(MeterKey, &str)>> = match per {
         LimitPer::Rule => vec![None],
         LimitPer::Destination => vec![Some((MeterKey::Daddr4, "4")), Some((MeterKey::Daddr6, "6"))],
         LimitPer::User => vec![Some((MeterKey::SkUid, "u"))],
@@ -557,7 +579,7 @@ fn limit_chain(policy: &Policy, rule: &policy::Rule, sets: &mut Vec<Set>) -> Cha
     let mut rules = Vec::new();
     for key in keys {
         let mut stmts = Vec::new();
-        if let Some(n) = rule.max_connections {
+        if let Some(n) = *max_connections {
             match key {
                 None => stmts.push(Stmt::CtCount(n)),
                 Some((k, suffix)) => {

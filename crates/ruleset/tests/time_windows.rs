@@ -69,7 +69,7 @@ proptest! {
         let p = policy_with(ZONES[zone], &windows);
         let now = jiff::Timestamp::from_second(start).unwrap();
         let opts = CompileOptions { now: Some(now), kernel_minutes_west: west, ..Default::default() };
-        let w = p.rules[0].when.clone().unwrap();
+        let w = p.rules[0].cond.when.clone().unwrap();
         let variants = time_conditions(&p, &w, &opts);
         let tz = p.time_zone();
         let mut instants: Vec<i64> = (0..(365 * 24 / 7)).map(|i| start + i * 7 * 3600 + (i * 611) % 3600).collect();
@@ -92,7 +92,7 @@ proptest! {
     #[test]
     fn imitated_time_agrees(zone in 0usize..ZONES.len(), windows in prop::collection::vec(arb_window(), 1..4), now in 1_700_000_000i64..1_900_000_000, at_min in 0i64..(7 * 1440)) {
         let p = policy_with(ZONES[zone], &windows);
-        let w = p.rules[0].when.clone().unwrap();
+        let w = p.rules[0].cond.when.clone().unwrap();
         // 2026-01-04 is a Sunday.
         let at = jiff::civil::date(2026, 1, 4).at(0, 0, 0, 0) + jiff::Span::new().minutes(at_min);
         let opts = CompileOptions { imitate: Some((jiff::Timestamp::from_second(now).unwrap(), at)), ..Default::default() };

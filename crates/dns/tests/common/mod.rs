@@ -318,7 +318,7 @@ pub fn policy() -> Policy {
 
 /// Set names `RULE_v4` / `RULE_v6` for every domain rule.
 pub fn sets(p: &Policy) -> Vec<Option<RuleSets>> {
-    p.rules.iter().map(|r| (!r.domains.is_empty()).then(|| RuleSets { v4: format!("{}_v4", r.name).into(), v6: format!("{}_v6", r.name).into() })).collect()
+    p.rules.iter().map(|r| (!r.cond.domains.is_empty()).then(|| RuleSets { v4: format!("{}_v4", r.name).into(), v6: format!("{}_v6", r.name).into() })).collect()
 }
 
 pub struct Running {
@@ -350,7 +350,7 @@ impl Drop for Running {
 
 /// Starts a forwarder on 127.0.0.1:0 asking `upstreams`, after `tweak` adjusted the `[dns]`
 /// settings. SO_MARK is set when running as root (as the real forwarder does).
-pub async fn forwarder(upstreams: &[SocketAddr], own: Vec<IpAddr>, tweak: impl FnOnce(&mut policy::dns::DnsConfig)) -> Running {
+pub async fn forwarder(upstreams: &[SocketAddr], own: Vec<IpAddr>, tweak: impl FnOnce(&mut policy::DnsConfig)) -> Running {
     let mut p = policy();
     p.dns.listen = vec!["127.0.0.1:0".parse().unwrap()];
     p.dns.upstreams = upstreams.to_vec();

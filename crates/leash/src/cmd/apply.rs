@@ -61,7 +61,7 @@ pub fn run(a: &Args, json: bool, fw: &dyn Firewall, state: &State) -> Result<u8>
     }
     // Time windows are compiled per daylight-saving period of the coming 400 days; say how far
     // that reaches, since the last period's offset stays past it until the next apply.
-    let windows = p.rules.iter().any(|r| r.when.is_some()).then(|| {
+    let windows = p.rules.iter().any(|r| r.cond.when.is_some()).then(|| {
         let now = jiff::Timestamp::now();
         let periods = policy::time::periods(&p.time_zone(), now);
         let exact_until = now + jiff::SignedDuration::from_hours(24 * policy::time::HORIZON_DAYS);
@@ -219,7 +219,7 @@ pub struct WarmUp {
 /// shorter than that, nor two for one element.
 fn warm_up(p: &Policy, carried: &HashMap<(String, IpAddr), u64>, fw: &dyn Firewall) -> Result<WarmUp> {
     let mut w = WarmUp::default();
-    let mut names: Vec<&str> = p.rules.iter().flat_map(|r| &r.domains).filter(|d| !d.wildcard).map(|d| d.name.as_str()).collect();
+    let mut names: Vec<&str> = p.rules.iter().flat_map(|r| &r.cond.domains).filter(|d| !d.wildcard).map(|d| d.name.as_str()).collect();
     names.sort_unstable();
     names.dedup();
     w.names = names.len();

@@ -39,7 +39,7 @@ fn rule_sets(p: &Policy) -> Vec<Option<dns::RuleSets>> {
     p.rules
         .iter()
         .map(|r| {
-            (!r.domains.is_empty()).then(|| dns::RuleSets {
+            (!r.cond.domains.is_empty()).then(|| dns::RuleSets {
                 v4: ruleset::domain_set_name(&r.name, ruleset::Family::Ipv4).into(),
                 v6: ruleset::domain_set_name(&r.name, ruleset::Family::Ipv6).into(),
             })
@@ -87,7 +87,7 @@ pub fn run(a: &Args, fw: &dyn Firewall) -> Result<u8> {
             "leash dns: listening on {} (udp, tcp); upstreams {}; {} domain rule(s); bypass {}",
             listen.join(", "),
             upstreams.join(", "),
-            policy.rules.iter().filter(|r| !r.domains.is_empty()).count(),
+            policy.rules.iter().filter(|r| !r.cond.domains.is_empty()).count(),
             policy.dns.bypass.as_str()
         );
         let handle = fwd.handle();

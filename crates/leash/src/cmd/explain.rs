@@ -172,7 +172,7 @@ fn print_explanation(
         c.gid
     );
     // The time shows when it was asked for or when windows decide; the cgroup when given.
-    let shown_time = at.or(c.at.filter(|_| p.rules.iter().any(|r| r.when.is_some())));
+    let shown_time = at.or(c.at.filter(|_| p.rules.iter().any(|r| r.cond.when.is_some())));
     let conn_text = format!(
         "{conn_text}{}{}",
         c.cgroup.as_ref().map(|g| format!(" in cgroup /{g}")).unwrap_or_default(),
@@ -230,17 +230,19 @@ fn print_explanation(
 /// What an allow rule's `rate` and `max_connections` let through, for explain: the verdict holds
 /// only below them.
 fn limits_text(p: &Policy, r: &policy::Rule) -> Option<String> {
+    // Every limit, so that a new one does not compile until explain says what it lets through.
+    let policy::Limits { rate, max_connections, per, span: _ } = &r.limits;
     let mut parts = Vec::new();
-    if let Some(rate) = r.rate {
+    if let Some(rate) = rate {
         parts.push(format!("at most {rate} new connections"));
     }
-    if let Some(n) = r.max_connections {
+    if let Some(n) = max_connections {
         parts.push(format!("at most {n} connections at once"));
     }
     if parts.is_empty() {
         return None;
     }
-    let per = match r.limit_per {
+    let per = match per {
         policy::LimitPer::Rule => "for the whole rule",
         policy::LimitPer::Destination => "per destination",
         policy::LimitPer::User => "per user",

@@ -426,7 +426,7 @@ fn world(dir: &TempDir, g: &GenPolicy) -> World {
 fn with_expectations(text: &str, conns: &[GenConn], g: &GenPolicy, w: &World, now: jiff::Timestamp) -> String {
     let (p, diags) = policy::load(text, w);
     let p = p.unwrap_or_else(|| panic!("generated policy invalid: {diags:?}\n{text}"));
-    let windows: Vec<policy::Window> = p.rules.iter().filter_map(|r| r.when.clone()).flatten().collect();
+    let windows: Vec<policy::Window> = p.rules.iter().filter_map(|r| r.cond.when.clone()).flatten().collect();
     let mut s = text.to_string();
     for (i, c) in conns.iter().enumerate() {
         let mut proto = PROTOS[c.proto];
@@ -537,13 +537,34 @@ fn explain_agrees_with_the_kernel_on_random_policies() {
                 let ex = policy::explain(&p, &conn);
                 let mut seen = seen.borrow_mut();
                 if let policy::Decider::Rule(i) = ex.decider {
-                    let r = &p.rules[i];
+                    // Every condition and limit is named here, so that a new one does not
+                    // compile until it is either counted or said to be covered otherwise.
+                    let policy::Conditions {
+                        // The first dimensions: reached by every generated policy.
+                        protos: _,
+                        ports: _,
+                        ports_span: _,
+                        to: _,
+                        to_span: _,
+                        domains: _,
+                        allow_private: _,
+                        users: _,
+                        groups: _,
+                        sets,
+                        countries,
+                        country_ranges: _,
+                        cgroups,
+                        cgroups_span: _,
+                        when,
+                        when_span: _,
+                    } = &p.rules[i].cond;
+                    let policy::Limits { rate, max_connections, per: _, span: _ } = &p.rules[i].limits;
                     for (on, what) in [
-                        (r.when.is_some(), "decided by a when rule"),
-                        (r.cgroups.is_some(), "decided by a cgroup rule"),
-                        (!r.sets.is_empty(), "decided by a set rule"),
-                        (!r.countries.is_empty(), "decided by a country rule"),
-                        (r.rate.is_some() || r.max_connections.is_some(), "decided by a limited rule"),
+                        (when.is_some(), "decided by a when rule"),
+                        (cgroups.is_some(), "decided by a cgroup rule"),
+                        (!sets.is_empty(), "decided by a set rule"),
+                        (!countries.is_empty(), "decided by a country rule"),
+                        (rate.is_some() || max_connections.is_some(), "decided by a limited rule"),
                     ] {
                         if on {
                             *seen.entry(what).or_default() += 1;

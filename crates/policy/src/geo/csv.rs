@@ -6,7 +6,7 @@
 //! column, so that the caller can point at it like at a policy error; a row without a country is
 //! skipped, since both vendors use those for networks they could not place.
 
-use super::{Builder, CountryDb, CsvFile, GeoError, normalize_code};
+use super::db::{Builder, CountryDb, CsvFile, GeoError, normalize_code};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -267,4 +267,44 @@ pub(super) fn read_geolite(blocks: &[&str], locations: &str) -> Result<CountryDb
         }
     }
     b.finish()
+}
+
+/// The bytes of a CSV file as text, or an error with the line and column of the first byte that is
+/// not UTF-8 (so that a binary file named by mistake gets a precise message).
+pub fn csv_text(bytes: &[u8], file: CsvFile) -> Result<&str, GeoError> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let good = &bytes[..e.valid_up_to()];
+        let line_start = good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        // `good` is valid UTF-8, so counting characters on it is safe.
+        let col = String::from_utf8_lossy(&good[line_start..]).chars().count() + 1;
+        let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
+        GeoError::Csv {
+            file,
+            line,
+            col,
+            msg: "the file is not UTF-8 text (is it a binary database with a .csv name?)".into(),
+        }
+    })
+}
+
+/// The name of the GeoLite2 (or GeoIP2) locations file that belongs to a blocks file name, for
+/// example `GeoLite2-Country-Blocks-IPv4.csv` → `GeoLite2-Country-Locations-en.csv`. The caller
+/// looks for it in the same directory when the policy does not name one.
+pub fn geolite_locations_name(blocks_file_name: &str) -> Option<String> {
+    ["-Blocks-IPv4", "-Blocks-IPv6"]
+        .iter()
+        .find_map(|tag| blocks_file_name.find(tag).map(|i| (i, tag.len())))
+        .map(|(i, n)| format!("{}-Locations-en{}", &blocks_file_name[..i], &blocks_file_name[i + n..]))
+}
+
+/// The other family's blocks file of a GeoLite2 blocks file name (`...-Blocks-IPv4.csv` ↔
+/// `...-Blocks-IPv6.csv`), since MaxMind ships the two families in separate files.
+pub fn geolite_sibling_blocks_name(blocks_file_name: &str) -> Option<String> {
+    if let Some(i) = blocks_file_name.find("-Blocks-IPv4") {
+        Some(format!("{}-Blocks-IPv6{}", &blocks_file_name[..i], &blocks_file_name[i + 12..]))
+    } else {
+        blocks_file_name
+            .find("-Blocks-IPv6")
+            .map(|i| format!("{}-Blocks-IPv4{}", &blocks_file_name[..i], &blocks_file_name[i + 12..]))
+    }
 }

@@ -7,7 +7,7 @@
 //! the data decoder run on a budget proportional to the file size. A hostile file therefore gets an
 //! error in bounded time instead of a panic, a stack overflow or an endless loop.
 
-use super::{Builder, CountryDb, GeoError, normalize_code};
+use super::db::{Builder, CountryDb, GeoError, normalize_code};
 use std::collections::HashMap;
 
 /// Every MaxMind DB ends with this marker followed by the metadata map.

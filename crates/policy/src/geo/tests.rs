@@ -3,7 +3,9 @@
 
 use super::testdb::{self, MmdbOptions};
 use super::*;
+use crate::ranges::AddrRanges;
 use ipnet::IpNet;
+use std::net::IpAddr;
 use proptest::prelude::*;
 
 fn net(s: &str) -> IpNet {
