@@ -31,7 +31,7 @@ impl AsRawFd for Socket {
 const INITIAL_RECV_BUF: usize = 64 * 1024;
 
 impl Socket {
-    /// Opens a netlink socket of `protocol` (e.g. [`NETLINK_NETFILTER`], [`NETLINK_ROUTE`]) and
+    /// Opens a netlink socket of `protocol` (e.g. [`crate::nl::NETLINK_NETFILTER`], [`crate::nl::NETLINK_ROUTE`]) and
     /// binds it to a kernel-assigned port id.
     pub fn open(protocol: i32) -> Result<Socket, NlError> {
         // SAFETY: plain system call; the returned fd is owned below.

@@ -1,7 +1,7 @@
 //! The netlink wire format: protocol numbers, message and attribute constants, alignment and the
 //! message header (`linux/netlink.h`).
 
-/// Netlink protocol numbers for [`Socket::open`].
+/// Netlink protocol numbers for [`crate::nl::Socket::open`].
 pub const NETLINK_ROUTE: i32 = libc::NETLINK_ROUTE;
 pub const NETLINK_NETFILTER: i32 = libc::NETLINK_NETFILTER;
 
