@@ -24,9 +24,9 @@ use crate::ip::{self, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 pub struct Packet {
     pub src: IpAddr,
     pub dst: IpAddr,
-    /// The upper-layer protocol: for IPv6 after the extension headers when the event shows them
-    /// (it does not: the kernel copies 40 bytes of network header, so an extension header shows as
-    /// itself, with no ports).
+    /// The upper-layer protocol. The kernel copies only the first 40 bytes of the network header,
+    /// which leaves out IPv6 extension headers: such a packet shows the first extension header's
+    /// number here, and no ports.
     pub proto: u8,
     pub sport: Option<u16>,
     pub dport: Option<u16>,
@@ -38,8 +38,8 @@ pub struct Packet {
 
 impl Packet {
     /// Parses the network and transport header bytes of a trace event (with the parser `log`
-    /// uses, see [`crate::ip::parse_headers`]); `None` when the network header is too short to
-    /// hold the addresses.
+    /// uses, see [`crate::ip::parse_headers`]); `None` when the network header is not an IPv4 or
+    /// IPv6 header long enough to hold the addresses.
     pub fn parse(network: &[u8], transport: Option<&[u8]>) -> Option<Packet> {
         let s = ip::parse_headers(network, transport)?;
         Some(Packet {

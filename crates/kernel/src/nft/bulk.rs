@@ -459,8 +459,9 @@ mod tests {
     use crate::nft::codec::{Inc, put_element_list};
     use ruleset::Set;
 
-    // The reference encoding of elements below is kept for tests: `bulk` encodes them without
-    // allocating and is checked against it byte for byte.
+    // The reference encoding of elements: a `KernelElem` per kernel element, written with
+    // `codec::put_element_list`. The streaming encoder above (no allocation per element) is
+    // checked against it byte for byte.
     impl KernelElem {
         fn key(key: Vec<u8>) -> KernelElem {
             KernelElem {
