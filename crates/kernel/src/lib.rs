@@ -7,14 +7,14 @@ pub mod nft;
 pub mod nl;
 pub mod rtnl;
 pub mod sockdiag;
-pub mod trace;
 #[cfg(feature = "testutil")]
 pub mod testutil;
 
 pub use firewall::{Firewall, Netlink};
+pub use nft::trace;
 pub use nft::{
     ApplyOptions, ApplyReport, ChainStatus, Counter, ElementCount, Error, ReplaceOptions,
-    ReplaceReport, RuleStatus, SetContents, SetStatus, SetWriter, TableInfo, TableStatus,
-    TimedElement, apply, disable, encode_apply_batch, replace_set_elements, status, status_with,
-    table_comment, timed_elements,
+    ReplaceReport, RuleStatus, SetContents, SetElement, SetStatus, SetWriter, TableInfo,
+    TableStatus, TimedElement, apply, disable, encode_apply_batch, replace_set_elements,
+    set_elements, status, status_with, table_comment, timed_elements,
 };

@@ -414,21 +414,24 @@ impl Subscriber {
             for msg in Messages::new(&d) {
                 let msg = msg.map_err(netlink("parsing the NFLOG bind ack"))?;
                 if msg.header.ty == nl::NLMSG_ERROR && msg.header.seq == CONFIG_SEQ {
-                    let e = nl::parse_error(&msg).map_err(netlink("parsing the NFLOG bind ack"))?;
-                    acked = Some(e);
+                    acked = Some(match nl::ack_result(&msg) {
+                        Ok(()) => Ok(()),
+                        Err(NlError::Kernel(e)) => Err(e),
+                        Err(e) => return Err(netlink("parsing the NFLOG bind ack")(e)),
+                    });
                 } else if let Some(p) = self.acct.packet_of(&msg, received) {
                     self.pending.push(p);
                 }
             }
             match acked {
                 None => {}
-                Some(e) if e.errno == 0 => return Ok(()),
-                Some(e) if e.errno == libc::EPERM && has_cap_net_admin() => {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(e)) if e.errno == libc::EPERM && has_cap_net_admin() => {
                     return Err(Error::GroupBusy { group });
                 }
-                Some(e) if e.errno == libc::EPERM => return Err(Error::Permission { group }),
-                Some(e) if e.errno == libc::EBUSY => return Err(Error::GroupBusy { group }),
-                Some(e) => {
+                Some(Err(e)) if e.errno == libc::EPERM => return Err(Error::Permission { group }),
+                Some(Err(e)) if e.errno == libc::EBUSY => return Err(Error::GroupBusy { group }),
+                Some(Err(e)) => {
                     return Err(Error::Netlink {
                         context: "binding the NFLOG group",
                         source: NlError::Kernel(e),

@@ -201,10 +201,11 @@ impl Rtnl {
         let what = || format!("look up interface {}", label());
         b.end(m).map_err(|e| netlink(&what(), e))?;
         let mut found: Option<Result<LinkInfo, NlError>> = None;
-        let res = self.transact(b.as_bytes(), seq, |msg| {
+        let res = self.sock.request(b.as_bytes(), |msg| {
             if msg.header.ty == RTM_NEWLINK && found.is_none() {
                 found = Some(parse_link(msg));
             }
+            Ok(())
         });
         match res {
             Err(NlError::Kernel(e)) if e.errno == libc::ENODEV => Err(Error::NoSuchLink(label())),
@@ -298,11 +299,12 @@ impl Rtnl {
         let what = || format!("look up the route to {addr}");
         b.end(m).map_err(|e| netlink(&what(), e))?;
         let mut kind = None;
-        let res = self.transact(b.as_bytes(), seq, |msg| {
+        let res = self.sock.request(b.as_bytes(), |msg| {
             // struct rtmsg: ..., byte 7 is rtm_type.
             if msg.header.ty == RTM_NEWROUTE && msg.payload.len() >= 8 {
                 kind = Some(msg.payload[7]);
             }
+            Ok(())
         });
         match res {
             // No route at all is as good an answer as a non-local one.
@@ -329,26 +331,6 @@ impl Rtnl {
             std::thread::sleep(Duration::from_millis(1));
         }
         Ok(())
-    }
-
-    /// Sends one request flagged `NLM_F_ACK` and hands every reply of its sequence number to
-    /// `each` until the ack (or the error) arrives. For GET requests that answer with one message.
-    fn transact(&mut self, msg: &[u8], seq: u32, mut each: impl FnMut(&nl::Message<'_>)) -> Result<(), NlError> {
-        self.sock.send(msg)?;
-        loop {
-            let d = self.sock.recv(true)?.expect("blocking recv returns data");
-            for m in nl::Messages::new(d) {
-                let m = m?;
-                if m.header.seq != seq {
-                    continue;
-                }
-                if m.header.ty == nl::NLMSG_ERROR {
-                    let e = nl::parse_error(&m)?;
-                    return if e.errno == 0 { Ok(()) } else { Err(NlError::Kernel(e)) };
-                }
-                each(&m);
-            }
-        }
     }
 }
 

@@ -480,12 +480,7 @@ impl SockDiag {
                     // sockets that come and go during it may be missed or listed twice, like
                     // with `ss`. That is fine for a listing.
                     NLMSG_DONE => return Ok(()),
-                    NLMSG_ERROR => {
-                        let e = nl::parse_error(&m)?;
-                        if e.errno != 0 {
-                            return Err(NlError::Kernel(e));
-                        }
-                    }
+                    NLMSG_ERROR => nl::ack_result(&m)?,
                     SOCK_DIAG_BY_FAMILY => {
                         if let Some(s) = parse_socket(m.payload, proto)? {
                             out.push(s);

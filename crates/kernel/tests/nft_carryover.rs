@@ -1,7 +1,8 @@
 //! What `leash apply` needs to carry the DNS forwarder's elements over a re-apply, and what the
 //! forwarder polls to notice one: `kernel::timed_elements` (the addresses of a timeout set with
-//! the time each has left) and `kernel::table_comment` (the table's handle and comment). Needs
-//! root; every test works in its own network namespace (see `kernel::testutil`).
+//! the time each has left) and `kernel::table_comment` (the table's handle and comment); and
+//! `kernel::set_elements`, the plain listing of any set's elements. Needs root; every test works
+//! in its own network namespace (see `kernel::testutil`).
 
 mod common;
 
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use kernel::netns::NetNs;
 use kernel::testutil::{self, need_root, nft_load};
-use kernel::{ApplyOptions, SetWriter, TableInfo, TimedElement};
+use kernel::{ApplyOptions, SetElement, SetWriter, TableInfo, TimedElement};
 use ruleset::*;
 
 /// A namespace with `table` applied.
@@ -348,5 +349,73 @@ fn timed_elements_lists_20000_elements() {
             );
         }
     }
+    testutil::root_has_no_leash_table();
+}
+
+/// `set_elements` lists every element of any table's set as the kernel stores it: the keys of an
+/// interval set with its end elements flagged, and the timeouts of a timeout set.
+#[test]
+fn set_elements_lists_keys_interval_ends_and_timeouts() {
+    if !need_root("set_elements_lists_keys_interval_ends_and_timeouts") {
+        return;
+    }
+    let ns = NetNs::new().unwrap();
+    let list = |table: &'static str, set: &'static str| {
+        ns.run(move || kernel::set_elements(table, set)).unwrap()
+    };
+    assert_eq!(list("other", "ivl"), None, "no table at all");
+    nft_load(
+        &ns,
+        r#"table inet other {
+  set ivl { type ipv4_addr; flags interval; elements = { 10.0.0.0/24, 192.0.2.7 } }
+  set tmo { type ipv4_addr; flags timeout; elements = { 198.51.100.1 timeout 1m, 198.51.100.2 } }
+  set none { type ipv6_addr; }
+}
+"#,
+    );
+    assert_eq!(list("other", "nope"), None, "missing set");
+    assert_eq!(list("other", "none"), Some(vec![]));
+    let mut ivl: Vec<(Ipv4Addr, bool)> = list("other", "ivl")
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            assert_eq!((e.timeout_ms, e.expires_ms), (None, None), "{e:?}");
+            (<[u8; 4]>::try_from(e.key).unwrap().into(), e.interval_end)
+        })
+        .collect();
+    ivl.sort();
+    // nft's interval encoding: a start and an end (the first address after the range) per range,
+    // and the zero-key end element before the first range.
+    assert_eq!(
+        ivl,
+        vec![
+            (v4("0.0.0.0"), true),
+            (v4("10.0.0.0"), false),
+            (v4("10.0.1.0"), true),
+            (v4("192.0.2.7"), false),
+            (v4("192.0.2.8"), true),
+        ]
+    );
+    let mut tmo = list("other", "tmo").unwrap();
+    tmo.sort_by(|a, b| a.key.cmp(&b.key));
+    let [timed, forever] = tmo.as_slice() else {
+        panic!("{tmo:?}");
+    };
+    assert_eq!(timed.key, vec![198, 51, 100, 1]);
+    assert_eq!(timed.timeout_ms, Some(60_000));
+    assert!(
+        timed.expires_ms.is_some_and(|ms| ms <= 60_000 && ms > 58_000),
+        "{timed:?}"
+    );
+    assert!(!timed.interval_end);
+    assert_eq!(
+        forever,
+        &SetElement {
+            key: vec![198, 51, 100, 2],
+            interval_end: false,
+            timeout_ms: None,
+            expires_ms: None,
+        }
+    );
     testutil::root_has_no_leash_table();
 }

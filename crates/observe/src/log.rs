@@ -42,7 +42,7 @@
 //! packets (sock_diag is per namespace); `/proc` is whatever this process sees.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kernel::nflog::{self, Packet};
@@ -50,6 +50,12 @@ use kernel::sockdiag::{self, SockDiag};
 use serde::Serialize;
 
 use crate::procs::{self, Process};
+
+// The IP header parser is shared with `trace`; these are its items as `log` has always offered them.
+pub use crate::ip::{
+    IPPROTO_DCCP, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
+    IPPROTO_UDPLITE, IpSummary, parse_ip, proto_name, tcp_flags_text,
+};
 
 /// How long a socket lookup result is reused for the same 5-tuple.
 const LOOKUP_TTL: Duration = Duration::from_secs(1);
@@ -167,192 +173,6 @@ pub fn parse_prefix(prefix: &str) -> Option<(&'static str, &str)> {
         return None;
     }
     Some((action, rule))
-}
-
-/// The headers of an IP packet that an event reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpSummary {
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    /// The upper-layer protocol (after IPv6 extension headers).
-    pub proto: u8,
-    pub src_port: Option<u16>,
-    pub dst_port: Option<u16>,
-    pub icmp: Option<(u8, u8)>,
-    pub tcp_flags: Option<u8>,
-    /// Length of the whole packet per its header (it may have been cut by the snap length).
-    pub len: u32,
-}
-
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_ICMPV6: u8 = 58;
-pub const IPPROTO_SCTP: u8 = 132;
-pub const IPPROTO_UDPLITE: u8 = 136;
-const IPPROTO_DCCP: u8 = 33;
-
-/// Name of an IP protocol number as leash's policies spell it.
-pub fn proto_name(p: u8) -> String {
-    match p {
-        IPPROTO_TCP => "tcp".into(),
-        IPPROTO_UDP => "udp".into(),
-        IPPROTO_ICMP => "icmp".into(),
-        IPPROTO_ICMPV6 => "icmpv6".into(),
-        IPPROTO_SCTP => "sctp".into(),
-        IPPROTO_UDPLITE => "udplite".into(),
-        IPPROTO_DCCP => "dccp".into(),
-        n => n.to_string(),
-    }
-}
-
-/// Parses an IPv4 or IPv6 packet (from its network header). Ports and ICMP type need the first
-/// bytes of the transport header; a non-first fragment, ESP, or a cut packet has none.
-pub fn parse_ip(p: &[u8]) -> Option<IpSummary> {
-    let (src, dst, proto, len, l4): (IpAddr, IpAddr, u8, u32, Option<&[u8]>) = match p.first()? >> 4
-    {
-        4 => {
-            let ihl = usize::from(p[0] & 0x0f) * 4;
-            if ihl < 20 || p.len() < 20 {
-                return None;
-            }
-            let src: [u8; 4] = p[12..16].try_into().ok()?;
-            let dst: [u8; 4] = p[16..20].try_into().ok()?;
-            let frag_offset = u16::from_be_bytes([p[6], p[7]]) & 0x1fff;
-            let l4 = if frag_offset == 0 { p.get(ihl..) } else { None };
-            (
-                Ipv4Addr::from(src).into(),
-                Ipv4Addr::from(dst).into(),
-                p[9],
-                u32::from(u16::from_be_bytes([p[2], p[3]])),
-                l4,
-            )
-        }
-        6 => {
-            if p.len() < 40 {
-                return None;
-            }
-            let src: [u8; 16] = p[8..24].try_into().ok()?;
-            let dst: [u8; 16] = p[24..40].try_into().ok()?;
-            let payload_len = u32::from(u16::from_be_bytes([p[4], p[5]]));
-            // Payload length 0 is a jumbogram (hop-by-hop option); report what was captured.
-            let len = if payload_len == 0 {
-                p.len() as u32
-            } else {
-                40 + payload_len
-            };
-            let (proto, l4) = skip_ipv6_extensions(p[6], &p[40..]);
-            (
-                Ipv6Addr::from(src).into(),
-                Ipv6Addr::from(dst).into(),
-                proto,
-                len,
-                l4,
-            )
-        }
-        _ => return None,
-    };
-    let mut s = IpSummary {
-        src,
-        dst,
-        proto,
-        src_port: None,
-        dst_port: None,
-        icmp: None,
-        tcp_flags: None,
-        len,
-    };
-    if let Some(h) = l4 {
-        match proto {
-            IPPROTO_TCP | IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_SCTP | IPPROTO_DCCP
-                if h.len() >= 4 =>
-            {
-                s.src_port = Some(u16::from_be_bytes([h[0], h[1]]));
-                s.dst_port = Some(u16::from_be_bytes([h[2], h[3]]));
-                if proto == IPPROTO_TCP && h.len() >= 14 {
-                    s.tcp_flags = Some(h[13]);
-                }
-            }
-            IPPROTO_ICMP | IPPROTO_ICMPV6 if h.len() >= 2 => s.icmp = Some((h[0], h[1])),
-            _ => {}
-        }
-    }
-    Some(s)
-}
-
-/// Walks IPv6 extension headers; returns the upper-layer protocol and its header (`None` when
-/// it is not reachable: a non-first fragment, ESP, no next header, or cut off).
-fn skip_ipv6_extensions(mut next: u8, mut rest: &[u8]) -> (u8, Option<&[u8]>) {
-    // Bounded: at most 16 extension headers (real packets carry a few).
-    for _ in 0..16 {
-        let hdr_len = match next {
-            // Hop-by-hop, routing, destination options, mobility, HIP, shim6: (len + 1) * 8.
-            0 | 43 | 60 | 135 | 139 | 140 => match rest.get(1) {
-                Some(&l) => (usize::from(l) + 1) * 8,
-                None => return (next, None),
-            },
-            // Fragment: 8 bytes; only the first fragment carries the upper-layer header.
-            44 => {
-                let Some(f) = rest.get(..8) else {
-                    return (next, None);
-                };
-                let offset = u16::from_be_bytes([f[2], f[3]]) >> 3;
-                if offset != 0 {
-                    return (f[0], None);
-                }
-                8
-            }
-            // Authentication header: (len + 2) * 4.
-            51 => match rest.get(1) {
-                Some(&l) => (usize::from(l) + 2) * 4,
-                None => return (next, None),
-            },
-            // ESP (encrypted from here), no next header, or an upper-layer protocol.
-            _ => {
-                return (
-                    next,
-                    if next == 50 || next == 59 {
-                        None
-                    } else {
-                        Some(rest)
-                    },
-                );
-            }
-        };
-        let Some(&n) = rest.first() else {
-            return (next, None);
-        };
-        let Some(r) = rest.get(hdr_len..) else {
-            return (n, None);
-        };
-        next = n;
-        rest = r;
-    }
-    (next, None)
-}
-
-/// TCP flags as lower-case names joined by commas (`syn`, `rst,ack`).
-pub fn tcp_flags_text(f: u8) -> String {
-    const NAMES: [(u8, &str); 8] = [
-        (0x02, "syn"),
-        (0x01, "fin"),
-        (0x04, "rst"),
-        (0x08, "psh"),
-        (0x10, "ack"),
-        (0x20, "urg"),
-        (0x40, "ece"),
-        (0x80, "cwr"),
-    ];
-    let v: Vec<&str> = NAMES
-        .iter()
-        .filter(|(bit, _)| f & bit != 0)
-        .map(|(_, n)| *n)
-        .collect();
-    if v.is_empty() {
-        "none".into()
-    } else {
-        v.join(",")
-    }
 }
 
 /// RFC 3339 in UTC with microseconds: `2025-06-01T12:34:56.123456Z`.
@@ -656,34 +476,7 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ipv4_tcp_syn() -> Vec<u8> {
-        let mut p = vec![
-            0x45, 0, 0, 60, 0, 0, 0x40, 0, 64, 6, 0,
-            0, // ver/ihl, tos, len 60, id, DF, ttl, proto 6
-            192, 0, 2, 1, // src
-            198, 51, 100, 7, // dst
-        ];
-        // TCP: sport 40000, dport 443, seq, ack, data offset 10 words, flags SYN.
-        p.extend_from_slice(&40000u16.to_be_bytes());
-        p.extend_from_slice(&443u16.to_be_bytes());
-        p.extend_from_slice(&[0; 8]);
-        p.extend_from_slice(&[0xa0, 0x02]);
-        p.extend_from_slice(&[0; 26]);
-        p
-    }
-
-    fn ipv6(next: u8, ext: &[u8], l4: &[u8]) -> Vec<u8> {
-        let mut p = vec![0x60, 0, 0, 0];
-        p.extend_from_slice(&((ext.len() + l4.len()) as u16).to_be_bytes());
-        p.push(next);
-        p.push(64);
-        p.extend_from_slice(&"2001:db8::1".parse::<Ipv6Addr>().unwrap().octets());
-        p.extend_from_slice(&"2001:db8::2".parse::<Ipv6Addr>().unwrap().octets());
-        p.extend_from_slice(ext);
-        p.extend_from_slice(l4);
-        p
-    }
+    use crate::ip::tests::ipv4_tcp_syn;
 
     #[test]
     fn prefixes_parse_back() {
@@ -703,66 +496,6 @@ mod tests {
         // The compiler's prefix round-trips.
         let p = ruleset::compile::log_prefix(policy::Action::Deny, "dns_1");
         assert_eq!(parse_prefix(&p), Some(("deny", "dns_1")));
-    }
-
-    #[test]
-    fn ipv4_tcp_header_parses() {
-        let s = parse_ip(&ipv4_tcp_syn()).unwrap();
-        assert_eq!(s.src, "192.0.2.1".parse::<IpAddr>().unwrap());
-        assert_eq!(s.dst, "198.51.100.7".parse::<IpAddr>().unwrap());
-        assert_eq!(
-            (s.proto, s.src_port, s.dst_port),
-            (6, Some(40000), Some(443))
-        );
-        assert_eq!(s.tcp_flags.map(tcp_flags_text).as_deref(), Some("syn"));
-        assert_eq!(s.len, 60);
-    }
-
-    #[test]
-    fn ipv4_later_fragment_has_no_ports() {
-        let mut p = ipv4_tcp_syn();
-        p[6] = 0x00;
-        p[7] = 0x10; // offset 16 * 8 bytes
-        let s = parse_ip(&p).unwrap();
-        assert_eq!((s.proto, s.src_port, s.tcp_flags), (6, None, None));
-    }
-
-    #[test]
-    fn ipv6_extension_headers_are_skipped() {
-        let udp = [0x9c, 0x40, 0, 53, 0, 8, 0, 0];
-        // Hop-by-hop (8 bytes) -> destination options (16 bytes) -> UDP.
-        let mut ext = vec![60, 0, 1, 4, 0, 0, 0, 0];
-        ext.extend_from_slice(&[17, 1, 1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        let s = parse_ip(&ipv6(0, &ext, &udp)).unwrap();
-        assert_eq!(
-            (s.proto, s.src_port, s.dst_port),
-            (17, Some(40000), Some(53))
-        );
-        assert_eq!(s.len, 40 + 24 + 8);
-        // A first fragment carries the header, a later one does not.
-        let frag0 = [58, 0, 0, 0, 0, 0, 0, 1];
-        let s = parse_ip(&ipv6(44, &frag0, &[128, 0, 0, 0])).unwrap();
-        assert_eq!((s.proto, s.icmp), (58, Some((128, 0))));
-        let frag1 = [58, 0, 0x01, 0x00, 0, 0, 0, 1];
-        let s = parse_ip(&ipv6(44, &frag1, &[128, 0, 0, 0])).unwrap();
-        assert_eq!((s.proto, s.icmp), (58, None));
-        // ESP: nothing readable after it.
-        let s = parse_ip(&ipv6(50, &[], &[1, 2, 3, 4, 5, 6, 7, 8])).unwrap();
-        assert_eq!((s.proto, s.src_port), (50, None));
-    }
-
-    #[test]
-    fn cut_and_garbage_packets_do_not_panic() {
-        let full = ipv4_tcp_syn();
-        for n in 0..full.len() {
-            let _ = parse_ip(&full[..n]);
-        }
-        let v6 = ipv6(0, &[6, 200, 0, 0, 0, 0, 0, 0], &[]);
-        for n in 0..v6.len() {
-            let _ = parse_ip(&v6[..n]);
-        }
-        assert!(parse_ip(&[0x45; 19]).is_none());
-        assert!(parse_ip(&[0x12, 0, 0]).is_none());
     }
 
     #[test]

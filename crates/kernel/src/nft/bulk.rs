@@ -1,13 +1,13 @@
 //! Large sets: the elements of a set encoded straight from the model's ranges into NEWSETELEM
-//! messages (for apply), and replacing the contents of existing sets in one transaction
-//! (`leash set update`).
+//! messages (for apply), and the batch that replaces the contents of existing sets in one
+//! transaction (`leash set update`; `apply::replace_set_elements` sends it).
 //!
 //! A blocklist of a million ranges is two million kernel elements (a start and an end each) and
 //! about 40 MB of netlink. Two things keep that fast:
 //!
 //! - **No allocation per element.** Each model element (a range or a value) is expanded on the
 //!   stack into at most three kernel elements ([`Group`]) and written into the batch with one copy.
-//!   The encoding is byte for byte what [`super::encode::put_element_list`] writes for the same
+//!   The encoding is byte for byte what [`super::codec::put_element_list`] writes for the same
 //!   elements (a test checks it), so `nft list` shows the same thing.
 //! - **One `sendmsg`.** nfnetlink runs a batch (BEGIN ... END) from one skb: a batch split over
 //!   several `sendmsg` calls would be several transactions, the first ending without END and
@@ -22,19 +22,16 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
-use std::time::{Duration, Instant};
 
 use ruleset::{KeyType, SetElements};
 
-use super::Error;
+use super::batch::{Batch, Encoder};
+use super::codec::KernelElem;
 use super::consts::*;
-use super::encode::{Batch, KernelElem, key_type_from_id, key_type_id};
-use crate::nl::{
-    MsgBuf, NLA_F_NESTED, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NlError, Socket,
-};
+use super::error::Error;
+use super::validate::check_name;
+use crate::nl::{MsgBuf, NLA_F_NESTED, NLM_F_CREATE, NLM_F_EXCL};
 
-/// Largest payload of an `NFTA_SET_ELEM_LIST_ELEMENTS` attribute: its u16 length includes its own
-/// 4-byte header.
 const MAX_ELEMENTS_NEST: usize = u16::MAX as usize - 4;
 
 /// One kernel element, on the stack.
@@ -326,7 +323,7 @@ pub(crate) fn sample(key: KeyType, elements: &SetElements, count: usize) -> Vec<
 
 // --- replacing the contents of sets -------------------------------------------------------------
 
-/// The new contents of one set for [`replace_set_elements`].
+/// The new contents of one set for [`crate::nft::replace_set_elements`].
 #[derive(Debug, Clone, Copy)]
 pub struct SetContents<'a> {
     /// The set's name in the table, e.g. `s_threat-feed_v4`.
@@ -335,7 +332,7 @@ pub struct SetContents<'a> {
     pub elements: &'a SetElements,
 }
 
-/// Options of [`replace_set_elements`].
+/// Options of [`crate::nft::replace_set_elements`].
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ReplaceOptions {
     /// Testing aid: append, as the last message of the batch, a NEWSETELEM that adds an element
@@ -344,195 +341,15 @@ pub struct ReplaceOptions {
     pub fault_inject: bool,
 }
 
-/// What a [`replace_set_elements`] did and how long it took.
-#[derive(Debug, Clone, Default)]
-pub struct ReplaceReport {
-    /// The handle of the table the sets are in (see [`super::TableInfo::handle`]).
-    pub table_handle: u64,
-    /// Messages in the batch, BATCH_BEGIN and BATCH_END included.
-    pub messages: usize,
-    /// Bytes of the batch (one `sendmsg`).
-    pub bytes: usize,
-    /// Ranges (or values) now in the sets, all together.
-    pub elements: usize,
-    /// Encoding the batch.
-    pub encode: Duration,
-    /// From the send to the last ack read (the kernel processes the batch within the send).
-    pub send_and_ack: Duration,
-    /// Checking afterwards that the sets exist and that a sample of the new elements is in them.
-    pub verify: Duration,
-}
-
-/// A set's declaration as the kernel has it.
-#[derive(Debug, Clone, Copy)]
-struct SetDecl {
-    key: Option<KeyType>,
-    key_type: u32,
-    flags: u32,
-}
-
-/// Replaces the elements of sets of table `inet <table>` in ONE transaction: per set a flush
-/// (`DELSETELEM` without elements) and then the new elements (`NEWSETELEM` with `NLM_F_EXCL`,
-/// in as many messages as needed), all between one BATCH_BEGIN and BATCH_END, sent in one
-/// `sendmsg`. No rule, chain or other set is touched.
-///
-/// Packets never see a set half filled or empty: the kernel looks interval sets up in an array it
-/// rebuilds only when the transaction commits, and a flushed element stays active for the packet
-/// path until then. On any error (a refused element, a set deleted meanwhile) the kernel aborts the
-/// whole batch and the sets keep their old elements.
-///
-/// Before sending, each set is looked up by name: a missing table is [`Error::NoSuchTable`], a
-/// missing set [`Error::NoSuchSet`], and a set whose key type or interval flag does not fit the
-/// elements is [`Error::Invalid`]. Afterwards the sets are looked up again and a sample of the new
-/// elements is looked up in them ([`Error::Verify`] if that fails); the old elements are not read
-/// back (listing a large interval set costs minutes).
-pub fn replace_set_elements(
-    table: &str,
-    sets: &[SetContents<'_>],
-    opts: &ReplaceOptions,
-) -> Result<ReplaceReport, Error> {
-    let mut sock = super::open_socket()?;
-    let Some(info) = super::read::table_info(&mut sock, table)? else {
-        return Err(Error::NoSuchTable(table.to_string()));
-    };
-    for s in sets {
-        let Some(decl) = get_set(&mut sock, table, s.name)? else {
-            return Err(Error::NoSuchSet {
-                table: table.to_string(),
-                set: s.name.to_string(),
-            });
-        };
-        check_fits(s, &decl)?;
-    }
-    let t0 = Instant::now();
-    let batch = encode_replace(table, sets, opts)?;
-    let encode = t0.elapsed();
-    let t1 = Instant::now();
-    super::send_batch(&mut sock, &batch)?;
-    let send_and_ack = t1.elapsed();
-    let t2 = Instant::now();
-    let table_handle = super::read::table_info(&mut sock, table)?.map_or(info.handle, |i| i.handle);
-    for s in sets {
-        let key = expected_key(s.elements);
-        if get_set(&mut sock, table, s.name)?.is_none() {
-            return Err(Error::Verify(format!(
-                "set {} is gone after its elements were replaced",
-                s.name
-            )));
-        }
-        let picked = sample(key, s.elements, super::VERIFY_SAMPLE);
-        if !picked.is_empty() {
-            let refs: Vec<&KernelElem> = picked.iter().collect();
-            super::read::check_elements_present(&mut sock, table, s.name, &refs)?;
-        }
-    }
-    Ok(ReplaceReport {
-        table_handle,
-        messages: batch.what.len(),
-        bytes: batch.bytes.len(),
-        elements: batch.elements,
-        encode,
-        send_and_ack,
-        verify: t2.elapsed(),
-    })
-}
-
 /// The key type a set must have for `elements` (only address ranges can be replaced).
-fn expected_key(elements: &SetElements) -> KeyType {
+pub(crate) fn expected_key(elements: &SetElements) -> KeyType {
     match elements {
         SetElements::V6(_) => KeyType::Ipv6Addr,
         _ => KeyType::Ipv4Addr,
     }
 }
 
-fn check_fits(s: &SetContents<'_>, decl: &SetDecl) -> Result<(), Error> {
-    let want = match s.elements {
-        SetElements::V4(_) | SetElements::V6(_) => expected_key(s.elements),
-        _ => {
-            return Err(Error::Invalid(format!(
-                "set {}: only address ranges (IPv4 or IPv6) can be replaced",
-                s.name
-            )));
-        }
-    };
-    // What the kernel would refuse (overlaps) or store differently (adjacent ranges).
-    fn sorted_disjoint(r: impl Iterator<Item = (u128, u128)>, max: u128) -> bool {
-        let mut prev: Option<u128> = None;
-        for (a, b) in r {
-            if a > b || prev.is_some_and(|p| p == max || p + 1 >= a) {
-                return false;
-            }
-            prev = Some(b);
-        }
-        true
-    }
-    let ok = match s.elements {
-        SetElements::V4(r) => sorted_disjoint(
-            r.iter()
-                .map(|&(a, b)| (u32::from(a).into(), u32::from(b).into())),
-            u32::MAX.into(),
-        ),
-        SetElements::V6(r) => {
-            sorted_disjoint(r.iter().map(|&(a, b)| (a.into(), b.into())), u128::MAX)
-        }
-        _ => false,
-    };
-    if !ok {
-        return Err(Error::Invalid(format!(
-            "set {}: ranges must be sorted, non-overlapping and non-adjacent",
-            s.name
-        )));
-    }
-    if decl.key != Some(want)
-        || decl.flags & NFT_SET_INTERVAL == 0
-        || decl.flags & NFT_SET_TIMEOUT != 0
-    {
-        return Err(Error::Invalid(format!(
-            "set {} has key type {} and flags {:#x}; only an {} interval set without timeouts can \
-             take these elements",
-            s.name,
-            decl.key
-                .map_or_else(|| decl.key_type.to_string(), |k| k.nft_name().to_string()),
-            decl.flags,
-            want.nft_name()
-        )));
-    }
-    debug_assert_eq!(key_type_id(want), decl.key_type);
-    Ok(())
-}
-
-/// One GETSET request (not a dump): the set's declaration, `None` if table or set is missing.
-fn get_set(sock: &mut Socket, table: &str, set: &str) -> Result<Option<SetDecl>, Error> {
-    let ctx = |source| Error::Netlink {
-        context: format!("looking up set {set} of table inet {table}"),
-        source,
-    };
-    let mut b = MsgBuf::new();
-    let m = b.begin(nft_type(NFT_MSG_GETSET), NLM_F_REQUEST | NLM_F_ACK, 1);
-    b.put_header(&[NFPROTO_INET, NFNETLINK_V0, 0, 0]);
-    b.attr_str(NFTA_SET_TABLE, table);
-    b.attr_str(NFTA_SET_NAME, set);
-    b.end(m).map_err(ctx)?;
-    let mut decl = None;
-    let res = sock.request(b.as_bytes(), |m| {
-        let t = m.attrs(NFGENMSG_LEN).table::<16>()?;
-        let be32 = |ty: u16| t[ty as usize].map(|a| a.be32()).transpose();
-        let key_type = be32(NFTA_SET_KEY_TYPE)?.unwrap_or(0);
-        decl = Some(SetDecl {
-            key: key_type_from_id(key_type),
-            key_type,
-            flags: be32(NFTA_SET_FLAGS)?.unwrap_or(0),
-        });
-        Ok(())
-    });
-    match res {
-        Err(NlError::Kernel(e)) if e.errno == libc::ENOENT => Ok(None),
-        Err(e) => Err(ctx(e)),
-        Ok(()) => Ok(decl),
-    }
-}
-
-/// The batch of [`replace_set_elements`]:
+/// The batch of [`crate::nft::replace_set_elements`]:
 ///
 /// ```text
 /// BATCH_BEGIN
@@ -542,7 +359,7 @@ fn get_set(sock: &mut Socket, table: &str, set: &str) -> Result<Option<SetDecl>,
 /// [NEWSETELEM with an element of the batch again, with ReplaceOptions::fault_inject]
 /// BATCH_END
 /// ```
-fn encode_replace(
+pub(crate) fn encode_replace(
     table: &str,
     sets: &[SetContents<'_>],
     opts: &ReplaceOptions,
@@ -560,8 +377,8 @@ fn encode_replace(
                     }
             })
             .sum::<usize>();
-    let mut e = Msgs::new(estimate);
-    e.batch(NFNL_MSG_BATCH_BEGIN, "the batch")?;
+    let mut e = Encoder::new(estimate);
+    e.begin_batch()?;
     for s in sets {
         check_name("set", s.name)?;
         let key = expected_key(s.elements);
@@ -592,13 +409,13 @@ fn encode_replace(
     if opts.fault_inject {
         fault(&mut e, table, sets)?;
     }
-    e.batch(NFNL_MSG_BATCH_END, "BATCH_END")?;
+    e.end_batch()?;
     Ok(e.finish(sets.iter().map(|s| s.elements.len()).sum()))
 }
 
 /// The injected fault: the first range of the first non-empty set added again (the kernel
 /// answers EEXIST under `NLM_F_EXCL`), or, when every set is empty, one range added twice.
-fn fault(e: &mut Msgs, table: &str, sets: &[SetContents<'_>]) -> Result<(), Error> {
+fn fault(e: &mut Encoder, table: &str, sets: &[SetContents<'_>]) -> Result<(), Error> {
     let (name, elems): (&str, Vec<Elem>) = match sets.iter().find(|s| !s.elements.is_empty()) {
         Some(s) => (
             s.name,
@@ -636,87 +453,172 @@ fn fault(e: &mut Msgs, table: &str, sets: &[SetContents<'_>]) -> Result<(), Erro
     )
 }
 
-fn check_name(kind: &str, name: &str) -> Result<(), Error> {
-    if name.is_empty() || name.len() > NFT_NAME_MAXLEN || name.contains('\0') {
-        return Err(Error::Invalid(format!(
-            "{kind} name `{name}` must be 1 to {NFT_NAME_MAXLEN} bytes without NUL"
-        )));
-    }
-    Ok(())
-}
-
-/// Messages with consecutive sequence numbers and a description each (what [`Batch`] needs to
-/// name the message an error belongs to).
-struct Msgs {
-    b: MsgBuf,
-    what: Vec<String>,
-    acked: usize,
-}
-
-/// Sequence number of BATCH_BEGIN (every batch goes out on a fresh socket).
-const FIRST_SEQ: u32 = 1;
-
-impl Msgs {
-    fn new(capacity: usize) -> Msgs {
-        Msgs {
-            b: MsgBuf::with_capacity(capacity),
-            what: Vec::new(),
-            acked: 0,
-        }
-    }
-
-    fn seq(&self) -> u32 {
-        FIRST_SEQ + self.what.len() as u32
-    }
-
-    fn batch(&mut self, ty: u16, what: &str) -> Result<(), Error> {
-        let m = self.b.begin(ty, NLM_F_REQUEST, self.seq());
-        let [r0, r1] = NFNL_SUBSYS_NFTABLES.to_be_bytes();
-        self.b.put_header(&[NFPROTO_UNSPEC, NFNETLINK_V0, r0, r1]);
-        self.b
-            .end(m)
-            .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
-        self.what.push(what.to_string());
-        Ok(())
-    }
-
-    fn nft(
-        &mut self,
-        msg: u16,
-        flags: u16,
-        what: String,
-        body: impl FnOnce(&mut MsgBuf),
-    ) -> Result<(), Error> {
-        let what = format!("{} for {what}", nft_msg_name(msg));
-        let m = self
-            .b
-            .begin(nft_type(msg), NLM_F_REQUEST | NLM_F_ACK | flags, self.seq());
-        self.b.put_header(&[NFPROTO_INET, NFNETLINK_V0, 0, 0]);
-        body(&mut self.b);
-        self.b
-            .end(m)
-            .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
-        self.what.push(what);
-        self.acked += 1;
-        Ok(())
-    }
-
-    fn finish(self, elements: usize) -> Batch {
-        Batch {
-            bytes: self.b.into_bytes(),
-            first_seq: FIRST_SEQ,
-            what: self.what,
-            acked: self.acked,
-            elements,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nft::encode::{kernel_elements, put_element_list};
+    use crate::nft::codec::{Inc, put_element_list};
     use ruleset::Set;
+
+    // The reference encoding of elements: a `KernelElem` per kernel element, written with
+    // `codec::put_element_list`. The streaming encoder above (no allocation per element) is
+    // checked against it byte for byte.
+    impl KernelElem {
+        fn key(key: Vec<u8>) -> KernelElem {
+            KernelElem {
+                key,
+                end: false,
+                open: false,
+                timeout_ms: None,
+            }
+        }
+    }
+
+    /// The kernel elements of a set, and the index in `elems` where each model element (range or
+    /// value) starts.
+    struct KernelElements {
+        pub elems: Vec<KernelElem>,
+        pub starts: Vec<usize>,
+    }
+
+    fn kernel_elements(set: &Set) -> KernelElements {
+        let mut elems = Vec::with_capacity(set.elements.len() * 2 + 1);
+        let mut starts = Vec::with_capacity(set.elements.len());
+        match &set.elements {
+            SetElements::V4(r) => interval_elems(
+                r.iter().map(|(a, b)| (u32::from(*a), u32::from(*b))),
+                u32::MAX,
+                |v| v.to_be_bytes().to_vec(),
+                &mut elems,
+                &mut starts,
+            ),
+            SetElements::V6(r) => interval_elems(
+                r.iter().map(|(a, b)| (u128::from(*a), u128::from(*b))),
+                u128::MAX,
+                |v| v.to_be_bytes().to_vec(),
+                &mut elems,
+                &mut starts,
+            ),
+            SetElements::Ports(r) => interval_elems(
+                r.iter().copied(),
+                u16::MAX,
+                |v| v.to_be_bytes().to_vec(),
+                &mut elems,
+                &mut starts,
+            ),
+            SetElements::Ids(ids) => {
+                for &v in ids {
+                    starts.push(elems.len());
+                    let key = match set.key {
+                        // Validated to fit a byte.
+                        KeyType::Icmpv6Type => vec![v as u8],
+                        // uid and gid: host byte order, as nft stores them.
+                        _ => v.to_ne_bytes().to_vec(),
+                    };
+                    elems.push(KernelElem::key(key));
+                }
+            }
+            SetElements::TimedV4(v) => {
+                for &(a, ms) in v {
+                    starts.push(elems.len());
+                    elems.push(KernelElem {
+                        timeout_ms: Some(ms),
+                        ..KernelElem::key(a.octets().to_vec())
+                    });
+                }
+            }
+            SetElements::TimedV6(v) => {
+                for &(a, ms) in v {
+                    starts.push(elems.len());
+                    elems.push(KernelElem {
+                        timeout_ms: Some(ms),
+                        ..KernelElem::key(a.octets().to_vec())
+                    });
+                }
+            }
+        }
+        KernelElements { elems, starts }
+    }
+
+    /// nft's interval encoding (nftables `src/intervals.c`, `set_to_intervals`): each range
+    /// `lo-hi` becomes a start element `lo` and an end element `hi+1` flagged INTERVAL_END. A range
+    /// ending at the type's maximum has no end element; its start carries nft's INTERVAL_OPEN user
+    /// data instead. Unless the first range starts at 0, a zero-key INTERVAL_END element comes first.
+    fn interval_elems<T: Copy + PartialEq + Default + Inc>(
+        ranges: impl Iterator<Item = (T, T)>,
+        max: T,
+        key: impl Fn(T) -> Vec<u8>,
+        out: &mut Vec<KernelElem>,
+        starts: &mut Vec<usize>,
+    ) {
+        let end = |k| KernelElem {
+            end: true,
+            ..KernelElem::key(k)
+        };
+        let mut first = true;
+        for (lo, hi) in ranges {
+            if first && lo != T::default() {
+                out.push(end(key(T::default())));
+            }
+            first = false;
+            starts.push(out.len());
+            let open = hi == max;
+            out.push(KernelElem {
+                open,
+                ..KernelElem::key(key(lo))
+            });
+            if !open {
+                out.push(end(key(hi.inc())));
+            }
+        }
+    }
+
+    #[test]
+    fn interval_encoding_matches_nft_special_cases() {
+        let key = |v: u16| v.to_be_bytes().to_vec();
+        let el = |v: u16, end: bool, open: bool| KernelElem {
+            key: key(v),
+            end,
+            open,
+            timeout_ms: None,
+        };
+        let mut out = Vec::new();
+        let mut starts = Vec::new();
+        interval_elems(
+            [(0u16, 0u16), (80, 443), (60000, 65535)].into_iter(),
+            u16::MAX,
+            key,
+            &mut out,
+            &mut starts,
+        );
+        assert_eq!(
+            out,
+            vec![
+                el(0, false, false),
+                el(1, true, false),
+                el(80, false, false),
+                el(444, true, false),
+                el(60000, false, true),
+            ]
+        );
+        assert_eq!(starts, vec![0, 2, 4]);
+        out.clear();
+        starts.clear();
+        interval_elems(
+            [(53u16, 53u16)].into_iter(),
+            u16::MAX,
+            key,
+            &mut out,
+            &mut starts,
+        );
+        assert_eq!(
+            out,
+            vec![
+                el(0, true, false),
+                el(53, false, false),
+                el(54, true, false)
+            ]
+        );
+    }
 
     fn set(key: KeyType, elements: SetElements) -> Set {
         Set {

@@ -21,12 +21,11 @@
 
 use std::net::IpAddr;
 
+use super::batch::{SEND_BUF_SLACK, open_socket, scan_acks};
 use super::consts::*;
-use super::{Error, netlink};
-use crate::nl::{
-    self, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NLMSG_HDRLEN,
-    NlError, Socket,
-};
+use super::error::{Error, netlink};
+use super::validate::{MAX_TIMEOUT_MS, check_name};
+use crate::nl::{self, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NLMSG_HDRLEN, NlError, Socket};
 
 /// One address to add to (or refresh in) a timeout set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,8 +73,6 @@ const MAX_ELEMENTS_NEST: usize = u16::MAX as usize - 4;
 const fn elem_size(key_len: usize) -> usize {
     4 + 12 + 12 + 4 + 4 + key_len
 }
-/// Send buffer beyond the batch itself (the kernel keeps a little of it for bookkeeping).
-const SEND_BUF_SLACK: usize = 64 * 1024;
 /// Receive buffer: room for a few hundred acks (each costs the kernel about 1 KiB of buffer),
 /// more than a batch of a few thousand elements in a few sets produces.
 const RECV_BUF: usize = 1 << 20;
@@ -83,7 +80,7 @@ const RECV_BUF: usize = 1 << 20;
 impl SetWriter {
     /// Opens a netfilter netlink socket in the calling thread's network namespace.
     pub fn open() -> Result<SetWriter, Error> {
-        let sock = super::open_socket()?;
+        let sock = open_socket()?;
         sock.set_recv_buffer(RECV_BUF)
             .map_err(netlink("sizing the netlink receive buffer"))?;
         Ok(SetWriter {
@@ -168,10 +165,14 @@ impl SetWriter {
             .map_err(netlink("reading the acks of the set element batch"))?;
         // Offset of the acked message in the batch; replies to anything else are stale.
         let n = enc.msgs.len();
-        let (acked, first_error) = super::scan_acks(&self.replies, "parsing the acks of the set element batch", |seq| {
-            let k = seq.wrapping_sub(begin);
-            (k != 0 && k as usize <= n + 1).then_some(k)
-        })?;
+        let (acked, first_error) = scan_acks(
+            &self.replies,
+            "parsing the acks of the set element batch",
+            |seq| {
+                let k = seq.wrapping_sub(begin);
+                (k != 0 && k as usize <= n + 1).then_some(k)
+            },
+        )?;
         if let Some((k, error)) = first_error {
             let what = match enc.msgs.get(k as usize - 1) {
                 Some(&(g, n)) => format!(
@@ -200,13 +201,10 @@ impl BatchEncoder {
         self.sets.clear();
         self.group.clear();
         for (i, e) in elems.iter().enumerate() {
-            if !(1..=super::encode::MAX_TIMEOUT_MS).contains(&e.timeout_ms) {
+            if !(1..=MAX_TIMEOUT_MS).contains(&e.timeout_ms) {
                 return Err(Error::Invalid(format!(
                     "set `{}`: timeout of {} is {} ms; it must be 1 to {} ms",
-                    e.set,
-                    e.addr,
-                    e.timeout_ms,
-                    super::encode::MAX_TIMEOUT_MS
+                    e.set, e.addr, e.timeout_ms, MAX_TIMEOUT_MS
                 )));
             }
             let g = match self.sets.iter().position(|&f| elems[f].set == e.set) {
@@ -289,15 +287,6 @@ impl BatchEncoder {
             self.msgs.len() + 2
         );
     }
-}
-
-fn check_name(kind: &str, name: &str) -> Result<(), Error> {
-    if name.is_empty() || name.len() > NFT_NAME_MAXLEN || name.contains('\0') {
-        return Err(Error::Invalid(format!(
-            "{kind} name `{name}` must be 1 to {NFT_NAME_MAXLEN} bytes without NUL"
-        )));
-    }
-    Ok(())
 }
 
 /// One element: timeout, expiration (both the same), key.

@@ -1,7 +1,8 @@
-//! Reads table `inet leash` back from the kernel over netlink dumps: table, chains, rules with
-//! their counters, sets and element counts. Used by `status` and to verify an apply. Also the two
-//! cheap reads around a re-apply: the table's handle and comment (one GETTABLE), and the timed
-//! elements of one set with the time they have left (one GETSETELEM dump).
+//! The only code that reads nftables objects back from the kernel: table `inet leash` with its
+//! chains, rules and counters, sets and element counts (for `status` and to verify an apply), the
+//! chains and rules `leash trace` names, the table's handle and comment (one GETTABLE), a set's
+//! declaration (one GETSET), and a set's elements: counted, looked up, listed, or listed with the
+//! time each has left (GETSETELEM).
 //!
 //! Elements are counted from a GETSETELEM dump, never listed through nft: `nft list set` on a
 //! million-element interval set takes minutes (nft rebuilds intervals in userspace), while the
@@ -9,14 +10,129 @@
 
 use std::net::IpAddr;
 
-use ruleset::{ChainPolicy, Hook};
+use ruleset::{ChainPolicy, Hook, KeyType};
 
+use super::batch::open_socket;
+use super::codec::{KernelElem, key_type_from_id, put_element_list, udata_comment_of};
 use super::consts::*;
-use super::encode::{KernelElem, key_type_from_id, put_element_list};
-use super::{
-    ChainStatus, Counter, ElementCount, Error, RuleStatus, SetStatus, TableInfo, TableStatus,
+use super::error::Error;
+use super::status::{
+    COUNT_LIMIT, ChainStatus, Counter, ElementCount, RuleStatus, SetElement, SetStatus, TableInfo,
+    TableStatus,
 };
-use crate::nl::{Attr, Message, MsgBuf, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NlError, Socket};
+use crate::nl::{
+    self, Attr, Message, MsgBuf, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NlError, Socket,
+};
+
+/// Table `inet leash` with rule counters and set sizes; `None` if there is no such table. Sets
+/// are counted up to [`COUNT_LIMIT`] elements.
+pub fn status() -> Result<Option<TableStatus>, Error> {
+    status_with(|_, _| None)
+}
+
+/// Like [`status`], but a set for which `recorded(table_handle, set)` gives a number is not
+/// counted in the kernel at all: its count is reported as [`ElementCount::Recorded`]. Callers
+/// pass the counts they recorded when they loaded the sets, for the table with that handle, so
+/// that a million-element set costs nothing to report (counting it would take minutes, and even
+/// the bounded count reads [`COUNT_LIMIT`] elements).
+pub fn status_with(
+    recorded: impl Fn(u64, &SetStatus) -> Option<usize>,
+) -> Result<Option<TableStatus>, Error> {
+    let mut sock = open_socket()?;
+    let counting = |handle: u64, s: &SetStatus| match recorded(handle, s) {
+        Some(n) => Counting::Known(ElementCount::Recorded(n)),
+        None => Counting::Dump(COUNT_LIMIT),
+    };
+    Ok(read_table(&mut sock, ruleset::TABLE_NAME, &counting)?.map(|(_, t)| t))
+}
+
+/// Handle and comment of table `inet <table>`; `None` if there is no such table.
+///
+/// One GETTABLE request, answered with the table alone (no chains, sets or elements are read),
+/// so it is cheap enough to poll every few seconds: the DNS forwarder does, to notice that the
+/// table was re-applied (new handle) or that its policy changed (new comment).
+pub fn table_comment(table: &str) -> Result<Option<TableInfo>, Error> {
+    let mut sock = open_socket()?;
+    table_info(&mut sock, table)
+}
+
+/// The addresses in set `<set>` of table `inet <table>`, each with the milliseconds it has left
+/// before the kernel removes it; `None` if there is no such table or set.
+///
+/// Meant for the timeout sets the DNS forwarder fills (`flags timeout`, key `ipv4_addr` or
+/// `ipv6_addr`): `leash apply` reads them before it replaces the table and re-adds the elements
+/// with the time they have left in the same batch, so a re-apply does not cut off applications
+/// that still use a cached DNS answer.
+///
+/// The time left is the element's `NFTA_SET_ELEM_EXPIRATION`, which the kernel reports for every
+/// element that has a timeout. Its `NFTA_SET_ELEM_TIMEOUT` is only the fallback, should a kernel
+/// send a timeout without an expiration: the kernel leaves the timeout out when it equals the
+/// set's default. An element with neither never expires (possible only in a set without
+/// `flags timeout`, or added by hand without a timeout to a set without a default one) and is
+/// left out, as is an element whose time is up but that the kernel has not yet removed (0 ms
+/// left): neither can be re-added with a timeout that means the same. The time left is counted in
+/// the kernel's clock ticks and rounded down (to 4 ms at HZ=250), so it never exceeds the timeout
+/// the element was added with.
+///
+/// One GETSETELEM dump on a socket of its own; the result is sorted by address, one entry per
+/// address. The kernel walks the set from its first element again for every reply it fills (about
+/// 30 KiB: some 740 IPv4 or 590 IPv6 elements), so the cost grows with the square of the set's
+/// size: measured (release build, busy 2-CPU machine) 10-45 ms for 20,000 elements, 0.25-0.7 s
+/// for 100,000, 4-5 s for 240,000; a debug build adds about as much again for parsing. The dump
+/// is not a snapshot: an element added or removed while it runs can make another one come twice
+/// (listed once here) or be missed, and the kernel does not flag such a dump.
+///
+/// A set with a key other than an IPv4 or IPv6 address is an error.
+pub fn timed_elements(table: &str, set: &str) -> Result<Option<Vec<(IpAddr, u64)>>, Error> {
+    let mut out = Vec::new();
+    let found = list_elements(table, set, |e| {
+        if let Some(t) = timed_element(e)? {
+            out.push(t);
+        }
+        Ok(())
+    })?;
+    Ok(found.then(|| dedup_by_address(out)))
+}
+
+/// Every element of set `<set>` of table `inet <table>` (any table, not only leash's), in the
+/// order the kernel lists them; `None` if there is no such table or set. Interval end elements
+/// are listed too ([`SetElement::interval_end`]).
+///
+/// One GETSETELEM dump on a socket of its own, with the costs [`timed_elements`] describes: the
+/// kernel walks the set again for every reply it fills, so the cost grows with the square of the
+/// set's size (a second or so for 100,000 elements; [`status`] counts large sets only up to
+/// [`COUNT_LIMIT`] for that reason), and a set that changes meanwhile is not listed as a snapshot.
+pub fn set_elements(table: &str, set: &str) -> Result<Option<Vec<SetElement>>, Error> {
+    let mut out = Vec::new();
+    let found = list_elements(table, set, |e| {
+        out.push(SetElement {
+            key: e
+                .key
+                .ok_or_else(|| NlError::Malformed("element without a key".into()))?
+                .to_vec(),
+            interval_end: e.flags & NFT_SET_ELEM_INTERVAL_END != 0,
+            timeout_ms: e.timeout,
+            expires_ms: e.expiration,
+        });
+        Ok(())
+    })?;
+    Ok(found.then_some(out))
+}
+
+/// One nf_tables request of family inet, flagged `NLM_F_REQUEST | flags`.
+fn request(
+    msg: u16,
+    flags: u16,
+    seq: u32,
+    attrs: impl FnOnce(&mut MsgBuf),
+) -> Result<Vec<u8>, NlError> {
+    let mut b = MsgBuf::new();
+    let m = b.begin(nft_type(msg), NLM_F_REQUEST | flags, seq);
+    b.put_header(&[NFPROTO_INET, NFNETLINK_V0, 0, 0]);
+    attrs(&mut b);
+    b.end(m)?;
+    Ok(b.into_bytes())
+}
 
 /// Sends one dump request of nf_tables message `msg` for family inet and returns what `each`
 /// extracts from every reply, in order.
@@ -28,13 +144,9 @@ fn dump<T>(
     mut each: impl FnMut(&Message<'_>) -> Result<Option<T>, NlError>,
 ) -> Result<Vec<T>, NlError> {
     *seq += 1;
-    let mut b = MsgBuf::new();
-    let m = b.begin(nft_type(msg), NLM_F_REQUEST | NLM_F_DUMP, *seq);
-    b.put_header(&[NFPROTO_INET, NFNETLINK_V0, 0, 0]);
-    attrs(&mut b);
-    b.end(m)?;
+    let req = request(msg, NLM_F_DUMP, *seq, attrs)?;
     let mut out = Vec::new();
-    sock.dump(b.as_bytes(), |m| {
+    sock.dump(&req, |m| {
         if let Some(v) = each(m)? {
             out.push(v);
         }
@@ -43,22 +155,7 @@ fn dump<T>(
     Ok(out)
 }
 
-/// The comment in libnftnl's user-data TLVs (`type 0`), if there is one.
-pub(crate) fn udata_comment(data: &[u8]) -> Option<String> {
-    let mut rest = data;
-    while rest.len() >= 2 {
-        let (ty, len) = (rest[0], rest[1] as usize);
-        let value = rest.get(2..2 + len)?;
-        if ty == 0 {
-            let v = value.split(|&b| b == 0).next().unwrap_or(&[]);
-            return Some(String::from_utf8_lossy(v).into_owned());
-        }
-        rest = &rest[2 + len..];
-    }
-    None
-}
-
-fn str_of(a: &Option<Attr<'_>>) -> String {
+pub(crate) fn str_of(a: &Option<Attr<'_>>) -> String {
     a.map(|a| a.str()).unwrap_or_default()
 }
 
@@ -77,13 +174,7 @@ pub(crate) fn read_table(
     name: &str,
     counting: &dyn Fn(u64, &SetStatus) -> Counting,
 ) -> Result<Option<(u64, TableStatus)>, Error> {
-    let ctx = |what: &str| {
-        let what = what.to_string();
-        move |source| Error::Netlink {
-            context: format!("reading table inet {name}: {what}"),
-            source,
-        }
-    };
+    let ctx = |what: &str| table_ctx(name, what);
     let mut seq = 0;
     let tables = dump(
         sock,
@@ -101,7 +192,7 @@ pub(crate) fn read_table(
                 .unwrap_or(0);
             Ok(Some((
                 handle,
-                t[NFTA_TABLE_USERDATA as usize].and_then(|a| udata_comment(a.data)),
+                t[NFTA_TABLE_USERDATA as usize].and_then(|a| udata_comment_of(a.data)),
             )))
         },
     )
@@ -110,9 +201,79 @@ pub(crate) fn read_table(
         return Ok(None);
     };
 
-    let mut chains = dump(
+    let chains = read_chains(sock, &mut seq, name)?
+        .into_iter()
+        .map(|c| ChainStatus {
+            rules: c.rules.into_iter().map(|r| r.status).collect(),
+            ..c.status
+        })
+        .collect();
+
+    let mut sets = dump(
         sock,
         &mut seq,
+        NFT_MSG_GETSET,
+        |b| b.attr_str(NFTA_SET_TABLE, name),
+        |m| {
+            let t = m.attrs(NFGENMSG_LEN).table::<16>()?;
+            if str_of(&t[NFTA_SET_TABLE as usize]) != name {
+                return Ok(None);
+            }
+            set_status(&t).map(Some)
+        },
+    )
+    .map_err(ctx("sets"))?;
+    for s in &mut sets {
+        s.elements = match counting(handle, s) {
+            Counting::Known(c) => c,
+            Counting::Dump(limit) => count_elements(name, &s.name, s.interval, limit)
+                .map_err(ctx(&format!("elements of set {}", s.name)))?,
+        };
+    }
+    Ok(Some((
+        handle,
+        TableStatus {
+            comment,
+            chains,
+            sets,
+        },
+    )))
+}
+
+/// Wraps a failure to read part `what` of table `inet <name>`.
+fn table_ctx(name: &str, what: &str) -> impl FnOnce(NlError) -> Error + use<> {
+    let context = format!("reading table inet {name}: {what}");
+    move |source| Error::Netlink { context, source }
+}
+
+/// A chain as [`read_chains`] reads it.
+pub(crate) struct ChainRead {
+    /// What `status` reports of it (`rules` left empty: see `rules` here).
+    pub status: ChainStatus,
+    /// `NFTA_CHAIN_POLICY` as the kernel sends it (`status.policy` names only accept and drop).
+    pub policy: Option<u32>,
+    pub rules: Vec<RuleRead>,
+}
+
+/// A rule as [`read_chains`] reads it.
+pub(crate) struct RuleRead {
+    pub status: RuleStatus,
+    /// It has a `reject` expression.
+    pub reject: bool,
+    /// It has a `redir` expression.
+    pub redirect: bool,
+}
+
+/// The chains of table `inet <name>` in the order the kernel lists them (creation order), each
+/// with its rules in rule order: one GETCHAIN and one GETRULE dump.
+pub(crate) fn read_chains(
+    sock: &mut Socket,
+    seq: &mut u32,
+    name: &str,
+) -> Result<Vec<ChainRead>, Error> {
+    let mut chains = dump(
+        sock,
+        seq,
         NFT_MSG_GETCHAIN,
         |b| b.attr_str(NFTA_CHAIN_TABLE, name),
         |m| {
@@ -134,33 +295,37 @@ pub(crate) fn read_table(
             let policy = t[NFTA_CHAIN_POLICY as usize]
                 .map(|a| a.be32())
                 .transpose()?;
-            Ok(Some(ChainStatus {
-                name: str_of(&t[NFTA_CHAIN_NAME as usize]),
-                handle: t[NFTA_CHAIN_HANDLE as usize]
-                    .map(|a| a.be64())
-                    .transpose()?
-                    .unwrap_or(0),
-                hook_num: hook,
-                hook: match hook {
-                    Some(NF_INET_LOCAL_OUT) => Some(Hook::Output),
-                    _ => None,
+            Ok(Some(ChainRead {
+                status: ChainStatus {
+                    name: str_of(&t[NFTA_CHAIN_NAME as usize]),
+                    handle: t[NFTA_CHAIN_HANDLE as usize]
+                        .map(|a| a.be64())
+                        .transpose()?
+                        .unwrap_or(0),
+                    hook_num: hook,
+                    hook: match hook {
+                        Some(NF_INET_LOCAL_OUT) => Some(Hook::Output),
+                        _ => None,
+                    },
+                    priority,
+                    policy: match policy {
+                        Some(NF_ACCEPT) => Some(ChainPolicy::Accept),
+                        Some(NF_DROP) => Some(ChainPolicy::Drop),
+                        _ => None,
+                    },
+                    chain_type: t[NFTA_CHAIN_TYPE as usize].map(|a| a.str()),
+                    rules: Vec::new(),
                 },
-                priority,
-                policy: match policy {
-                    Some(NF_ACCEPT) => Some(ChainPolicy::Accept),
-                    Some(NF_DROP) => Some(ChainPolicy::Drop),
-                    _ => None,
-                },
-                chain_type: t[NFTA_CHAIN_TYPE as usize].map(|a| a.str()),
+                policy,
                 rules: Vec::new(),
             }))
         },
     )
-    .map_err(ctx("chains"))?;
+    .map_err(table_ctx(name, "chains"))?;
 
     let rules = dump(
         sock,
-        &mut seq,
+        seq,
         NFT_MSG_GETRULE,
         |b| b.attr_str(NFTA_RULE_TABLE, name),
         |m| {
@@ -169,95 +334,232 @@ pub(crate) fn read_table(
                 return Ok(None);
             }
             let mut counter = None;
+            let (mut reject, mut redirect) = (false, false);
             if let Some(x) = t[NFTA_RULE_EXPRESSIONS as usize] {
                 for e in x.nested() {
                     let e = e?.nested().table::<3>()?;
-                    if str_of(&e[NFTA_EXPR_NAME as usize]) != "counter" {
-                        continue;
-                    }
-                    let mut c = Counter::default();
-                    if let Some(d) = e[NFTA_EXPR_DATA as usize] {
-                        for a in d.nested() {
-                            let a = a?;
-                            match a.ty {
-                                NFTA_COUNTER_PACKETS => c.packets = a.be64()?,
-                                NFTA_COUNTER_BYTES => c.bytes = a.be64()?,
-                                _ => {}
+                    match str_of(&e[NFTA_EXPR_NAME as usize]).as_str() {
+                        "counter" => {
+                            let mut c = Counter::default();
+                            if let Some(d) = e[NFTA_EXPR_DATA as usize] {
+                                for a in d.nested() {
+                                    let a = a?;
+                                    match a.ty {
+                                        NFTA_COUNTER_PACKETS => c.packets = a.be64()?,
+                                        NFTA_COUNTER_BYTES => c.bytes = a.be64()?,
+                                        _ => {}
+                                    }
+                                }
                             }
+                            // nft puts at most one counter in leash's rules; keep the first.
+                            counter.get_or_insert(c);
                         }
+                        "reject" => reject = true,
+                        "redir" => redirect = true,
+                        _ => {}
                     }
-                    // nft puts at most one counter in leash's rules; keep the first.
-                    counter.get_or_insert(c);
                 }
             }
-            let rule = RuleStatus {
-                handle: t[NFTA_RULE_HANDLE as usize]
-                    .map(|a| a.be64())
-                    .transpose()?
-                    .unwrap_or(0),
-                comment: t[NFTA_RULE_USERDATA as usize].and_then(|a| udata_comment(a.data)),
-                counter,
+            let rule = RuleRead {
+                status: RuleStatus {
+                    handle: t[NFTA_RULE_HANDLE as usize]
+                        .map(|a| a.be64())
+                        .transpose()?
+                        .unwrap_or(0),
+                    comment: t[NFTA_RULE_USERDATA as usize].and_then(|a| udata_comment_of(a.data)),
+                    counter,
+                },
+                reject,
+                redirect,
             };
             Ok(Some((str_of(&t[NFTA_RULE_CHAIN as usize]), rule)))
         },
     )
-    .map_err(ctx("rules"))?;
+    .map_err(table_ctx(name, "rules"))?;
     // The dump lists rules chain by chain, each in rule order.
     for (chain, rule) in rules {
-        if let Some(c) = chains.iter_mut().find(|c| c.name == chain) {
+        if let Some(c) = chains.iter_mut().find(|c| c.status.name == chain) {
             c.rules.push(rule);
         }
     }
+    Ok(chains)
+}
 
-    let mut sets = dump(
-        sock,
-        &mut seq,
-        NFT_MSG_GETSET,
-        |b| b.attr_str(NFTA_SET_TABLE, name),
-        |m| {
-            let t = m.attrs(NFGENMSG_LEN).table::<16>()?;
-            if str_of(&t[NFTA_SET_TABLE as usize]) != name {
-                return Ok(None);
-            }
-            let flags = t[NFTA_SET_FLAGS as usize]
-                .map(|a| a.be32())
-                .transpose()?
-                .unwrap_or(0);
-            let key_type = t[NFTA_SET_KEY_TYPE as usize]
-                .map(|a| a.be32())
-                .transpose()?
-                .unwrap_or(0);
-            Ok(Some(SetStatus {
-                name: str_of(&t[NFTA_SET_NAME as usize]),
-                key: key_type_from_id(key_type),
-                key_type,
-                key_len: t[NFTA_SET_KEY_LEN as usize]
-                    .map(|a| a.be32())
-                    .transpose()?
-                    .unwrap_or(0),
-                flags,
-                interval: flags & NFT_SET_INTERVAL != 0,
-                timeout: flags & NFT_SET_TIMEOUT != 0,
-                elements: ElementCount::Exact(0),
-            }))
-        },
-    )
-    .map_err(ctx("sets"))?;
-    for s in &mut sets {
-        s.elements = match counting(handle, s) {
-            Counting::Known(c) => c,
-            Counting::Dump(limit) => count_elements(name, &s.name, s.interval, limit)
-                .map_err(ctx(&format!("elements of set {}", s.name)))?,
-        };
+/// A set's declaration from a NEWSET message's attributes (elements not counted yet).
+fn set_status(t: &[Option<Attr<'_>>; 16]) -> Result<SetStatus, NlError> {
+    let flags = t[NFTA_SET_FLAGS as usize]
+        .map(|a| a.be32())
+        .transpose()?
+        .unwrap_or(0);
+    let key_type = t[NFTA_SET_KEY_TYPE as usize]
+        .map(|a| a.be32())
+        .transpose()?
+        .unwrap_or(0);
+    Ok(SetStatus {
+        name: str_of(&t[NFTA_SET_NAME as usize]),
+        key: key_type_from_id(key_type),
+        key_type,
+        key_len: t[NFTA_SET_KEY_LEN as usize]
+            .map(|a| a.be32())
+            .transpose()?
+            .unwrap_or(0),
+        flags,
+        interval: flags & NFT_SET_INTERVAL != 0,
+        timeout: flags & NFT_SET_TIMEOUT != 0,
+        elements: ElementCount::Exact(0),
+    })
+}
+
+/// A set's declaration as the kernel has it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SetDecl {
+    pub key: Option<KeyType>,
+    pub key_type: u32,
+    pub flags: u32,
+}
+
+/// One GETSET request (not a dump): the set's declaration, `None` if table or set is missing.
+pub(crate) fn get_set(sock: &mut Socket, table: &str, set: &str) -> Result<Option<SetDecl>, Error> {
+    let ctx = |source| Error::Netlink {
+        context: format!("looking up set {set} of table inet {table}"),
+        source,
+    };
+    let req = request(NFT_MSG_GETSET, NLM_F_ACK, 1, |b| {
+        b.attr_str(NFTA_SET_TABLE, table);
+        b.attr_str(NFTA_SET_NAME, set);
+    })
+    .map_err(ctx)?;
+    let mut decl = None;
+    let res = sock.request(&req, |m| {
+        let s = set_status(&m.attrs(NFGENMSG_LEN).table::<16>()?)?;
+        decl = Some(SetDecl {
+            key: s.key,
+            key_type: s.key_type,
+            flags: s.flags,
+        });
+        Ok(())
+    });
+    match res {
+        Err(NlError::Kernel(e)) if e.errno == libc::ENOENT => Ok(None),
+        Err(e) => Err(ctx(e)),
+        Ok(()) => Ok(decl),
     }
-    Ok(Some((
-        handle,
-        TableStatus {
-            comment,
-            chains,
-            sets,
+}
+
+/// Handle and comment of table `inet <name>` from one GETTABLE request (not a dump: the kernel
+/// looks the table up by name and sends one NEWTABLE back). `None` when it does not exist.
+pub(crate) fn table_info(sock: &mut Socket, name: &str) -> Result<Option<TableInfo>, Error> {
+    let ctx = |source| Error::Netlink {
+        context: format!("reading table inet {name}"),
+        source,
+    };
+    let req = request(NFT_MSG_GETTABLE, NLM_F_ACK, 1, |b| {
+        b.attr_str(NFTA_TABLE_NAME, name)
+    })
+    .map_err(ctx)?;
+    let mut info = None;
+    let res = sock.request(&req, |m| {
+        let t = m.attrs(NFGENMSG_LEN).table::<8>()?;
+        let handle = t[NFTA_TABLE_HANDLE as usize]
+            .ok_or_else(|| NlError::Malformed("NEWTABLE reply without NFTA_TABLE_HANDLE".into()))?
+            .be64()?;
+        info = Some(TableInfo {
+            handle,
+            comment: t[NFTA_TABLE_USERDATA as usize].and_then(|a| udata_comment_of(a.data)),
+        });
+        Ok(())
+    });
+    match res {
+        Err(NlError::Kernel(e)) if e.errno == libc::ENOENT => Ok(None),
+        Err(e) => Err(ctx(e)),
+        Ok(()) => match info {
+            Some(i) => Ok(Some(i)),
+            None => Err(ctx(NlError::Malformed(
+                "GETTABLE acked without a NEWTABLE reply".into(),
+            ))),
         },
-    )))
+    }
+}
+
+// --- elements -----------------------------------------------------------------------------------
+
+/// One element of a GETSETELEM reply, borrowed from the message.
+#[derive(Debug, Clone, Copy, Default)]
+struct ElemRef<'a> {
+    key: Option<&'a [u8]>,
+    /// `NFTA_SET_ELEM_FLAGS` (0 without).
+    flags: u32,
+    timeout: Option<u64>,
+    expiration: Option<u64>,
+}
+
+/// Calls `each` for every element in a GETSETELEM reply (a dump message or a lookup's answer).
+fn for_each_element<'a>(
+    m: &Message<'a>,
+    mut each: impl FnMut(ElemRef<'a>) -> Result<(), NlError>,
+) -> Result<(), NlError> {
+    for a in m.attrs(NFGENMSG_LEN) {
+        let a = a?;
+        if a.ty != NFTA_SET_ELEM_LIST_ELEMENTS {
+            continue;
+        }
+        for el in a.nested() {
+            each(parse_element(&el?)?)?;
+        }
+    }
+    Ok(())
+}
+
+fn parse_element<'a>(el: &Attr<'a>) -> Result<ElemRef<'a>, NlError> {
+    let mut e = ElemRef::default();
+    for f in el.nested() {
+        let f = f?;
+        match f.ty {
+            NFTA_SET_ELEM_KEY => {
+                for v in f.nested() {
+                    let v = v?;
+                    if v.ty == NFTA_DATA_VALUE {
+                        e.key = Some(v.data);
+                    }
+                }
+            }
+            NFTA_SET_ELEM_FLAGS => e.flags = f.be32()?,
+            NFTA_SET_ELEM_TIMEOUT => e.timeout = Some(f.be64()?),
+            NFTA_SET_ELEM_EXPIRATION => e.expiration = Some(f.be64()?),
+            _ => {}
+        }
+    }
+    Ok(e)
+}
+
+/// The GETSETELEM dump of set `<set>` of table `inet <table>`.
+fn elements_dump(table: &str, set: &str) -> Result<Vec<u8>, NlError> {
+    request(NFT_MSG_GETSETELEM, NLM_F_DUMP, 1, |b| {
+        b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
+        b.attr_str(NFTA_SET_ELEM_LIST_SET, set);
+    })
+}
+
+/// Dumps every element of set `<set>` of table `inet <table>` on a socket of its own into
+/// `each`; `Ok(false)` when the table or the set does not exist.
+fn list_elements(
+    table: &str,
+    set: &str,
+    mut each: impl FnMut(ElemRef<'_>) -> Result<(), NlError>,
+) -> Result<bool, Error> {
+    let ctx = |source| Error::Netlink {
+        context: format!("reading the elements of set {set} of table inet {table}"),
+        source,
+    };
+    let mut sock = Socket::open(nl::NETLINK_NETFILTER).map_err(ctx)?;
+    let req = elements_dump(table, set).map_err(ctx)?;
+    match sock.dump(&req, |m| for_each_element(m, &mut each)) {
+        // The kernel looks the table and the set up before it starts the dump, and answers the
+        // request with ENOENT when either is missing.
+        Err(NlError::Kernel(e)) if e.errno == libc::ENOENT => Ok(false),
+        Err(e) => Err(ctx(e)),
+        Ok(()) => Ok(true),
+    }
 }
 
 /// Counts the elements of a set from a GETSETELEM dump, reading at most about `limit` of them.
@@ -267,32 +569,22 @@ pub(crate) fn read_table(
 /// The kernel restarts its walk of an interval set from the first element for every 32 KiB reply
 /// it fills, so a full dump costs O(n^2): 100,000 ranges take about a second, 1,000,000 minutes.
 /// Hence the limit. The dump runs on a socket of its own, which is dropped when we stop early.
-pub(crate) fn count_elements(
+fn count_elements(
     table: &str,
     set: &str,
     interval: bool,
     limit: usize,
 ) -> Result<ElementCount, NlError> {
-    let mut sock = Socket::open(crate::nl::NETLINK_NETFILTER)?;
-    let mut b = MsgBuf::new();
-    let m = b.begin(nft_type(NFT_MSG_GETSETELEM), NLM_F_REQUEST | NLM_F_DUMP, 1);
-    b.put_header(&[NFPROTO_INET, NFNETLINK_V0, 0, 0]);
-    b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
-    b.attr_str(NFTA_SET_ELEM_LIST_SET, set);
-    b.end(m)?;
+    let mut sock = Socket::open(nl::NETLINK_NETFILTER)?;
+    let req = elements_dump(table, set)?;
     let mut n = 0usize;
-    let complete = sock.dump_while(b.as_bytes(), |m| {
-        for a in m.attrs(NFGENMSG_LEN) {
-            let a = a?;
-            if a.ty != NFTA_SET_ELEM_LIST_ELEMENTS {
-                continue;
+    let complete = sock.dump_while(&req, |m| {
+        for_each_element(m, |e| {
+            if !(interval && e.flags & NFT_SET_ELEM_INTERVAL_END != 0) {
+                n += 1;
             }
-            for el in a.nested() {
-                if !(interval && elem_flags(&el?)? & NFT_SET_ELEM_INTERVAL_END != 0) {
-                    n += 1;
-                }
-            }
-        }
+            Ok(())
+        })?;
         Ok(n <= limit)
     })?;
     Ok(if complete {
@@ -300,16 +592,6 @@ pub(crate) fn count_elements(
     } else {
         ElementCount::AtLeast(n)
     })
-}
-
-fn elem_flags(el: &Attr<'_>) -> Result<u32, NlError> {
-    for f in el.nested() {
-        let f = f?;
-        if f.ty == NFTA_SET_ELEM_FLAGS {
-            return f.be32();
-        }
-    }
-    Ok(0)
 }
 
 /// Asks the kernel for specific elements (a GETSETELEM that is not a dump: one lookup per key)
@@ -322,41 +604,24 @@ pub(crate) fn check_elements_present(
     elems: &[&KernelElem],
 ) -> Result<(), Error> {
     let what = || format!("looking up sampled elements of set {set}");
-    let mut b = MsgBuf::new();
-    let m = b.begin(nft_type(NFT_MSG_GETSETELEM), NLM_F_REQUEST | NLM_F_ACK, 1);
-    b.put_header(&[NFPROTO_INET, NFNETLINK_V0, 0, 0]);
-    b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
-    b.attr_str(NFTA_SET_ELEM_LIST_SET, set);
-    put_element_list(&mut b, elems.iter().copied(), false);
-    b.end(m).map_err(|source| Error::Netlink {
+    let req = request(NFT_MSG_GETSETELEM, NLM_F_ACK, 1, |b| {
+        b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
+        b.attr_str(NFTA_SET_ELEM_LIST_SET, set);
+        put_element_list(b, elems.iter().copied(), false);
+    })
+    .map_err(|source| Error::Netlink {
         context: what(),
         source,
     })?;
     let mut got: Vec<(Vec<u8>, bool)> = Vec::new();
-    sock.request(b.as_bytes(), |m| {
-        for a in m.attrs(NFGENMSG_LEN) {
-            let a = a?;
-            if a.ty != NFTA_SET_ELEM_LIST_ELEMENTS {
-                continue;
-            }
-            for el in a.nested() {
-                let el = el?;
-                let mut key = Vec::new();
-                for f in el.nested() {
-                    let f = f?;
-                    if f.ty == NFTA_SET_ELEM_KEY {
-                        for v in f.nested() {
-                            let v = v?;
-                            if v.ty == NFTA_DATA_VALUE {
-                                key = v.data.to_vec();
-                            }
-                        }
-                    }
-                }
-                got.push((key, elem_flags(&el)? & NFT_SET_ELEM_INTERVAL_END != 0));
-            }
-        }
-        Ok(())
+    sock.request(&req, |m| {
+        for_each_element(m, |e| {
+            got.push((
+                e.key.unwrap_or_default().to_vec(),
+                e.flags & NFT_SET_ELEM_INTERVAL_END != 0,
+            ));
+            Ok(())
+        })
     })
     .map_err(|e| match e {
         NlError::Kernel(k) if k.errno == libc::ENOENT => {
@@ -374,81 +639,6 @@ pub(crate) fn check_elements_present(
         )));
     }
     Ok(())
-}
-
-/// Handle and comment of table `inet <name>` from one GETTABLE request (not a dump: the kernel
-/// looks the table up by name and sends one NEWTABLE back). `None` when it does not exist.
-pub(crate) fn table_info(sock: &mut Socket, name: &str) -> Result<Option<TableInfo>, Error> {
-    let ctx = |source| Error::Netlink {
-        context: format!("reading table inet {name}"),
-        source,
-    };
-    let mut b = MsgBuf::new();
-    let m = b.begin(nft_type(NFT_MSG_GETTABLE), NLM_F_REQUEST | NLM_F_ACK, 1);
-    b.put_header(&[NFPROTO_INET, NFNETLINK_V0, 0, 0]);
-    b.attr_str(NFTA_TABLE_NAME, name);
-    b.end(m).map_err(ctx)?;
-    let mut info = None;
-    let res = sock.request(b.as_bytes(), |m| {
-        let t = m.attrs(NFGENMSG_LEN).table::<8>()?;
-        let handle = t[NFTA_TABLE_HANDLE as usize]
-            .ok_or_else(|| NlError::Malformed("NEWTABLE reply without NFTA_TABLE_HANDLE".into()))?
-            .be64()?;
-        info = Some(TableInfo {
-            handle,
-            comment: t[NFTA_TABLE_USERDATA as usize].and_then(|a| udata_comment(a.data)),
-        });
-        Ok(())
-    });
-    match res {
-        Err(NlError::Kernel(e)) if e.errno == libc::ENOENT => Ok(None),
-        Err(e) => Err(ctx(e)),
-        Ok(()) => match info {
-            Some(i) => Ok(Some(i)),
-            None => Err(ctx(NlError::Malformed(
-                "GETTABLE acked without a NEWTABLE reply".into(),
-            ))),
-        },
-    }
-}
-
-/// The addresses in set `<set>` of table `inet <table>` with the milliseconds each has left, from
-/// one GETSETELEM dump on a socket of its own. `None` when the table or the set does not exist.
-/// See [`super::timed_elements`] for which elements are listed and with what time.
-pub(crate) fn timed_elements(table: &str, set: &str) -> Result<Option<Vec<(IpAddr, u64)>>, Error> {
-    let ctx = |source| Error::Netlink {
-        context: format!("reading the elements of set {set} of table inet {table}"),
-        source,
-    };
-    let mut sock = Socket::open(crate::nl::NETLINK_NETFILTER).map_err(ctx)?;
-    let mut b = MsgBuf::new();
-    let m = b.begin(nft_type(NFT_MSG_GETSETELEM), NLM_F_REQUEST | NLM_F_DUMP, 1);
-    b.put_header(&[NFPROTO_INET, NFNETLINK_V0, 0, 0]);
-    b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
-    b.attr_str(NFTA_SET_ELEM_LIST_SET, set);
-    b.end(m).map_err(ctx)?;
-    let mut out = Vec::new();
-    let res = sock.dump(b.as_bytes(), |m| {
-        for a in m.attrs(NFGENMSG_LEN) {
-            let a = a?;
-            if a.ty != NFTA_SET_ELEM_LIST_ELEMENTS {
-                continue;
-            }
-            for el in a.nested() {
-                if let Some(e) = timed_element(&el?)? {
-                    out.push(e);
-                }
-            }
-        }
-        Ok(())
-    });
-    match res {
-        // The kernel looks the table and the set up before it starts the dump, and answers the
-        // request with ENOENT when either is missing.
-        Err(NlError::Kernel(e)) if e.errno == libc::ENOENT => Ok(None),
-        Err(e) => Err(ctx(e)),
-        Ok(()) => Ok(Some(dedup_by_address(out))),
-    }
 }
 
 /// Sorts by address and keeps one entry per address, the one read last.
@@ -474,32 +664,14 @@ fn dedup_by_address(mut v: Vec<(IpAddr, u64)>) -> Vec<(IpAddr, u64)> {
 }
 
 /// One element of a GETSETELEM dump as (address, ms left); `None` for an element that has no
-/// time left to carry over (see [`super::timed_elements`]).
-fn timed_element(el: &Attr<'_>) -> Result<Option<(IpAddr, u64)>, NlError> {
-    let (mut key, mut flags, mut timeout, mut expiration) = (None, 0, None, None);
-    for f in el.nested() {
-        let f = f?;
-        match f.ty {
-            NFTA_SET_ELEM_KEY => {
-                for v in f.nested() {
-                    let v = v?;
-                    if v.ty == NFTA_DATA_VALUE {
-                        key = Some(v.data);
-                    }
-                }
-            }
-            NFTA_SET_ELEM_FLAGS => flags = f.be32()?,
-            NFTA_SET_ELEM_TIMEOUT => timeout = Some(f.be64()?),
-            NFTA_SET_ELEM_EXPIRATION => expiration = Some(f.be64()?),
-            _ => {}
-        }
-    }
-    if flags & NFT_SET_ELEM_INTERVAL_END != 0 {
+/// time left to carry over (see [`timed_elements`]).
+fn timed_element(e: ElemRef<'_>) -> Result<Option<(IpAddr, u64)>, NlError> {
+    if e.flags & NFT_SET_ELEM_INTERVAL_END != 0 {
         // Only in interval sets, which the forwarder does not fill: the end of a range is no
         // address of its own.
         return Ok(None);
     }
-    let addr = match key {
+    let addr = match e.key {
         Some(k) => match <[u8; 4]>::try_from(k) {
             Ok(v4) => IpAddr::from(v4),
             Err(_) => match <[u8; 16]>::try_from(k) {
@@ -516,7 +688,7 @@ fn timed_element(el: &Attr<'_>) -> Result<Option<(IpAddr, u64)>, NlError> {
     };
     // The kernel sends the expiration whenever the element has a timeout (0 once it is past),
     // so `timeout` alone is a fallback for kernels that might not.
-    Ok(match expiration.or(timeout) {
+    Ok(match e.expiration.or(e.timeout) {
         Some(ms) if ms > 0 => Some((addr, ms)),
         _ => None,
     })

@@ -1,6 +1,6 @@
 //! `leash trace`: "why is my connection blocked?" on the live system. Traces the packets that
 //! match --to, --port and --uid through table inet leash and prints, per packet, the rules it
-//! passed, the rule that decided and the verdict (see `kernel::trace` for how).
+//! passed, the rule that decided and the verdict (see `kernel::trace` and `observe::trace`).
 //!
 //! Output: one line per packet on stdout (JSON lines with --json); what is being traced, re-applies
 //! noticed on the way and the closing summary go to stderr. The tracing chain is removed when
@@ -9,10 +9,8 @@
 use crate::exit::{EXIT_OK, UsageError, require_root};
 use anyhow::{Context, Result};
 use ipnet::IpNet;
-use kernel::trace::{
-    Assembler, ChainEnd, Error as TraceError, Explanation, PacketTrace, Refresh, TRACE_CHAIN, TRACE_PRIORITY,
-    TraceFilter, Tracer,
-};
+use kernel::trace::{Error as TraceError, Refresh, TRACE_CHAIN, TRACE_PRIORITY, TraceFilter, Tracer};
+use observe::trace::{Assembler, ChainEnd, Explanation, PacketTrace};
 use serde_json::json;
 use std::collections::HashMap;
 use std::io::Write;
@@ -227,7 +225,7 @@ impl Printer {
             if self.limit.is_some_and(|l| self.printed >= l) {
                 break;
             }
-            let e = kernel::trace::explain(&p, tracer.rules());
+            let e = observe::trace::explain(&p, tracer.rules());
             let line = if self.json { self.json_line(&p, &e).to_string() } else { self.text_line(&p, &e) };
             match writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
                 Ok(()) => self.printed += 1,
@@ -374,7 +372,8 @@ fn ifname(index: u32) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kernel::trace::{ChainPath, Outcome, Packet, PathRule, Verdict};
+    use kernel::trace::Verdict;
+    use observe::trace::{ChainPath, Outcome, Packet, PathRule};
 
     fn rule(name: &str, hit: Option<Verdict>) -> PathRule {
         PathRule {

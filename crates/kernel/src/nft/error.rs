@@ -1,0 +1,61 @@
+//! The error of every nftables operation (apply, disable, status, set updates, element writes,
+//! tracing), and the helper that wraps a netlink failure with what was being done.
+
+use crate::nl::{KernelError, NlError};
+
+/// Errors of apply, disable and status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The table model cannot be encoded as it is (nothing was sent).
+    #[error("invalid table: {0}")]
+    Invalid(String),
+    /// Talking to the kernel failed (opening the socket, sending, receiving, dumping).
+    #[error("{context}: {source}")]
+    Netlink {
+        context: String,
+        #[source]
+        source: NlError,
+    },
+    /// The kernel rejected a message of the batch; it then aborts the whole batch, so nothing
+    /// changed. `what` names the message, e.g. "NEWRULE for rule `dns` (chain output, rule 3)".
+    #[error("{what}: {error}")]
+    Rejected { what: String, error: KernelError },
+    /// The kernel answered fewer messages than it was sent.
+    #[error("the kernel acknowledged {acked} of the {expected} messages of the batch")]
+    MissingAcks { acked: usize, expected: usize },
+    /// The table read back after an apply differs from the one applied.
+    #[error("the table read back after apply differs: {0}")]
+    Verify(String),
+    /// There is no table `inet <name>` (to change the sets of).
+    #[error("there is no table inet {0}")]
+    NoSuchTable(String),
+    /// Table `inet <table>` has no set `<set>`.
+    #[error("table inet {table} has no set {set}")]
+    NoSuchSet { table: String, set: String },
+}
+
+impl Error {
+    /// The errno behind this error, if the kernel or a system call gave one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Error::Rejected { error, .. } => Some(error.errno),
+            Error::Netlink {
+                source: NlError::Kernel(e),
+                ..
+            } => Some(e.errno),
+            Error::Netlink {
+                source: NlError::Io { source, .. },
+                ..
+            } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+/// Wraps a netlink failure as [`Error::Netlink`] with what was being done.
+pub(crate) fn netlink(context: &str) -> impl FnOnce(NlError) -> Error + '_ {
+    move |source| Error::Netlink {
+        context: context.to_string(),
+        source,
+    }
+}
