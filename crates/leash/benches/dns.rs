@@ -856,6 +856,10 @@ fn sequential(
 
 /// Keys (IPv4, as offsets-independent u32) of set `set` of table `inet table` in `ns`: one
 /// GETSETELEM dump; interval ends are left out.
+///
+/// Not `kernel::timed_elements`, which lists only elements with time left: dnsmasq adds its
+/// elements without a timeout (and `r_bench_d4` has no default one), and the interval set of the
+/// third tool has no timeouts at all. Every element counts here, timed or not.
 fn set_keys(ns: &NetNs, table: &str, set: &str) -> Result<Vec<u32>> {
     use kernel::nl::{MsgBuf, NETLINK_NETFILTER, NLM_F_DUMP, NLM_F_REQUEST, Socket};
     const NFNL_SUBSYS_NFTABLES: u16 = 10;
