@@ -38,15 +38,14 @@
 mod common;
 
 use anyhow::{Context, Result, bail, ensure};
-use common::{Scratch, settle, tool_version, tv};
+use common::{Args, Finished, Scratch, median_f, mib, ms, ratio, run_in, settle, tool_version};
 use kernel::netns::NetNs;
 use sha2::{Digest, Sha256};
 use std::ffi::OsString;
 use std::fmt::Write as _;
-use std::fs::File;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const V4_BASE: u32 = 0xC612_0000; // 198.18.0.0
@@ -245,68 +244,11 @@ fn phases(path: &Path) -> Result<(Phases, ruleset::Table)> {
     Ok((ph, table))
 }
 
-/// One child process: wall time from spawn to reap, its peak RSS, its output.
-#[derive(Debug)]
-struct Run {
-    wall: Duration,
-    maxrss_kib: u64,
-    /// CPU time in user space and in the kernel (the batch is processed inside `sendmsg`, so the
-    /// kernel's work on it is system time of the process that sends it).
-    user: Duration,
-    sys: Duration,
-    stdout: String,
-}
-
-
-
-/// Runs `argv` inside `ns` (through `nsenter --net=`), reaping it with `wait4` for its rusage.
-fn run_in(ns: &NetNs, argv: &[OsString], scratch: &Path) -> Result<Run> {
-    let out_path = scratch.join("child.stdout");
-    let err_path = scratch.join("child.stderr");
-    let out = File::create(&out_path)?;
-    let err = File::create(&err_path)?;
-    let mut netarg = OsString::from("--net=");
-    netarg.push(ns.path());
-    let start = Instant::now();
-    let child = Command::new("nsenter")
-        .arg(netarg)
-        .args(argv)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err))
-        .spawn()
-        .context("spawning nsenter")?;
-    // `child` is never waited on through std afterwards (dropping a `Child` does not wait).
-    let (status, ru) = common::wait_with_rusage(&child).context("wait4")?;
-    let wall = start.elapsed();
-    drop(child);
-    let stdout = std::fs::read_to_string(&out_path)?;
-    let stderr = std::fs::read_to_string(&err_path)?;
-    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    if !ok {
-        bail!(
-            "{:?} failed (wait status {status:#x}):\n{stdout}{stderr}",
-            argv
-        );
-    }
-    Ok(Run {
-        wall,
-        maxrss_kib: ru.ru_maxrss as u64,
-        user: tv(ru.ru_utime),
-        sys: tv(ru.ru_stime),
-        stdout,
-    })
-}
-
 /// Checks the table in `ns` with `leash status --json`: comment, one chain with the expected rule
 /// count, the expected sets. Large sets are only counted up to leash's counting limit there; their
 /// exact size is checked once at the end ([`oracle`]).
 fn check_status(leash: &Path, ns: &NetNs, exp: &Expected, scratch: &Path, who: &str) -> Result<()> {
-    let r = run_in(
-        ns,
-        &[leash.into(), "status".into(), "--json".into()],
-        scratch,
-    )?;
+    let r = run_in(ns, &[leash.as_os_str(), "status".as_ref(), "--json".as_ref()], scratch)?;
     let j: serde_json::Value = serde_json::from_str(&r.stdout).context("leash status --json")?;
     let ctx = || {
         format!(
@@ -398,17 +340,7 @@ fn count_listed_elements(listing: &str) -> Vec<(String, usize)> {
 fn oracle(ns_leash: &NetNs, ns_nft: &NetNs, exp: &Expected, scratch: &Path) -> Result<Duration> {
     let t = Instant::now();
     let list = |ns: &NetNs| {
-        run_in(
-            ns,
-            &[
-                "nft".into(),
-                "list".into(),
-                "table".into(),
-                "inet".into(),
-                "leash".into(),
-            ],
-            scratch,
-        )
+        run_in(ns, &["nft", "list", "table", "inet", "leash"], scratch)
     };
     let a = list(ns_leash)?.stdout;
     let b = list(ns_nft)?.stdout;
@@ -436,38 +368,19 @@ fn oracle(ns_leash: &NetNs, ns_nft: &NetNs, exp: &Expected, scratch: &Path) -> R
 #[derive(Debug, Default)]
 struct Series {
     wall: Vec<Duration>,
-    rss: Vec<u64>,
+    /// Peak RSS, MiB.
+    rss: Vec<f64>,
     user: Vec<Duration>,
     sys: Vec<Duration>,
 }
 
 impl Series {
-    fn push(&mut self, r: &Run) {
+    fn push(&mut self, r: &Finished) {
         self.wall.push(r.wall);
-        self.rss.push(r.maxrss_kib);
+        self.rss.push(mib(r.maxrss_kib));
         self.user.push(r.user);
         self.sys.push(r.sys);
     }
-}
-
-fn median<T: Copy + Ord>(v: &[T]) -> T {
-    let mut s = v.to_vec();
-    s.sort();
-    s[s.len() / 2]
-}
-
-fn median_f(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    if s.len() % 2 == 1 {
-        s[s.len() / 2]
-    } else {
-        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 fn wall_ms(s: &Series) -> (f64, f64, f64) {
@@ -477,10 +390,6 @@ fn wall_ms(s: &Series) -> (f64, f64, f64) {
         v.iter().copied().fold(f64::INFINITY, f64::min),
         v.iter().copied().fold(0.0, f64::max),
     )
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
 }
 
 #[derive(Debug, Default)]
@@ -507,27 +416,17 @@ struct Opts {
 }
 
 fn parse_args() -> Result<Opts> {
-    let mut rounds: usize = match std::env::var("LEASH_BENCH_ROUNDS") {
-        Ok(s) => s.parse().context("LEASH_BENCH_ROUNDS")?,
-        Err(_) => 5,
-    };
+    let mut rounds = common::args::rounds(5)?;
     let mut variants = vec![Variant::Hosts, Variant::Mixed];
     let mut oracle = true;
     let mut keep = false;
     let mut warmup = 1;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
+    let mut args = Args::new("--rounds N, --variant hosts|mixed|all, --warmup N, --no-oracle, --keep");
+    while let Some(a) = args.flag() {
         match a.as_str() {
-            "--bench" => {} // passed by `cargo bench`
-            "--rounds" => {
-                rounds = args
-                    .next()
-                    .context("--rounds N")?
-                    .parse()
-                    .context("--rounds N")?
-            }
+            "--rounds" => rounds = args.value("--rounds")?,
             "--variant" => {
-                variants = match args.next().as_deref() {
+                variants = match args.word().as_deref() {
                     Some("hosts") => vec![Variant::Hosts],
                     Some("mixed") => vec![Variant::Mixed],
                     Some("all") => vec![Variant::Hosts, Variant::Mixed],
@@ -536,16 +435,8 @@ fn parse_args() -> Result<Opts> {
             }
             "--no-oracle" => oracle = false,
             "--keep" => keep = true,
-            "--warmup" => {
-                warmup = args
-                    .next()
-                    .context("--warmup N")?
-                    .parse()
-                    .context("--warmup N")?
-            }
-            other => bail!(
-                "unknown argument {other:?} (options: --rounds N, --variant hosts|mixed|all, --warmup N, --no-oracle, --keep)"
-            ),
+            "--warmup" => warmup = args.value("--warmup")?,
+            other => return Err(args.unknown(other)),
         }
     }
     ensure!((1..=101).contains(&rounds), "rounds must be 1..=101");
@@ -559,32 +450,19 @@ fn parse_args() -> Result<Opts> {
     })
 }
 
-
-
 fn main() -> Result<()> {
     let opts = parse_args()?;
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !common::is_root() {
         eprintln!("bench apply: needs root (network namespaces and nftables); skipped");
         return Ok(());
     }
-    let leash = PathBuf::from(
-        std::env::var_os("LEASH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_leash").into()),
-    );
-    let scratch = Scratch(
-        std::env::temp_dir().join(format!("leash-bench-apply-{}", std::process::id())),
-        opts.keep,
-    );
-    std::fs::create_dir_all(&scratch.0)?;
+    let leash = common::leash_bin();
+    let scratch = Scratch::create(std::env::temp_dir(), "apply", opts.keep)?;
     let dir = scratch.0.clone();
 
     println!("leash binary: {}", leash.display());
     println!("{}", tool_version(&["nft", "--version"]));
-    println!(
-        "kernel {}, {} CPUs",
-        tool_version(&["uname", "-r"]),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
+    println!("{}", common::kernel_line());
     println!(
         "rounds: {} (after {} warm-up), variants: {:?}\n",
         opts.rounds,
@@ -761,16 +639,16 @@ fn render(variant: Variant, exp: &Expected, r: &VariantResult, rounds: usize) ->
             "| {what} | `leash apply` | {lm:.0} | {lmin:.0} | {lmax:.0} | {:.0} | {:.0} | {:.1} | |",
             med(&l.user),
             med(&l.sys),
-            mib(median(&l.rss))
+            median_f(&l.rss)
         )
         .unwrap();
         writeln!(
             s,
-            "| {what} | `nft -f` | {nm:.0} | {nmin:.0} | {nmax:.0} | {:.0} | {:.0} | {:.1} | **{:.2}** |",
+            "| {what} | `nft -f` | {nm:.0} | {nmin:.0} | {nmax:.0} | {:.0} | {:.0} | {:.1} | {} |",
             med(&n.user),
             med(&n.sys),
-            mib(median(&n.rss)),
-            nm / lm
+            median_f(&n.rss),
+            ratio(nm, lm)
         )
         .unwrap();
     }

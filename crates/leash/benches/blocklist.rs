@@ -33,16 +33,16 @@
 mod common;
 
 use anyhow::{Context, Result, bail, ensure};
-use common::{Scratch, settle, tool_version, tv};
+use common::{Args, Finished, Scratch, median_f, ms, nsenter, ratio, settle, tool_version};
 use kernel::netns::NetNs;
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{BufWriter, Write as _};
 use std::net::{Ipv4Addr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SET: &str = "threat-feed";
 const SET_V4: &str = "s_threat-feed_v4";
@@ -144,65 +144,15 @@ fn write_nft_update(path: &Path, n: u32) -> Result<()> {
     Ok(w.flush()?)
 }
 
-/// One child process: wall time from spawn to reap (or to the kill), its peak RSS and CPU times.
-#[derive(Debug, Clone)]
-struct Run {
-    wall: Duration,
-    maxrss_kib: u64,
-    user: Duration,
-    sys: Duration,
-    timed_out: bool,
-    stdout: String,
-}
-
-/// Runs `argv` inside `ns` (through `nsenter --net=`), reaping it with `wait4` for its rusage;
-/// kills it (by its pid: our own child) after `timeout`.
-fn run_in(ns: &NetNs, argv: &[OsString], env: &[(&str, &Path)], scratch: &Path, timeout: Duration) -> Result<Run> {
-    let out_path = scratch.join("child.stdout");
-    let err_path = scratch.join("child.stderr");
-    let mut netarg = OsString::from("--net=");
-    netarg.push(ns.path());
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(netarg)
-        .args(argv)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(File::create(&out_path)?))
-        .stderr(Stdio::from(File::create(&err_path)?));
+/// Runs `argv` inside `ns` with `env` added to its environment, reaping it with `wait4` for its
+/// rusage; kills it (by its pid: our own child) after `timeout`.
+fn run_in(ns: &NetNs, argv: &[OsString], env: &[(&str, &Path)], scratch: &Path, timeout: Duration) -> Result<Finished> {
+    let mut cmd = nsenter(ns);
+    cmd.args(argv).stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let start = Instant::now();
-    let child = cmd.spawn().context("spawning nsenter")?;
-    let pid = child.id() as libc::pid_t;
-    let mut timed_out = false;
-    let (status, ru) = loop {
-        let mut status: libc::c_int = 0;
-        // SAFETY: rusage is plain old data; all-zero is a valid value.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: polls our own child; status and ru are valid out-pointers.
-        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
-        if r == pid {
-            break (status, ru);
-        }
-        if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            bail!("wait4: {}", std::io::Error::last_os_error());
-        }
-        if !timed_out && start.elapsed() > timeout {
-            timed_out = true;
-            // SAFETY: signals our own child, which has not been reaped (so the pid is still ours).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let wall = start.elapsed();
-    drop(child);
-    let stdout = std::fs::read_to_string(&out_path)?;
-    let stderr = std::fs::read_to_string(&err_path)?;
-    let exited_ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    if !timed_out && !exited_ok {
-        bail!("{argv:?} failed (wait status {status:#x}):\n{stdout}{stderr}");
-    }
-    Ok(Run { wall, maxrss_kib: ru.ru_maxrss as u64, user: tv(ru.ru_utime), sys: tv(ru.ru_stime), timed_out, stdout })
+    common::child::run(&mut cmd, scratch, "child", Some(timeout))?.checked()
 }
 
 /// Every entry of a list inside 198.18.0.0/15, and the addresses to probe there: first and last
@@ -273,22 +223,11 @@ fn check_status(
 }
 
 #[derive(Debug, Default)]
-struct Series(Vec<Run>);
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        f64::NAN
-    } else if v.len() % 2 == 1 {
-        v[v.len() / 2]
-    } else {
-        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
-    }
-}
+struct Series(Vec<Finished>);
 
 impl Series {
-    fn med(&self, f: impl Fn(&Run) -> f64) -> f64 {
-        median(self.0.iter().map(f).collect())
+    fn med(&self, f: impl Fn(&Finished) -> f64) -> f64 {
+        median_f(&self.0.iter().map(f).collect::<Vec<_>>())
     }
     fn wall(&self) -> f64 {
         self.med(|r| ms(r.wall))
@@ -308,10 +247,6 @@ fn own_rss_mib() -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 struct Opts {
     rounds: usize,
     entries: u32,
@@ -322,30 +257,21 @@ struct Opts {
 
 fn parse_args() -> Result<Opts> {
     let mut o = Opts {
-        rounds: match std::env::var("LEASH_BENCH_ROUNDS") {
-            Ok(s) => s.parse().context("LEASH_BENCH_ROUNDS")?,
-            Err(_) => 3,
-        },
+        rounds: common::args::rounds(3)?,
         entries: 1_000_000,
         nft_timeout: Duration::from_secs(120),
         keep: false,
         no_feed_order: false,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut num = |what: &str| -> Result<u64> {
-            args.next().with_context(|| format!("{what} N"))?.parse().with_context(|| format!("{what} N"))
-        };
+    let mut args = Args::new("--rounds N, --entries N, --nft-timeout S, --no-feed-order, --keep");
+    while let Some(a) = args.flag() {
         match a.as_str() {
-            "--bench" => {}
-            "--rounds" => o.rounds = num("--rounds")? as usize,
-            "--entries" => o.entries = num("--entries")? as u32,
-            "--nft-timeout" => o.nft_timeout = Duration::from_secs(num("--nft-timeout")?),
+            "--rounds" => o.rounds = args.value("--rounds")?,
+            "--entries" => o.entries = args.value("--entries")?,
+            "--nft-timeout" => o.nft_timeout = Duration::from_secs(args.value("--nft-timeout")?),
             "--keep" => o.keep = true,
             "--no-feed-order" => o.no_feed_order = true,
-            other => bail!(
-                "unknown argument {other:?} (options: --rounds N, --entries N, --nft-timeout S, --no-feed-order, --keep)"
-            ),
+            other => return Err(args.unknown(other)),
         }
     }
     ensure!((1..=51).contains(&o.rounds), "rounds must be 1..=51");
@@ -371,24 +297,18 @@ struct Results {
 
 fn main() -> Result<()> {
     let o = parse_args()?;
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !common::is_root() {
         eprintln!("bench blocklist: needs root (network namespaces and nftables); skipped");
         return Ok(());
     }
-    let leash = PathBuf::from(std::env::var_os("LEASH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_leash").into()));
-    let scratch = Scratch(std::env::temp_dir().join(format!("leash-bench-blocklist-{}", std::process::id())), o.keep);
-    std::fs::create_dir_all(&scratch.0)?;
+    let leash = common::leash_bin();
+    let scratch = Scratch::create(std::env::temp_dir(), "blocklist", o.keep)?;
     let dir = scratch.0.clone();
     let state = dir.join("state");
 
     println!("leash binary: {}", leash.display());
     println!("{}", tool_version(&["nft", "--version"]));
-    println!(
-        "kernel {}, {} CPUs",
-        tool_version(&["uname", "-r"]),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
+    println!("{}", common::kernel_line());
     println!("rounds: {}, entries: {}, nft timeout: {} s\n", o.rounds, o.entries, o.nft_timeout.as_secs());
 
     let policy = dir.join("policy.toml");
@@ -550,13 +470,13 @@ fn render(o: &Opts, r: &Results, own_rss: f64) -> String {
             format!("{:.0}", s.wall())
         }
     };
-    let ratio = |l: &Series, n: &Series| {
+    let vs = |l: &Series, n: &Series| {
         if n.timed_out() {
-            format!("< {:.3}", l.wall() / (t as f64 * 1000.0))
+            format!("**< {:.3}**", l.wall() / (t as f64 * 1000.0))
         } else if n.0.is_empty() {
-            "-".into()
+            "**-**".into()
         } else {
-            format!("{:.2}", l.wall() / n.wall())
+            ratio(l.wall(), n.wall())
         }
     };
     let mut s = String::new();
@@ -582,11 +502,10 @@ fn render(o: &Opts, r: &Results, own_rss: f64) -> String {
             x.med(|r| ms(r.user)),
             x.med(|r| ms(r.sys)),
             x.med(|r| r.maxrss_kib as f64) / 1024.0,
-            leash.map_or(String::new(), |l| format!("**{}**", ratio(l, x)))
+            leash.map_or(String::new(), |l| vs(l, x))
         )
         .unwrap();
     }
-    let med = |v: &[f64]| median(v.to_vec());
     writeln!(
         s,
         "\n{} rounds of {} entries; medians. leash/nft is the ratio of the median wall times (below 1: leash is faster; with `>`, nft was killed at the timeout, so the ratio is at most that). CPU times and RSS of a run nft did not finish cover it until it was killed. Peak RSS is wait4's, which includes the {own_rss:.1} MiB the bench process had when it spawned the tool. {} of {} timed runs started while other load kept the machine busy.",
@@ -599,11 +518,11 @@ fn render(o: &Opts, r: &Results, own_rss: f64) -> String {
     writeln!(
         s,
         "\nInside leash (medians, from `--json`): apply: kernel (send the batch, read the acks) {:.0} ms, read-back and verify {:.1} ms; set update: parse the list {:.0} ms, kernel {:.0} ms. `leash status` with the set loaded: {:.0} ms (wall, whole command).",
-        med(&r.apply_kernel_ms),
-        med(&r.apply_verify_ms),
-        med(&r.update_parse_ms),
-        med(&r.update_kernel_ms),
-        med(&r.status_ms),
+        median_f(&r.apply_kernel_ms),
+        median_f(&r.apply_verify_ms),
+        median_f(&r.update_parse_ms),
+        median_f(&r.update_kernel_ms),
+        median_f(&r.status_ms),
     )
     .unwrap();
     s

@@ -78,10 +78,9 @@
 mod common;
 
 use anyhow::{Context, Result, bail, ensure};
-use common::{Scratch, settle, tool_version, tv};
+use common::{Args, Scratch, have, median_f, ms, nsenter, percentile, settle, tool_version, us};
 use kernel::netns::NetNs;
 use kernel::rtnl::{Family, Rtnl};
-use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::ErrorKind;
@@ -170,7 +169,7 @@ struct Opts {
 
 fn main() -> Result<()> {
     let mut o = Opts {
-        rounds: std::env::var("LEASH_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5),
+        rounds: common::args::rounds(5)?,
         connects: 20_000,
         round_secs: 20,
         slice: 1_000,
@@ -184,12 +183,12 @@ fn main() -> Result<()> {
         keep: false,
         candidate: None,
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut num = |what: &str| -> Result<usize> {
-            it.next().and_then(|v| v.parse().ok()).with_context(|| format!("{what} needs a number"))
-        };
+    let mut args = Args::new(
+        "--rounds N, --connects N, --slice N, --round-secs S, --slow-connects N, --slow-secs S, --entries N, \
+         --ipt-entries N, --load-cap S, --no-nft, --no-iptables, --keep, --nft-script FILE",
+    );
+    while let Some(a) = args.flag() {
+        let mut num = |what: &str| -> Result<usize> { args.value(what) };
         match a.as_str() {
             "--rounds" => o.rounds = num("--rounds")?.max(1),
             "--connects" => o.connects = num("--connects")?.max(1),
@@ -203,22 +202,18 @@ fn main() -> Result<()> {
             "--no-nft" => o.nft = false,
             "--no-iptables" => o.iptables = false,
             "--keep" => o.keep = true,
-            "--nft-script" => o.candidate = Some(it.next().context("--nft-script needs a file")?.into()),
-            "--bench" => {}
-            other => bail!("unknown option {other}"),
+            "--nft-script" => o.candidate = Some(args.word().context("--nft-script needs a file")?.into()),
+            other => return Err(args.unknown(other)),
         }
     }
     if o.ipt_entries == 0 {
         o.ipt_entries = o.entries;
     }
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !common::is_root() {
         bail!("the connect_rate bench needs root (namespaces, veth, nftables, iptables)");
     }
-    let leash = PathBuf::from(std::env::var_os("LEASH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_leash").into()));
-    let scratch =
-        Scratch(std::env::temp_dir().join(format!("leash-bench-connect-rate-{}", std::process::id())), o.keep);
-    std::fs::create_dir_all(&scratch.0)?;
+    let leash = common::leash_bin();
+    let scratch = Scratch::create(std::env::temp_dir(), "connect-rate", o.keep)?;
     let t = Instant::now();
     let r = bench(&o, &leash, &scratch.0);
     eprintln!("bench ran {:.0} s", t.elapsed().as_secs_f64());
@@ -383,22 +378,6 @@ fn accept_loop(l: &TcpListener, stop: &AtomicBool) {
     }
 }
 
-fn nsenter(ns: &NetNs) -> Command {
-    let mut c = Command::new("nsenter");
-    let mut net = OsString::from("--net=");
-    net.push(ns.path());
-    c.arg(net);
-    c
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 // ---------------------------------------------------------------------------------------------
 // Loading
 
@@ -420,52 +399,19 @@ enum Capped {
     Stopped,
 }
 
-/// Runs `cmd` (stdout and stderr to files in `dir`) and waits at most `cap`: polls `wait4` with
-/// WNOHANG, so that the child's rusage comes back and a child past the cap is killed by its pid
-/// while it is certainly still ours (not yet reaped).
+/// Runs `cmd` (stdout and stderr to files in `dir`) and waits at most `cap` (see
+/// `common::child::run`); returns its stdout too.
 fn run_capped(mut cmd: Command, dir: &Path, tag: &str, cap: Duration) -> Result<(Capped, String)> {
-    let out_path = dir.join(format!("{tag}.out"));
-    let err_path = dir.join(format!("{tag}.err"));
-    cmd.stdout(File::create(&out_path)?).stderr(File::create(&err_path)?);
-    let t = Instant::now();
-    let mut child = cmd.spawn().with_context(|| format!("starting {tag}"))?;
-    let pid = child.id() as libc::pid_t;
-    loop {
-        let mut status: libc::c_int = 0;
-        // SAFETY: rusage is plain old data; all-zero is a valid value.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: waits for our own child; status and ru are valid out-pointers.
-        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
-        if r == pid {
-            let wall = t.elapsed();
-            let out = std::fs::read_to_string(&out_path).unwrap_or_default();
-            if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
-                let err = std::fs::read_to_string(&err_path).unwrap_or_default();
-                let err: String = err.chars().take(2000).collect();
-                return Ok((Capped::Failed(format!("status {status:#x}: {}", err.trim())), out));
-            }
-            let load = Load {
-                wall,
-                user: tv(ru.ru_utime),
-                sys: tv(ru.ru_stime),
-                max_rss_mib: ru.ru_maxrss as f64 / 1024.0,
-                ..Load::default()
-            };
-            return Ok((Capped::Done(load), out));
-        }
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != ErrorKind::Interrupted {
-                return Err(e).context("wait4");
-            }
-        }
-        if t.elapsed() > cap {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Ok((Capped::Stopped, String::new()));
-        }
-        std::thread::sleep(Duration::from_millis(2));
+    let r = common::child::run(&mut cmd, dir, tag, Some(cap))?;
+    if r.timed_out {
+        return Ok((Capped::Stopped, String::new()));
     }
+    if !r.exited_ok() {
+        let err: String = r.stderr.chars().take(2000).collect();
+        return Ok((Capped::Failed(format!("status {:#x}: {}", r.status, err.trim())), r.stdout));
+    }
+    let load = Load { wall: r.wall, user: r.user, sys: r.sys, max_rss_mib: common::mib(r.maxrss_kib), ..Load::default() };
+    Ok((Capped::Done(load), r.stdout))
 }
 
 /// A connect to the probe must be refused at once: the list is in force. Returns the connect's
@@ -839,39 +785,8 @@ fn bench(o: &Opts, leash: &Path, dir: &Path) -> Result<()> {
     let report = report(o, &variants, unsettled, blocks)? + &counters;
     drop(variants);
     println!("{report}");
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-connect-rate");
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("report.md"), &report)?;
+    common::write_report("connect-rate", &report)?;
     Ok(())
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// Nearest-rank percentile of sorted durations.
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// Connects/s: whole numbers with separators, one decimal below 100.
@@ -913,8 +828,8 @@ fn report(o: &Opts, variants: &[Variant], unsettled: usize, blocks: usize) -> Re
     let rates: Vec<f64> = variants
         .iter()
         .map(|v| {
-            let mut r: Vec<f64> = v.rounds.iter().map(Round::rate).collect();
-            median(&mut r)
+            let r: Vec<f64> = v.rounds.iter().map(Round::rate).collect();
+            median_f(&r)
         })
         .collect();
     let none = variants.iter().position(|v| v.kind == Kind::None);
@@ -925,8 +840,8 @@ fn report(o: &Opts, variants: &[Variant], unsettled: usize, blocks: usize) -> Re
         .iter()
         .map(|v| {
             let Some(n) = none else { return f64::NAN };
-            let mut r: Vec<f64> = v.rounds.iter().zip(&variants[n].rounds).map(|(a, b)| a.rate() / b.rate()).collect();
-            median(&mut r)
+            let r: Vec<f64> = v.rounds.iter().zip(&variants[n].rounds).map(|(a, b)| a.rate() / b.rate()).collect();
+            median_f(&r)
         })
         .collect();
     // Fast variants only: the ratio of each slice to the no-rules slice of the same turn (at most a
@@ -935,13 +850,13 @@ fn report(o: &Opts, variants: &[Variant], unsettled: usize, blocks: usize) -> Re
         if a.kind.slow() || b.kind.slow() {
             return f64::NAN;
         }
-        let mut r: Vec<f64> = a
+        let r: Vec<f64> = a
             .rounds
             .iter()
             .zip(&b.rounds)
             .flat_map(|(x, y)| x.slices.iter().zip(&y.slices).map(|(p, q)| p / q))
             .collect();
-        median(&mut r)
+        median_f(&r)
     };
     writeln!(
         s,
@@ -971,8 +886,8 @@ fn report(o: &Opts, variants: &[Variant], unsettled: usize, blocks: usize) -> Re
             v.kind.label(),
             rate_text(rate),
             rate / base,
-            us(pct(&lat, 50.0)),
-            us(pct(&lat, 99.0)),
+            us(percentile(&lat, 50.0).unwrap_or_default()),
+            us(percentile(&lat, 99.0).unwrap_or_default()),
             thousands(lat.len() as f64),
         )?;
     }

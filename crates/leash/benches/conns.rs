@@ -31,16 +31,18 @@
 //! from the children's rusage. Before the rounds, untimed: every holder's socket must appear in
 //! `leash conns --json` with its pid and the verdict `allow`, and in `ss -tanp` with its pid.
 
+mod common;
+
 use anyhow::{Context, Result, bail, ensure};
+use common::{Args, Scratch, have, median, ms, nsenter, tv};
 use kernel::netns::NetNs;
 use kernel::rtnl::{Family, Rtnl};
 use std::collections::HashMap;
-use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -52,26 +54,21 @@ fn main() -> Result<()> {
     if args.first().map(String::as_str) == Some("--hold") {
         return hold(&args[1..]);
     }
-    let mut rounds: usize = std::env::var("LEASH_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let mut rounds = common::args::rounds(5)?;
     let mut sockets = 20_000usize;
     let mut procs = 5usize;
     let mut pause = 0u64;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut num = |what: &str| -> Result<usize> {
-            it.next().and_then(|v| v.parse().ok()).with_context(|| format!("{what} needs a number"))
-        };
+    let mut args = Args::from(args, "--rounds N, --sockets N, --procs N, --pause SECS");
+    while let Some(a) = args.flag() {
         match a.as_str() {
-            "--rounds" => rounds = num("--rounds")?.max(1),
-            "--sockets" => sockets = num("--sockets")?,
-            "--procs" => procs = num("--procs")?.max(1),
-            "--pause" => pause = num("--pause")? as u64,
-            "--bench" => {}
-            other => bail!("unknown option {other}"),
+            "--rounds" => rounds = args.value::<usize>("--rounds")?.max(1),
+            "--sockets" => sockets = args.value("--sockets")?,
+            "--procs" => procs = args.value::<usize>("--procs")?.max(1),
+            "--pause" => pause = args.value("--pause")?,
+            other => return Err(args.unknown(other)),
         }
     }
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !common::is_root() {
         bail!("the conns bench needs root (namespaces, veth, nftables)");
     }
     run(rounds, sockets, procs, pause)
@@ -116,18 +113,6 @@ impl Drop for Holder {
     }
 }
 
-fn nsenter(ns: &NetNs) -> Command {
-    let mut c = Command::new("nsenter");
-    let mut net = OsString::from("--net=");
-    net.push(ns.path());
-    c.arg(net);
-    c
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {tool}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
-}
-
 /// One timed run: wall time and the child's CPU time (from RUSAGE_CHILDREN deltas).
 #[derive(Debug, Clone, Copy)]
 struct Sample {
@@ -140,7 +125,6 @@ fn children_cpu() -> Duration {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: valid out-pointer.
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
-    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
@@ -165,23 +149,10 @@ fn output_in(ns: &NetNs, argv: &[String]) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort_unstable();
-    let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2 }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 fn run(rounds: usize, sockets: usize, procs: usize, pause: u64) -> Result<()> {
-    let leash = std::env::var_os("LEASH_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_leash")));
-    let scratch = std::env::temp_dir().join(format!("leash-bench-conns-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
-    let result = bench(&leash, &scratch, rounds, sockets, procs, pause);
-    let _ = std::fs::remove_dir_all(&scratch);
-    result
+    let leash = common::leash_bin();
+    let scratch = Scratch::create(std::env::temp_dir(), "conns", false)?;
+    bench(&leash, &scratch.0, rounds, sockets, procs, pause)
 }
 
 fn setup_net(client: &NetNs, peer: &NetNs) -> Result<()> {
@@ -361,32 +332,27 @@ to = ["{PEER}"]
     drop(holders);
     drop(listeners);
 
-    let base = {
-        let mut w: Vec<Duration> = samples[0].iter().map(|s| s.wall).collect();
-        median(&mut w)
-    };
+    let base = median(&samples[0].iter().map(|s| s.wall).collect::<Vec<_>>()).context("no samples")?;
     let mut report = String::new();
     report.push_str(&format!(
         "{sockets} established TCP sockets held by {procs} processes, {rounds} rounds (median, min, max of wall time; CPU = user + sys)\n\n"
     ));
     report.push_str("| tool | median ms | min ms | max ms | CPU ms | time / `leash conns` |\n|---|---:|---:|---:|---:|---:|\n");
     for (i, (name, _)) in tools.iter().enumerate() {
-        let mut w: Vec<Duration> = samples[i].iter().map(|s| s.wall).collect();
-        let mut c: Vec<Duration> = samples[i].iter().map(|s| s.cpu).collect();
-        let med = median(&mut w);
+        let w = common::sorted(&samples[i].iter().map(|s| s.wall).collect::<Vec<_>>());
+        let c: Vec<Duration> = samples[i].iter().map(|s| s.cpu).collect();
+        let med = median(&w).context("no samples")?;
         report.push_str(&format!(
             "| `{name}` | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} |\n",
             ms(med),
             ms(w[0]),
             ms(w[w.len() - 1]),
-            ms(median(&mut c)),
+            ms(median(&c).context("no samples")?),
             med.as_secs_f64() / base.as_secs_f64()
         ));
     }
     report.push_str(&format!("\n{phases}\n"));
     println!("{report}");
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-conns");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("report.md"), &report)?;
+    common::write_report("conns", &report)?;
     Ok(())
 }

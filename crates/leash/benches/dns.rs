@@ -86,12 +86,11 @@
 mod common;
 
 use anyhow::{Context, Result, bail, ensure};
-use common::{Scratch, settle, tv};
+use common::{Args, Finished, Scratch, median_f, nsenter, percentile_f, ratio, settle, sorted, tool_output, tool_version};
 use kernel::netns::NetNs;
 use kernel::nft::{SetWriter, TimedElement};
 use kernel::rtnl::{Family, Rtnl};
 use std::collections::{BTreeMap, HashSet};
-use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -239,18 +238,9 @@ struct Opts {
 }
 
 fn parse_args() -> Result<Opts> {
-    let quick = std::env::var("LEASH_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+    let quick = common::args::quick();
     let mut o = Opts {
-        rounds: match std::env::var("LEASH_BENCH_ROUNDS") {
-            Ok(s) => s.parse().context("LEASH_BENCH_ROUNDS")?,
-            Err(_) => {
-                if quick {
-                    2
-                } else {
-                    5
-                }
-            }
-        },
+        rounds: common::args::rounds(if quick { 2 } else { 5 })?,
         cases: vec![Case::Uncached, Case::Cached],
         interval: true,
         forward_only: true,
@@ -259,18 +249,14 @@ fn parse_args() -> Result<Opts> {
         keep: false,
         quick,
     };
-    let mut args = std::env::args().skip(1);
-    let num = |a: Option<String>, what: &str| -> Result<u32> {
-        a.with_context(|| format!("{what} N"))?
-            .parse()
-            .with_context(|| format!("{what} N"))
-    };
-    while let Some(a) = args.next() {
+    let mut args = Args::new(
+        "--rounds N, --case uncached|cached|all, --no-interval, --no-forward-only, --interval-secs N, --cached-secs N, --keep",
+    );
+    while let Some(a) = args.flag() {
         match a.as_str() {
-            "--bench" => {} // passed by `cargo bench`
-            "--rounds" => o.rounds = num(args.next(), "--rounds")? as usize,
+            "--rounds" => o.rounds = args.value("--rounds")?,
             "--case" => {
-                o.cases = match args.next().as_deref() {
+                o.cases = match args.word().as_deref() {
                     Some("uncached") | Some("a") => vec![Case::Uncached],
                     Some("cached") | Some("b") => vec![Case::Cached],
                     Some("all") => vec![Case::Uncached, Case::Cached],
@@ -279,12 +265,10 @@ fn parse_args() -> Result<Opts> {
             }
             "--no-interval" => o.interval = false,
             "--no-forward-only" => o.forward_only = false,
-            "--interval-secs" => o.interval_secs = num(args.next(), "--interval-secs")?,
-            "--cached-secs" => o.cached_secs = num(args.next(), "--cached-secs")?,
+            "--interval-secs" => o.interval_secs = args.value("--interval-secs")?,
+            "--cached-secs" => o.cached_secs = args.value("--cached-secs")?,
             "--keep" => o.keep = true,
-            other => bail!(
-                "unknown argument {other:?} (options: --rounds N, --case uncached|cached|all, --no-interval, --no-forward-only, --interval-secs N, --cached-secs N, --keep)"
-            ),
+            other => return Err(args.unknown(other)),
         }
     }
     ensure!((1..=51).contains(&o.rounds), "rounds must be 1..=51");
@@ -447,14 +431,6 @@ fn wire(client: &NetNs, upstream: &NetNs, serial: u32) -> Result<()> {
     })
 }
 
-fn nsenter(ns: &NetNs, program: impl Into<OsString>) -> Command {
-    let mut netarg = OsString::from("--net=");
-    netarg.push(ns.path());
-    let mut c = Command::new("nsenter");
-    c.arg(netarg).arg(program.into());
-    c
-}
-
 /// A process we started (`nsenter` execs the program, so the pid is the program's), ended by its
 /// pid: SIGTERM by [`Daemon::stop`], SIGKILL on drop if it still runs.
 struct Daemon {
@@ -546,8 +522,8 @@ fn start_upstream(ns: &NetNs, files: &Files) -> Result<Daemon> {
     args.push(format!("--listen-address={UPSTREAM}"));
     args.push(format!("--addn-hosts={}", files.hosts.display()));
     args.push("--local-ttl=3600".into());
-    let mut cmd = nsenter(ns, "dnsmasq");
-    cmd.args(&args);
+    let mut cmd = nsenter(ns);
+    cmd.arg("dnsmasq").args(&args);
     let d = Daemon::spawn("upstream-dnsmasq", cmd, &files.dir)?;
     wait_ready(ns, SocketAddr::new(UPSTREAM.into(), 53), &d)?;
     Ok(d)
@@ -563,8 +539,8 @@ fn start_forwarder(
 ) -> Result<Daemon> {
     let cmd = match tool {
         Tool::Leash => {
-            let mut c = nsenter(ns, leash);
-            c.arg("dns").arg(&files.policy);
+            let mut c = nsenter(ns);
+            c.arg(leash).arg("dns").arg(&files.policy);
             c
         }
         Tool::Dnsmasq | Tool::DnsmasqInterval => {
@@ -582,8 +558,8 @@ fn start_forwarder(
             } else {
                 "--nftset=/bench.test/4#inet#bench#ivl".into()
             });
-            let mut c = nsenter(ns, "dnsmasq");
-            c.args(&args);
+            let mut c = nsenter(ns);
+            c.arg("dnsmasq").args(&args);
             c
         }
         Tool::Direct => bail!("the direct baseline has no forwarder"),
@@ -647,39 +623,11 @@ fn wait_ready(ns: &NetNs, server: SocketAddr, d: &Daemon) -> Result<()> {
     Ok(())
 }
 
-/// A command run to completion inside a namespace, with its rusage.
-struct Ran {
-    stdout: String,
-    stderr: String,
-    cpu: Duration,
+/// Runs `cmd` to its end, stdin from /dev/null, reaping it with its rusage; an error unless it
+/// exits with 0.
+fn run_to_end(cmd: &mut Command, dir: &Path) -> Result<Finished> {
+    common::child::run(cmd.stdin(Stdio::null()), dir, "child", None)?.checked()
 }
-
-
-fn run_to_end(mut cmd: Command, dir: &Path) -> Result<Ran> {
-    let out_path = dir.join("child.stdout");
-    let err_path = dir.join("child.stderr");
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(File::create(&out_path)?)
-        .stderr(File::create(&err_path)?)
-        .spawn()
-        .context("spawning a child")?;
-    // `child` is never waited on through std afterwards (dropping a `Child` does not wait).
-    let (status, ru) = common::wait_with_rusage(&child).context("wait4")?;
-    drop(child);
-    let stdout = std::fs::read_to_string(&out_path)?;
-    let stderr = std::fs::read_to_string(&err_path)?;
-    ensure!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "{cmd:?} failed (wait status {status:#x}):\n{stdout}{stderr}"
-    );
-    Ok(Ran {
-        stdout,
-        stderr,
-        cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
-    })
-}
-
 
 /// CPU seconds (user + system) of each thread of `pid`, by thread name.
 fn thread_cpu(pid: i32) -> BTreeMap<String, f64> {
@@ -753,8 +701,9 @@ struct Perf<'a> {
 }
 
 fn dnsperf(ns: &NetNs, p: &Perf<'_>, dir: &Path) -> Result<Pass> {
-    let mut cmd = nsenter(ns, "dnsperf");
-    cmd.arg("-s")
+    let mut cmd = nsenter(ns);
+    cmd.arg("dnsperf")
+        .arg("-s")
         .arg(p.server.ip().to_string())
         .arg("-p")
         .arg(p.server.port().to_string())
@@ -773,10 +722,10 @@ fn dnsperf(ns: &NetNs, p: &Perf<'_>, dir: &Path) -> Result<Pass> {
     if p.runs > 0 {
         cmd.arg("-n").arg(p.runs.to_string());
     }
-    let r = run_to_end(cmd, dir)?;
+    let r = run_to_end(&mut cmd, dir)?;
     let mut pass = parse_dnsperf(&r.stdout)
         .with_context(|| format!("dnsperf output:\n{}{}", r.stdout, r.stderr))?;
-    pass.cpu = r.cpu;
+    pass.cpu = r.user + r.sys;
     Ok(pass)
 }
 
@@ -907,6 +856,10 @@ fn sequential(
 
 /// Keys (IPv4, as offsets-independent u32) of set `set` of table `inet table` in `ns`: one
 /// GETSETELEM dump; interval ends are left out.
+///
+/// Not `kernel::timed_elements`, which lists only elements with time left: dnsmasq adds its
+/// elements without a timeout (and `r_bench_d4` has no default one), and the interval set of the
+/// third tool has no timeouts at all. Every element counts here, timed or not.
 fn set_keys(ns: &NetNs, table: &str, set: &str) -> Result<Vec<u32>> {
     use kernel::nl::{MsgBuf, NETLINK_NETFILTER, NLM_F_DUMP, NLM_F_REQUEST, Socket};
     const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -1083,16 +1036,13 @@ fn run_one(ctx: &mut Ctx<'_>, tool: Tool, case: Case, round: usize) -> Result<Ru
     ctx.serial += 1;
     let ns = NetNs::new().context("new namespace")?;
     wire(&ns, ctx.upstream_ns, ctx.serial)?;
-    let mut apply = nsenter(&ns, ctx.leash);
-    apply.arg("apply").arg(&ctx.files.policy);
-    run_to_end(apply, dir).context("leash apply")?;
+    run_to_end(nsenter(&ns).arg(ctx.leash).arg("apply").arg(&ctx.files.policy), dir).context("leash apply")?;
     if case == Case::Uncached {
         match tool {
             Tool::Leash | Tool::Dnsmasq => prefill_hash(&ns)?,
             Tool::DnsmasqInterval => {
-                let mut c = nsenter(&ns, "nft");
-                c.arg("-f").arg(&ctx.files.interval_nft);
-                run_to_end(c, dir).context("loading the interval set")?;
+                run_to_end(nsenter(&ns).arg("nft").arg("-f").arg(&ctx.files.interval_nft), dir)
+                    .context("loading the interval set")?;
             }
             Tool::Direct => {}
         }
@@ -1237,32 +1187,6 @@ fn prefill_hash(ns: &NetNs) -> Result<()> {
 // Statistics and the report
 // ---------------------------------------------------------------------------------------------
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn sorted(v: &[f64]) -> Vec<f64> {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    s
-}
-
-fn median(v: &[f64]) -> f64 {
-    let s = sorted(v);
-    if s.is_empty() {
-        return f64::NAN;
-    }
-    if s.len() % 2 == 1 {
-        s[s.len() / 2]
-    } else {
-        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
-    }
-}
-
 /// Per tool and case: medians over rounds.
 #[derive(Debug, Default)]
 struct Summary {
@@ -1290,7 +1214,7 @@ struct Summary {
 
 fn summarize(runs: &[RunResult]) -> Summary {
     let per_q = |f: &dyn Fn(&RunResult) -> f64| -> f64 {
-        median(
+        median_f(
             &runs
                 .iter()
                 .filter(|r| r.tp.completed > 0)
@@ -1299,25 +1223,25 @@ fn summarize(runs: &[RunResult]) -> Summary {
         )
     };
     let p = |q: f64| {
-        median(
+        median_f(
             &runs
                 .iter()
-                .map(|r| percentile(&sorted(&r.lat.rtts), q) * 1e6)
+                .map(|r| percentile_f(&sorted(&r.lat.rtts), q) * 1e6)
                 .collect::<Vec<_>>(),
         )
     };
     let plain = |q: f64| {
-        median(
+        median_f(
             &runs
                 .iter()
                 .filter_map(|r| r.plain.as_ref())
-                .map(|p| percentile(&sorted(&p.rtts), q) * 1e6)
+                .map(|p| percentile_f(&sorted(&p.rtts), q) * 1e6)
                 .collect::<Vec<_>>(),
         )
     };
     Summary {
         rounds: runs.len(),
-        qps: median(&runs.iter().map(|r| r.tp.qps).collect::<Vec<_>>()),
+        qps: median_f(&runs.iter().map(|r| r.tp.qps).collect::<Vec<_>>()),
         qps_all: runs.iter().map(|r| r.tp.qps).collect(),
         p50_us: p(50.0),
         p99_us: p(99.0),
@@ -1366,19 +1290,6 @@ fn fmt_us(v: f64) -> String {
         format!("{:.0} ms", v / 1000.0)
     } else {
         format!("{v:.0} µs")
-    }
-}
-
-fn ratio(num: f64, den: f64) -> String {
-    if num.is_nan() || den.is_nan() || num <= 0.0 || den <= 0.0 {
-        "n/a".into()
-    } else {
-        let r = num / den;
-        if r >= 100.0 {
-            format!("**{r:.0}**")
-        } else {
-            format!("**{r:.2}**")
-        }
     }
 }
 
@@ -1548,73 +1459,32 @@ fn render(opts: &Opts, results: &BTreeMap<(Case, Tool), Vec<RunResult>>, header:
     s
 }
 
-fn tool_version(argv: &[&str]) -> String {
-    Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .map(|o| {
-            let t = if o.stdout.is_empty() {
-                o.stderr
-            } else {
-                o.stdout
-            };
-            String::from_utf8_lossy(&t)
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim()
-                .to_string()
-        })
-        .unwrap_or_else(|e| format!("unknown ({e})"))
-}
-
-fn report_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
-        .join("bench-dns")
-}
-
 fn main() -> Result<()> {
     let opts = parse_args()?;
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !common::is_root() {
         eprintln!("bench dns: needs root (network namespaces and nftables); skipped");
         return Ok(());
     }
     for tool in ["dnsperf", "dnsmasq", "nft", "nsenter"] {
-        if Command::new(tool)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_err()
-        {
+        if !common::have(tool) {
             eprintln!(
                 "bench dns: `{tool}` is not installed (apt-get install dnsperf dnsmasq-base nftables util-linux); skipped"
             );
             return Ok(());
         }
     }
-    let leash = PathBuf::from(
-        std::env::var_os("LEASH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_leash").into()),
-    );
-    let scratch = Scratch(
-        std::env::temp_dir().join(format!("leash-bench-dns-{}", std::process::id())),
-        opts.keep,
-    );
-    std::fs::create_dir_all(&scratch.0)?;
+    let leash = common::leash_bin();
+    let scratch = Scratch::create(std::env::temp_dir(), "dns", opts.keep)?;
     let files = write_files(&scratch.0)?;
     let started = Instant::now();
 
     let header = format!(
-        "leash binary: {}\n{}; {}; {}\nkernel {}, {} CPUs; {} rounds{}",
+        "leash binary: {}\n{}; {}; {}\n{}; {} rounds{}",
         leash.display(),
         tool_version(&["dnsmasq", "--version"]),
         tool_version_dnsperf(),
         tool_version(&["nft", "--version"]),
-        tool_version(&["uname", "-r"]),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        common::kernel_line(),
         opts.rounds,
         if opts.quick {
             " (LEASH_BENCH_QUICK)"
@@ -1680,23 +1550,17 @@ fn main() -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     println!("\n{report}");
-    let out = report_dir();
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("report.md"), &report)?;
-    println!("written to {}", out.join("report.md").display());
+    let path = common::write_report("dns", &report)?;
+    println!("written to {}", path.display());
     Ok(())
 }
 
+/// dnsperf has no `--version`; its help names the version.
 fn tool_version_dnsperf() -> String {
-    let out = Command::new("dnsperf").arg("-h").output();
-    out.ok()
-        .and_then(|o| {
-            let t = String::from_utf8_lossy(&o.stderr).into_owned()
-                + &String::from_utf8_lossy(&o.stdout);
-            t.lines()
-                .find(|l| l.starts_with("Version"))
-                .map(|l| format!("dnsperf {}", l.trim_start_matches("Version ")))
-        })
+    tool_output(&["dnsperf", "-h"])
+        .lines()
+        .find(|l| l.starts_with("Version"))
+        .map(|l| format!("dnsperf {}", l.trim_start_matches("Version ")))
         .unwrap_or_else(|| "dnsperf (version unknown)".into())
 }
 
@@ -1714,8 +1578,8 @@ fn print_run(round: usize, case: Case, tool: Tool, r: &RunResult, took: Duration
         fmt_qps(r.tp.qps),
         r.tp.noerror,
         r.tp.sent,
-        fmt_us(percentile(&lat, 50.0) * 1e6),
-        fmt_us(percentile(&lat, 99.0) * 1e6),
+        fmt_us(percentile_f(&lat, 50.0) * 1e6),
+        fmt_us(percentile_f(&lat, 99.0) * 1e6),
         r.lat.noerror,
         r.failures(),
         r.fwd_cpu_total(),
@@ -1729,8 +1593,8 @@ fn print_run(round: usize, case: Case, tool: Tool, r: &RunResult, took: Duration
         let l = sorted(&p.rtts);
         println!(
             "      forwarding only (no rule matches): p50 {} p99 {} ({} of {} answered)",
-            fmt_us(percentile(&l, 50.0) * 1e6),
-            fmt_us(percentile(&l, 99.0) * 1e6),
+            fmt_us(percentile_f(&l, 50.0) * 1e6),
+            fmt_us(percentile_f(&l, 99.0) * 1e6),
             p.noerror,
             p.sent
         );

@@ -60,12 +60,12 @@
 mod common;
 
 use anyhow::{Context, Result, bail, ensure};
-use common::{Scratch, settle, tool_version, tv};
+use common::{Args, Scratch, median, nsenter, settle, tool_output, tv};
 use kernel::nflog::{Config, Subscriber};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -83,42 +83,18 @@ struct Opts {
 }
 
 fn parse_args() -> Result<Opts> {
-    let mut rounds: usize = match std::env::var("LEASH_BENCH_ROUNDS") {
-        Ok(s) => s.parse().context("LEASH_BENCH_ROUNDS")?,
-        Err(_) => 3,
-    };
+    let mut rounds = common::args::rounds(3)?;
     let mut packets = 200_000;
     let mut cap = 30;
     let mut keep = false;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
+    let mut args = Args::new("--rounds N, --packets N, --cap-secs N, --keep");
+    while let Some(a) = args.flag() {
         match a.as_str() {
-            "--bench" => {} // passed by `cargo bench`
-            "--rounds" => {
-                rounds = args
-                    .next()
-                    .context("--rounds N")?
-                    .parse()
-                    .context("--rounds N")?
-            }
-            "--packets" => {
-                packets = args
-                    .next()
-                    .context("--packets N")?
-                    .parse()
-                    .context("--packets N")?
-            }
-            "--cap-secs" => {
-                cap = args
-                    .next()
-                    .context("--cap-secs N")?
-                    .parse()
-                    .context("--cap-secs N")?
-            }
+            "--rounds" => rounds = args.value("--rounds")?,
+            "--packets" => packets = args.value("--packets")?,
+            "--cap-secs" => cap = args.value("--cap-secs")?,
             "--keep" => keep = true,
-            other => bail!(
-                "unknown argument {other:?} (options: --rounds N, --packets N, --cap-secs N, --keep)"
-            ),
+            other => return Err(args.unknown(other)),
         }
     }
     ensure!((1..=50).contains(&rounds), "rounds must be 1..=50");
@@ -252,8 +228,7 @@ impl Proc {
     fn spawn(ns: &kernel::netns::NetNs, argv: &[String], dir: &Path, tag: &str) -> Result<Proc> {
         let stdout = dir.join(format!("{tag}.stdout"));
         let stderr = dir.join(format!("{tag}.stderr"));
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", ns.path().display()))
+        let child = nsenter(ns)
             .args(argv)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout)?)
@@ -577,48 +552,32 @@ fn fmt_opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or("-".into(), |v| v.to_string())
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    Some(v[v.len() / 2])
-}
-
 fn main() -> Result<()> {
     let opts = parse_args()?;
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !common::is_root() {
         eprintln!("bench nflog: needs root (network namespaces, nftables, NFLOG); skipped");
         return Ok(());
     }
-    let leash = PathBuf::from(
-        std::env::var_os("LEASH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_leash").into()),
-    );
+    let leash = common::leash_bin();
     let base = if Path::new("/dev/shm").is_dir() {
         PathBuf::from("/dev/shm")
     } else {
         std::env::temp_dir()
     };
-    let scratch = Scratch(
-        base.join(format!("leash-bench-nflog-{}", std::process::id())),
-        opts.keep,
-    );
-    std::fs::create_dir_all(&scratch.0)?;
+    let scratch = Scratch::create(base, "nflog", opts.keep)?;
     let dir = scratch.0.clone();
 
     println!("leash binary: {}", leash.display());
     println!(
         "{}",
-        tool_version(&["tcpdump", "--version"])
+        tool_output(&["tcpdump", "--version"])
             .lines()
             .collect::<Vec<_>>()
             .join(", ")
     );
     println!(
-        "kernel {}, {} CPUs, net.core.rmem_max {}",
-        tool_version(&["uname", "-r"]),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "{}, net.core.rmem_max {}",
+        common::kernel_line(),
         std::fs::read_to_string("/proc/sys/net/core/rmem_max")
             .unwrap_or_default()
             .trim()
@@ -633,8 +592,7 @@ fn main() -> Result<()> {
     let lab = lab::Lab::new(&[DST.parse()?], &[], &[]).context("lab")?;
     let policy = dir.join("policy.toml");
     std::fs::write(&policy, policy_text())?;
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", lab.client().path().display()))
+    let out = nsenter(lab.client())
         .arg(&leash)
         .arg("apply")
         .arg(&policy)
@@ -705,7 +663,7 @@ fn main() -> Result<()> {
                 .map(|(_, _, r)| r)
                 .collect();
             let med = |f: &dyn Fn(&RunResult) -> Option<f64>| {
-                median(rs.iter().filter_map(|r| f(r)).collect())
+                median(&rs.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
             };
             let m = |x: Option<f64>| x.map_or("-".into(), |v| format!("{:.0}", v));
             writeln!(
