@@ -854,71 +854,20 @@ fn sequential(
 // Set read-back
 // ---------------------------------------------------------------------------------------------
 
-/// Keys (IPv4, as offsets-independent u32) of set `set` of table `inet table` in `ns`: one
-/// GETSETELEM dump; interval ends are left out.
-///
-/// Not `kernel::timed_elements`, which lists only elements with time left: dnsmasq adds its
-/// elements without a timeout (and `r_bench_d4` has no default one), and the interval set of the
-/// third tool has no timeouts at all. Every element counts here, timed or not.
+/// Keys (IPv4, as u32) of set `set` of table `inet table` in `ns`, timed or not: the kernel
+/// crate's element listing (one GETSETELEM dump); interval ends are left out. dnsmasq adds its
+/// elements without a timeout, and the interval set of the third tool has no timeouts at all, so
+/// every element counts here.
 fn set_keys(ns: &NetNs, table: &str, set: &str) -> Result<Vec<u32>> {
-    use kernel::nl::{MsgBuf, NETLINK_NETFILTER, NLM_F_DUMP, NLM_F_REQUEST, Socket};
-    const NFNL_SUBSYS_NFTABLES: u16 = 10;
-    const NFT_MSG_GETSETELEM: u16 = 13;
-    const NFPROTO_INET: u8 = 1;
-    const NFGENMSG_LEN: usize = 4;
-    const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
-    const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-    const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-    const NFTA_SET_ELEM_KEY: u16 = 1;
-    const NFTA_SET_ELEM_FLAGS: u16 = 3;
-    const NFTA_DATA_VALUE: u16 = 1;
-    const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
-    ns.run(|| -> Result<Vec<u32>> {
-        let mut sock = Socket::open(NETLINK_NETFILTER)?;
-        sock.set_recv_buffer(4 << 20)?;
-        let mut b = MsgBuf::new();
-        let m = b.begin(
-            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM,
-            NLM_F_REQUEST | NLM_F_DUMP,
-            1,
-        );
-        b.put_header(&[NFPROTO_INET, 0, 0, 0]);
-        b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
-        b.attr_str(NFTA_SET_ELEM_LIST_SET, set);
-        b.end(m)?;
-        let mut out = Vec::new();
-        sock.dump(b.as_bytes(), |m| {
-            for a in m.attrs(NFGENMSG_LEN) {
-                let a = a?;
-                if a.ty != NFTA_SET_ELEM_LIST_ELEMENTS {
-                    continue;
-                }
-                for el in a.nested() {
-                    let (mut key, mut flags) = (None, 0);
-                    for f in el?.nested() {
-                        let f = f?;
-                        if f.ty == NFTA_SET_ELEM_KEY {
-                            for v in f.nested() {
-                                let v = v?;
-                                if v.ty == NFTA_DATA_VALUE {
-                                    key = Some(v.data);
-                                }
-                            }
-                        } else if f.ty == NFTA_SET_ELEM_FLAGS {
-                            flags = f.be32()?;
-                        }
-                    }
-                    if flags & NFT_SET_ELEM_INTERVAL_END == 0
-                        && let Some(k) = key.and_then(|k| <[u8; 4]>::try_from(k).ok())
-                    {
-                        out.push(u32::from_be_bytes(k));
-                    }
-                }
-            }
-            Ok(())
-        })?;
-        Ok(out)
-    })
+    let elems = ns
+        .run(|| kernel::set_elements(table, set))?
+        .with_context(|| format!("there is no set inet {table} {set}"))?;
+    Ok(elems
+        .into_iter()
+        .filter(|e| !e.interval_end)
+        .filter_map(|e| <[u8; 4]>::try_from(e.key.as_slice()).ok())
+        .map(u32::from_be_bytes)
+        .collect())
 }
 
 /// What the read-back found.
