@@ -13,6 +13,7 @@
 //! queued.
 
 pub mod cache;
+mod error;
 mod inserter;
 pub mod message;
 pub mod rules;
@@ -23,6 +24,7 @@ mod udp;
 mod upstream;
 pub mod wire;
 
+pub use error::Error;
 pub use inserter::{Insert, SetSink};
 pub use rules::RuleSets;
 pub use server::{Forwarder, ForwarderConfig, Handle, run};
@@ -30,34 +32,6 @@ pub use stats::{Stats, StatsSnapshot};
 pub use stub::resolve_once;
 
 use std::io;
-use std::net::SocketAddr;
-
-/// Why the forwarder could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("the [dns] section lists no upstream resolvers")]
-    NoUpstreams,
-    #[error("the [dns] section lists no listen address")]
-    NoListen,
-    #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: io::Error },
-    #[error("cannot set SO_MARK {mark:#x} on upstream sockets (it needs CAP_NET_ADMIN; run as root): {source}")]
-    Mark { mark: u32, source: io::Error },
-    #[error("cannot open a socket to upstream {addr}: {source}")]
-    Upstream { addr: SocketAddr, source: io::Error },
-    #[error("cannot start the set inserter thread: {0}")]
-    Thread(io::Error),
-}
-
-impl From<Error> for io::Error {
-    fn from(e: Error) -> io::Error {
-        let kind = match &e {
-            Error::Listen { source, .. } | Error::Mark { source, .. } | Error::Upstream { source, .. } | Error::Thread(source) => source.kind(),
-            Error::NoUpstreams | Error::NoListen => io::ErrorKind::InvalidInput,
-        };
-        io::Error::new(kind, e)
-    }
-}
 
 /// The runtime the forwarder is meant to run on: current-thread, with I/O and timers.
 ///

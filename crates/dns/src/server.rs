@@ -18,7 +18,7 @@ use crate::rules::{self, Planned, RuleSets, Rules};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::udp::{self, Listener, Threads};
 use crate::upstream::{SocketError, Upstreams, read_framed};
-use crate::Error;
+use crate::error::Error;
 use policy::Policy;
 use policy::{DnsConfig, NameDecision};
 use std::future::Future;

@@ -11,7 +11,8 @@
 use crate::cgroup;
 use crate::fork;
 use crate::run::{Prepared, prepare};
-use crate::{Lab, LabError};
+use crate::error::LabError;
+use crate::scratch::Lab;
 use policy::{Action, Policy, Proto};
 use ruleset::compile::CompileOptions;
 use serde::Serialize;
@@ -172,10 +173,10 @@ pub fn measure(policy: &Policy, opts: &MeasureOptions, progress: &dyn Fn(&str)) 
     let copts = CompileOptions { comment: opts.compile.comment.clone(), now: Some(opts.compile.now.unwrap_or(now)), imitate: None, kernel_minutes_west: opts.compile.kernel_minutes_west };
     let table = ruleset::compile(&p, &copts);
     let kernel_rules = table.chains.iter().map(|c| c.rules.len()).sum();
-    let named: Vec<crate::Case> = targets
+    let named: Vec<crate::probe::Case> = targets
         .iter()
         .filter(|t| t.name.is_some())
-        .map(|t| crate::Case {
+        .map(|t| crate::probe::Case {
             proto: Proto::Tcp,
             dst: t.addr.ip(),
             port: Some(t.addr.port()),

@@ -12,7 +12,9 @@
 //!   those directories (path, nft path, id) and probes from processes it moves there.
 
 use crate::cgroup::{self, Scratch};
-use crate::{Case, Lab, LabError, Outcome};
+use crate::error::LabError;
+use crate::probe::{Case, Outcome};
+use crate::scratch::Lab;
 use policy::{Action, Decider, DenyWith, Policy, Proto};
 use ruleset::compile::CompileOptions;
 use serde::Serialize;

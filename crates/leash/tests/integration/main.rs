@@ -16,6 +16,7 @@ mod explain;
 mod log;
 mod metrics;
 mod sets;
+mod structure;
 mod test_cmd;
 mod top;
 mod watch;
