@@ -54,8 +54,23 @@ impl Lab {
 
         let client = NetNs::new().map_err(LabError::Namespace)?;
         let peer = NetNs::new().map_err(LabError::Namespace)?;
-        const PING: &str = "net.ipv4.ping_group_range";
-        client.set_sysctl(PING, "0 2147483647").map_err(|source| LabError::Sysctl { key: PING, source })?;
+        // Any user may ping from the client (probes run as the case's user), and the ICMP errors
+        // of a `reject` are never rate-limited there: past the kernel's burst (50, then 1000 a
+        // second), a rejected datagram would fail with EPERM alone, which is what a drop looks
+        // like (see the table in the crate docs). All are sysctls of the scratch namespace only;
+        // a kernel without a rate mask (IPv6's came in 4.20) is left as it is.
+        for (key, value, required) in [
+            ("net.ipv4.ping_group_range", "0 2147483647", true),
+            ("net.ipv4.icmp_ratemask", "0", false),
+            ("net.ipv6.icmp.ratemask", "", false),
+        ] {
+            match client.set_sysctl(key, value) {
+                Err(e) if required || e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(LabError::Sysctl { key, source: e });
+                }
+                _ => {}
+            }
+        }
 
         let client_if = client.run(|| -> Result<u32, LabError> {
             let mut r = Rtnl::open()?;

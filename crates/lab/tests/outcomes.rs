@@ -194,3 +194,44 @@ fn the_first_connection_after_setup_needs_no_retransmit() {
         check(&lab, &case(Proto::Tcp, "192.0.2.10", 0, 0), &Outcome::Connected);
     }
 }
+
+#[test]
+fn a_burst_of_rejected_datagrams_is_still_told_from_a_drop() {
+    if !common::need_root() {
+        return;
+    }
+    // The kernel rate-limits ICMP errors (net.ipv4.icmp_msgs_burst = 50, then 1000 per second;
+    // IPv6 alike): past the burst, a rejected datagram's send fails with EPERM and no error
+    // follows, which looks exactly like a drop. A policy with many rejected UDP and ICMP cases
+    // (and the agreement test) must still see every reject as a reject.
+    let dsts = ["192.0.2.20", "2001:db8::20"];
+    let lab = lab(&dsts);
+    common::nft(
+        lab.client(),
+        r#"
+table inet t {
+  chain out {
+    type filter hook output priority 0; policy accept;
+    ip daddr 192.0.2.20 reject with icmpx admin-prohibited
+    ip6 daddr 2001:db8::20 reject with icmpx admin-prohibited
+  }
+}
+"#,
+    );
+    let unreach = |e: &str| Outcome::Unreachable(e.to_string());
+    let mut wrong = Vec::new();
+    for round in 0..100 {
+        for (p, d, want) in [
+            (Proto::Udp, "192.0.2.20", unreach("EHOSTUNREACH")),
+            (Proto::Udp, "2001:db8::20", unreach("EACCES")),
+            (Proto::Icmp, "192.0.2.20", unreach("EHOSTUNREACH")),
+        ] {
+            let c = case(p, d, 0, 0);
+            let got = lab.probe(&c, TIMEOUT);
+            if got != want {
+                wrong.push(format!("round {round}: {c}: got {}", got.describe()));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{} of 300 rejects looked like something else:\n{}", wrong.len(), wrong.join("\n"));
+}
