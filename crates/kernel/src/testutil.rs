@@ -227,3 +227,55 @@ pub fn attr_tree(payload: &[u8]) -> String {
     walk(payload.get(4..).unwrap_or(&[]), 1, &mut out);
     out
 }
+
+// --- table models shared by the kernel tests of several crates ------------------------------------
+
+/// An output filter chain with the given policy and rules.
+pub fn chain(policy: ruleset::ChainPolicy, rules: Vec<ruleset::Rule>) -> ruleset::Chain {
+    ruleset::Chain {
+        name: "output".into(),
+        kind: ruleset::ChainType::Filter,
+        hook: ruleset::Hook::Output,
+        priority: ruleset::OUTPUT_PRIORITY_FILTER,
+        policy,
+        rules,
+    }
+}
+
+/// A rule of statements, with a comment.
+pub fn rule(stmts: Vec<ruleset::Stmt>, comment: Option<&str>) -> ruleset::Rule {
+    ruleset::Rule { stmts, comment: comment.map(String::from) }
+}
+
+/// A table shaped like a compiled policy, for tracing tests: loopback, established, a rule that
+/// does not match (`dns`), an allow rule of two kernel rules (`web`: TCP 443 to `traced` and to
+/// `other`), and the default reject.
+pub fn policy_shaped_table(traced: std::net::Ipv4Addr, other: std::net::Ipv4Addr) -> ruleset::Table {
+    use ruleset::{ChainPolicy, L4, Stmt::*, Value};
+    let tcp = |p| Dport { l4: L4::Tcp, value: Value::Eq(p) };
+    ruleset::Table {
+        name: ruleset::TABLE_NAME.into(),
+        comment: Some("trace test".into()),
+        sets: vec![],
+        chains: vec![chain(
+            ChainPolicy::Drop,
+            vec![
+                rule(vec![OifLoopback, Counter, Accept], Some("@loopback")),
+                rule(vec![CtStateEstablishedRelated, Counter, Accept], Some("@established")),
+                rule(
+                    vec![
+                        Daddr4(Value::Eq(std::net::Ipv4Addr::new(198, 51, 100, 53))),
+                        Dport { l4: L4::Udp, value: Value::Eq(53) },
+                        Counter,
+                        Accept,
+                    ],
+                    Some("dns"),
+                ),
+                rule(vec![Daddr4(Value::Eq(traced)), tcp(443), Counter, Accept], Some("web")),
+                rule(vec![Daddr4(Value::Eq(other)), tcp(443), Counter, Accept], Some("web")),
+                rule(vec![L4proto(L4::Tcp), Counter, RejectTcpReset], Some("@default")),
+                rule(vec![Counter, RejectAdminProhibited], Some("@default")),
+            ],
+        )],
+    }
+}

@@ -4,11 +4,8 @@
 //! `observe`'s `tests/trace.rs`.) Needs root; every test makes its own network namespaces (see
 //! `kernel::testutil`).
 
-mod common;
-
 use std::net::Ipv4Addr;
 
-use common::*;
 use kernel::netns::NetNs;
 use kernel::testutil::{self, batch_messages, need_root};
 use kernel::trace::{self, Error, Refresh, TRACE_CHAIN, TraceFilter, Tracer};
@@ -130,54 +127,8 @@ fn trace_chain_lists_like_nft() {
 const TRACED: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
 const OTHER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 
-/// A table shaped like a compiled policy: loopback, established, a rule that does not match, an
-/// allow rule of two kernel rules, and the default reject.
 fn table() -> Table {
-    use Stmt::*;
-    let tcp = |p| Dport {
-        l4: L4::Tcp,
-        value: Value::Eq(p),
-    };
-    Table {
-        name: TABLE_NAME.into(),
-        comment: Some("trace test".into()),
-        sets: vec![],
-        chains: vec![chain(
-            ChainPolicy::Drop,
-            vec![
-                rule(vec![OifLoopback, Counter, Accept], Some("@loopback")),
-                rule(
-                    vec![CtStateEstablishedRelated, Counter, Accept],
-                    Some("@established"),
-                ),
-                rule(
-                    vec![
-                        Daddr4(Value::Eq(v4("198.51.100.53"))),
-                        Dport {
-                            l4: L4::Udp,
-                            value: Value::Eq(53),
-                        },
-                        Counter,
-                        Accept,
-                    ],
-                    Some("dns"),
-                ),
-                rule(
-                    vec![Daddr4(Value::Eq(TRACED)), tcp(443), Counter, Accept],
-                    Some("web"),
-                ),
-                rule(
-                    vec![Daddr4(Value::Eq(OTHER)), tcp(443), Counter, Accept],
-                    Some("web"),
-                ),
-                rule(
-                    vec![L4proto(L4::Tcp), Counter, RejectTcpReset],
-                    Some("@default"),
-                ),
-                rule(vec![Counter, RejectAdminProhibited], Some("@default")),
-            ],
-        )],
-    }
+    testutil::policy_shaped_table(TRACED, OTHER)
 }
 
 fn has_chain(ns: &NetNs, chain: &str) -> bool {

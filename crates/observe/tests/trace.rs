@@ -15,28 +15,6 @@ use kernel::trace::{TRACE_CHAIN, TraceFilter, Tracer};
 use observe::trace::{self, Assembler, ChainEnd, Outcome, PacketTrace};
 use ruleset::*;
 
-fn chain(policy: ChainPolicy, rules: Vec<Rule>) -> Chain {
-    Chain {
-        name: "output".into(),
-        kind: ChainType::Filter,
-        hook: Hook::Output,
-        priority: OUTPUT_PRIORITY_FILTER,
-        policy,
-        rules,
-    }
-}
-
-fn rule(stmts: Vec<Stmt>, comment: Option<&str>) -> Rule {
-    Rule {
-        stmts,
-        comment: comment.map(String::from),
-    }
-}
-
-fn v4(s: &str) -> Ipv4Addr {
-    s.parse().unwrap()
-}
-
 // --- scratch network ----------------------------------------------------------------------------
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -100,54 +78,8 @@ fn net() -> Net {
     }
 }
 
-/// A table shaped like a compiled policy: loopback, established, a rule that does not match, an
-/// allow rule of two kernel rules, and the default reject.
 fn table() -> Table {
-    use Stmt::*;
-    let tcp = |p| Dport {
-        l4: L4::Tcp,
-        value: Value::Eq(p),
-    };
-    Table {
-        name: TABLE_NAME.into(),
-        comment: Some("trace test".into()),
-        sets: vec![],
-        chains: vec![chain(
-            ChainPolicy::Drop,
-            vec![
-                rule(vec![OifLoopback, Counter, Accept], Some("@loopback")),
-                rule(
-                    vec![CtStateEstablishedRelated, Counter, Accept],
-                    Some("@established"),
-                ),
-                rule(
-                    vec![
-                        Daddr4(Value::Eq(v4("198.51.100.53"))),
-                        Dport {
-                            l4: L4::Udp,
-                            value: Value::Eq(53),
-                        },
-                        Counter,
-                        Accept,
-                    ],
-                    Some("dns"),
-                ),
-                rule(
-                    vec![Daddr4(Value::Eq(TRACED)), tcp(443), Counter, Accept],
-                    Some("web"),
-                ),
-                rule(
-                    vec![Daddr4(Value::Eq(OTHER)), tcp(443), Counter, Accept],
-                    Some("web"),
-                ),
-                rule(
-                    vec![L4proto(L4::Tcp), Counter, RejectTcpReset],
-                    Some("@default"),
-                ),
-                rule(vec![Counter, RejectAdminProhibited], Some("@default")),
-            ],
-        )],
-    }
+    testutil::policy_shaped_table(TRACED, OTHER)
 }
 
 /// Connects from the client namespace as `uid` (a thread of its own drops to it), and says

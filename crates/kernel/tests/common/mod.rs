@@ -11,23 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use kernel::netns::NetNs;
 use ruleset::*;
 
-pub fn chain(policy: ChainPolicy, rules: Vec<Rule>) -> Chain {
-    Chain {
-        name: "output".into(),
-        kind: ChainType::Filter,
-        hook: Hook::Output,
-        priority: OUTPUT_PRIORITY_FILTER,
-        policy,
-        rules,
-    }
-}
-
-pub fn rule(stmts: Vec<Stmt>, comment: Option<&str>) -> Rule {
-    Rule {
-        stmts,
-        comment: comment.map(String::from),
-    }
-}
+pub use kernel::testutil::{chain, rule};
 
 pub fn v4(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
