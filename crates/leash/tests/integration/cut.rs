@@ -144,6 +144,16 @@ fn apply_reports_live_connections_the_new_policy_denies_and_cut_ends_them() {
     let mut f = Flows::open(&lab);
     assert_eq!(f.working(), [true; 5], "every flow works under the open policy");
     let me = std::process::id();
+    // A socket that is gone leaves its UDP entry behind for a later socket on its port to ride.
+    let gone = lab.client().run(|| UdpSocket::bind((lab.client_addrs().0, 0)).unwrap());
+    udp_echo(&gone, Some(addr(WEB4, 5353))).unwrap();
+    drop(gone);
+
+    // What `leash conns --policy` says the tightened policy would cut is what apply reports.
+    let r = leash_in(ns, &["conns", "--json", "--policy", &tight]);
+    assert!(r.ok(), "{r}");
+    assert_eq!(r.json()["would_deny"], 5, "{r}");
+    assert_eq!(r.json()["would_deny_now_allowed"], 3, "the sockets the active policy allows today{r}");
 
     // Tightened, reported: every flow is listed with its process and keeps working.
     let r = leash_in(ns, &["apply", "--json", &tight]);
@@ -158,6 +168,7 @@ fn apply_reports_live_connections_the_new_policy_denies_and_cut_ends_them() {
         assert_eq!((x["pid"].as_u64(), x["decided_by"].as_str(), x["user"].as_str()), (Some(u64::from(me)), Some("default"), Some("root")), "{x:#}{r}");
     }
     assert_eq!(d.len(), 5, "{r}");
+    assert!(r.json()["live_connections"]["leftover_entries"].as_u64().unwrap() >= 1, "{r}");
     assert_eq!(f.working(), [true; 5], "reported, not cut: a policy decides new connections only");
 
     // The text report names them.
@@ -187,6 +198,7 @@ fn apply_reports_live_connections_the_new_policy_denies_and_cut_ends_them() {
     assert_eq!((live["mode"].as_str(), live["cut"]["destroy"].as_str()), (Some("cut"), Some("supported")), "{r}");
     assert_eq!(live["cut"]["sockets_destroyed"], 3, "{r}");
     assert!(live["cut"]["entries_deleted"].as_u64().unwrap() >= 5, "{r}");
+    assert!(live["cut"]["leftovers_deleted"].as_u64().unwrap() >= 1, "{r}");
     assert_eq!(live["cut"]["errors"].as_array().unwrap().len(), 0, "{r}");
     // The sockets were aborted; the unconnected sockets' next datagrams meet the rules.
     let mut buf = [0u8; 4];
