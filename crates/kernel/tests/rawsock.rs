@@ -3,7 +3,8 @@
 //! where this kernel has the handler and from `/proc/thread-self/net` where it does not, and
 //! both sources agree where both exist. And the reason they are listed: a frame sent on an
 //! `AF_PACKET` socket reaches the peer while an nftables output chain with policy drop (what a
-//! deny-all leash table is) refuses the same datagram sent through a UDP socket.
+//! deny-all leash table is) refuses the same datagram sent through a UDP socket or a raw IP
+//! socket (whose packets, unlike a packet socket's, do pass the hook).
 
 mod common;
 
@@ -159,6 +160,30 @@ fn a_packet_socket_sends_past_an_output_chain_that_drops_everything() {
         let u = UdpSocket::bind((CLIENT4, 0)).unwrap();
         let e = u.send_to(b"via udp", to).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+
+        // A raw IP socket's packets pass the output hook too: dropped the same way.
+        let raw = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP);
+        let mut udp = 40001u16.to_be_bytes().to_vec();
+        udp.extend_from_slice(&7006u16.to_be_bytes());
+        udp.extend_from_slice(&(8u16 + 7).to_be_bytes());
+        udp.extend_from_slice(&[0, 0]);
+        udp.extend_from_slice(b"via raw");
+        // SAFETY: sockaddr_in is plain old data.
+        let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sin.sin_family = libc::AF_INET as u16;
+        sin.sin_addr.s_addr = u32::from_ne_bytes(PEER4.octets());
+        // SAFETY: udp and sin are valid for the lengths given.
+        let n = unsafe {
+            libc::sendto(
+                raw.as_raw_fd(),
+                udp.as_ptr() as *const libc::c_void,
+                udp.len(),
+                0,
+                &sin as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        assert_eq!((n, std::io::Error::last_os_error().raw_os_error()), (-1, Some(libc::EPERM)), "a raw IP socket passes the output chain");
 
         // Past it: a frame on an AF_PACKET socket, as any CAP_NET_RAW holder may send.
         let fd = socket(libc::AF_PACKET, libc::SOCK_RAW, 0);

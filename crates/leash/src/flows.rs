@@ -31,24 +31,30 @@ pub struct Live {
     pub survey: Survey,
     /// Why the conntrack table was not read (the survey then has sockets only).
     pub conntrack_error: Option<String>,
+    /// How long the survey took.
+    pub elapsed: std::time::Duration,
 }
 
 /// Lists the sockets of this network namespace (with their processes), judges them by `policy`,
 /// reads the conntrack table and finds the live flows `policy` denies.
 pub fn survey(policy: &Policy) -> Result<Live> {
+    let t0 = std::time::Instant::now();
     let snap = conns::snapshot(&Options::default(), Some(policy)).context("cannot list the connections of this network namespace")?;
-    Ok(survey_of(&snap.conns, policy))
+    let mut live = survey_of(&snap.conns, policy);
+    live.elapsed = t0.elapsed();
+    Ok(live)
 }
 
 /// [`survey`] over sockets already listed and judged by `policy` (`leash conns` has them).
 pub fn survey_of(snap: &[Conn], policy: &Policy) -> Live {
+    let t0 = std::time::Instant::now();
     let (entries, conntrack_error) = match conntrack::dump() {
         Ok(e) => (Some(e), None),
         Err(e) => (None, Some(format!("cannot read the conntrack table ({e}): flows seen only there are not listed"))),
     };
     let own = crate::system::own_addresses();
     let survey = denied::survey(snap, entries.as_deref(), policy, &own, &forwarded_verdict);
-    Live { survey, conntrack_error }
+    Live { survey, conntrack_error, elapsed: t0.elapsed() }
 }
 
 /// What the policy decides for a flow forwarded through this host. The policy has no say over
@@ -171,6 +177,20 @@ pub fn flow_lines(live: &Live) -> Vec<String> {
         .collect()
 }
 
+/// At most this many flows are listed one by one in `leash apply`'s text (`--json` has all).
+const APPLY_LINES: usize = 100;
+
+/// The flow lines, the first [`APPLY_LINES`] of them and a count of the rest.
+fn capped_lines(live: &Live) -> Vec<String> {
+    let mut lines = flow_lines(live);
+    if lines.len() > APPLY_LINES {
+        let more = lines.len() - APPLY_LINES;
+        lines.truncate(APPLY_LINES);
+        lines.push(format!("  ... and {more} more (`leash apply --json` lists every one)"));
+    }
+    lines
+}
+
 /// What happens to the listed flows when they are not cut, in one sentence.
 pub fn left_running(p: &Policy) -> &'static str {
     if p.defaults.allow_established {
@@ -201,7 +221,7 @@ pub fn apply_text(live: &Live, cut: Option<&CutReport>, p: &Policy) -> Vec<Strin
                 return out;
             }
             out.push(format!("live connections the new policy denies: {n} (listed after the commit)"));
-            out.extend(flow_lines(live));
+            out.extend(capped_lines(live));
             out.push(format!("{}; `leash apply --cut` ends them (on_apply = \"report\")", left_running(p)));
         }
         Some(r) => {
@@ -209,7 +229,7 @@ pub fn apply_text(live: &Live, cut: Option<&CutReport>, p: &Policy) -> Vec<Strin
                 out.push("live connections: none that the new policy denies, nothing cut".into());
             } else {
                 out.push(format!("cut {n} live connection(s) the new policy denies:"));
-                out.extend(flow_lines(live));
+                out.extend(capped_lines(live));
                 out.push(format!(
                     "{} socket(s) destroyed ({} gone already), {} conntrack entries deleted ({} gone already), {} leftover UDP entries without a socket deleted",
                     r.sockets_destroyed, r.sockets_gone, r.entries_deleted, r.entries_gone, r.leftovers_deleted
@@ -240,6 +260,7 @@ pub fn apply_json(live: &Live, mode: policy::OnApply, cut: Option<&CutReport>) -
         "undecided": live.survey.undecided,
         "leftover_entries": live.survey.leftovers.len(),
         "conntrack_error": live.conntrack_error,
+        "survey_ms": live.elapsed.as_secs_f64() * 1000.0,
         "cut": cut,
     })
 }
@@ -275,7 +296,7 @@ mod tests {
     #[test]
     fn the_report_lists_each_flow_and_says_what_happens_to_it() {
         let p = policy("version = 1\n");
-        let live = Live { survey: Survey { denied: vec![flow(Origin::Socket)], leftovers: Vec::new(), undecided: 0 }, conntrack_error: None };
+        let live = Live { survey: Survey { denied: vec![flow(Origin::Socket)], leftovers: Vec::new(), undecided: 0 }, ..Live::default() };
         let text = apply_text(&live, None, &p);
         assert_eq!(
             text,
@@ -305,6 +326,15 @@ mod tests {
     }
 
     #[test]
+    fn a_long_list_is_cut_short_in_text() {
+        let live = Live { survey: Survey { denied: vec![flow(Origin::Socket); 250], ..Survey::default() }, ..Live::default() };
+        let text = apply_text(&live, None, &policy("version = 1\n"));
+        assert_eq!(text.len(), 1 + APPLY_LINES + 2, "{text:#?}");
+        assert_eq!(text[APPLY_LINES + 1], "  ... and 150 more (`leash apply --json` lists every one)");
+        assert_eq!(apply_json(&live, policy::OnApply::Report, None)["denied"].as_array().unwrap().len(), 250);
+    }
+
+    #[test]
     fn forwarded_and_conntrack_flows_say_how_they_exist() {
         let mut f = flow(Origin::Forwarded);
         f.entries.push(Entry {
@@ -317,7 +347,11 @@ mod tests {
             timeout: 1,
             tcp_state: Some(3),
         });
-        let live = Live { survey: Survey { denied: vec![f, flow(Origin::Conntrack)], leftovers: Vec::new(), undecided: 2 }, conntrack_error: Some("no".into()) };
+        let live = Live {
+            survey: Survey { denied: vec![f, flow(Origin::Conntrack)], leftovers: Vec::new(), undecided: 2 },
+            conntrack_error: Some("no".into()),
+            ..Live::default()
+        };
         let text = apply_text(&live, None, &policy("version = 1\n[defaults]\nallow_established = false\n"));
         assert_eq!(text[0], "warning: no");
         assert!(text[1].contains("2 outgoing connection(s) not judged"), "{text:#?}");
