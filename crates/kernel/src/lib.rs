@@ -1,10 +1,13 @@
-//! The only code that talks to the kernel: netlink, leash's nftables table, and namespaces for tests.
+//! The only code that talks to the kernel: netlink, leash's nftables table, sockets and
+//! connection tracking, and namespaces for tests.
 
+pub mod conntrack;
 pub mod firewall;
 pub mod netns;
 pub mod nflog;
 pub mod nft;
 pub mod nl;
+pub mod rawsock;
 pub mod rtnl;
 pub mod sockdiag;
 #[cfg(feature = "testutil")]

@@ -28,6 +28,12 @@
 //!
 //! Mini sockets (TIME_WAIT, and SYN_RECV requests) have no owner: the kernel reports uid 0 and
 //! inode 0 for them, and no `tcp_info`.
+//!
+//! [`SockDiag::destroy`] ends a socket from outside (message `SOCK_DESTROY`, what `ss -K` sends):
+//! the kernel aborts it as if the network had failed, so its owner's next call fails with
+//! `ECONNABORTED`, and a TCP socket sends its peer a reset. This needs CAP_NET_ADMIN and a kernel
+//! built with `CONFIG_INET_DIAG_DESTROY`; [`SockDiag::destroy_supported`] asks the kernel which
+//! (a probe, not a version check).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -39,13 +45,17 @@ use crate::nl::{
 /// `NETLINK_SOCK_DIAG` (formerly `NETLINK_INET_DIAG`).
 pub const NETLINK_SOCK_DIAG: i32 = libc::NETLINK_SOCK_DIAG;
 /// The request and reply message type (`linux/sock_diag.h`).
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
+pub(crate) const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// Ends the socket a request names (`linux/sock_diag.h`).
+const SOCK_DESTROY: u16 = 21;
 /// `INET_DIAG_INFO`: the protocol's info struct (`tcp_info` for TCP).
 const INET_DIAG_INFO: u16 = 2;
+/// `INET_DIAG_MARK`: the socket's `SO_MARK`, sent only to CAP_NET_ADMIN.
+const INET_DIAG_MARK: u16 = 15;
 /// `INET_DIAG_NOCOOKIE`: a lookup that does not check the socket cookie.
 const INET_DIAG_NOCOOKIE: u32 = !0;
 const REQ_LEN: usize = 56;
-const MSG_LEN: usize = 72;
+pub(crate) const MSG_LEN: usize = 72;
 /// Receive buffer for dump replies. The kernel sizes a dump datagram by the largest `recv`
 /// buffer it has seen but caps it at 32 KiB, so this always holds a whole datagram; a larger one
 /// would be reported as an error (`MSG_TRUNC`), never parsed half.
@@ -90,7 +100,7 @@ impl Family {
             Family::V6 => "ipv6",
         }
     }
-    fn af(self) -> u8 {
+    pub(crate) fn af(self) -> u8 {
         match self {
             Family::V4 => libc::AF_INET as u8,
             Family::V6 => libc::AF_INET6 as u8,
@@ -299,6 +309,9 @@ pub struct DiagSocket {
     pub send_queue: u32,
     /// The kernel's socket cookie (stable for the socket's life, unlike the port pair).
     pub cookie: u64,
+    /// The socket's `SO_MARK`. The kernel tells it only to CAP_NET_ADMIN (`None` otherwise, and
+    /// for mini sockets).
+    pub mark: Option<u32>,
     /// TCP only, and only for full sockets of a query that asked for it.
     pub tcp: Option<TcpInfo>,
 }
@@ -465,29 +478,81 @@ impl SockDiag {
         proto: Proto,
         out: &mut Vec<DiagSocket>,
     ) -> Result<(), NlError> {
-        let port = self.sock.port_id();
-        // Bounded: a dump ends with NLMSG_DONE or an error; every recv consumes one datagram.
-        loop {
-            let n = recv_whole(self.sock.as_raw_fd(), &mut self.buf)?;
-            for m in Messages::new(&self.buf[..n]) {
-                let m = m?;
-                // Replies carry our sequence number and port id; anything else is stale.
-                if m.header.seq != seq || (m.header.pid != port && m.header.pid != 0) {
-                    continue;
-                }
-                match m.header.ty {
-                    // inet_diag dumps never set NLM_F_DUMP_INTR: the walk is not a snapshot and
-                    // sockets that come and go during it may be missed or listed twice, like
-                    // with `ss`. That is fine for a listing.
-                    NLMSG_DONE => return Ok(()),
-                    NLMSG_ERROR => nl::ack_result(&m)?,
-                    SOCK_DIAG_BY_FAMILY => {
-                        if let Some(s) = parse_socket(m.payload, proto)? {
-                            out.push(s);
-                        }
-                    }
-                    _ => {}
-                }
+        read_dump_with(&self.sock, &mut self.buf, seq, |payload| {
+            if let Some(s) = parse_socket(payload, proto)? {
+                out.push(s);
+            }
+            Ok(())
+        })
+    }
+
+    /// Whether this kernel can destroy TCP and UDP sockets (`CONFIG_INET_DIAG_DESTROY`). Asks it
+    /// to destroy a socket that does not exist: a kernel with the handler looks it up and
+    /// answers `ENOENT`, one without answers `EOPNOTSUPP` before looking. Nothing is touched
+    /// either way.
+    pub fn destroy_supported(&mut self) -> Result<bool, NlError> {
+        let none = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+        for proto in [Proto::Tcp, Proto::Udp] {
+            self.seq = self.seq.wrapping_add(1);
+            let req = request(NLM_F_REQUEST | NLM_F_ACK, self.seq, Family::V4, proto, false, States::ALL, Some((none, none)));
+            match self.sock.request_ack(&req) {
+                Err(NlError::Kernel(e)) if e.errno == libc::ENOENT => {}
+                Err(NlError::Kernel(e)) if e.errno == libc::EOPNOTSUPP => return Ok(false),
+                // An ack would mean the kernel destroyed a socket with no address and port:
+                // there is none, so it is the same answer as ENOENT.
+                Ok(()) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Destroys the socket `s` names (as a dump or lookup reported it: family, addresses, bound
+    /// interface and cookie), as `ss -K` does. Its owner's next call fails with `ECONNABORTED`;
+    /// a TCP socket sends its peer a reset. `Ok(false)` when the socket is gone already, or is
+    /// not the same socket any more (the cookie differs: the port pair was reused). Needs
+    /// CAP_NET_ADMIN (`EPERM`) and `CONFIG_INET_DIAG_DESTROY` (`EOPNOTSUPP`; see
+    /// [`SockDiag::destroy_supported`]).
+    pub fn destroy(&mut self, s: &DiagSocket) -> Result<bool, NlError> {
+        self.seq = self.seq.wrapping_add(1);
+        // Unlike the exact lookup of a UDP socket (see `lookup`), both protocols' destroy
+        // handlers read idiag_src as the local end.
+        let req = exact_request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, self.seq, s);
+        match self.sock.request_ack(&req) {
+            Ok(()) => Ok(true),
+            Err(NlError::Kernel(e)) if e.errno == libc::ENOENT => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Reads the replies of the dump with sequence number `seq` on `sock` into `buf`, one datagram at
+/// a time, and hands each `SOCK_DIAG_BY_FAMILY` payload to `each`, until `NLMSG_DONE`. A DONE
+/// carrying an error (a protocol the kernel has no diag handler for) is that error.
+pub(crate) fn read_dump_with(
+    sock: &nl::Socket,
+    buf: &mut [u8],
+    seq: u32,
+    mut each: impl FnMut(&[u8]) -> Result<(), NlError>,
+) -> Result<(), NlError> {
+    let port = sock.port_id();
+    // Bounded: a dump ends with NLMSG_DONE or an error; every recv consumes one datagram.
+    loop {
+        let n = recv_whole(sock.as_raw_fd(), buf)?;
+        for m in Messages::new(&buf[..n]) {
+            let m = m?;
+            // Replies carry our sequence number and port id; anything else is stale.
+            if m.header.seq != seq || (m.header.pid != port && m.header.pid != 0) {
+                continue;
+            }
+            match m.header.ty {
+                // inet_diag dumps never set NLM_F_DUMP_INTR: the walk is not a snapshot and
+                // sockets that come and go during it may be missed or listed twice, like
+                // with `ss`. That is fine for a listing.
+                NLMSG_DONE => return nl::done_result(&m),
+                NLMSG_ERROR => nl::ack_result(&m)?,
+                SOCK_DIAG_BY_FAMILY => each(m.payload)?,
+                _ => {}
             }
         }
     }
@@ -511,7 +576,7 @@ pub fn lookup(
 }
 
 /// Receives one datagram into `buf`; a datagram larger than `buf` is an error, never cut.
-fn recv_whole(fd: i32, buf: &mut [u8]) -> Result<usize, NlError> {
+pub(crate) fn recv_whole(fd: i32, buf: &mut [u8]) -> Result<usize, NlError> {
     loop {
         // SAFETY: buf is writable for its length. MSG_TRUNC makes the kernel return the real
         // length of the datagram, so a cut one is detected.
@@ -555,12 +620,9 @@ fn request(
     states: States,
     id: Option<(SocketAddr, SocketAddr)>,
 ) -> Vec<u8> {
-    let mut r = [0u8; REQ_LEN];
-    r[0] = family.af();
-    r[1] = proto.ipproto();
     // idiag_ext: bit (INET_DIAG_INFO - 1) asks for the INFO attribute.
-    r[2] = if info { 1 << (INET_DIAG_INFO - 1) } else { 0 };
-    r[4..8].copy_from_slice(&states.0.to_ne_bytes());
+    let ext = if info { 1 << (INET_DIAG_INFO - 1) } else { 0 };
+    let mut r = req_v2(family.af(), proto.ipproto(), ext, states);
     // The socket id: zero for a dump (ignored), the 5-tuple for a lookup.
     let id_at = 8;
     if let Some((src, dst)) = id {
@@ -571,9 +633,41 @@ fn request(
     }
     r[id_at + 40..id_at + 44].copy_from_slice(&INET_DIAG_NOCOOKIE.to_ne_bytes());
     r[id_at + 44..id_at + 48].copy_from_slice(&INET_DIAG_NOCOOKIE.to_ne_bytes());
-    let mut b = nl::MsgBuf::with_capacity(nl::NLMSG_HDRLEN + REQ_LEN);
-    let m = b.begin(SOCK_DIAG_BY_FAMILY, flags, seq);
-    b.put_header(&r);
+    message(SOCK_DIAG_BY_FAMILY, flags, seq, &r)
+}
+
+/// A request naming exactly the socket `s`: its family, protocol, addresses as the kernel gave
+/// them (an IPv4-mapped peer stays mapped), bound interface and cookie, so that only that
+/// socket matches, not a later one on the same port pair.
+fn exact_request(ty: u16, flags: u16, seq: u32, s: &DiagSocket) -> Vec<u8> {
+    let mut r = req_v2(s.family.af(), s.proto.ipproto(), 0, States::ALL);
+    let id_at = 8;
+    r[id_at..id_at + 2].copy_from_slice(&s.local.port().to_be_bytes());
+    r[id_at + 2..id_at + 4].copy_from_slice(&s.remote.port().to_be_bytes());
+    put_addr(&mut r[id_at + 4..id_at + 20], s.local.ip());
+    put_addr(&mut r[id_at + 20..id_at + 36], s.remote.ip());
+    r[id_at + 36..id_at + 40].copy_from_slice(&s.ifindex.to_ne_bytes());
+    r[id_at + 40..id_at + 44].copy_from_slice(&(s.cookie as u32).to_ne_bytes());
+    r[id_at + 44..id_at + 48].copy_from_slice(&((s.cookie >> 32) as u32).to_ne_bytes());
+    message(ty, flags, seq, &r)
+}
+
+/// The fixed part of an `inet_diag_req_v2`, socket id zero. For raw sockets
+/// (`inet_diag_req_raw`) the pad byte is `sdiag_raw_protocol`, which a dump ignores.
+pub(crate) fn req_v2(af: u8, ipproto: u8, ext: u8, states: States) -> [u8; REQ_LEN] {
+    let mut r = [0u8; REQ_LEN];
+    r[0] = af;
+    r[1] = ipproto;
+    r[2] = ext;
+    r[4..8].copy_from_slice(&states.0.to_ne_bytes());
+    r
+}
+
+/// One sock_diag message of type `ty` with a fixed request struct and no attributes.
+pub(crate) fn message(ty: u16, flags: u16, seq: u32, req: &[u8]) -> Vec<u8> {
+    let mut b = nl::MsgBuf::with_capacity(nl::NLMSG_HDRLEN + req.len());
+    let m = b.begin(ty, flags, seq);
+    b.put_header(req);
     b.end(m).expect("a fixed-size request without attributes");
     b.into_bytes()
 }
@@ -585,7 +679,7 @@ fn put_addr(dst: &mut [u8], ip: IpAddr) {
     }
 }
 
-fn get_addr(family: Family, b: &[u8], port: [u8; 2]) -> SocketAddr {
+pub(crate) fn get_addr(family: Family, b: &[u8], port: [u8; 2]) -> SocketAddr {
     let port = u16::from_be_bytes(port);
     let ip = match family {
         Family::V4 => IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])),
@@ -632,18 +726,19 @@ fn parse_socket(p: &[u8], proto: Proto) -> Result<Option<DiagSocket>, NlError> {
         recv_queue: u32_at(56),
         send_queue: u32_at(60),
         cookie,
+        mark: None,
         tcp: None,
     };
-    if proto == Proto::Tcp {
-        let m = Message {
-            header: Default::default(),
-            payload: p,
-        };
-        for a in m.attrs(MSG_LEN) {
-            let a = a?;
-            if a.ty == INET_DIAG_INFO {
-                s.tcp = Some(TcpInfo::parse(a.data));
-            }
+    let m = Message {
+        header: Default::default(),
+        payload: p,
+    };
+    for a in m.attrs(MSG_LEN) {
+        let a = a?;
+        match a.ty {
+            INET_DIAG_INFO if proto == Proto::Tcp => s.tcp = Some(TcpInfo::parse(a.data)),
+            INET_DIAG_MARK => s.mark = a.u32().ok(),
+            _ => {}
         }
     }
     Ok(Some(s))

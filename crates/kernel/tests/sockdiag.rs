@@ -274,3 +274,74 @@ fn thousands_of_sockets_are_all_listed() {
         assert_eq!(out.len(), 1);
     });
 }
+
+/// SOCK_DESTROY, as `ss -K` sends it: the probe answers, and where the kernel can destroy
+/// sockets an established TCP socket and a connected UDP socket of each family are aborted
+/// (their owner's next call fails with ECONNABORTED, the TCP peer gets a reset), a socket named
+/// with another cookie is left alone, and one destroyed already is reported gone. Where it
+/// cannot, destroy fails with EOPNOTSUPP and the socket keeps working.
+#[test]
+fn destroy_aborts_tcp_and_connected_udp_sockets_of_both_families() {
+    if !need_root("destroy_aborts_tcp_and_connected_udp_sockets_of_both_families") {
+        return;
+    }
+    let ns = NetNs::new().unwrap();
+    ns.run(|| {
+        let mut diag = sockdiag::SockDiag::open().unwrap();
+        let supported = diag.destroy_supported().unwrap();
+        for host in ["127.0.0.1", "[::1]"] {
+            let l = TcpListener::bind(format!("{host}:0")).unwrap();
+            let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (mut a, _) = l.accept().unwrap();
+            let srv = UdpSocket::bind(format!("{host}:0")).unwrap();
+            let u = UdpSocket::bind(format!("{host}:0")).unwrap();
+            u.connect(srv.local_addr().unwrap()).unwrap();
+            let all = sockdiag::dump(&Query::default()).unwrap();
+            let (tcp, udp) = (find(&all, inode(c.as_raw_fd())), find(&all, inode(u.as_raw_fd())));
+            assert_eq!(tcp.mark, Some(0), "root sees the mark: {tcp:?}");
+
+            if !supported {
+                let e = diag.destroy(&tcp).unwrap_err();
+                assert!(matches!(&e, kernel::nl::NlError::Kernel(k) if k.errno == libc::EOPNOTSUPP), "{e}");
+                c.write_all(b"still").unwrap();
+                continue;
+            }
+            // Another cookie is another socket: nothing happens.
+            let other = DiagSocket { cookie: tcp.cookie ^ 1, ..tcp };
+            assert!(!diag.destroy(&other).unwrap());
+            c.write_all(b"x").unwrap();
+            a.read_exact(&mut [0u8; 1]).unwrap();
+
+            assert!(diag.destroy(&tcp).unwrap(), "{host} tcp");
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let r = c.read(&mut [0u8; 1]);
+            assert_eq!(r.as_ref().map_err(|e| e.raw_os_error()), Err(Some(libc::ECONNABORTED)), "{host} tcp: {r:?}");
+            // The peer was reset.
+            a.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let r = a.read(&mut [0u8; 1]);
+            assert!(matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset), "{host} peer: {r:?}");
+            assert!(!diag.destroy(&tcp).unwrap(), "gone already");
+
+            assert!(diag.destroy(&udp).unwrap(), "{host} udp");
+            u.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let r = u.recv(&mut [0u8; 1]);
+            assert_eq!(r.map_err(|e| e.raw_os_error()), Err(Some(libc::ECONNABORTED)), "{host} udp");
+        }
+    });
+}
+
+#[test]
+fn the_socket_mark_is_reported() {
+    if !need_root("the_socket_mark_is_reported") {
+        return;
+    }
+    let ns = NetNs::new().unwrap();
+    ns.run(|| {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        s.set_mark(0x6c6e).unwrap();
+        s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+        s.connect(&"127.0.0.1:53".parse::<SocketAddr>().unwrap().into()).unwrap();
+        let all = sockdiag::dump(&Query::default()).unwrap();
+        assert_eq!(find(&all, inode(s.as_raw_fd())).mark, Some(0x6c6e));
+    });
+}

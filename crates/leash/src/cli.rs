@@ -17,7 +17,16 @@ Typical session:
   leash test policy.toml           # run the [[expect]] cases against the real kernel in scratch namespaces
   sudo leash apply policy.toml     # replace table inet leash atomically, then verify it
   leash status                     # active policy and per-rule counters
-  sudo leash disable               # remove table inet leash; other tables are never touched";
+  sudo leash disable               # remove table inet leash; other tables are never touched
+
+What a policy does not stop on its own:
+  - Connections that are up when it is applied: a policy decides new connections, and the
+    established rule lets existing ones run until they close. `leash apply` lists the live
+    connections the new policy denies; `leash apply --cut` (or [defaults] on_apply = \"cut\")
+    ends them: sockets destroyed, conntrack entries deleted.
+  - AF_PACKET sockets (CAP_NET_RAW): they send link-layer frames past netfilter, so no rule
+    applies to them. `leash status` and `leash conns` name the processes holding them (and raw
+    IP sockets, which are decided but may forge headers).";
 
 /// leash: declarative, default-deny egress firewall for Linux, enforced by nftables.
 ///
@@ -51,9 +60,13 @@ pub enum Command {
     ///
     /// One netlink transaction creates the table if missing, deletes it and adds the new one. If
     /// anything fails, the kernel discards the whole transaction and the previous table stays.
-    /// Needs CAP_NET_ADMIN (root).
+    /// Then it lists the live connections the new policy denies (they keep running), and with
+    /// --cut (or `[defaults] on_apply = "cut"`) ends them. Needs CAP_NET_ADMIN (root).
     Apply(cmd::apply::Args),
     /// Show whether a leash table is active, which policy it came from and per-rule counters.
+    ///
+    /// Warns about processes holding packet sockets (AF_PACKET: what they send bypasses the
+    /// firewall) or raw IP sockets, and about cgroups the rules match that are gone.
     Status,
     /// Remove table inet leash; the host falls back to its other rules.
     Disable,
@@ -64,6 +77,9 @@ pub enum Command {
     /// earlier rule did not match.
     Explain(cmd::explain::Args),
     /// Live TCP and UDP sockets with their process, user and the verdict of the active policy.
+    ///
+    /// With --policy FILE, the live connections a candidate would deny (cut). Warns about
+    /// processes holding packet sockets (which bypass the firewall) or raw IP sockets.
     Conns(cmd::conns::Args),
     /// Blocked (and rule-logged) connection attempts from NFLOG, with the process when found.
     ///

@@ -2,9 +2,11 @@
 
 mod active;
 mod args;
+mod bypass;
 mod cli;
 mod cmd;
 mod exit;
+mod flows;
 mod load;
 mod output;
 mod serve;

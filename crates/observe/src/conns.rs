@@ -20,6 +20,12 @@
 //! The group a rule's `group` condition sees is the socket's gid (`meta skgid`): the effective
 //! gid of the process that created it. sock_diag does not report it, so it is the effective gid
 //! of the owning process when that is known, else the primary group of the socket's uid.
+//!
+//! The DNS forwarder's own upstream queries are let out by the table's `@dns-forwarder` rule
+//! before any policy rule; a socket carrying the policy's `[dns] mark` towards one of its
+//! upstreams (address and port) is such a query and shows `allow (dns-forwarder)`. The mark is
+//! reported only to root; without it those sockets are judged like any other (the bypass
+//! control denies them).
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -66,7 +72,8 @@ pub struct Verdict {
     /// decided.
     pub rule: Option<String>,
     /// `rule`, `default`, `loopback`, `dns-bypass`, `dns-redirect` or `name-refused` (the
-    /// kinds `leash explain --json` reports).
+    /// kinds `leash explain --json` reports), or `dns-forwarder` for the forwarder's own
+    /// upstream queries (see the module docs).
     pub decided_by: &'static str,
 }
 
@@ -233,13 +240,9 @@ pub fn snapshot(opts: &Options, policy: Option<&Policy>) -> Result<Snapshot, Err
     let processes = t1.elapsed();
 
     let t2 = Instant::now();
-    let domains = policy.map(DomainSets::read).unwrap_or_default();
+    let mut judge = policy.map(Judge::new);
     let mut users: HashMap<u32, Option<String>> = HashMap::new();
     let mut groups: HashMap<u32, Option<u32>> = HashMap::new();
-    let mut verdicts: HashMap<Connection, Verdict> = HashMap::new();
-    // pid -> cgroup, read once per process and only when the policy has service or cgroup rules.
-    let has_cgroup_rules = policy.is_some_and(|p| p.rules.iter().any(|r| r.cond.cgroups.is_some()));
-    let mut cgroups: HashMap<u32, Option<String>> = HashMap::new();
     let mut conns = Vec::with_capacity(sockets.len());
     for s in sockets {
         let owner = owners.owner(s.inode);
@@ -278,27 +281,15 @@ pub fn snapshot(opts: &Options, policy: Option<&Policy>) -> Result<Snapshot, Err
             host: None,
             socket: s,
         };
-        if let Some(p) = policy
-            && let Some(mut conn) = connection(&c)
+        if let Some(j) = judge.as_mut()
+            && let Some(conn) = connection(&c)
         {
-            c.host = domains.host(p, conn.dst);
-            // Rules for services need the process's cgroup; without it the verdict is unknown.
-            if has_cgroup_rules {
-                conn.cgroup = match c.pid {
-                    Some(pid) => cgroups.entry(pid).or_insert_with(|| cgroup_of(pid)).clone(),
-                    None => None,
-                };
-                if conn.cgroup.is_none() {
-                    conns.push(c);
-                    continue;
-                }
+            c.host = j.domains.host(j.policy, conn.dst);
+            if let Some(v) = j.decide(conn, c.pid, s.mark) {
+                c.verdict = Some(v.verdict);
+                c.rule = v.rule;
+                c.decided_by = Some(v.decided_by);
             }
-            // Thousands of sockets usually share a few (destination, port, owner) keys: decide
-            // each key once.
-            let v = verdicts.entry(conn).or_insert_with_key(|k| decide(p, k, &domains));
-            c.verdict = Some(v.verdict);
-            c.rule = v.rule.clone();
-            c.decided_by = Some(v.decided_by);
         }
         conns.push(c);
     }
@@ -353,21 +344,60 @@ pub fn cgroup_of(pid: u32) -> Option<String> {
 /// [`connection`]); `None` for the others and for those whose process's cgroup is unknown while
 /// the policy has service or cgroup rules. The domain sets are read once for all of them.
 pub fn verdicts(policy: &Policy, conns: &[Conn]) -> Vec<Option<Verdict>> {
-    let domains = DomainSets::read(policy);
-    let has_cgroup_rules = policy.rules.iter().any(|r| r.cond.cgroups.is_some());
-    let mut cgroups: HashMap<u32, Option<String>> = HashMap::new();
-    let mut decided: HashMap<Connection, Verdict> = HashMap::new();
-    conns
-        .iter()
-        .map(|c| {
-            let mut k = connection(c)?;
-            if has_cgroup_rules {
-                let pid = c.pid?;
-                k.cgroup = Some(cgroups.entry(pid).or_insert_with(|| cgroup_of(pid)).clone()?);
-            }
-            Some(decided.entry(k).or_insert_with_key(|k| decide(policy, k, &domains)).clone())
-        })
-        .collect()
+    let mut judge = Judge::new(policy);
+    conns.iter().map(|c| judge.decide(connection(c)?, c.pid, c.socket.mark)).collect()
+}
+
+/// A policy ready to decide live connections: its domain sets read from the kernel once, and
+/// the verdict of each distinct (destination, port, owner, cgroup) key and the cgroup of each
+/// process remembered (thousands of sockets usually share a few keys).
+#[derive(Debug)]
+pub struct Judge<'p> {
+    pub policy: &'p Policy,
+    pub domains: DomainSets,
+    has_cgroup_rules: bool,
+    cgroups: HashMap<u32, Option<String>>,
+    decided: HashMap<Connection, Verdict>,
+}
+
+impl<'p> Judge<'p> {
+    /// Reads `policy`'s domain sets from table inet leash in this namespace (see [`DomainSets`]).
+    pub fn new(policy: &'p Policy) -> Judge<'p> {
+        Judge {
+            policy,
+            domains: DomainSets::read(policy),
+            has_cgroup_rules: policy.rules.iter().any(|r| r.cond.cgroups.is_some()),
+            cgroups: HashMap::new(),
+            decided: HashMap::new(),
+        }
+    }
+
+    /// What the policy decides for a new connection like `conn` (as [`connection`] makes it:
+    /// no cgroup yet), made by process `pid` on a socket with `mark`. `None` when the policy has
+    /// service or cgroup rules and the process (so its cgroup) is unknown.
+    pub fn decide(&mut self, mut conn: Connection, pid: Option<u32>, mark: Option<u32>) -> Option<Verdict> {
+        if forwarder_query(self.policy, mark, SocketAddr::new(conn.dst, conn.port.unwrap_or(0))) {
+            return Some(Verdict { verdict: "allow", rule: None, decided_by: "dns-forwarder" });
+        }
+        // Rules for services need the process's cgroup; without it the verdict is unknown.
+        if self.has_cgroup_rules {
+            let pid = pid?;
+            conn.cgroup = Some(self.cgroups.entry(pid).or_insert_with(|| cgroup_of(pid)).clone()?);
+        }
+        let (policy, domains) = (self.policy, &self.domains);
+        Some(self.decided.entry(conn).or_insert_with_key(|k| decide(policy, k, domains)).clone())
+    }
+}
+
+/// Whether a socket with `mark` talking to `remote` is one of the forwarder's upstream queries,
+/// which the table lets out before any rule (see the module docs): the policy has domain rules
+/// (only then is there a forwarder rule), the mark is `[dns] mark`, and `remote` is one of the
+/// upstreams.
+pub fn forwarder_query(policy: &Policy, mark: Option<u32>, remote: SocketAddr) -> bool {
+    let remote = SocketAddr::new(remote.ip().to_canonical(), remote.port());
+    policy.has_domain_rules()
+        && mark == Some(policy.dns.mark)
+        && policy.dns.upstreams.iter().any(|u| SocketAddr::new(u.ip().to_canonical(), u.port()) == remote)
 }
 
 /// The addresses the forwarder put into each domain rule's sets, read from the kernel once per
@@ -563,6 +593,43 @@ mod tests {
         assert!(parse_states("all").unwrap().contains(State::BoundInactive));
         assert!(parse_states("sleeping").unwrap_err().contains("unknown state"));
         assert!(parse_states(",").is_err());
+    }
+
+    #[test]
+    fn the_forwarders_queries_are_its_mark_to_its_upstreams() {
+        let p = policy(
+            "version = 1\n[dns]\nupstreams = [\"192.0.2.53\", \"[2001:db8::53]:5353\"]\nmark = 7\n\
+             [[rule]]\nname = \"api\"\naction = \"allow\"\nports = [443]\nto = [\"api.example.com\"]\n",
+        );
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(forwarder_query(&p, Some(7), at("192.0.2.53:53")));
+        assert!(forwarder_query(&p, Some(7), at("[2001:db8::53]:5353")));
+        assert!(forwarder_query(&p, Some(7), at("[::ffff:192.0.2.53]:53")), "dual-stack socket");
+        assert!(!forwarder_query(&p, Some(7), at("192.0.2.53:853")), "another port");
+        assert!(!forwarder_query(&p, Some(7), at("198.51.100.1:53")), "another resolver");
+        assert!(!forwarder_query(&p, Some(8), at("192.0.2.53:53")), "another mark");
+        assert!(!forwarder_query(&p, None, at("192.0.2.53:53")), "mark unknown (not root)");
+        let mut j = Judge::new(&p);
+        let c = Connection {
+            proto: policy::Proto::Udp,
+            dst: "192.0.2.53".parse().unwrap(),
+            port: Some(53),
+            uid: 0,
+            gid: 0,
+            name: None,
+            cgroup: None,
+            at: None,
+        };
+        assert_eq!(j.decide(c.clone(), None, Some(7)).unwrap().decided_by, "dns-forwarder");
+        // Unmarked, the same query is redirected to the forwarder (allowed, elsewhere).
+        assert_eq!(j.decide(c.clone(), None, None).unwrap().decided_by, "dns-redirect");
+        // An upstream off the DNS ports: only the mark lets it out; unmarked, the rules decide.
+        let off = Connection { dst: "2001:db8::53".parse().unwrap(), port: Some(5353), ..c };
+        assert_eq!(j.decide(off.clone(), None, Some(7)).unwrap().decided_by, "dns-forwarder");
+        assert_eq!(j.decide(off, None, None).unwrap(), Verdict { verdict: "deny", rule: None, decided_by: "default" });
+        // Without domain rules there is no forwarder rule in the table to exempt anything.
+        let plain = policy("version = 1\n[dns]\nupstreams = [\"192.0.2.53\"]\nmark = 7\n");
+        assert!(!forwarder_query(&plain, Some(7), at("192.0.2.53:53")));
     }
 
     /// Real sockets in a namespace: directions, owners, processes and verdicts.

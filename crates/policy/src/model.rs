@@ -84,6 +84,20 @@ pub enum DenyWith {
     Drop,
 }
 
+/// What `leash apply` does with live connections the new policy denies (`[defaults] on_apply`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum OnApply {
+    /// List them and leave them running (until they close; their next connect is denied).
+    /// The default: an apply is often run over a connection the new policy may not admit
+    /// (the administrator's SSH session), and ending connections is not undone by applying
+    /// the old policy again; `leash apply --cut` does it on purpose.
+    #[default]
+    Report,
+    /// End them once the new table is committed and verified: destroy their local sockets
+    /// and delete their conntrack entries, so their next packet meets the new rules.
+    Cut,
+}
+
 /// The `[defaults]` table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Defaults {
@@ -100,6 +114,8 @@ pub struct Defaults {
     /// The time zone `when` windows are written in (IANA name); `None` means UTC.
     pub timezone: Option<String>,
     pub timezone_span: Option<Span>,
+    /// What `leash apply` does with live connections this policy denies.
+    pub on_apply: OnApply,
 }
 
 impl Default for Defaults {
@@ -115,6 +131,7 @@ impl Default for Defaults {
             allow_established_span: None,
             timezone: None,
             timezone_span: None,
+            on_apply: OnApply::Report,
         }
     }
 }

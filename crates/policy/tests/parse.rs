@@ -121,6 +121,11 @@ fn defaults_values() {
     one_error(&t("log_group = \"0\"\n"), 3, 13, "wrong-type", "expected an integer");
     one_error(&t("allow_loopback = 1\n"), 3, 18, "wrong-type", "found an integer");
     one_error(&t("allow_established = [true]\n"), 3, 21, "wrong-type", "found an array");
+    one_error(&t("on_apply = \"kill\"\n"), 3, 12, "bad-value", "invalid on_apply `kill`; expected `report` or `cut`");
+    one_error(&t("on_apply = true\n"), 3, 12, "wrong-type", "expected a string, found a boolean");
+    assert_eq!(load_ok(&t("on_apply = \"cut\"\n")).defaults.on_apply, OnApply::Cut);
+    assert_eq!(load_ok(&t("on_apply = \"report\"\n")).defaults.on_apply, OnApply::Report);
+    assert_eq!(load_ok(HEAD).defaults.on_apply, OnApply::Report, "report unless the policy says cut");
 }
 
 #[test]
@@ -571,6 +576,7 @@ fn full_example_parses_to_the_expected_policy() {
             }),
             timezone: None,
             timezone_span: None,
+            on_apply: OnApply::Report,
         },
         rules: vec![
             Rule {

@@ -216,6 +216,21 @@ pub fn ack_result(m: &Message<'_>) -> Result<(), NlError> {
     }
 }
 
+/// The outcome of a dump an `NLMSG_DONE` message ends: its payload, when there is one, is the
+/// dump's final status as an `int`. Some dumps fail only there: sock_diag answers a dump of a
+/// protocol it has no handler for (raw sockets on a kernel without `CONFIG_INET_RAW_DIAG`) with
+/// a DONE carrying `-ENOENT`, which reads as an empty listing unless it is checked.
+pub fn done_result(m: &Message<'_>) -> Result<(), NlError> {
+    let code = match m.payload.get(..4) {
+        Some(b) => i32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        None => 0,
+    };
+    if code >= 0 {
+        return Ok(());
+    }
+    Err(NlError::Kernel(KernelError { errno: -code, request: m.header, message: None, offset: None }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +314,25 @@ mod tests {
             e.to_string(),
             "ENOENT: No such file or directory (no such set)"
         );
+    }
+
+    #[test]
+    fn done_carries_the_dump_status() {
+        let done = |payload: &[u8]| {
+            let mut b = MsgBuf::new();
+            let m = b.begin(crate::nl::wire::NLMSG_DONE, 2, 7);
+            b.put_header(payload);
+            b.end(m).unwrap();
+            b.into_bytes()
+        };
+        for ok in [done(&[]), done(&0i32.to_ne_bytes()), done(&1234i32.to_ne_bytes())] {
+            assert!(done_result(&Messages::new(&ok).next().unwrap().unwrap()).is_ok());
+        }
+        let bytes = done(&(-libc::ENOENT).to_ne_bytes());
+        match done_result(&Messages::new(&bytes).next().unwrap().unwrap()) {
+            Err(NlError::Kernel(e)) => assert_eq!((e.errno, e.request.seq), (libc::ENOENT, 7)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -932,3 +932,68 @@ pub fn interval_edges() -> (Table, String) {
 "#;
     (table, text.to_string())
 }
+
+/// Addresses of [`Pair`]: the client and the peer end of one veth, in both families.
+pub const CLIENT4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub const PEER4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+pub const PEER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+
+/// Two fresh namespaces joined by a veth pair (`pair0` in the client, `pair1` in the peer),
+/// with [`CLIENT4`]/[`CLIENT6`] and [`PEER4`]/[`PEER6`] on them (/24 and /64, on-link), up and
+/// usable when this returns.
+pub struct Pair {
+    pub client: NetNs,
+    pub peer: NetNs,
+}
+
+pub fn pair() -> Pair {
+    use kernel::rtnl::Rtnl;
+    use std::os::fd::AsFd;
+    let up = std::time::Duration::from_secs(5);
+    let client = NetNs::new().unwrap();
+    let peer = NetNs::new().unwrap();
+    let ci = client
+        .run(|| -> Result<u32, kernel::rtnl::Error> {
+            let mut r = Rtnl::open()?;
+            r.create_veth_with_indexes("pair0", 10, "pair1", 20, peer.as_fd())?;
+            let i = r.link_index("pair0")?;
+            r.add_address(i, CLIENT4.into(), 24)?;
+            r.add_address(i, CLIENT6.into(), 64)?;
+            r.set_link_up(i)?;
+            Ok(i)
+        })
+        .unwrap();
+    peer.run(|| -> Result<(), kernel::rtnl::Error> {
+        let mut r = Rtnl::open()?;
+        let i = r.link_index("pair1")?;
+        r.add_address(i, PEER4.into(), 24)?;
+        r.add_address(i, PEER6.into(), 64)?;
+        r.set_link_up(i)?;
+        r.wait_oper_up(i, up)?;
+        r.wait_local(PEER4.into(), up)?;
+        r.wait_local(PEER6.into(), up)
+    })
+    .unwrap();
+    client
+        .run(|| -> Result<(), kernel::rtnl::Error> {
+            let mut r = Rtnl::open()?;
+            r.wait_oper_up(ci, up)?;
+            r.wait_local(CLIENT4.into(), up)?;
+            r.wait_local(CLIENT6.into(), up)
+        })
+        .unwrap();
+    Pair { client, peer }
+}
+
+/// Runs a program inside `ns` (`nsenter --net=`) and returns (success, stdout, stderr). A
+/// missing program fails the test (the Debian packages are in test.sh).
+pub fn run_in(ns: &NetNs, program: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", ns.path().display()))
+        .arg(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run nsenter {program} (util-linux, and {program} from test.sh's packages): {e}"));
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}

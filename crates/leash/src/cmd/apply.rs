@@ -1,14 +1,16 @@
 //! `leash apply`: compile a policy and replace table inet leash with it in one atomic transaction;
-//! carry the forwarder's answers over from the table it replaces, and warm the domain sets up.
+//! carry the forwarder's answers over from the table it replaces, and warm the domain sets up;
+//! then report the live connections the new policy denies, and end them with `--cut` (see
+//! `crate::flows`).
 
 use crate::args::FaultArgs;
-use crate::exit::{EXIT_OK, EXIT_POLICY, require_root};
+use crate::exit::{EXIT_OK, EXIT_POLICY, EXIT_SYSTEM, require_root};
 use crate::load;
 use crate::output;
 use crate::state::State;
 use anyhow::{Context, Result};
 use kernel::{Firewall, TimedElement};
-use policy::Policy;
+use policy::{OnApply, Policy};
 use ruleset::SetElements;
 use std::collections::HashMap;
 use std::io;
@@ -16,10 +18,38 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+const AFTER_HELP: &str = "\
+Live connections: a policy decides new connections; one that is up already keeps running through
+the established rule, however the policy changed. After the commit, apply lists the live
+connections the new policy denies (outgoing sockets, unconnected UDP flows seen in conntrack).
+With --cut, or [defaults] on_apply = \"cut\", it then ends them: their sockets are destroyed (the
+program's next call fails with ECONNABORTED, a TCP peer gets a reset) and their conntrack entries
+deleted, so their next packet meets the new rules. The default is to report only: an apply often
+runs over a connection the new policy may not admit, and a cut is not undone by applying the old
+policy again. A kernel without CONFIG_INET_DIAG_DESTROY cannot destroy sockets: then only the
+entries are deleted, which stops a flow at this host's next packet but not when its peer sends
+first (apply says so).
+
+Examples:
+  sudo leash apply policy.toml            # apply, verify, list what the new policy would cut
+  sudo leash apply --cut policy.toml      # ... and end those connections";
+
 /// Arguments of `leash apply`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = AFTER_HELP)]
 pub struct Args {
     pub policy: PathBuf,
+    /// End the live connections the new policy denies once it is committed and verified
+    /// (destroy their sockets, delete their conntrack entries), whatever `on_apply` says.
+    #[arg(long, conflicts_with = "no_cut")]
+    pub cut: bool,
+    /// Only list the live connections the new policy denies, whatever `on_apply` says.
+    #[arg(long)]
+    pub no_cut: bool,
+    /// Testing aid: cut without destroying sockets, as on a kernel built without
+    /// CONFIG_INET_DIAG_DESTROY.
+    #[arg(long, hide = true)]
+    pub fault_no_sock_destroy: bool,
     #[command(flatten)]
     pub fault: FaultArgs,
 }
@@ -59,6 +89,22 @@ pub fn run(a: &Args, json: bool, fw: &dyn Firewall, state: &State) -> Result<u8>
             eprintln!("leash: warning: warm-up: {f}");
         }
     }
+    // The live connections the new policy denies, listed now that it is committed, verified and
+    // warmed up (its domain sets decide too): one opened before the commit is in the list, one
+    // opened since met the new rules. Only now may they be cut.
+    let mode = if a.cut {
+        OnApply::Cut
+    } else if a.no_cut {
+        OnApply::Report
+    } else {
+        p.defaults.on_apply
+    };
+    let live = crate::flows::survey(&p);
+    let cut = match (&live, mode) {
+        (Ok(l), OnApply::Cut) => Some(crate::flows::cut(l, !a.fault_no_sock_destroy)),
+        _ => None,
+    };
+    let cut_failed = mode == OnApply::Cut && (live.is_err() || cut.as_ref().is_some_and(|c| !c.errors.is_empty()));
     // Time windows are compiled per daylight-saving period of the coming 400 days; say how far
     // that reaches, since the last period's offset stays past it until the next apply.
     let windows = p.rules.iter().any(|r| r.cond.when.is_some()).then(|| {
@@ -81,6 +127,10 @@ pub fn run(a: &Args, json: bool, fw: &dyn Firewall, state: &State) -> Result<u8>
             "report": report_json(&report),
             "warm_up": warm,
             "carried_over": carried,
+            "live_connections": match &live {
+                Ok(l) => crate::flows::apply_json(l, mode, cut.as_ref()),
+                Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+            },
         }));
     } else {
         println!(
@@ -111,6 +161,24 @@ pub fn run(a: &Args, json: bool, fw: &dyn Firewall, state: &State) -> Result<u8>
                 if w.guarded > 0 { format!(", {} private answers kept out", w.guarded) } else { String::new() }
             );
         }
+        match &live {
+            Ok(l) => {
+                for line in crate::flows::apply_text(l, cut.as_ref(), &p) {
+                    match line.split_once(": ") {
+                        Some(("warning" | "error", _)) => eprintln!("leash: {line}"),
+                        _ => println!("{line}"),
+                    }
+                }
+            }
+            Err(e) => eprintln!("leash: warning: cannot list the live connections the new policy denies: {e:#}"),
+        }
+    }
+    if cut_failed {
+        eprintln!(
+            "leash: error: {} is applied, but not every live connection it denies could be cut (see above)",
+            l.display_name()
+        );
+        return Ok(EXIT_SYSTEM);
     }
     Ok(EXIT_OK)
 }

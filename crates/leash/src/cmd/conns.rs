@@ -3,7 +3,9 @@
 //! policy (or of a candidate policy file: what it would cut).
 //!
 //! The data comes from `observe::conns::snapshot` (sock_diag netlink, a `/proc` scan for the
-//! processes, `policy::explain` for the verdicts). The active policy is the file named in the
+//! processes, `policy::explain` for the verdicts); what a candidate would cut is
+//! `crate::flows::survey_of` (the same survey `leash apply` reports, conntrack included), and
+//! processes holding packet or raw sockets are a warning (`crate::bypass`). The active policy is the file named in the
 //! comment leash stores with its table (`leash sha256:HEX PATH`); it is read again from disk, so
 //! a file edited since the apply is flagged (its hash no longer matches) and judged as it is now.
 
@@ -35,7 +37,14 @@ waits in SYN_SENT until it times out: that is how a blocked connection looks her
 Which policy: the active one (the file `leash apply` recorded in the kernel table; a warning
 says when the file changed since), or --policy FILE to see what a candidate would do to the
 connections that exist now: which of them it would deny (cut), and which the active policy
-allows today. Without either, no verdicts are shown.
+allows today. The list of what it would deny is the one `leash apply` reports: it also has
+flows only conntrack knows (an unconnected UDP socket's; as root). Without either, no verdicts
+are shown.
+
+Packet and raw sockets: processes holding an AF_PACKET socket, which sends past netfilter (no
+leash rule applies to it), or a raw IP socket (its packets are decided, but it may forge
+headers), are listed as a warning, on standard error (and under raw_sockets in --json). DHCP
+clients and capture tools hold packet sockets legitimately.
 
 Processes are found by scanning /proc/*/fd (as ss -p does, but faster); run as root to see
 every process. --pid reads only that process.
@@ -137,6 +146,11 @@ pub fn run(a: &Args, json: bool, fw: &dyn Firewall) -> Result<u8> {
         }
     }
     let judge = candidate.as_ref().or(active.as_ref());
+    // Sockets past the firewall: a warning whatever the policy.
+    let raw = crate::bypass::holders();
+    if json {
+        warnings.extend(crate::bypass::warnings(&raw).into_iter().map(|l| l.trim().to_string()));
+    }
 
     let opts = Options {
         query: Query { tcp: !a.udp, udp: !a.tcp, states, ..Query::default() },
@@ -162,15 +176,42 @@ pub fn run(a: &Args, json: bool, fw: &dyn Firewall) -> Result<u8> {
         (Some(_), Some(act)) => Some(conns::verdicts(&act.policy, &snap.conns)),
         _ => None,
     };
+    // What the candidate would cut, as `leash apply` would report it.
+    let live = candidate.as_ref().map(|c| crate::flows::survey_of(&snap.conns, &c.policy));
+    let cut = live.as_ref().map(|l| Cut { live: l, now_allowed: now.as_deref().map(|n| now_allowed(l, &snap.conns, n)) });
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     if json {
-        print_json(&mut out, &snap, judge, candidate.is_some(), active.as_ref(), now.as_deref(), &warnings)?;
+        print_json(&mut out, &snap, judge, cut.as_ref(), active.as_ref(), now.as_deref(), &warnings, &raw)?;
     } else {
-        print_text(&mut out, &snap, judge, candidate.is_some(), now.as_deref(), !a.no_processes)?;
+        print_text(&mut out, &snap, judge, cut.as_ref(), now.as_deref(), !a.no_processes)?;
     }
     out.flush()?;
+    if !json {
+        crate::bypass::eprint(&raw);
+    }
     Ok(EXIT_OK)
+}
+
+/// What a candidate would cut, and how many of those the active policy allows today.
+struct Cut<'a> {
+    live: &'a crate::flows::Live,
+    now_allowed: Option<usize>,
+}
+
+/// How many of the sockets the candidate would cut the active policy allows (`now` is its
+/// verdict per connection of `snap`).
+fn now_allowed(live: &crate::flows::Live, snap: &[Conn], now: &[Option<conns::Verdict>]) -> usize {
+    live.survey
+        .denied
+        .iter()
+        .filter_map(|f| f.socket.as_ref())
+        .filter(|s| {
+            snap.iter()
+                .position(|c| c.socket.cookie == s.cookie && c.socket.inode == s.inode)
+                .is_some_and(|i| now[i].as_ref().is_some_and(|v| v.allows()))
+        })
+        .count()
 }
 
 fn resolve_user(u: &str) -> Result<u32> {
@@ -271,25 +312,24 @@ struct JsonConn<'a> {
     active_verdict: Option<Option<&'static str>>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn print_json(
     out: &mut impl Write,
     snap: &Snapshot,
     judge: Option<&Judge>,
-    is_candidate: bool,
+    cut: Option<&Cut>,
     active: Option<&Judge>,
     now: Option<&[Option<conns::Verdict>]>,
     warnings: &[String],
+    raw: &Result<observe::rawsocks::Holders, String>,
 ) -> Result<()> {
     let summary = summarise(&snap.conns);
-    let cut: Vec<usize> = if is_candidate {
-        snap.conns.iter().enumerate().filter(|(_, c)| c.verdict == Some("deny")).map(|(i, _)| i).collect()
-    } else {
-        Vec::new()
-    };
+    let is_candidate = cut.is_some();
     let doc = serde_json::json!({
         "policy": judge.map(|j| &j.info),
         "active_policy": if is_candidate { active.map(|j| &j.info) } else { None },
         "warnings": warnings,
+        "raw_sockets": crate::bypass::json(raw),
         "summary": summary,
         "timings_ms": {
             "sockets": ms(snap.timings.dump),
@@ -297,8 +337,10 @@ fn print_json(
             "verdicts": ms(snap.timings.verdicts),
         },
         "scan": { "processes": snap.scan.processes, "descriptors": snap.scan.descriptors },
-        "would_deny": if is_candidate { Some(cut.len()) } else { None },
-        "would_deny_now_allowed": now.map(|n| cut.iter().filter(|&&i| n[i].as_ref().is_some_and(|v| v.allows())).count()),
+        "would_deny": cut.map(|c| c.live.survey.denied.len()),
+        "would_deny_now_allowed": cut.and_then(|c| c.now_allowed),
+        "would_deny_flows": cut.map(|c| &c.live.survey.denied),
+        "would_deny_conntrack_error": cut.and_then(|c| c.live.conntrack_error.as_deref()),
     });
     // The connections are written one by one (compact) rather than built as one JSON value:
     // 20,000 of them would otherwise be copied into a tree first.
@@ -351,10 +393,11 @@ fn print_text(
     out: &mut impl Write,
     snap: &Snapshot,
     judge: Option<&Judge>,
-    is_candidate: bool,
+    cut: Option<&Cut>,
     now: Option<&[Option<conns::Verdict>]>,
     processes: bool,
 ) -> Result<()> {
+    let is_candidate = cut.is_some();
     let conns = &snap.conns;
     let user = |c: &Conn| c.user.clone().or_else(|| c.uid.map(|u| u.to_string())).unwrap_or_else(|| "-".into());
     let process = |c: &Conn| match (c.pid, &c.comm) {
@@ -438,40 +481,28 @@ fn print_text(
             )?;
         }
     }
-    if is_candidate && let Some(j) = judge {
-        let cut: Vec<(usize, &Conn)> = conns.iter().enumerate().filter(|(_, c)| c.verdict == Some("deny")).collect();
-        if cut.is_empty() {
-            writeln!(out, "{} would deny none of the {} outgoing connections", j.info.path, s.outgoing)?;
+    if let (Some(cut), Some(j)) = (cut, judge) {
+        let n = cut.live.survey.denied.len();
+        if let Some(e) = &cut.live.conntrack_error {
+            writeln!(out, "({e})")?;
+        }
+        if n == 0 {
+            writeln!(out, "{} would deny none of the live connections ({} outgoing sockets)", j.info.path, s.outgoing)?;
         } else {
-            let now_allowed = now.map(|n| cut.iter().filter(|(i, _)| n[*i].as_ref().is_some_and(|v| v.allows())).count());
             writeln!(
                 out,
-                "{} would deny {} of {} outgoing connections{}:",
+                "{} would deny {n} live connection(s){}:",
                 j.info.path,
-                cut.len(),
-                s.outgoing,
-                now_allowed.map(|k| format!(" ({k} of them allowed by the active policy)")).unwrap_or_default()
+                cut.now_allowed.map(|k| format!(" ({k} of them allowed by the active policy)")).unwrap_or_default()
             )?;
-            for (_, c) in &cut {
-                writeln!(
-                    out,
-                    "  {} {} -> {}  {}  {}  by {}",
-                    c.proto,
-                    addr(Some(c.local)),
-                    addr(c.remote),
-                    user(c),
-                    process(c),
-                    c.verdict().map_or_else(String::new, |v| v.decider_text())
-                )?;
+            for line in crate::flows::flow_lines(cut.live) {
+                writeln!(out, "{line}")?;
             }
-            if j.policy.defaults.allow_established {
-                writeln!(
-                    out,
-                    "with allow_established = true, established ones keep running until they close; their next connect is denied"
-                )?;
-            } else {
-                writeln!(out, "with allow_established = false, established ones stall at their next packet")?;
-            }
+            writeln!(
+                out,
+                "applied without --cut, {}; `leash apply --cut` ends them",
+                crate::flows::left_running(&j.policy)
+            )?;
         }
     }
     Ok(())

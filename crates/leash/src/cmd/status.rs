@@ -1,5 +1,6 @@
 //! `leash status`: whether a leash table is active, which policy it came from, per-rule counters
-//! and set sizes, and a warning for every cgroup the rules match that is gone or was made again.
+//! and set sizes, a warning for every cgroup the rules match that is gone or was made again, and
+//! one for the processes holding packet sockets (which send past the firewall) or raw sockets.
 
 use crate::exit::EXIT_OK;
 use crate::output;
@@ -13,10 +14,14 @@ pub fn run(json: bool, fw: &dyn Firewall, state: &State) -> Result<u8> {
     crate::exit::end_quietly_on_closed_pipe();
     // Large sets are reported from what leash loaded, not counted (see state).
     let st = state.status(fw).context("cannot read the leash table")?;
+    let raw = crate::bypass::holders();
     if json {
-        output::print_json(&status_json(st.as_ref()));
+        let mut j = status_json(st.as_ref());
+        j["raw_sockets"] = crate::bypass::json(&raw);
+        output::print_json(&j);
     } else {
         print!("{}", status_text(st.as_ref()));
+        crate::bypass::eprint(&raw);
     }
     // Rules for a cgroup match its id at apply time; a service restarted since has a new one.
     if st.is_some()

@@ -21,7 +21,7 @@ const DNS_KEYS: &[&str] =
     &["listen", "upstreams", "min_ttl", "max_ttl", "grace", "timeout_ms", "bypass", "mark", "cache_size"];
 /// Keys of `[defaults]`.
 const DEFAULTS_KEYS: &[&str] =
-    &["outbound", "deny_with", "log_denied", "log_group", "allow_loopback", "allow_established", "timezone"];
+    &["outbound", "deny_with", "log_denied", "log_group", "allow_loopback", "allow_established", "timezone", "on_apply"];
 
 /// Parses and validates a policy text.
 ///
@@ -252,6 +252,11 @@ impl<'a> Parser<'a> {
                     }
                 }
                 "log_denied" => d.log_denied = self.boolean(&e).unwrap_or(d.log_denied),
+                "on_apply" => {
+                    if let Some(o) = self.choice(&e, &[("report", OnApply::Report), ("cut", OnApply::Cut)]) {
+                        d.on_apply = o;
+                    }
+                }
                 "log_group" => {
                     if let Some(v) = self.value(&e, "an integer") {
                         let span = self.vspan(v, &e.key_span);
