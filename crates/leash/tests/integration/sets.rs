@@ -175,6 +175,23 @@ fn set_update_needs_root() {
     assert!(stderr.contains("needs root") && stderr.contains("nothing was changed"), "{stderr}");
 }
 
+/// Issue 12 item 14: `leash set update` reports invalid UTF-8 at its line and column (exit 1,
+/// before it needs root or a table), with every other bad line, instead of `not a text file` at 1:1.
+#[test]
+fn set_update_reports_invalid_utf8_at_its_position() {
+    let dir = TempDir::new("sets-utf8");
+    let list = dir.file_bytes("list.txt", b"192.0.2.1\n  198.51.100.\xff/24\nnope\n");
+    let r = leash(&["set", "update", "threat-feed", &list]);
+    assert_eq!(r.code, Some(1), "{r}");
+    assert!(r.stderr.contains(&format!("{list}:2:14: error: invalid UTF-8 (byte 0xff)")), "{r}");
+    assert!(r.stderr.contains(&format!("{list}:3:1: error:")), "{r}");
+    assert!(r.stderr.contains("2 bad line(s); nothing was changed"), "{r}");
+    let r = leash(&["set", "update", "threat-feed", &list, "--json"]);
+    assert_eq!(r.code, Some(1), "{r}");
+    let e = &r.json()["errors"][0];
+    assert_eq!((e["line"].as_u64(), e["column"].as_u64()), (Some(2), Some(14)), "{r}");
+}
+
 /// `leash` inside `ns` with its record of set sizes in `state`, without listing the ruleset
 /// afterwards (nft takes seconds to list a set this large).
 fn leash_state(ns: &NetNs, state: &std::path::Path, args: &[&str]) -> Run {
