@@ -12,10 +12,11 @@ cd "$(dirname "$0")"
 # tmux: the terminal `leash top` is tested in. python3-prometheus-client: the parser the metrics
 # exposition must pass (Debian's `prometheus` package, for promtool, installs 96 MB).
 # tcpdump: reads the pcap files `leash log --pcap` writes (and competes in the NFLOG benchmark).
+# systemd: `systemd-analyze verify` checks the shipped unit file (it needs no running systemd).
 # leash itself needs none of them at run time.
 packages=(
     nftables iproute2 util-linux dnsutils netcat-openbsd curl ca-certificates dnsmasq-base
-    tmux python3-prometheus-client tcpdump
+    tmux python3-prometheus-client tcpdump systemd
 )
 
 missing=()

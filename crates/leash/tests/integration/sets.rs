@@ -264,3 +264,56 @@ fn status_reports_a_large_set_from_what_leash_loaded() {
     assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0, "disable removes the record");
     root_has_no_leash_table();
 }
+
+/// Issue 12 item 13: a state directory others can write, or one reached through a symbolic link
+/// planted in such a directory, is refused with a clear message: the firewall is applied, nothing
+/// is written there (nor where the link points), and the large set is counted in the kernel.
+#[test]
+fn apply_refuses_a_state_directory_others_can_write() {
+    use std::os::unix::fs::PermissionsExt;
+    if !need_root("apply_refuses_a_state_directory_others_can_write") {
+        return;
+    }
+    let ns = NetNs::new().unwrap();
+    let dir = TempDir::new("sets-state-dir");
+    std::fs::create_dir_all(dir.0.join("feeds")).unwrap();
+    dir.file("feeds/blocklist.txt", &big_list(kernel::nft::COUNT_LIMIT as u32 + 100, 1));
+    let policy = dir.file("policy.toml", POLICY);
+
+    let open = dir.0.join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let r = leash_state(&ns, &open, &["apply", &policy]);
+    assert!(r.ok(), "the firewall is applied all the same: {r}");
+    assert!(
+        r.stderr.contains(&format!("warning: refusing state directory {}: {} is writable by anyone (mode 0777)", open.display(), open.display())),
+        "{r}"
+    );
+    assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0, "nothing written: {r}");
+    let r = leash_state(&ns, &open, &["status", "--json"]);
+    assert!(r.ok(), "{r}");
+    let s = set_elements(&r.json(), "s_threat-feed_v4");
+    assert_eq!(s["elements_recorded"].as_bool(), Some(false), "{s}");
+
+    // /tmp-like (sticky, anyone can write) with a link planted in it to a private directory.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let target = dir.0.join("private");
+    std::fs::create_dir(&target).unwrap();
+    std::os::unix::fs::symlink(&target, open.join("leash")).unwrap();
+    let r = leash_state(&ns, &open.join("leash"), &["apply", &policy]);
+    assert!(r.ok(), "{r}");
+    assert!(r.stderr.contains("is a symbolic link in a directory others can write"), "{r}");
+    assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0, "nothing written through the link: {r}");
+    let r = leash_state(&ns, &open.join("leash"), &["set", "update", "threat-feed", &dir.0.join("feeds/blocklist.txt").display().to_string()]);
+    assert!(r.ok(), "{r}");
+    assert!(r.stderr.contains("refusing state directory"), "{r}");
+    assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0, "{r}");
+
+    // A private directory made on first use: 0755, the record in it.
+    let fresh = open.join("fresh");
+    let r = leash_state(&ns, &fresh, &["apply", &policy]);
+    assert!(r.ok() && !r.stderr.contains("warning"), "{r}");
+    assert_eq!(std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o7777, 0o755);
+    assert_eq!(std::fs::read_dir(&fresh).unwrap().count(), 1, "{r}");
+    root_has_no_leash_table();
+}
