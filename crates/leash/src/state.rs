@@ -240,8 +240,9 @@ fn netns_inode(path: &Path) -> Option<u64> {
 fn live_netns_inodes() -> std::collections::HashSet<u64> {
     let mut live = std::collections::HashSet::new();
     let dir_entries = |p: &Path| std::fs::read_dir(p).into_iter().flatten().flatten();
+    use std::os::unix::ffi::OsStrExt;
     for proc_entry in dir_entries(Path::new("/proc")) {
-        if !proc_entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+        if !proc_entry.file_name().as_bytes().iter().all(u8::is_ascii_digit) {
             continue;
         }
         let pdir = proc_entry.path();
@@ -250,12 +251,7 @@ fn live_netns_inodes() -> std::collections::HashSet<u64> {
         }
         for fd in dir_entries(&pdir.join("fd")) {
             if let Ok(target) = std::fs::read_link(fd.path()) {
-                let t = target.to_string_lossy();
-                if let Some(ino) =
-                    t.strip_prefix("net:[").and_then(|r| r.strip_suffix(']')).and_then(|n| n.parse().ok())
-                {
-                    live.insert(ino);
-                }
+                live.extend(observe::procfs::netns_inode(target.as_os_str().as_bytes()));
             }
         }
     }

@@ -11,5 +11,6 @@ pub mod ip;
 pub mod log;
 pub mod metrics;
 pub mod pcap;
+pub mod procfs;
 pub mod procs;
 pub mod trace;
