@@ -128,7 +128,7 @@ pub fn run(a: &Args, _json: bool, fw: &dyn Firewall, state: &State) -> Result<u8
         };
         Ok(metrics::render(&input, format))
     };
-    crate::serve::metrics_forever(&listener, &exporter).context("serving metrics")?;
+    crate::serve::metrics_forever(listener, exporter).context("serving metrics")?;
     Ok(EXIT_OK)
 }
 
