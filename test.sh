@@ -13,10 +13,11 @@ cd "$(dirname "$0")"
 # exposition must pass (Debian's `prometheus` package, for promtool, installs 96 MB).
 # tcpdump: reads the pcap files `leash log --pcap` writes (and competes in the NFLOG benchmark).
 # conntrack: the oracle for leash's ctnetlink dump and delete (`conntrack -L`, `conntrack -D`).
+# systemd: `systemd-analyze verify` checks the shipped unit file (it needs no running systemd).
 # leash itself needs none of them at run time.
 packages=(
     nftables iproute2 util-linux dnsutils netcat-openbsd curl ca-certificates dnsmasq-base
-    tmux python3-prometheus-client tcpdump conntrack
+    tmux python3-prometheus-client tcpdump conntrack systemd
 )
 
 missing=()

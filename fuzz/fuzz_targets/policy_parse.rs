@@ -60,8 +60,22 @@ fn country_db() -> &'static [u8] {
 }
 
 fuzz_target!(|data: &[u8]| {
-    // Policies are text; invalid UTF-8 is rejected before `load` by the binary.
-    let Ok(src) = std::str::from_utf8(data) else { return };
+    // The binary reads a policy as bytes: invalid UTF-8 is a diagnostic at its position, in the
+    // text with replacements that the diagnostics are rendered against.
+    let src = match diag::decode(data) {
+        Ok(src) => src,
+        Err((lossy, diags)) => {
+            assert!(!diags.is_empty() && diags.len() <= diag::MAX_UTF8_ERRORS);
+            // The text up to the first bad byte is the file's.
+            assert!(data.starts_with(&lossy.as_bytes()[..diags[0].span.start]));
+            for d in &diags {
+                assert_eq!(d.severity, Severity::Error);
+                assert_eq!(&lossy[d.span.clone()], "\u{fffd}", "the span is the replacement");
+                let _ = diag::render("fuzz.toml", &lossy, d);
+            }
+            return;
+        }
+    };
     let (policy, diags) = load(src, &Users);
     for d in &diags {
         assert!(d.span.start <= d.span.end && d.span.end <= src.len(), "span {:?} outside the text", d.span);

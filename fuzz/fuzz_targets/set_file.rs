@@ -1,12 +1,12 @@
-//! Fuzzes the `[[set]]` file parser (`policy::setfile::parse_set_file`, what `leash apply` and
-//! `leash set update` read blocklists with) and checks what the kernel encoder relies on: merged
+//! Fuzzes the `[[set]]` file parser (`policy::setfile::parse_set_file_bytes`, what `leash apply`
+//! and `leash set update` read blocklists with, bytes as on disk) and checks what the kernel encoder relies on: merged
 //! ranges sorted, non-overlapping and non-adjacent (an nftables interval set refuses overlaps),
 //! errors with positions inside the text, and a parse of the result giving the result again.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use policy::ranges::AddrRanges;
-use policy::setfile::{MAX_ERRORS, parse_set_file};
+use policy::setfile::{MAX_ERRORS, parse_set_file, parse_set_file_bytes};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Sorted, disjoint, non-adjacent, each range well formed.
@@ -22,8 +22,9 @@ fn merged<T: Copy + Ord + std::fmt::Debug>(r: &[(T, T)], next: impl Fn(T) -> Opt
 }
 
 fuzz_target!(|data: &[u8]| {
+    // Lines as the parser splits them, each shown lossily (a bad byte is one character).
     let text = String::from_utf8_lossy(data);
-    match parse_set_file(&text) {
+    match parse_set_file_bytes(data) {
         Ok(f) => {
             merged(&f.ranges.v4, |x: u32| x.checked_add(1));
             merged(&f.ranges.v6, |x: u128| x.checked_add(1));
@@ -58,7 +59,7 @@ fuzz_target!(|data: &[u8]| {
                 assert!(e.line > last, "errors in line order, one per line: {errors:?}");
                 last = e.line;
                 let line = lines.get(e.line - 1).expect("the error's line exists");
-                assert!(e.col >= 1 && e.col <= line.len() + 1, "column {} in {line:?}", e.col);
+                assert!(e.col >= 1 && e.col <= line.chars().count() + 1, "column {} in {line:?}", e.col);
                 assert!(!e.message.is_empty());
             }
         }

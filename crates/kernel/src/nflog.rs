@@ -559,12 +559,14 @@ fn errno_of(e: &NlError) -> Option<i32> {
 /// Whether the calling thread has CAP_NET_ADMIN (bit 12 of CapEff), to tell "the group is taken"
 /// from "not allowed": the kernel answers both with EPERM.
 fn has_cap_net_admin() -> bool {
-    let Ok(status) = std::fs::read_to_string("/proc/thread-self/status") else {
+    // Bytes: the `Name:` line holds the command name, which need not be UTF-8.
+    let Ok(status) = std::fs::read("/proc/thread-self/status") else {
         return false;
     };
     status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
+        .split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(b"CapEff:"))
+        .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .is_some_and(|caps| caps & (1 << 12) != 0)
 }

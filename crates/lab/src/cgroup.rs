@@ -24,8 +24,10 @@ pub const SCRATCH_PREFIX: &str = "leash-lab-";
 
 /// The cgroup v2 mount point, from `/proc/self/mountinfo` (the first `cgroup2` mount).
 pub fn mount_point() -> Option<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    parse_mountinfo(&text)
+    // Bytes, lossily: a mount point elsewhere on the host need not be UTF-8, and must not hide
+    // the cgroup2 mount.
+    let bytes = std::fs::read("/proc/self/mountinfo").ok()?;
+    parse_mountinfo(&String::from_utf8_lossy(&bytes))
 }
 
 /// The first cgroup2 mount point in a mountinfo text. Each line is

@@ -74,8 +74,15 @@ pub fn same_hash(full: &str, from_comment: &str) -> bool {
 pub fn load(path: &Path, today: policy::Date) -> Result<Loaded> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read policy {}", path.display()))?;
     let sha256 = hex(&Sha256::digest(&bytes));
-    let src = String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))?;
-    let (policy, mut diagnostics) = policy::load(&src, &SystemResolver::for_policy(path));
+    let (src, policy, mut diagnostics) = match policy::diag::decode(&bytes) {
+        Ok(src) => {
+            let (policy, diagnostics) = policy::load(src, &SystemResolver::for_policy(path));
+            (src.to_string(), policy, diagnostics)
+        }
+        // Invalid UTF-8 is a policy error with a position (exit 1, nothing changed); the text
+        // with replacements is not parsed further: its values would not be the file's.
+        Err((lossy, diagnostics)) => (lossy, None, diagnostics),
+    };
     if let Some(p) = &policy {
         diagnostics.extend(policy::lint::lint(p, today));
         diagnostics.sort_by_key(|d| (d.span.start, d.severity));

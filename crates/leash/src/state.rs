@@ -14,12 +14,25 @@
 //!
 //! The same record keeps the cgroup ids the applied `socket cgroupv2` rules match, so that
 //! `leash status` can warn when a cgroup is gone or was made again (a restarted service).
+//!
+//! The directory is trusted only when no one but its owner can change it, which must be root when
+//! leash runs as root (see [`open_dir`]): a record is what `status` believes about the kernel, and
+//! a directory others can write would let them plant a symbolic link that root then writes
+//! through. Every file operation is relative to the directory once opened and checked (`openat`
+//! with `O_NOFOLLOW`, a new temporary file with `O_EXCL`, fsync, `renameat`), so a path swapped
+//! after the check changes nothing.
 
 use anyhow::{Context, Result};
 use kernel::Firewall;
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
 
 /// What `leash apply` and `leash set update` loaded into the sets that are too large to count.
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -71,34 +84,36 @@ impl State {
         State { dir: dir.to_path_buf(), cgroup_root: cgroup_root.to_path_buf() }
     }
 
-    fn record_path(&self) -> Option<PathBuf> {
-        netns_id().map(|id| self.dir.join(format!("sets-{id}.json")))
+    /// The record's file name in the directory.
+    fn record_name() -> Option<String> {
+        netns_id().map(|id| format!("sets-{id}.json"))
     }
 
+    /// The record, if the directory is trusted and holds one (a symbolic link is not read).
     fn read_record(&self) -> Option<Record> {
-        let text = std::fs::read(self.record_path()?).ok()?;
+        let dir = open_dir(&self.dir, false).ok()??;
+        let fd = nix::fcntl::openat(&dir.fd, Self::record_name()?.as_str(), read_flags(), Mode::empty()).ok()?;
+        let mut text = Vec::new();
+        std::fs::File::from(fd).read_to_end(&mut text).ok()?;
         serde_json::from_slice(&text).ok()
     }
 
-    /// Writes the record (atomically: a temporary file renamed over it), or removes it when it
-    /// holds nothing.
+    /// Writes the record (atomically: a new temporary file renamed over it), or removes it when it
+    /// holds nothing. Refuses a directory others could change (nothing is written then).
     fn write_record(&self, r: &Record) -> Result<()> {
-        let path = self.record_path().context("cannot identify the network namespace to record set sizes")?;
+        let name = Self::record_name().context("cannot identify the network namespace to record set sizes")?;
         // Nothing worth remembering: no record at all (most policies have neither large sets nor
-        // cgroup rules).
+        // cgroup rules). A directory that is missing or not trusted holds no record leash reads.
         if r.sets.is_empty() && r.cgroups.is_empty() {
-            return match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(e).with_context(|| format!("cannot remove {}", path.display()))
-                }
-                _ => Ok(()),
+            let Ok(Some(dir)) = open_dir(&self.dir, false) else { return Ok(()) };
+            return match nix::unistd::unlinkat(&dir.fd, name.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => Ok(()),
+                Err(e) => Err(e).with_context(|| format!("cannot remove {}", dir.path.join(&name).display())),
             };
         }
-        std::fs::create_dir_all(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
-        prune(&self.dir, &path);
-        let tmp = path.with_extension(format!("json.{}", std::process::id()));
-        std::fs::write(&tmp, serde_json::to_vec(r)?).with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
+        let dir = open_dir(&self.dir, true)?.context("state directory vanished")?;
+        prune(&dir, &name);
+        write_file(&dir, &name, &serde_json::to_vec(r)?)
     }
 
     /// After a successful `leash apply`: records the sizes of the table's large sets (only sets
@@ -148,8 +163,8 @@ impl State {
 
     /// After `leash disable`: the record describes no table any more.
     pub fn forget(&self) {
-        if let Some(p) = self.record_path() {
-            let _ = std::fs::remove_file(p);
+        if let (Ok(Some(dir)), Some(name)) = (open_dir(&self.dir, false), Self::record_name()) {
+            let _ = nix::unistd::unlinkat(&dir.fd, name.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
         }
     }
 
@@ -225,8 +240,9 @@ fn netns_inode(path: &Path) -> Option<u64> {
 fn live_netns_inodes() -> std::collections::HashSet<u64> {
     let mut live = std::collections::HashSet::new();
     let dir_entries = |p: &Path| std::fs::read_dir(p).into_iter().flatten().flatten();
+    use std::os::unix::ffi::OsStrExt;
     for proc_entry in dir_entries(Path::new("/proc")) {
-        if !proc_entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+        if !proc_entry.file_name().as_bytes().iter().all(u8::is_ascii_digit) {
             continue;
         }
         let pdir = proc_entry.path();
@@ -235,12 +251,7 @@ fn live_netns_inodes() -> std::collections::HashSet<u64> {
         }
         for fd in dir_entries(&pdir.join("fd")) {
             if let Ok(target) = std::fs::read_link(fd.path()) {
-                let t = target.to_string_lossy();
-                if let Some(ino) =
-                    t.strip_prefix("net:[").and_then(|r| r.strip_suffix(']')).and_then(|n| n.parse().ok())
-                {
-                    live.insert(ino);
-                }
+                live.extend(observe::procfs::netns_inode(target.as_os_str().as_bytes()));
             }
         }
     }
@@ -252,26 +263,216 @@ fn live_netns_inodes() -> std::collections::HashSet<u64> {
 
 /// Removes the records of network namespaces that no longer exist (a namespace's tables vanish
 /// with it, its record would stay: test suites and benchmarks make many). Runs whenever a record
-/// is written; scanning /proc takes a few milliseconds.
-fn prune(dir: &Path, keep: &Path) {
-    let records: Vec<PathBuf> = std::fs::read_dir(dir)
+/// is written; scanning /proc takes a few milliseconds. Only names leash writes
+/// (`sets-*.json`) are looked at.
+fn prune(dir: &Dir, keep: &str) {
+    // The directory as opened (not its path again): its entries through the descriptor.
+    let records: Vec<String> = std::fs::read_dir(format!("/proc/self/fd/{}", dir.fd.as_raw_fd()))
         .into_iter()
         .flatten()
         .flatten()
-        .map(|e| e.path())
-        .filter(|p| p != keep && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("sets-")))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n != keep && n.starts_with("sets-") && n.ends_with(".json"))
         .collect();
     if records.is_empty() {
         return;
     }
     let live = live_netns_inodes();
-    for p in records {
-        let inode =
-            std::fs::read(&p).ok().and_then(|b| serde_json::from_slice::<Record>(&b).ok()).map_or(0, |r| r.netns_inode);
+    for name in records {
+        let inode = nix::fcntl::openat(&dir.fd, name.as_str(), read_flags(), Mode::empty())
+            .ok()
+            .and_then(|fd| {
+                let mut b = Vec::new();
+                std::fs::File::from(fd).read_to_end(&mut b).ok()?;
+                serde_json::from_slice::<Record>(&b).ok()
+            })
+            .map_or(0, |r| r.netns_inode);
         if !live.contains(&inode) {
-            let _ = std::fs::remove_file(&p);
+            let _ = nix::unistd::unlinkat(&dir.fd, name.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
         }
     }
+}
+
+/// A state directory opened and checked ([`open_dir`]).
+#[derive(Debug)]
+struct Dir {
+    fd: OwnedFd,
+    /// As opened (canonical), for messages.
+    path: PathBuf,
+}
+
+/// Opening a file in the state directory: never through a symbolic link.
+fn read_flags() -> OFlag {
+    OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
+}
+
+/// Opens the state directory `path` (creating it and any missing parent 0755 when `create`), one
+/// component at a time from `/` with `O_NOFOLLOW`, and checks each directory on the way: owned by
+/// root or by this user (root only, when leash runs as root), and writable by no one else. A
+/// parent that others may write is accepted only with the sticky bit (as `/tmp`), where they cannot
+/// rename or remove what is not theirs; the state directory itself never. A symbolic link on the
+/// way is followed only when it is as trusted as a directory: in a directory no one else can write,
+/// owned by root or this user (`/var/run` → `/run`); one in `/tmp` is refused. `Ok(None)`: the
+/// directory does not exist (and `create` is false).
+fn open_dir(path: &Path, create: bool) -> Result<Option<Dir>> {
+    use std::collections::VecDeque;
+    let refuse = |why: String| -> anyhow::Error {
+        anyhow::anyhow!(
+            "refusing state directory {}: {why}; it must be a directory only {} can change (set LEASH_STATE_DIR to one, e.g. /run/leash)",
+            path.display(),
+            if euid() == 0 { "root" } else { "its owner" }
+        )
+    };
+    let abs = if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir()?.join(path) };
+    let mut pending: VecDeque<std::ffi::OsString> = parts(&abs).collect();
+    // The directories walked so far (checked), and the descriptor of the last one.
+    let mut walked: Vec<std::ffi::OsString> = Vec::new();
+    let mut fd = walk(&walked)?;
+    let mut links = 0;
+    while let Some(name) = pending.pop_front() {
+        if name == ".." {
+            walked.pop();
+            fd = walk(&walked)?;
+            continue;
+        }
+        let at: PathBuf = std::iter::once(OsStr::new("/")).chain(walked.iter().map(|n| n.as_os_str())).chain([name.as_os_str()]).collect();
+        let st = match nix::sys::stat::fstatat(&fd, name.as_os_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => Some(st),
+            Err(Errno::ENOENT) if create => None,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot look at {}", at.display())),
+        };
+        if let Some(st) = st.filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK) {
+            // A link is as trustworthy as the directory that holds it.
+            let here = nix::sys::stat::fstat(&fd).with_context(|| format!("cannot look at {}", at.display()))?;
+            if (here.st_uid != 0 && here.st_uid != euid()) || here.st_mode & 0o022 != 0 {
+                return Err(refuse(format!("{} is a symbolic link in a directory others can write", at.display())));
+            }
+            if st.st_uid != 0 && st.st_uid != euid() {
+                return Err(refuse(format!("{} is a symbolic link owned by uid {}", at.display(), st.st_uid)));
+            }
+            links += 1;
+            if links > 40 {
+                return Err(refuse(format!("{} has too many levels of symbolic links", at.display())));
+            }
+            let target = nix::fcntl::readlinkat(&fd, name.as_os_str())
+                .with_context(|| format!("cannot read the link {}", at.display()))?;
+            let target = Path::new(&target);
+            if target.is_absolute() {
+                walked.clear();
+                fd = walk(&walked)?;
+            }
+            for (i, p) in parts(target).enumerate() {
+                pending.insert(i, p);
+            }
+            continue;
+        }
+        if st.is_none() {
+            match nix::sys::stat::mkdirat(&fd, name.as_os_str(), Mode::from_bits_truncate(0o755)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot create {}", at.display())),
+            }
+        }
+        // O_NOFOLLOW: a link put there since the look is refused, not followed.
+        let next = match nix::fcntl::openat(&fd, name.as_os_str(), dir_flags(), Mode::empty()) {
+            Ok(f) => f,
+            Err(Errno::ELOOP | Errno::ENOTDIR) => {
+                return Err(refuse(format!("{} is not a directory", at.display())));
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot open {}", at.display())),
+        };
+        let st = nix::sys::stat::fstat(&next).with_context(|| format!("cannot look at {}", at.display()))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Err(refuse(format!("{} is not a directory", at.display())));
+        }
+        if let Some(why) = untrusted(st.st_uid, st.st_mode, pending.is_empty()) {
+            return Err(refuse(format!("{} {why}", at.display())));
+        }
+        walked.push(name);
+        fd = next;
+    }
+    let at: PathBuf = std::iter::once(OsStr::new("/")).chain(walked.iter().map(|n| n.as_os_str())).collect();
+    // Reopened for reading (prune lists it, fsync needs a real descriptor); the path descriptor
+    // pins the checked directory.
+    let fd = nix::fcntl::openat(&fd, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+        .with_context(|| format!("cannot open {}", at.display()))?;
+    Ok(Some(Dir { fd, path: at }))
+}
+
+/// A path descriptor of a directory, never through a link.
+fn dir_flags() -> OFlag {
+    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
+}
+
+/// The names and `..`s of a path (`.` and `/` dropped).
+fn parts(p: &Path) -> impl Iterator<Item = std::ffi::OsString> + '_ {
+    p.components().filter_map(|c| match c {
+        Component::Normal(n) => Some(n.to_os_string()),
+        Component::ParentDir => Some("..".into()),
+        _ => None,
+    })
+}
+
+/// A descriptor of `/` followed by `names` (directories already checked), without links.
+fn walk(names: &[std::ffi::OsString]) -> Result<OwnedFd> {
+    let mut fd = nix::fcntl::open("/", dir_flags(), Mode::empty()).context("cannot open /")?;
+    for n in names {
+        fd = nix::fcntl::openat(&fd, n.as_os_str(), dir_flags(), Mode::empty())
+            .with_context(|| format!("cannot open {}", n.to_string_lossy()))?;
+    }
+    Ok(fd)
+}
+
+/// Why a directory with this owner and mode may not be trusted (`None`: it may). `last`: the state
+/// directory itself (a sticky bit does not make it private).
+fn untrusted(uid: u32, mode: u32, last: bool) -> Option<String> {
+    let me = euid();
+    if uid != 0 && uid != me {
+        return Some(format!("is owned by uid {uid}, not {}", if me == 0 { "root".to_string() } else { format!("root or uid {me}") }));
+    }
+    let others_write = mode & 0o022 != 0;
+    let sticky = mode & 0o1000 != 0;
+    if others_write && (last || !sticky) {
+        let who = if mode & 0o002 != 0 { "anyone" } else { "its group" };
+        return Some(format!("is writable by {who} (mode {:04o})", mode & 0o7777));
+    }
+    None
+}
+
+fn euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// Writes `name` in `dir` atomically: a new temporary file (`O_EXCL|O_NOFOLLOW`, so nothing
+/// planted under its name is followed or reused), fsynced, renamed over `name`, the directory
+/// fsynced.
+fn write_file(dir: &Dir, name: &str, bytes: &[u8]) -> Result<()> {
+    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mode = Mode::from_bits_truncate(0o644);
+    let (fd, tmp) = (0..16u32)
+        .find_map(|attempt| {
+            let tmp = format!(".{name}.{}.{attempt}.tmp", std::process::id());
+            match nix::fcntl::openat(&dir.fd, tmp.as_str(), flags, mode) {
+                Ok(fd) => Some(Ok((fd, tmp))),
+                // Taken (a leftover, or planted): the next name.
+                Err(Errno::EEXIST | Errno::ELOOP) => None,
+                Err(e) => Some(Err(e)),
+            }
+        })
+        .unwrap_or(Err(Errno::EEXIST))
+        .with_context(|| format!("cannot create a temporary file in {}", dir.path.display()))?;
+    let mut f = std::fs::File::from(fd);
+    let written = f.write_all(bytes).and_then(|()| f.sync_all());
+    let renamed = written.map_err(anyhow::Error::from).and_then(|()| {
+        nix::fcntl::renameat(&dir.fd, tmp.as_str(), &dir.fd, name).map_err(anyhow::Error::from)
+    });
+    if let Err(e) = renamed {
+        let _ = nix::unistd::unlinkat(&dir.fd, tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+        return Err(e.context(format!("cannot write {}", dir.path.join(name).display())));
+    }
+    // The rename itself, on disk (a tmpfs ignores it).
+    let _ = nix::unistd::fsync(dir.fd.as_fd());
+    Ok(())
 }
 
 #[cfg(test)]
@@ -315,7 +516,7 @@ mod tests {
         write("sets-cookie-3.json", 0);
         write("sets-cookie-4.json", 1); // the one being written: kept
         std::fs::write(dir.join("other.txt"), "not ours").unwrap();
-        prune(&dir, &dir.join("sets-cookie-4.json"));
+        prune(&open_dir(&dir, false).unwrap().unwrap(), "sets-cookie-4.json");
         let mut left: Vec<String> =
             std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         left.sort();
@@ -393,6 +594,112 @@ mod tests {
         let feed = st.sets.iter().find(|x| x.name == "s_feed_v4").unwrap();
         assert!(!matches!(feed.elements, kernel::ElementCount::Recorded(_)), "{feed:?}");
         assert!(state.read_record().is_none(), "a record with nothing in it is removed");
+    }
+
+    /// Issue 12 item 13: a symbolic link planted in the state directory (under the record's name,
+    /// or a temporary name a writer would use) is neither followed nor read.
+    #[test]
+    fn symlinks_in_the_state_directory_are_not_followed() {
+        use std::os::unix::fs::symlink;
+        let s = Scratch::new("symlink");
+        let state = s.state();
+        let dir = s.0.join("state");
+        std::fs::create_dir(&dir).unwrap();
+        let name = State::record_name().unwrap();
+        let forged = r#"{"table_handle":41,"sets":{"s_feed_v4":999999999},"netns_inode":0}"#;
+        let victim = s.0.join("victim");
+        std::fs::write(&victim, forged).unwrap();
+        symlink(&victim, dir.join(&name)).unwrap();
+        assert!(state.read_record().is_none(), "a record read through a link");
+        // Every temporary name a writer could pick: the one before this change and the new ones.
+        let pid = std::process::id();
+        symlink(&victim, dir.join(format!("{name}.{pid}"))).unwrap();
+        symlink(&victim, dir.join(format!(".{name}.{pid}.0.tmp"))).unwrap();
+        let table = large_table();
+        state.write_record(&Record { table_handle: 41, ..Record::default() }).unwrap();
+        state.record_apply(&table, 41);
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), forged, "written through a link");
+        let meta = std::fs::symlink_metadata(dir.join(&name)).unwrap();
+        assert!(meta.file_type().is_file(), "the record replaced the link: {meta:?}");
+        assert_eq!(state.read_record().unwrap().sets["s_feed_v4"], kernel::nft::COUNT_LIMIT + 5);
+    }
+
+    /// Issue 12 item 13: a state directory others can write (or one reached through a symbolic
+    /// link, or owned by someone else) is refused with a message naming why; nothing is written.
+    #[test]
+    fn a_state_directory_others_can_change_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let s = Scratch::new("refuse");
+        let dir = s.0.join("state");
+        std::fs::create_dir(&dir).unwrap();
+        let record = Record { table_handle: 1, sets: [("s_x_v4".to_string(), 1_000_000)].into(), ..Record::default() };
+        for (mode, why) in [(0o777, "is writable by anyone (mode 0777)"), (0o1777, "is writable by anyone (mode 1777)"), (0o775, "is writable by its group (mode 0775)")] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = s.state().write_record(&record).unwrap_err().to_string();
+            assert!(e.contains(&format!("refusing state directory {}: {} {why}", dir.display(), dir.display())), "{e}");
+            assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing written for mode {mode:o}");
+            assert!(s.state().read_record().is_none());
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // A parent others can write, without the sticky bit: refused too, and nothing is made in it.
+        let open = s.0.join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = State::at(&open.join("leash"), &s.0).write_record(&record).unwrap_err().to_string();
+        assert!(e.contains("is writable by anyone (mode 0777)"), "{e}");
+        assert!(!open.join("leash").exists());
+        // A link planted in a directory anyone can write (as /tmp): not followed, whatever it
+        // points at; one in a private directory is (as /var/run -> /run).
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        std::os::unix::fs::symlink(&dir, open.join("link")).unwrap();
+        let e = State::at(&open.join("link"), &s.0).write_record(&record).unwrap_err().to_string();
+        assert!(e.contains(&format!("{} is a symbolic link in a directory others can write", open.join("link").display())), "{e}");
+        let e = State::at(&open.join("link/sub"), &s.0).write_record(&record).unwrap_err().to_string();
+        assert!(e.contains("is a symbolic link in a directory others can write"), "{e}");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing written through the link");
+        std::os::unix::fs::symlink("state/../state", s.0.join("link")).unwrap();
+        State::at(&s.0.join("link").join("sub"), &s.0).write_record(&record).unwrap();
+        assert!(dir.join("sub").is_dir(), "a trusted relative link is followed");
+        // /tmp itself (sticky, anyone can write) as a parent is fine; a new directory in it is
+        // private.
+        let mine = open.join("mine");
+        State::at(&mine, &s.0).write_record(&record).unwrap();
+        assert_eq!(std::fs::read_dir(&mine).unwrap().count(), 1);
+        // Owned by someone else (only root can make such a directory here).
+        if euid() == 0 {
+            let theirs = s.0.join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+            let e = State::at(&theirs, &s.0).write_record(&record).unwrap_err().to_string();
+            assert!(e.contains("is owned by uid 65534, not root"), "{e}");
+            assert_eq!(std::fs::read_dir(&theirs).unwrap().count(), 0);
+        }
+    }
+
+    #[test]
+    fn a_missing_state_directory_is_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let s = Scratch::new("create");
+        let state = State::at(&s.0.join("a/b/leash"), &s.0);
+        assert!(state.read_record().is_none(), "reading makes nothing");
+        assert!(!s.0.join("a").exists());
+        state.record_apply(&large_table(), 5);
+        for d in ["a", "a/b", "a/b/leash"] {
+            let m = std::fs::metadata(s.0.join(d)).unwrap();
+            assert_eq!(m.permissions().mode() & 0o022, 0, "{d}: {:o}", m.permissions().mode());
+        }
+        assert_eq!(state.read_record().unwrap().table_handle, 5);
+        let names: Vec<_> = std::fs::read_dir(s.0.join("a/b/leash")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [std::ffi::OsString::from(State::record_name().unwrap())], "no temporary file left");
+    }
+
+    #[test]
+    fn untrusted_owners_and_modes() {
+        assert_eq!(untrusted(0, 0o40755, true), None);
+        assert_eq!(untrusted(0, 0o41777, false), None, "/tmp as a parent");
+        assert!(untrusted(0, 0o41777, true).is_some(), "/tmp itself as the state directory");
+        assert!(untrusted(0, 0o40770, false).is_some());
+        assert!(untrusted(12345, 0o40755, true).unwrap().contains("owned by uid 12345"));
     }
 
     #[test]

@@ -335,9 +335,10 @@ pub fn connection(c: &Conn) -> Option<Connection> {
 /// The cgroup v2 path of a process (the `0::/PATH` line of `/proc/PID/cgroup`), relative to the
 /// cgroup v2 root, as `socket cgroupv2` matches it. It is the process's cgroup now; the kernel
 /// matches the cgroup the socket was created in, which differs only for a process moved since.
+/// Read as bytes: a cgroup's name need not be UTF-8 (see `procfs::lossy` for how it compares).
 pub fn cgroup_of(pid: u32) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    text.lines().find_map(|l| l.strip_prefix("0::")).map(|p| p.trim_matches('/').to_string())
+    let bytes = std::fs::read(format!("/proc/{pid}/cgroup")).ok()?;
+    crate::procfs::cgroup_v2_path(&bytes).map(crate::procfs::lossy)
 }
 
 /// What `policy` decides for each of `conns` that is an outgoing connection (see

@@ -13,6 +13,7 @@ pub mod ip;
 pub mod log;
 pub mod metrics;
 pub mod pcap;
+pub mod procfs;
 pub mod procs;
 pub mod rawsocks;
 pub mod trace;

@@ -1,7 +1,7 @@
 //! Prometheus metrics of the live firewall (`leash metrics`, `leash dns --metrics`): per-rule
 //! packet and byte counters, blocked attempts by rule, set sizes, the active policy, the alert
-//! counters of the detectors and the DNS forwarder's counters; and the small HTTP server that
-//! serves them.
+//! counters of the detectors and the DNS forwarder's counters. The HTTP server that serves them
+//! is the binary's (`serve.rs`).
 //!
 //! Every scrape is a fresh snapshot: the kernel's counters are read then, so the exposition is
 //! built from plain values ([`Input`]) by a collector that writes every family in a fixed order
@@ -21,11 +21,6 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 /// Everything one exposition shows; `None` leaves a group of metrics out.
 #[derive(Debug, Default, Clone)]
@@ -259,113 +254,6 @@ pub fn render(input: &Input<'_>, format: Format) -> String {
     out
 }
 
-/// What the HTTP server answers.
-pub trait Exporter: Send + Sync {
-    /// The exposition right now, in `format`; an error becomes a 500 answer.
-    fn scrape(&self, format: Format) -> Result<String, String>;
-}
-
-impl<F: Fn(Format) -> Result<String, String> + Send + Sync> Exporter for F {
-    fn scrape(&self, format: Format) -> Result<String, String> {
-        self(format)
-    }
-}
-
-/// How long one client may take to send its request or read the answer. The server handles one
-/// connection at a time (a scrape every few seconds from one Prometheus), so a stuck client can
-/// hold it up at most this long.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest request head read; anything longer is refused.
-const MAX_HEAD: usize = 16 * 1024;
-
-/// Serves `GET /metrics` (and `HEAD`) on `listener` until `stop` is set, one connection at a
-/// time. `/` answers with a pointer to `/metrics`; other paths 404, other methods 405.
-pub fn serve(listener: &TcpListener, exporter: &dyn Exporter, stop: &AtomicBool) -> io::Result<()> {
-    // Non-blocking accept with a short sleep, so that `stop` is seen without a signal or a
-    // self-connection.
-    listener.set_nonblocking(true)?;
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((conn, _)) => {
-                // A client that misbehaves only loses its own answer.
-                let _ = handle(conn, exporter);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            // Out of descriptors and the like: wait and go on rather than end the exporter.
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
-    Ok(())
-}
-
-/// A stop flag that is never set, for servers that run until the process ends.
-pub fn forever() -> Arc<AtomicBool> {
-    Arc::new(AtomicBool::new(false))
-}
-
-fn handle(conn: TcpStream, exporter: &dyn Exporter) -> io::Result<()> {
-    conn.set_nonblocking(false)?;
-    conn.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-    conn.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-    let mut reader = BufReader::new(&conn);
-    let mut request_line = String::new();
-    reader.by_ref().take(MAX_HEAD as u64).read_line(&mut request_line)?;
-    let mut accept = None;
-    let mut head = request_line.len();
-    loop {
-        let mut line = String::new();
-        let n = reader.by_ref().take(MAX_HEAD as u64).read_line(&mut line)?;
-        head += n;
-        if n == 0 || line == "\r\n" || line == "\n" || head > MAX_HEAD {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':')
-            && k.trim().eq_ignore_ascii_case("accept")
-        {
-            accept = Some(v.trim().to_string());
-        }
-    }
-    let mut parts = request_line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let mut w = &conn;
-    if head > MAX_HEAD {
-        return respond(&mut w, "431 Request Header Fields Too Large", "text/plain", "request head too large\n", true);
-    }
-    let with_body = method != "HEAD";
-    match (method, path) {
-        ("GET" | "HEAD", "/metrics") => {
-            let format = Format::from_accept(accept.as_deref());
-            match exporter.scrape(format) {
-                Ok(body) => respond(&mut w, "200 OK", format.content_type(), &body, with_body),
-                Err(e) => respond(&mut w, "500 Internal Server Error", "text/plain", &format!("{e}\n"), with_body),
-            }
-        }
-        ("GET" | "HEAD", "/") => respond(
-            &mut w,
-            "200 OK",
-            "text/plain; charset=utf-8",
-            "leash metrics: scrape /metrics\n",
-            with_body,
-        ),
-        ("GET" | "HEAD", _) => respond(&mut w, "404 Not Found", "text/plain", "not found; try /metrics\n", with_body),
-        _ => respond(&mut w, "405 Method Not Allowed", "text/plain", "only GET and HEAD\n", true),
-    }
-}
-
-fn respond(w: &mut impl Write, status: &str, content_type: &str, body: &str, with_body: bool) -> io::Result<()> {
-    let mut out = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    if with_body {
-        out.push_str(body);
-    }
-    w.write_all(out.as_bytes())?;
-    w.flush()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,38 +381,5 @@ leash_rule_packets_total{rule=\"default\"} 7
             Format::from_accept(Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5")),
             Format::OpenMetrics
         );
-    }
-
-    fn get(addr: std::net::SocketAddr, request: &str) -> String {
-        use std::io::Read;
-        let mut c = TcpStream::connect(addr).unwrap();
-        c.write_all(request.as_bytes()).unwrap();
-        let mut out = String::new();
-        c.read_to_string(&mut out).unwrap();
-        out
-    }
-
-    #[test]
-    fn server_answers_scrapes_and_refuses_the_rest() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let server = std::thread::spawn(move || {
-            let exporter = |f: Format| -> Result<String, String> { Ok(format!("# format {f:?}\n")) };
-            serve(&l, &exporter, &stop2).unwrap();
-        });
-        let r = get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
-        assert!(r.contains("Content-Type: text/plain; version=0.0.4"), "{r}");
-        assert!(r.ends_with("\r\n\r\n# format Prometheus\n"), "{r}");
-        let r = get(addr, "GET /metrics?x=1 HTTP/1.1\r\nAccept: application/openmetrics-text; version=1.0.0\r\n\r\n");
-        assert!(r.ends_with("# format OpenMetrics\n"), "{r}");
-        let r = get(addr, "HEAD /metrics HTTP/1.1\r\n\r\n");
-        assert!(r.starts_with("HTTP/1.1 200 OK\r\n") && r.ends_with("\r\n\r\n"), "{r}");
-        assert!(get(addr, "GET /nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404 "));
-        assert!(get(addr, "POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405 "));
-        stop.store(true, Ordering::Relaxed);
-        server.join().unwrap();
     }
 }

@@ -22,12 +22,16 @@
 //! Any error on one process (ENOENT, ESRCH, EACCES) skips that process or that descriptor; the
 //! scan itself fails only when `/proc` cannot be opened.
 //!
+//! Every file is read as bytes and parsed by `procfs` (a name need not be UTF-8, and a process
+//! must not disappear from attribution because of its name); names are shown escaped.
+//!
 //! A socket held by several processes (a listener inherited by pre-forked workers, a descriptor
 //! passed over a UNIX socket, or a child between fork and exec that still has its parent's
 //! descriptors) is attributed to the oldest process holding it (earliest start time), usually
 //! the parent. Not the lowest pid: pids wrap around, and a child then has a lower pid than its
 //! parent.
 
+use crate::procfs;
 use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
 use std::io;
@@ -39,10 +43,11 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Process {
     pub pid: u32,
-    /// `/proc/PID/comm`: the command name (at most 15 bytes, as the kernel keeps it).
+    /// `/proc/PID/comm`: the command name (at most 15 bytes, as the kernel keeps it), escaped
+    /// by [`procfs::escape_name`] (bytes that are not UTF-8 as `\xNN`).
     pub comm: String,
-    /// The executable (`/proc/PID/exe`), when readable; ends in ` (deleted)` when the file was
-    /// replaced since the process started.
+    /// The executable (`/proc/PID/exe`), when readable, escaped the same way; ends in
+    /// ` (deleted)` when the file was replaced since the process started.
     pub exe: Option<String>,
     /// Real and effective user and group ids (`Uid:` and `Gid:` in `/proc/PID/status`). The
     /// effective gid is the group a socket the process creates gets (`meta skgid`).
@@ -263,15 +268,7 @@ fn fd_dir_path(buf: &mut [u8; 24], pid: u32) -> &CStr {
 
 /// The inode of a `socket:[12345]` link target.
 pub fn socket_inode(link: &[u8]) -> Option<u64> {
-    let digits = link.strip_prefix(b"socket:[")?.strip_suffix(b"]")?;
-    if digits.is_empty() || digits.len() > 20 {
-        return None;
-    }
-    digits.iter().try_fold(0u64, |acc, &c| {
-        c.is_ascii_digit()
-            .then(|| acc.checked_mul(10)?.checked_add(u64::from(c - b'0')))
-            .flatten()
-    })
+    procfs::socket_inode(link)
 }
 
 fn open_dir(at: Option<RawFd>, path: &CStr) -> io::Result<OwnedFd> {
@@ -332,49 +329,38 @@ fn list_pids(proc_fd: RawFd) -> io::Result<Vec<u32>> {
 }
 
 fn parse_u32(s: &[u8]) -> Option<u32> {
-    if s.is_empty() || s.len() > 10 {
-        return None;
-    }
-    s.iter().try_fold(0u32, |acc, &c| {
-        c.is_ascii_digit()
-            .then(|| acc.checked_mul(10)?.checked_add(u32::from(c - b'0')))
-            .flatten()
-    })
+    procfs::decimal(s)
 }
 
-/// Reads comm, exe and ids of one process; `None` when it has exited.
+/// The bytes of `/proc/PID/NAME`, relative to the open `/proc`; `None` when it cannot be read
+/// (the process exited, or is not ours to read).
+fn read_proc_file(proc_fd: RawFd, pid: u32, name: &str) -> Option<Vec<u8>> {
+    let path = std::ffi::CString::new(format!("{pid}/{name}")).ok()?;
+    // SAFETY: path is a valid C string; the fd is owned right below.
+    let fd = unsafe { libc::openat(proc_fd, path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd is fresh and owned by nobody else.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut f, &mut bytes).ok()?;
+    Some(bytes)
+}
+
+/// Reads comm, exe and ids of one process; `None` when it has exited. Names are bytes (a
+/// process may give itself any name): they are kept, escaped, never a reason to skip it.
 pub fn read_process(proc_fd: RawFd, pid: u32) -> Option<Process> {
-    let read = |name: &str| -> Option<String> {
-        let path = std::ffi::CString::new(format!("{pid}/{name}")).ok()?;
-        // SAFETY: path is a valid C string; the fd is owned right below.
-        let fd = unsafe { libc::openat(proc_fd, path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: fd is fresh and owned by nobody else.
-        let f = unsafe { std::fs::File::from_raw_fd(fd) };
-        io::read_to_string(f).ok()
-    };
-    let status = read("status")?;
-    let ids = |key: &str| -> Option<(u32, u32)> {
-        let line = status.lines().find(|l| l.starts_with(key))?;
-        let mut it = line[key.len()..].split_ascii_whitespace();
-        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-    };
-    let (uid, euid) = ids("Uid:")?;
-    let (gid, egid) = ids("Gid:")?;
-    let comm = read("comm")
-        .map(|c| c.trim_end_matches('\n').to_string())
-        .or_else(|| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("Name:"))
-                .map(|n| n.trim().to_string())
-        })
+    let status = read_proc_file(proc_fd, pid, "status")?;
+    let procfs::Ids { uid, euid, gid, egid } = procfs::status_ids(&status)?;
+    let comm = read_proc_file(proc_fd, pid, "comm")
+        .map(|c| procfs::escape_name(procfs::comm(&c)))
+        .or_else(|| procfs::status_name(&status).map(procfs::escape_name))
         .unwrap_or_default();
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .map(|p| p.display().to_string());
+    let exe = {
+        use std::os::unix::ffi::OsStrExt;
+        std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| procfs::escape_name(p.as_os_str().as_bytes()))
+    };
     Some(Process {
         pid,
         comm,
@@ -389,19 +375,7 @@ pub fn read_process(proc_fd: RawFd, pid: u32) -> Option<Process> {
 /// When a process started, in clock ticks since boot (field 22 of `/proc/PID/stat`); `None`
 /// when it is gone.
 fn start_time(proc_dir: RawFd, pid: u32) -> Option<u64> {
-    let path = std::ffi::CString::new(format!("{pid}/stat")).ok()?;
-    // SAFETY: a valid directory descriptor and a NUL-terminated relative path.
-    let fd = unsafe { libc::openat(proc_dir, path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: fd was just opened and is owned here.
-    let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut f, &mut text).ok()?;
-    // The command name (field 2) may contain spaces and parentheses: count from the last ')'.
-    let after = &text[text.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
+    procfs::stat_start_time(&read_proc_file(proc_dir, pid, "stat")?)
 }
 
 /// The name of a user id from the system's user database (NSS: /etc/passwd, LDAP, ...).

@@ -31,11 +31,32 @@ pub struct SetFileError {
 /// Parses a list. Every bad line is an error (up to [`MAX_ERRORS`]): a feed that half parses
 /// must not load half its addresses.
 pub fn parse_set_file(text: &str) -> Result<SetFile, Vec<SetFileError>> {
+    parse_set_file_bytes(text.as_bytes())
+}
+
+/// Parses a list as read from disk. A line that is not UTF-8 is an error at its first bad byte
+/// (a feed is ASCII; a binary file named by mistake gets a position, not half a load).
+pub fn parse_set_file_bytes(bytes: &[u8]) -> Result<SetFile, Vec<SetFileError>> {
     let mut v4: Vec<(u32, u32)> = Vec::new();
     let mut v6: Vec<(u128, u128)> = Vec::new();
     let mut errors = Vec::new();
     let mut entries = 0;
-    for (i, raw) in text.lines().enumerate() {
+    // Lines as `str::lines` splits them: at `\n`, without a trailing `\r`, no empty last line.
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let lines = (!bytes.is_empty()).then(|| body.split(|&b| b == b'\n')).into_iter().flatten();
+    for (i, raw) in lines.enumerate() {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let raw = match crate::diag::line_utf8(raw) {
+            Ok(r) => r,
+            Err((col, byte)) => {
+                let message = format!("invalid UTF-8 (byte 0x{byte:02x}): a set file is text");
+                errors.push(SetFileError { line: i + 1, col, message });
+                if errors.len() >= MAX_ERRORS {
+                    break;
+                }
+                continue;
+            }
+        };
         let content = match raw.find(['#', ';']) {
             Some(c) => &raw[..c],
             None => raw,
@@ -44,7 +65,8 @@ pub fn parse_set_file(text: &str) -> Result<SetFile, Vec<SetFileError>> {
         if entry.is_empty() {
             continue;
         }
-        let col = content.len() - content.trim_start().len() + 1;
+        // In characters, as every diagnostic counts columns (leading whitespace may be U+3000).
+        let col = content[..content.len() - content.trim_start().len()].chars().count() + 1;
         match parse_entry(entry) {
             Ok(Range::V4(a, b)) => v4.push((a, b)),
             Ok(Range::V6(a, b)) => v6.push((a, b)),
@@ -132,6 +154,20 @@ mod tests {
         assert!(e[0].message.contains("not an IP address"), "{}", e[0].message);
         assert!(e[1].message.contains("ends before"), "{}", e[1].message);
         assert!(e[3].message.contains("mixes"), "{}", e[3].message);
+    }
+
+    #[test]
+    fn invalid_utf8_is_an_error_at_its_line_and_column() {
+        let e = parse_set_file_bytes(b"192.0.2.1\r\n  \xc3\xa9t\xff\n192.0.2.2\n# caf\xe9\nnope\n").unwrap_err();
+        let at: Vec<(usize, usize)> = e.iter().map(|e| (e.line, e.col)).collect();
+        // Line 2: two spaces, one two-byte character and `t` before the bad byte: column 5.
+        assert_eq!(at, vec![(2, 5), (4, 6), (5, 1)], "{e:?}");
+        assert!(e[0].message.contains("invalid UTF-8 (byte 0xff)"), "{}", e[0].message);
+        assert!(e[1].message.contains("0xe9"), "{}", e[1].message);
+        // Text and bytes parse alike.
+        let text = "192.0.2.1\r\n\n198.51.100.0/24 ; x\n2001:db8::/32";
+        assert_eq!(parse_set_file(text), parse_set_file_bytes(text.as_bytes()));
+        assert_eq!(parse_set_file_bytes(b"").unwrap().entries, 0);
     }
 
     #[test]

@@ -708,7 +708,8 @@ fn tracer_alive(pid: u32) -> bool {
     if rc != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
         return false;
     }
-    let comm = |p: &str| std::fs::read_to_string(format!("/proc/{p}/comm")).ok();
+    // Bytes: a command name need not be UTF-8.
+    let comm = |p: &str| std::fs::read(format!("/proc/{p}/comm")).ok();
     match (comm(&pid.to_string()), comm("self")) {
         (Some(a), Some(b)) => a == b,
         _ => false,

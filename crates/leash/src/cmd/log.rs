@@ -71,6 +71,7 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub group: Option<u16>,
     /// Also write the logged packets to FILE as pcap (raw IP), for tcpdump -r or Wireshark.
+    /// FILE is made anew, mode 0600 (it holds payloads); a symbolic link is refused.
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
     /// Also send every event to syslog through /dev/log (facility daemon; warning for
@@ -422,7 +423,7 @@ fn choose_group(explicit: Option<u16>, fw: &dyn Firewall) -> GroupChoice {
 }
 
 fn open_pcap(path: &Path, snaplen: u32) -> Result<PcapWriter<BufWriter<File>>> {
-    let f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let f = create_private(path).with_context(|| format!("cannot create {}", path.display()))?;
     let snap = if snaplen == 0 {
         kernel::nflog::MAX_SNAPLEN
     } else {
@@ -430,6 +431,39 @@ fn open_pcap(path: &Path, snaplen: u32) -> Result<PcapWriter<BufWriter<File>>> {
     };
     PcapWriter::new(BufWriter::new(f), snap)
         .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Opens `path` for the capture: the payloads of denied packets, readable by root alone. A new
+/// file is made 0600 with `O_EXCL|O_NOFOLLOW` (nothing planted under the name is followed or
+/// reused); an existing regular file is replaced by such a new one (so an earlier, wider mode, or
+/// a reader holding it open, sees none of this capture); a symbolic link is refused; a FIFO or a
+/// character device (`/dev/null`, a pipe into tcpdump) is written as it is.
+fn create_private(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let new = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+    };
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => new(),
+        Err(e) => Err(e),
+        Ok(m) if m.file_type().is_symlink() => Err(io::Error::other(
+            "it is a symbolic link; give the file itself (a capture is never written through a link)",
+        )),
+        Ok(m) if m.file_type().is_file() => {
+            std::fs::remove_file(path)?;
+            // Made again between the two calls: O_EXCL refuses it.
+            new()
+        }
+        Ok(m) if m.file_type().is_fifo() || m.file_type().is_char_device() => {
+            std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(path)
+        }
+        Ok(_) => Err(io::Error::other("it is not a regular file, a FIFO or a character device")),
+    }
 }
 
 /// The local syslog socket: a datagram socket as rsyslog and journald offer it, else a stream

@@ -40,8 +40,11 @@ Metrics (all prefixed leash_):
 The DNS forwarder's counters are served by `leash dns --metrics ADDR`.
 
 The server answers GET /metrics in the Prometheus text format, or OpenMetrics when the scraper's
-Accept header asks for it. It reads the namespace it runs in; bind it to loopback unless the
-network in between is trusted: the metrics name rules, sets and the policy path.
+Accept header asks for it. Every connection is served on its own: its request head must arrive
+within 5 s (16 KiB, 64 headers at most), it serves one request and lives at most 30 s; of at most
+256 connections, a new one replaces the one that has waited longest for its request. It reads the
+namespace it runs in; bind it to loopback unless the network in between is trusted: the metrics
+name rules, sets and the policy path.
 
 Examples:
   leash metrics --listen 127.0.0.1:9798
@@ -128,7 +131,7 @@ pub fn run(a: &Args, _json: bool, fw: &dyn Firewall, state: &State) -> Result<u8
         };
         Ok(metrics::render(&input, format))
     };
-    crate::serve::metrics_forever(&listener, &exporter).context("serving metrics")?;
+    crate::serve::metrics_forever(listener, exporter).context("serving metrics")?;
     Ok(EXIT_OK)
 }
 

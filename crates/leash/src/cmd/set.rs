@@ -68,15 +68,7 @@ fn update(name: &str, file: &Path, fault_inject: bool, json: bool, fw: &dyn Fire
     let t0 = Instant::now();
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}; nothing was changed", file.display()))?;
     let shown = file.display().to_string();
-    let parsed = match String::from_utf8(bytes) {
-        Ok(text) => policy::setfile::parse_set_file(&text),
-        Err(e) => Err(vec![policy::setfile::SetFileError {
-            line: 1,
-            col: 1,
-            message: format!("not a text file (invalid UTF-8 at byte {})", e.utf8_error().valid_up_to()),
-        }]),
-    };
-    let f = match parsed {
+    let f = match policy::setfile::parse_set_file_bytes(&bytes) {
         Ok(f) => f,
         Err(errors) => {
             if json {

@@ -49,6 +49,48 @@ to = ["192.0.2.300"]
     assert!(r.stderr.contains("9 | prot = \"udp\"\n  | ^^^^"), "{r}");
 }
 
+/// Issue 12 item 14: invalid UTF-8 in a policy is a policy error at its line and column (exit 1),
+/// not a byte index with exit 3.
+#[test]
+fn invalid_utf8_in_a_policy_is_an_error_at_its_position() {
+    let dir = TempDir::new("utf8");
+    // Line 4, after `name = "écaf` (12 characters, the `é` counting as one): column 13.
+    let path = dir.file_bytes(
+        "p.toml",
+        b"version = 1\n\n[[rule]]\nname = \"\xc3\xa9caf\xe9\"\naction = \"allow\"\nto = [\"192.0.2.1\"]\n# \xff\xfe\n",
+    );
+    let r = leash(&["check", &path]);
+    assert_eq!(r.code, Some(1), "{r}");
+    assert!(r.stderr.contains(&format!("{path}:4:13: error: invalid UTF-8 (byte 0xe9)")), "{r}");
+    assert!(r.stderr.contains(&format!("{path}:7:3: error: invalid UTF-8 (byte 0xff)")), "{r}");
+    // The line is shown (with a replacement character) and the caret under the bad byte.
+    assert!(r.stderr.contains("4 | name = \"\u{e9}caf\u{fffd}\"\n  |             ^\n"), "{r}");
+    let r = leash(&["check", "--json", &path]);
+    assert_eq!(r.code, Some(1), "{r}");
+    let d = &r.json()["diagnostics"][0];
+    assert_eq!((d["line"].as_u64(), d["column"].as_u64(), d["code"].as_str()), (Some(4), Some(13), Some("not-utf8")), "{r}");
+    // A command that needs a valid policy stops there, as for any policy error.
+    let r = leash(&["compile", &path]);
+    assert_eq!(r.code, Some(1), "{r}");
+    assert!(r.stderr.contains(&format!("{path}:4:13: error:")), "{r}");
+}
+
+/// Issue 12 item 14: a `[[set]]` file with invalid UTF-8 is reported at its line and column, nested
+/// in the policy's error at the `file` value, like the set file's other bad lines.
+#[test]
+fn invalid_utf8_in_a_set_file_is_an_error_at_its_position() {
+    let dir = TempDir::new("utf8set");
+    dir.file_bytes("feed.txt", b"192.0.2.1\n198.51.100.0/24 ; caf\xe9\n\xff\n");
+    let path = dir.file(
+        "p.toml",
+        "version = 1\n\n[[set]]\nname = \"feed\"\nfile = \"feed.txt\"\n\n[[rule]]\nname = \"x\"\naction = \"deny\"\nto = [\"set:feed\"]\n",
+    );
+    let r = leash(&["check", &path]);
+    assert_eq!(r.code, Some(1), "{r}");
+    assert!(r.stderr.contains(&format!("{path}:5:8: error: feed.txt:2:22: invalid UTF-8 (byte 0xe9)")), "{r}");
+    assert!(r.stderr.contains(&format!("{path}:5:8: error: feed.txt:3:1: invalid UTF-8 (byte 0xff)")), "{r}");
+}
+
 #[test]
 fn check_json_lists_diagnostics() {
     let dir = TempDir::new("json");

@@ -245,3 +245,57 @@ fn conns_without_a_policy_lists_sockets_without_verdicts() {
     assert!(t.ok(), "{t}");
     assert!(t.json()["connections"].as_array().unwrap().iter().all(|c| c["pid"].is_null()), "{t}");
 }
+
+/// Issue 12 item 11: a process that names itself with bytes that are not UTF-8 (and a terminal
+/// escape) through `prctl(PR_SET_NAME)` is still attributed its sockets, its name shown escaped
+/// (`\xff`, `\x1b`), in the JSON and in the table. It used to count as exited (its
+/// `/proc/PID/status` did not read as UTF-8) and its sockets showed without a process.
+#[test]
+fn a_process_with_a_name_that_is_not_utf8_is_attributed() {
+    use std::io::BufRead;
+    if !need_root("a_process_with_a_name_that_is_not_utf8_is_attributed") {
+        return;
+    }
+    let ns = NetNs::new().unwrap();
+    // PR_SET_NAME is 15; the name is 11 bytes (the kernel keeps 15). The process ends when its
+    // stdin closes (the test dropping it), or after 60 s at the latest.
+    let script = r#"
+import ctypes, signal, socket, sys
+signal.alarm(60)
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(15, b"\xff\xfe evil\x1b[0m", 0, 0, 0) == 0
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
+c = socket.create_connection(l.getsockname())
+a, _ = l.accept()
+print(l.getsockname()[1], flush=True)
+sys.stdin.read()
+"#;
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net={}", ns.path().display()))
+        .args(["python3", "-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("nsenter python3");
+    let stdin = child.stdin.take();
+    let mut port = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut port).unwrap();
+    let p = Proc { child, _stdin: stdin, what: "python3 renamed".into() };
+    assert!(!port.trim().is_empty(), "the helper did not start");
+    let comm = std::fs::read(format!("/proc/{}/comm", p.pid())).unwrap();
+    assert_eq!(comm, b"\xff\xfe evil\x1b[0m\n", "the premise: the kernel keeps the bytes");
+
+    let (r, j) = conns_until(&ns, &[], |j| conns_of(j, p.pid()).len() == 3);
+    let mine = conns_of(&j, p.pid());
+    assert_eq!(mine.len(), 3, "the listener and both ends of the connection are its: {r}");
+    for c in &mine {
+        assert_eq!(c["comm"], "\\xff\\xfe evil\\x1b[0m", "{c:#}{r}");
+        assert_eq!(c["uid"], 0, "{c:#}{r}");
+        assert!(c["exe"].as_str().unwrap().contains("python3"), "{c:#}{r}");
+    }
+    let t = leash_in(&ns, &["conns"]);
+    assert!(t.ok(), "{t}");
+    assert!(t.stdout.contains(&format!("{}/\\xff\\xfe evil\\x1b[0m", p.pid())), "{t}");
+    assert!(!t.stdout.contains('\u{1b}'), "no raw escape reaches the terminal: {t}");
+}

@@ -116,8 +116,12 @@ impl TempDir {
     }
     /// Writes `text` to `name` in the directory and returns its path as a string.
     pub fn file(&self, name: &str, text: &str) -> String {
+        self.file_bytes(name, text.as_bytes())
+    }
+    /// Writes `bytes` (text or not) to `name` in the directory and returns its path as a string.
+    pub fn file_bytes(&self, name: &str, bytes: &[u8]) -> String {
         let p = self.0.join(name);
-        std::fs::write(&p, text).unwrap();
+        std::fs::write(&p, bytes).unwrap();
         p.display().to_string()
     }
 }

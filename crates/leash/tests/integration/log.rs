@@ -532,6 +532,9 @@ fn pcap_file_opens_in_tcpdump_with_the_logged_packets() {
         "{f}"
     );
 
+    // Issue 12 item 13: the capture holds payloads: root's alone.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&pcap).unwrap().permissions().mode() & 0o7777, 0o600);
     let r = run_cmd(None, "tcpdump", &["-r", &pcap_s, "-nn"], None);
     assert!(r.ok(), "tcpdump -r failed (is tcpdump installed?){r}{f}");
     assert!(r.stderr.contains("link-type RAW"), "{r}");
@@ -705,4 +708,55 @@ fn usage_errors_exit_2() {
     assert_eq!(r.code, Some(2), "{r}");
     let r = leash(&["log", "--group", "70000"]);
     assert_eq!(r.code, Some(2), "{r}");
+}
+
+/// Issue 12 item 13: `--pcap` makes its file 0600 whatever the umask, replaces an existing
+/// world-readable file by a new private one, and never writes through a symbolic link.
+#[test]
+fn pcap_file_is_private_and_never_written_through_a_link() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !need_root("pcap_file_is_private_and_never_written_through_a_link") {
+        return;
+    }
+    let ns = NetNs::new().unwrap();
+    let dir = TempDir::new("log-pcap-mode");
+    let mode = |p: &std::path::Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    let log = |pcap: &str| {
+        // umask 0: what the file gets is leash's choice alone.
+        let script = format!("umask 0; exec {} log --seconds 1 --group {GROUP} --pcap '{pcap}'", leash_bin());
+        run_cmd(Some(&ns), "sh", &["-c", &script], None)
+    };
+    let new = dir.0.join("new.pcap");
+    let r = log(&new.display().to_string());
+    assert!(r.ok(), "{r}");
+    assert_eq!(mode(&new), 0o600, "{r}");
+
+    let old = dir.file("old.pcap", "someone's old capture");
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // A reader that opened the old file while it was world-readable, and holds it.
+    let mut held = std::fs::File::open(&old).unwrap();
+    let ino = held.metadata().unwrap().ino();
+    let r = log(&old);
+    assert!(r.ok(), "{r}");
+    let m = std::fs::metadata(&old).unwrap();
+    assert_eq!((m.permissions().mode() & 0o7777, m.len()), (0o600, 24), "a new private file with only the pcap header: {r}");
+    assert_ne!(m.ino(), ino, "a new file, not the old one truncated");
+    let mut seen = String::new();
+    std::io::Read::read_to_string(&mut held, &mut seen).unwrap();
+    assert_eq!(seen, "someone's old capture", "the reader holding the old file sees none of the capture");
+
+    let victim = dir.file("victim", "not a capture");
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let link = dir.0.join("link.pcap");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let r = log(&link.display().to_string());
+    assert_eq!(r.code, Some(3), "{r}");
+    assert!(r.stderr.contains("is a symbolic link"), "{r}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "not a capture");
+    assert_eq!(mode(std::path::Path::new(&victim)), 0o644);
+
+    // A character device is written as it is (its mode stays).
+    let r = log("/dev/null");
+    assert!(r.ok(), "{r}");
+    assert_eq!(mode(std::path::Path::new("/dev/null")), 0o666);
 }

@@ -10,6 +10,7 @@ mod agreement;
 mod apply;
 mod check;
 mod conns;
+mod contrib;
 mod cut;
 mod dimensions;
 mod dns;

@@ -306,12 +306,8 @@ fn query(name: &str) -> Vec<u8> {
     q
 }
 
-#[test]
-fn dns_forwarder_serves_its_counters() {
-    if !need_root("dns_forwarder_serves_its_counters") {
-        return;
-    }
-    let dir = TempDir::new("metrics-dns");
+/// A lab whose client runs `leash dns --metrics DNS_METRICS` for a policy whose upstream is dead.
+fn start_dns(dir: &TempDir) -> (Lab, Server, String) {
     let lab = Lab::new(&[DEAD_UPSTREAM.parse::<IpAddr>().unwrap()], &[], &[]).expect("lab");
     let policy = dir.file(
         "dns.toml",
@@ -340,6 +336,16 @@ to = ["api.example.test"]
         assert!(Instant::now() < deadline, "leash dns did not start{}", server.log());
         std::thread::sleep(Duration::from_millis(20));
     }
+    (lab, server, policy)
+}
+
+#[test]
+fn dns_forwarder_serves_its_counters() {
+    if !need_root("dns_forwarder_serves_its_counters") {
+        return;
+    }
+    let dir = TempDir::new("metrics-dns");
+    let (lab, server, _) = start_dns(&dir);
 
     // One query; the upstream is dead, so the answer is SERVFAIL (rcode 2).
     let answer = lab.client().run(|| {
@@ -362,4 +368,92 @@ to = ["api.example.test"]
     assert!(value(&s, "leash_table_active", "").is_none(), "only the forwarder's counters: {r}");
     let r = http_to(&lab, DNS_METRICS, "GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text\r\n\r\n").unwrap();
     check_exposition(body(&r), "openmetrics");
+}
+
+/// Sends a request head one byte every `every` from inside the lab's client namespace, as a
+/// slowloris client does, until the server closes the connection or `limit` passes. Returns how
+/// long the server kept it.
+fn trickle(lab: &Lab, addr: &str, every: Duration, limit: Duration) -> std::thread::JoinHandle<Option<Duration>> {
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let mut c = lab.client().run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(2))).unwrap();
+    std::thread::spawn(move || {
+        let t0 = Instant::now();
+        c.set_read_timeout(Some(every)).unwrap();
+        let head = b"GET /metrics HTTP/1.1\r\nX-Slow: ";
+        // Bounded by `limit`.
+        for i in 0.. {
+            if t0.elapsed() > limit {
+                return None;
+            }
+            let byte = head.get(i).copied().unwrap_or(b'a');
+            if c.write_all(&[byte]).is_err() {
+                return Some(t0.elapsed());
+            }
+            // Waits `every` for the server to close (or answer, which ends the trickle too).
+            match c.read(&mut [0u8; 512]) {
+                Ok(_) => return Some(t0.elapsed()),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => return Some(t0.elapsed()),
+            }
+        }
+        None
+    })
+}
+
+/// Issue 12 item 9: while one client trickles its request (a byte per second, so that no single
+/// read waits long), honest scrapes are answered at once, and the slow client is cut at the
+/// header timeout. The hand-written server served one connection at a time and waited up to 5 s
+/// per read: the trickle held it for hours, and every scrape timed out.
+fn slow_client_holds_up_no_scrape(lab: &Lab, addr: &str, log: &dyn Fn() -> String) {
+    let slow = trickle(lab, addr, Duration::from_secs(1), Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
+    let get = "GET /metrics HTTP/1.1\r\nHost: leash\r\n\r\n";
+    for i in 0..5 {
+        let t0 = Instant::now();
+        let r = http_to(lab, addr, get).unwrap_or_else(|e| panic!("scrape {i} failed while a slow client trickled: {e}{}", log()));
+        let took = t0.elapsed();
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+        check_exposition(body(&r), "prometheus");
+        // The bound: far below the 5 s one read of the old server could take, above any
+        // scheduling hiccup of a loaded machine.
+        assert!(took < Duration::from_secs(2), "scrape {i} took {took:?} while a slow client trickled{}", log());
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let kept = slow.join().unwrap();
+    let kept = kept.unwrap_or_else(|| panic!("the slow client was still connected after 20 s{}", log()));
+    assert!(kept < Duration::from_secs(9), "the slow client was cut after {kept:?} (header timeout 5 s){}", log());
+    // And the server still serves.
+    assert!(http_to(lab, addr, get).unwrap().starts_with("HTTP/1.1 200 OK\r\n"));
+}
+
+#[test]
+fn metrics_server_is_not_held_up_by_a_slow_client() {
+    if !need_root("metrics_server_is_not_held_up_by_a_slow_client") {
+        return;
+    }
+    let dir = TempDir::new("metrics-slow");
+    let lab = setup(&dir);
+    let server = Server::start(&lab, &["metrics", "--listen", LISTEN, "--no-log"], dir.0.join("metrics.stderr"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log().contains("serving") {
+        assert!(Instant::now() < deadline, "leash metrics did not start{}", server.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    slow_client_holds_up_no_scrape(&lab, LISTEN, &|| server.log());
+    // The rest of the protocol: a head too large, a method other than GET.
+    let big = format!("GET /metrics HTTP/1.1\r\nX-Pad: {}\r\n\r\n", "a".repeat(20_000));
+    let r = http(&lab, &big).unwrap_or_default();
+    assert!(r.is_empty() || r.starts_with("HTTP/1.1 431 "), "{r}");
+    assert!(http(&lab, "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").unwrap().starts_with("HTTP/1.1 405 "));
+    assert!(http(&lab, "GET /other HTTP/1.1\r\n\r\n").unwrap().starts_with("HTTP/1.1 404 "));
+}
+
+#[test]
+fn dns_metrics_are_not_held_up_by_a_slow_client() {
+    if !need_root("dns_metrics_are_not_held_up_by_a_slow_client") {
+        return;
+    }
+    let dir = TempDir::new("metrics-dns-slow");
+    let (lab, server, _) = start_dns(&dir);
+    slow_client_holds_up_no_scrape(&lab, DNS_METRICS, &|| server.log());
 }

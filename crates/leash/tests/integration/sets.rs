@@ -175,6 +175,23 @@ fn set_update_needs_root() {
     assert!(stderr.contains("needs root") && stderr.contains("nothing was changed"), "{stderr}");
 }
 
+/// Issue 12 item 14: `leash set update` reports invalid UTF-8 at its line and column (exit 1,
+/// before it needs root or a table), with every other bad line, instead of `not a text file` at 1:1.
+#[test]
+fn set_update_reports_invalid_utf8_at_its_position() {
+    let dir = TempDir::new("sets-utf8");
+    let list = dir.file_bytes("list.txt", b"192.0.2.1\n  198.51.100.\xff/24\nnope\n");
+    let r = leash(&["set", "update", "threat-feed", &list]);
+    assert_eq!(r.code, Some(1), "{r}");
+    assert!(r.stderr.contains(&format!("{list}:2:14: error: invalid UTF-8 (byte 0xff)")), "{r}");
+    assert!(r.stderr.contains(&format!("{list}:3:1: error:")), "{r}");
+    assert!(r.stderr.contains("2 bad line(s); nothing was changed"), "{r}");
+    let r = leash(&["set", "update", "threat-feed", &list, "--json"]);
+    assert_eq!(r.code, Some(1), "{r}");
+    let e = &r.json()["errors"][0];
+    assert_eq!((e["line"].as_u64(), e["column"].as_u64()), (Some(2), Some(14)), "{r}");
+}
+
 /// `leash` inside `ns` with its record of set sizes in `state`, without listing the ruleset
 /// afterwards (nft takes seconds to list a set this large).
 fn leash_state(ns: &NetNs, state: &std::path::Path, args: &[&str]) -> Run {
@@ -245,5 +262,58 @@ fn status_reports_a_large_set_from_what_leash_loaded() {
     let r = leash_state(&ns, &state, &["disable"]);
     assert!(r.ok(), "{r}");
     assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0, "disable removes the record");
+    root_has_no_leash_table();
+}
+
+/// Issue 12 item 13: a state directory others can write, or one reached through a symbolic link
+/// planted in such a directory, is refused with a clear message: the firewall is applied, nothing
+/// is written there (nor where the link points), and the large set is counted in the kernel.
+#[test]
+fn apply_refuses_a_state_directory_others_can_write() {
+    use std::os::unix::fs::PermissionsExt;
+    if !need_root("apply_refuses_a_state_directory_others_can_write") {
+        return;
+    }
+    let ns = NetNs::new().unwrap();
+    let dir = TempDir::new("sets-state-dir");
+    std::fs::create_dir_all(dir.0.join("feeds")).unwrap();
+    dir.file("feeds/blocklist.txt", &big_list(kernel::nft::COUNT_LIMIT as u32 + 100, 1));
+    let policy = dir.file("policy.toml", POLICY);
+
+    let open = dir.0.join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let r = leash_state(&ns, &open, &["apply", &policy]);
+    assert!(r.ok(), "the firewall is applied all the same: {r}");
+    assert!(
+        r.stderr.contains(&format!("warning: refusing state directory {}: {} is writable by anyone (mode 0777)", open.display(), open.display())),
+        "{r}"
+    );
+    assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0, "nothing written: {r}");
+    let r = leash_state(&ns, &open, &["status", "--json"]);
+    assert!(r.ok(), "{r}");
+    let s = set_elements(&r.json(), "s_threat-feed_v4");
+    assert_eq!(s["elements_recorded"].as_bool(), Some(false), "{s}");
+
+    // /tmp-like (sticky, anyone can write) with a link planted in it to a private directory.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let target = dir.0.join("private");
+    std::fs::create_dir(&target).unwrap();
+    std::os::unix::fs::symlink(&target, open.join("leash")).unwrap();
+    let r = leash_state(&ns, &open.join("leash"), &["apply", &policy]);
+    assert!(r.ok(), "{r}");
+    assert!(r.stderr.contains("is a symbolic link in a directory others can write"), "{r}");
+    assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0, "nothing written through the link: {r}");
+    let r = leash_state(&ns, &open.join("leash"), &["set", "update", "threat-feed", &dir.0.join("feeds/blocklist.txt").display().to_string()]);
+    assert!(r.ok(), "{r}");
+    assert!(r.stderr.contains("refusing state directory"), "{r}");
+    assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0, "{r}");
+
+    // A private directory made on first use: 0755, the record in it.
+    let fresh = open.join("fresh");
+    let r = leash_state(&ns, &fresh, &["apply", &policy]);
+    assert!(r.ok() && !r.stderr.contains("warning"), "{r}");
+    assert_eq!(std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o7777, 0o755);
+    assert_eq!(std::fs::read_dir(&fresh).unwrap().count(), 1, "{r}");
     root_has_no_leash_table();
 }

@@ -51,20 +51,15 @@ impl<'a> Parser<'a> {
     pub(super) fn load_set(&mut self, name: String, name_span: Span, file: String, file_span: Span) {
         // Until it loads, the set counts as failed (every early return below reported why).
         self.failed_sets.push(name.clone());
-        let text = match self.resolver.read_file(&file) {
-            Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(t) => t,
-                Err(_) => {
-                    self.error("set-file", file_span, format!("{file}: not a text file (invalid UTF-8)"));
-                    return;
-                }
-            },
+        let bytes = match self.resolver.read_file(&file) {
+            Ok(bytes) => bytes,
             Err(m) => {
                 self.error("set-file", file_span, format!("cannot read set file: {m}"));
                 return;
             }
         };
-        match crate::setfile::parse_set_file(&text) {
+        // Invalid UTF-8 is a bad line like any other, with its position in the file.
+        match crate::setfile::parse_set_file_bytes(&bytes) {
             Ok(f) => {
                 self.failed_sets.pop();
                 self.sets.push(NamedSet {
