@@ -610,6 +610,8 @@ fn full_example_parses_to_the_expected_policy() {
                     cgroups_span: None,
                     when: None,
                     when_span: None,
+                    from: None,
+                    from_span: None,
                 },
                 limits: Limits {
                     rate: None,
@@ -647,6 +649,8 @@ fn full_example_parses_to_the_expected_policy() {
                     cgroups_span: None,
                     when: None,
                     when_span: None,
+                    from: None,
+                    from_span: None,
                 },
                 limits: Limits {
                     rate: None,
@@ -680,6 +684,8 @@ fn full_example_parses_to_the_expected_policy() {
                 gid: 10,
                 cgroup: None,
                 at: None,
+                from: None,
+                iif: None,
                 verdict: Action::Allow,
             },
             Expect {
@@ -694,6 +700,8 @@ fn full_example_parses_to_the_expected_policy() {
                 gid: 1000,
                 cgroup: None,
                 at: None,
+                from: None,
+                iif: None,
                 verdict: Action::Deny,
             },
             Expect {
@@ -708,18 +716,21 @@ fn full_example_parses_to_the_expected_policy() {
                 gid: 0,
                 cgroup: None,
                 at: None,
+                from: None,
+                iif: None,
                 verdict: Action::Deny,
             },
         ],
         dns: Default::default(),
         sets: vec![],
         countries: None,
+        forward: Default::default(),
     };
     assert_eq!(p, expected);
     assert_eq!(p.rules[1].effective_protos(), Some(vec![Proto::Tcp, Proto::Udp]));
     assert_eq!(
         p.expects[1].connection(),
-        Connection { proto: Proto::Tcp, dst: "2001:db8::1".parse().unwrap(), port: Some(443), uid: 1000, gid: 1000, name: None, cgroup: None, at: None }
+        Connection { proto: Proto::Tcp, dst: "2001:db8::1".parse().unwrap(), port: Some(443), uid: 1000, gid: 1000, name: None, cgroup: None, at: None, from: None }
     );
 }
 

@@ -83,6 +83,11 @@ pub(crate) fn validate(table: &Table) -> Result<(), Error> {
                     return bad(format!("{}: {} has no ports", at(), l4.nft_name()));
                 }
                 check_stmt(table, s).map_err(|m| Error::Invalid(format!("{}: {m}", at())))?;
+                // nft_socket allows only the prerouting, input and output hooks; the kernel
+                // would refuse the whole batch with EOPNOTSUPP.
+                if c.hook == ruleset::Hook::Forward && matches!(s, Stmt::SocketCgroup { .. }) {
+                    return bad(format!("{}: socket cgroupv2 is not allowed on the forward hook", at()));
+                }
                 let (name, want) = match s {
                     Stmt::Dport {
                         value: Value::InSet(n),
@@ -90,6 +95,8 @@ pub(crate) fn validate(table: &Table) -> Result<(), Error> {
                     } => (n, KeyType::InetService),
                     Stmt::Daddr4(Value::InSet(n)) => (n, KeyType::Ipv4Addr),
                     Stmt::Daddr6(Value::InSet(n)) => (n, KeyType::Ipv6Addr),
+                    Stmt::Saddr4(Value::InSet(n)) => (n, KeyType::Ipv4Addr),
+                    Stmt::Saddr6(Value::InSet(n)) => (n, KeyType::Ipv6Addr),
                     Stmt::SkUid(Value::InSet(n)) => (n, KeyType::Uid),
                     Stmt::SkGid(Value::InSet(n)) => (n, KeyType::Gid),
                     Stmt::Icmpv6Type(Value::InSet(n)) => (n, KeyType::Icmpv6Type),
@@ -149,6 +156,16 @@ fn check_stmt(table: &Table, s: &Stmt) -> Result<(), String> {
             return Err(format!(
                 "meta time {ns} ns: must be a whole second at or after 1970-01-01 00:00:00 UTC"
             ));
+        }
+        Stmt::IifName { name, wildcard } | Stmt::OifName { name, wildcard } => {
+            // IFNAMSIZ less the NUL; a wildcard needs a prefix (an empty one would match
+            // nothing the way nft writes it), and nft's quoting must survive the name.
+            if name.is_empty() || name.len() > 15 || name.contains(['"', '\0', '*', '\\']) || name.chars().any(char::is_whitespace) {
+                return Err(format!(
+                    "interface name {name:?}{}: must be 1 to 15 bytes without quotes, `*`, backslashes or spaces",
+                    if *wildcard { " (before the `*`)" } else { "" }
+                ));
+            }
         }
         Stmt::Limit(l) => check_rate(l)?,
         Stmt::CtCount(_) => {}
