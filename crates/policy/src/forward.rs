@@ -27,10 +27,21 @@ pub fn summary(policy: &Policy) -> String {
     } else {
         ""
     };
+    let socket: Vec<String> = policy
+        .rules
+        .iter()
+        .filter(|r| r.needs_socket() && r.matches_nothing().is_none())
+        .map(|r| format!("`{}`", r.name))
+        .collect();
+    let except = match socket.len() {
+        0 => String::new(),
+        1 => format!(" (except {}, which needs a local socket: user, group, service or cgroup)", socket[0]),
+        _ => format!(" (except {}, which need a local socket: user, group, service or cgroup)", socket.join(", ")),
+    };
     format!(
-        "forwarded traffic: new connections {} meet the policy's rules (except those with user, group, service or \
-         cgroup conditions or per-user limits) and then the default ({}){dns}; established and related flows, \
-         traffic between these workloads and all other forwarded traffic are left to the other tables",
+        "forwarded traffic: new connections {} meet the policy's rules{except} and then the default ({}){dns}; \
+         established and related flows, traffic between these workloads and all other forwarded traffic are left \
+         to the other tables",
         from.join(" or "),
         policy.defaults.outbound.as_str()
     )

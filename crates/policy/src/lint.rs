@@ -139,7 +139,7 @@ pub fn lint(policy: &Policy, today: Date) -> Vec<Diagnostic> {
     // by. Said once, at the first such rule; a `[forward]` section says the author has thought
     // about forwarded traffic (and `leash check`'s note names these rules anyway).
     let socket_rules: Vec<&Rule> =
-        policy.rules.iter().filter(|r| needs_socket(r) && r.matches_nothing().is_none()).collect();
+        policy.rules.iter().filter(|r| r.needs_socket() && r.matches_nothing().is_none()).collect();
     if policy.governs_forwarded()
         && policy.forward.span.is_none()
         && !(policy.workload_interfaces().is_empty() && policy.workload_sources().is_empty())
@@ -344,7 +344,7 @@ impl Sets {
             from: from.clone(),
             domains: domains.clone(),
             admits_private: rule.action == Action::Deny || *allow_private,
-            needs_socket: needs_socket(rule),
+            needs_socket: rule.needs_socket(),
         }
     }
 
@@ -412,16 +412,6 @@ impl Sets {
 fn range_covered((a, b): (u128, u128), merged: &[(u128, u128)]) -> bool {
     let i = merged.partition_point(|&(x, _)| x <= a);
     i > 0 && b <= merged[i - 1].1
-}
-
-/// Whether a rule needs the socket of a local process (`user`, `group`, `service`/`cgroup`, or
-/// `limit_per = "user"` with a limit): such a rule never matches a forwarded connection.
-pub fn needs_socket(rule: &Rule) -> bool {
-    let c = &rule.cond;
-    c.users.is_some()
-        || c.groups.is_some()
-        || c.cgroups.is_some()
-        || (rule.limits.per == LimitPer::User && (rule.limits.rate.is_some() || rule.limits.max_connections.is_some()))
 }
 
 /// Whether an allow rule lets some DNS (udp or tcp to port 53) through.

@@ -549,6 +549,17 @@ impl Rule {
             })
     }
 
+    /// Whether the rule needs the socket of a local process (`user`, `group`, `service`/`cgroup`,
+    /// or `limit_per = "user"` with a limit): such a rule never matches a forwarded connection,
+    /// which has no local socket, and is left out of the forward chain.
+    pub fn needs_socket(&self) -> bool {
+        let c = &self.cond;
+        c.users.is_some()
+            || c.groups.is_some()
+            || c.cgroups.is_some()
+            || (self.limits.per == LimitPer::User && (self.limits.rate.is_some() || self.limits.max_connections.is_some()))
+    }
+
     /// The protocols the rule really covers, `None` meaning every protocol: `ports` without a
     /// protocol (or with `any`) means TCP and UDP, because only they have ports.
     pub fn effective_protos(&self) -> Option<Vec<Proto>> {

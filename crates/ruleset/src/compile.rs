@@ -479,7 +479,7 @@ fn compile_rule(
     // cgroupv2` is not even allowed on the forward hook).
     match side {
         Side::Output if rule.cond.from.is_some() => return,
-        Side::Forward if policy::lint::needs_socket(rule) => return,
+        Side::Forward if rule.needs_socket() => return,
         _ => {}
     }
     let policy::Conditions {

@@ -233,8 +233,8 @@ fn gen_policy() -> impl Strategy<Value = GenPolicy> {
         any::<bool>(),
         prop::collection::vec((0u8..7, 0u16..1440, any::<bool>()), 0..4),
         prop::option::weighted(
-            0.6,
-            (prop::bool::weighted(0.15), prop::collection::vec(0..FWD_IFACES.len(), 0..3), prop::collection::vec(0..FWD_SOURCES.len(), 0..3)),
+            0.5,
+            (prop::bool::weighted(0.15), prop::collection::vec(0..FWD_IFACES.len(), 1..3), prop::collection::vec(0..FWD_SOURCES.len(), 0..3)),
         ),
     )
         .prop_map(|(rules, default_allow, drop, bypass, tz, set_lines, csv_countries, times, forward)| {

@@ -13,6 +13,7 @@ mod conns;
 mod dimensions;
 mod dns;
 mod explain;
+mod forward;
 mod log;
 mod metrics;
 mod sets;
