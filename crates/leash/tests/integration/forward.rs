@@ -90,20 +90,26 @@ user = "root"
     expect(&lab, &tcp(DST, 443), None, &Outcome::Connected, "host, allowed by `web`");
     expect(&lab, &tcp(DST, 80), None, &Outcome::Refused, "host, default deny");
     // The workload: `web` needs a local socket (user root), which a forwarded packet has not; the
-    // default denies, and with `reject` the workload fails fast like a local program.
+    // default denies, and with `reject` the workload fails fast like a local program. Every
+    // case is probed before the test fails, so a failure shows both families.
+    let mut wrong = Vec::new();
+    let mut check = |c: Case, src: &str, want: Outcome| {
+        let got = lab.probe_from(&c, ip(src), PROBE);
+        if got != want {
+            wrong.push(format!("{c} from {src}: want {want:?}, got {got:?}"));
+        }
+    };
     for (dst, src, unreachable) in [(DST, CONTAINER, "EHOSTUNREACH"), (DST6, CONTAINER6, "EACCES")] {
-        expect(&lab, &tcp(dst, 443), Some(src), &Outcome::Refused, "forwarded TCP, default deny");
-        expect(&lab, &tcp(dst, 80), Some(src), &Outcome::Refused, "forwarded TCP, default deny");
-        expect(
-            &lab,
-            &case(Proto::Udp, dst, Some(53)),
-            Some(src),
-            &Outcome::Unreachable(unreachable.into()),
-            "forwarded UDP, default deny",
-        );
+        check(tcp(dst, 443), src, Outcome::Refused);
+        check(tcp(dst, 80), src, Outcome::Refused);
+        check(case(Proto::Udp, dst, Some(53)), src, Outcome::Unreachable(unreachable.into()));
     }
-    expect(&lab, &case(Proto::Icmp, DST, None), Some(CONTAINER), &Outcome::Unreachable("EHOSTUNREACH".into()), "forwarded ping");
-    expect(&lab, &case(Proto::Icmpv6, DST6, None), Some(CONTAINER6), &Outcome::Unreachable("EACCES".into()), "forwarded ping6");
+    check(case(Proto::Icmp, DST, None), CONTAINER, Outcome::Unreachable("EHOSTUNREACH".into()));
+    check(case(Proto::Icmpv6, DST6, None), CONTAINER6, Outcome::Unreachable("EACCES".into()));
+    if !wrong.is_empty() {
+        let r = run_cmd(Some(lab.client()), "nft", &["list", "ruleset"], None);
+        panic!("forwarded connections at default deny:\n{}\n{}", wrong.join("\n"), r.stdout);
+    }
     // The counters say it was the forward hook's default that denied them.
     let s = leash_in(lab.client(), &["status", "--json"]);
     assert!(s.ok(), "{s}");
