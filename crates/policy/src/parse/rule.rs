@@ -345,7 +345,7 @@ impl<'a> Parser<'a> {
             (rule.cond.users.is_some(), "user", None),
             (rule.cond.groups.is_some(), "group", None),
             (rule.cond.cgroups_span.is_some(), "service`/`cgroup", rule.cond.cgroups_span.clone()),
-            (rule.limits.per == LimitPer::User, "limit_per = \"user", limit_per_span),
+            (rule.limits.per == LimitPer::User, "limit_per = \"user\"", limit_per_span),
         ];
         for (on, key, span) in socket_keys {
             if on {
