@@ -190,9 +190,12 @@ fn main() -> Result<()> {
     }
 
     // One untimed warm-up round, then the measured ones.
+    let mut idle_starts = 0;
     for round in 0..=rounds {
         let warm = round == 0;
-        settle();
+        if settle() && !warm {
+            idle_starts += 1;
+        }
         let n = variants.len();
         let mut spent = vec![Duration::ZERO; n];
         let mut made = vec![0usize; n];
@@ -220,7 +223,7 @@ fn main() -> Result<()> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains("\"containers\"")).map(str::trim).collect::<Vec<_>>().join("\n"))
         .unwrap_or_default();
-    let report = report(&variants, rounds, slices, slice, &counters);
+    let report = report(&variants, rounds, slices, slice, idle_starts, &counters);
     print!("{report}");
     let path = common::write_report("forward", &report)?;
     eprintln!("report written to {}", path.display());
@@ -356,12 +359,16 @@ fn rst_close(s: TcpStream) {
     }
 }
 
-fn report(variants: &[Variant], rounds: usize, slices: usize, slice: usize, counters: &str) -> String {
+fn report(variants: &[Variant], rounds: usize, slices: usize, slice: usize, idle_starts: usize, counters: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "## Connect rate through the forward chain (a container routed through the host)\n");
     let _ = writeln!(s, "{}", common::kernel_line());
     let leash = Command::new(leash_bin()).arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    let _ = writeln!(s, "{}; {rounds} rounds of {slices} slices of {slice} connects per variant\n", leash.unwrap_or_default());
+    let _ = writeln!(
+        s,
+        "{}; {rounds} rounds of {slices} slices of {slice} connects per variant; {idle_starts} of {rounds} rounds started on an idle machine\n",
+        leash.unwrap_or_default()
+    );
     let _ = writeln!(s, "| variant | connects/s (median of rounds) | ratio to no rules | median per-slice ratio | connect p50 | connect p99 |");
     let _ = writeln!(s, "|---|---|---|---|---|---|");
     let base = median_f(&variants[0].rates);
