@@ -320,3 +320,29 @@ fn check_and_explain_speak_of_forwarded_traffic() {
     assert!(r.ok() && !r.stderr.contains("warning"), "{r}");
     assert!(r.stdout.contains("note: forwarded traffic (containers, VMs, routed namespaces) is not governed"), "{r}");
 }
+
+/// A limited rule's host and workload connections share one budget: both hooks jump to the same
+/// `limit_<rule>` chain, whose `ct count` counts them together.
+#[test]
+fn host_and_workloads_share_a_limited_rules_budget() {
+    if !need_root("host_and_workloads_share_a_limited_rules_budget") {
+        return;
+    }
+    let dir = TempDir::new("fwd-limit");
+    let policy = format!(
+        "version = 1\n[defaults]\noutbound = \"deny\"\n\
+         [[rule]]\nname = \"web\"\naction = \"allow\"\nproto = \"tcp\"\nports = [443]\nto = [\"{DST}\"]\nmax_connections = 1\n"
+    );
+    let path = dir.file("p.toml", &policy);
+    let lab = lab(&[("docker0", &[CONTAINER])]);
+    let r = leash_in(lab.client(), &["apply", &path]);
+    assert!(r.ok(), "{r}");
+    // The host holds the one connection the rule allows...
+    let held = lab
+        .client()
+        .run(|| TcpStream::connect_timeout(&SocketAddr::new(ip(DST), 443), PROBE))
+        .expect("the host's first connection is allowed");
+    // ...so the container's is over the limit (and denied as deny_with says).
+    expect(&lab, &tcp(DST, 443), Some(CONTAINER), &Outcome::Refused, "over the shared max_connections");
+    drop(held);
+}
