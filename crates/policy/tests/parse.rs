@@ -53,7 +53,7 @@ fn unknown_key_at_top_level() {
     assert_eq!(got, vec![(1, 1, "missing-key"), (1, 1, "unknown-key")]);
 
     one_error("version = 1\n[rules]\n", 2, 2, "unknown-key", "did you mean `rule`?");
-    one_error("version = 1\nzzz = 3\n", 2, 1, "unknown-key", "expected `version`, `defaults`, `dns`, `set`, `countries`, `rule` or `expect`");
+    one_error("version = 1\nzzz = 3\n", 2, 1, "unknown-key", "expected `version`, `defaults`, `dns`, `forward`, `set`, `countries`, `rule` or `expect`");
 }
 
 #[test]
