@@ -40,6 +40,9 @@ const IFA_F_NODAD: u32 = 0x02;
 // Route attributes and values (`linux/rtnetlink.h`).
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
+/// `RTNH_F_ONLINK`: the gateway is on the link even without a route saying so.
+const RTNH_F_ONLINK: u32 = 4;
 const RT_TABLE_MAIN: u8 = 254;
 const RTPROT_BOOT: u8 = 3;
 const RT_SCOPE_UNIVERSE: u8 = 0;
@@ -277,6 +280,47 @@ impl Rtnl {
         b.put_header(&hdr);
         b.attr_u32(RTA_OIF, ifindex);
         let what = || format!("add {family:?} default route via interface {ifindex}");
+        b.end(m).map_err(|e| netlink(&what(), e))?;
+        self.sock.request_ack(b.as_bytes()).map_err(|e| netlink(&what(), e))
+    }
+
+    /// Adds a route to `dst/prefix` through the interface, like `ip route add DST/PREFIX dev IF`
+    /// (no gateway: on-link) or `ip route add DST/PREFIX via GW dev IF onlink` (the gateway is
+    /// taken to be on the link, so it needs no route of its own). `dst` `None` is the default
+    /// route of the gateway's family. Lets a namespace route through another one (the lab's
+    /// workload namespace behind the client).
+    pub fn add_route(&mut self, ifindex: u32, dst: Option<(IpAddr, u8)>, gateway: Option<IpAddr>) -> Result<(), Error> {
+        let v6 = match (dst, gateway) {
+            (Some((d, _)), _) => d.is_ipv6(),
+            (None, Some(g)) => g.is_ipv6(),
+            (None, None) => return self.add_default_route(ifindex, Family::V4),
+        };
+        let family = if v6 { Family::V6 } else { Family::V4 };
+        let octets = |a: IpAddr| match a {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        if let Some((d, prefix)) = dst
+            && prefix > if d.is_ipv6() { 128 } else { 32 }
+        {
+            return Err(Error::BadPrefix { addr: d, prefix });
+        }
+        let seq = self.next_seq();
+        let mut b = MsgBuf::new();
+        let m = b.begin(RTM_NEWROUTE, nl::NLM_F_REQUEST | nl::NLM_F_ACK | nl::NLM_F_CREATE | nl::NLM_F_EXCL, seq);
+        let scope = if gateway.is_none() && !v6 { RT_SCOPE_LINK } else { RT_SCOPE_UNIVERSE };
+        let flags = if gateway.is_some() { RTNH_F_ONLINK } else { 0 };
+        let mut hdr = vec![family.af(), dst.map_or(0, |d| d.1), 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, scope, RTN_UNICAST];
+        hdr.extend_from_slice(&flags.to_ne_bytes());
+        b.put_header(&hdr);
+        if let Some((d, _)) = dst {
+            b.attr(RTA_DST, &octets(d));
+        }
+        if let Some(g) = gateway {
+            b.attr(RTA_GATEWAY, &octets(g));
+        }
+        b.attr_u32(RTA_OIF, ifindex);
+        let what = || format!("add route to {dst:?} via {gateway:?} on interface {ifindex}");
         b.end(m).map_err(|e| netlink(&what(), e))?;
         self.sock.request_ack(b.as_bytes()).map_err(|e| netlink(&what(), e))
     }

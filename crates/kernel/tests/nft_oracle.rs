@@ -246,6 +246,22 @@ fn dns_redirect_and_timeout_sets_like_nft() {
     testutil::root_has_no_leash_table();
 }
 
+/// The forward hook, `iifname`/`oifname` (exact, wildcard, 15 bytes), `ip saddr`/`ip6 saddr`
+/// and `return`: the same bytes and listing as nft.
+#[test]
+fn forward_chain_like_nft() {
+    if !need_root("forward_chain_like_nft") {
+        return;
+    }
+    let (table, text) = forward();
+    assert_same_bytes(&table, &text);
+    assert_same_listing(&table, &text);
+    let rendered = ruleset::render::nft_text(&table);
+    assert_same_bytes(&table, &rendered);
+    assert_same_listing(&table, &rendered);
+    testutil::root_has_no_leash_table();
+}
+
 /// The JSON rendering loads with `nft -j -f` into the same table as the text rendering. (nft's JSON
 /// has whole-second timeouts, so timeouts are rounded up to seconds for this comparison; nft 1.0.6
 /// ignores a table's `comment` in JSON, so the comparison leaves the table comment out; and its
@@ -262,6 +278,7 @@ fn rendered_json_loads_like_rendered_text() {
         dns_redirect().0,
         protocol_deps().0,
         interval_edges().0,
+        forward().0,
     ] {
         for chain in &mut table.chains {
             chain.rules.retain(|r| {

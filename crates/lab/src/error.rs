@@ -33,6 +33,8 @@ pub enum LabError {
     TooLarge(usize),
     #[error("every documentation address is a destination: none is left for the client")]
     NoSourceAddress,
+    #[error("workload {iif} cannot be set up: {reason}")]
+    BadWorkload { iif: String, reason: String },
     #[error("cannot start the echo server: {0}")]
     Echo(#[source] io::Error),
     #[error("cannot apply the ruleset in the lab: {0}")]

@@ -74,4 +74,4 @@ pub use measure::{Measurement, MeasureOptions, measure};
 pub use probe::{Case, Outcome};
 pub use run::{Report, Row, RunOptions, run_expectations};
 pub use error::LabError;
-pub use scratch::Lab;
+pub use scratch::{Lab, WorkloadSpec};

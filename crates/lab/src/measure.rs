@@ -141,6 +141,12 @@ pub fn measure(policy: &Policy, opts: &MeasureOptions, progress: &dyn Fn(&str)) 
             skipped.push(format!("{shown}: {why}"));
             continue;
         }
+        // The measurement connects from the client namespace: a forwarded expectation's
+        // connection would be the host's, which the policy may decide otherwise.
+        if let Some(src) = e.from {
+            skipped.push(format!("{shown}: it is forwarded (from {src}); --measure times the host's own connections"));
+            continue;
+        }
         let mut conn = e.connection();
         conn.at = windows.then(|| p.local_time(now));
         let ex = policy::explain(&p, &conn);

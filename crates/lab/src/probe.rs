@@ -172,6 +172,12 @@ fn errno_name(errno: i32) -> String {
 /// Makes the connection of `case` from the calling thread's namespace with the calling thread's
 /// credentials, waiting at most `timeout` in all.
 pub(crate) fn probe_here(case: &Case, timeout: Duration) -> Outcome {
+    probe_here_from(case, None, timeout)
+}
+
+/// [`probe_here`] from the local address `src` (the socket is bound to it first), as a workload
+/// with several addresses sends from the one a forwarded expectation names.
+pub(crate) fn probe_here_from(case: &Case, src: Option<IpAddr>, timeout: Duration) -> Outcome {
     let deadline = Instant::now() + timeout;
     match case.proto {
         Proto::Tcp | Proto::Udp => {
@@ -179,7 +185,7 @@ pub(crate) fn probe_here(case: &Case, timeout: Duration) -> Outcome {
                 return Outcome::Error(format!("{} needs a destination port (1-65535)", case.proto.as_str()));
             };
             let addr = SocketAddr::new(case.dst, port);
-            if case.proto == Proto::Tcp { tcp(addr, deadline) } else { udp(addr, deadline) }
+            if case.proto == Proto::Tcp { tcp(addr, src, deadline) } else { udp(addr, src, deadline) }
         }
         Proto::Icmp | Proto::Icmpv6 => {
             let v6 = case.proto == Proto::Icmpv6;
@@ -190,7 +196,7 @@ pub(crate) fn probe_here(case: &Case, timeout: Duration) -> Outcome {
                     case.dst
                 ));
             }
-            ping(case.dst, deadline)
+            ping(case.dst, src, deadline)
         }
     }
 }
@@ -201,8 +207,23 @@ fn left(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))
 }
 
-fn tcp(addr: SocketAddr, deadline: Instant) -> Outcome {
-    let mut s = match TcpStream::connect_timeout(&addr, left(deadline)) {
+/// A socket of `domain`/`ty`/`proto` bound to `src` (port 0), for a probe from that address.
+fn bound_socket(src: IpAddr, ty: socket2::Type, proto: Option<socket2::Protocol>) -> io::Result<socket2::Socket> {
+    let domain = if src.is_ipv6() { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
+    let s = socket2::Socket::new(domain, ty.cloexec(), proto)?;
+    s.bind(&SocketAddr::new(src, 0).into())?;
+    Ok(s)
+}
+
+fn tcp(addr: SocketAddr, src: Option<IpAddr>, deadline: Instant) -> Outcome {
+    let connected = match src {
+        None => TcpStream::connect_timeout(&addr, left(deadline)),
+        Some(src) => match bound_socket(src, socket2::Type::STREAM, None) {
+            Ok(s) => s.connect_timeout(&addr.into(), left(deadline)).map(|()| TcpStream::from(s)),
+            Err(e) => return Outcome::Error(format!("tcp socket bound to {src}: {e}")),
+        },
+    };
+    let mut s = match connected {
         Ok(s) => s,
         Err(e) => return Outcome::from_io(&e),
     };
@@ -237,10 +258,11 @@ fn check_echo(got: &[u8], want: &[u8]) -> Outcome {
     }
 }
 
-fn udp(addr: SocketAddr, deadline: Instant) -> Outcome {
-    let any: SocketAddr = match addr {
-        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+fn udp(addr: SocketAddr, src: Option<IpAddr>, deadline: Instant) -> Outcome {
+    let any: SocketAddr = match (src, addr) {
+        (Some(src), _) => (src, 0).into(),
+        (None, SocketAddr::V4(_)) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        (None, SocketAddr::V6(_)) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
     };
     let s = match UdpSocket::bind(any) {
         Ok(s) => s,
@@ -293,7 +315,7 @@ fn datagram_exchange(s: &UdpSocket, msg: &[u8], deadline: Instant, judge: impl F
 /// ICMP echo over an unprivileged ICMP datagram socket ("ping socket"): the kernel fills in the
 /// identifier and the checksum, and the socket needs the caller's group in
 /// `net.ipv4.ping_group_range` (for both IPv4 and IPv6), not root.
-fn ping(dst: IpAddr, deadline: Instant) -> Outcome {
+fn ping(dst: IpAddr, src: Option<IpAddr>, deadline: Instant) -> Outcome {
     let (domain, proto, request, reply) = match dst {
         IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP, 8u8, 0u8),
         IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6, 128u8, 129u8),
@@ -307,6 +329,12 @@ fn ping(dst: IpAddr, deadline: Instant) -> Outcome {
     // SAFETY: `fd` is a fresh descriptor nobody else owns. A ping socket is a datagram socket, and
     // UdpSocket's methods are plain connect/send/recv/setsockopt calls, which all work on it.
     let s = UdpSocket::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    if let Some(src) = src {
+        let s2 = socket2::SockRef::from(&s);
+        if let Err(e) = s2.bind(&SocketAddr::new(src, 0).into()) {
+            return Outcome::Error(format!("ping socket bound to {src}: {e}"));
+        }
+    }
     if let Err(e) = s.connect(SocketAddr::new(dst, 0)) {
         return Outcome::from_io(&e);
     }

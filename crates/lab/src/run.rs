@@ -14,7 +14,7 @@
 use crate::cgroup::{self, Scratch};
 use crate::error::LabError;
 use crate::probe::{Case, Outcome};
-use crate::scratch::Lab;
+use crate::scratch::{Lab, WorkloadSpec};
 use policy::{Action, Decider, DenyWith, Policy, Proto};
 use ruleset::compile::CompileOptions;
 use serde::Serialize;
@@ -58,6 +58,9 @@ pub struct Row {
     /// time of the probe.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "crate::ser::opt_civil")]
     pub local_time: Option<jiff::civil::DateTime>,
+    /// For a forwarded expectation: `SOURCE via IIF`, the workload it was made from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
     /// The verdict the `[[expect]]` asks for.
     #[serde(serialize_with = "crate::ser::action")]
     pub expected: Action,
@@ -171,6 +174,13 @@ fn case_of(e: &policy::Expect) -> Case {
     Case { proto: e.proto, dst: e.to, port: e.port, uid: e.uid, gid: e.gid, name: e.name.clone(), cgroup: e.cgroup.clone() }
 }
 
+/// Where a forwarded expectation comes from: its source and the interface it enters on.
+type Source = Option<(IpAddr, String)>;
+
+fn source_of(e: &policy::Expect) -> Source {
+    e.from.map(|src| (src, e.iif.clone().unwrap_or_else(|| "wl0".into())))
+}
+
 /// Runs every `[[expect]]` of `policy` against the real kernel: builds a [`Lab`] for the
 /// expectations' destinations and ports, compiles and applies the policy in its client namespace
 /// (again for each distinct `at`), probes each case as its user (from its scratch cgroup), and
@@ -180,8 +190,9 @@ pub fn run_expectations(policy: &Policy, opts: &RunOptions) -> Result<Report, La
     let prepared = prepare(policy);
     let p = &prepared.policy;
     let probe_cases: Vec<Case> = p.expects.iter().map(case_of).collect();
+    let sources: Vec<Source> = p.expects.iter().map(source_of).collect();
     let report_cases: Vec<Case> = policy.expects.iter().map(case_of).collect();
-    let lab = lab_for(p, &probe_cases)?;
+    let lab = lab_for(p, &probe_cases, &sources)?;
 
     let windows = has_windows(p);
     // Groups of expectations by `at`, the ones without first. Without windows the time changes
@@ -205,6 +216,7 @@ pub fn run_expectations(policy: &Policy, opts: &RunOptions) -> Result<Report, La
         let table = ruleset::compile(p, &copts);
         lab.client().run(|| kernel::apply(&table, &Default::default())).map_err(|e| LabError::Apply(e.to_string()))?;
         let cases: Vec<Case> = members.iter().map(|&i| probe_cases[i].clone()).collect();
+        let case_sources: Vec<Source> = members.iter().map(|&i| sources[i].clone()).collect();
         let refused = lab
             .client()
             .run(|| play_forwarder(p, &cases))
@@ -212,7 +224,7 @@ pub fn run_expectations(policy: &Policy, opts: &RunOptions) -> Result<Report, La
         // The time explain judges the group at: the `at` the table imitates, or (with windows)
         // the local time right before the probes.
         let judged_at = at.or_else(|| windows.then(|| p.local_time(jiff::Timestamp::now())));
-        let mut results = probe_all(&lab, &cases, opts, prepared.cgroup_problem.as_deref());
+        let mut results = probe_all(&lab, &cases, &case_sources, opts, prepared.cgroup_problem.as_deref());
         for (k, r) in refused.iter().enumerate() {
             if *r {
                 results[k] = (Outcome::NameRefused, Duration::ZERO);
@@ -235,6 +247,11 @@ pub fn run_expectations(policy: &Policy, opts: &RunOptions) -> Result<Report, La
         .map(|(index, ((e, case), ((outcome, elapsed), local_time)))| {
             let mut conn = e.connection();
             conn.at = local_time;
+            // A forwarded probe leaves the client on its uplink to the peer.
+            if let Some(f) = &mut conn.from {
+                f.oif = Some(Lab::uplink().to_string());
+            }
+            let from = conn.from.as_ref().map(|f| format!("{} via {}", f.src, f.iif.as_deref().unwrap_or("?")));
             let ex = policy::explain(p, &conn);
             let decider = describe_decider(p, ex.decider);
             let kernel = outcome.verdict();
@@ -257,6 +274,7 @@ pub fn run_expectations(policy: &Policy, opts: &RunOptions) -> Result<Report, La
                 case,
                 at: e.at,
                 local_time,
+                from,
                 expected: e.verdict,
                 explain: ex.verdict,
                 decider,
@@ -274,8 +292,17 @@ pub fn run_expectations(policy: &Policy, opts: &RunOptions) -> Result<Report, La
 }
 
 /// A lab whose peer owns every destination of `cases` and echoes on their ports (and on the
-/// forwarder's loopback port when DNS is redirected).
-pub(crate) fn lab_for(policy: &Policy, cases: &[Case]) -> Result<Lab, LabError> {
+/// forwarder's loopback port when DNS is redirected), with one workload namespace per interface
+/// the forwarded cases (`sources`, parallel to `cases`) enter on, owning their source addresses.
+fn lab_for(policy: &Policy, cases: &[Case], sources: &[Source]) -> Result<Lab, LabError> {
+    let mut workloads: Vec<WorkloadSpec> = Vec::new();
+    for (src, iif) in sources.iter().flatten() {
+        match workloads.iter_mut().find(|w| &w.iif == iif) {
+            Some(w) if !w.sources.contains(src) => w.sources.push(*src),
+            Some(_) => {}
+            None => workloads.push(WorkloadSpec { iif: iif.clone(), sources: vec![*src] }),
+        }
+    }
     let mut dsts: BTreeSet<IpAddr> = cases.iter().map(|c| c.dst).collect();
     let ports = |proto: Proto| -> BTreeSet<u16> {
         cases.iter().filter(|c| c.proto == proto).filter_map(|c| c.port).collect()
@@ -293,7 +320,7 @@ pub(crate) fn lab_for(policy: &Policy, cases: &[Case]) -> Result<Lab, LabError> 
         }
     }
     let dsts: Vec<IpAddr> = dsts.into_iter().collect();
-    Lab::new(&dsts, &tcp.into_iter().collect::<Vec<_>>(), &udp.into_iter().collect::<Vec<_>>())
+    Lab::with_workloads(&dsts, &tcp.into_iter().collect::<Vec<_>>(), &udp.into_iter().collect::<Vec<_>>(), &workloads)
 }
 
 /// The loopback port DNS is redirected to for a family, when the policy redirects it.
@@ -340,7 +367,13 @@ pub fn play_forwarder(policy: &Policy, cases: &[Case]) -> Result<Vec<bool>, kern
 
 /// Probes every case, `opts.parallel` at a time, keeping the input order. Cases from a cgroup
 /// fail with `cgroup_problem` when the policy's cgroups could not be mirrored.
-fn probe_all(lab: &Lab, cases: &[Case], opts: &RunOptions, cgroup_problem: Option<&str>) -> Vec<(Outcome, Duration)> {
+fn probe_all(
+    lab: &Lab,
+    cases: &[Case],
+    sources: &[Source],
+    opts: &RunOptions,
+    cgroup_problem: Option<&str>,
+) -> Vec<(Outcome, Duration)> {
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<(Outcome, Duration)>>> = Mutex::new(vec![None; cases.len()]);
     let workers = opts.parallel.clamp(1, cases.len().max(1));
@@ -351,8 +384,9 @@ fn probe_all(lab: &Lab, cases: &[Case], opts: &RunOptions, cgroup_problem: Optio
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(case) = cases.get(i) else { break };
                     let start = Instant::now();
-                    let outcome = match (&case.cgroup, cgroup_problem) {
-                        (Some(cg), Some(why)) => Outcome::Error(format!("cannot probe from cgroup /{cg}: {why}")),
+                    let outcome = match (&case.cgroup, cgroup_problem, sources.get(i).cloned().flatten()) {
+                        (_, _, Some((src, _))) => lab.probe_from(case, src, opts.timeout),
+                        (Some(cg), Some(why), None) => Outcome::Error(format!("cannot probe from cgroup /{cg}: {why}")),
                         _ => lab.probe(case, opts.timeout),
                     };
                     let r = (outcome, start.elapsed());
@@ -380,6 +414,8 @@ pub(crate) fn describe_decider(policy: &Policy, d: Decider) -> String {
         Decider::Default => format!("default ({})", policy.defaults.outbound.as_str()),
         Decider::DnsBypass => "DNS bypass control (only the forwarder may query resolvers)".into(),
         Decider::DnsRedirect => "DNS redirect to the forwarder".into(),
+        Decider::NotGoverned => "not governed (forwarded, not from a workload: left to the other tables)".into(),
+        Decider::BetweenWorkloads => "between workloads (left to the other tables)".into(),
         Decider::NameRefused(i) => match policy.rules.get(i) {
             Some(r) => format!("name refused by rule {:?} (NXDOMAIN)", r.name),
             None => format!("name refused by rule #{i}"),

@@ -4,7 +4,7 @@
 
 mod common;
 
-use lab::{Case, Lab, Outcome};
+use lab::{Case, Lab, Outcome, WorkloadSpec};
 use policy::Proto;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -85,6 +85,35 @@ fn labs_leave_nothing_behind_even_on_panic() {
         exercise(&lab);
         assert!(live_net_namespaces().contains(&inodes[inodes.len() - 1]), "the scan sees live labs");
     }
+    // With workload namespaces routed through the client (forwarding on inside the client only).
+    let workloads = [
+        WorkloadSpec { iif: "docker0".into(), sources: vec!["198.18.0.2".parse().unwrap(), "2001:db8:c0::2".parse().unwrap()] },
+        WorkloadSpec { iif: "br-0".into(), sources: vec!["198.18.1.2".parse().unwrap()] },
+    ];
+    let root_forwarding = (
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
+        std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding").unwrap(),
+    );
+    let with_workloads = |inodes: &mut Vec<String>| {
+        let lab = Lab::with_workloads(&dsts, &[80], &[53], &workloads).unwrap();
+        inodes.push(format!("net:[{}]", lab.client().inode().unwrap()));
+        inodes.push(format!("net:[{}]", lab.peer().inode().unwrap()));
+        for (ns, _) in lab.workloads() {
+            inodes.push(format!("net:[{}]", ns.inode().unwrap()));
+        }
+        let case = Case { proto: Proto::Tcp, dst: "2001:db8::10".parse().unwrap(), port: Some(80), uid: 0, gid: 0, name: None, cgroup: None };
+        assert_eq!(lab.probe_from(&case, "2001:db8:c0::2".parse().unwrap(), Duration::from_secs(1)), Outcome::Connected);
+        exercise(&lab);
+        lab
+    };
+    drop(with_workloads(&mut inodes));
+    let panicked = std::panic::catch_unwind(|| {
+        let mut ids = Vec::new();
+        let lab = with_workloads(&mut ids);
+        let _keep = lab;
+        std::panic::panic_any(ids);
+    });
+    inodes.extend(*panicked.unwrap_err().downcast::<Vec<String>>().unwrap());
     let panicked = std::panic::catch_unwind(|| {
         let lab = Lab::new(&dsts, &[80], &[53]).unwrap();
         let ids = [lab.client().inode().unwrap(), lab.peer().inode().unwrap()];
@@ -93,6 +122,14 @@ fn labs_leave_nothing_behind_even_on_panic() {
     });
     let ids = *panicked.unwrap_err().downcast::<[u64; 2]>().unwrap();
     inodes.extend(ids.iter().map(|i| format!("net:[{i}]")));
+    assert_eq!(
+        root_forwarding,
+        (
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
+            std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding").unwrap(),
+        ),
+        "the root namespace's forwarding sysctls changed"
+    );
 
     let after = snapshot();
     assert_eq!(before, after, "root namespace, netns list, descriptors or threads changed");

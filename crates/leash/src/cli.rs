@@ -19,6 +19,16 @@ Typical session:
   leash status                     # active policy and per-rule counters
   sudo leash disable               # remove table inet leash; other tables are never touched
 
+What is governed:
+  the host's own new connections (output hook), IPv4 and IPv6; and, unless [forward] mode =
+  \"ignore\", new connections forwarded from local workloads (containers, VMs, routed namespaces:
+  packets entering on [forward] interfaces, default docker0 br-* podman* virbr* lxcbr* cni*, or
+  from [forward] sources or a rule's `from`), which meet the rules without user, group, service or
+  cgroup conditions (a forwarded packet has no local socket) and the default; their DNS to 53/853
+  is denied under the DNS bypass control.
+Not governed by leash (left to the other tables): established and related flows, traffic between
+  local workloads, forwarded traffic from anywhere else, and traffic into the host (input).
+
 What a policy does not stop on its own:
   - Connections that are up when it is applied: a policy decides new connections, and the
     established rule lets existing ones run until they close. `leash apply` lists the live
@@ -49,7 +59,9 @@ pub enum Command {
     ///
     /// Errors exit with status 1. Warnings (lints: shadowed rules, rules that never match, no DNS
     /// rule under default deny, established traffic not allowed, overdue reviews, undocumented broad
-    /// allows) exit 0 unless --deny-warnings.
+    /// allows, rules that need a local socket and so never apply to forwarded traffic) exit 0
+    /// unless --deny-warnings. A note says which forwarded traffic (containers, VMs) the policy
+    /// governs.
     Check(cmd::check::Args),
     /// Print the nftables ruleset a policy compiles to, without applying it.
     ///
@@ -75,6 +87,9 @@ pub enum Command {
     Set(cmd::set::Args),
     /// Evaluate one connection against a policy offline: verdict, deciding rule, and why each
     /// earlier rule did not match.
+    ///
+    /// The host's own connection by default; with --from ADDR (and --iif, --oif) a connection
+    /// forwarded from a workload (container, VM), decided the way the forward chain does.
     Explain(cmd::explain::Args),
     /// Live TCP and UDP sockets with their process, user and the verdict of the active policy.
     ///
@@ -122,6 +137,8 @@ pub enum Command {
     /// A client namespace gets the compiled policy; a peer namespace owns every destination address
     /// and echoes on every port. Each case makes a real connection as its user and must give the
     /// expected verdict, agree with `explain`, and (for denials) fail the way `deny_with` says.
+    /// Cases with `from` connect from a workload namespace routed through the client (forwarding
+    /// on inside the client namespace only), entering on their `iif`.
     /// Nothing is changed outside the scratch namespaces, which are removed afterwards. Needs root.
     Test(cmd::test::Args),
 }

@@ -57,8 +57,10 @@ pub fn survey_of(snap: &[Conn], policy: &Policy) -> Live {
     Live { survey, conntrack_error, elapsed: t0.elapsed() }
 }
 
-/// What the policy decides for a flow forwarded through this host. The policy has no say over
-/// forwarded traffic (table inet leash hooks output only), so none is denied.
+/// What the policy decides for a flow forwarded through this host. Not judged yet: a conntrack
+/// entry carries no interfaces, and whether a flow comes from a workload depends on the one it
+/// entered on, so forwarded flows are neither listed nor cut (see README, "What a policy does
+/// not stop on its own").
 fn forwarded_verdict(_: &conntrack::Entry) -> Option<Verdict> {
     None
 }

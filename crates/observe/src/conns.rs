@@ -324,6 +324,8 @@ pub fn connection(c: &Conn) -> Option<Connection> {
         uid,
         gid: c.gid.unwrap_or(uid),
         name: None,
+        // A local socket: the host's own connection, never a forwarded one.
+        from: None,
         // Filled in by the caller when the policy has service or cgroup rules (see
         // `with_cgroup`): reading /proc for every socket would cost more than the rest.
         cgroup: None,
@@ -456,6 +458,9 @@ fn decide(policy: &Policy, conn: &Connection, domains: &DomainSets) -> Verdict {
         Decider::Loopback => (None, "loopback"),
         Decider::DnsBypass => (None, "dns-bypass"),
         Decider::DnsRedirect => (None, "dns-redirect"),
+        // Local sockets are never forwarded.
+        Decider::NotGoverned => (None, "not-governed"),
+        Decider::BetweenWorkloads => (None, "between-workloads"),
     };
     Verdict {
         verdict: match e.verdict {
@@ -620,6 +625,7 @@ mod tests {
             name: None,
             cgroup: None,
             at: None,
+            from: None,
         };
         assert_eq!(j.decide(c.clone(), None, Some(7)).unwrap().decided_by, "dns-forwarder");
         // Unmarked, the same query is redirected to the forwarder (allowed, elsewhere).

@@ -210,6 +210,7 @@ pub fn survey(
                     name: None,
                     cgroup: None,
                     at: None,
+                    from: None,
                 };
                 match judge.decide(conn, owner.pid, owner.socket.mark) {
                     Some(v) if !v.allows() => out.denied.push(flow(Origin::Conntrack, Some(owner.state), Some(owner), v)),

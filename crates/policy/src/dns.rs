@@ -65,6 +65,8 @@ fn is_unconditional_deny(rule: &Rule) -> bool {
         cgroups_span: _,
         when,
         when_span: _,
+        from,
+        from_span: _,
     } = &rule.cond;
     // A deny rule has no limits (the parser refuses them: `limit-on-deny`).
     let Limits { rate: _, max_connections: _, per: _, span: _ } = &rule.limits;
@@ -76,6 +78,8 @@ fn is_unconditional_deny(rule: &Rule) -> bool {
         // A deny rule for some processes or some hours does not deny the name for everyone always.
         && cgroups.is_none()
         && when.is_none()
+        // A deny rule for some workloads does not deny the name to the host or other workloads.
+        && from.is_none()
 }
 
 /// Whether an address is one a public name has no business pointing at: loopback, private,

@@ -9,7 +9,8 @@ use ipnet::IpNet;
 use std::fmt;
 use std::net::IpAddr;
 
-/// A new outgoing connection (its first packet).
+/// A new connection (its first packet): the host's own (`from` is `None`), or forwarded from a
+/// workload routed through the host.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Connection {
     pub proto: Proto,
@@ -30,6 +31,21 @@ pub struct Connection {
     /// ([`Policy::local_time`] turns an instant into it). Rules with `when` windows
     /// match only when it is given and inside one of them.
     pub at: Option<jiff::civil::DateTime>,
+    /// A forwarded connection: where it comes from. `uid`, `gid` and `cgroup` mean nothing for
+    /// it (a forwarded packet has no local socket).
+    pub from: Option<Forwarded>,
+}
+
+/// How a forwarded connection passes the host: its source address and interfaces.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Forwarded {
+    pub src: IpAddr,
+    /// The interface it enters on (`None`: unknown; then only source networks make it a
+    /// workload's, and no interface of a rule's `from` matches it).
+    pub iif: Option<String>,
+    /// The interface it leaves on (`None`: unknown; then only the destination address tells a
+    /// connection to another workload).
+    pub oif: Option<String>,
 }
 
 // Here rather than in the model: an expectation is data, a connection is what `explain` decides.
@@ -45,6 +61,7 @@ impl Expect {
             name: self.name.clone(),
             cgroup: self.cgroup.clone(),
             at: self.at,
+            from: self.from.map(|src| Forwarded { src, iif: self.iif.clone(), oif: None }),
         }
     }
 }
@@ -66,6 +83,13 @@ pub enum Decider {
     NameRefused(usize),
     /// No rule matched; `defaults.outbound` applied.
     Default,
+    /// A forwarded connection the policy does not judge: `[forward] mode = "ignore"`, or it does
+    /// not come from a workload interface or source. leash's forward chain accepts it; other
+    /// tables (Docker's, the administrator's) still decide.
+    NotGoverned,
+    /// A forwarded connection from one workload to another (it leaves on a workload interface or
+    /// goes to a workload source): left to the other tables, like [`Decider::NotGoverned`].
+    BetweenWorkloads,
 }
 
 /// The verdict for a connection, with the reasons.
@@ -115,6 +139,12 @@ pub enum Miss {
     /// The connection's time is outside every window of the rule (`at` is `None` when no
     /// time was given).
     Time { at: Option<jiff::civil::DateTime>, windows: Vec<Window> },
+    /// The rule has `from` and the connection is the host's own (`from: None`) or comes from
+    /// none of its sources and interfaces.
+    From { from: Option<Forwarded>, sources: FromMatch },
+    /// The connection is forwarded and the rule needs a local socket (`key` is `user`, `group`,
+    /// `service`/`cgroup` or `limit_per = "user"`), which a forwarded packet does not have.
+    NoSocket { key: &'static str },
 }
 
 impl fmt::Display for Miss {
@@ -158,6 +188,22 @@ impl fmt::Display for Miss {
                 write!(f, "{} {} is outside {}", WEEKDAYS[at.weekday().to_sunday_zero_offset() as usize], at.strftime("%Y-%m-%d %H:%M:%S"), list(windows.iter()))
             }
             Miss::Time { at: None, windows } => write!(f, "no time given for the windows {}", list(windows.iter())),
+            Miss::From { from: None, .. } => {
+                write!(f, "the host's own connection, and `from` matches forwarded connections only")
+            }
+            Miss::From { from: Some(c), sources } => {
+                let all: Vec<String> = sources
+                    .nets
+                    .iter()
+                    .map(|n| NetDisplay(n).to_string())
+                    .chain(sources.interfaces.iter().map(|i| i.to_string()))
+                    .collect();
+                let via = c.iif.as_ref().map(|i| format!(" via {i}")).unwrap_or_default();
+                write!(f, "forwarded from {}{via}, not from {}", c.src, list(all.iter()))
+            }
+            Miss::NoSocket { key } => {
+                write!(f, "forwarded, so it has no local socket to match `{key}` (such rules never match forwarded traffic)")
+            }
         }
     }
 }
@@ -210,7 +256,22 @@ pub fn explain_with(policy: &Policy, conn: &Connection, in_domain_set: &dyn Fn(u
     {
         return Explanation { verdict: Action::Deny, decider: Decider::NameRefused(i), misses: Vec::new() };
     }
-    if policy.defaults.allow_loopback && is_loopback(conn.dst) {
+    if let Some(f) = &conn.from {
+        // The forward chain: only new connections from workloads meet the policy, and not those
+        // between workloads. Loopback does not apply (no forwarded packet goes to loopback).
+        let decider = if !policy.is_workload(f.src, f.iif.as_deref()) {
+            Some(Decider::NotGoverned)
+        } else if policy.workload_sources().iter().any(|n| n.contains(&conn.dst))
+            || f.oif.as_deref().is_some_and(|o| policy.workload_interfaces().iter().any(|p| p.matches(o)))
+        {
+            Some(Decider::BetweenWorkloads)
+        } else {
+            None
+        };
+        if let Some(decider) = decider {
+            return Explanation { verdict: Action::Allow, decider, misses: Vec::new() };
+        }
+    } else if policy.defaults.allow_loopback && is_loopback(conn.dst) {
         return Explanation { verdict: Action::Allow, decider: Decider::Loopback, misses: Vec::new() };
     }
     // Established traffic never reaches this point: it is not a new connection, so
@@ -242,7 +303,9 @@ pub fn dns_bypass(policy: &Policy, conn: &Connection) -> Option<Decider> {
     if port != DNS_PORT && port != DOT_PORT {
         return None;
     }
+    // A forward hook cannot redirect to the host's loopback: forwarded DNS is denied.
     if policy.dns.bypass == Bypass::Redirect
+        && conn.from.is_none()
         && port == DNS_PORT
         && policy.dns.redirect_port(conn.dst.is_ipv6()).is_some()
     {
@@ -277,10 +340,14 @@ fn first_miss_in(policy: &Policy, rule: &Rule, conn: &Connection, in_domain_set:
         cgroups_span: _,
         when,
         when_span: _,
+        from,
+        from_span: _,
     } = &rule.cond;
     // A limited rule decides every connection it matches (over the limit it denies); whether a
-    // connection is over it depends on counters in the kernel, which explain does not see.
-    let Limits { rate: _, max_connections: _, per: _, span: _ } = &rule.limits;
+    // connection is over it depends on counters in the kernel, which explain does not see. A
+    // per-user limit needs the socket's owner, which a forwarded packet does not have.
+    let Limits { rate: _, max_connections: _, per, span: _ } = &rule.limits;
+    let forwarded = conn.from.is_some();
     if let Some(allowed) = rule.effective_protos()
         && !allowed.contains(&conn.proto)
     {
@@ -316,6 +383,21 @@ fn first_miss_in(policy: &Policy, rule: &Rule, conn: &Connection, in_domain_set:
                 name: conn.name.clone(),
                 guarded: name_matches,
             });
+        }
+    }
+    if let Some(sources) = from
+        && !conn.from.as_ref().is_some_and(|f| sources.matches(f.src, f.iif.as_deref()))
+    {
+        return Some(Miss::From { from: conn.from.clone(), sources: sources.clone() });
+    }
+    for (on, key) in [
+        (users.is_some(), "user"),
+        (groups.is_some(), "group"),
+        (cgroups.is_some(), "service`/`cgroup"),
+        (*per == LimitPer::User && (rule.limits.rate.is_some() || rule.limits.max_connections.is_some()), "limit_per = \"user\""),
+    ] {
+        if forwarded && on {
+            return Some(Miss::NoSocket { key });
         }
     }
     if let Some(users) = users

@@ -7,6 +7,7 @@
 pub mod diag;
 pub mod dns;
 pub mod explain;
+pub mod forward;
 pub mod geo;
 pub mod lint;
 pub mod model;
@@ -18,7 +19,7 @@ pub mod resolver;
 
 pub use diag::{Diagnostic, Severity};
 pub use dns::NameDecision;
-pub use explain::{Connection, Decider, Explanation, Miss, explain, explain_with};
+pub use explain::{Connection, Decider, Explanation, Forwarded, Miss, explain, explain_with};
 pub use model::*;
 pub use parse::load;
 pub use resolver::{Resolver, StaticResolver};

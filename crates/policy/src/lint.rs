@@ -13,7 +13,7 @@ use ipnet::IpNet;
 /// matters for `review-overdue`. The warnings come sorted by position.
 ///
 /// Codes: `shadowed`, `never-matches`, `no-dns`, `established-off`, `review-overdue`,
-/// `undocumented-broad-allow`.
+/// `undocumented-broad-allow`, `not-for-forwarded`.
 pub fn lint(policy: &Policy, today: Date) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     let d = &policy.defaults;
@@ -135,6 +135,39 @@ pub fn lint(policy: &Policy, today: Date) -> Vec<Diagnostic> {
         }
     }
 
+    // Forwarded packets have no local socket: rules about users, groups or processes pass them
+    // by. Said once, at the first such rule; a `[forward]` section says the author has thought
+    // about forwarded traffic (and `leash check`'s note names these rules anyway).
+    let socket_rules: Vec<&Rule> =
+        policy.rules.iter().filter(|r| r.needs_socket() && r.matches_nothing().is_none()).collect();
+    if policy.governs_forwarded()
+        && policy.forward.span.is_none()
+        && !(policy.workload_interfaces().is_empty() && policy.workload_sources().is_empty())
+        && let Some(first) = socket_rules.first()
+    {
+        let span = first
+            .cond
+            .users
+            .as_ref()
+            .and_then(|u| u.first().map(|p| p.span.clone()))
+            .or_else(|| first.cond.groups.as_ref().and_then(|g| g.first().map(|p| p.span.clone())))
+            .or_else(|| first.cond.cgroups_span.clone())
+            .or_else(|| first.limits.span.clone())
+            .unwrap_or_else(|| first.name_span.clone());
+        let names: Vec<String> = socket_rules.iter().map(|r| format!("`{}`", r.name)).collect();
+        out.push(Diagnostic::warning(
+            "not-for-forwarded",
+            span,
+            format!(
+                "{} by user, group, service or cgroup (or limit per user): forwarded connections from containers \
+                 and VMs have no local socket, so {} to them (they go on to the later rules and the default); add a \
+                 [forward] section to say which forwarded traffic the policy governs",
+                if names.len() == 1 { format!("rule {} matches", names[0]) } else { format!("rules {} match", names.join(", ")) },
+                if names.len() == 1 { "it never applies" } else { "they never apply" },
+            ),
+        ));
+    }
+
     if !d.allow_established {
         out.push(Diagnostic::warning(
             "established-off",
@@ -187,6 +220,9 @@ fn never_matches(rule: &Rule) -> Option<String> {
         cgroups_span: _,
         when: _,
         when_span: _,
+        // Like users and groups: only an empty list (`matches_nothing`) matches nothing.
+        from: _,
+        from_span: _,
     } = &rule.cond;
     // Limits never make a rule match nothing (they are at least 1).
     let Limits { rate: _, max_connections: _, per: _, span: _ } = &rule.limits;
@@ -241,6 +277,11 @@ struct Sets {
     cgroups: Option<Vec<CgroupMatch>>,
     /// Time windows, compared as written.
     when: Option<Vec<(u8, u16, u16)>>,
+    /// Sources of forwarded connections.
+    from: Option<FromMatch>,
+    /// The rule needs a local socket (user, group, cgroup or a per-user limit), so it never
+    /// matches forwarded connections.
+    needs_socket: bool,
 }
 
 impl Sets {
@@ -262,6 +303,8 @@ impl Sets {
             cgroups_span: _,
             when,
             when_span: _,
+            from,
+            from_span: _,
         } = &rule.cond;
         // A limited rule still decides every connection it matches (over the limit it denies),
         // so the limits do not change what it shadows.
@@ -298,8 +341,10 @@ impl Sets {
             }),
             users: ids(users),
             groups: ids(groups),
+            from: from.clone(),
             domains: domains.clone(),
             admits_private: rule.action == Action::Deny || *allow_private,
+            needs_socket: rule.needs_socket(),
         }
     }
 
@@ -330,6 +375,19 @@ impl Sets {
             // Windows are compared as written: equal lists cover each other, anything else is
             // not claimed (sound, if not complete).
             && dim(&self.when, &later.when, |e, l| e == l)
+            // Sources: every network of the later rule inside one of ours, every interface
+            // pattern equal to one of ours or inside one of our wildcards.
+            && dim(&self.from, &later.from, |e, l| {
+                l.nets.iter().all(|n| e.nets.iter().any(|m| m.contains(n)))
+                    && l.interfaces.iter().all(|p| {
+                        e.interfaces.iter().any(|q| if q.wildcard { p.name.starts_with(q.name.as_str()) } else { !p.wildcard && p.name == q.name })
+                    })
+            })
+            // A rule with a user, group or cgroup never matches forwarded traffic, which a
+            // later rule without them may: it covers only later rules that match the host's
+            // own connections alone (those with a socket condition themselves, or with `from`
+            // covered above, which is impossible next to them).
+            && (!self.needs_socket || later.needs_socket)
     }
 
     /// Whether every name `later` lists is covered by one of ours, for at least the addresses
@@ -376,6 +434,8 @@ fn allows_dns(rule: &Rule) -> bool {
         cgroups_span: _,
         when: _,
         when_span: _,
+        from: _,
+        from_span: _,
     } = &rule.cond;
     let Limits { rate: _, max_connections: _, per: _, span: _ } = &rule.limits;
     rule.action == Action::Allow
@@ -405,6 +465,9 @@ fn broad_because(rule: &Rule) -> Option<&'static str> {
         cgroups_span: _,
         when: _,
         when_span: _,
+        // Broad is about where to, whoever sends.
+        from: _,
+        from_span: _,
     } = &rule.cond;
     let Limits { rate: _, max_connections: _, per: _, span: _ } = &rule.limits;
     let all_ports = ports.is_none() && rule.effective_protos().is_none_or(|p| p.iter().any(|p| p.has_ports()));

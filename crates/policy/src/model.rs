@@ -23,6 +23,9 @@ pub struct Policy {
     pub sets: Vec<NamedSet>,
     /// The `[countries]` section: the country database `to_country` rules read.
     pub countries: Option<CountryDbRef>,
+    /// The `[forward]` section: which forwarded traffic (containers, VMs, namespaces routed
+    /// through the host) the policy governs.
+    pub forward: ForwardConfig,
 }
 
 /// One `[[set]]`: a named address list loaded from a file (one address, network or range a
@@ -52,6 +55,48 @@ pub struct CountryDbRef {
 }
 
 impl Policy {
+    /// Whether the policy governs forwarded traffic at all (`[forward] mode = "govern"`).
+    pub fn governs_forwarded(&self) -> bool {
+        self.forward.mode == ForwardMode::Govern
+    }
+
+    /// The input interfaces whose new forwarded connections the policy judges: `[forward]
+    /// interfaces` and the interfaces of every rule's `from` (a rule about a workload makes it
+    /// one), without duplicates, in that order. Empty when forwarded traffic is ignored.
+    pub fn workload_interfaces(&self) -> Vec<IfacePattern> {
+        if !self.governs_forwarded() {
+            return Vec::new();
+        }
+        let mut out: Vec<IfacePattern> = Vec::new();
+        let rules = self.rules.iter().filter_map(|r| r.cond.from.as_ref()).flat_map(|f| f.interfaces.iter());
+        for p in self.forward.interfaces.iter().chain(rules) {
+            if !out.iter().any(|q| q.name == p.name && q.wildcard == p.wildcard) {
+                out.push(p.clone());
+            }
+        }
+        out
+    }
+
+    /// The source networks whose new forwarded connections the policy judges: `[forward]
+    /// sources` and the networks of every rule's `from`. Empty when forwarded traffic is ignored.
+    pub fn workload_sources(&self) -> Vec<IpNet> {
+        if !self.governs_forwarded() {
+            return Vec::new();
+        }
+        let mut out: Vec<IpNet> = self.forward.sources.clone();
+        out.extend(self.rules.iter().filter_map(|r| r.cond.from.as_ref()).flat_map(|f| f.nets.iter().copied()));
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Whether a forwarded packet entering on `iif` (when known) from `src` is one the policy
+    /// judges: it comes from a workload interface or a workload source network.
+    pub fn is_workload(&self, src: IpAddr, iif: Option<&str>) -> bool {
+        iif.is_some_and(|i| self.workload_interfaces().iter().any(|p| p.matches(i)))
+            || self.workload_sources().iter().any(|n| n.contains(&src))
+    }
+
     /// Whether any rule names a domain, which is what makes the DNS forwarder (and the DNS bypass
     /// control) part of the policy.
     pub fn has_domain_rules(&self) -> bool {
@@ -305,6 +350,141 @@ pub struct Conditions {
     /// Time windows of `when`; the rule applies only inside one of them. `None` means always.
     pub when: Option<Vec<Window>>,
     pub when_span: Option<Span>,
+    /// `from`: the rule matches only forwarded connections (from containers, VMs or namespaces
+    /// routed through the host) whose source is in one of these networks or that entered on one
+    /// of these interfaces. `None` means any source: the host's own connections and forwarded
+    /// ones alike. The parser refuses `from` next to `user`, `group`, `service`, `cgroup` or
+    /// `limit_per = "user"` (a forwarded packet has no local socket to match them against).
+    pub from: Option<FromMatch>,
+    pub from_span: Option<Span>,
+}
+
+/// The sources of a rule's `from`: networks and input interfaces (patterns).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FromMatch {
+    pub nets: Vec<IpNet>,
+    pub interfaces: Vec<IfacePattern>,
+}
+
+impl FromMatch {
+    /// Whether the list is empty (`from = []`: the rule matches nothing).
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty() && self.interfaces.is_empty()
+    }
+
+    /// Whether a forwarded connection from `src`, entering on `iif` (when known), is covered.
+    pub fn matches(&self, src: IpAddr, iif: Option<&str>) -> bool {
+        self.nets.iter().any(|n| n.contains(&src)) || iif.is_some_and(|i| self.interfaces.iter().any(|p| p.matches(i)))
+    }
+}
+
+/// An interface name as nftables' `iifname` matches it: exact (`docker0`), or a prefix with a
+/// trailing `*` (`br-*`, any name starting with `br-`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IfacePattern {
+    /// The name, or for a wildcard the part before the `*`.
+    pub name: String,
+    pub wildcard: bool,
+}
+
+impl IfacePattern {
+    /// Parses `docker0` or `br-*`: 1 to 15 characters (IFNAMSIZ less the NUL) of letters,
+    /// digits, `_`, `-` and `.`, with at most one `*`, at the end and not alone.
+    pub fn parse(s: &str) -> Result<IfacePattern, String> {
+        let (name, wildcard) = match s.strip_suffix('*') {
+            Some(p) => (p, true),
+            None => (s, false),
+        };
+        let valid = !name.is_empty()
+            && s.len() <= 15
+            && name != "."
+            && name != ".."
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+        if !valid {
+            return Err(format!(
+                "invalid interface `{s}`; expected an interface name of 1 to 15 letters, digits, `_`, `-` or `.`, \
+                 optionally ending in `*` (e.g. \"docker0\", \"br-*\")"
+            ));
+        }
+        Ok(IfacePattern { name: name.to_string(), wildcard })
+    }
+
+    /// Whether the interface `ifname` is covered.
+    pub fn matches(&self, ifname: &str) -> bool {
+        if self.wildcard { ifname.starts_with(self.name.as_str()) } else { ifname == self.name }
+    }
+
+    /// A concrete interface name this pattern covers (the name itself; for `br-*`, `br-0`), which
+    /// `leash test` names its workload interface and `explain --from` assumes without `--iif`.
+    pub fn example(&self) -> String {
+        if !self.wildcard {
+            return self.name.clone();
+        }
+        let mut n = self.name.clone();
+        if n.len() < 15 {
+            n.push('0');
+        }
+        n
+    }
+}
+
+impl std::fmt::Display for IfacePattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.name, if self.wildcard { "*" } else { "" })
+    }
+}
+
+/// Whether leash judges forwarded traffic at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ForwardMode {
+    /// New connections from local workloads (see [`ForwardConfig`]) meet the policy in a
+    /// `forward` hook chain; everything else forwarded is left to the other tables.
+    Govern,
+    /// No forward chain: forwarded traffic is not leash's business (the other tables decide).
+    Ignore,
+}
+
+impl ForwardMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForwardMode::Govern => "govern",
+            ForwardMode::Ignore => "ignore",
+        }
+    }
+}
+
+/// The input interfaces of the usual local container and VM networks: Docker's default and
+/// user-defined bridges, Podman, libvirt, LXC and CNI (Kubernetes, Podman's CNI networks).
+pub const DEFAULT_WORKLOAD_INTERFACES: [&str; 6] = ["docker0", "br-*", "podman*", "virbr*", "lxcbr*", "cni*"];
+
+/// The `[forward]` section: which forwarded packets count as new connections of local workloads
+/// (and so meet the policy): those entering on one of `interfaces` or coming from one of
+/// `sources`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardConfig {
+    pub mode: ForwardMode,
+    pub mode_span: Option<Span>,
+    /// Input interface patterns; default [`DEFAULT_WORKLOAD_INTERFACES`].
+    pub interfaces: Vec<IfacePattern>,
+    /// Source networks; default none.
+    pub sources: Vec<IpNet>,
+    /// Span of the `[forward]` header, when the section is present.
+    pub span: Option<Span>,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        ForwardConfig {
+            mode: ForwardMode::Govern,
+            mode_span: None,
+            interfaces: DEFAULT_WORKLOAD_INTERFACES
+                .iter()
+                .map(|p| IfacePattern::parse(p).expect("the default patterns are valid"))
+                .collect(),
+            sources: Vec::new(),
+            span: None,
+        }
+    }
 }
 
 /// `rate`, `burst`, `max_connections` and `limit_per`: how many of the connections an allow rule
@@ -353,6 +533,8 @@ impl Rule {
             cgroups_span: _,
             when,
             when_span: _,
+            from,
+            from_span: _,
         } = &self.cond;
         // A limit lets at least one connection through (`rate` and `max_connections` are at least 1).
         let Limits { rate: _, max_connections: _, per: _, span: _ } = &self.limits;
@@ -374,6 +556,7 @@ impl Rule {
             .or_else(|| empty(users.as_ref().is_some_and(Vec::is_empty), "user"))
             .or_else(|| empty(groups.as_ref().is_some_and(Vec::is_empty), "group"))
             .or_else(|| empty(when.as_ref().is_some_and(Vec::is_empty), "when"))
+            .or_else(|| empty(from.as_ref().is_some_and(FromMatch::is_empty), "from"))
             .or_else(|| match cgroups {
                 Some(c) if c.is_empty() => Some("`service`/`cgroup` is an empty list".to_string()),
                 Some(c) if c.iter().all(|c| c.id.is_none()) => {
@@ -381,6 +564,17 @@ impl Rule {
                 }
                 _ => None,
             })
+    }
+
+    /// Whether the rule needs the socket of a local process (`user`, `group`, `service`/`cgroup`,
+    /// or `limit_per = "user"` with a limit): such a rule never matches a forwarded connection,
+    /// which has no local socket, and is left out of the forward chain.
+    pub fn needs_socket(&self) -> bool {
+        let c = &self.cond;
+        c.users.is_some()
+            || c.groups.is_some()
+            || c.cgroups.is_some()
+            || (self.limits.per == LimitPer::User && (self.limits.rate.is_some() || self.limits.max_connections.is_some()))
     }
 
     /// The protocols the rule really covers, `None` meaning every protocol: `ports` without a
@@ -608,6 +802,13 @@ pub struct Expect {
     pub cgroup: Option<String>,
     /// The local time of the connection (`at`), in the policy's time zone.
     pub at: Option<jiff::civil::DateTime>,
+    /// `from`: the connection is forwarded, made by a workload (a container, VM or namespace
+    /// routed through the host) with this source address, entering on [`Expect::iif`].
+    pub from: Option<IpAddr>,
+    /// The interface a forwarded connection enters on: `iif` as written, or (without one) an
+    /// example name of the policy's first workload interface pattern (`docker0`, `br-0`), or
+    /// `wl0` when it has none.
+    pub iif: Option<String>,
     pub verdict: Action,
 }
 

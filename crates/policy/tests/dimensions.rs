@@ -33,7 +33,7 @@ fn diags(src: &str) -> Vec<(usize, usize, &'static str, String)> {
 }
 
 fn conn(dst: &str, port: u16) -> Connection {
-    Connection { proto: Proto::Tcp, dst: dst.parse().unwrap(), port: Some(port), uid: 0, gid: 0, name: None, cgroup: None, at: None }
+    Connection { proto: Proto::Tcp, dst: dst.parse().unwrap(), port: Some(port), uid: 0, gid: 0, name: None, cgroup: None, at: None, from: None }
 }
 
 fn at(s: &str) -> Option<jiff::civil::DateTime> {

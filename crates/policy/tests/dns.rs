@@ -56,7 +56,7 @@ verdict = "deny"
 "#;
 
 fn conn(dst: &str, port: u16, name: Option<&str>) -> Connection {
-    Connection { proto: Proto::Tcp, dst: dst.parse().unwrap(), port: Some(port), uid: 0, gid: 0, name: name.map(Into::into), cgroup: None, at: None }
+    Connection { proto: Proto::Tcp, dst: dst.parse().unwrap(), port: Some(port), uid: 0, gid: 0, name: name.map(Into::into), cgroup: None, at: None, from: None }
 }
 
 #[test]

@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use std::net::IpAddr;
 
 fn conn(proto: Proto, dst: &str, port: Option<u16>, uid: u32, gid: u32) -> Connection {
-    Connection { proto, dst: dst.parse().unwrap(), port, uid, gid, name: None, cgroup: None, at: None }
+    Connection { proto, dst: dst.parse().unwrap(), port, uid, gid, name: None, cgroup: None, at: None, from: None }
 }
 
 const POLICY: &str = r#"version = 1

@@ -7,12 +7,13 @@ use policy::{Date, lint::lint};
 
 const TODAY: Date = Date { year: 2026, month: 5, day: 1 };
 
-/// Policy text with DNS allowed and documented, so only the lint under test fires.
+/// Policy text with DNS allowed and documented (and `[forward]` written, which says forwarded
+/// traffic was thought of), so only the lint under test fires.
 fn policy(rules: &str) -> String {
     format!(
         "version = 1\n\
          [[rule]]\nname = \"dns\"\naction = \"allow\"\nproto = \"udp\"\nports = [53]\nto = [\"192.0.2.53\"]\n\
-         {rules}"
+         {rules}\n[forward]\n"
     )
 }
 
@@ -170,7 +171,7 @@ fn dns_allowed_in_various_ways() {
         "action = \"allow\"\nproto = \"udp\"\nto = [\"192.0.2.53\"]\n",
         "action = \"allow\"\nuser = \"root\"\n",
     ] {
-        let src = format!("version = 1\n[[rule]]\nname = \"x\"\n{rule}purpose = \"p\"\nowner = \"o\"\n");
+        let src = format!("version = 1\n[[rule]]\nname = \"x\"\n{rule}purpose = \"p\"\nowner = \"o\"\n[forward]\n");
         assert_eq!(codes(&src), Vec::<&str>::new(), "{rule}");
     }
     // Allow by default needs no DNS rule.
@@ -288,4 +289,35 @@ mod soundness {
             }
         }
     }
+}
+
+#[test]
+fn rules_needing_a_socket_are_said_not_to_govern_forwarded_traffic() {
+    // Once, at the first such rule, naming all of them; without [forward] only.
+    let src = "version = 1\n\
+               [[rule]]\nname = \"dns\"\naction = \"allow\"\nports = [53]\nto = [\"192.0.2.53\"]\nuser = \"root\"\n\
+               [[rule]]\nname = \"web\"\naction = \"allow\"\nports = [443]\nto = [\"192.0.2.0/24\"]\ngroup = 0\n";
+    let l = lints(src);
+    let forwarded: Vec<&common::Found> = l.iter().filter(|f| f.2 == "not-for-forwarded").collect();
+    assert_eq!(forwarded.len(), 1, "{l:?}");
+    assert_eq!((forwarded[0].0, forwarded[0].1), (7, 8), "{l:?}");
+    assert!(forwarded[0].3.contains("rules `dns`, `web` match by user"), "{}", forwarded[0].3);
+    assert!(forwarded[0].3.contains("no local socket"), "{}", forwarded[0].3);
+    // A [forward] section says forwarded traffic was thought of; `ignore` means it is not governed.
+    assert!(!codes(&format!("{src}[forward]\n")).contains(&"not-for-forwarded"));
+    assert!(!codes(&format!("{src}[forward]\nmode = \"ignore\"\n")).contains(&"not-for-forwarded"));
+    // A rule with `from` shadows only rules about the same or fewer sources; a socket rule never
+    // shadows a rule without socket conditions (it passes forwarded traffic by).
+    let p = |rules: &str| format!("version = 1\n[forward]\n{rules}");
+    let shadow = |a: &str, b: &str| {
+        codes(&p(&format!("[[rule]]\nname = \"a\"\naction = \"deny\"\n{a}[[rule]]\nname = \"b\"\naction = \"deny\"\n{b}")))
+            .contains(&"shadowed")
+    };
+    assert!(shadow("from = [\"198.18.0.0/16\", \"br-*\"]\n", "from = [\"198.18.1.0/24\", \"br-x\"]\n"));
+    assert!(!shadow("from = [\"198.18.1.0/24\"]\n", "from = [\"198.18.0.0/16\"]\n"));
+    assert!(!shadow("from = [\"br-x\"]\n", "from = [\"br-*\"]\n"));
+    assert!(!shadow("from = [\"docker0\"]\n", ""));
+    assert!(shadow("", "from = [\"docker0\"]\n"));
+    assert!(!shadow("user = 0\n", "ports = [1]\n"));
+    assert!(shadow("ports = [1]\n", "user = 0\nports = [1]\n"));
 }

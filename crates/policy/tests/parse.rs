@@ -53,7 +53,7 @@ fn unknown_key_at_top_level() {
     assert_eq!(got, vec![(1, 1, "missing-key"), (1, 1, "unknown-key")]);
 
     one_error("version = 1\n[rules]\n", 2, 2, "unknown-key", "did you mean `rule`?");
-    one_error("version = 1\nzzz = 3\n", 2, 1, "unknown-key", "expected `version`, `defaults`, `dns`, `set`, `countries`, `rule` or `expect`");
+    one_error("version = 1\nzzz = 3\n", 2, 1, "unknown-key", "expected `version`, `defaults`, `dns`, `forward`, `set`, `countries`, `rule` or `expect`");
 }
 
 #[test]
@@ -616,6 +616,8 @@ fn full_example_parses_to_the_expected_policy() {
                     cgroups_span: None,
                     when: None,
                     when_span: None,
+                    from: None,
+                    from_span: None,
                 },
                 limits: Limits {
                     rate: None,
@@ -653,6 +655,8 @@ fn full_example_parses_to_the_expected_policy() {
                     cgroups_span: None,
                     when: None,
                     when_span: None,
+                    from: None,
+                    from_span: None,
                 },
                 limits: Limits {
                     rate: None,
@@ -686,6 +690,8 @@ fn full_example_parses_to_the_expected_policy() {
                 gid: 10,
                 cgroup: None,
                 at: None,
+                from: None,
+                iif: None,
                 verdict: Action::Allow,
             },
             Expect {
@@ -700,6 +706,8 @@ fn full_example_parses_to_the_expected_policy() {
                 gid: 1000,
                 cgroup: None,
                 at: None,
+                from: None,
+                iif: None,
                 verdict: Action::Deny,
             },
             Expect {
@@ -714,18 +722,21 @@ fn full_example_parses_to_the_expected_policy() {
                 gid: 0,
                 cgroup: None,
                 at: None,
+                from: None,
+                iif: None,
                 verdict: Action::Deny,
             },
         ],
         dns: Default::default(),
         sets: vec![],
         countries: None,
+        forward: Default::default(),
     };
     assert_eq!(p, expected);
     assert_eq!(p.rules[1].effective_protos(), Some(vec![Proto::Tcp, Proto::Udp]));
     assert_eq!(
         p.expects[1].connection(),
-        Connection { proto: Proto::Tcp, dst: "2001:db8::1".parse().unwrap(), port: Some(443), uid: 1000, gid: 1000, name: None, cgroup: None, at: None }
+        Connection { proto: Proto::Tcp, dst: "2001:db8::1".parse().unwrap(), port: Some(443), uid: 1000, gid: 1000, name: None, cgroup: None, at: None, from: None }
     );
 }
 

@@ -14,6 +14,14 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Name of the base chain on the output hook.
 pub const OUTPUT_CHAIN: &str = "output";
+/// Name of the base chain on the forward hook: it sends new connections from local workloads to
+/// [`WORKLOAD_CHAIN`] and accepts everything else (other tables still decide it).
+pub const FORWARD_CHAIN: &str = "forward";
+/// Name of the regular chain holding the policy for forwarded connections from workloads.
+pub const WORKLOAD_CHAIN: &str = "workload";
+/// Sets of the workload source networks (`[forward] sources` and every rule's `from`).
+pub const WORKLOAD_SOURCES_V4: &str = "workload_v4";
+pub const WORKLOAD_SOURCES_V6: &str = "workload_v6";
 
 /// Comments of the rules leash adds on its own. They start with `@`, which policy rule names cannot
 /// contain, so they never collide with a policy rule.
@@ -27,6 +35,10 @@ pub const DNS_FORWARDER_COMMENT: &str = "@dns-forwarder";
 pub const DNS_BYPASS_COMMENT: &str = "@dns-bypass";
 /// DNS to anywhere, redirected to the forwarder.
 pub const DNS_REDIRECT_COMMENT: &str = "@dns-redirect";
+/// A forwarded packet from a workload interface or source, sent to the workload chain.
+pub const WORKLOAD_COMMENT: &str = "@workload";
+/// A forwarded packet from one workload to another, left to the other tables.
+pub const BETWEEN_WORKLOADS_COMMENT: &str = "@between-workloads";
 
 /// Name of the nat chain that redirects DNS to the forwarder.
 pub const DNS_REDIRECT_CHAIN: &str = "dns-redirect";
@@ -153,7 +165,7 @@ pub fn compile(policy: &Policy, opts: &CompileOptions) -> Table {
 
     let mut limit_chains = Vec::new();
     for rule in &policy.rules {
-        compile_rule(policy, rule, opts, &mut sets, &mut rules, &mut limit_chains);
+        compile_rule(policy, rule, opts, &mut sets, &mut rules, &mut limit_chains, Side::Output);
     }
 
     // The default. The chain policy says the same thing, but explicit rules are what count
@@ -163,6 +175,7 @@ pub fn compile(policy: &Policy, opts: &CompileOptions) -> Table {
         Action::Deny => (ChainPolicy::Drop, verdict_rules_for(policy, Action::Deny, d.log_denied, DEFAULT_COMMENT, None)),
     };
     rules.extend(tail.into_iter().map(|stmts| builtin(stmts, DEFAULT_COMMENT)));
+    let forward = forward_chains(policy, opts, &mut sets, &mut limit_chains);
 
     Table {
         name: TABLE_NAME.into(),
@@ -177,9 +190,161 @@ pub fn compile(policy: &Policy, opts: &CompileOptions) -> Table {
             rules,
         })
         .chain(chains)
+        .chain(forward)
         .chain(limit_chains)
         .collect(),
     }
+}
+
+/// The chain a policy rule is compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// The host's own connections (the output hook).
+    Output,
+    /// Forwarded connections from local workloads (the workload chain under the forward hook).
+    Forward,
+}
+
+/// Adds a set unless one of that name is there already: a rule compiled for both chains names
+/// the same sets (its destinations, ports, domain sets) from both, and they are one set.
+fn push_set(sets: &mut Vec<Set>, set: Set) {
+    if !sets.iter().any(|s| s.name == set.name) {
+        sets.push(set);
+    }
+}
+
+/// Egress governance of forwarded traffic: a base chain on the forward hook and the workload
+/// chain it jumps to. Empty when `[forward] mode = "ignore"` or nothing counts as a workload.
+///
+/// ```text
+/// chain forward   (filter, hook forward, priority filter, policy accept)
+///     ct state established,related accept      (allow_established)
+///     iifname "docker0" jump workload          (one per workload interface pattern)
+///     ip saddr @workload_v4 jump workload      (workload source networks, per family)
+///     -- anything else: the policy accept; Docker's and the administrator's tables still decide
+/// chain workload
+///     oifname "docker0" return                 (to another workload: left alone)
+///     ip daddr @workload_v4 return
+///     tcp/udp dport @dns_ports deny            (domain rules with bypass control: DNS goes to the forwarder)
+///     the policy's rules, compiled a second time without those that need a local socket
+///     the default
+/// ```
+///
+/// Only new connections reach the jump rules when established traffic is accepted first, so a
+/// connection pays for the policy once, as on the output hook. Limited rules jump to the same
+/// `limit_<rule>` chain from both hooks: the host and its workloads share one budget.
+fn forward_chains(policy: &Policy, opts: &CompileOptions, sets: &mut Vec<Set>, chains: &mut Vec<Chain>) -> Vec<Chain> {
+    let ifaces = policy.workload_interfaces();
+    let sources = policy.workload_sources();
+    if !policy.governs_forwarded() || (ifaces.is_empty() && sources.is_empty()) {
+        return Vec::new();
+    }
+    let d = &policy.defaults;
+    let mut base = Vec::new();
+    if d.allow_established {
+        base.push(builtin(vec![Stmt::CtStateEstablishedRelated, Stmt::Counter, Stmt::Accept], ESTABLISHED_COMMENT));
+    }
+    let mut work = Vec::new();
+    for p in &ifaces {
+        base.push(builtin(
+            vec![Stmt::IifName { name: p.name.clone(), wildcard: p.wildcard }, Stmt::Jump(WORKLOAD_CHAIN.into())],
+            WORKLOAD_COMMENT,
+        ));
+        work.push(builtin(
+            vec![Stmt::OifName { name: p.name.clone(), wildcard: p.wildcard }, Stmt::Counter, Stmt::Return],
+            BETWEEN_WORKLOADS_COMMENT,
+        ));
+    }
+    let (v4, v6) = merge_nets(&sources);
+    if !v4.is_empty() {
+        push_set(sets, Set {
+            name: WORKLOAD_SOURCES_V4.into(),
+            key: KeyType::Ipv4Addr,
+            interval: true,
+            timeout: false,
+            dynamic: None,
+            elements: SetElements::V4(v4),
+        });
+        base.push(builtin(
+            vec![Stmt::Saddr4(Value::InSet(WORKLOAD_SOURCES_V4.into())), Stmt::Jump(WORKLOAD_CHAIN.into())],
+            WORKLOAD_COMMENT,
+        ));
+        work.push(builtin(
+            vec![Stmt::Daddr4(Value::InSet(WORKLOAD_SOURCES_V4.into())), Stmt::Counter, Stmt::Return],
+            BETWEEN_WORKLOADS_COMMENT,
+        ));
+    }
+    if !v6.is_empty() {
+        push_set(sets, Set {
+            name: WORKLOAD_SOURCES_V6.into(),
+            key: KeyType::Ipv6Addr,
+            interval: true,
+            timeout: false,
+            dynamic: None,
+            elements: SetElements::V6(v6),
+        });
+        base.push(builtin(
+            vec![Stmt::Saddr6(Value::InSet(WORKLOAD_SOURCES_V6.into())), Stmt::Jump(WORKLOAD_CHAIN.into())],
+            WORKLOAD_COMMENT,
+        ));
+        work.push(builtin(
+            vec![Stmt::Daddr6(Value::InSet(WORKLOAD_SOURCES_V6.into())), Stmt::Counter, Stmt::Return],
+            BETWEEN_WORKLOADS_COMMENT,
+        ));
+    }
+    if policy.has_domain_rules() {
+        work.extend(forward_dns_control(policy));
+    }
+    for rule in &policy.rules {
+        compile_rule(policy, rule, opts, sets, &mut work, chains, Side::Forward);
+    }
+    let tail = match d.outbound {
+        Action::Allow => verdict_rules_for(policy, Action::Allow, false, DEFAULT_COMMENT, None),
+        Action::Deny => verdict_rules_for(policy, Action::Deny, d.log_denied, DEFAULT_COMMENT, None),
+    };
+    work.extend(tail.into_iter().map(|stmts| builtin(stmts, DEFAULT_COMMENT)));
+    vec![
+        Chain {
+            name: FORWARD_CHAIN.into(),
+            kind: ChainType::Filter,
+            hook: Hook::Forward,
+            priority: OUTPUT_PRIORITY_FILTER,
+            policy: ChainPolicy::Accept,
+            rules: base,
+        },
+        Chain {
+            name: WORKLOAD_CHAIN.into(),
+            kind: ChainType::Regular,
+            hook: Hook::Forward,
+            priority: 0,
+            policy: ChainPolicy::Accept,
+            rules: work,
+        },
+    ]
+}
+
+/// The DNS bypass control for forwarded connections from workloads: with domain rules and
+/// `bypass` on, their DNS (53 and 853) is denied, under `redirect` too, since a forward hook
+/// cannot redirect a packet to the host's loopback forwarder. The forwarder's own queries are
+/// the host's, never forwarded, so no exemption is needed here. It uses the `dns_ports` set that
+/// [`dns_control`] adds and the same comment, so counters and logs read as the output chain's.
+fn forward_dns_control(policy: &Policy) -> Vec<Rule> {
+    use policy::Bypass;
+    if policy.dns.bypass == Bypass::Off {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for l4 in [L4::Udp, L4::Tcp] {
+        let proto = if l4 == L4::Tcp { Proto::Tcp } else { Proto::Udp };
+        for mut tail in
+            verdict_rules_for(policy, Action::Deny, policy.defaults.log_denied, DNS_BYPASS_COMMENT, Some(proto))
+        {
+            let mut stmts = vec![Stmt::Dport { l4, value: Value::InSet(DNS_PORTS_SET.into()) }];
+            stmts.append(&mut tail);
+            out.push(builtin(stmts, DNS_BYPASS_COMMENT));
+        }
+    }
+    out
 }
 
 /// The DNS bypass control: the forwarder's marked queries go out; other DNS is redirected to
@@ -302,11 +467,20 @@ fn compile_rule(
     sets: &mut Vec<Set>,
     out: &mut Vec<Rule>,
     chains: &mut Vec<Chain>,
+    side: Side,
 ) {
     // A rule that can match nothing (an empty list, services that do not exist) compiles to no
     // kernel rule and no set at all (the linter warns about it).
     if rule.matches_nothing().is_some() {
         return;
+    }
+    // A rule with `from` is about forwarded connections only; a rule that needs a local socket
+    // (user, group, cgroup, a per-user limit) can never match a forwarded packet (and `socket
+    // cgroupv2` is not even allowed on the forward hook).
+    match side {
+        Side::Output if rule.cond.from.is_some() => return,
+        Side::Forward if rule.needs_socket() => return,
+        _ => {}
     }
     let policy::Conditions {
         protos: _, // through `effective_protos`
@@ -326,6 +500,8 @@ fn compile_rule(
         cgroups_span: _,
         when,
         when_span: _,
+        from,
+        from_span: _,
     } = &rule.cond;
     // The limits go into the rule's own chain (`limit_chain`).
     let policy::Limits { rate, max_connections, per: _, span: _ } = &rule.limits;
@@ -342,7 +518,7 @@ fn compile_rule(
                 f.push(Some(Stmt::Daddr4(if v4.len() == 1 && v4[0].0 == v4[0].1 {
                     Value::Eq(v4[0].0)
                 } else {
-                    sets.push(Set {
+                    push_set(sets, Set {
                         name: set_name("v4"),
                         key: KeyType::Ipv4Addr,
                         interval: true,
@@ -357,7 +533,7 @@ fn compile_rule(
                 f.push(Some(Stmt::Daddr6(if v6.len() == 1 && v6[0].0 == v6[0].1 {
                     Value::Eq(v6[0].0)
                 } else {
-                    sets.push(Set {
+                    push_set(sets, Set {
                         name: set_name("v6"),
                         key: KeyType::Ipv6Addr,
                         interval: true,
@@ -377,7 +553,7 @@ fn compile_rule(
             // Countries: the union of the rule's countries, one interval set per family.
             let c = country_ranges;
             if !c.v4.is_empty() {
-                sets.push(Set {
+                push_set(sets, Set {
                     name: set_name("c4"),
                     key: KeyType::Ipv4Addr,
                     interval: true,
@@ -388,7 +564,7 @@ fn compile_rule(
                 f.push(Some(Stmt::Daddr4(Value::InSet(set_name("c4")))));
             }
             if !c.v6.is_empty() {
-                sets.push(Set {
+                push_set(sets, Set {
                     name: set_name("c6"),
                     key: KeyType::Ipv6Addr,
                     interval: true,
@@ -403,7 +579,7 @@ fn compile_rule(
             if !domains.is_empty() {
                 for (family, key) in [(Family::Ipv4, KeyType::Ipv4Addr), (Family::Ipv6, KeyType::Ipv6Addr)] {
                     let name = domain_set_name(&rule.name, family);
-                    sets.push(Set {
+                    push_set(sets, Set {
                         name: name.clone(),
                         key,
                         interval: false,
@@ -429,7 +605,7 @@ fn compile_rule(
         if merged.len() == 1 && merged[0].0 == merged[0].1 {
             Value::Eq(merged[0].0)
         } else {
-            sets.push(Set {
+            push_set(sets, Set {
                 name: set_name("ports"),
                 key: KeyType::InetService,
                 interval: true,
@@ -449,7 +625,7 @@ fn compile_rule(
             if v.len() == 1 {
                 Value::Eq(v[0])
             } else {
-                sets.push(Set { name: set_name(suffix), key, interval: false, timeout: false, dynamic: None, elements: SetElements::Ids(v) });
+                push_set(sets, Set { name: set_name(suffix), key, interval: false, timeout: false, dynamic: None, elements: SetElements::Ids(v) });
                 Value::InSet(set_name(suffix))
             }
         })
@@ -483,71 +659,125 @@ fn compile_rule(
     };
     // An allow rule with limits jumps to its own chain, which holds the one limiter of the rule.
     let limited = rule.action == Action::Allow && (rate.is_some() || max_connections.is_some());
-    if limited {
+    if limited && !chains.iter().any(|c| c.name == limit_chain_name(&rule.name)) {
         chains.push(limit_chain(policy, rule, sets));
     }
+    // Sources of a forwarded connection (only in the workload chain): per family a network
+    // match, and each interface pattern, as alternatives like the destination families.
+    let sources: Vec<Option<Stmt>> = match (side, from) {
+        (Side::Forward, Some(f)) => {
+            let mut v = Vec::new();
+            let (v4, v6) = merge_nets(&f.nets);
+            if !v4.is_empty() {
+                v.push(Some(Stmt::Saddr4(if v4.len() == 1 && v4[0].0 == v4[0].1 {
+                    Value::Eq(v4[0].0)
+                } else {
+                    push_set(sets, Set {
+                        name: set_name("f4"),
+                        key: KeyType::Ipv4Addr,
+                        interval: true,
+                        timeout: false,
+                        dynamic: None,
+                        elements: SetElements::V4(v4),
+                    });
+                    Value::InSet(set_name("f4"))
+                })));
+            }
+            if !v6.is_empty() {
+                v.push(Some(Stmt::Saddr6(if v6.len() == 1 && v6[0].0 == v6[0].1 {
+                    Value::Eq(v6[0].0)
+                } else {
+                    push_set(sets, Set {
+                        name: set_name("f6"),
+                        key: KeyType::Ipv6Addr,
+                        interval: true,
+                        timeout: false,
+                        dynamic: None,
+                        elements: SetElements::V6(v6),
+                    });
+                    Value::InSet(set_name("f6"))
+                })));
+            }
+            v.extend(f.interfaces.iter().map(|p| Some(Stmt::IifName { name: p.name.clone(), wildcard: p.wildcard })));
+            v
+        }
+        _ => vec![None],
+    };
 
-    for fam in &families {
-        for proto in &protos {
-            // ICMP exists only in IPv4 and ICMPv6 only in IPv6; such pairs can never match.
-            match (fam, proto) {
-                (Some(Stmt::Daddr6(_)), Some(Proto::Icmp)) | (Some(Stmt::Daddr4(_)), Some(Proto::Icmpv6)) => {
-                    continue;
-                }
+    for src in &sources {
+        for fam in &families {
+            // A source of one family never sends to a destination of the other.
+            match (src, fam) {
+                (Some(Stmt::Saddr4(_)), Some(Stmt::Daddr6(_))) | (Some(Stmt::Saddr6(_)), Some(Stmt::Daddr4(_))) => continue,
                 _ => {}
             }
-            let mut stmts = Vec::new();
-            if let Some(f) = fam {
-                stmts.push(f.clone());
-            }
-            match (proto, &ports) {
-                (Some(p), Some(v)) if p.has_ports() => {
-                    stmts.push(Stmt::Dport { l4: l4_of(*p), value: v.clone() })
+            for proto in &protos {
+                // ICMP exists only in IPv4 and ICMPv6 only in IPv6; such pairs can never match.
+                match (src, fam, proto) {
+                    (_, Some(Stmt::Daddr6(_)), Some(Proto::Icmp))
+                    | (_, Some(Stmt::Daddr4(_)), Some(Proto::Icmpv6))
+                    | (Some(Stmt::Saddr6(_)), _, Some(Proto::Icmp))
+                    | (Some(Stmt::Saddr4(_)), _, Some(Proto::Icmpv6)) => {
+                        continue;
+                    }
+                    _ => {}
                 }
-                (Some(p), _) => stmts.push(Stmt::L4proto(l4_of(*p))),
-                (None, _) => {}
-            }
-            if let Some(v) = &uid {
-                stmts.push(Stmt::SkUid(v.clone()));
-            }
-            if let Some(v) = &gid {
-                stmts.push(Stmt::SkGid(v.clone()));
-            }
-            for cg in &cgroups {
-                for time in &times {
-                    let mut matched = stmts.clone();
-                    matched.extend(cg.iter().cloned());
-                    matched.extend(time.iter().cloned());
-                    if limited {
-                        matched.push(Stmt::Jump(limit_chain_name(&rule.name)));
-                        out.push(Rule { stmts: matched, comment: Some(rule.name.clone()) });
-                        continue;
+                let mut stmts = Vec::new();
+                if let Some(s) = src {
+                    stmts.push(s.clone());
+                }
+                if let Some(f) = fam {
+                    stmts.push(f.clone());
+                }
+                match (proto, &ports) {
+                    (Some(p), Some(v)) if p.has_ports() => {
+                        stmts.push(Stmt::Dport { l4: l4_of(*p), value: v.clone() })
                     }
-                    let tails = verdict_rules_for(policy, rule.action, rule.log, &rule.name, *proto);
-                    // A reject of unknown protocol has two tails (TCP reset, ICMP otherwise). Two
-                    // kernel rules would look a set up twice for every packet that misses it (a
-                    // blocklist's whole traffic), so they sit in the rule's own chain, reached by
-                    // one lookup and a jump.
-                    if tails.len() > 1 && matched.iter().any(looks_up_a_set) {
-                        let name = deny_chain_name(&rule.name);
-                        if !chains.iter().any(|c| c.name == name) {
-                            chains.push(Chain {
-                                name: name.clone(),
-                                kind: ChainType::Regular,
-                                hook: Hook::Output,
-                                priority: 0,
-                                policy: ChainPolicy::Accept,
-                                rules: tails.into_iter().map(|t| Rule { stmts: t, comment: Some(rule.name.clone()) }).collect(),
-                            });
+                    (Some(p), _) => stmts.push(Stmt::L4proto(l4_of(*p))),
+                    (None, _) => {}
+                }
+                if let Some(v) = &uid {
+                    stmts.push(Stmt::SkUid(v.clone()));
+                }
+                if let Some(v) = &gid {
+                    stmts.push(Stmt::SkGid(v.clone()));
+                }
+                for cg in &cgroups {
+                    for time in &times {
+                        let mut matched = stmts.clone();
+                        matched.extend(cg.iter().cloned());
+                        matched.extend(time.iter().cloned());
+                        if limited {
+                            matched.push(Stmt::Jump(limit_chain_name(&rule.name)));
+                            out.push(Rule { stmts: matched, comment: Some(rule.name.clone()) });
+                            continue;
                         }
-                        matched.push(Stmt::Jump(name));
-                        out.push(Rule { stmts: matched, comment: Some(rule.name.clone()) });
-                        continue;
-                    }
-                    for mut tail in tails {
-                        let mut s = matched.clone();
-                        s.append(&mut tail);
-                        out.push(Rule { stmts: s, comment: Some(rule.name.clone()) });
+                        let tails = verdict_rules_for(policy, rule.action, rule.log, &rule.name, *proto);
+                        // A reject of unknown protocol has two tails (TCP reset, ICMP otherwise). Two
+                        // kernel rules would look a set up twice for every packet that misses it (a
+                        // blocklist's whole traffic), so they sit in the rule's own chain, reached by
+                        // one lookup and a jump.
+                        if tails.len() > 1 && matched.iter().any(looks_up_a_set) {
+                            let name = deny_chain_name(&rule.name);
+                            if !chains.iter().any(|c| c.name == name) {
+                                chains.push(Chain {
+                                    name: name.clone(),
+                                    kind: ChainType::Regular,
+                                    hook: Hook::Output,
+                                    priority: 0,
+                                    policy: ChainPolicy::Accept,
+                                    rules: tails.into_iter().map(|t| Rule { stmts: t, comment: Some(rule.name.clone()) }).collect(),
+                                });
+                            }
+                            matched.push(Stmt::Jump(name));
+                            out.push(Rule { stmts: matched, comment: Some(rule.name.clone()) });
+                            continue;
+                        }
+                        for mut tail in tails {
+                            let mut s = matched.clone();
+                            s.append(&mut tail);
+                            out.push(Rule { stmts: s, comment: Some(rule.name.clone()) });
+                        }
                     }
                 }
             }
@@ -586,7 +816,7 @@ fn limit_chain(policy: &Policy, rule: &policy::Rule, sets: &mut Vec<Set>) -> Cha
                     let set = format!("r_{name}_conn{suffix}");
                     // Connection counters clean up after their connections close, so their
                     // elements carry no timeout.
-                    sets.push(meter_set(&set, k, None));
+                    push_set(sets, meter_set(&set, k, None));
                     stmts.push(Stmt::Meter { set, key: k, limit: MeterLimit::Count(n) });
                 }
             }
@@ -599,7 +829,7 @@ fn limit_chain(policy: &Policy, rule: &policy::Rule, sets: &mut Vec<Set>) -> Cha
                     // A limiter forgotten after one idle unit (at least a minute) starts again
                     // with a full bucket, which is what it would hold by then anyway.
                     let timeout = (l.unit.seconds() * 1000).max(60_000);
-                    sets.push(meter_set(&set, k, Some(timeout)));
+                    push_set(sets, meter_set(&set, k, Some(timeout)));
                     stmts.push(Stmt::Meter { set, key: k, limit: MeterLimit::Rate(l) });
                 }
             }

@@ -143,6 +143,8 @@ pub struct Dynamic {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
     Output,
+    /// Packets routed through the host (containers, VMs, namespaces behind it).
+    Forward,
 }
 
 /// Verdict of a base chain when no rule decides.
@@ -330,6 +332,14 @@ pub enum Stmt {
     Daddr4(Value<Ipv4Addr>),
     /// `ip6 daddr V` (implies `meta nfproto ipv6`).
     Daddr6(Value<Ipv6Addr>),
+    /// `ip saddr V` (implies `meta nfproto ipv4`).
+    Saddr4(Value<Ipv4Addr>),
+    /// `ip6 saddr V` (implies `meta nfproto ipv6`).
+    Saddr6(Value<Ipv6Addr>),
+    /// `iifname "NAME"`, or with `wildcard` `iifname "NAME*"` (any name starting with NAME).
+    IifName { name: String, wildcard: bool },
+    /// `oifname "NAME"` / `oifname "NAME*"`.
+    OifName { name: String, wildcard: bool },
     /// `meta skuid V`.
     SkUid(Value<u32>),
     /// `meta skgid V`.
@@ -366,6 +376,8 @@ pub enum Stmt {
     Log { prefix: String, group: u16 },
     /// `jump CHAIN`: continue in the regular chain CHAIN.
     Jump(String),
+    /// `return`: back to the rule after the jump (from a base chain: its policy decides).
+    Return,
     /// `accept`.
     Accept,
     /// `drop`.

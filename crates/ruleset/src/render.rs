@@ -104,6 +104,7 @@ fn uses_clock(t: &Table) -> bool {
 fn hook_name(h: Hook) -> &'static str {
     match h {
         Hook::Output => "output",
+        Hook::Forward => "forward",
     }
 }
 
@@ -142,6 +143,11 @@ pub fn stmt_text(s: &Stmt) -> String {
         Stmt::Dport { l4, value } => format!("{} dport {}", l4.nft_name(), value_text(value)),
         Stmt::Daddr4(v) => format!("ip daddr {}", value_text(v)),
         Stmt::Daddr6(v) => format!("ip6 daddr {}", value_text(v)),
+        Stmt::Saddr4(v) => format!("ip saddr {}", value_text(v)),
+        Stmt::Saddr6(v) => format!("ip6 saddr {}", value_text(v)),
+        Stmt::IifName { name, wildcard } => format!("iifname \"{name}{}\"", if *wildcard { "*" } else { "" }),
+        Stmt::OifName { name, wildcard } => format!("oifname \"{name}{}\"", if *wildcard { "*" } else { "" }),
+        Stmt::Return => "return".into(),
         Stmt::SkUid(v) => format!("meta skuid {}", value_text(v)),
         Stmt::SkGid(v) => format!("meta skgid {}", value_text(v)),
         Stmt::Icmpv6Type(v) => format!("icmpv6 type {}", value_text(v)),
@@ -519,6 +525,21 @@ pub fn stmt_json(s: &Stmt) -> J {
             json!({"payload": {"protocol": "ip6", "field": "daddr"}}),
             json_value(v, |a| json!(a.to_string())),
         ),
+        Stmt::Saddr4(v) => json_match(
+            json!({"payload": {"protocol": "ip", "field": "saddr"}}),
+            json_value(v, |a| json!(a.to_string())),
+        ),
+        Stmt::Saddr6(v) => json_match(
+            json!({"payload": {"protocol": "ip6", "field": "saddr"}}),
+            json_value(v, |a| json!(a.to_string())),
+        ),
+        Stmt::IifName { name, wildcard } => {
+            json_match(json!({"meta": {"key": "iifname"}}), json!(format!("{name}{}", if *wildcard { "*" } else { "" })))
+        }
+        Stmt::OifName { name, wildcard } => {
+            json_match(json!({"meta": {"key": "oifname"}}), json!(format!("{name}{}", if *wildcard { "*" } else { "" })))
+        }
+        Stmt::Return => json!({"return": null}),
         Stmt::SkUid(v) => json_match(json!({"meta": {"key": "skuid"}}), json_value(v, |x| json!(x))),
         Stmt::SkGid(v) => json_match(json!({"meta": {"key": "skgid"}}), json_value(v, |x| json!(x))),
         Stmt::Icmpv6Type(v) => json_match(

@@ -105,6 +105,8 @@ pub const NFTA_HOOK_PRIORITY: u16 = 2;
 
 /// `NF_INET_LOCAL_OUT`: the output hook of the inet families.
 pub const NF_INET_LOCAL_OUT: u32 = 3;
+/// `NF_INET_FORWARD`: packets routed through the host.
+pub const NF_INET_FORWARD: u32 = 2;
 // Chain type names ("filter", "nat") are `ruleset::ChainType::nft_name`.
 
 // --- verdicts (netfilter.h) --------------------------------------------------------------------
@@ -158,6 +160,8 @@ pub const NFTA_META_KEY: u16 = 2;
 pub const NFTA_META_SREG: u16 = 3;
 pub const NFT_META_MARK: u32 = 3;
 pub const NFT_META_OIF: u32 = 5;
+pub const NFT_META_IIFNAME: u32 = 6;
+pub const NFT_META_OIFNAME: u32 = 7;
 pub const NFT_META_SKUID: u32 = 10;
 pub const NFT_META_SKGID: u32 = 11;
 /// The packet's trace flag (`meta nftrace`): while set, nf_tables reports every rule the packet

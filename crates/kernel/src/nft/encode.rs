@@ -194,6 +194,7 @@ fn encode_set(e: &mut Encoder, table: &str, set: &Set, id: u32) -> Result<(), Er
 pub(crate) fn encode_chain(e: &mut Encoder, table: &str, chain: &Chain) -> Result<(), Error> {
     let hook = match chain.hook {
         Hook::Output => NF_INET_LOCAL_OUT,
+        Hook::Forward => NF_INET_FORWARD,
     };
     let policy = match chain.policy {
         ChainPolicy::Accept => NF_ACCEPT,

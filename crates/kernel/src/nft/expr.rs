@@ -236,6 +236,38 @@ pub(crate) fn encode_stmts<'a>(
                     Value::InSet(n) => lookup(b, set(n)),
                 }
             }
+            Stmt::Saddr4(value) => {
+                if ctx.net != Some(Family::Ipv4) {
+                    nfproto(b, Family::Ipv4);
+                    ctx.net = Some(Family::Ipv4);
+                }
+                // IPv4 source address: 4 bytes at offset 12.
+                payload(b, NFT_PAYLOAD_NETWORK_HEADER, 12, 4);
+                match value {
+                    Value::Eq(a) => cmp(b, NFT_CMP_EQ, &a.octets()),
+                    Value::InSet(n) => lookup(b, set(n)),
+                }
+            }
+            Stmt::Saddr6(value) => {
+                if ctx.net != Some(Family::Ipv6) {
+                    nfproto(b, Family::Ipv6);
+                    ctx.net = Some(Family::Ipv6);
+                }
+                // IPv6 source address: 16 bytes at offset 8.
+                payload(b, NFT_PAYLOAD_NETWORK_HEADER, 8, 16);
+                match value {
+                    Value::Eq(a) => cmp(b, NFT_CMP_EQ, &a.octets()),
+                    Value::InSet(n) => lookup(b, set(n)),
+                }
+            }
+            Stmt::IifName { name, wildcard } => {
+                meta_load(b, NFT_META_IIFNAME);
+                cmp(b, NFT_CMP_EQ, &ifname_bytes(name, *wildcard));
+            }
+            Stmt::OifName { name, wildcard } => {
+                meta_load(b, NFT_META_OIFNAME);
+                cmp(b, NFT_CMP_EQ, &ifname_bytes(name, *wildcard));
+            }
             Stmt::SkUid(value) => {
                 meta_load(b, NFT_META_SKUID);
                 match value {
@@ -282,6 +314,14 @@ pub(crate) fn encode_stmts<'a>(
                 b.end_nested(v);
                 b.end_nested(d);
             }),
+            Stmt::Return => expr(b, "immediate", |b| {
+                b.attr_be32(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
+                let d = b.begin_nested(NFTA_IMMEDIATE_DATA);
+                let v = b.begin_nested(NFTA_DATA_VERDICT);
+                b.attr_be32(NFTA_VERDICT_CODE, NFT_RETURN as u32);
+                b.end_nested(v);
+                b.end_nested(d);
+            }),
             Stmt::Accept => verdict(b, NF_ACCEPT),
             Stmt::Drop => verdict(b, NF_DROP),
             Stmt::RejectTcpReset => {
@@ -301,6 +341,20 @@ pub(crate) fn encode_stmts<'a>(
         }
     }
 }
+
+/// The bytes `iifname`/`oifname` compare: an exact name is the whole IFNAMSIZ (16) bytes, NUL
+/// padded; a wildcard (`br-*`) only the bytes before the `*`, so any rest matches (nft does the
+/// same).
+pub(crate) fn ifname_bytes(name: &str, wildcard: bool) -> Vec<u8> {
+    let mut v = name.as_bytes().to_vec();
+    if !wildcard {
+        v.resize(IFNAMSIZ, 0);
+    }
+    v
+}
+
+/// Bytes of an interface name in the kernel, with the terminating NUL.
+pub(crate) const IFNAMSIZ: usize = 16;
 
 /// The loopback device's ifindex: 1 in every network namespace (it is created first).
 pub(crate) const LOOPBACK_IFINDEX: u32 = 1;

@@ -305,6 +305,7 @@ pub(crate) fn read_chains(
                     hook_num: hook,
                     hook: match hook {
                         Some(NF_INET_LOCAL_OUT) => Some(Hook::Output),
+                        Some(NF_INET_FORWARD) => Some(Hook::Forward),
                         _ => None,
                     },
                     priority,

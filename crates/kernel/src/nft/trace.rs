@@ -273,13 +273,15 @@ impl TableRules {
         self.chains.iter().find(|c| c.name == name)
     }
 
-    /// The chain whose verdict is the table's last word on a packet: the base chain with the
-    /// highest priority (leash's filter chain `output`). An accept there ends the packet's way
-    /// through the table; an accept in an earlier chain (the DNS redirect chain) does not.
+    /// The chain whose verdict is the table's last word on a packet: the base chain on the
+    /// output hook (the one `leash trace` traces) with the highest priority (leash's filter
+    /// chain `output`). An accept there ends the packet's way through the table; an accept in an
+    /// earlier chain (the DNS redirect chain) does not. The forward hook's chains never see the
+    /// traced packets.
     pub fn final_chain(&self) -> Option<&str> {
         self.chains
             .iter()
-            .filter(|c| c.name != TRACE_CHAIN)
+            .filter(|c| c.name != TRACE_CHAIN && c.hook == Some(NF_INET_LOCAL_OUT))
             .max_by_key(|c| c.priority.unwrap_or(i32::MIN))
             .map(|c| c.name.as_str())
     }
@@ -720,6 +722,28 @@ fn tracer_alive(pid: u32) -> bool {
 mod tests {
     use super::*;
     use crate::nl::{Messages, MsgBuf};
+
+    #[test]
+    fn the_final_chain_is_the_output_hooks_not_the_forward_hooks() {
+        let chain = |name: &str, hook: Option<u32>, priority: Option<i32>| ChainRules {
+            name: name.into(),
+            hook,
+            priority,
+            policy: None,
+            rules: vec![],
+        };
+        let t = TableRules {
+            handle: 1,
+            chains: vec![
+                chain("output", Some(NF_INET_LOCAL_OUT), Some(0)),
+                chain("dns-redirect", Some(NF_INET_LOCAL_OUT), Some(-100)),
+                chain("forward", Some(NF_INET_FORWARD), Some(0)),
+                chain("workload", None, None),
+                chain(TRACE_CHAIN, Some(NF_INET_LOCAL_OUT), Some(-350)),
+            ],
+        };
+        assert_eq!(t.final_chain(), Some("output"));
+    }
 
     /// A trace event as the kernel encodes it (attribute order of `nft_trace_notify`).
     fn encoded_event() -> Vec<u8> {

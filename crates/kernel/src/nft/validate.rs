@@ -83,6 +83,11 @@ pub(crate) fn validate(table: &Table) -> Result<(), Error> {
                     return bad(format!("{}: {} has no ports", at(), l4.nft_name()));
                 }
                 check_stmt(table, s).map_err(|m| Error::Invalid(format!("{}: {m}", at())))?;
+                // nft_socket allows only the prerouting, input and output hooks; the kernel
+                // would refuse the whole batch with EOPNOTSUPP.
+                if c.hook == ruleset::Hook::Forward && matches!(s, Stmt::SocketCgroup { .. }) {
+                    return bad(format!("{}: socket cgroupv2 is not allowed on the forward hook", at()));
+                }
                 let (name, want) = match s {
                     Stmt::Dport {
                         value: Value::InSet(n),
@@ -90,6 +95,8 @@ pub(crate) fn validate(table: &Table) -> Result<(), Error> {
                     } => (n, KeyType::InetService),
                     Stmt::Daddr4(Value::InSet(n)) => (n, KeyType::Ipv4Addr),
                     Stmt::Daddr6(Value::InSet(n)) => (n, KeyType::Ipv6Addr),
+                    Stmt::Saddr4(Value::InSet(n)) => (n, KeyType::Ipv4Addr),
+                    Stmt::Saddr6(Value::InSet(n)) => (n, KeyType::Ipv6Addr),
                     Stmt::SkUid(Value::InSet(n)) => (n, KeyType::Uid),
                     Stmt::SkGid(Value::InSet(n)) => (n, KeyType::Gid),
                     Stmt::Icmpv6Type(Value::InSet(n)) => (n, KeyType::Icmpv6Type),
@@ -148,6 +155,19 @@ fn check_stmt(table: &Table, s: &Stmt) -> Result<(), String> {
         Stmt::MetaTimeFrom(ns) | Stmt::MetaTimeUntil(ns) if *ns < 0 || *ns % 1_000_000_000 != 0 => {
             return Err(format!(
                 "meta time {ns} ns: must be a whole second at or after 1970-01-01 00:00:00 UTC"
+            ));
+        }
+        // IFNAMSIZ less the NUL; a wildcard needs a prefix (an empty one would match nothing
+        // the way nft writes it), and nft's quoting must survive the name.
+        Stmt::IifName { name, wildcard } | Stmt::OifName { name, wildcard }
+            if name.is_empty()
+                || name.len() > 15
+                || name.contains(['"', '\0', '*', '\\'])
+                || name.chars().any(char::is_whitespace) =>
+        {
+            return Err(format!(
+                "interface name {name:?}{}: must be 1 to 15 bytes without quotes, `*`, backslashes or spaces",
+                if *wildcard { " (before the `*`)" } else { "" }
             ));
         }
         Stmt::Limit(l) => check_rate(l)?,
@@ -405,4 +425,42 @@ fn check_set(s: &Set) -> Result<(), Error> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ruleset::{Chain, ChainPolicy, Hook, Rule};
+
+    fn table(hook: Hook, stmts: Vec<Stmt>) -> Table {
+        Table {
+            name: ruleset::TABLE_NAME.into(),
+            comment: None,
+            sets: vec![],
+            chains: vec![Chain {
+                name: "c".into(),
+                kind: ChainType::Filter,
+                hook,
+                priority: 0,
+                policy: ChainPolicy::Accept,
+                rules: vec![Rule { stmts, comment: None }],
+            }],
+        }
+    }
+
+    #[test]
+    fn interface_names_and_the_forward_hook() {
+        let ok = |name: &str, wildcard| validate(&table(Hook::Forward, vec![Stmt::IifName { name: name.into(), wildcard }])).is_ok();
+        assert!(ok("docker0", false) && ok("br-", true) && ok("abcdefghijklmno", false));
+        for bad in ["", "abcdefghijklmnop", "a\"b", "a b", "a*", "a\\b"] {
+            assert!(!ok(bad, false) && !ok(bad, true), "{bad:?}");
+        }
+        let oif = table(Hook::Forward, vec![Stmt::OifName { name: "x y".into(), wildcard: false }]);
+        assert!(validate(&oif).is_err());
+        // socket cgroupv2 is refused by the kernel on the forward hook.
+        let cg = Stmt::SocketCgroup { level: 1, path: "x".into(), id: 7 };
+        assert!(validate(&table(Hook::Output, vec![cg.clone()])).is_ok());
+        let e = validate(&table(Hook::Forward, vec![cg])).unwrap_err().to_string();
+        assert!(e.contains("not allowed on the forward hook"), "{e}");
+    }
 }

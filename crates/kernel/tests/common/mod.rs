@@ -710,6 +710,88 @@ pub fn dns_redirect() -> (Table, String) {
     (table, text.to_string())
 }
 
+/// The forward hook: a base chain that jumps on `iifname` (exact and wildcard) and `ip saddr` /
+/// `ip6 saddr` (sets and single addresses), a regular chain with `oifname ... return`, and
+/// source matches before destinations, as `ruleset::compile` emits for `[forward]` and `from`.
+pub fn forward() -> (Table, String) {
+    use Stmt::*;
+    let jump = || Jump("workload".into());
+    let table = Table {
+        name: TABLE_NAME.into(),
+        comment: Some("forward".into()),
+        sets: vec![
+            set("workload_v4", KeyType::Ipv4Addr, SetElements::V4(vec![(v4("198.18.9.0"), v4("198.18.9.255"))])),
+            set("workload_v6", KeyType::Ipv6Addr, SetElements::V6(vec![(v6("2001:db8:77::"), v6("2001:db8:77::ffff"))])),
+        ],
+        chains: vec![
+            Chain {
+                name: "forward".into(),
+                kind: ChainType::Filter,
+                hook: Hook::Forward,
+                priority: OUTPUT_PRIORITY_FILTER,
+                policy: ChainPolicy::Accept,
+                rules: vec![
+                    rule(vec![CtStateEstablishedRelated, Counter, Accept], Some("@established")),
+                    rule(vec![IifName { name: "docker0".into(), wildcard: false }, jump()], Some("@workload")),
+                    rule(vec![IifName { name: "br-".into(), wildcard: true }, jump()], Some("@workload")),
+                    rule(vec![IifName { name: "abcdefghijklmno".into(), wildcard: false }, jump()], None),
+                    rule(vec![Saddr4(Value::InSet("workload_v4".into())), jump()], Some("@workload")),
+                    rule(vec![Saddr6(Value::InSet("workload_v6".into())), jump()], Some("@workload")),
+                ],
+            },
+            Chain {
+                name: "workload".into(),
+                kind: ChainType::Regular,
+                hook: Hook::Forward,
+                priority: 0,
+                policy: ChainPolicy::Accept,
+                rules: vec![
+                    rule(vec![OifName { name: "docker0".into(), wildcard: false }, Counter, Return], Some("@between-workloads")),
+                    rule(vec![OifName { name: "vir".into(), wildcard: true }, Return], None),
+                    rule(vec![Daddr4(Value::InSet("workload_v4".into())), Counter, Return], None),
+                    rule(
+                        vec![Saddr4(Value::Eq(v4("198.18.0.2"))), Daddr4(Value::Eq(v4("192.0.2.10"))), Dport { l4: L4::Tcp, value: Value::Eq(443) }, Counter, Accept],
+                        Some("web"),
+                    ),
+                    rule(
+                        vec![Saddr6(Value::Eq(v6("2001:db8:c0::2"))), Daddr6(Value::Eq(v6("2001:db8::10"))), Counter, Accept],
+                        Some("web"),
+                    ),
+                    rule(vec![IifName { name: "podman".into(), wildcard: true }, L4proto(L4::Udp), Counter, Drop], Some("web")),
+                    rule(vec![L4proto(L4::Tcp), Counter, RejectTcpReset], Some("@default")),
+                    rule(vec![Counter, RejectAdminProhibited], Some("@default")),
+                ],
+            },
+        ],
+    };
+    let text = r#"table inet leash {
+  comment "forward"
+  set workload_v4 { type ipv4_addr; flags interval; elements = { 198.18.9.0/24 } }
+  set workload_v6 { type ipv6_addr; flags interval; elements = { 2001:db8:77::/112 } }
+  chain forward {
+    type filter hook forward priority filter; policy accept;
+    ct state established,related counter accept comment "@established"
+    iifname "docker0" jump workload comment "@workload"
+    iifname "br-*" jump workload comment "@workload"
+    iifname "abcdefghijklmno" jump workload
+    ip saddr @workload_v4 jump workload comment "@workload"
+    ip6 saddr @workload_v6 jump workload comment "@workload"
+  }
+  chain workload {
+    oifname "docker0" counter return comment "@between-workloads"
+    oifname "vir*" return
+    ip daddr @workload_v4 counter return
+    ip saddr 198.18.0.2 ip daddr 192.0.2.10 tcp dport 443 counter accept comment "web"
+    ip6 saddr 2001:db8:c0::2 ip6 daddr 2001:db8::10 counter accept comment "web"
+    iifname "podman*" meta l4proto udp counter drop comment "web"
+    meta l4proto tcp counter reject with tcp reset comment "@default"
+    counter reject with icmpx admin-prohibited comment "@default"
+  }
+}
+"#;
+    (table, text.to_string())
+}
+
 /// A listing with what changes by itself taken out, so that two listings of the same table
 /// compare equal: the `expires ...` countdown of timed elements is removed, and element lists,
 /// which nft wraps by line length (and so by the length of `expires ...`), are joined into one

@@ -41,10 +41,15 @@ pub fn run(a: &Args, json: bool) -> Result<u8> {
             "rules": l.policy.as_ref().map(|p| p.rules.len()),
             "expectations": l.policy.as_ref().map(|p| p.expects.len()),
             "sha256": l.sha256,
+            "forwarded": l.policy.as_ref().map(policy::forward::summary),
             "diagnostics": load::json_diagnostics(&l),
         }));
     } else {
         load::print_diagnostics(&l);
+        // Not a warning: what the policy does with containers' and VMs' traffic, said every time.
+        if let Some(p) = &l.policy {
+            println!("{}: note: {}", l.display_name(), policy::forward::summary(p));
+        }
         match &l.policy {
             Some(p) => println!(
                 "{}: {} ({} rules, {} expectations; {} error(s), {} warning(s))",

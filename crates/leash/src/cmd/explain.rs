@@ -42,6 +42,18 @@ pub struct Args {
     /// The cgroup v2 path of the process making the connection, e.g. /system.slice/nginx.service.
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<String>,
+    /// A forwarded connection from a workload (container, VM, namespace routed through the host)
+    /// with this source address, instead of one of the host's own. User, group, service and
+    /// cgroup do not apply to it (a forwarded packet has no local socket).
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["user", "group", "service", "cgroup"])]
+    pub from: Option<IpAddr>,
+    /// The interface the forwarded connection enters on (default: an example name of the
+    /// policy's first [forward] interface pattern, e.g. docker0 or br-0).
+    #[arg(long, value_name = "IFACE", requires = "from")]
+    pub iif: Option<String>,
+    /// The interface the forwarded connection leaves on (default: not a workload interface).
+    #[arg(long, value_name = "IFACE", requires = "from")]
+    pub oif: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -128,7 +140,25 @@ pub fn run(a: &Args, json: bool) -> Result<u8> {
         },
         None => None,
     };
-    let conn = Connection { proto, dst, port, uid, gid, name, cgroup, at: Some(local) };
+    let iface = |flag: &str, v: &Option<String>| -> Result<Option<String>> {
+        match v.as_deref().map(policy::IfacePattern::parse) {
+            None => Ok(None),
+            Some(Ok(p)) if !p.wildcard => Ok(Some(p.name)),
+            Some(Ok(_)) => usage!("--{flag}: give one interface name, not a pattern"),
+            Some(Err(m)) => usage!("--{flag}: {m}"),
+        }
+    };
+    let from = match a.from {
+        Some(src) => {
+            if src.is_ipv4() != dst.is_ipv4() {
+                usage!("--from {src} and --to {dst} are of different address families");
+            }
+            let iif = iface("iif", &a.iif)?.or_else(|| p.workload_interfaces().first().map(policy::IfacePattern::example));
+            Some(policy::Forwarded { src, iif, oif: iface("oif", &a.oif)? })
+        }
+        None => None,
+    };
+    let conn = Connection { proto, dst, port, uid, gid, name, cgroup, at: Some(local), from };
     let e = policy::explain(&p, &conn);
     print_explanation(&l, &p, &conn, &e, at, json);
     Ok(EXIT_OK)
@@ -142,6 +172,14 @@ fn decider_text(p: &Policy, d: Decider) -> String {
         Decider::DnsBypass => "the DNS bypass control: only leash's forwarder may query other resolvers".into(),
         Decider::DnsRedirect => {
             "the DNS bypass control: the query is redirected to leash's forwarder on loopback".into()
+        }
+        Decider::NotGoverned => {
+            "no rule: forwarded traffic that is not from a [forward] workload interface or source (or all of it, \
+             with mode = \"ignore\") is not leash's to decide; leash lets it pass and the other tables decide"
+                .into()
+        }
+        Decider::BetweenWorkloads => {
+            "no rule: traffic between two workloads is left to the other tables (Docker's own isolation)".into()
         }
         Decider::NameRefused(i) => {
             format!("rule `{}`: the forwarder answers NXDOMAIN for the name, so no connection is made", p.rules[i].name)
@@ -162,14 +200,21 @@ fn print_explanation(
     at: Option<jiff::civil::DateTime>,
     json: bool,
 ) {
+    let who = match &c.from {
+        Some(f) => format!(
+            "forwarded from {}{}{}",
+            f.src,
+            f.iif.as_ref().map(|i| format!(" via {i}")).unwrap_or_default(),
+            f.oif.as_ref().map(|o| format!(" out {o}")).unwrap_or_default()
+        ),
+        None => format!("as uid {} gid {}", c.uid, c.gid),
+    };
     let conn_text = format!(
-        "{} to {}{}{} as uid {} gid {}",
+        "{} to {}{}{} {who}",
         c.proto.as_str(),
         c.name.as_ref().map(|n| format!("{n} = ")).unwrap_or_default(),
         c.dst,
         c.port.map(|p| format!(" port {p}")).unwrap_or_default(),
-        c.uid,
-        c.gid
     );
     // The time shows when it was asked for or when windows decide; the cgroup when given.
     let shown_time = at.or(c.at.filter(|_| p.rules.iter().any(|r| r.cond.when.is_some())));
@@ -193,6 +238,7 @@ fn print_explanation(
             "connection": {
                 "proto": c.proto.as_str(), "to": c.dst.to_string(), "name": c.name, "port": c.port,
                 "uid": c.uid, "gid": c.gid, "cgroup": c.cgroup, "at": c.at.map(|t| t.to_string()),
+                "from": c.from.as_ref().map(|f| json!({"source": f.src.to_string(), "iif": f.iif, "oif": f.oif})),
                 "time_zone": p.defaults.timezone.as_deref().unwrap_or("UTC"),
             },
             "limits": limits,
@@ -203,6 +249,8 @@ fn print_explanation(
                 Decider::Default => json!({"kind": "default"}),
                 Decider::DnsBypass => json!({"kind": "dns-bypass"}),
                 Decider::DnsRedirect => json!({"kind": "dns-redirect"}),
+                Decider::NotGoverned => json!({"kind": "not-governed"}),
+                Decider::BetweenWorkloads => json!({"kind": "between-workloads"}),
                 Decider::NameRefused(i) => json!({"kind": "name-refused", "rule": p.rules[i].name, "index": i, "position": rule_position(l, p, i)}),
             },
             "not_matched": e.misses.iter().map(|(i, m)| json!({

@@ -100,16 +100,22 @@ fn print_report(l: &Loaded, p: &Policy, r: &lab::Report) {
     // Columns as wide as their widest cell, so names of domain cases do not break the table.
     let dw = r.rows.iter().map(|row| dst_text(row).len()).max().unwrap_or(0).max("DESTINATION".len());
     let ow = r.rows.iter().map(|row| row.outcome.describe().len()).max().unwrap_or(0).max("OUTCOME".len());
+    // A forwarded case has no local user: the column shows the workload it came from.
+    let who = |row: &lab::Row| match &row.from {
+        Some(f) => format!("from {f}"),
+        None => crate::system::user_name(row.case.uid).unwrap_or_else(|| row.case.uid.to_string()),
+    };
+    let uw = r.rows.iter().map(|row| who(row).len()).max().unwrap_or(0).max(8);
     println!(
-        "{:<4} {:<6} {:<6} {:<dw$} {:<8} {:<8} {:<8} {:<ow$} DECIDED BY",
+        "{:<4} {:<6} {:<6} {:<dw$} {:<uw$} {:<8} {:<8} {:<ow$} DECIDED BY",
         "#", "RESULT", "PROTO", "DESTINATION", "USER", "EXPECT", "KERNEL", "OUTCOME"
     );
     for row in &r.rows {
         let c = &row.case;
         let dst = dst_text(row);
-        let user = crate::system::user_name(c.uid).unwrap_or_else(|| c.uid.to_string());
+        let user = who(row);
         println!(
-            "{:<4} {:<6} {:<6} {:<dw$} {:<8} {:<8} {:<8} {:<ow$} {}",
+            "{:<4} {:<6} {:<6} {:<dw$} {:<uw$} {:<8} {:<8} {:<ow$} {}",
             row.index + 1,
             if row.pass { "ok" } else { "FAIL" },
             c.proto.as_str(),

@@ -13,7 +13,12 @@
 //! imitates with shifted windows), `service`/`cgroup` rules (probes from processes in scratch
 //! cgroups at, below and beside the rule's), named sets read from files, countries from a tiny
 //! database, and `rate`/`max_connections` set high enough never to trigger (the structure of the
-//! limit chains is checked here; the limiting itself in `dimensions.rs`).
+//! limit chains is checked here; the limiting itself in `dimensions.rs`); and forwarded
+//! connections: `[forward]` interfaces and sources (or the defaults, or `mode = "ignore"`), rules
+//! with `from` (networks and interface patterns), and connections from workload namespaces
+//! routed through the client, entering on interfaces that match a pattern or none, to
+//! destinations that are themselves workloads (left alone), to DNS (the bypass control) and
+//! through rules that need a socket (which forwarded packets pass by).
 
 use crate::harness::{TempDir, need_root};
 use proptest::prelude::*;
@@ -61,6 +66,19 @@ const COUNTRY_NETS: [(&str, &str); 5] = [
 ];
 /// Codes rules may name; XD has no networks (a warning, and the rule matches nothing by country).
 const CODES: [&str; 4] = ["XA", "XB", "XC", "XD"];
+/// `[forward] interfaces` a policy may list (`lab*` matches the lab's uplink, so every forwarded
+/// connection then goes to a workload interface and is left alone).
+const FWD_IFACES: [&str; 4] = ["docker0", "br-*", "veth*", "lab*"];
+/// `[forward] sources` a policy may list; 203.0.113.64/26 holds destinations (to a workload).
+const FWD_SOURCES: [&str; 4] = ["198.18.7.0/24", "2001:db8:77::/48", "198.18.9.0/24", "203.0.113.64/26"];
+/// What a rule's `from` may list: networks and interface patterns.
+const FROM_ITEMS: [&str; 7] = ["198.18.7.0/24", "198.18.8.5", "2001:db8:78::/48", "2001:db8:77::5", "docker0", "br-*", "vm*"];
+/// Workloads connections come from: source address and the interface it enters the client on
+/// (each source always on the same one: the lab gives each interface its own namespace).
+const WORKLOADS: [(&str, &str); 5] = [
+    ("198.18.7.5", "docker0"), ("198.18.8.5", "br-0"), ("198.18.9.5", "vm1"), ("2001:db8:77::5", "docker0"),
+    ("2001:db8:78::5", "vm1"),
+];
 
 #[derive(Debug, Clone)]
 enum GenWindow {
@@ -87,6 +105,9 @@ struct GenRule {
     countries: Vec<usize>,
     /// `rate` and/or `max_connections` (high), with `limit_per` (allow rules only).
     limits: Option<(bool, bool, usize)>,
+    /// `from`: indexes into FROM_ITEMS (only on rules without user, group, cgroup or per-user
+    /// limits, which the parser refuses next to it).
+    from: Option<Vec<usize>>,
 }
 
 fn gen_window() -> impl Strategy<Value = GenWindow> {
@@ -113,9 +134,10 @@ fn gen_rule() -> impl Strategy<Value = GenRule> {
         prop::option::weighted(0.2, prop::collection::vec(0..SET_NAMES.len(), 1..3)),
         prop::option::weighted(0.2, prop::collection::vec(0..CODES.len(), 1..3)),
         prop::option::weighted(0.2, (any::<bool>(), any::<bool>(), 0..3usize)),
+        prop::option::weighted(0.3, prop::collection::vec(0..FROM_ITEMS.len(), 1..3)),
     );
     (classic, new).prop_map(
-        |((allow, protos, ports, to, users, groups, domains, allow_private), (when, cgroups, sets, countries, limits))| {
+        |((allow, protos, ports, to, users, groups, domains, allow_private), (when, cgroups, sets, countries, limits, from))| {
             // `ports` only goes with tcp/udp; drop icmp from the list (or the ports) to stay valid.
             let protos = match (&protos, &ports) {
                 (Some(p), Some(_)) => {
@@ -124,6 +146,11 @@ fn gen_rule() -> impl Strategy<Value = GenRule> {
                 }
                 _ => protos,
             };
+            let limits = limits.filter(|&(r, m, _)| allow && (r || m));
+            // `from` cannot go with a socket condition: keep one of the two.
+            let socket = users.is_some() || groups.is_some() || cgroups.is_some() || limits.is_some_and(|l| l.2 == 2);
+            let (users, groups, cgroups, limits) =
+                if from.is_some() && socket { (None, None, None, limits.filter(|l| l.2 != 2)) } else { (users, groups, cgroups, limits) };
             GenRule {
                 allow,
                 protos,
@@ -138,7 +165,8 @@ fn gen_rule() -> impl Strategy<Value = GenRule> {
                 sets: sets.unwrap_or_default(),
                 countries: countries.unwrap_or_default(),
                 // Limits only on allow rules (a deny rule with a limit is an error), and at least one.
-                limits: limits.filter(|&(r, m, _)| allow && (r || m)),
+                limits,
+                from,
             }
         },
     )
@@ -156,6 +184,8 @@ struct GenConn {
     /// Index into the policy's `at` times (none when out of range: the current time).
     at: Option<usize>,
     cgroup: Option<usize>,
+    /// Forwarded from a workload: an index into WORKLOADS (of the destination's family).
+    from: Option<usize>,
 }
 
 fn gen_conn() -> impl Strategy<Value = GenConn> {
@@ -168,8 +198,9 @@ fn gen_conn() -> impl Strategy<Value = GenConn> {
         prop::option::weighted(0.4, (0..NAMES.len(), 0..6usize)),
         prop::option::weighted(0.5, 0..3usize),
         prop::option::weighted(0.5, 0..CONN_CGROUPS.len()),
+        prop::option::weighted(0.35, 0..WORKLOADS.len()),
     )
-        .prop_map(|(proto, addr, port, uid, gid, name, at, cgroup)| GenConn { proto, addr, port, uid, gid, name, at, cgroup })
+        .prop_map(|(proto, addr, port, uid, gid, name, at, cgroup, from)| GenConn { proto, addr, port, uid, gid, name, at, cgroup, from })
 }
 
 /// A whole generated policy.
@@ -187,6 +218,8 @@ struct GenPolicy {
     /// The `at` times expectations may use: weekday (0 = Sunday), minute, written as a date.
     /// At most three per policy, because each distinct `at` costs the lab one more table.
     times: Vec<(u8, u16, bool)>,
+    /// `[forward]`: `None` keeps the defaults; else mode ignore, interfaces and sources (indexes).
+    forward: Option<(bool, Vec<usize>, Vec<usize>)>,
 }
 
 fn gen_policy() -> impl Strategy<Value = GenPolicy> {
@@ -199,8 +232,14 @@ fn gen_policy() -> impl Strategy<Value = GenPolicy> {
         [prop::collection::vec(0..SET_LINES.len(), 1..5), prop::collection::vec(0..SET_LINES.len(), 1..5)],
         any::<bool>(),
         prop::collection::vec((0u8..7, 0u16..1440, any::<bool>()), 0..4),
+        prop::option::weighted(
+            0.5,
+            (prop::bool::weighted(0.15), prop::collection::vec(0..FWD_IFACES.len(), 1..3), prop::collection::vec(0..FWD_SOURCES.len(), 0..3)),
+        ),
     )
-        .prop_map(|(rules, default_allow, drop, bypass, tz, set_lines, csv_countries, times)| GenPolicy {
+        .prop_map(|(rules, default_allow, drop, bypass, tz, set_lines, csv_countries, times, forward)| {
+            let lab_pattern_ok = times.len() % 2 == 1;
+            GenPolicy {
             rules,
             default_allow,
             drop,
@@ -209,7 +248,14 @@ fn gen_policy() -> impl Strategy<Value = GenPolicy> {
             set_lines,
             csv_countries,
             times,
-        })
+            // `lab*` only now and then: it makes every forwarded connection one between workloads.
+            forward: forward.map(|(ignore, mut i, s)| {
+                if !lab_pattern_ok {
+                    i.retain(|&x| x != 3);
+                }
+                (ignore, i, s)
+            }),
+        }})
 }
 
 /// The address a looked-up connection goes to. Each such connection gets an address of its own
@@ -303,6 +349,11 @@ fn policy_text(g: &GenPolicy, now: jiff::Timestamp) -> String {
         "[dns]\nupstreams = [\"192.0.2.53\"]\nlisten = [\"127.0.0.1:5353\"]\nbypass = \"{}\"\n",
         BYPASS[g.bypass]
     );
+    if let Some((ignore, ifaces, sources)) = &g.forward {
+        s += &format!("[forward]\nmode = \"{}\"\n", if *ignore { "ignore" } else { "govern" });
+        s += &format!("interfaces = {}\n", q(&ifaces.iter().map(|&i| format!("\"{}\"", FWD_IFACES[i])).collect::<Vec<_>>()));
+        s += &format!("sources = {}\n", q(&sources.iter().map(|&i| format!("\"{}\"", FWD_SOURCES[i])).collect::<Vec<_>>()));
+    }
     for name in SET_NAMES {
         s += &format!("\n[[set]]\nname = \"{name}\"\nfile = \"{name}.txt\"\n");
     }
@@ -350,6 +401,10 @@ fn policy_text(g: &GenPolicy, now: jiff::Timestamp) -> String {
         }
         if let Some(w) = &r.when {
             s += &format!("when = {}\n", q(&w.iter().map(|w| format!("\"{}\"", window_text(w, now_local))).collect::<Vec<_>>()));
+        }
+        // Under mode = "ignore" a rule with `from` is an error: leave it out there.
+        if let (Some(f), false) = (&r.from, g.forward.as_ref().is_some_and(|f| f.0)) {
+            s += &format!("from = {}\n", q(&f.iter().map(|&i| format!("\"{}\"", FROM_ITEMS[i])).collect::<Vec<_>>()));
         }
         if let Some((rate, max, per)) = r.limits {
             if rate {
@@ -459,16 +514,30 @@ fn with_expectations(text: &str, conns: &[GenConn], g: &GenPolicy, w: &World, no
             }
             at_text(day, minute, dated)
         });
-        let cgroup = c.cgroup.map(|k| CONN_CGROUPS[k].to_string());
+        // A forwarded connection comes from a workload of the destination's family, and has no
+        // user, group or cgroup (the expectation may not name them).
+        let from = c.from.map(|k| {
+            let family: Vec<&(&str, &str)> =
+                WORKLOADS.iter().filter(|(a, _)| a.parse::<IpAddr>().unwrap().is_ipv6() == dst.is_ipv6()).collect();
+            let (src, iif) = family[k % family.len()];
+            (src.parse::<IpAddr>().unwrap(), iif.to_string())
+        });
+        let cgroup = if from.is_some() { None } else { c.cgroup.map(|k| CONN_CGROUPS[k].to_string()) };
+        let (uid, gid) = if from.is_some() { (0, 0) } else { (UIDS[c.uid], UIDS[c.gid]) };
         let conn = policy::Connection {
             proto: proto_v,
             dst,
             port,
-            uid: UIDS[c.uid],
-            gid: UIDS[c.gid],
+            uid,
+            gid,
             name: name.clone(),
             cgroup: cgroup.clone(),
             at: Some(at.as_ref().map_or_else(|| p.local_time(now), |a| a.1)),
+            from: from.as_ref().map(|(src, iif)| policy::Forwarded {
+                src: *src,
+                iif: Some(iif.clone()),
+                oif: Some(lab::Lab::uplink().to_string()),
+            }),
         };
         let verdict = policy::explain(&p, &conn).verdict;
         let to = match (&name, dst, port) {
@@ -478,12 +547,11 @@ fn with_expectations(text: &str, conns: &[GenConn], g: &GenPolicy, w: &World, no
             (None, a, Some(port)) => format!("{a}:{port}"),
             (None, a, None) => a.to_string(),
         };
-        s += &format!(
-            "\n[[expect]]\nto = \"{to}\"\nproto = \"{proto}\"\nuser = {}\ngroup = {}\nverdict = \"{}\"\n",
-            conn.uid,
-            conn.gid,
-            verdict.as_str()
-        );
+        s += &format!("\n[[expect]]\nto = \"{to}\"\nproto = \"{proto}\"\nverdict = \"{}\"\n", verdict.as_str());
+        match &from {
+            Some((src, iif)) => s += &format!("from = \"{src}\"\niif = \"{iif}\"\n"),
+            None => s += &format!("user = {}\ngroup = {}\n", conn.uid, conn.gid),
+        }
         if let Some((t, _)) = &at {
             s += &format!("at = \"{t}\"\n");
         }
@@ -534,6 +602,9 @@ fn explain_agrees_with_the_kernel_on_random_policies() {
             for (row, e) in report.rows.iter().zip(&p.expects) {
                 let mut conn = e.connection();
                 conn.at = row.local_time;
+                if let Some(f) = &mut conn.from {
+                    f.oif = Some(lab::Lab::uplink().to_string());
+                }
                 let ex = policy::explain(&p, &conn);
                 let mut seen = seen.borrow_mut();
                 if let policy::Decider::Rule(i) = ex.decider {
@@ -557,9 +628,13 @@ fn explain_agrees_with_the_kernel_on_random_policies() {
                         cgroups_span: _,
                         when,
                         when_span: _,
+                        from,
+                        from_span: _,
                     } = &p.rules[i].cond;
                     let policy::Limits { rate, max_connections, per: _, span: _ } = &p.rules[i].limits;
                     for (on, what) in [
+                        (from.is_some(), "decided by a from rule"),
+                        (conn.from.is_some(), "forwarded, decided by a rule"),
                         (when.is_some(), "decided by a when rule"),
                         (cgroups.is_some(), "decided by a cgroup rule"),
                         (!sets.is_empty(), "decided by a set rule"),
@@ -571,10 +646,19 @@ fn explain_agrees_with_the_kernel_on_random_policies() {
                         }
                     }
                 }
+                match ex.decider {
+                    policy::Decider::NotGoverned if conn.from.is_some() => *seen.entry("forwarded, not governed").or_default() += 1,
+                    policy::Decider::BetweenWorkloads => *seen.entry("forwarded, between workloads").or_default() += 1,
+                    policy::Decider::Default if conn.from.is_some() => *seen.entry("forwarded, default").or_default() += 1,
+                    policy::Decider::DnsBypass if conn.from.is_some() => *seen.entry("forwarded, dns bypass").or_default() += 1,
+                    _ => {}
+                }
                 for (_, m) in &ex.misses {
                     let what = match m {
                         policy::explain::Miss::Time { .. } => "missed on time",
                         policy::explain::Miss::Cgroup { .. } => "missed on cgroup",
+                        policy::explain::Miss::From { .. } => "missed on from",
+                        policy::explain::Miss::NoSocket { .. } => "forwarded, missed on no socket",
                         _ => continue,
                     };
                     *seen.entry(what).or_default() += 1;
@@ -588,8 +672,9 @@ fn explain_agrees_with_the_kernel_on_random_policies() {
                 .filter(|r| r.kernel != r.explain || r.expected != r.explain || matches!(r.outcome, lab::Outcome::Error(_)))
                 .map(|r| {
                     format!(
-                        "{}{}: explain {} ({}; {} when generated), kernel {} ({})",
+                        "{}{}{}: explain {} ({}; {} when generated), kernel {} ({})",
                         r.case,
+                        r.from.as_ref().map(|f| format!(" forwarded from {f}")).unwrap_or_default(),
                         r.local_time.map(|t| format!(" at {t}")).unwrap_or_default(),
                         r.explain.as_str(),
                         r.decider,
@@ -626,7 +711,7 @@ fn explain_agrees_with_the_kernel_on_random_policies() {
     // At 64 cases each of these is expected about ten times or more.
     if cases >= 64 {
         let seen = seen.borrow();
-        for dimension in ["when", "cgroup", "set", "country"] {
+        for dimension in ["when", "cgroup", "set", "country", "from", "forwarded", "not governed", "no socket"] {
             let n: usize = seen.iter().filter(|(k, _)| k.contains(dimension)).map(|(_, n)| *n).sum();
             assert!(n > 0, "no connection of {cases} cases was decided or missed by a {dimension} rule: {seen:?}");
         }

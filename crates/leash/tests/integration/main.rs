@@ -15,6 +15,7 @@ mod cut;
 mod dimensions;
 mod dns;
 mod explain;
+mod forward;
 mod log;
 mod metrics;
 mod packet_sockets;

@@ -7,7 +7,8 @@ use std::net::IpAddr;
 use toml_edit::TableLike;
 
 /// Keys of an `[[expect]]`.
-const EXPECT_KEYS: &[&str] = &["to", "address", "proto", "user", "group", "service", "cgroup", "at", "verdict"];
+const EXPECT_KEYS: &[&str] =
+    &["to", "address", "proto", "user", "group", "service", "cgroup", "at", "from", "iif", "verdict"];
 
 impl<'a> Parser<'a> {
     pub(super) fn expect(&mut self, t: &dyn TableLike, span: Span) -> Option<Expect> {
@@ -21,6 +22,10 @@ impl<'a> Parser<'a> {
         let mut verdict = None;
         let mut cgroup: Option<String> = None;
         let mut at: Option<jiff::civil::DateTime> = None;
+        let mut from: Option<(IpAddr, Span)> = None;
+        let mut iif: Option<(String, Span)> = None;
+        // Keys that describe a local process, which a forwarded connection does not have.
+        let mut local_keys: Vec<(&str, Span)> = Vec::new();
         let (entries, suggested) = self.entries(t, "[[expect]]", EXPECT_KEYS);
         for e in entries {
             match e.key {
@@ -69,18 +74,47 @@ impl<'a> Parser<'a> {
                         }
                     }
                 }
+                "from" => {
+                    if let Some((s, fspan)) = self.string(&e) {
+                        match s.parse::<IpAddr>() {
+                            Ok(a) if a.is_loopback() || a.is_unspecified() || a.is_multicast() => self.error(
+                                "bad-address",
+                                fspan,
+                                format!("`{s}` cannot be the source of a forwarded connection; give a workload's address"),
+                            ),
+                            Ok(a) => from = Some((a, fspan)),
+                            Err(_) => self.error(
+                                "bad-address",
+                                fspan,
+                                format!("invalid address `{s}`; expected the workload's source address, e.g. \"172.17.0.2\""),
+                            ),
+                        }
+                    }
+                }
+                "iif" => {
+                    if let Some((s, ispan)) = self.string(&e) {
+                        match IfacePattern::parse(s) {
+                            Ok(p) if !p.wildcard => iif = Some((p.name, ispan)),
+                            Ok(_) => self.error("bad-interface", ispan, format!("`{s}` is a pattern; an expectation enters on one interface, e.g. \"br-0\"")),
+                            Err(m) => self.error("bad-interface", ispan, m),
+                        }
+                    }
+                }
                 "user" => {
+                    local_keys.push(("user", e.key_span.clone()));
                     if let Some(v) = self.value(&e, "a user name or id") {
                         user = self.principal(v, &e.key_span, Kind::User);
                     }
                 }
                 "group" => {
+                    local_keys.push(("group", e.key_span.clone()));
                     if let Some(v) = self.value(&e, "a group name or id") {
                         group = self.principal(v, &e.key_span, Kind::Group);
                     }
                 }
                 "verdict" => verdict = self.choice(&e, ACTIONS),
                 "service" | "cgroup" => {
+                    local_keys.push((e.key, e.key_span.clone()));
                     if let Some((text, cspan)) = self.string(&e) {
                         let service = e.key == "service";
                         match if service { service_cgroup(text) } else { cgroup_path(text) } {
@@ -139,6 +173,35 @@ impl<'a> Parser<'a> {
                 _ => {}
             }
         }
+        match (&from, &iif) {
+            (None, Some((_, ispan))) => {
+                self.error("bad-value", ispan.clone(), "`iif` is only for forwarded expectations (with `from`)")
+            }
+            (Some((src, fspan)), _) => {
+                for (key, kspan) in &local_keys {
+                    self.error(
+                        "from-with-socket",
+                        kspan.clone(),
+                        format!(
+                            "`{key}` cannot go with `from` (line {}): a forwarded connection comes from a workload, \
+                             not from a local process",
+                            self.line(fspan)
+                        ),
+                    );
+                }
+                if let Some((dst, _, tspan)) = &to
+                    && !dst.is_unspecified()
+                {
+                    if dst.is_ipv4() != src.is_ipv4() {
+                        self.error("expect-family", fspan.clone(), format!("`from` {src} and `to` {dst} are of different address families"));
+                    }
+                    if dst.is_loopback() {
+                        self.error("bad-address", tspan.clone(), "a forwarded connection cannot go to a loopback address");
+                    }
+                }
+            }
+            (None, None) => {}
+        }
         let uid = user.as_ref().map_or(0, |u| u.id);
         let gid = match &group {
             Some(g) => Some(g.id),
@@ -160,6 +223,8 @@ impl<'a> Parser<'a> {
             gid: gid?,
             cgroup,
             at,
+            from: from.map(|f| f.0),
+            iif: iif.map(|i| i.0),
             verdict: verdict?,
         })
     }

@@ -21,6 +21,7 @@ const RULE_KEYS: &[&str] = &[
     "service",
     "cgroup",
     "when",
+    "from",
     "rate",
     "burst",
     "max_connections",
@@ -100,6 +101,10 @@ impl<'a> Parser<'a> {
                     rule.cond.when_span = Some(self.span(e.item, &e.key_span));
                     rule.cond.when = self.windows(&e);
                 }
+                "from" => {
+                    rule.cond.from_span = Some(self.span(e.item, &e.key_span));
+                    rule.cond.from = self.sources(&e);
+                }
                 "rate" => {
                     rule.limits.span.get_or_insert(self.span(e.item, &e.key_span));
                     if let Some((s, span)) = self.string(&e) {
@@ -164,7 +169,8 @@ impl<'a> Parser<'a> {
                 }
             }
         }
-        self.check_limits(&mut rule.limits, t, action, burst, limit_per_span);
+        self.check_limits(&mut rule.limits, t, action, burst, limit_per_span.clone());
+        self.check_from(&rule, limit_per_span);
         // `to_country` alone still limits the destination, even an empty one (which matches
         // nothing, as `to = []` does): the rule no longer means "anywhere".
         if to_country_given && rule.cond.to.is_none() {
@@ -295,6 +301,68 @@ impl<'a> Parser<'a> {
             }
         }
         ok.then_some((out, domains, sets))
+    }
+
+    /// `from`: source networks and input interfaces of forwarded connections.
+    fn sources(&mut self, e: &Entry) -> Option<FromMatch> {
+        let mut out = FromMatch::default();
+        let mut ok = true;
+        for v in self.list(e, "a list of networks or interface names")? {
+            let span = self.vspan(v, &e.key_span);
+            let Some(s) = v.as_str() else {
+                ok = false;
+                self.error(
+                    "wrong-type",
+                    span,
+                    format!("expected an address, CIDR or interface name (a string), found {}", value_type(v)),
+                );
+                continue;
+            };
+            match parse_network(s) {
+                Ok(n) => out.nets.push(n),
+                Err((code, m)) if looks_like_address(s) => {
+                    ok = false;
+                    self.error(code, span, m);
+                }
+                Err(_) => match IfacePattern::parse(s) {
+                    Ok(p) => out.interfaces.push(p),
+                    Err(m) => {
+                        ok = false;
+                        self.error("bad-from", span, format!("{m}, or an address or CIDR"));
+                    }
+                },
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// A rule with `from` matches forwarded packets only, which have no local socket: a user,
+    /// group, cgroup or per-user limit could never be matched next to it.
+    fn check_from(&mut self, rule: &Rule, limit_per_span: Option<Span>) {
+        let Some(from_span) = &rule.cond.from_span else { return };
+        let line = self.line(from_span);
+        let socket_keys: [(bool, &str, Option<Span>); 4] = [
+            (rule.cond.users.is_some(), "user", None),
+            (rule.cond.groups.is_some(), "group", None),
+            (rule.cond.cgroups_span.is_some(), "service`/`cgroup", rule.cond.cgroups_span.clone()),
+            (rule.limits.per == LimitPer::User, "limit_per = \"user\"", limit_per_span),
+        ];
+        for (on, key, span) in socket_keys {
+            if on {
+                let span = span
+                    .or_else(|| rule.cond.users.as_ref().and_then(|u| u.first()).map(|p| p.span.clone()).filter(|_| key == "user"))
+                    .or_else(|| rule.cond.groups.as_ref().and_then(|g| g.first()).map(|p| p.span.clone()).filter(|_| key == "group"))
+                    .unwrap_or_else(|| from_span.clone());
+                self.error(
+                    "from-with-socket",
+                    span,
+                    format!(
+                        "`{key}` cannot go with `from` (line {line}): `from` matches forwarded packets, which have no \
+                         local socket, so no user, group or cgroup"
+                    ),
+                );
+            }
+        }
     }
 
     /// `to_country`: upper-case two-letter codes, looked up in the `[countries]` database.

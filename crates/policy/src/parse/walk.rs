@@ -11,7 +11,9 @@ use std::net::IpAddr;
 use toml_edit::{Document, TableLike};
 
 /// Keys of the top-level table.
-const TOP_KEYS: &[&str] = &["version", "defaults", "dns", "set", "countries", "rule", "expect"];
+const TOP_KEYS: &[&str] = &["version", "defaults", "dns", "forward", "set", "countries", "rule", "expect"];
+/// Keys of `[forward]`.
+const FORWARD_KEYS: &[&str] = &["mode", "interfaces", "sources"];
 /// Keys of a `[[set]]`.
 const SET_KEYS: &[&str] = &["name", "file"];
 /// Keys of `[countries]`.
@@ -54,6 +56,7 @@ impl<'a> Parser<'a> {
         let mut rules = Vec::new();
         let mut expects = Vec::new();
         let mut dns = DnsConfig::default();
+        let mut forward = ForwardConfig::default();
         let (entries, suggested) = self.entries(root, "the top level", TOP_KEYS);
         // Sets and the country database first: rules refer to them.
         for e in &entries {
@@ -94,6 +97,14 @@ impl<'a> Parser<'a> {
                         self.wrong_type(span, "a table ([dns])", e.item);
                     }
                 }
+                "forward" => {
+                    if let Some(t) = e.item.as_table_like() {
+                        forward = self.forward(t, self.span(e.item, &e.key_span));
+                    } else {
+                        let span = self.span(e.item, &e.key_span);
+                        self.wrong_type(span, "a table ([forward])", e.item);
+                    }
+                }
                 "rule" => {
                     let mut names: HashMap<String, Span> = HashMap::new();
                     for (t, span) in self.tables(&e, "[[rule]]") {
@@ -114,10 +125,12 @@ impl<'a> Parser<'a> {
         }
         self.require(root, "version", &suggested, &(0..0), "missing `version = 1` (the policy language version)");
         self.check_dns(&dns, &rules);
+        self.check_forward(&forward, &rules);
         let sets = std::mem::take(&mut self.sets);
         let countries = self.countries.take();
-        let mut policy = Policy { version: version?, defaults, rules, expects, dns, sets, countries };
+        let mut policy = Policy { version: version?, defaults, rules, expects, dns, sets, countries, forward };
         self.place_domain_expects(&mut policy);
+        self.place_forwarded_expects(&mut policy);
         Some(policy)
     }
 
@@ -154,6 +167,85 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// `from` needs forwarded traffic to be governed: under `mode = "ignore"` there is no forward
+    /// chain, so such a rule could never match.
+    fn check_forward(&mut self, forward: &ForwardConfig, rules: &[Rule]) {
+        if forward.mode != ForwardMode::Ignore {
+            return;
+        }
+        for r in rules {
+            if let Some(span) = &r.cond.from_span {
+                let at = forward.mode_span.as_ref().map(|m| format!(" (line {})", self.line(m))).unwrap_or_default();
+                self.error(
+                    "from-not-governed",
+                    span.clone(),
+                    format!(
+                        "rule `{}` has `from`, but [forward] mode = \"ignore\"{at}: forwarded traffic is not governed, \
+                         so the rule could never match",
+                        r.name
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Gives every forwarded expectation without `iif` the interface `leash test` routes it
+    /// through (and `explain` assumes): an example name of the first workload interface pattern,
+    /// or `wl0` when the policy names none (then only its source networks make it a workload).
+    fn place_forwarded_expects(&mut self, policy: &mut Policy) {
+        let default = policy.workload_interfaces().first().map_or_else(|| "wl0".to_string(), IfacePattern::example);
+        for x in &mut policy.expects {
+            if x.from.is_some() && x.iif.is_none() {
+                x.iif = Some(default.clone());
+            }
+        }
+    }
+
+    /// `[forward]`: whether forwarded traffic is governed, and what counts as a local workload.
+    fn forward(&mut self, t: &dyn TableLike, span: Span) -> ForwardConfig {
+        let mut f = ForwardConfig { span: Some(span), ..Default::default() };
+        for e in self.entries(t, "[forward]", FORWARD_KEYS).0 {
+            match e.key {
+                "mode" => {
+                    if let Some(m) = self.choice(&e, &[("govern", ForwardMode::Govern), ("ignore", ForwardMode::Ignore)]) {
+                        f.mode = m;
+                        f.mode_span = Some(self.span(e.item, &e.key_span));
+                    }
+                }
+                "interfaces" => {
+                    if let Some(list) = self.list(&e, "a list of interface names (\"docker0\", \"br-*\")") {
+                        let mut out = Vec::new();
+                        for v in list {
+                            let vspan = self.vspan(v, &e.key_span);
+                            match v.as_str().map(IfacePattern::parse) {
+                                Some(Ok(p)) => out.push(p),
+                                Some(Err(m)) => self.error("bad-interface", vspan, m),
+                                None => self.error("wrong-type", vspan, format!("expected an interface name (a string), found {}", value_type(v))),
+                            }
+                        }
+                        f.interfaces = out;
+                    }
+                }
+                "sources" => {
+                    if let Some(list) = self.list(&e, "a list of networks (\"172.17.0.0/16\")") {
+                        let mut out = Vec::new();
+                        for v in list {
+                            let vspan = self.vspan(v, &e.key_span);
+                            match v.as_str().map(super::values::parse_network) {
+                                Some(Ok(n)) => out.push(n),
+                                Some(Err((code, m))) => self.error(code, vspan, m),
+                                None => self.error("wrong-type", vspan, format!("expected a network (a string), found {}", value_type(v))),
+                            }
+                        }
+                        f.sources = out;
+                    }
+                }
+                _ => unreachable!("entries() only returns allowed keys"),
+            }
+        }
+        f
+    }
+
     /// Gives every domain expectation without `address` the address it will use.
     fn place_domain_expects(&mut self, policy: &mut Policy) {
         let mut taken: Vec<IpAddr> = policy.expects.iter().map(|x| x.to).filter(|a| !a.is_unspecified()).collect();
@@ -164,12 +256,14 @@ impl<'a> Parser<'a> {
             if !x.to.is_unspecified() {
                 continue;
             }
+            // A forwarded expectation's destination is of its source's family.
+            let v6 = x.proto == Proto::Icmpv6 || x.from.is_some_and(|f| f.is_ipv6());
             // Expectations on the same name share its address, as the forwarder would.
-            if let Some(a) = by_name.get(&name).filter(|a| a.is_ipv6() == (x.proto == Proto::Icmpv6)) {
+            if let Some(a) = by_name.get(&name).filter(|a| a.is_ipv6() == v6) {
                 policy.expects[i].to = *a;
                 continue;
             }
-            match crate::dns::synthetic_address(policy, x.proto == Proto::Icmpv6, &taken) {
+            match crate::dns::synthetic_address(policy, v6, &taken) {
                 Some(a) => {
                     policy.expects[i].to = a;
                     taken.push(a);

@@ -82,6 +82,8 @@ pub fn arb_rule() -> impl Strategy<Value = Rule> {
                 cgroups_span: None,
                 when: None,
                 when_span: None,
+                from: None,
+                from_span: None,
             },
             limits: Limits {
                 rate: None,
@@ -117,12 +119,13 @@ pub fn arb_policy() -> impl Strategy<Value = Policy> {
         dns: Default::default(),
         sets: vec![],
         countries: None,
+        forward: Default::default(),
     })
 }
 
 pub fn arb_conn() -> impl Strategy<Value = Connection> {
     (arb_proto(), arb_addr(), prop::option::of(0u16..50), 0u32..4, 0u32..4)
-        .prop_map(|(proto, dst, port, uid, gid)| Connection { proto, dst, port, uid, gid, name: None, cgroup: None, at: None })
+        .prop_map(|(proto, dst, port, uid, gid)| Connection { proto, dst, port, uid, gid, name: None, cgroup: None, at: None, from: None })
 }
 
 
