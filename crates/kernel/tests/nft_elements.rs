@@ -65,6 +65,7 @@ fn el<'a>(set: &'a str, addr: &str, timeout_ms: u64) -> TimedElement<'a> {
         set,
         addr: addr.parse().unwrap(),
         timeout_ms,
+        name: None,
     }
 }
 
@@ -386,10 +387,10 @@ fn apply_verifies_timeout_sets_without_counting_and_writers_survive_a_reapply() 
     let mut t = table();
     t.sets[0].elements = SetElements::TimedV4(
         (1..=200u32)
-            .map(|i| (std::net::Ipv4Addr::from(0xc000_0200 + i), 1))
+            .map(|i| TimedAddr::new(std::net::Ipv4Addr::from(0xc000_0200 + i), 1, None))
             .collect(),
     );
-    t.sets[1].elements = SetElements::TimedV6(vec![("2001:db8::7".parse().unwrap(), 60_000)]);
+    t.sets[1].elements = SetElements::TimedV6(vec![TimedAddr::new("2001:db8::7".parse().unwrap(), 60_000, None)]);
     ns.run(|| kernel::apply(&t, &ApplyOptions::default()))
         .unwrap();
     sleep(Duration::from_millis(20));

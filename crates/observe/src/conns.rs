@@ -127,8 +127,9 @@ pub struct Conn {
     pub rule: Option<String>,
     /// What decided (see [`Verdict::decided_by`]).
     pub decided_by: Option<&'static str>,
-    /// For a destination the DNS forwarder answered: the domain names of the rules whose sets
-    /// hold it (`*.cdn.example.com`), read from the kernel's sets.
+    /// For a destination the DNS forwarder answered: the name that was looked up
+    /// (`img.cdn.example.com`), as the kernel's set element records it, or, for an element
+    /// without a name, the domain patterns of the rules whose sets hold it.
     pub host: Option<String>,
     /// The kernel's record, for callers that want more (queues, cookie, full `tcp_info`).
     #[serde(skip)]
@@ -370,13 +371,14 @@ pub fn verdicts(policy: &Policy, conns: &[Conn]) -> Vec<Option<Verdict>> {
         .collect()
 }
 
-/// The addresses the forwarder put into each domain rule's sets, read from the kernel once per
-/// snapshot. A live connection carries no name, so this is how a domain rule is seen to match
-/// it, exactly as the kernel's set lookup does.
+/// The addresses the forwarder put into each domain rule's sets, with the name each answer was
+/// for (the element's comment), read from the kernel once per snapshot. A live connection
+/// carries no name, so this is how a domain rule is seen to match it, exactly as the kernel's
+/// set lookup does, and which name was looked up.
 #[derive(Debug, Default)]
 pub struct DomainSets {
-    /// Rule index -> addresses in its `r_<rule>_d4` / `r_<rule>_d6` sets.
-    by_rule: HashMap<usize, HashSet<IpAddr>>,
+    /// Rule index -> addresses in its `r_<rule>_d4` / `r_<rule>_d6` sets, each with its name.
+    by_rule: HashMap<usize, HashMap<IpAddr, Option<String>>>,
 }
 
 impl DomainSets {
@@ -385,11 +387,11 @@ impl DomainSets {
     pub fn read(policy: &Policy) -> DomainSets {
         let mut by_rule = HashMap::new();
         for (i, r) in policy.rules.iter().enumerate().filter(|(_, r)| !r.cond.domains.is_empty()) {
-            let mut addrs = HashSet::new();
+            let mut addrs = HashMap::new();
             for family in [ruleset::Family::Ipv4, ruleset::Family::Ipv6] {
                 let set = ruleset::domain_set_name(&r.name, family);
                 if let Ok(Some(elems)) = kernel::timed_elements(ruleset::TABLE_NAME, &set) {
-                    addrs.extend(elems.into_iter().map(|(a, _)| a));
+                    addrs.extend(elems.into_iter().map(|e| (e.addr, e.name)));
                 }
             }
             by_rule.insert(i, addrs);
@@ -397,19 +399,31 @@ impl DomainSets {
         DomainSets { by_rule }
     }
 
-    pub fn contains(&self, rule: usize, addr: IpAddr) -> bool {
-        self.by_rule.get(&rule).is_some_and(|s| s.contains(&addr))
+    /// Sets as read, for tests: rule index -> (address, name).
+    pub fn from_elements(by_rule: impl IntoIterator<Item = (usize, Vec<(IpAddr, Option<String>)>)>) -> DomainSets {
+        DomainSets { by_rule: by_rule.into_iter().map(|(i, v)| (i, v.into_iter().collect())).collect() }
     }
 
-    /// The domain patterns of every rule whose sets hold `addr`, comma-separated.
+    pub fn contains(&self, rule: usize, addr: IpAddr) -> bool {
+        self.by_rule.get(&rule).is_some_and(|s| s.contains_key(&addr))
+    }
+
+    /// What `addr` was looked up as, comma-separated: for every rule whose sets hold it, the name
+    /// its element records, or the rule's domain patterns for an element without one.
     pub fn host(&self, policy: &Policy, addr: IpAddr) -> Option<String> {
-        let names: Vec<String> = policy
-            .rules
-            .iter()
-            .enumerate()
-            .filter(|&(i, _)| self.contains(i, addr))
-            .flat_map(|(_, r)| r.cond.domains.iter().map(|d| d.to_string()))
-            .collect();
+        let mut names: Vec<String> = Vec::new();
+        for (i, r) in policy.rules.iter().enumerate() {
+            let Some(name) = self.by_rule.get(&i).and_then(|s| s.get(&addr)) else { continue };
+            let found: Vec<String> = match name {
+                Some(n) => vec![n.clone()],
+                None => r.cond.domains.iter().map(|d| d.to_string()).collect(),
+            };
+            for n in found {
+                if !names.contains(&n) {
+                    names.push(n);
+                }
+            }
+        }
         (!names.is_empty()).then(|| names.join(","))
     }
 }

@@ -267,7 +267,10 @@ impl Socket {
 
     /// Sends a dump request (flags should include `NLM_F_REQUEST | NLM_F_DUMP`) and calls `each`
     /// for every reply message of that sequence number until `NLMSG_DONE`. A dump whose
-    /// `NLM_F_DUMP_INTR` flag is set changed while it ran; this returns `EINTR` (retry it).
+    /// `NLM_F_DUMP_INTR` flag is set changed while it ran; this returns
+    /// [`NlError::DumpInterrupted`] after reading it to its end (the socket can dump again at
+    /// once). Callers that want the objects wrap the whole dump, with their collecting state, in
+    /// [`retry_interrupted`].
     pub fn dump(
         &mut self,
         msg: &[u8],
@@ -302,10 +305,7 @@ impl Socket {
                 match m.header.ty {
                     NLMSG_DONE => {
                         if interrupted {
-                            return Err(NlError::Io {
-                                context: "netlink dump interrupted by a concurrent change",
-                                source: io::Error::from_raw_os_error(libc::EINTR),
-                            });
+                            return Err(NlError::DumpInterrupted { attempts: 1 });
                         }
                         return Ok(true);
                     }
@@ -349,6 +349,37 @@ impl Socket {
             }
         }
     }
+}
+
+/// How many times [`retry_interrupted`] starts a dump before it gives up.
+pub const DUMP_ATTEMPTS: usize = 20;
+
+/// Runs `attempt` (one whole dump, which must start its collecting state afresh each time) until
+/// it does not end in [`NlError::DumpInterrupted`], at most [`DUMP_ATTEMPTS`] times.
+///
+/// nf_tables flags a dump interrupted whenever any commit lands in the namespace while it runs,
+/// and a DNS forwarder under load commits a set insert every few milliseconds: `leash status` and
+/// the read-back of an apply would otherwise fail most of the time on a busy host. Between
+/// attempts it sleeps a little longer each time (up to about 50 ms, some 0.5 s in all), so a
+/// burst of commits can pass; what the last attempt read is never returned half-done.
+pub fn retry_interrupted<T>(
+    mut attempt: impl FnMut() -> Result<T, NlError>,
+) -> Result<T, NlError> {
+    for n in 1..=DUMP_ATTEMPTS {
+        match attempt() {
+            Err(NlError::DumpInterrupted { .. }) if n < DUMP_ATTEMPTS => {
+                // 0, 1, 2, 4, ... 32, 50, 50 ms: the first retry is immediate (one commit
+                // passed), later ones give a busy writer room.
+                let ms = if n == 1 { 0 } else { (1u64 << (n - 2).min(6)).min(50) };
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+            }
+            Err(NlError::DumpInterrupted { .. }) => {
+                return Err(NlError::DumpInterrupted { attempts: n });
+            }
+            other => return other,
+        }
+    }
+    unreachable!("the loop returns on its last attempt")
 }
 
 fn clamp_buf(bytes: usize) -> i32 {

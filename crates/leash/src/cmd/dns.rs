@@ -29,7 +29,7 @@ struct KernelSink(SetWriter);
 impl dns::SetSink for KernelSink {
     fn add(&mut self, batch: &[dns::Insert]) -> io::Result<()> {
         let elems: Vec<TimedElement> =
-            batch.iter().map(|i| TimedElement { set: &i.set, addr: i.addr, timeout_ms: i.timeout_ms }).collect();
+            batch.iter().map(|i| TimedElement { set: &i.set, addr: i.addr, timeout_ms: i.timeout_ms, name: i.name.as_deref() }).collect();
         self.0.add_timed(ruleset::TABLE_NAME, &elems).map_err(io::Error::other)
     }
 }
