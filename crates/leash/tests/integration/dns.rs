@@ -336,6 +336,36 @@ fn re_applying_keeps_the_answers_and_the_forwarder_re_inserts() {
     assert!(s.logs().contains("re-applied"), "{}", s.logs());
 }
 
+/// Issue 12, item 3: an answer is carried into the new table only when the new policy still puts
+/// its name into that set. The kernel's element holds the name looked up (its comment), so the
+/// apply can tell; here the wildcard that admitted `a.cdn.example.test` is gone.
+#[test]
+fn a_re_apply_without_the_wildcard_leaves_its_answers_behind() {
+    if !need_root("a_re_apply_without_the_wildcard_leaves_its_answers_behind") {
+        return;
+    }
+    let mut s = Setup::new("deny", UPSTREAM);
+    assert_eq!(s.q("a.cdn.example.test", "A").addrs, vec!["192.0.2.30".parse::<IpAddr>().unwrap()]);
+    assert_eq!(s.connect("192.0.2.30"), Outcome::Connected, "{}", s.logs());
+    let (_, set, _) = nft_raw(s.lab.client(), &["list", "set", "inet", "leash", "r_cdn_d4"], None);
+    assert!(set.contains("192.0.2.30") && set.contains("comment \"a.cdn.example.test\""), "{set}");
+    // Only the table decides from here on: no forwarder to put anything back.
+    drop(s.forwarder.take());
+    let narrowed = policy_text("deny", UPSTREAM).replace(r#"to = ["*.cdn.example.test"]"#, r#"to = ["cdn.example.test"]"#);
+    let path = s.dir.file("p2.toml", &narrowed);
+    let r = leash_in(s.lab.client(), &["apply", "--json", &path]);
+    assert!(r.ok(), "{r}");
+    let c = &r.json()["carry_over"];
+    assert!(c["not_admitted"].as_u64() >= Some(1), "{r}");
+    // The api rule's warmed-up answers are still admitted and kept.
+    assert!(c["kept"].as_u64() >= Some(1), "{r}");
+    let (_, set, _) = nft_raw(s.lab.client(), &["list", "set", "inet", "leash", "r_cdn_d4"], None);
+    assert!(!set.contains("192.0.2.30"), "the removed wildcard's answer was carried over: {set}");
+    assert_eq!(s.connect("192.0.2.30"), Outcome::Refused);
+    let e = leash_in(s.lab.client(), &["explain", &path, "--to", "192.0.2.30:443", "--proto", "tcp", "--name", "a.cdn.example.test"]);
+    assert!(e.stdout.contains("DENY"), "{e}");
+}
+
 #[test]
 fn conns_sees_connections_a_domain_rule_allows() {
     if !need_root("conns_sees_connections_a_domain_rule_allows") {
@@ -357,7 +387,8 @@ fn conns_sees_connections_a_domain_rule_allows() {
         .unwrap_or_else(|| panic!("no connection to 192.0.2.30:443{r}"));
     // The kernel's set holds the answer, so conns shows the domain rule, not the default.
     assert_eq!((c["verdict"].as_str(), c["rule"].as_str()), (Some("allow"), Some("cdn")), "{r}");
-    assert_eq!(c["host"], "*.cdn.example.test", "{r}");
+    // The name that was looked up, as the kernel's element records it, not the rule's pattern.
+    assert_eq!(c["host"], "a.cdn.example.test", "{r}");
     drop(held);
 }
 
