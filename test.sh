@@ -12,10 +12,13 @@ cd "$(dirname "$0")"
 # tmux: the terminal `leash top` is tested in. python3-prometheus-client: the parser the metrics
 # exposition must pass (Debian's `prometheus` package, for promtool, installs 96 MB).
 # tcpdump: reads the pcap files `leash log --pcap` writes (and competes in the NFLOG benchmark).
+# qemu-system-x86, busybox-static, binutils: the kernel-matrix job (tests/kernel-matrix/run.sh,
+# which .ci/run runs after this script) boots Debian 12's 6.1 kernel in qemu with a busybox
+# initramfs holding the stripped test binaries.
 # leash itself needs none of them at run time.
 packages=(
     nftables iproute2 util-linux dnsutils netcat-openbsd curl ca-certificates dnsmasq-base
-    tmux python3-prometheus-client tcpdump
+    tmux python3-prometheus-client tcpdump qemu-system-x86 busybox-static binutils
 )
 
 missing=()

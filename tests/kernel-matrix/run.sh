@@ -19,7 +19,7 @@
 # (cached under target/kernel-matrix/), the test binaries are the ones `cargo test --no-run`
 # builds (the same debug profile ./test.sh uses, so nothing is rebuilt after it), and an
 # initramfs holds busybox, the binaries with the shared libraries ldd names, nft, nsenter, bash,
-# dnsmasq, dig, ip and ss. qemu runs it with TCG (KVM is not usable here); the VM's init
+# setpriv, dnsmasq, dig, ip and ss. qemu runs it with TCG (KVM is not usable here); the VM's init
 # (tests/kernel-matrix/init) reports on the serial console, which this script parses.
 #
 # Usage: tests/kernel-matrix/run.sh [--keep] [--timeout SECONDS] [--only REGEX]   (as root, like
@@ -43,7 +43,7 @@ done
 t_start=$(date +%s)
 say() { echo "kernel-matrix: $*" >&2; }
 
-for tool in qemu-system-x86_64 busybox dpkg-deb apt-get python3 strip nft nsenter bash dnsmasq dig ip ss; do
+for tool in qemu-system-x86_64 busybox dpkg-deb apt-get python3 strip nft nsenter setpriv bash dnsmasq dig ip ss; do
     command -v "$tool" >/dev/null || { say "missing $tool (./test.sh installs qemu-system-x86, busybox-static and the rest)"; exit 3; }
 done
 mkdir -p "$WORK"
@@ -155,7 +155,7 @@ for b in $(echo "$plan" | awk '{print $3}' | sort -u) "$leash_bin"; do
 done
 mkdir -p "$rd$ROOT/crates/kernel" "$rd$ROOT/crates/leash"
 cp -r examples "$rd$ROOT/examples"
-for t in nft nsenter bash dnsmasq dig ip ss; do
+for t in nft nsenter setpriv bash dnsmasq dig ip ss; do
     p=$(command -v "$t" || true)
     [ -n "$p" ] && copy_elf "$p" "/usr/bin/$t"
 done
