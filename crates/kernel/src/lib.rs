@@ -16,5 +16,5 @@ pub use nft::{
     ApplyOptions, ApplyReport, ChainStatus, Counter, ElementCount, Error, ReplaceOptions,
     Refresh, ReplaceReport, RuleStatus, SetContents, SetElement, SetStatus, SetWriter, TableInfo,
     TableStatus, TimedAnswer, TimedElement, probe_refresh, apply, disable, encode_apply_batch, replace_set_elements,
-    set_elements, status, status_with, table_comment, timed_elements, verify,
+    element_name, set_elements, status, status_with, table_comment, timed_elements, verify,
 };

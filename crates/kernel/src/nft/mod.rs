@@ -36,7 +36,7 @@ pub use elements::{SetWriter, TimedElement};
 pub use probe::{Refresh, probe_refresh};
 pub use encode::ApplyOptions;
 pub use error::Error;
-pub use read::{set_elements, status, status_with, table_comment, timed_elements};
+pub use read::{element_name, set_elements, status, status_with, table_comment, timed_elements};
 pub use status::{
     COUNT_LIMIT, ChainStatus, Counter, ElementCount, RuleStatus, SetElement, SetStatus, TableInfo,
     TableStatus, TimedAnswer,
