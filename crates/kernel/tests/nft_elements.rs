@@ -328,40 +328,40 @@ fn re_adding(ns: &NetNs, mut w: SetWriter) {
     // kernel-matrix VM (qemu without KVM), and the bounds must hold on both.
     w.add_timed("leash", &[el("dom4", a, 4000)]).unwrap();
     sleep(Duration::from_millis(2400));
-    let before = expires_ms(&ns, "dom4", a);
+    let before = expires_ms(ns, "dom4", a);
     assert!(before <= 1600, "{before} ms left");
     // Same timeout again: without NFTA_SET_ELEM_EXPIRATION the kernel would not restart it, and
     // before 6.10 a re-add alone restarts nothing.
     let refreshed = Instant::now();
     w.add_timed("leash", &[el("dom4", a, 4000)]).unwrap();
-    let after = expires_ms(&ns, "dom4", a);
+    let after = expires_ms(ns, "dom4", a);
     assert!(after >= 3000, "same timeout re-added: {after} ms left");
     sleep(Duration::from_millis(2400).saturating_sub(refreshed.elapsed()));
     assert!(
-        has(&ns, "dom4", a),
+        has(ns, "dom4", a),
         "4.8 s after the first add, refreshed at 2.4 s"
     );
     sleep(Duration::from_millis(4300).saturating_sub(refreshed.elapsed()));
-    assert!(!has(&ns, "dom4", a), "expired 4 s after the refresh");
+    assert!(!has(ns, "dom4", a), "expired 4 s after the refresh");
 
     // Longer.
     w.add_timed("leash", &[el("dom4", a, 10_000)]).unwrap();
     w.add_timed("leash", &[el("dom4", a, 60_000)]).unwrap();
-    let left = expires_ms(&ns, "dom4", a);
+    let left = expires_ms(ns, "dom4", a);
     assert!(left > 59_000, "longer timeout: {left} ms left");
     // Shorter: the kernel shortens it.
     w.add_timed("leash", &[el("dom4", a, 1000)]).unwrap();
-    let left = expires_ms(&ns, "dom4", a);
+    let left = expires_ms(ns, "dom4", a);
     assert!(left <= 1000, "shorter timeout: {left} ms left");
     sleep(Duration::from_millis(1300));
-    assert!(!has(&ns, "dom4", a), "the shorter timeout applies");
+    assert!(!has(ns, "dom4", a), "the shorter timeout applies");
 
     // The same address twice in one batch: the later one wins.
     w.add_timed("leash", &[el("dom4", a, 60_000), el("dom4", a, 5000)])
         .unwrap();
-    let left = expires_ms(&ns, "dom4", a);
+    let left = expires_ms(ns, "dom4", a);
     assert!((4000..=5000).contains(&left), "{left} ms left");
-    assert_eq!(count(&ns, "dom4"), 1);
+    assert_eq!(count(ns, "dom4"), 1);
 }
 
 /// The kernel behaviour `SetWriter` relies on, shown with nft itself: from 6.10 on, a re-add with

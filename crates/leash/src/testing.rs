@@ -20,13 +20,16 @@ pub enum Call {
     AddTimed(Vec<(String, IpAddr, u64)>),
 }
 
+/// Makes the error a failing call returns.
+type MakeError = Box<dyn Fn() -> Error>;
+
 /// The table "in the kernel" with the handle it got, and the calls made so far.
 #[derive(Default)]
 pub struct FakeFirewall {
     table: RefCell<Option<(u64, ruleset::Table)>>,
     calls: RefCell<Vec<Call>>,
     /// The next apply fails with this error; with `true`, after "the kernel" committed the table.
-    fail_apply: RefCell<Option<(bool, Box<dyn Fn() -> Error>)>>,
+    fail_apply: RefCell<Option<(bool, MakeError)>>,
 }
 
 impl std::fmt::Debug for FakeFirewall {

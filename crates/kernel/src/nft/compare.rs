@@ -17,8 +17,11 @@ use crate::nl::{Attr, Attrs, NlError};
 
 /// Checks that `got` (the kernel's `NFTA_RULE_EXPRESSIONS` payload) holds the expressions of
 /// `sent` (ours); `Err` says where they first differ.
+/// An expression as compared: its name and its `NFTA_EXPR_DATA` payload.
+type Expr = (String, Option<Vec<u8>>);
+
 pub(crate) fn same_expressions(sent: &[u8], got: &[u8]) -> Result<(), String> {
-    let parse = |b: &[u8]| -> Result<Vec<(String, Option<Vec<u8>>)>, NlError> {
+    let parse = |b: &[u8]| -> Result<Vec<Expr>, NlError> {
         let mut out = Vec::new();
         for e in Attrs::new(b) {
             let e = e?;
@@ -38,7 +41,7 @@ pub(crate) fn same_expressions(sent: &[u8], got: &[u8]) -> Result<(), String> {
     };
     let sent = parse(sent).map_err(|e| format!("the expressions sent do not parse: {e}"))?;
     let got = parse(got).map_err(|e| format!("the expressions read back do not parse: {e}"))?;
-    let names = |v: &[(String, Option<Vec<u8>>)]| v.iter().map(|e| e.0.as_str()).collect::<Vec<_>>().join(" ");
+    let names = |v: &[Expr]| v.iter().map(|e| e.0.as_str()).collect::<Vec<_>>().join(" ");
     if sent.len() != got.len() || sent.iter().zip(&got).any(|(s, g)| s.0 != g.0) {
         return Err(format!("expressions are [{}], want [{}]", names(&got), names(&sent)));
     }

@@ -50,7 +50,9 @@ pub fn probe_refresh() -> Result<Refresh, Error> {
         PROBES.fetch_add(1, Ordering::Relaxed)
     );
     let mut sock = open_socket()?;
-    let created = batch(|e| {
+    // If this fails nothing was created (the batch is one transaction), unless the name was
+    // taken, in which case the table is someone else's: it is left alone.
+    batch(|e| {
         e.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_EXCL, format!("probe table inet {name}"), |b| {
             b.attr_str(NFTA_TABLE_NAME, &name);
             b.attr_be32(NFTA_TABLE_FLAGS, 0);
@@ -65,12 +67,7 @@ pub fn probe_refresh() -> Result<Refresh, Error> {
         })?;
         add(e, &name, SHORT_MS, NLM_F_EXCL)
     })?
-    .send(&mut sock);
-    if let Err(e) = created {
-        // Nothing was created (the batch is one transaction), unless the name was taken, in
-        // which case the table is someone else's: leave it alone.
-        return Err(e);
-    }
+    .send(&mut sock)?;
     let result = (|| {
         batch(|e| add(e, &name, LONG_MS, 0))?.send(&mut sock)?;
         let left = timed_elements(&name, "p")?
