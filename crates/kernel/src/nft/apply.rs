@@ -196,13 +196,25 @@ pub fn replace_set_elements(
     let batch = encode_replace(table, sets, opts)?;
     let encode = t0.elapsed();
     let t1 = Instant::now();
-    batch.send(&mut sock)?;
+    match batch.send(&mut sock) {
+        Ok(()) => {}
+        Err(e @ (Error::Rejected { .. } | Error::Invalid(_))) => return Err(e),
+        // Sent, but its acks could not be read: the sets may hold the old or the new elements.
+        Err(e) => return Err(Error::Uncertain(Box::new(e))),
+    }
     let send_and_ack = t1.elapsed();
     let t2 = Instant::now();
-    let table_handle = table_info(&mut sock, table)?.map_or(info.handle, |i| i.handle);
+    // From here on the kernel has committed the new elements.
+    let committed = |e: Error| match e {
+        Error::Verify(_) => e,
+        e => Error::Committed(Box::new(e)),
+    };
+    let table_handle = table_info(&mut sock, table)
+        .map_err(committed)?
+        .map_or(info.handle, |i| i.handle);
     for s in sets {
         let key = expected_key(s.elements);
-        if get_set(&mut sock, table, s.name)?.is_none() {
+        if get_set(&mut sock, table, s.name).map_err(committed)?.is_none() {
             return Err(Error::Verify(format!(
                 "set {} is gone after its elements were replaced",
                 s.name
@@ -211,7 +223,7 @@ pub fn replace_set_elements(
         let picked = sample(key, s.elements, VERIFY_SAMPLE);
         if !picked.is_empty() {
             let refs: Vec<&KernelElem> = picked.iter().collect();
-            check_elements_present(&mut sock, table, s.name, &refs)?;
+            check_elements_present(&mut sock, table, s.name, &refs).map_err(committed)?;
         }
     }
     Ok(ReplaceReport {

@@ -44,9 +44,9 @@ pub enum Error {
 }
 
 impl Error {
-    /// For an error of [`crate::nft::apply`]: true when the kernel did not change the table
-    /// (the batch was refused, or never sent), false when it committed the new table
-    /// ([`Error::Committed`], [`Error::Verify`]) or may have ([`Error::Uncertain`]).
+    /// For an error of [`crate::nft::apply`] or [`crate::nft::replace_set_elements`]: true when
+    /// the kernel changed nothing (the batch was refused, or never sent), false when it committed
+    /// it ([`Error::Committed`], [`Error::Verify`]) or may have ([`Error::Uncertain`]).
     pub fn changed_nothing(&self) -> bool {
         !matches!(self, Error::Committed(_) | Error::Verify(_) | Error::Uncertain(_))
     }
