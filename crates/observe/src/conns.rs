@@ -579,6 +579,30 @@ mod tests {
         assert!(parse_states(",").is_err());
     }
 
+    /// The host shown for a destination is the name its element records; an element without one
+    /// shows the rule's patterns.
+    #[test]
+    fn host_is_the_name_the_element_records() {
+        let p = policy(
+            r#"version = 1
+[dns]
+upstreams = ["192.0.2.53"]
+[[rule]]
+name = "cdn"
+action = "allow"
+ports = [443]
+to = ["*.cdn.example.com", "api.example.com"]
+"#,
+        );
+        let (named, unnamed, other): (IpAddr, IpAddr, IpAddr) =
+            ("203.0.113.1".parse().unwrap(), "203.0.113.2".parse().unwrap(), "203.0.113.3".parse().unwrap());
+        let d = DomainSets::from_elements([(0, vec![(named, Some("img.cdn.example.com".into())), (unnamed, None)])]);
+        assert_eq!(d.host(&p, named).as_deref(), Some("img.cdn.example.com"));
+        assert_eq!(d.host(&p, unnamed).as_deref(), Some("*.cdn.example.com,api.example.com"));
+        assert_eq!(d.host(&p, other), None);
+        assert!(d.contains(0, named) && !d.contains(0, other));
+    }
+
     /// Real sockets in a namespace: directions, owners, processes and verdicts.
     #[test]
     fn snapshot_joins_sockets_processes_and_verdicts() {

@@ -4,7 +4,7 @@
 //! expiry the kernel does not hold and answered addresses drop out of their sets early.
 //!
 //! The probe works on a scratch table of its own, `inet leash_probe_<pid>_<n>`, in the calling
-//! thread's network namespace: one batch creates it with a timeout set and one element (1 s), a
+//! thread's network namespace: one batch creates it with a timeout set and one element (1 min), a
 //! second re-adds the element with 10 minutes, the element's expiry is read back, and a third
 //! batch deletes the table, also when a step in between failed. This is safe on a live host: the
 //! table is created with `NLM_F_EXCL` (an existing table of that name is never touched), it has
@@ -36,7 +36,10 @@ pub enum Refresh {
 
 /// The address the probe adds (TEST-NET-1; the table has no chain, so it matches nothing).
 const PROBE_ADDR: [u8; 4] = [192, 0, 2, 1];
-const SHORT_MS: u64 = 1000;
+/// The first timeout, and the longer one of the re-add. The first is long enough that the element
+/// cannot expire while the probe runs, however slow the machine (a re-add of an expired element
+/// would make a fresh one and look like a refresh); the table is gone right after anyway.
+const SHORT_MS: u64 = 60_000;
 const LONG_MS: u64 = 600_000;
 
 /// Numbers the probe tables of this process.
