@@ -14,10 +14,13 @@ cd "$(dirname "$0")"
 # tcpdump: reads the pcap files `leash log --pcap` writes (and competes in the NFLOG benchmark).
 # conntrack: the oracle for leash's ctnetlink dump and delete (`conntrack -L`, `conntrack -D`).
 # systemd: `systemd-analyze verify` checks the shipped unit file (it needs no running systemd).
+# qemu-system-x86, busybox-static, binutils: the kernel-matrix job (tests/kernel-matrix/run.sh,
+# which .ci/run runs after this script) boots Debian 12's 6.1 kernel in qemu with a busybox
+# initramfs holding the stripped test binaries.
 # leash itself needs none of them at run time.
 packages=(
     nftables iproute2 util-linux dnsutils netcat-openbsd curl ca-certificates dnsmasq-base
-    tmux python3-prometheus-client tcpdump conntrack systemd
+    tmux python3-prometheus-client tcpdump conntrack systemd qemu-system-x86 busybox-static binutils
 )
 
 missing=()

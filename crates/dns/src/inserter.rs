@@ -20,6 +20,9 @@ pub struct Insert {
     pub set: Arc<str>,
     pub addr: IpAddr,
     pub timeout_ms: u64,
+    /// The name looked up, which the kernel keeps with the element (its comment), so that a
+    /// re-apply carries the answer over only if the new policy still admits that name.
+    pub name: Option<Arc<str>>,
 }
 
 /// Where set elements go: the binary implements it over the kernel's netlink set writer, tests
@@ -140,13 +143,19 @@ impl Sent {
 }
 
 /// Concatenates the jobs' inserts, keeping one element per (set, address) with the longest
-/// timeout: a batch must not add the same element twice.
+/// timeout (and the name of the answer that gave it): a batch must not add the same element
+/// twice.
 fn merge(jobs: &[Job], out: &mut Vec<Insert>) {
     out.clear();
     let mut seen: HashMap<(&str, IpAddr), usize> = HashMap::new();
     for ins in jobs.iter().flat_map(|j| &j.inserts) {
         match seen.get(&(&*ins.set, ins.addr)) {
-            Some(&i) => out[i].timeout_ms = out[i].timeout_ms.max(ins.timeout_ms),
+            Some(&i) => {
+                if ins.timeout_ms > out[i].timeout_ms {
+                    out[i].timeout_ms = ins.timeout_ms;
+                    out[i].name = ins.name.clone();
+                }
+            }
             None => {
                 seen.insert((&ins.set, ins.addr), out.len());
                 out.push(ins.clone());
@@ -189,7 +198,7 @@ mod tests {
     }
 
     fn ins(set: &str, a: &str, t: u64) -> Insert {
-        Insert { set: set.into(), addr: a.parse().unwrap(), timeout_ms: t }
+        Insert { set: set.into(), addr: a.parse().unwrap(), timeout_ms: t, name: None }
     }
 
     #[tokio::test]

@@ -451,7 +451,7 @@ impl Shared {
             let st = self.state.lock().unwrap();
             e.inserts.iter().filter(|p| st.kernel.needs(p, p.ttl.saturating_sub(age), self.cfg.grace, now)).copied().collect()
         };
-        if !self.insert(&need, age, now).await {
+        if !self.insert(q, &need, age, now).await {
             return message::servfail(q, out);
         }
         message::write_answer(&e.prepared, q, age, max_len, out);
@@ -486,7 +486,7 @@ impl Shared {
             let st = self.state.lock().unwrap();
             outcome.inserts.iter().filter(|p| st.kernel.needs(p, p.ttl, self.cfg.grace, now)).copied().collect()
         };
-        if !self.insert(&need, 0, now).await {
+        if !self.insert(q, &need, 0, now).await {
             return message::servfail(q, out);
         }
         message::write_answer(&outcome.prepared, q, 0, max_len, out);
@@ -496,15 +496,21 @@ impl Shared {
         }
     }
 
-    /// Sends `planned` (answered `age` seconds ago) to the kernel and waits for the ack; on
-    /// success records the new expiries. `true` for nothing to do.
-    async fn insert(&self, planned: &[Planned], age: u32, submitted: Instant) -> bool {
+    /// Sends `planned` (answered `age` seconds ago, for `q`'s name) to the kernel and waits for
+    /// the ack; on success records the new expiries. `true` for nothing to do.
+    async fn insert(&self, q: &Query<'_>, planned: &[Planned], age: u32, submitted: Instant) -> bool {
         if planned.is_empty() {
             return true;
         }
+        let name: Arc<str> = q.qname.to_dotted().into();
         let inserts: Vec<Insert> = planned
             .iter()
-            .map(|p| Insert { set: self.rules.set_name(p.set).clone(), addr: p.addr, timeout_ms: self.cfg.element_timeout_ms(p.ttl.saturating_sub(age)) })
+            .map(|p| Insert {
+                set: self.rules.set_name(p.set).clone(),
+                addr: p.addr,
+                timeout_ms: self.cfg.element_timeout_ms(p.ttl.saturating_sub(age)),
+                name: Some(name.clone()),
+            })
             .collect();
         let timeouts: Vec<u64> = inserts.iter().map(|i| i.timeout_ms).collect();
         let generation = self.state.lock().unwrap().kernel.generation();

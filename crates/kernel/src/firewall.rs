@@ -5,13 +5,11 @@
 //! [`Netlink`] is the real implementation: each method is one of this crate's netlink functions,
 //! acting on the network namespace of the calling thread, on table `inet leash` only.
 
-use std::net::IpAddr;
-
 use ruleset::Table;
 
 use crate::nft::{
     self, ApplyOptions, ApplyReport, Error, ReplaceOptions, ReplaceReport, SetContents, SetStatus, TableInfo,
-    TableStatus, TimedElement,
+    TableStatus, TimedAnswer, TimedElement,
 };
 
 /// What a command may ask of leash's table. Every method acts on table `inet leash` of the
@@ -28,9 +26,9 @@ pub trait Firewall {
     -> Result<Option<TableStatus>, Error>;
     /// Handle and comment of the table, without reading its contents.
     fn table_info(&self) -> Result<Option<TableInfo>, Error>;
-    /// The addresses of a timeout set with the milliseconds each has left; `None` when there is
-    /// no such table or set.
-    fn timed_elements(&self, set: &str) -> Result<Option<Vec<(IpAddr, u64)>>, Error>;
+    /// The addresses of a timeout set with the milliseconds each has left and the name each
+    /// answer was for; `None` when there is no such table or set.
+    fn timed_elements(&self, set: &str) -> Result<Option<Vec<TimedAnswer>>, Error>;
     /// Flushes and refills sets in one batch, leaving rules and other sets alone.
     fn replace_set_elements(&self, sets: &[SetContents<'_>], opts: &ReplaceOptions) -> Result<ReplaceReport, Error>;
     /// Adds (or refreshes) elements with timeouts in one acked batch.
@@ -66,7 +64,7 @@ impl Firewall for Netlink {
         nft::table_comment(ruleset::TABLE_NAME)
     }
 
-    fn timed_elements(&self, set: &str) -> Result<Option<Vec<(IpAddr, u64)>>, Error> {
+    fn timed_elements(&self, set: &str) -> Result<Option<Vec<TimedAnswer>>, Error> {
         nft::timed_elements(ruleset::TABLE_NAME, set)
     }
 

@@ -17,7 +17,7 @@ pub use firewall::{Firewall, Netlink};
 pub use nft::trace;
 pub use nft::{
     ApplyOptions, ApplyReport, ChainStatus, Counter, ElementCount, Error, ReplaceOptions,
-    ReplaceReport, RuleStatus, SetContents, SetElement, SetStatus, SetWriter, TableInfo,
-    TableStatus, TimedElement, apply, disable, encode_apply_batch, replace_set_elements,
-    set_elements, status, status_with, table_comment, timed_elements,
+    Refresh, ReplaceReport, RuleStatus, SetContents, SetElement, SetStatus, SetWriter, TableInfo,
+    TableStatus, TimedAnswer, TimedElement, probe_refresh, apply, disable, encode_apply_batch, replace_set_elements,
+    element_name, set_elements, status, status_with, table_comment, timed_elements, verify,
 };

@@ -30,6 +30,7 @@ fn el<'a>(set: &'a str, addr: &str, timeout_ms: u64) -> TimedElement<'a> {
         set,
         addr: addr.parse().unwrap(),
         timeout_ms,
+        name: None,
     }
 }
 
@@ -40,7 +41,7 @@ fn timed(ns: &NetNs, set: &str) -> BTreeMap<IpAddr, u64> {
         .unwrap()
         .unwrap_or_else(|| panic!("set {set} exists"));
     let n = v.len();
-    let m: BTreeMap<IpAddr, u64> = v.into_iter().collect();
+    let m: BTreeMap<IpAddr, u64> = v.into_iter().map(|e| (e.addr, e.left_ms)).collect();
     assert_eq!(m.len(), n, "one entry per address");
     m
 }
@@ -108,7 +109,7 @@ fn timed_elements_lists_each_address_with_its_time_left() {
         .unwrap()
         .unwrap()
         .into_iter()
-        .map(|e| e.0)
+        .map(|e| e.addr)
         .collect();
     assert_eq!(listed, keys);
 
@@ -160,11 +161,11 @@ fn timed_elements_is_none_without_the_set_or_the_table() {
     );
     let v = read("other", "forever").unwrap();
     assert_eq!(v.len(), 1, "{v:?}");
-    assert_eq!(v[0].0, "192.0.2.2".parse::<IpAddr>().unwrap());
-    assert!(v[0].1 <= 60_000 && v[0].1 > 58_000, "{v:?}");
+    assert_eq!(v[0].addr, "192.0.2.2".parse::<IpAddr>().unwrap());
+    assert!(v[0].left_ms <= 60_000 && v[0].left_ms > 58_000, "{v:?}");
     assert_eq!(read("other", "plain"), Some(vec![]));
     let v = read("other", "dflt").unwrap();
-    assert!(v.len() == 1 && v[0].1 <= 60_000 && v[0].1 > 58_000, "{v:?}");
+    assert!(v.len() == 1 && v[0].left_ms <= 60_000 && v[0].left_ms > 58_000, "{v:?}");
     // Not an address set: an error, not a guess.
     nft_load(
         &ns,
@@ -204,17 +205,17 @@ fn elements_carried_over_a_reapply_keep_their_time() {
     .unwrap();
     let dom4 = timed(&ns, "dom4");
     let dom6 = timed(&ns, "dom6");
-    let v4: Vec<(Ipv4Addr, u64)> = dom4
+    let v4: Vec<TimedAddr<Ipv4Addr>> = dom4
         .iter()
         .map(|(a, &ms)| match a {
-            IpAddr::V4(a) => (*a, ms),
+            IpAddr::V4(a) => TimedAddr::new(*a, ms, None),
             IpAddr::V6(_) => panic!("{a} in an ipv4_addr set"),
         })
         .collect();
-    let v6: Vec<(Ipv6Addr, u64)> = dom6
+    let v6: Vec<TimedAddr<Ipv6Addr>> = dom6
         .iter()
         .map(|(a, &ms)| match a {
-            IpAddr::V6(a) => (*a, ms),
+            IpAddr::V6(a) => TimedAddr::new(*a, ms, None),
             IpAddr::V4(_) => panic!("{a} in an ipv6_addr set"),
         })
         .collect();
@@ -309,6 +310,7 @@ fn timed_elements_lists_20000_elements() {
             set: "empty6",
             addr: IpAddr::V6(Ipv6Addr::from((0x2001_0db8_u128 << 96) | u128::from(i))),
             timeout_ms: 600_000 + u64::from(i) * 1000,
+            name: None,
         })
         .collect();
     let v4: Vec<TimedElement<'_>> = [[192, 0, 2], [198, 51, 100], [203, 0, 113]]
@@ -319,6 +321,7 @@ fn timed_elements_lists_20000_elements() {
             set: "empty4",
             addr: IpAddr::V4(a),
             timeout_ms: 600_000 + i as u64 * 1000,
+            name: None,
         })
         .collect();
     let t = Instant::now();
@@ -338,7 +341,7 @@ fn timed_elements_lists_20000_elements() {
             got.len()
         );
         assert_eq!(got.len(), want.len());
-        let got: BTreeMap<IpAddr, u64> = got.into_iter().collect();
+        let got: BTreeMap<IpAddr, u64> = got.into_iter().map(|e| (e.addr, e.left_ms)).collect();
         for e in want.iter() {
             let left = got[&e.addr];
             assert!(
@@ -415,6 +418,7 @@ fn set_elements_lists_keys_interval_ends_and_timeouts() {
             interval_end: false,
             timeout_ms: None,
             expires_ms: None,
+            comment: None,
         }
     );
     testutil::root_has_no_leash_table();

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use kernel::netns::NetNs;
 use kernel::testutil::{self, need_root, nft_raw};
-use kernel::{ApplyOptions, ElementCount, Error, SetWriter, TimedElement};
+use kernel::{ApplyOptions, ElementCount, Error, Refresh, SetWriter, TimedElement};
 use ruleset::*;
 
 /// Two empty timeout sets and a filter chain that drops what they hold (so a UDP send to a member
@@ -65,6 +65,7 @@ fn el<'a>(set: &'a str, addr: &str, timeout_ms: u64) -> TimedElement<'a> {
         set,
         addr: addr.parse().unwrap(),
         timeout_ms,
+        name: None,
     }
 }
 
@@ -231,47 +232,151 @@ fn re_adding_restarts_the_countdown() {
     if !need_root("re_adding_restarts_the_countdown") {
         return;
     }
-    let (ns, mut w) = setup();
+    // The writer as the forwarder opens it: the refresh mode this kernel needs, probed. On a
+    // kernel before 6.10 with the re-add alone, the second half of this test fails (issue 12,
+    // item 7: the element keeps its first expiry).
+    let (ns, w) = setup();
+    re_adding(&ns, w);
+}
+
+/// The fallback for kernels before 6.10 (delete and add in one batch), run on whatever kernel
+/// this is: it must behave exactly like the in-place refresh.
+#[test]
+fn delete_and_add_refreshes_like_in_place() {
+    if !need_root("delete_and_add_refreshes_like_in_place") {
+        return;
+    }
+    let (ns, _) = setup();
+    let w = ns.run(|| SetWriter::open_with(Refresh::DeleteAndAdd)).unwrap();
+    assert_eq!(w.refresh(), Refresh::DeleteAndAdd);
+    re_adding(&ns, w);
+}
+
+/// The probe answers what the kernel really does (nft's own re-add with a longer timeout and an
+/// expiration, as the in-place writer sends it), and leaves no table behind.
+#[test]
+fn the_refresh_probe_matches_the_kernel_and_leaves_nothing_behind() {
+    if !need_root("the_refresh_probe_matches_the_kernel_and_leaves_nothing_behind") {
+        return;
+    }
+    let (ns, _) = setup();
+    let probed = ns.run(kernel::probe_refresh).unwrap();
+    let (ok, tables, err) = nft_raw(&ns, &["list", "tables"], None);
+    assert!(ok, "{err}");
+    assert_eq!(tables.trim(), "table inet leash", "the probe's table is gone");
+    let add = |elem: &str| {
+        let e = format!("{{ {elem} }}");
+        let (ok, _, err) = nft_raw(&ns, &["add", "element", "inet", "leash", "dom4", &e], None);
+        assert!(ok, "nft add element {elem}: {err}");
+    };
+    add("192.0.2.9 timeout 2s expires 2s");
+    add("192.0.2.9 timeout 10m expires 10m");
+    let left = expires_ms(&ns, "dom4", "192.0.2.9");
+    let in_place = left > 2000;
+    eprintln!("kernel {}: re-add refreshes in place: {in_place}; probe: {probed:?}", kernel_release());
+    assert_eq!(probed == Refresh::InPlace, in_place, "{left} ms left after a re-add with 10m");
+    // Every writer of this process got the same answer.
+    let w = ns.run(SetWriter::open).unwrap();
+    assert_eq!(w.refresh(), probed);
+}
+
+/// Delete and add in one batch keeps the element in the packet path: a sender in the namespace
+/// keeps hitting the drop rule for the member while it is refreshed 300 times.
+///
+/// Not perfectly: the transaction switches generations at once, but a lookup that read the old
+/// generation just before the commit and reaches the element's bucket after the commit removed
+/// the old element finds neither (the new one belongs to the new generation). Measured in the
+/// kernel-matrix VM (6.1 under qemu TCG, which stretches such windows): 1 datagram of 3,898
+/// passed during 300 refreshes; 0 on this machine's kernel in every run so far. For an allow
+/// set such a packet is denied (fail closed; a TCP connect is refused or retries its SYN), never
+/// let through, and the forwarder refreshes an element at most once per half grace period.
+#[test]
+fn delete_and_add_keeps_the_element_in_the_packet_path() {
+    if !need_root("delete_and_add_keeps_the_element_in_the_packet_path") {
+        return;
+    }
+    let (ns, _) = setup();
+    local_prefixes(&ns);
+    let mut w = ns.run(|| SetWriter::open_with(Refresh::DeleteAndAdd)).unwrap();
+    w.add_timed("leash", &[el("dom4", "192.0.2.1", 60_000)]).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (sent, passed) = std::thread::scope(|sc| {
+        let sender = sc.spawn(|| {
+            ns.run(|| {
+                let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+                let (mut sent, mut passed) = (0u32, 0u32);
+                let t0 = Instant::now();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(30) {
+                    sent += 1;
+                    if s.send_to(b"x", ("192.0.2.1", 9)).is_ok() {
+                        passed += 1;
+                    }
+                }
+                (sent, passed)
+            })
+        });
+        for i in 0..300u64 {
+            w.add_timed("leash", &[el("dom4", "192.0.2.1", 60_000 + i)]).unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        sender.join().unwrap()
+    });
+    assert!(sent > 300, "only {sent} datagrams tried");
+    eprintln!("kernel {}: {passed} of {sent} datagrams missed the element during 300 refreshes", kernel_release());
+    // A window between a lookup and the commit (see above), not a gap: rare, and never long.
+    assert!(passed * 100 <= sent, "{passed} of {sent} datagrams passed while the element was refreshed");
+    assert_eq!(count(&ns, "dom4"), 1);
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()
+}
+
+fn re_adding(ns: &NetNs, mut w: SetWriter) {
     let a = "192.0.2.1";
-    w.add_timed("leash", &[el("dom4", a, 2000)]).unwrap();
-    sleep(Duration::from_millis(1200));
-    let before = expires_ms(&ns, "dom4", a);
-    assert!(before <= 800, "{before} ms left");
-    // Same timeout again: without NFTA_SET_ELEM_EXPIRATION the kernel would not restart it.
-    w.add_timed("leash", &[el("dom4", a, 2000)]).unwrap();
-    let after = expires_ms(&ns, "dom4", a);
-    // (Each `nft get element` takes a few ms, more on a loaded machine: the bounds leave room.)
-    assert!(after >= 1500, "same timeout re-added: {after} ms left");
-    sleep(Duration::from_millis(1200));
+    // Seconds, not milliseconds: `nft get element` takes a few ms here and a few hundred in the
+    // kernel-matrix VM (qemu without KVM), and the bounds must hold on both.
+    w.add_timed("leash", &[el("dom4", a, 4000)]).unwrap();
+    sleep(Duration::from_millis(2400));
+    let before = expires_ms(ns, "dom4", a);
+    assert!(before <= 1600, "{before} ms left");
+    // Same timeout again: without NFTA_SET_ELEM_EXPIRATION the kernel would not restart it, and
+    // before 6.10 a re-add alone restarts nothing.
+    let refreshed = Instant::now();
+    w.add_timed("leash", &[el("dom4", a, 4000)]).unwrap();
+    let after = expires_ms(ns, "dom4", a);
+    assert!(after >= 3000, "same timeout re-added: {after} ms left");
+    sleep(Duration::from_millis(2400).saturating_sub(refreshed.elapsed()));
     assert!(
-        has(&ns, "dom4", a),
-        "2.4 s after the first add, refreshed at 1.2 s"
+        has(ns, "dom4", a),
+        "4.8 s after the first add, refreshed at 2.4 s"
     );
-    sleep(Duration::from_millis(1300));
-    assert!(!has(&ns, "dom4", a), "expired 2 s after the refresh");
+    sleep(Duration::from_millis(4300).saturating_sub(refreshed.elapsed()));
+    assert!(!has(ns, "dom4", a), "expired 4 s after the refresh");
 
     // Longer.
     w.add_timed("leash", &[el("dom4", a, 10_000)]).unwrap();
     w.add_timed("leash", &[el("dom4", a, 60_000)]).unwrap();
-    let left = expires_ms(&ns, "dom4", a);
+    let left = expires_ms(ns, "dom4", a);
     assert!(left > 59_000, "longer timeout: {left} ms left");
     // Shorter: the kernel shortens it.
     w.add_timed("leash", &[el("dom4", a, 1000)]).unwrap();
-    let left = expires_ms(&ns, "dom4", a);
+    let left = expires_ms(ns, "dom4", a);
     assert!(left <= 1000, "shorter timeout: {left} ms left");
     sleep(Duration::from_millis(1300));
-    assert!(!has(&ns, "dom4", a), "the shorter timeout applies");
+    assert!(!has(ns, "dom4", a), "the shorter timeout applies");
 
     // The same address twice in one batch: the later one wins.
     w.add_timed("leash", &[el("dom4", a, 60_000), el("dom4", a, 5000)])
         .unwrap();
-    let left = expires_ms(&ns, "dom4", a);
+    let left = expires_ms(ns, "dom4", a);
     assert!((4000..=5000).contains(&left), "{left} ms left");
-    assert_eq!(count(&ns, "dom4"), 1);
+    assert_eq!(count(ns, "dom4"), 1);
 }
 
-/// The kernel behaviour `SetWriter` relies on, shown with nft itself: a re-add with only a timeout
-/// restarts the countdown only when the timeout changes; an explicit expiration always does.
+/// The kernel behaviour `SetWriter` relies on, shown with nft itself: from 6.10 on, a re-add with
+/// only a timeout restarts the countdown only when the timeout changes, and an explicit
+/// expiration always does; before 6.10 neither does anything.
 #[test]
 fn kernel_restarts_the_countdown_only_for_a_new_timeout_or_an_expiration() {
     if !need_root("kernel_restarts_the_countdown_only_for_a_new_timeout_or_an_expiration") {
@@ -294,6 +399,11 @@ fn kernel_restarts_the_countdown_only_for_a_new_timeout_or_an_expiration() {
     );
     add("192.0.2.1 timeout 10s expires 10s");
     let left = expires_ms(&ns, "dom4", a);
+    if ns.run(kernel::probe_refresh).unwrap() == Refresh::DeleteAndAdd {
+        // Before 6.10 a re-add changes nothing at all, which is why the writer deletes and adds.
+        assert!(left <= 8100, "kernel {}: restarted ({left} ms left)", kernel_release());
+        return;
+    }
     assert!(
         left >= 9000,
         "with an expiration: restarted ({left} ms left)"
@@ -386,10 +496,10 @@ fn apply_verifies_timeout_sets_without_counting_and_writers_survive_a_reapply() 
     let mut t = table();
     t.sets[0].elements = SetElements::TimedV4(
         (1..=200u32)
-            .map(|i| (std::net::Ipv4Addr::from(0xc000_0200 + i), 1))
+            .map(|i| TimedAddr::new(std::net::Ipv4Addr::from(0xc000_0200 + i), 1, None))
             .collect(),
     );
-    t.sets[1].elements = SetElements::TimedV6(vec![("2001:db8::7".parse().unwrap(), 60_000)]);
+    t.sets[1].elements = SetElements::TimedV6(vec![TimedAddr::new("2001:db8::7".parse().unwrap(), 60_000, None)]);
     ns.run(|| kernel::apply(&t, &ApplyOptions::default()))
         .unwrap();
     sleep(Duration::from_millis(20));

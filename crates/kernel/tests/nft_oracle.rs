@@ -292,12 +292,12 @@ fn rendered_json_loads_like_rendered_text() {
                 d.timeout_ms = d.timeout_ms.map(|ms| ms.div_ceil(1000) * 1000);
             }
             match &mut set.elements {
-                SetElements::TimedV4(v) => {
-                    v.iter_mut().for_each(|e| e.1 = e.1.div_ceil(1000) * 1000)
-                }
-                SetElements::TimedV6(v) => {
-                    v.iter_mut().for_each(|e| e.1 = e.1.div_ceil(1000) * 1000)
-                }
+                SetElements::TimedV4(v) => v
+                    .iter_mut()
+                    .for_each(|e| e.timeout_ms = e.timeout_ms.div_ceil(1000) * 1000),
+                SetElements::TimedV6(v) => v
+                    .iter_mut()
+                    .for_each(|e| e.timeout_ms = e.timeout_ms.div_ceil(1000) * 1000),
                 _ => {}
             }
         }

@@ -339,7 +339,7 @@ const LAB_ELEMENT_TIMEOUT_MS: u64 = 10 * 60 * 1000;
 /// Runs in the client namespace.
 pub fn play_forwarder(policy: &Policy, cases: &[Case]) -> Result<Vec<bool>, kernel::nft::Error> {
     let mut refused = vec![false; cases.len()];
-    let mut names: Vec<(String, IpAddr)> = Vec::new();
+    let mut names: Vec<(String, IpAddr, &str)> = Vec::new();
     for (i, c) in cases.iter().enumerate() {
         let Some(name) = &c.name else { continue };
         let d = policy::dns::decide_name(policy, name);
@@ -351,14 +351,19 @@ pub fn play_forwarder(policy: &Policy, cases: &[Case]) -> Result<Vec<bool>, kern
             let rule = &policy.rules[r];
             if policy::dns::admits(rule, c.dst, false) {
                 let family = if c.dst.is_ipv6() { ruleset::Family::Ipv6 } else { ruleset::Family::Ipv4 };
-                names.push((ruleset::domain_set_name(&rule.name, family), c.dst));
+                names.push((ruleset::domain_set_name(&rule.name, family), c.dst, name.as_str()));
             }
         }
     }
     if !names.is_empty() {
         let elems: Vec<kernel::nft::TimedElement> = names
             .iter()
-            .map(|(set, addr)| kernel::nft::TimedElement { set, addr: *addr, timeout_ms: LAB_ELEMENT_TIMEOUT_MS })
+            .map(|(set, addr, name)| kernel::nft::TimedElement {
+                set,
+                addr: *addr,
+                timeout_ms: LAB_ELEMENT_TIMEOUT_MS,
+                name: Some(name),
+            })
             .collect();
         kernel::nft::SetWriter::open()?.add_timed(ruleset::TABLE_NAME, &elems)?;
     }

@@ -1123,6 +1123,7 @@ fn prefill_hash(ns: &NetNs) -> Result<()> {
                 set: &set,
                 addr: IpAddr::V4(v4(i)),
                 timeout_ms: PREFILL_TIMEOUT_MS,
+                name: None,
             })
             .collect();
         for chunk in all.chunks(5_000) {

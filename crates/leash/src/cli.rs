@@ -71,9 +71,14 @@ pub enum Command {
     /// Replace table inet leash in the current network namespace, atomically, then verify it.
     ///
     /// One netlink transaction creates the table if missing, deletes it and adds the new one. If
-    /// anything fails, the kernel discards the whole transaction and the previous table stays.
-    /// Then it lists the live connections the new policy denies (they keep running), and with
-    /// --cut (or `[defaults] on_apply = "cut"`) ends them. Needs CAP_NET_ADMIN (root).
+    /// the kernel refuses any part, it discards the whole transaction and the previous table
+    /// stays ("nothing changed"). After the commit the table is read back and every chain, rule
+    /// (its expressions too) and set compared with what was sent; if that fails, apply says the
+    /// policy was applied and what failed. Answers of domain rules are carried into the new
+    /// table only if the new policy still admits the name each was looked up as (at most
+    /// max_ttl + grace). Then it lists the live connections the new policy denies (they keep
+    /// running), and with --cut (or `[defaults] on_apply = "cut"`) ends them. Needs
+    /// CAP_NET_ADMIN (root).
     Apply(cmd::apply::Args),
     /// Show whether a leash table is active, which policy it came from and per-rule counters.
     ///

@@ -3,7 +3,7 @@
 //! over, recording what was applied, status) is tested without root. The kernel tests test the
 //! real netlink implementation.
 
-use kernel::{ApplyOptions, ApplyReport, ElementCount, Error, Firewall, SetStatus, TableInfo, TableStatus};
+use kernel::{ApplyOptions, ApplyReport, ElementCount, Error, Firewall, SetStatus, TableInfo, TableStatus, TimedAnswer};
 use ruleset::SetElements;
 use std::cell::RefCell;
 use std::net::IpAddr;
@@ -20,11 +20,22 @@ pub enum Call {
     AddTimed(Vec<(String, IpAddr, u64)>),
 }
 
+/// Makes the error a failing call returns.
+type MakeError = Box<dyn Fn() -> Error>;
+
 /// The table "in the kernel" with the handle it got, and the calls made so far.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct FakeFirewall {
     table: RefCell<Option<(u64, ruleset::Table)>>,
     calls: RefCell<Vec<Call>>,
+    /// The next apply fails with this error; with `true`, after "the kernel" committed the table.
+    fail_apply: RefCell<Option<(bool, MakeError)>>,
+}
+
+impl std::fmt::Debug for FakeFirewall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeFirewall").field("table", &self.table).field("calls", &self.calls).finish_non_exhaustive()
+    }
 }
 
 impl FakeFirewall {
@@ -35,7 +46,13 @@ impl FakeFirewall {
 
     /// `table` in the kernel, with handle `handle`.
     pub fn with_table(table: &ruleset::Table, handle: u64) -> FakeFirewall {
-        FakeFirewall { table: RefCell::new(Some((handle, table.clone()))), calls: RefCell::default() }
+        FakeFirewall { table: RefCell::new(Some((handle, table.clone()))), ..FakeFirewall::default() }
+    }
+
+    /// Makes the next apply fail with `error()`: after committing the table when `committed`
+    /// (a read-back or verification failure), before it otherwise (a refused batch).
+    pub fn fail_next_apply(&self, committed: bool, error: impl Fn() -> Error + 'static) {
+        *self.fail_apply.borrow_mut() = Some((committed, Box::new(error)));
     }
 
     /// A table `inet leash` with an output chain and an empty IPv4 interval set for each name.
@@ -78,10 +95,17 @@ impl FakeFirewall {
 impl Firewall for FakeFirewall {
     fn apply(&self, table: &ruleset::Table, _opts: &ApplyOptions) -> Result<ApplyReport, Error> {
         self.call(Call::Apply { sets: table.sets.iter().map(|s| s.name.clone()).collect() });
+        let fail = self.fail_apply.borrow_mut().take();
+        if let Some((false, e)) = &fail {
+            return Err(e());
+        }
         let mut t = self.table.borrow_mut();
         // The kernel numbers new tables from a counter that only goes up.
         let handle = t.as_ref().map_or(1, |(h, _)| h + 1);
         *t = Some((handle, table.clone()));
+        if let Some((true, e)) = &fail {
+            return Err(e());
+        }
         Ok(ApplyReport { messages: 2 + table.sets.len(), table_handle: handle, ..ApplyReport::default() })
     }
 
@@ -152,16 +176,17 @@ impl Firewall for FakeFirewall {
         Ok(self.table.borrow().as_ref().map(|(h, t)| TableInfo { handle: *h, comment: t.comment.clone() }))
     }
 
-    fn timed_elements(&self, set: &str) -> Result<Option<Vec<(IpAddr, u64)>>, Error> {
+    fn timed_elements(&self, set: &str) -> Result<Option<Vec<TimedAnswer>>, Error> {
         self.call(Call::TimedElements(set.into()));
         let t = self.table.borrow();
         let Some(s) = t.as_ref().and_then(|(_, t)| t.sets.iter().find(|s| s.name == set)) else { return Ok(None) };
-        let mut out: Vec<(IpAddr, u64)> = match &s.elements {
-            SetElements::TimedV4(v) => v.iter().map(|&(a, ms)| (IpAddr::V4(a), ms)).collect(),
-            SetElements::TimedV6(v) => v.iter().map(|&(a, ms)| (IpAddr::V6(a), ms)).collect(),
+        let answer = |addr, left_ms, name: &Option<String>| TimedAnswer { addr, left_ms, name: name.clone() };
+        let mut out: Vec<TimedAnswer> = match &s.elements {
+            SetElements::TimedV4(v) => v.iter().map(|e| answer(IpAddr::V4(e.addr), e.timeout_ms, &e.name)).collect(),
+            SetElements::TimedV6(v) => v.iter().map(|e| answer(IpAddr::V6(e.addr), e.timeout_ms, &e.name)).collect(),
             _ => return Err(Error::Invalid(format!("set {set} holds no addresses with timeouts"))),
         };
-        out.sort();
+        out.sort_by_key(|e| e.addr);
         Ok(Some(out))
     }
 
@@ -190,14 +215,15 @@ impl Firewall for FakeFirewall {
             let Some(s) = table.sets.iter_mut().find(|s| s.name == e.set) else {
                 return Err(Error::NoSuchSet { table: ruleset::TABLE_NAME.into(), set: e.set.into() });
             };
+            let name = e.name.map(String::from);
             match (&mut s.elements, e.addr) {
                 (SetElements::TimedV4(v), IpAddr::V4(a)) => {
-                    v.retain(|&(x, _)| x != a);
-                    v.push((a, e.timeout_ms));
+                    v.retain(|x| x.addr != a);
+                    v.push(ruleset::TimedAddr::new(a, e.timeout_ms, name));
                 }
                 (SetElements::TimedV6(v), IpAddr::V6(a)) => {
-                    v.retain(|&(x, _)| x != a);
-                    v.push((a, e.timeout_ms));
+                    v.retain(|x| x.addr != a);
+                    v.push(ruleset::TimedAddr::new(a, e.timeout_ms, name));
                 }
                 _ => return Err(Error::Invalid(format!("{} does not fit set {}", e.addr, e.set))),
             }

@@ -134,8 +134,9 @@ pub struct Conn {
     pub rule: Option<String>,
     /// What decided (see [`Verdict::decided_by`]).
     pub decided_by: Option<&'static str>,
-    /// For a destination the DNS forwarder answered: the domain names of the rules whose sets
-    /// hold it (`*.cdn.example.com`), read from the kernel's sets.
+    /// For a destination the DNS forwarder answered: the name that was looked up
+    /// (`img.cdn.example.com`), as the kernel's set element records it, or, for an element
+    /// without a name, the domain patterns of the rules whose sets hold it.
     pub host: Option<String>,
     /// The kernel's record, for callers that want more (queues, cookie, full `tcp_info`).
     #[serde(skip)]
@@ -403,13 +404,14 @@ pub fn forwarder_query(policy: &Policy, mark: Option<u32>, remote: SocketAddr) -
         && policy.dns.upstreams.iter().any(|u| SocketAddr::new(u.ip().to_canonical(), u.port()) == remote)
 }
 
-/// The addresses the forwarder put into each domain rule's sets, read from the kernel once per
-/// snapshot. A live connection carries no name, so this is how a domain rule is seen to match
-/// it, exactly as the kernel's set lookup does.
+/// The addresses the forwarder put into each domain rule's sets, with the name each answer was
+/// for (the element's comment), read from the kernel once per snapshot. A live connection
+/// carries no name, so this is how a domain rule is seen to match it, exactly as the kernel's
+/// set lookup does, and which name was looked up.
 #[derive(Debug, Default)]
 pub struct DomainSets {
-    /// Rule index -> addresses in its `r_<rule>_d4` / `r_<rule>_d6` sets.
-    by_rule: HashMap<usize, HashSet<IpAddr>>,
+    /// Rule index -> addresses in its `r_<rule>_d4` / `r_<rule>_d6` sets, each with its name.
+    by_rule: HashMap<usize, HashMap<IpAddr, Option<String>>>,
 }
 
 impl DomainSets {
@@ -418,11 +420,11 @@ impl DomainSets {
     pub fn read(policy: &Policy) -> DomainSets {
         let mut by_rule = HashMap::new();
         for (i, r) in policy.rules.iter().enumerate().filter(|(_, r)| !r.cond.domains.is_empty()) {
-            let mut addrs = HashSet::new();
+            let mut addrs = HashMap::new();
             for family in [ruleset::Family::Ipv4, ruleset::Family::Ipv6] {
                 let set = ruleset::domain_set_name(&r.name, family);
                 if let Ok(Some(elems)) = kernel::timed_elements(ruleset::TABLE_NAME, &set) {
-                    addrs.extend(elems.into_iter().map(|(a, _)| a));
+                    addrs.extend(elems.into_iter().map(|e| (e.addr, e.name)));
                 }
             }
             by_rule.insert(i, addrs);
@@ -430,19 +432,31 @@ impl DomainSets {
         DomainSets { by_rule }
     }
 
-    pub fn contains(&self, rule: usize, addr: IpAddr) -> bool {
-        self.by_rule.get(&rule).is_some_and(|s| s.contains(&addr))
+    /// Sets as read, for tests: rule index -> (address, name).
+    pub fn from_elements(by_rule: impl IntoIterator<Item = (usize, Vec<(IpAddr, Option<String>)>)>) -> DomainSets {
+        DomainSets { by_rule: by_rule.into_iter().map(|(i, v)| (i, v.into_iter().collect())).collect() }
     }
 
-    /// The domain patterns of every rule whose sets hold `addr`, comma-separated.
+    pub fn contains(&self, rule: usize, addr: IpAddr) -> bool {
+        self.by_rule.get(&rule).is_some_and(|s| s.contains_key(&addr))
+    }
+
+    /// What `addr` was looked up as, comma-separated: for every rule whose sets hold it, the name
+    /// its element records, or the rule's domain patterns for an element without one.
     pub fn host(&self, policy: &Policy, addr: IpAddr) -> Option<String> {
-        let names: Vec<String> = policy
-            .rules
-            .iter()
-            .enumerate()
-            .filter(|&(i, _)| self.contains(i, addr))
-            .flat_map(|(_, r)| r.cond.domains.iter().map(|d| d.to_string()))
-            .collect();
+        let mut names: Vec<String> = Vec::new();
+        for (i, r) in policy.rules.iter().enumerate() {
+            let Some(name) = self.by_rule.get(&i).and_then(|s| s.get(&addr)) else { continue };
+            let found: Vec<String> = match name {
+                Some(n) => vec![n.clone()],
+                None => r.cond.domains.iter().map(|d| d.to_string()).collect(),
+            };
+            for n in found {
+                if !names.contains(&n) {
+                    names.push(n);
+                }
+            }
+        }
         (!names.is_empty()).then(|| names.join(","))
     }
 }
@@ -637,6 +651,30 @@ mod tests {
         // Without domain rules there is no forwarder rule in the table to exempt anything.
         let plain = policy("version = 1\n[dns]\nupstreams = [\"192.0.2.53\"]\nmark = 7\n");
         assert!(!forwarder_query(&plain, Some(7), at("192.0.2.53:53")));
+    }
+
+    /// The host shown for a destination is the name its element records; an element without one
+    /// shows the rule's patterns.
+    #[test]
+    fn host_is_the_name_the_element_records() {
+        let p = policy(
+            r#"version = 1
+[dns]
+upstreams = ["192.0.2.53"]
+[[rule]]
+name = "cdn"
+action = "allow"
+ports = [443]
+to = ["*.cdn.example.com", "api.example.com"]
+"#,
+        );
+        let (named, unnamed, other): (IpAddr, IpAddr, IpAddr) =
+            ("203.0.113.1".parse().unwrap(), "203.0.113.2".parse().unwrap(), "203.0.113.3".parse().unwrap());
+        let d = DomainSets::from_elements([(0, vec![(named, Some("img.cdn.example.com".into())), (unnamed, None)])]);
+        assert_eq!(d.host(&p, named).as_deref(), Some("img.cdn.example.com"));
+        assert_eq!(d.host(&p, unnamed).as_deref(), Some("*.cdn.example.com,api.example.com"));
+        assert_eq!(d.host(&p, other), None);
+        assert!(d.contains(0, named) && !d.contains(0, other));
     }
 
     /// Real sockets in a namespace: directions, owners, processes and verdicts.

@@ -72,6 +72,8 @@ pub struct Sock {
     /// it, when a policy is active.
     pub verdict: Option<String>,
     pub rule: Option<String>,
+    /// The name the remote address was looked up as, when a domain set records it.
+    pub host: Option<String>,
 }
 
 impl Sock {
@@ -107,6 +109,8 @@ pub struct Blocked {
     pub uid: Option<u32>,
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// The name the destination was looked up as (see [`crate::log::Blocked::host`]).
+    pub host: Option<String>,
 }
 
 /// Where the tools get their data: the boundary to the operating system.
@@ -248,6 +252,7 @@ fn blocked_of(e: crate::log::Blocked) -> Blocked {
         uid: e.uid,
         pid: e.process.as_ref().map(|p| p.pid),
         comm: e.process.map(|p| p.comm),
+        host: e.host,
     }
 }
 
@@ -271,6 +276,7 @@ pub fn sock_of(c: &crate::conns::Conn) -> Sock {
         bytes_received: c.bytes_received,
         verdict: c.verdict.map(str::to_string),
         rule: c.verdict().map(|v| v.decider_text()),
+        host: c.host.clone(),
     }
 }
 
@@ -649,6 +655,7 @@ mod tests {
             bytes_received: None,
             verdict: None,
             rule: None,
+            host: None,
         }
     }
 

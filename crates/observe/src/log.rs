@@ -101,6 +101,10 @@ pub struct Blocked {
     pub process: Option<Process>,
     /// Why `process` is (not) there.
     pub attribution: Attribution,
+    /// The DNS name the destination was looked up as, when the deciding rule is a domain rule
+    /// and its set holds the address (the element's comment; see `ruleset::TimedAddr`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// NFLOG group, hook and per-group sequence number.
     pub group: u16,
     pub hook: &'static str,
@@ -222,6 +226,9 @@ impl Blocked {
             ep(self.src, self.src_port),
             ep(self.dst, self.dst_port)
         );
+        if let Some(h) = &self.host {
+            s.push_str(&format!(" ({h})"));
+        }
         if let Some(f) = &self.tcp_flags {
             s.push_str(&format!(" [{f}]"));
         }
@@ -262,6 +269,8 @@ pub struct Decoder {
     sockets: HashMap<SocketKey, (Instant, Result<u64, Attribution>)>,
     /// Socket inode -> (when looked up, the process holding it).
     owners: HashMap<u64, (Instant, Option<Process>)>,
+    /// (rule, destination) -> (when looked up, the name its domain set records for it).
+    hosts: HashMap<(String, IpAddr), (Instant, Option<String>)>,
     /// The last time formatted: the packets of one batch share their read time.
     last_time: Option<(SystemTime, String)>,
     stats: DecodeStats,
@@ -289,6 +298,7 @@ impl Decoder {
             users: HashMap::new(),
             sockets: HashMap::new(),
             owners: HashMap::new(),
+            hosts: HashMap::new(),
             last_time: None,
             stats: DecodeStats::default(),
         }
@@ -374,6 +384,7 @@ impl Decoder {
         let p = x.packet;
         let ip = x.ip;
         let user = p.uid.and_then(|u| self.user(u));
+        let host = self.host(x.rule, ip.dst);
         self.stats.events += 1;
         let time = match &self.last_time {
             Some((t, text)) if *t == p.time() => text.clone(),
@@ -402,10 +413,34 @@ impl Decoder {
             user,
             process,
             attribution,
+            host,
             group: p.group,
             hook: nflog::hook_name(p.hook),
             seq: p.seq,
         }
+    }
+
+    /// The name `dst` was looked up as, if `rule` is a domain rule whose set holds it: one
+    /// element lookup in the kernel per (rule, destination) and second at most.
+    fn host(&mut self, rule: &str, dst: IpAddr) -> Option<String> {
+        if rule.starts_with('@') {
+            return None;
+        }
+        let now = Instant::now();
+        let key = (rule.to_string(), dst);
+        if let Some((at, h)) = self.hosts.get(&key)
+            && now.duration_since(*at) < LOOKUP_TTL
+        {
+            return h.clone();
+        }
+        let family = if dst.is_ipv4() { ruleset::Family::Ipv4 } else { ruleset::Family::Ipv6 };
+        let set = ruleset::domain_set_name(rule, family);
+        let h = kernel::element_name(ruleset::TABLE_NAME, &set, dst).ok().flatten();
+        if self.hosts.len() >= CACHE_MAX {
+            self.hosts.clear();
+        }
+        self.hosts.insert(key, (now, h.clone()));
+        h
     }
 
     fn user(&mut self, uid: u32) -> Option<String> {

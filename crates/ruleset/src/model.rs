@@ -81,12 +81,37 @@ pub enum SetElements {
     Ports(Vec<(u16, u16)>),
     /// uids, gids or icmpv6 types: single values.
     Ids(Vec<u32>),
-    /// Single IPv4 addresses, each with its own timeout in milliseconds (sets with `flags timeout`;
-    /// the apply-time warm-up of domain sets).
-    TimedV4(Vec<(Ipv4Addr, u64)>),
-    /// Single IPv6 addresses with timeouts in milliseconds.
-    TimedV6(Vec<(Ipv6Addr, u64)>),
+    /// Single IPv4 addresses, each with its own timeout and the name it was looked up by (sets
+    /// with `flags timeout`: the DNS answers an apply carries over into a domain set).
+    TimedV4(Vec<TimedAddr<Ipv4Addr>>),
+    /// Single IPv6 addresses with timeouts and names.
+    TimedV6(Vec<TimedAddr<Ipv6Addr>>),
 }
+
+/// One element of a domain set: an address, how long it stays, and the DNS name whose answer put
+/// it there. The kernel keeps the name in the element's comment (nft's `comment "..."`), so that
+/// the table itself holds (address, name, expiry): a re-apply carries an answer over only when
+/// the new policy still admits its name, and `conns` shows the name that was looked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimedAddr<A> {
+    pub addr: A,
+    /// Milliseconds from the commit until the kernel removes the element.
+    pub timeout_ms: u64,
+    /// The name looked up; `None` for an element without one (added by hand, or by a leash
+    /// that did not record names).
+    pub name: Option<String>,
+}
+
+impl<A> TimedAddr<A> {
+    pub fn new(addr: A, timeout_ms: u64, name: Option<String>) -> TimedAddr<A> {
+        TimedAddr { addr, timeout_ms, name }
+    }
+}
+
+/// The most bytes of a name an element's comment can hold: the kernel limits an element's user
+/// data to 256 bytes (`NFT_USERDATA_MAXLEN`), and libnftnl's comment TLV takes 2 of them and a
+/// NUL. Every DNS name fits (at most 253 characters).
+pub const MAX_ELEMENT_NAME: usize = 253;
 
 impl SetElements {
     /// The IPv4 ranges of a merged address list (a `[[set]]` file, countries) as set elements.

@@ -287,8 +287,16 @@ pub fn element_texts(e: &SetElements) -> Vec<String> {
             v.iter().map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect()
         }
         SetElements::Ids(v) => v.iter().map(|x| x.to_string()).collect(),
-        SetElements::TimedV4(v) => v.iter().map(|(a, ms)| format!("{a} timeout {}", duration_text(*ms))).collect(),
-        SetElements::TimedV6(v) => v.iter().map(|(a, ms)| format!("{a} timeout {}", duration_text(*ms))).collect(),
+        SetElements::TimedV4(v) => v.iter().map(|e| timed_text(&e.addr, e.timeout_ms, &e.name)).collect(),
+        SetElements::TimedV6(v) => v.iter().map(|e| timed_text(&e.addr, e.timeout_ms, &e.name)).collect(),
+    }
+}
+
+/// A timed element as nft writes it: `ADDR timeout T [comment "NAME"]`.
+fn timed_text(addr: &dyn std::fmt::Display, ms: u64, name: &Option<String>) -> String {
+    match name {
+        Some(n) => format!("{addr} timeout {} comment \"{n}\"", duration_text(ms)),
+        None => format!("{addr} timeout {}", duration_text(ms)),
     }
 }
 
@@ -423,16 +431,19 @@ fn json_elements(e: &SetElements) -> Vec<J> {
             v.iter().map(|&(a, b)| if a == b { json!(a) } else { json!({"range": [a, b]}) }).collect()
         }
         SetElements::Ids(v) => v.iter().map(|x| json!(x)).collect(),
-        SetElements::TimedV4(v) => v.iter().map(|(a, ms)| timed_json(a.to_string(), *ms)).collect(),
-        SetElements::TimedV6(v) => v.iter().map(|(a, ms)| timed_json(a.to_string(), *ms)).collect(),
+        SetElements::TimedV4(v) => v.iter().map(|e| timed_json(e.addr.to_string(), e.timeout_ms, &e.name)).collect(),
+        SetElements::TimedV6(v) => v.iter().map(|e| timed_json(e.addr.to_string(), e.timeout_ms, &e.name)).collect(),
     }
 }
 
 /// A timed element in nft JSON. nft 1.0.6 reads and writes JSON timeouts in whole seconds, so
 /// milliseconds are rounded up (a timeout is never shortened, and never becomes 0, which would
 /// mean "no timeout").
-fn timed_json(addr: String, ms: u64) -> J {
-    json!({"elem": {"val": addr, "timeout": ms.div_ceil(1000)}})
+fn timed_json(addr: String, ms: u64, name: &Option<String>) -> J {
+    match name {
+        Some(n) => json!({"elem": {"val": addr, "timeout": ms.div_ceil(1000), "comment": n}}),
+        None => json!({"elem": {"val": addr, "timeout": ms.div_ceil(1000)}}),
+    }
 }
 
 fn json_value<T: serde::Serialize>(v: &Value<T>, to_json: impl Fn(&T) -> J) -> J {
@@ -589,12 +600,21 @@ mod tests {
             json!({"match": {"op": "!=", "left": {"meta": {"key": "mark"}}, "right": 27758}})
         );
         assert_eq!(
-            element_texts(&SetElements::TimedV4(vec![(Ipv4Addr::new(192, 0, 2, 1), 300_000)])),
-            vec!["192.0.2.1 timeout 5m"]
+            element_texts(&SetElements::TimedV4(vec![
+                TimedAddr::new(Ipv4Addr::new(192, 0, 2, 1), 300_000, None),
+                TimedAddr::new(Ipv4Addr::new(192, 0, 2, 2), 60_000, Some("api.example.com".into())),
+            ])),
+            vec!["192.0.2.1 timeout 5m", "192.0.2.2 timeout 1m comment \"api.example.com\""]
         );
         assert_eq!(
-            json_elements(&SetElements::TimedV6(vec![(Ipv6Addr::LOCALHOST, 1500)])),
-            vec![json!({"elem": {"val": "::1", "timeout": 2}})]
+            json_elements(&SetElements::TimedV6(vec![
+                TimedAddr::new(Ipv6Addr::LOCALHOST, 1500, None),
+                TimedAddr::new(Ipv6Addr::LOCALHOST, 1000, Some("a.test".into())),
+            ])),
+            vec![
+                json!({"elem": {"val": "::1", "timeout": 2}}),
+                json!({"elem": {"val": "::1", "timeout": 1, "comment": "a.test"}})
+            ]
         );
     }
 

@@ -10,10 +10,13 @@ use super::batch::open_socket;
 use super::bulk::{ReplaceOptions, SetContents, encode_replace, expected_key, sample};
 use super::codec::{KernelElem, key_type_id, set_flags};
 use super::consts::*;
-use super::encode::{ApplyOptions, encode_apply, encode_delete};
+use super::compare::same_expressions;
+use super::encode::{ApplyOptions, encode_apply, encode_delete, rule_expressions};
 use super::error::Error;
-use super::read::{Counting, SetDecl, check_elements_present, get_set, read_table, table_info};
-use super::status::{COUNT_LIMIT, ElementCount, SetStatus, TableStatus};
+use super::read::{
+    Counting, SetDecl, TableRead, check_elements_present, get_set, read_table, table_info,
+};
+use super::status::{COUNT_LIMIT, ElementCount, SetStatus};
 use crate::nl::Socket;
 
 /// What an [`apply`] did and how long it took.
@@ -48,29 +51,36 @@ pub fn encode_apply_batch(table: &Table, opts: &ApplyOptions) -> Result<Vec<u8>,
 }
 
 /// Replaces table `inet leash` with `table` in one atomic batch, then reads it back and checks
-/// it. On any error the kernel has applied nothing and the previous table (if any) is intact,
-/// except for [`Error::Verify`], which means the batch was committed but reads back differently.
+/// it: chains, every rule's comment and expressions (compared with what was sent, see
+/// `compare`), sets and their elements.
+///
+/// What an error means for the table ([`Error::changed_nothing`]): the kernel refused the batch
+/// ([`Error::Rejected`]) or it was never sent, and the previous table (if any) is intact; or the
+/// kernel committed it, and reading or checking it afterwards failed ([`Error::Committed`],
+/// [`Error::Verify`]); or its acks were lost and the kernel could not be asked
+/// ([`Error::Uncertain`]). When the acks cannot be read, the table's handle tells: every apply
+/// makes a new table, and handles only grow.
 ///
 /// Verification never reads a large set back: sets of more than [`COUNT_LIMIT`] elements (and
 /// the forwarder's timeout sets, whose contents change on their own) are not counted; every
 /// NEWSETELEM of the batch was acked with `NLM_F_EXCL`, which proves each element went in, and a
 /// sample of [`VERIFY_SAMPLE`] ranges is looked up to check that they went into the right set.
+/// Dumps interrupted by concurrent commits (a DNS forwarder inserting) are read again.
 pub fn apply(table: &Table, opts: &ApplyOptions) -> Result<ApplyReport, Error> {
     let batch = encode_apply(table, opts)?;
     let mut sock = open_socket()?;
+    let before = table_info(&mut sock, &table.name)?.map(|i| i.handle);
     let t0 = Instant::now();
-    batch.send(&mut sock)?;
+    if let Err(e) = batch.send(&mut sock) {
+        return Err(outcome_of_failed_send(table, before, e));
+    }
     let send_and_ack = t0.elapsed();
     let t1 = Instant::now();
-    let counting = |_: u64, s: &SetStatus| match table.sets.iter().find(|w| w.name == s.name) {
-        Some(w) if w.timeout || w.dynamic.is_some() || w.elements.len() > COUNT_LIMIT => {
-            Counting::Known(ElementCount::Recorded(w.elements.len()))
-        }
-        _ => Counting::Dump(COUNT_LIMIT),
+    let committed = |e: Error| match e {
+        Error::Verify(_) => e,
+        e => Error::Committed(Box::new(e)),
     };
-    let got = read_table(&mut sock, &table.name, &counting)?;
-    let table_handle = got.as_ref().map_or(0, |(h, _)| *h);
-    let sampled_sets = verify(&mut sock, table, got.as_ref().map(|(_, t)| t))?;
+    let (table_handle, sampled_sets) = read_and_verify(&mut sock, table).map_err(committed)?;
     Ok(ApplyReport {
         messages: batch.what.len(),
         bytes: batch.bytes.len(),
@@ -80,6 +90,43 @@ pub fn apply(table: &Table, opts: &ApplyOptions) -> Result<ApplyReport, Error> {
         sampled_sets,
         table_handle,
     })
+}
+
+/// Reads table `inet <table.name>` back and compares it with `table` as [`apply`] does after its
+/// commit: chains, rules (comments and expressions), sets and element counts. Returns the number
+/// of sets checked by sample; [`Error::Verify`] says what differs.
+pub fn verify(table: &Table) -> Result<usize, Error> {
+    let mut sock = open_socket()?;
+    read_and_verify(&mut sock, table).map(|(_, sampled)| sampled)
+}
+
+/// The table's handle and the number of sets checked by sample.
+fn read_and_verify(sock: &mut Socket, table: &Table) -> Result<(u64, usize), Error> {
+    let counting = |_: u64, s: &SetStatus| match table.sets.iter().find(|w| w.name == s.name) {
+        Some(w) if w.timeout || w.dynamic.is_some() || w.elements.len() > COUNT_LIMIT => {
+            Counting::Known(ElementCount::Recorded(w.elements.len()))
+        }
+        _ => Counting::Dump(COUNT_LIMIT),
+    };
+    let got = read_table(sock, &table.name, &counting)?;
+    let handle = got.as_ref().map_or(0, |t| t.handle);
+    Ok((handle, verify_read(sock, table, got.as_ref())?))
+}
+
+/// What a failed send of an apply batch means. A refusal is final (the kernel aborted the
+/// batch); anything else (acks lost or unreadable) is settled by asking the kernel whether
+/// `table` replaced the table whose handle was `before`.
+fn outcome_of_failed_send(table: &Table, before: Option<u64>, e: Error) -> Error {
+    if matches!(e, Error::Rejected { .. } | Error::Invalid(_)) {
+        return e;
+    }
+    // A fresh socket: the old one may hold unread replies.
+    let now = open_socket().and_then(|mut s| table_info(&mut s, &table.name));
+    match now {
+        Ok(Some(i)) if Some(i.handle) != before && i.comment == table.comment => Error::Committed(Box::new(e)),
+        Ok(_) => e,
+        Err(_) => Error::Uncertain(Box::new(e)),
+    }
 }
 
 /// Deletes table `inet leash` in one batch. `Ok(false)` if there was none.
@@ -149,13 +196,25 @@ pub fn replace_set_elements(
     let batch = encode_replace(table, sets, opts)?;
     let encode = t0.elapsed();
     let t1 = Instant::now();
-    batch.send(&mut sock)?;
+    match batch.send(&mut sock) {
+        Ok(()) => {}
+        Err(e @ (Error::Rejected { .. } | Error::Invalid(_))) => return Err(e),
+        // Sent, but its acks could not be read: the sets may hold the old or the new elements.
+        Err(e) => return Err(Error::Uncertain(Box::new(e))),
+    }
     let send_and_ack = t1.elapsed();
     let t2 = Instant::now();
-    let table_handle = table_info(&mut sock, table)?.map_or(info.handle, |i| i.handle);
+    // From here on the kernel has committed the new elements.
+    let committed = |e: Error| match e {
+        Error::Verify(_) => e,
+        e => Error::Committed(Box::new(e)),
+    };
+    let table_handle = table_info(&mut sock, table)
+        .map_err(committed)?
+        .map_or(info.handle, |i| i.handle);
     for s in sets {
         let key = expected_key(s.elements);
-        if get_set(&mut sock, table, s.name)?.is_none() {
+        if get_set(&mut sock, table, s.name).map_err(committed)?.is_none() {
             return Err(Error::Verify(format!(
                 "set {} is gone after its elements were replaced",
                 s.name
@@ -164,7 +223,7 @@ pub fn replace_set_elements(
         let picked = sample(key, s.elements, VERIFY_SAMPLE);
         if !picked.is_empty() {
             let refs: Vec<&KernelElem> = picked.iter().collect();
-            check_elements_present(&mut sock, table, s.name, &refs)?;
+            check_elements_present(&mut sock, table, s.name, &refs).map_err(committed)?;
         }
     }
     Ok(ReplaceReport {
@@ -236,11 +295,13 @@ fn check_fits(s: &SetContents<'_>, decl: &SetDecl) -> Result<(), Error> {
 
 /// Compares the table read back with the model (talpid-core style: trust, then verify). Returns
 /// the number of sets whose elements were checked by sample rather than counted.
-fn verify(sock: &mut Socket, want: &Table, got: Option<&TableStatus>) -> Result<usize, Error> {
+fn verify_read(sock: &mut Socket, want: &Table, read: Option<&TableRead>) -> Result<usize, Error> {
     let fail = |m: String| -> Result<usize, Error> { Err(Error::Verify(m)) };
-    let Some(got) = got else {
+    let Some(read) = read else {
         return fail(format!("table inet {} does not exist", want.name));
     };
+    let got = &read.status;
+    let sent = rule_expressions(want);
     if got.comment != want.comment {
         return fail(format!(
             "table comment is {:?}, want {:?}",
@@ -292,7 +353,14 @@ fn verify(sock: &mut Socket, want: &Table, got: Option<&TableStatus>) -> Result<
                 w.rules.len()
             ));
         }
+        // The chains read back may be listed in another order: find this one's expressions.
+        let gi = got.chains.iter().position(|c| c.name == w.name).unwrap_or(0);
+        let wi = want.chains.iter().position(|c| c.name == w.name).unwrap_or(0);
         for (i, (gr, wr)) in g.rules.iter().zip(&w.rules).enumerate() {
+            let (s, k) = (&sent[wi][i], read.exprs.get(gi).and_then(|c| c.get(i)));
+            if let Err(e) = same_expressions(s, k.map_or(&[][..], |k| k.as_slice())) {
+                return fail(format!("chain {} rule {} ({}): {e}", w.name, i + 1, wr.comment.as_deref().unwrap_or("no comment")));
+            }
             if gr.comment != wr.comment {
                 return fail(format!(
                     "chain {} rule {}: comment {:?}, want {:?}",

@@ -36,7 +36,7 @@ const MAX_ELEMENTS_NEST: usize = u16::MAX as usize - 4;
 
 /// One kernel element, on the stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Elem {
+pub(crate) struct Elem<'a> {
     key: [u8; 16],
     len: u8,
     /// Closes an interval (`NFT_SET_ELEM_INTERVAL_END`).
@@ -44,13 +44,20 @@ pub(crate) struct Elem {
     /// Runs to the key type's maximum (nft's INTERVAL_OPEN user data; no end element follows).
     open: bool,
     timeout_ms: Option<u64>,
+    /// The element's comment (a domain set's answer carries the name looked up), as nft writes
+    /// `comment "..."`: libnftnl's comment TLV in `NFTA_SET_ELEM_USERDATA`.
+    comment: Option<&'a str>,
 }
+
+/// Room for one element as [`Elem::write`] writes it: flags, timeout, a 16-byte key, and user
+/// data of at most 256 bytes (the kernel's limit), with headers.
+pub(crate) const ELEM_BUF: usize = 4 + 8 + 12 + 8 + 16 + 4 + 256 + 4;
 
 /// Bytes of nft's INTERVAL_OPEN user data attribute: header, libnftnl TLV (type, length, u32), pad.
 const OPEN_UDATA_LEN: usize = 12;
 
-impl Elem {
-    fn new(key: &[u8]) -> Elem {
+impl<'a> Elem<'a> {
+    fn new(key: &[u8]) -> Elem<'a> {
         let mut k = [0; 16];
         k[..key.len()].copy_from_slice(key);
         Elem {
@@ -59,6 +66,7 @@ impl Elem {
             end: false,
             open: false,
             timeout_ms: None,
+            comment: None,
         }
     }
 
@@ -73,13 +81,14 @@ impl Elem {
             + if self.end { 8 } else { 0 }
             + if self.timeout_ms.is_some() { 12 } else { 0 }
             + if self.open { OPEN_UDATA_LEN } else { 0 }
+            + self.comment.map_or(0, |c| 4 + crate::nl::align(c.len() + 3))
     }
 
     /// Writes the element as list entry number `index` (libnftnl numbers them 1, 2, ... within a
     /// message; the kernel ignores the number). Attribute order is libnftnl's: flags, timeout,
     /// key, user data. Returns the bytes written.
-    fn write(&self, index: u16, out: &mut [u8; 64]) -> usize {
-        fn hdr(out: &mut [u8; 64], at: usize, len: usize, ty: u16) {
+    fn write(&self, index: u16, out: &mut [u8; ELEM_BUF]) -> usize {
+        fn hdr(out: &mut [u8; ELEM_BUF], at: usize, len: usize, ty: u16) {
             out[at..at + 2].copy_from_slice(&(len as u16).to_ne_bytes());
             out[at + 2..at + 4].copy_from_slice(&ty.to_ne_bytes());
         }
@@ -115,6 +124,14 @@ impl Elem {
             out[at + 6..at + 10].copy_from_slice(&NFTNL_SET_ELEM_F_INTERVAL_OPEN.to_ne_bytes());
             at += OPEN_UDATA_LEN;
         }
+        if let Some(c) = self.comment {
+            // udata_comment(NFTNL_UDATA_SET_ELEM_COMMENT, c): type, length with the NUL, text, NUL.
+            hdr(out, at, 4 + c.len() + 3, NFTA_SET_ELEM_USERDATA);
+            out[at + 4] = NFTNL_UDATA_SET_ELEM_COMMENT;
+            out[at + 5] = (c.len() + 1) as u8;
+            out[at + 6..at + 6 + c.len()].copy_from_slice(c.as_bytes());
+            at += 4 + crate::nl::align(c.len() + 3);
+        }
         debug_assert_eq!(at, size);
         size
     }
@@ -125,6 +142,7 @@ impl Elem {
             end: self.end,
             open: self.open,
             timeout_ms: self.timeout_ms,
+            comment: self.comment.map(String::from),
         }
     }
 }
@@ -135,19 +153,19 @@ impl Elem {
 /// INTERVAL_OPEN user data; and unless the first range starts at 0 a zero-key end element comes
 /// first (in the first group). A single value is one element.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Group {
-    elems: [Elem; 3],
+pub(crate) struct Group<'a> {
+    elems: [Elem<'a>; 3],
     n: u8,
 }
 
-impl Group {
-    fn elems(&self) -> &[Elem] {
+impl<'a> Group<'a> {
+    fn elems(&self) -> &[Elem<'a>] {
         &self.elems[..self.n as usize]
     }
 
     /// The elements that can be looked up: all but nft's leading zero-key end element (the
     /// kernel answers ENOENT for it).
-    fn lookupable(&self) -> &[Elem] {
+    fn lookupable(&self) -> &[Elem<'a>] {
         let e = self.elems();
         match e.first() {
             Some(f) if f.end => &e[1..],
@@ -165,13 +183,13 @@ impl Group {
         max: T,
         next: impl Fn(T) -> T,
         key: impl Fn(T, &mut [u8; 16]) -> usize,
-    ) -> Group {
+    ) -> Group<'a> {
         let mut g = Group {
             elems: [Elem::new(&[]); 3],
             n: 0,
         };
         let mut buf = [0u8; 16];
-        let mut push = |e: Elem| {
+        let mut push = |e: Elem<'a>| {
             g.elems[g.n as usize] = e;
             g.n += 1;
         };
@@ -198,7 +216,7 @@ impl Group {
         g
     }
 
-    fn one(e: Elem) -> Group {
+    fn one(e: Elem<'a>) -> Group<'a> {
         Group {
             elems: [e, Elem::new(&[]), Elem::new(&[])],
             n: 1,
@@ -207,7 +225,7 @@ impl Group {
 }
 
 /// Model element `i` of a set with key `key` as kernel elements.
-pub(crate) fn group(key: KeyType, elements: &SetElements, i: usize) -> Group {
+pub(crate) fn group(key: KeyType, elements: &SetElements, i: usize) -> Group<'_> {
     fn put(b: &[u8], out: &mut [u8; 16]) -> usize {
         out[..b.len()].copy_from_slice(b);
         b.len()
@@ -241,12 +259,14 @@ pub(crate) fn group(key: KeyType, elements: &SetElements, i: usize) -> Group {
             _ => Elem::new(&ids[i].to_ne_bytes()),
         }),
         SetElements::TimedV4(v) => Group::one(Elem {
-            timeout_ms: Some(v[i].1),
-            ..Elem::new(&v[i].0.octets())
+            timeout_ms: Some(v[i].timeout_ms),
+            comment: v[i].name.as_deref(),
+            ..Elem::new(&v[i].addr.octets())
         }),
         SetElements::TimedV6(v) => Group::one(Elem {
-            timeout_ms: Some(v[i].1),
-            ..Elem::new(&v[i].0.octets())
+            timeout_ms: Some(v[i].timeout_ms),
+            comment: v[i].name.as_deref(),
+            ..Elem::new(&v[i].addr.octets())
         }),
     }
 }
@@ -282,7 +302,7 @@ pub(crate) fn put_elements(
 ) {
     let list = b.begin_nested(NFTA_SET_ELEM_LIST_ELEMENTS);
     let mut index: u16 = 1;
-    let mut tmp = [0u8; 64];
+    let mut tmp = [0u8; ELEM_BUF];
     for i in range {
         for e in group(key, elements, i).elems() {
             let n = e.write(index, &mut tmp);
@@ -416,6 +436,9 @@ pub(crate) fn encode_replace(
 /// The injected fault: the first range of the first non-empty set added again (the kernel
 /// answers EEXIST under `NLM_F_EXCL`), or, when every set is empty, one range added twice.
 fn fault(e: &mut Encoder, table: &str, sets: &[SetContents<'_>]) -> Result<(), Error> {
+    // Only address ranges are replaced: no element here has a comment to borrow.
+    let one_v4 = SetElements::V4(vec![(Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST)]);
+    let one_v6 = SetElements::V6(vec![(Ipv6Addr::LOCALHOST, Ipv6Addr::LOCALHOST)]);
     let (name, elems): (&str, Vec<Elem>) = match sets.iter().find(|s| !s.elements.is_empty()) {
         Some(s) => (
             s.name,
@@ -426,12 +449,10 @@ fn fault(e: &mut Encoder, table: &str, sets: &[SetContents<'_>]) -> Result<(), E
         None => {
             let Some(s) = sets.first() else { return Ok(()) };
             let one = match s.elements {
-                SetElements::V6(_) => {
-                    SetElements::V6(vec![(Ipv6Addr::LOCALHOST, Ipv6Addr::LOCALHOST)])
-                }
-                _ => SetElements::V4(vec![(Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST)]),
+                SetElements::V6(_) => &one_v6,
+                _ => &one_v4,
             };
-            let g = group(expected_key(&one), &one, 0);
+            let g = group(expected_key(one), one, 0);
             (s.name, [g.lookupable(), g.lookupable()].concat())
         }
     };
@@ -443,7 +464,7 @@ fn fault(e: &mut Encoder, table: &str, sets: &[SetContents<'_>]) -> Result<(), E
             b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
             b.attr_str(NFTA_SET_ELEM_LIST_SET, name);
             let list = b.begin_nested(NFTA_SET_ELEM_LIST_ELEMENTS);
-            let mut tmp = [0u8; 64];
+            let mut tmp = [0u8; ELEM_BUF];
             for (i, el) in elems.iter().enumerate() {
                 let n = el.write(i as u16 + 1, &mut tmp);
                 b.put_raw(&tmp[..n]);
@@ -469,6 +490,7 @@ mod tests {
                 end: false,
                 open: false,
                 timeout_ms: None,
+                comment: None,
             }
         }
     }
@@ -518,20 +540,22 @@ mod tests {
                 }
             }
             SetElements::TimedV4(v) => {
-                for &(a, ms) in v {
+                for e in v {
                     starts.push(elems.len());
                     elems.push(KernelElem {
-                        timeout_ms: Some(ms),
-                        ..KernelElem::key(a.octets().to_vec())
+                        timeout_ms: Some(e.timeout_ms),
+                        comment: e.name.clone(),
+                        ..KernelElem::key(e.addr.octets().to_vec())
                     });
                 }
             }
             SetElements::TimedV6(v) => {
-                for &(a, ms) in v {
+                for e in v {
                     starts.push(elems.len());
                     elems.push(KernelElem {
-                        timeout_ms: Some(ms),
-                        ..KernelElem::key(a.octets().to_vec())
+                        timeout_ms: Some(e.timeout_ms),
+                        comment: e.name.clone(),
+                        ..KernelElem::key(e.addr.octets().to_vec())
                     });
                 }
             }
@@ -580,6 +604,7 @@ mod tests {
             end,
             open,
             timeout_ms: None,
+            comment: None,
         };
         let mut out = Vec::new();
         let mut starts = Vec::new();
@@ -673,11 +698,19 @@ mod tests {
             set(KeyType::Icmpv6Type, SetElements::Ids(vec![133, 143])),
             set(
                 KeyType::Ipv4Addr,
-                SetElements::TimedV4(vec![(v4("192.0.2.1"), 5000), (v4("192.0.2.2"), 1)]),
+                SetElements::TimedV4(vec![
+                    ruleset::TimedAddr::new(v4("192.0.2.1"), 5000, Some("a.example.com".into())),
+                    ruleset::TimedAddr::new(v4("192.0.2.2"), 1, None),
+                    ruleset::TimedAddr::new(v4("192.0.2.3"), 1, Some("x".repeat(253))),
+                ]),
             ),
             set(
                 KeyType::Ipv6Addr,
-                SetElements::TimedV6(vec![("2001:db8::1".parse().unwrap(), 60_000)]),
+                SetElements::TimedV6(vec![ruleset::TimedAddr::new(
+                    "2001:db8::1".parse().unwrap(),
+                    60_000,
+                    Some("b.test".into()),
+                )]),
             ),
         ]
     }

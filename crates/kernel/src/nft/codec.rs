@@ -124,6 +124,12 @@ pub(crate) fn put_element_list<'a>(
                 &udata_u32(NFTNL_UDATA_SET_ELEM_FLAGS, NFTNL_SET_ELEM_F_INTERVAL_OPEN),
             );
         }
+        if let (Some(c), true) = (&e.comment, adding) {
+            b.attr(
+                NFTA_SET_ELEM_USERDATA,
+                &udata_comment(NFTNL_UDATA_SET_ELEM_COMMENT, c),
+            );
+        }
         b.end_nested(el);
     }
     b.end_nested(list);
@@ -139,6 +145,8 @@ pub(crate) struct KernelElem {
     pub open: bool,
     /// `NFTA_SET_ELEM_TIMEOUT` (elements of timeout sets).
     pub timeout_ms: Option<u64>,
+    /// The element's comment (libnftnl's comment TLV in its user data).
+    pub comment: Option<String>,
 }
 
 /// `x + 1` for the unsigned key types (never called on the maximum).

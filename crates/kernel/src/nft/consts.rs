@@ -390,6 +390,8 @@ pub const NFTNL_UDATA_TABLE_COMMENT: u8 = 0;
 pub const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
 /// `NFTNL_UDATA_SET_KEYBYTEORDER`: nft's `enum byteorder` of the key, as a host-order u32.
 pub const NFTNL_UDATA_SET_KEYBYTEORDER: u8 = 0;
+/// `NFTNL_UDATA_SET_ELEM_COMMENT` in an element's user data (nft's `comment "..."` on an element).
+pub const NFTNL_UDATA_SET_ELEM_COMMENT: u8 = 0;
 /// `NFTNL_UDATA_SET_ELEM_FLAGS` in an element's user data.
 pub const NFTNL_UDATA_SET_ELEM_FLAGS: u8 = 1;
 /// `NFTNL_SET_ELEM_F_INTERVAL_OPEN`: the interval runs to the key type's maximum (no end element).

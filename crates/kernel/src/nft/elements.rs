@@ -1,30 +1,38 @@
-//! Fast element updates for the DNS forwarder: addresses with timeouts added to (or refreshed in)
-//! timeout sets of table `inet leash`, one nfnetlink batch per call, on a socket kept open.
+//! Fast element updates for the DNS forwarder: addresses with timeouts (and the name each was
+//! looked up by, in the element's comment) added to or refreshed in timeout sets of table
+//! `inet leash`, one nfnetlink batch per call, on a socket kept open.
 //!
 //! The forwarder calls [`SetWriter::add_timed`] before it sends each answer (a connect that follows
 //! the answer must already find the address in the set), so this sits on the answer path. Hence:
 //! one `sendmsg` per call, buffers kept between calls, no allocation per element, and the batch is
 //! written straight into a byte buffer instead of going through `MsgBuf` (which cannot be reset).
 //!
-//! What the kernel (6.18; element timeout updates exist since 6.10) does with an element that is
-//! already in the set, measured by `tests/nft_elements.rs`:
-//! - a NEWSETELEM without `NLM_F_EXCL` for it is not an error; it updates the element;
-//! - `NFTA_SET_ELEM_TIMEOUT` alone restarts the countdown only when the timeout differs from the
-//!   element's current one (same timeout: the element keeps its old expiry);
-//! - `NFTA_SET_ELEM_EXPIRATION` restarts the countdown at that value, whatever it was.
+//! What the kernel does with an element that is already in the set depends on its version, so
+//! [`SetWriter::open`] finds out with a probe on a scratch table ([`super::probe`]):
+//! - from Linux 6.10 on ([`Refresh::InPlace`], measured on 6.18 by `tests/nft_elements.rs`), a
+//!   NEWSETELEM without `NLM_F_EXCL` updates the element: `NFTA_SET_ELEM_TIMEOUT` alone restarts
+//!   the countdown only when the timeout differs from the element's current one, while
+//!   `NFTA_SET_ELEM_EXPIRATION` restarts it at that value, whatever it was. So every element is
+//!   sent with both, equal;
+//! - before 6.10 ([`Refresh::DeleteAndAdd`], Debian 12's 6.1 in the kernel-matrix job), the
+//!   re-add is accepted and changes nothing: the element keeps its old expiry. So each element is
+//!   added (a no-op if it is there, so that the delete cannot fail with ENOENT), deleted and added
+//!   again with its timeout, all in the same batch: one transaction, so the packet path sees the
+//!   old element until the commit and the new one from then on.
 //!
-//! So every element is sent with both, equal: the element then expires `timeout_ms` after this
-//! call, whether it was new, about to expire, or had more time left. The kernel sets, it does not
-//! take the maximum: a shorter timeout shortens an element's life. A caller that only wants to
-//! extend must not send a timeout shorter than what the element has left (the forwarder knows
-//! what it sent last).
+//! Either way the element then expires `timeout_ms` after this call, whether it was new, about to
+//! expire, or had more time left. The kernel sets, it does not take the maximum: a shorter timeout
+//! shortens an element's life. A caller that only wants to extend must not send a timeout shorter
+//! than what the element has left (the forwarder knows what it sent last). An element that is
+//! refreshed in place keeps the comment it was first added with.
 
 use std::net::IpAddr;
 
 use super::batch::{SEND_BUF_SLACK, open_socket, scan_acks};
 use super::consts::*;
 use super::error::{Error, netlink};
-use super::validate::{MAX_TIMEOUT_MS, check_name};
+use super::probe::{Refresh, probe_refresh};
+use super::validate::{MAX_TIMEOUT_MS, check_element_name, check_name};
 use crate::nl::{self, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NLMSG_HDRLEN, NlError, Socket};
 
 /// One address to add to (or refresh in) a timeout set.
@@ -36,6 +44,9 @@ pub struct TimedElement<'a> {
     pub addr: IpAddr,
     /// Milliseconds from now until the kernel removes the element (1 to about 584 years).
     pub timeout_ms: u64,
+    /// The name whose answer holds the address, kept in the element's comment (at most
+    /// [`ruleset::MAX_ELEMENT_NAME`] bytes).
+    pub name: Option<&'a str>,
 }
 
 /// A netlink socket kept open for fast element updates in the current network namespace (the
@@ -50,6 +61,9 @@ pub struct SetWriter {
     sndbuf: usize,
 }
 
+/// Process-wide result of the refresh probe: the kernel is the same for every namespace.
+static REFRESH: std::sync::OnceLock<Refresh> = std::sync::OnceLock::new();
+
 /// Builds the batch of one call; every buffer is cleared, not freed, by the next call.
 #[derive(Debug, Default)]
 struct BatchEncoder {
@@ -59,8 +73,14 @@ struct BatchEncoder {
     sets: Vec<usize>,
     /// Per element of the current call: its index in `sets`.
     group: Vec<u32>,
-    /// Per NEWSETELEM message of the current batch: (index in `sets`, elements in the message).
-    msgs: Vec<(usize, usize)>,
+    /// Per element message of the current batch: (index in `sets`, elements in the message, the
+    /// message type).
+    msgs: Vec<(usize, usize, u16)>,
+    /// How elements are refreshed (see the module documentation).
+    refresh: Refresh,
+    /// Per element of the current call: a later element has the same set and address (in
+    /// `DeleteAndAdd` mode only the last is sent: a second delete of it would fail).
+    superseded: Vec<bool>,
     /// Sequence number of the next message. It keeps counting across calls so that a reply can
     /// never be taken for one of a later batch.
     next_seq: u32,
@@ -69,17 +89,38 @@ struct BatchEncoder {
 /// Largest payload of the ELEMENTS nest (its u16 length includes its own 4-byte header).
 const MAX_ELEMENTS_NEST: usize = u16::MAX as usize - 4;
 /// Size of one element in the ELEMENTS nest: list entry header, TIMEOUT and EXPIRATION (4 + 8
-/// each), KEY nest header, DATA_VALUE header and the key.
-const fn elem_size(key_len: usize) -> usize {
-    4 + 12 + 12 + 4 + 4 + key_len
+/// each), KEY nest header, DATA_VALUE header and the key, and the comment's user data; a key
+/// alone (a delete) is the list entry header and the key nest.
+fn elem_size(e: &TimedElement<'_>, key_only: bool) -> usize {
+    let key_len = if e.addr.is_ipv4() { 4 } else { 16 };
+    if key_only {
+        return 4 + 4 + 4 + key_len;
+    }
+    4 + 12 + 12 + 4 + 4 + key_len + e.name.map_or(0, |n| 4 + nl::align(n.len() + 3))
 }
 /// Receive buffer: room for a few hundred acks (each costs the kernel about 1 KiB of buffer),
 /// more than a batch of a few thousand elements in a few sets produces.
 const RECV_BUF: usize = 1 << 20;
 
 impl SetWriter {
-    /// Opens a netfilter netlink socket in the calling thread's network namespace.
+    /// Opens a netfilter netlink socket in the calling thread's network namespace. The first
+    /// writer of the process probes how the kernel refreshes element timeouts
+    /// ([`crate::nft::probe_refresh`], on a scratch table); later ones reuse the answer. If the
+    /// probe fails, the writer uses [`Refresh::DeleteAndAdd`], which is right on every kernel.
     pub fn open() -> Result<SetWriter, Error> {
+        let refresh = match REFRESH.get() {
+            Some(&r) => r,
+            None => match probe_refresh() {
+                Ok(r) => *REFRESH.get_or_init(|| r),
+                Err(_) => Refresh::DeleteAndAdd,
+            },
+        };
+        Self::open_with(refresh)
+    }
+
+    /// Like [`SetWriter::open`], with the refresh mode given instead of probed (tests run the
+    /// delete-and-add path on a kernel that would not need it).
+    pub fn open_with(refresh: Refresh) -> Result<SetWriter, Error> {
         let sock = open_socket()?;
         sock.set_recv_buffer(RECV_BUF)
             .map_err(netlink("sizing the netlink receive buffer"))?;
@@ -88,11 +129,20 @@ impl SetWriter {
             enc: BatchEncoder {
                 buf: Vec::with_capacity(4096),
                 next_seq: 1,
-                ..BatchEncoder::default()
+                refresh,
+                sets: Vec::new(),
+                group: Vec::new(),
+                msgs: Vec::new(),
+                superseded: Vec::new(),
             },
             replies: Vec::with_capacity(4096),
             sndbuf: 0,
         })
+    }
+
+    /// How this writer refreshes elements that are already in a set.
+    pub fn refresh(&self) -> Refresh {
+        self.enc.refresh
     }
 
     /// Adds every element (or refreshes its timeout when it is already present) in ONE nfnetlink
@@ -101,10 +151,11 @@ impl SetWriter {
     ///
     /// Elements are grouped by set: one NEWSETELEM message per set (a set with more than about
     /// 1,600 IPv4 or 1,200 IPv6 elements in one call takes several, an ELEMENTS attribute being
-    /// limited to 64 KiB; still one batch, one commit).
+    /// limited to 64 KiB; still one batch, one commit), or, with [`Refresh::DeleteAndAdd`], an
+    /// add, a delete and an add per set.
     /// Each element carries its timeout and an expiration equal to it, which restarts its
     /// countdown if it is already there (see the module documentation). An address listed twice
-    /// for one set is added, then updated: the later timeout wins.
+    /// for one set: the later timeout wins.
     pub fn add_timed(&mut self, table: &str, elems: &[TimedElement<'_>]) -> Result<(), Error> {
         if elems.is_empty() {
             return Ok(());
@@ -175,8 +226,9 @@ impl SetWriter {
         )?;
         if let Some((k, error)) = first_error {
             let what = match enc.msgs.get(k as usize - 1) {
-                Some(&(g, n)) => format!(
-                    "NEWSETELEM for set `{}` of table inet {table} ({n} element{})",
+                Some(&(g, n, ty)) => format!(
+                    "{} for set `{}` of table inet {table} ({n} element{})",
+                    nft_msg_name(ty),
                     elems[enc.sets[g]].set,
                     if n == 1 { "" } else { "s" }
                 ),
@@ -200,12 +252,17 @@ impl BatchEncoder {
     fn group_by_set(&mut self, elems: &[TimedElement<'_>]) -> Result<(), Error> {
         self.sets.clear();
         self.group.clear();
+        self.superseded.clear();
+        self.superseded.resize(elems.len(), false);
         for (i, e) in elems.iter().enumerate() {
             if !(1..=MAX_TIMEOUT_MS).contains(&e.timeout_ms) {
                 return Err(Error::Invalid(format!(
                     "set `{}`: timeout of {} is {} ms; it must be 1 to {} ms",
                     e.set, e.addr, e.timeout_ms, MAX_TIMEOUT_MS
                 )));
+            }
+            if let Some(n) = e.name {
+                check_element_name(n).map_err(|m| Error::Invalid(format!("set `{}`: {m}", e.set)))?;
             }
             let g = match self.sets.iter().position(|&f| elems[f].set == e.set) {
                 Some(g) => g,
@@ -216,6 +273,16 @@ impl BatchEncoder {
                 }
             };
             self.group.push(g as u32);
+        }
+        if self.refresh == Refresh::DeleteAndAdd {
+            // The forwarder merges duplicates before it calls; this keeps a caller that does not
+            // from failing its batch. Quadratic only among the elements of one set and address.
+            let mut seen = std::collections::HashSet::with_capacity(elems.len());
+            for i in (0..elems.len()).rev() {
+                if !seen.insert((self.group[i], elems[i].addr)) {
+                    self.superseded[i] = true;
+                }
+            }
         }
         Ok(())
     }
@@ -238,41 +305,62 @@ impl BatchEncoder {
             end_msg(buf, m);
         };
         batch(&mut self.buf, NFNL_MSG_BATCH_BEGIN, seq);
+        // In place: one add. Delete and add: add (a no-op for an element that is there), delete,
+        // add with the new timeout, per run of elements.
+        let steps: &[(u16, bool)] = match self.refresh {
+            Refresh::InPlace => &[(NFT_MSG_NEWSETELEM, false)],
+            Refresh::DeleteAndAdd => &[
+                (NFT_MSG_NEWSETELEM, false),
+                (NFT_MSG_DELSETELEM, true),
+                (NFT_MSG_NEWSETELEM, false),
+            ],
+        };
         for (g, &first) in self.sets.iter().enumerate() {
             let set = elems[first].set;
             let mut i = first;
-            // One message per set, unless its elements overflow one ELEMENTS attribute.
+            // One run per set, unless its elements overflow one ELEMENTS attribute (sized for
+            // the larger encoding, so that every step of a run takes the same elements).
             while i < elems.len() {
-                seq = seq.wrapping_add(1);
-                let m = begin_msg(
-                    &mut self.buf,
-                    nft_type(NFT_MSG_NEWSETELEM),
-                    NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE,
-                    seq,
-                    NFPROTO_INET,
-                    0,
-                );
-                attr_str(&mut self.buf, NFTA_SET_ELEM_LIST_TABLE, table);
-                attr_str(&mut self.buf, NFTA_SET_ELEM_LIST_SET, set);
-                let list = begin_nest(&mut self.buf, NFTA_SET_ELEM_LIST_ELEMENTS);
+                let start = i;
+                let mut size = 0;
                 let mut count = 0;
                 while i < elems.len() {
-                    if self.group[i] as usize != g {
+                    if self.group[i] as usize != g || self.superseded[i] {
                         i += 1;
                         continue;
                     }
-                    let e = &elems[i];
-                    let key_len = if e.addr.is_ipv4() { 4 } else { 16 };
-                    if count > 0 && self.buf.len() - list + elem_size(key_len) > MAX_ELEMENTS_NEST {
+                    let add = elem_size(&elems[i], false);
+                    if count > 0 && size + add > MAX_ELEMENTS_NEST {
                         break;
                     }
-                    put_elem(&mut self.buf, e);
+                    size += add;
                     count += 1;
                     i += 1;
                 }
-                end_nest(&mut self.buf, list);
-                end_msg(&mut self.buf, m);
-                self.msgs.push((g, count));
+                let end = i;
+                if count == 0 {
+                    break;
+                }
+                for &(ty, key_only) in steps {
+                    seq = seq.wrapping_add(1);
+                    let flags = if ty == NFT_MSG_NEWSETELEM {
+                        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE
+                    } else {
+                        NLM_F_REQUEST | NLM_F_ACK
+                    };
+                    let m = begin_msg(&mut self.buf, nft_type(ty), flags, seq, NFPROTO_INET, 0);
+                    attr_str(&mut self.buf, NFTA_SET_ELEM_LIST_TABLE, table);
+                    attr_str(&mut self.buf, NFTA_SET_ELEM_LIST_SET, set);
+                    let list = begin_nest(&mut self.buf, NFTA_SET_ELEM_LIST_ELEMENTS);
+                    for (j, e) in elems.iter().enumerate().take(end).skip(start) {
+                        if self.group[j] as usize == g && !self.superseded[j] {
+                            put_elem(&mut self.buf, e, key_only);
+                        }
+                    }
+                    end_nest(&mut self.buf, list);
+                    end_msg(&mut self.buf, m);
+                    self.msgs.push((g, count, ty));
+                }
                 // Skip to this set's next element, if any is left.
                 while i < elems.len() && self.group[i] as usize != g {
                     i += 1;
@@ -289,18 +377,32 @@ impl BatchEncoder {
     }
 }
 
-/// One element: timeout, expiration (both the same), key.
-fn put_elem(buf: &mut Vec<u8>, e: &TimedElement<'_>) {
+/// One element: timeout, expiration (both the same), key, and the name as nft writes an
+/// element's `comment` (libnftnl's order); with `key_only`, the key alone (a delete).
+fn put_elem(buf: &mut Vec<u8>, e: &TimedElement<'_>, key_only: bool) {
     let el = begin_nest(buf, NFTA_LIST_ELEM);
-    let ms = e.timeout_ms.to_be_bytes();
-    attr(buf, NFTA_SET_ELEM_TIMEOUT, &ms);
-    attr(buf, NFTA_SET_ELEM_EXPIRATION, &ms);
+    if !key_only {
+        let ms = e.timeout_ms.to_be_bytes();
+        attr(buf, NFTA_SET_ELEM_TIMEOUT, &ms);
+        attr(buf, NFTA_SET_ELEM_EXPIRATION, &ms);
+    }
     let k = begin_nest(buf, NFTA_SET_ELEM_KEY);
     match e.addr {
         IpAddr::V4(a) => attr(buf, NFTA_DATA_VALUE, &a.octets()),
         IpAddr::V6(a) => attr(buf, NFTA_DATA_VALUE, &a.octets()),
     }
     end_nest(buf, k);
+    if let (Some(n), false) = (e.name, key_only) {
+        // udata_comment(NFTNL_UDATA_SET_ELEM_COMMENT, n): type, length with the NUL, text, NUL.
+        let len = (nl::NLA_HDRLEN + n.len() + 3) as u16;
+        buf.extend_from_slice(&len.to_ne_bytes());
+        buf.extend_from_slice(&NFTA_SET_ELEM_USERDATA.to_ne_bytes());
+        buf.push(NFTNL_UDATA_SET_ELEM_COMMENT);
+        buf.push((n.len() + 1) as u8);
+        buf.extend_from_slice(n.as_bytes());
+        buf.push(0);
+        pad(buf);
+    }
     end_nest(buf, el);
 }
 
@@ -366,9 +468,10 @@ mod tests {
     use super::*;
     use crate::nl::{Attrs, Messages};
 
-    fn encode(elems: &[TimedElement<'_>]) -> (Vec<u8>, Vec<(usize, usize)>) {
+    fn encode_with(refresh: Refresh, elems: &[TimedElement<'_>]) -> (Vec<u8>, Vec<(usize, usize, u16)>) {
         let mut w = BatchEncoder {
             next_seq: 7,
+            refresh,
             ..BatchEncoder::default()
         };
         w.group_by_set(elems).unwrap();
@@ -377,12 +480,57 @@ mod tests {
         (w.buf, w.msgs)
     }
 
+    fn encode(elems: &[TimedElement<'_>]) -> (Vec<u8>, Vec<(usize, usize)>) {
+        let (b, m) = encode_with(Refresh::InPlace, elems);
+        assert!(m.iter().all(|m| m.2 == NFT_MSG_NEWSETELEM));
+        (b, m.into_iter().map(|(g, n, _)| (g, n)).collect())
+    }
+
     fn el<'a>(set: &'a str, addr: &str, timeout_ms: u64) -> TimedElement<'a> {
         TimedElement {
             set,
             addr: addr.parse().unwrap(),
             timeout_ms,
+            name: None,
         }
+    }
+
+    #[test]
+    fn names_go_into_the_comment_and_delete_and_add_sends_three_messages_per_set() {
+        let elems = [
+            TimedElement { name: Some("api.example.com"), ..el("b", "192.0.2.1", 1000) },
+            el("a", "2001:db8::1", 2000),
+            // Superseded by the later one for the same address: sent once.
+            el("b", "192.0.2.1", 5000),
+        ];
+        let (bytes, msgs) = encode_with(Refresh::DeleteAndAdd, &elems);
+        let (n, d) = (NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM);
+        assert_eq!(msgs, vec![(0, 1, n), (0, 1, d), (0, 1, n), (1, 1, n), (1, 1, d), (1, 1, n)]);
+        let all: Vec<_> = Messages::new(&bytes).collect::<Result<_, _>>().unwrap();
+        let elements = |m: usize| -> Vec<Vec<(u16, Vec<u8>)>> {
+            let a: Vec<_> = all[m].attrs(4).collect::<Result<_, _>>().unwrap();
+            a[2].nested()
+                .map(|e| Attrs::new(e.unwrap().data).map(|f| f.unwrap()).map(|f| (f.ty, f.data.to_vec())).collect())
+                .collect()
+        };
+        // The delete carries the key alone; both adds the later timeout (the comment went with
+        // the superseded element).
+        let del = elements(2);
+        assert_eq!(del.len(), 1);
+        assert_eq!(del[0].iter().map(|f| f.0).collect::<Vec<_>>(), vec![NFTA_SET_ELEM_KEY]);
+        for m in [1, 3] {
+            let add = elements(m);
+            assert_eq!(add[0][0], (NFTA_SET_ELEM_TIMEOUT, 5000u64.to_be_bytes().to_vec()));
+        }
+        // In place, a name is libnftnl's comment TLV after the key, as nft sends it.
+        let (bytes, _) = encode(&elems[..1]);
+        let all: Vec<_> = Messages::new(&bytes).collect::<Result<_, _>>().unwrap();
+        let a: Vec<_> = all[1].attrs(4).collect::<Result<_, _>>().unwrap();
+        let e = a[2].nested().next().unwrap().unwrap();
+        let f: Vec<_> = Attrs::new(e.data).collect::<Result<_, _>>().unwrap();
+        assert_eq!(f[3].ty, NFTA_SET_ELEM_USERDATA);
+        assert_eq!(f[3].data, b"\x00\x10api.example.com\x00");
+        assert_eq!(e.data.len() + 4, elem_size(&elems[0], false));
     }
 
     #[test]
@@ -415,7 +563,7 @@ mod tests {
         assert_eq!(f[1].be64().unwrap(), 3000);
         let key = f[2].nested().next().unwrap().unwrap();
         assert_eq!(key.data, &[192, 0, 2, 2]);
-        assert_eq!(els[0].data.len() + 4, elem_size(4));
+        assert_eq!(els[0].data.len() + 4, elem_size(&elems[0], false));
     }
 
     #[test]

@@ -126,6 +126,31 @@ pub(crate) fn encode_apply(table: &Table, opts: &ApplyOptions) -> Result<Batch, 
     Ok(e.finish(elements))
 }
 
+/// The contents of `NFTA_RULE_EXPRESSIONS` that [`encode_apply`] sends for each rule, per chain
+/// in table order: what verification compares the rules read back with.
+pub(crate) fn rule_expressions(table: &Table) -> Vec<Vec<Vec<u8>>> {
+    let sets = |n: &str| -> Option<SetRef<'_>> {
+        table.sets.iter().position(|s| s.name == n).map(|i| SetRef {
+            name: &table.sets[i].name,
+            id: set_id(i),
+        })
+    };
+    table
+        .chains
+        .iter()
+        .map(|c| {
+            c.rules
+                .iter()
+                .map(|r| {
+                    let mut b = crate::nl::MsgBuf::new();
+                    expr::encode_stmts(&mut b, &r.stmts, &sets);
+                    b.into_bytes()
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// The batch that deletes table `inet <name>` (and nothing else).
 pub(crate) fn encode_delete(name: &str) -> Result<Batch, Error> {
     let mut e = Encoder::new(256);
@@ -253,7 +278,7 @@ mod tests {
     use super::*;
     use crate::nft::batch::FIRST_SEQ;
     use crate::nl::{Attrs, Messages, NLM_F_ACK};
-    use ruleset::{KeyType, L4, MeterLimit, RateLimit, SetElements, Stmt, Value};
+    use ruleset::{KeyType, L4, MeterLimit, RateLimit, SetElements, Stmt, TimedAddr, Value};
     use std::net::Ipv4Addr;
 
     fn table(sets: Vec<Set>, rules: Vec<Rule>) -> Table {
@@ -470,7 +495,7 @@ mod tests {
             dynamic: None,
             elements,
         };
-        let one = |ms| SetElements::TimedV4(vec![(Ipv4Addr::new(192, 0, 2, 1), ms)]);
+        let one = |ms| SetElements::TimedV4(vec![TimedAddr::new(Ipv4Addr::new(192, 0, 2, 1), ms, None)]);
         let e = err(&table(vec![timed(false, false, one(1000))], vec![]));
         assert!(e.contains("need flags timeout"), "{e}");
         let e = err(&table(vec![timed(true, false, one(0))], vec![]));
@@ -484,11 +509,14 @@ mod tests {
         let e = err(&table(vec![timed(true, false, ranges)], vec![]));
         assert!(e.contains("not ranges"), "{e}");
         let twice = SetElements::TimedV4(vec![
-            (Ipv4Addr::new(192, 0, 2, 1), 1),
-            (Ipv4Addr::new(192, 0, 2, 1), 2),
+            TimedAddr::new(Ipv4Addr::new(192, 0, 2, 1), 1, None),
+            TimedAddr::new(Ipv4Addr::new(192, 0, 2, 1), 2, None),
         ]);
         let e = err(&table(vec![timed(true, false, twice)], vec![]));
         assert!(e.contains("unique"), "{e}");
+        let long = SetElements::TimedV4(vec![TimedAddr::new(Ipv4Addr::new(192, 0, 2, 1), 1, Some("x".repeat(254)))]);
+        let e = err(&table(vec![timed(true, false, long)], vec![]));
+        assert!(e.contains("element name") && e.contains("253 bytes"), "{e}");
         for ok in [
             one(1000),
             SetElements::TimedV4(vec![]),

@@ -23,9 +23,18 @@ pub enum Error {
     /// The kernel answered fewer messages than it was sent.
     #[error("the kernel acknowledged {acked} of the {expected} messages of the batch")]
     MissingAcks { acked: usize, expected: usize },
-    /// The table read back after an apply differs from the one applied.
+    /// The table read back after an apply differs from the one applied. The kernel committed
+    /// the batch: the new table is in place.
     #[error("the table read back after apply differs: {0}")]
     Verify(String),
+    /// The kernel committed the batch (the new table is in place), but what came after failed:
+    /// reading the acks, or reading the table back to verify it.
+    #[error("the kernel committed the new table, but {0}")]
+    Committed(Box<Error>),
+    /// The batch was sent, its acks could not be read, and asking the kernel afterwards whether
+    /// it committed failed too: the table may be the old one or the new one.
+    #[error("{0}; whether the kernel committed the batch is not known")]
+    Uncertain(Box<Error>),
     /// There is no table `inet <name>` (to change the sets of).
     #[error("there is no table inet {0}")]
     NoSuchTable(String),
@@ -35,9 +44,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// For an error of [`crate::nft::apply`] or [`crate::nft::replace_set_elements`]: true when
+    /// the kernel changed nothing (the batch was refused, or never sent), false when it committed
+    /// it ([`Error::Committed`], [`Error::Verify`]) or may have ([`Error::Uncertain`]).
+    pub fn changed_nothing(&self) -> bool {
+        !matches!(self, Error::Committed(_) | Error::Verify(_) | Error::Uncertain(_))
+    }
+
     /// The errno behind this error, if the kernel or a system call gave one.
     pub fn errno(&self) -> Option<i32> {
         match self {
+            Error::Committed(e) | Error::Uncertain(e) => e.errno(),
             Error::Rejected { error, .. } => Some(error.errno),
             Error::Netlink {
                 source: NlError::Kernel(e),

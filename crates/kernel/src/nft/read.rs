@@ -18,7 +18,7 @@ use super::consts::*;
 use super::error::Error;
 use super::status::{
     COUNT_LIMIT, ChainStatus, Counter, ElementCount, RuleStatus, SetElement, SetStatus, TableInfo,
-    TableStatus,
+    TableStatus, TimedAnswer,
 };
 use crate::nl::{
     self, Attr, Message, MsgBuf, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NlError, Socket,
@@ -43,7 +43,7 @@ pub fn status_with(
         Some(n) => Counting::Known(ElementCount::Recorded(n)),
         None => Counting::Dump(COUNT_LIMIT),
     };
-    Ok(read_table(&mut sock, ruleset::TABLE_NAME, &counting)?.map(|(_, t)| t))
+    Ok(read_table(&mut sock, ruleset::TABLE_NAME, &counting)?.map(|t| t.status))
 }
 
 /// Handle and comment of table `inet <table>`; `None` if there is no such table.
@@ -83,15 +83,8 @@ pub fn table_comment(table: &str) -> Result<Option<TableInfo>, Error> {
 /// (listed once here) or be missed, and the kernel does not flag such a dump.
 ///
 /// A set with a key other than an IPv4 or IPv6 address is an error.
-pub fn timed_elements(table: &str, set: &str) -> Result<Option<Vec<(IpAddr, u64)>>, Error> {
-    let mut out = Vec::new();
-    let found = list_elements(table, set, |e| {
-        if let Some(t) = timed_element(e)? {
-            out.push(t);
-        }
-        Ok(())
-    })?;
-    Ok(found.then(|| dedup_by_address(out)))
+pub fn timed_elements(table: &str, set: &str) -> Result<Option<Vec<TimedAnswer>>, Error> {
+    Ok(list_elements(table, set, timed_element)?.map(dedup_by_address))
 }
 
 /// Every element of set `<set>` of table `inet <table>` (any table, not only leash's), in the
@@ -103,9 +96,8 @@ pub fn timed_elements(table: &str, set: &str) -> Result<Option<Vec<(IpAddr, u64)
 /// set's size (a second or so for 100,000 elements; [`status`] counts large sets only up to
 /// [`COUNT_LIMIT`] for that reason), and a set that changes meanwhile is not listed as a snapshot.
 pub fn set_elements(table: &str, set: &str) -> Result<Option<Vec<SetElement>>, Error> {
-    let mut out = Vec::new();
-    let found = list_elements(table, set, |e| {
-        out.push(SetElement {
+    list_elements(table, set, |e| {
+        Ok(Some(SetElement {
             key: e
                 .key
                 .ok_or_else(|| NlError::Malformed("element without a key".into()))?
@@ -113,10 +105,9 @@ pub fn set_elements(table: &str, set: &str) -> Result<Option<Vec<SetElement>>, E
             interval_end: e.flags & NFT_SET_ELEM_INTERVAL_END != 0,
             timeout_ms: e.timeout,
             expires_ms: e.expiration,
-        });
-        Ok(())
-    })?;
-    Ok(found.then_some(out))
+            comment: e.udata.and_then(udata_comment_of),
+        }))
+    })
 }
 
 /// One nf_tables request of family inet, flagged `NLM_F_REQUEST | flags`.
@@ -135,7 +126,8 @@ fn request(
 }
 
 /// Sends one dump request of nf_tables message `msg` for family inet and returns what `each`
-/// extracts from every reply, in order.
+/// extracts from every reply, in order. A dump that a concurrent commit interrupted is started
+/// again from scratch (see [`nl::retry_interrupted`]).
 fn dump<T>(
     sock: &mut Socket,
     seq: &mut u32,
@@ -143,16 +135,22 @@ fn dump<T>(
     attrs: impl FnOnce(&mut MsgBuf),
     mut each: impl FnMut(&Message<'_>) -> Result<Option<T>, NlError>,
 ) -> Result<Vec<T>, NlError> {
-    *seq += 1;
-    let req = request(msg, NLM_F_DUMP, *seq, attrs)?;
-    let mut out = Vec::new();
-    sock.dump(&req, |m| {
-        if let Some(v) = each(m)? {
-            out.push(v);
-        }
-        Ok(())
-    })?;
-    Ok(out)
+    // The request's attributes, written once (the closure may only run once).
+    let mut body = MsgBuf::new();
+    attrs(&mut body);
+    let body = body.into_bytes();
+    nl::retry_interrupted(|| {
+        *seq += 1;
+        let req = request(msg, NLM_F_DUMP, *seq, |b| b.put_raw(&body))?;
+        let mut out = Vec::new();
+        sock.dump(&req, |m| {
+            if let Some(v) = each(m)? {
+                out.push(v);
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    })
 }
 
 pub(crate) fn str_of(a: &Option<Attr<'_>>) -> String {
@@ -173,7 +171,7 @@ pub(crate) fn read_table(
     sock: &mut Socket,
     name: &str,
     counting: &dyn Fn(u64, &SetStatus) -> Counting,
-) -> Result<Option<(u64, TableStatus)>, Error> {
+) -> Result<Option<TableRead>, Error> {
     let ctx = |what: &str| table_ctx(name, what);
     let mut seq = 0;
     let tables = dump(
@@ -201,11 +199,13 @@ pub(crate) fn read_table(
         return Ok(None);
     };
 
+    let mut exprs = Vec::new();
     let chains = read_chains(sock, &mut seq, name)?
         .into_iter()
-        .map(|c| ChainStatus {
-            rules: c.rules.into_iter().map(|r| r.status).collect(),
-            ..c.status
+        .map(|c| {
+            let (rules, x): (Vec<_>, Vec<_>) = c.rules.into_iter().map(|r| (r.status, r.exprs)).unzip();
+            exprs.push(x);
+            ChainStatus { rules, ..c.status }
         })
         .collect();
 
@@ -230,14 +230,23 @@ pub(crate) fn read_table(
                 .map_err(ctx(&format!("elements of set {}", s.name)))?,
         };
     }
-    Ok(Some((
+    Ok(Some(TableRead {
         handle,
-        TableStatus {
+        status: TableStatus {
             comment,
             chains,
             sets,
         },
-    )))
+        exprs,
+    }))
+}
+
+/// A table as [`read_table`] reads it.
+pub(crate) struct TableRead {
+    pub handle: u64,
+    pub status: TableStatus,
+    /// Per chain (in the order of `status.chains`), per rule: `NFTA_RULE_EXPRESSIONS` as listed.
+    pub exprs: Vec<Vec<Vec<u8>>>,
 }
 
 /// Wraps a failure to read part `what` of table `inet <name>`.
@@ -262,6 +271,8 @@ pub(crate) struct RuleRead {
     pub reject: bool,
     /// It has a `redir` expression.
     pub redirect: bool,
+    /// `NFTA_RULE_EXPRESSIONS` as the kernel lists it (what an apply compares with what it sent).
+    pub exprs: Vec<u8>,
 }
 
 /// The chains of table `inet <name>` in the order the kernel lists them (creation order), each
@@ -336,6 +347,7 @@ pub(crate) fn read_chains(
             }
             let mut counter = None;
             let (mut reject, mut redirect) = (false, false);
+            let exprs = t[NFTA_RULE_EXPRESSIONS as usize].map(|x| x.data.to_vec()).unwrap_or_default();
             if let Some(x) = t[NFTA_RULE_EXPRESSIONS as usize] {
                 for e in x.nested() {
                     let e = e?.nested().table::<3>()?;
@@ -372,6 +384,7 @@ pub(crate) fn read_chains(
                 },
                 reject,
                 redirect,
+                exprs,
             };
             Ok(Some((str_of(&t[NFTA_RULE_CHAIN as usize]), rule)))
         },
@@ -492,6 +505,8 @@ struct ElemRef<'a> {
     flags: u32,
     timeout: Option<u64>,
     expiration: Option<u64>,
+    /// `NFTA_SET_ELEM_USERDATA`.
+    udata: Option<&'a [u8]>,
 }
 
 /// Calls `each` for every element in a GETSETELEM reply (a dump message or a lookup's answer).
@@ -527,6 +542,7 @@ fn parse_element<'a>(el: &Attr<'a>) -> Result<ElemRef<'a>, NlError> {
             NFTA_SET_ELEM_FLAGS => e.flags = f.be32()?,
             NFTA_SET_ELEM_TIMEOUT => e.timeout = Some(f.be64()?),
             NFTA_SET_ELEM_EXPIRATION => e.expiration = Some(f.be64()?),
+            NFTA_SET_ELEM_USERDATA => e.udata = Some(f.data),
             _ => {}
         }
     }
@@ -541,25 +557,36 @@ fn elements_dump(table: &str, set: &str) -> Result<Vec<u8>, NlError> {
     })
 }
 
-/// Dumps every element of set `<set>` of table `inet <table>` on a socket of its own into
-/// `each`; `Ok(false)` when the table or the set does not exist.
-fn list_elements(
+/// Dumps every element of set `<set>` of table `inet <table>` on a socket of its own and returns
+/// what `each` makes of them, in the kernel's order; `None` when the table or the set does not
+/// exist. A dump that a concurrent commit interrupted is read again from the start.
+fn list_elements<T>(
     table: &str,
     set: &str,
-    mut each: impl FnMut(ElemRef<'_>) -> Result<(), NlError>,
-) -> Result<bool, Error> {
+    mut each: impl FnMut(ElemRef<'_>) -> Result<Option<T>, NlError>,
+) -> Result<Option<Vec<T>>, Error> {
     let ctx = |source| Error::Netlink {
         context: format!("reading the elements of set {set} of table inet {table}"),
         source,
     };
     let mut sock = Socket::open(nl::NETLINK_NETFILTER).map_err(ctx)?;
     let req = elements_dump(table, set).map_err(ctx)?;
-    match sock.dump(&req, |m| for_each_element(m, &mut each)) {
+    let res = nl::retry_interrupted(|| {
+        let mut out = Vec::new();
+        sock.dump(&req, |m| {
+            for_each_element(m, |e| {
+                out.extend(each(e)?);
+                Ok(())
+            })
+        })?;
+        Ok(out)
+    });
+    match res {
         // The kernel looks the table and the set up before it starts the dump, and answers the
         // request with ENOENT when either is missing.
-        Err(NlError::Kernel(e)) if e.errno == libc::ENOENT => Ok(false),
+        Err(NlError::Kernel(e)) if e.errno == libc::ENOENT => Ok(None),
         Err(e) => Err(ctx(e)),
-        Ok(()) => Ok(true),
+        Ok(v) => Ok(Some(v)),
     }
 }
 
@@ -576,23 +603,70 @@ fn count_elements(
     interval: bool,
     limit: usize,
 ) -> Result<ElementCount, NlError> {
-    let mut sock = Socket::open(nl::NETLINK_NETFILTER)?;
     let req = elements_dump(table, set)?;
     let mut n = 0usize;
-    let complete = sock.dump_while(&req, |m| {
-        for_each_element(m, |e| {
-            if !(interval && e.flags & NFT_SET_ELEM_INTERVAL_END != 0) {
-                n += 1;
-            }
-            Ok(())
-        })?;
-        Ok(n <= limit)
+    let complete = nl::retry_interrupted(|| {
+        // A fresh socket each time: a dump stopped early stays open on its socket.
+        let mut sock = Socket::open(nl::NETLINK_NETFILTER)?;
+        n = 0;
+        sock.dump_while(&req, |m| {
+            for_each_element(m, |e| {
+                if !(interval && e.flags & NFT_SET_ELEM_INTERVAL_END != 0) {
+                    n += 1;
+                }
+                Ok(())
+            })?;
+            Ok(n <= limit)
+        })
     })?;
     Ok(if complete {
         ElementCount::Exact(n)
     } else {
         ElementCount::AtLeast(n)
     })
+}
+
+/// The name recorded with address `addr` in timeout set `<set>` of table `inet <table>` (the
+/// element's comment: the DNS name whose answer put it there). `Ok(None)` when the table, the set
+/// or the element does not exist, or the element has no comment.
+///
+/// One GETSETELEM that is not a dump: the kernel looks the one key up in the set's hash, so this
+/// costs the same for a set of ten elements or a million (`leash log` asks per event).
+pub fn element_name(table: &str, set: &str, addr: IpAddr) -> Result<Option<String>, Error> {
+    let ctx = |source| Error::Netlink {
+        context: format!("looking up {addr} in set {set} of table inet {table}"),
+        source,
+    };
+    let key = match addr {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    let elem = KernelElem {
+        key,
+        end: false,
+        open: false,
+        timeout_ms: None,
+        comment: None,
+    };
+    let req = request(NFT_MSG_GETSETELEM, NLM_F_ACK, 1, |b| {
+        b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
+        b.attr_str(NFTA_SET_ELEM_LIST_SET, set);
+        put_element_list(b, [&elem], false);
+    })
+    .map_err(ctx)?;
+    let mut sock = Socket::open(nl::NETLINK_NETFILTER).map_err(ctx)?;
+    let mut name = None;
+    let res = sock.request(&req, |m| {
+        for_each_element(m, |e| {
+            name = name.take().or_else(|| e.udata.and_then(udata_comment_of));
+            Ok(())
+        })
+    });
+    match res {
+        Err(NlError::Kernel(e)) if e.errno == libc::ENOENT => Ok(None),
+        Err(e) => Err(ctx(e)),
+        Ok(()) => Ok(name),
+    }
 }
 
 /// Asks the kernel for specific elements (a GETSETELEM that is not a dump: one lookup per key)
@@ -650,23 +724,22 @@ pub(crate) fn check_elements_present(
 /// being added) or, symmetrically, not at all, and the kernel does not flag such a dump as
 /// interrupted. Duplicates would fail the apply that re-adds these elements (with `NLM_F_EXCL`);
 /// the later read of an element is the more recent one.
-fn dedup_by_address(mut v: Vec<(IpAddr, u64)>) -> Vec<(IpAddr, u64)> {
+fn dedup_by_address(mut v: Vec<TimedAnswer>) -> Vec<TimedAnswer> {
     // Stable: elements with the same address stay in the order they were read.
-    v.sort_by_key(|e| e.0);
-    v.dedup_by(|later, earlier| {
-        if later.0 == earlier.0 {
-            earlier.1 = later.1;
-            true
-        } else {
-            false
+    v.sort_by_key(|e| e.addr);
+    let mut out: Vec<TimedAnswer> = Vec::with_capacity(v.len());
+    for e in v {
+        match out.last_mut() {
+            Some(last) if last.addr == e.addr => *last = e,
+            _ => out.push(e),
         }
-    });
-    v
+    }
+    out
 }
 
-/// One element of a GETSETELEM dump as (address, ms left); `None` for an element that has no
-/// time left to carry over (see [`timed_elements`]).
-fn timed_element(e: ElemRef<'_>) -> Result<Option<(IpAddr, u64)>, NlError> {
+/// One element of a GETSETELEM dump as an answer; `None` for an element that has no time left to
+/// carry over (see [`timed_elements`]).
+fn timed_element(e: ElemRef<'_>) -> Result<Option<TimedAnswer>, NlError> {
     if e.flags & NFT_SET_ELEM_INTERVAL_END != 0 {
         // Only in interval sets, which the forwarder does not fill: the end of a range is no
         // address of its own.
@@ -690,7 +763,11 @@ fn timed_element(e: ElemRef<'_>) -> Result<Option<(IpAddr, u64)>, NlError> {
     // The kernel sends the expiration whenever the element has a timeout (0 once it is past),
     // so `timeout` alone is a fallback for kernels that might not.
     Ok(match e.expiration.or(e.timeout) {
-        Some(ms) if ms > 0 => Some((addr, ms)),
+        Some(ms) if ms > 0 => Some(TimedAnswer {
+            addr,
+            left_ms: ms,
+            name: e.udata.and_then(udata_comment_of),
+        }),
         _ => None,
     })
 }

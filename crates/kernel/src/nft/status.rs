@@ -2,6 +2,8 @@
 //! their counters, sets with their element counts), its handle and comment, and the elements of a
 //! set. `read` fills these in; `status`, the verification of an apply and `leash trace` use them.
 
+use std::net::IpAddr;
+
 use ruleset::{ChainPolicy, Hook, KeyType};
 
 /// A packet and byte counter of a rule.
@@ -125,4 +127,18 @@ pub struct SetElement {
     /// `NFTA_SET_ELEM_EXPIRATION`: milliseconds left before the kernel removes the element (sent
     /// for every element with a timeout, 0 once it is past).
     pub expires_ms: Option<u64>,
+    /// The comment in the element's user data (nft's `comment "..."`; a domain set's element
+    /// holds the name looked up).
+    pub comment: Option<String>,
+}
+
+/// One answer in a timeout set as [`crate::nft::timed_elements`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimedAnswer {
+    pub addr: IpAddr,
+    /// Milliseconds before the kernel removes the element.
+    pub left_ms: u64,
+    /// The element's comment: the DNS name whose answer put it there (see
+    /// [`ruleset::TimedAddr`]); `None` for an element without one.
+    pub name: Option<String>,
 }

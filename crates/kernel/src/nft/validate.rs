@@ -298,6 +298,18 @@ pub(crate) fn check_comment(what: &str, c: &str) -> Result<(), Error> {
 /// (`nf_msecs_to_jiffies64` answers ERANGE from `u64::MAX / 1_000_000` on).
 pub(crate) const MAX_TIMEOUT_MS: u64 = u64::MAX / 1_000_000 - 1;
 
+/// A name for an element's comment: at most [`ruleset::MAX_ELEMENT_NAME`] bytes (the kernel's
+/// 256 bytes of user data, less libnftnl's TLV header and NUL), without a NUL.
+pub(crate) fn check_element_name(name: &str) -> Result<(), String> {
+    if name.len() > ruleset::MAX_ELEMENT_NAME || name.contains('\0') {
+        return Err(format!(
+            "element name {name:?} is longer than {} bytes or holds a NUL",
+            ruleset::MAX_ELEMENT_NAME
+        ));
+    }
+    Ok(())
+}
+
 fn check_set(s: &Set) -> Result<(), Error> {
     let bad = |m: &str| Err(Error::Invalid(format!("set `{}`: {m}", s.name)));
     let timed = matches!(
@@ -381,8 +393,11 @@ fn check_set(s: &Set) -> Result<(), Error> {
         let mut seen = std::collections::HashSet::with_capacity(v.len());
         v.into_iter().all(|x| seen.insert(x))
     }
-    fn timeouts_ok<T>(v: &[(T, u64)]) -> bool {
-        v.iter().all(|&(_, ms)| (1..=MAX_TIMEOUT_MS).contains(&ms))
+    fn timeouts_ok<T>(v: &[ruleset::TimedAddr<T>]) -> bool {
+        v.iter().all(|e| (1..=MAX_TIMEOUT_MS).contains(&e.timeout_ms))
+    }
+    fn names_ok<T>(v: &[ruleset::TimedAddr<T>]) -> Result<(), String> {
+        v.iter().filter_map(|e| e.name.as_deref()).try_for_each(check_element_name)
     }
     let ok = match &s.elements {
         SetElements::V4(r) => ranges_ok(
@@ -408,13 +423,19 @@ fn check_set(s: &Set) -> Result<(), Error> {
             if !timeouts_ok(v) {
                 return bad(&format!("timeouts must be 1 to {MAX_TIMEOUT_MS} ms"));
             }
-            unique(v.iter().map(|e| e.0))
+            if let Err(e) = names_ok(v) {
+                return bad(&e);
+            }
+            unique(v.iter().map(|e| e.addr))
         }
         SetElements::TimedV6(v) => {
             if !timeouts_ok(v) {
                 return bad(&format!("timeouts must be 1 to {MAX_TIMEOUT_MS} ms"));
             }
-            unique(v.iter().map(|e| e.0))
+            if let Err(e) = names_ok(v) {
+                return bad(&e);
+            }
+            unique(v.iter().map(|e| e.addr))
         }
     };
     if !ok {

@@ -22,6 +22,11 @@ pub enum NlError {
     /// A reply did not parse.
     #[error("malformed netlink reply: {0}")]
     Malformed(String),
+    /// A dump ended with `NLM_F_DUMP_INTR`: the objects changed while the kernel listed them
+    /// (for nf_tables, any commit in the namespace, such as a DNS forwarder's set insert), so
+    /// what was read may mix two states. Start the dump again ([`crate::nl::retry_interrupted`]).
+    #[error("netlink dump interrupted by a concurrent change (EINTR), {attempts} time(s) in a row")]
+    DumpInterrupted { attempts: usize },
     /// An attribute (usually a nested one) grew beyond 65535 bytes.
     #[error("netlink attribute type {ty} is {len} bytes, more than an attribute can hold (65535)")]
     AttrTooLong { ty: u16, len: usize },

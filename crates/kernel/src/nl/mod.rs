@@ -26,5 +26,5 @@ mod wire;
 pub use build::{MsgBuf, MsgStart, NestStart};
 pub use error::{KernelError, NlError, errno_name, errno_text};
 pub use parse::{Attr, Attrs, Message, Messages, ack_result, done_result, parse_error};
-pub use socket::Socket;
+pub use socket::{DUMP_ATTEMPTS, Socket, retry_interrupted};
 pub use wire::*;

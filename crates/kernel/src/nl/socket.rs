@@ -267,13 +267,61 @@ impl Socket {
 
     /// Sends a dump request (flags should include `NLM_F_REQUEST | NLM_F_DUMP`) and calls `each`
     /// for every reply message of that sequence number until `NLMSG_DONE`. A dump whose
-    /// `NLM_F_DUMP_INTR` flag is set changed while it ran; this returns `EINTR` (retry it).
+    /// `NLM_F_DUMP_INTR` flag is set changed while it ran; this returns
+    /// [`NlError::DumpInterrupted`] after reading it to its end (the socket can dump again at
+    /// once). Callers that want the objects wrap the whole dump, with their collecting state, in
+    /// [`retry_interrupted`].
+    ///
+    /// The replies are read to the end first and only then handed to `each`: the kernel fills
+    /// the next reply inside our next `recv`, and a commit that lands between two of them
+    /// interrupts the dump, so the less time passes between the receives, the fewer dumps a busy
+    /// writer (the DNS forwarder) interrupts.
     pub fn dump(
         &mut self,
         msg: &[u8],
         mut each: impl FnMut(&Message<'_>) -> Result<(), NlError>,
     ) -> Result<(), NlError> {
-        self.dump_while(msg, |m| each(m).map(|()| true)).map(|_| ())
+        let hdr = NlMsgHdr::parse(msg)
+            .ok_or_else(|| NlError::Malformed("request shorter than a header".into()))?;
+        self.send(msg)?;
+        let mut all = Vec::new();
+        'recv: loop {
+            let d = self.recv(true)?.expect("blocking recv returns data");
+            let start = all.len();
+            all.extend_from_slice(d);
+            // Only the headers: is this the end (or an error) of our dump?
+            let mut at = start;
+            while let Some(h) = NlMsgHdr::parse(&all[at..]) {
+                if h.seq == hdr.seq && (h.ty == NLMSG_DONE || h.ty == NLMSG_ERROR) {
+                    break 'recv;
+                }
+                if (h.len as usize) < std::mem::size_of::<libc::nlmsghdr>() {
+                    break;
+                }
+                at += super::wire::align(h.len as usize);
+                if at >= all.len() {
+                    break;
+                }
+            }
+        }
+        let mut interrupted = false;
+        for m in Messages::new(&all) {
+            let m = m?;
+            if m.header.seq != hdr.seq {
+                continue;
+            }
+            interrupted |= m.header.flags & NLM_F_DUMP_INTR != 0;
+            match m.header.ty {
+                NLMSG_DONE => break,
+                NLMSG_ERROR => ack_result(&m)?,
+                NLMSG_NOOP => {}
+                _ => each(&m)?,
+            }
+        }
+        if interrupted {
+            return Err(NlError::DumpInterrupted { attempts: 1 });
+        }
+        Ok(())
     }
 
     /// Like [`Socket::dump`], but stops reading as soon as `each` returns `false`, and returns
@@ -302,10 +350,7 @@ impl Socket {
                 match m.header.ty {
                     NLMSG_DONE => {
                         if interrupted {
-                            return Err(NlError::Io {
-                                context: "netlink dump interrupted by a concurrent change",
-                                source: io::Error::from_raw_os_error(libc::EINTR),
-                            });
+                            return Err(NlError::DumpInterrupted { attempts: 1 });
                         }
                         return Ok(true);
                     }
@@ -347,6 +392,42 @@ impl Socket {
                 }
                 each(&m)?;
             }
+        }
+    }
+}
+
+/// How many times [`retry_interrupted`] starts a dump at most before it gives up.
+pub const DUMP_ATTEMPTS: usize = 60;
+/// How long [`retry_interrupted`] keeps starting a dump again at most.
+const DUMP_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs `attempt` (one whole dump, which must start its collecting state afresh each time) until
+/// it does not end in [`NlError::DumpInterrupted`], at most [`DUMP_ATTEMPTS`] times and for at
+/// most about [`DUMP_RETRY_FOR`].
+///
+/// nf_tables flags a dump interrupted whenever any commit lands in the namespace while it runs,
+/// and a DNS forwarder under load commits a set insert every few milliseconds: `leash status` and
+/// the read-back of an apply would otherwise fail most of the time on a busy host. Between
+/// attempts it sleeps a little longer each time (0, 1, 2, 4, ... up to 100 ms), so that a dump
+/// finds a gap between two bursts of commits; what an interrupted attempt read is never returned.
+pub fn retry_interrupted<T>(
+    mut attempt: impl FnMut() -> Result<T, NlError>,
+) -> Result<T, NlError> {
+    let t0 = std::time::Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        match attempt() {
+            Err(NlError::DumpInterrupted { .. })
+                if n < DUMP_ATTEMPTS && t0.elapsed() < DUMP_RETRY_FOR =>
+            {
+                let ms = if n == 1 { 0 } else { (1u64 << (n - 2).min(7)).min(100) };
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+            }
+            Err(NlError::DumpInterrupted { .. }) => {
+                return Err(NlError::DumpInterrupted { attempts: n });
+            }
+            other => return other,
         }
     }
 }

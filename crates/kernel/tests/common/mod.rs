@@ -610,16 +610,16 @@ pub fn dns_redirect() -> (Table, String) {
             timed_set(
                 "dom4",
                 SetElements::TimedV4(vec![
-                    (v4("198.51.100.9"), 3_600_000),
-                    (v4("192.0.2.7"), 300_000),
-                    (v4("203.0.113.1"), 93_784_500),
+                    TimedAddr::new(v4("198.51.100.9"), 3_600_000, Some("api.example.com".into())),
+                    TimedAddr::new(v4("192.0.2.7"), 300_000, None),
+                    TimedAddr::new(v4("203.0.113.1"), 93_784_500, Some("a.b-c.cdn.example.com".into())),
                 ]),
             ),
             timed_set(
                 "dom6",
                 SetElements::TimedV6(vec![
-                    (v6("2001:db8::9"), 30_000),
-                    (v6("2001:db8::1"), 7_200_000),
+                    TimedAddr::new(v6("2001:db8::9"), 30_000, Some("x.test".into())),
+                    TimedAddr::new(v6("2001:db8::1"), 7_200_000, None),
                 ]),
             ),
             timed_set("empty4", SetElements::TimedV4(vec![])),
@@ -686,8 +686,8 @@ pub fn dns_redirect() -> (Table, String) {
     };
     let text = r#"table inet leash {
   comment "dns"
-  set dom4 { type ipv4_addr; flags timeout; elements = { 198.51.100.9 timeout 1h, 192.0.2.7 timeout 5m, 203.0.113.1 timeout 1d2h3m4s500ms } }
-  set dom6 { type ipv6_addr; flags timeout; elements = { 2001:db8::9 timeout 30s, 2001:db8::1 timeout 2h } }
+  set dom4 { type ipv4_addr; flags timeout; elements = { 198.51.100.9 timeout 1h comment "api.example.com", 192.0.2.7 timeout 5m, 203.0.113.1 timeout 1d2h3m4s500ms comment "a.b-c.cdn.example.com" } }
+  set dom6 { type ipv6_addr; flags timeout; elements = { 2001:db8::9 timeout 30s comment "x.test", 2001:db8::1 timeout 2h } }
   set empty4 { type ipv4_addr; flags timeout; }
   set empty6 { type ipv6_addr; flags timeout; }
   chain dns {

@@ -64,9 +64,10 @@ pub fn run(a: &Args, json: bool, fw: &dyn Firewall, state: &State) -> Result<u8>
         // Large sets take a few seconds; say what is happening.
         eprintln!("leash: applying {elements} set elements in one transaction...");
     }
-    let report = fw
-        .apply(&table, &kernel::ApplyOptions { fault_inject: a.fault.fault_inject })
-        .with_context(|| format!("applying {} failed; the kernel discarded the whole transaction, nothing changed", l.display_name()))?;
+    let report = match fw.apply(&table, &kernel::ApplyOptions { fault_inject: a.fault.fault_inject }) {
+        Ok(r) => r,
+        Err(e) => return Err(apply_failure(&l.display_name(), e)),
+    };
     // Sizes of sets too large to count back, for `leash status` (see state).
     state.record_apply(&table, report.table_handle);
     let kernel_rules: usize = table.chains.iter().map(|c| c.rules.len()).sum();
@@ -126,7 +127,13 @@ pub fn run(a: &Args, json: bool, fw: &dyn Firewall, state: &State) -> Result<u8>
             "elements": elements,
             "report": report_json(&report),
             "warm_up": warm,
-            "carried_over": carried,
+            "carried_over": carried.kept,
+            "carry_over": {
+                "kept": carried.kept,
+                "not_admitted": carried.not_admitted,
+                "unnamed": carried.unnamed,
+                "capped": carried.capped,
+            },
             "live_connections": match &live {
                 Ok(l) => crate::flows::apply_json(l, mode, cut.as_ref()),
                 Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
@@ -143,8 +150,19 @@ pub fn run(a: &Args, json: bool, fw: &dyn Firewall, state: &State) -> Result<u8>
             elements,
             report_text(&report),
         );
-        if carried > 0 {
-            println!("kept {carried} domain answers from the previous table, with their time left");
+        if carried.kept > 0 {
+            println!(
+                "kept {} domain answers from the previous table, with their time left{}",
+                carried.kept,
+                if carried.capped > 0 { format!(" ({} cut to max_ttl + grace)", carried.capped) } else { String::new() }
+            );
+        }
+        if carried.not_admitted + carried.unnamed > 0 {
+            println!(
+                "left behind {} domain answers the new policy does not admit{}",
+                carried.not_admitted + carried.unnamed,
+                if carried.unnamed > 0 { format!(" ({} without a recorded name)", carried.unnamed) } else { String::new() }
+            );
         }
         if let Some((n, until, tz)) = &windows {
             println!(
@@ -183,6 +201,26 @@ pub fn run(a: &Args, json: bool, fw: &dyn Firewall, state: &State) -> Result<u8>
     Ok(EXIT_OK)
 }
 
+/// The error an apply failure is reported as. "Nothing changed" only when the kernel refused the
+/// batch (or it was never sent): once the kernel committed, the new table is in place, and saying
+/// otherwise would send an administrator after the wrong problem (issue 12, item 8).
+fn apply_failure(name: &str, e: kernel::Error) -> anyhow::Error {
+    if e.changed_nothing() {
+        anyhow::Error::new(e)
+            .context(format!("applying {name} failed; the kernel discarded the whole transaction, nothing changed"))
+    } else if matches!(e, kernel::Error::Uncertain(_)) {
+        anyhow::Error::new(e).context(format!(
+            "applying {name}: the batch was sent but whether the kernel committed it is not known; \
+             run `leash status` to see which policy is active"
+        ))
+    } else {
+        anyhow::Error::new(e).context(format!(
+            "{name} was applied (the kernel committed the new table and it is active), but checking it afterwards \
+             failed; run `leash status`, or apply again"
+        ))
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -212,8 +250,8 @@ fn carried_elements(table: &ruleset::Table) -> HashMap<(String, IpAddr), u64> {
     let mut out = HashMap::new();
     for set in table.sets.iter().filter(|s| s.timeout) {
         let elems: Vec<(IpAddr, u64)> = match &set.elements {
-            SetElements::TimedV4(v) => v.iter().map(|&(a, t)| (IpAddr::V4(a), t)).collect(),
-            SetElements::TimedV6(v) => v.iter().map(|&(a, t)| (IpAddr::V6(a), t)).collect(),
+            SetElements::TimedV4(v) => v.iter().map(|e| (IpAddr::V4(e.addr), e.timeout_ms)).collect(),
+            SetElements::TimedV6(v) => v.iter().map(|e| (IpAddr::V6(e.addr), e.timeout_ms)).collect(),
             _ => continue,
         };
         for (a, t) in elems {
@@ -227,33 +265,67 @@ fn carried_elements(table: &ruleset::Table) -> HashMap<(String, IpAddr), u64> {
 /// expire before anyone could use it.
 const CARRY_OVER_MIN_MS: u64 = 1000;
 
+/// What carrying the forwarder's answers over into the new table did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Carried {
+    /// Answers put into the new table.
+    kept: usize,
+    /// Answers whose name the new policy no longer feeds into that set (a removed or narrowed
+    /// domain, a name now refused), or whose address its rebinding guard refuses.
+    not_admitted: usize,
+    /// Answers without a name (put there by hand, or by a leash that did not record names):
+    /// nothing says the new policy admits them, so they stay behind (fail closed).
+    unnamed: usize,
+    /// Kept answers whose time left was cut to the new policy's `max_ttl + grace`.
+    capped: usize,
+}
+
 /// Copies the forwarder's answers from the domain sets of the active table into the same-named
-/// timeout sets of `table`, with the time they have left, so that re-applying a policy does not
-/// cut off applications that cached a DNS answer: the replaced table's sets would start empty.
-/// `own` holds the host's addresses (the rebinding guard keeps them out). Returns the number of
-/// elements carried over.
-fn carry_over_domain_sets(p: &Policy, table: &mut ruleset::Table, fw: &dyn Firewall, own: &[IpAddr]) -> Result<usize> {
-    let mut carried = 0;
+/// timeout sets of `table`, so that re-applying a policy does not cut off applications that
+/// cached a DNS answer: the replaced table's sets would start empty.
+///
+/// An answer is carried only as far as the NEW policy would have put it there itself: its name
+/// (the element's comment) must still feed this set's rule (`policy::dns::decide_name`), the
+/// rebinding guard must admit its address (`own` holds the host's addresses), and its time left
+/// is cut to what the new policy would give a fresh answer at most (`max_ttl + grace`). Anything
+/// else stays behind, and answers without a name stay behind too: the table replaced may have
+/// held a wildcard the new policy removed, and its answers must not outlive it.
+fn carry_over_domain_sets(p: &Policy, table: &mut ruleset::Table, fw: &dyn Firewall, own: &[IpAddr]) -> Result<Carried> {
+    let mut carried = Carried::default();
+    // The longest a fresh answer lives in the new policy's sets.
+    let cap_ms = p.dns.element_timeout_ms(p.dns.max_ttl);
     for set in table.sets.iter_mut().filter(|s| s.timeout && s.dynamic.is_none()) {
-        // The rule the set belongs to in the new policy: an answer it would no longer admit
-        // (allow_private removed, or an own address) stays behind.
-        let rule = p.rules.iter().find(|r| {
+        // The rule the set belongs to in the new policy.
+        let Some(rule) = p.rules.iter().position(|r| {
             [ruleset::Family::Ipv4, ruleset::Family::Ipv6].iter().any(|&f| ruleset::domain_set_name(&r.name, f) == set.name)
-        });
+        }) else {
+            continue;
+        };
         let Some(old) = fw
             .timed_elements(&set.name)
             .with_context(|| format!("cannot read the answers in set {} of the active table", set.name))?
         else {
             continue;
         };
-        let admitted = |addr: IpAddr| rule.is_none_or(|r| policy::dns::admits(r, addr, own.contains(&addr)));
-        for (addr, left) in old.into_iter().filter(|&(a, left)| left >= CARRY_OVER_MIN_MS && admitted(a)) {
-            match (&mut set.elements, addr) {
-                (SetElements::TimedV4(v), IpAddr::V4(a)) => v.push((a, left)),
-                (SetElements::TimedV6(v), IpAddr::V6(a)) => v.push((a, left)),
+        for e in old.into_iter().filter(|e| e.left_ms >= CARRY_OVER_MIN_MS) {
+            let Some(name) = e.name.as_deref() else {
+                carried.unnamed += 1;
+                continue;
+            };
+            let feeds = policy::dns::decide_name(p, name).rules.contains(&rule);
+            if !feeds || !policy::dns::admits(&p.rules[rule], e.addr, own.contains(&e.addr)) {
+                carried.not_admitted += 1;
+                continue;
+            }
+            let left = e.left_ms.min(cap_ms);
+            let name = Some(name.to_string());
+            match (&mut set.elements, e.addr) {
+                (SetElements::TimedV4(v), IpAddr::V4(a)) => v.push(ruleset::TimedAddr::new(a, left, name)),
+                (SetElements::TimedV6(v), IpAddr::V6(a)) => v.push(ruleset::TimedAddr::new(a, left, name)),
                 _ => continue,
             }
-            carried += 1;
+            carried.kept += 1;
+            carried.capped += usize::from(left < e.left_ms);
         }
     }
     Ok(carried)
@@ -313,7 +385,7 @@ fn warm_up(p: &Policy, carried: &HashMap<(String, IpAddr), u64>, fw: &dyn Firewa
             .collect();
         workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
     });
-    let mut elems: Vec<(String, IpAddr, u64)> = Vec::new();
+    let mut elems: Vec<(String, IpAddr, u64, &str)> = Vec::new();
     for (name, result) in answers {
         let answers = match result {
             Ok(a) => a,
@@ -334,20 +406,22 @@ fn warm_up(p: &Policy, carried: &HashMap<(String, IpAddr), u64>, fw: &dyn Firewa
                     continue;
                 }
                 let family = if addr.is_ipv6() { ruleset::Family::Ipv6 } else { ruleset::Family::Ipv4 };
-                elems.push((ruleset::domain_set_name(&rule.name, family), addr, p.dns.element_timeout_ms(ttl)));
+                elems.push((ruleset::domain_set_name(&rule.name, family), addr, p.dns.element_timeout_ms(ttl), name));
             }
         }
     }
     // One element per (set, address), with the longest of its timeouts and of what was carried.
-    let mut longest: HashMap<(String, IpAddr), u64> = HashMap::new();
-    for (set, addr, t) in elems {
+    let mut longest: HashMap<(String, IpAddr), (u64, &str)> = HashMap::new();
+    for (set, addr, t, name) in elems {
         let carried = carried.get(&(set.clone(), addr)).copied().unwrap_or(0);
-        let e = longest.entry((set, addr)).or_insert(0);
-        *e = (*e).max(t).max(carried);
+        let e = longest.entry((set, addr)).or_insert((0, name));
+        e.0 = e.0.max(t).max(carried);
     }
     if !longest.is_empty() {
-        let batch: Vec<TimedElement> =
-            longest.iter().map(|((set, addr), t)| TimedElement { set, addr: *addr, timeout_ms: *t }).collect();
+        let batch: Vec<TimedElement> = longest
+            .iter()
+            .map(|((set, addr), (t, name))| TimedElement { set, addr: *addr, timeout_ms: *t, name: Some(name) })
+            .collect();
         fw.add_timed(&batch).context("cannot put the warm-up answers into the domain sets")?;
         w.elements = batch.len();
     }
@@ -386,12 +460,17 @@ to = ["*.corp.example.com"]
 allow_private = true
 "#;
 
-    fn timed(table: &mut ruleset::Table, set: &str, v4: &[(Ipv4Addr, u64)], v6: &[(Ipv6Addr, u64)]) {
+    type Named<'a, A> = (A, u64, Option<&'a str>);
+
+    fn timed(table: &mut ruleset::Table, set: &str, v4: &[Named<Ipv4Addr>], v6: &[Named<Ipv6Addr>]) {
         let s = table.sets.iter_mut().find(|s| s.name == set).unwrap_or_else(|| panic!("no set {set}"));
+        fn el<A: Copy>(&(a, ms, n): &Named<A>) -> ruleset::TimedAddr<A> {
+            ruleset::TimedAddr::new(a, ms, n.map(String::from))
+        }
         s.elements = if v4.is_empty() && !v6.is_empty() {
-            SetElements::TimedV6(v6.to_vec())
+            SetElements::TimedV6(v6.iter().map(el).collect())
         } else {
-            SetElements::TimedV4(v4.to_vec())
+            SetElements::TimedV4(v4.iter().map(el).collect())
         };
     }
 
@@ -405,10 +484,11 @@ allow_private = true
             Ipv4Addr::new(198, 51, 100, 1),
             Ipv4Addr::new(203, 0, 113, 11),
         );
-        timed(&mut old, "r_api_d4", &[(public, 90_000), (private, 90_000), (own, 90_000), (soon, 999)], &[]);
-        timed(&mut old, "r_lan_d4", &[(private, 50_000)], &[]);
+        let api = Some("api.example.com");
+        timed(&mut old, "r_api_d4", &[(public, 90_000, api), (private, 90_000, api), (own, 90_000, api), (soon, 999, api)], &[]);
+        timed(&mut old, "r_lan_d4", &[(private, 50_000, Some("db.corp.example.com"))], &[]);
         let v6 = "2001:db8::10".parse::<Ipv6Addr>().unwrap();
-        timed(&mut old, "r_api_d6", &[], &[(v6, 70_000)]);
+        timed(&mut old, "r_api_d6", &[], &[(v6, 70_000, api)]);
         let fw = FakeFirewall::with_table(&old, 5);
 
         let mut new = compiled(&p);
@@ -423,11 +503,100 @@ allow_private = true
         ]
         .into();
         assert_eq!(elems, want);
-        assert_eq!(carried, 3);
+        assert_eq!(carried, Carried { kept: 3, not_admitted: 2, unnamed: 0, capped: 0 });
         // Every domain set of the new table was read from the kernel, nothing was written.
         let calls = fw.calls();
         assert!(calls.iter().all(|c| matches!(c, Call::TimedElements(_))), "{calls:?}");
         assert_eq!(calls.len(), 4, "two families of two domain rules: {calls:?}");
+    }
+
+    /// Issue 12, item 3: the new policy decides what is carried. A wildcard removed from the rule
+    /// takes its answers with it, an answer without a recorded name stays behind, and no answer
+    /// keeps more time than the new policy would give it (`max_ttl + grace`).
+    #[test]
+    fn carry_over_keeps_only_answers_the_new_policy_admits_capped_at_its_max_ttl() {
+        let old_policy = policy(
+            r#"
+version = 1
+[dns]
+upstreams = ["192.0.2.53"]
+[[rule]]
+name = "api"
+action = "allow"
+ports = [443]
+to = ["api.example.com", "*.example.com"]
+"#,
+        );
+        let new_policy = policy(
+            r#"
+version = 1
+[dns]
+upstreams = ["192.0.2.53"]
+max_ttl = 300
+grace = 60
+[[rule]]
+name = "api"
+action = "allow"
+ports = [443]
+to = ["api.example.com"]
+"#,
+        );
+        let mut old = compiled(&old_policy);
+        let a = |d| Ipv4Addr::new(203, 0, 113, d);
+        timed(
+            &mut old,
+            "r_api_d4",
+            &[
+                (a(10), 90_000, Some("api.example.com")),
+                // Only the removed wildcard put it there.
+                (a(11), 90_000, Some("evil.example.com")),
+                // No name: nothing says the new policy admits it.
+                (a(12), 90_000, None),
+                // The old policy's long TTL; the new one allows at most 300 + 60 s.
+                (a(13), 3_000_000, Some("api.example.com")),
+            ],
+            &[],
+        );
+        let fw = FakeFirewall::with_table(&old, 5);
+        let mut new = compiled(&new_policy);
+        let carried = carry_over_domain_sets(&new_policy, &mut new, &fw, &[]).unwrap();
+        let want: HashMap<(String, IpAddr), u64> = [
+            (("r_api_d4".to_string(), IpAddr::V4(a(10))), 90_000),
+            (("r_api_d4".to_string(), IpAddr::V4(a(13))), 360_000),
+        ]
+        .into();
+        assert_eq!(carried_elements(&new), want);
+        assert_eq!(carried, Carried { kept: 2, not_admitted: 1, unnamed: 1, capped: 1 });
+        // The names go along, so the next apply can decide again.
+        let s = new.sets.iter().find(|s| s.name == "r_api_d4").unwrap();
+        let SetElements::TimedV4(v) = &s.elements else { panic!("{s:?}") };
+        assert!(v.iter().all(|e| e.name.as_deref() == Some("api.example.com")), "{v:?}");
+    }
+
+    /// Issue 12, item 8: "nothing changed" only when the kernel refused the batch.
+    #[test]
+    fn an_apply_the_kernel_committed_is_never_reported_as_nothing_changed() {
+        let p = policy(DOMAINS);
+        let table = compiled(&p);
+        let fw = FakeFirewall::empty();
+        fw.fail_next_apply(true, || {
+            kernel::Error::Committed(Box::new(kernel::Error::Verify("chain output: 3 rules, want 4".into())))
+        });
+        let e = fw.apply(&table, &kernel::ApplyOptions::default()).unwrap_err();
+        let msg = format!("{:#}", apply_failure("p.toml", e));
+        assert!(msg.contains("p.toml was applied") && msg.contains("3 rules, want 4"), "{msg}");
+        assert!(!msg.contains("nothing changed"), "{msg}");
+        assert!(fw.table_info().unwrap().is_some(), "the fake committed it");
+
+        let rejected = kernel::Error::Rejected {
+            what: "NEWRULE for rule `api`".into(),
+            error: kernel::nl::KernelError { errno: libc::EINVAL, request: Default::default(), message: None, offset: None },
+        };
+        let msg = format!("{:#}", apply_failure("p.toml", rejected));
+        assert!(msg.contains("nothing changed") && msg.contains("EINVAL"), "{msg}");
+        let uncertain = kernel::Error::Uncertain(Box::new(kernel::Error::MissingAcks { acked: 3, expected: 9 }));
+        let msg = format!("{:#}", apply_failure("p.toml", uncertain));
+        assert!(msg.contains("not known") && !msg.contains("nothing changed"), "{msg}");
     }
 
     #[test]
@@ -435,7 +604,7 @@ allow_private = true
         let p = policy(DOMAINS);
         let mut new = compiled(&p);
         let fw = FakeFirewall::empty();
-        assert_eq!(carry_over_domain_sets(&p, &mut new, &fw, &[]).unwrap(), 0);
+        assert_eq!(carry_over_domain_sets(&p, &mut new, &fw, &[]).unwrap(), Carried::default());
         assert!(carried_elements(&new).is_empty());
     }
 }

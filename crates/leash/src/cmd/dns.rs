@@ -29,7 +29,7 @@ struct KernelSink(SetWriter);
 impl dns::SetSink for KernelSink {
     fn add(&mut self, batch: &[dns::Insert]) -> io::Result<()> {
         let elems: Vec<TimedElement> =
-            batch.iter().map(|i| TimedElement { set: &i.set, addr: i.addr, timeout_ms: i.timeout_ms }).collect();
+            batch.iter().map(|i| TimedElement { set: &i.set, addr: i.addr, timeout_ms: i.timeout_ms, name: i.name.as_deref() }).collect();
         self.0.add_timed(ruleset::TABLE_NAME, &elems).map_err(io::Error::other)
     }
 }
@@ -75,6 +75,10 @@ pub fn run(a: &Args, fw: &dyn Firewall) -> Result<u8> {
         None => None,
     };
     let writer = SetWriter::open().context("cannot open a netlink socket for set updates")?;
+    if writer.refresh() == kernel::Refresh::DeleteAndAdd {
+        // Kernels before 6.10 keep a re-added element's old timeout (found by a probe).
+        eprintln!("leash dns: this kernel does not refresh element timeouts in place; refreshing by delete and add in one transaction");
+    }
     let table_comment = l.table_comment();
     let policy = Arc::new(p);
     let cfg = dns::ForwarderConfig { policy: policy.clone(), sets: rule_sets(&policy), own_addresses: own_addresses() };

@@ -113,10 +113,15 @@ fn update(name: &str, file: &Path, fault_inject: bool, json: bool, fw: &dyn Fire
         Ok(r) => r,
         Err(kernel::Error::NoSuchTable(_)) => return Err(no_table(name)),
         Err(kernel::Error::NoSuchSet { .. }) => return Err(no_set(name, fw)),
-        Err(e @ kernel::Error::Verify(_)) => {
+        Err(e @ (kernel::Error::Verify(_) | kernel::Error::Committed(_))) => {
             return Err(
                 anyhow::Error::new(e).context(format!("set {name} was replaced, but checking it afterwards failed"))
             );
+        }
+        Err(e @ kernel::Error::Uncertain(_)) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "replacing the addresses of set {name}: whether the kernel committed it is not known"
+            )));
         }
         Err(e) => {
             return Err(anyhow::Error::new(e).context(format!(

@@ -150,7 +150,7 @@ mod tests {
             interval: false,
             timeout: true,
             dynamic: None,
-            elements: ruleset::SetElements::TimedV4(vec![("192.0.2.1".parse().unwrap(), 5000)]),
+            elements: ruleset::SetElements::TimedV4(vec![ruleset::TimedAddr::new("192.0.2.1".parse().unwrap(), 5000, None)]),
         });
         t
     }

@@ -122,6 +122,7 @@ mod tests {
             bytes_received: None,
             verdict: Some("deny".into()),
             rule: Some("(default)".into()),
+            host: None,
         }
     }
 

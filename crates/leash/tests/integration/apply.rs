@@ -165,3 +165,62 @@ fn apply_without_root_fails_cleanly() {
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("needs root") && stderr.contains("nothing was changed"), "{stderr}");
 }
+
+/// Issue 12, items 8 and 14: `leash apply` and `leash status` while a forwarder-like writer commits
+/// set inserts in the same namespace all succeed, and an apply never reports "nothing changed"
+/// for a table the kernel committed.
+#[test]
+fn apply_and_status_succeed_under_forwarder_load() {
+    if !need_root("apply_and_status_succeed_under_forwarder_load") {
+        return;
+    }
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let dir = TempDir::new("apply-load");
+    let mut policy = String::from(
+        "version = 1\n[dns]\nupstreams = [\"203.0.113.53\"]\n[[rule]]\nname = \"cdn\"\naction = \"allow\"\nports = [443]\nto = [\"*.cdn.example.test\"]\n",
+    );
+    // Enough rules that listing them takes several replies (a commit can land between two).
+    for i in 0..150 {
+        policy.push_str(&format!("[[rule]]\nname = \"r{i}\"\naction = \"allow\"\nproto = \"tcp\"\nports = [{}]\nto = [\"198.18.{}.{}\"]\n", 1000 + i, i / 200, i % 200 + 1));
+    }
+    let path = dir.file("load.toml", &policy);
+    let ns = Arc::new(NetNs::new().unwrap());
+    let r = leash_in(&ns, &["apply", &path]);
+    assert!(r.ok(), "{r}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let inserts = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (ns, stop, inserts) = (ns.clone(), stop.clone(), inserts.clone());
+        std::thread::spawn(move || {
+            let mut w = ns.run(kernel::SetWriter::open).unwrap();
+            let t0 = std::time::Instant::now();
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) && t0.elapsed() < std::time::Duration::from_secs(120) {
+                i = i.wrapping_add(1);
+                let addr = std::net::IpAddr::V4(std::net::Ipv4Addr::from(0xc613_0000 + i % 500));
+                let e = kernel::TimedElement { set: "r_cdn_d4", addr, timeout_ms: 60_000, name: Some("a.cdn.example.test") };
+                if w.add_timed(ruleset::TABLE_NAME, &[e]).is_ok() {
+                    inserts.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        })
+    };
+    let mut failed = Vec::new();
+    for _ in 0..8 {
+        let r = leash_in(&ns, &["apply", &path]);
+        if !r.ok() {
+            failed.push(r.to_string());
+        }
+        let r = leash_in(&ns, &["status"]);
+        if !r.ok() {
+            failed.push(r.to_string());
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let n = inserts.load(Ordering::Relaxed);
+    assert!(n > 50, "only {n} concurrent inserts");
+    assert!(failed.is_empty(), "{} of 16 commands failed under {n} concurrent inserts:{}", failed.len(), failed.join("\n"));
+}

@@ -207,10 +207,15 @@ struct Setup {
 
 impl Setup {
     fn new(bypass: &str, upstream: &str) -> Setup {
+        Setup::with_policy(&policy_text(bypass, upstream), upstream)
+    }
+
+    /// Like [`Setup::new`], with the policy's text given.
+    fn with_policy(text: &str, upstream: &str) -> Setup {
         let lab = dns_lab();
         let dir = TempDir::new("dns");
         let upstream_d = start_dnsmasq(lab.peer(), UPSTREAM, &dir, None);
-        let path = dir.file("p.toml", &policy_text(bypass, upstream));
+        let path = dir.file("p.toml", text);
         let r = leash_in(lab.client(), &["apply", &path]);
         assert!(r.ok(), "{r}");
         if upstream == UPSTREAM {
@@ -336,6 +341,36 @@ fn re_applying_keeps_the_answers_and_the_forwarder_re_inserts() {
     assert!(s.logs().contains("re-applied"), "{}", s.logs());
 }
 
+/// Issue 12, item 3: an answer is carried into the new table only when the new policy still puts
+/// its name into that set. The kernel's element holds the name looked up (its comment), so the
+/// apply can tell; here the wildcard that admitted `a.cdn.example.test` is gone.
+#[test]
+fn a_re_apply_without_the_wildcard_leaves_its_answers_behind() {
+    if !need_root("a_re_apply_without_the_wildcard_leaves_its_answers_behind") {
+        return;
+    }
+    let mut s = Setup::new("deny", UPSTREAM);
+    assert_eq!(s.q("a.cdn.example.test", "A").addrs, vec!["192.0.2.30".parse::<IpAddr>().unwrap()]);
+    assert_eq!(s.connect("192.0.2.30"), Outcome::Connected, "{}", s.logs());
+    let (_, set, _) = nft_raw(s.lab.client(), &["list", "set", "inet", "leash", "r_cdn_d4"], None);
+    assert!(set.contains("192.0.2.30") && set.contains("comment \"a.cdn.example.test\""), "{set}");
+    // Only the table decides from here on: no forwarder to put anything back.
+    drop(s.forwarder.take());
+    let narrowed = policy_text("deny", UPSTREAM).replace(r#"to = ["*.cdn.example.test"]"#, r#"to = ["cdn.example.test"]"#);
+    let path = s.dir.file("p2.toml", &narrowed);
+    let r = leash_in(s.lab.client(), &["apply", "--json", &path]);
+    assert!(r.ok(), "{r}");
+    let c = &r.json()["carry_over"];
+    assert!(c["not_admitted"].as_u64() >= Some(1), "{r}");
+    // The api rule's warmed-up answers are still admitted and kept.
+    assert!(c["kept"].as_u64() >= Some(1), "{r}");
+    let (_, set, _) = nft_raw(s.lab.client(), &["list", "set", "inet", "leash", "r_cdn_d4"], None);
+    assert!(!set.contains("192.0.2.30"), "the removed wildcard's answer was carried over: {set}");
+    assert_eq!(s.connect("192.0.2.30"), Outcome::Refused);
+    let e = leash_in(s.lab.client(), &["explain", &path, "--to", "192.0.2.30:443", "--proto", "tcp", "--name", "a.cdn.example.test"]);
+    assert!(e.stdout.contains("DENY"), "{e}");
+}
+
 #[test]
 fn conns_sees_connections_a_domain_rule_allows() {
     if !need_root("conns_sees_connections_a_domain_rule_allows") {
@@ -357,7 +392,8 @@ fn conns_sees_connections_a_domain_rule_allows() {
         .unwrap_or_else(|| panic!("no connection to 192.0.2.30:443{r}"));
     // The kernel's set holds the answer, so conns shows the domain rule, not the default.
     assert_eq!((c["verdict"].as_str(), c["rule"].as_str()), (Some("allow"), Some("cdn")), "{r}");
-    assert_eq!(c["host"], "*.cdn.example.test", "{r}");
+    // The name that was looked up, as the kernel's element records it, not the rule's pattern.
+    assert_eq!(c["host"], "a.cdn.example.test", "{r}");
     drop(held);
 }
 
@@ -389,6 +425,36 @@ fn elements_expire_with_the_ttl_and_a_new_answer_refreshes_them() {
     // Looking the name up again (its cached answer has run out too) brings it back.
     assert_eq!(s.q("short.example.test", "A").addrs, vec!["192.0.2.11".parse::<IpAddr>().unwrap()]);
     assert_eq!(s.connect("192.0.2.11"), Outcome::Connected, "{}", s.logs());
+}
+
+/// Issue 12, item 7: a new answer for an address the set still holds must extend its life in the
+/// kernel, on every kernel. Before 6.10 a plain re-add keeps the old expiry while the forwarder
+/// records the new one, so the address drops out early and the connect fails; the writer finds
+/// that out with its probe and deletes and adds instead. (The kernel-matrix job runs this on 6.1.)
+#[test]
+fn a_new_answer_extends_an_element_the_kernel_still_holds() {
+    if !need_root("a_new_answer_extends_an_element_the_kernel_still_holds") {
+        return;
+    }
+    // TTL 1 s, min_ttl 1 s, grace 4 s: each answer gives the element 5 s from then. The apply's
+    // warm-up already put the address in (5 s from then); the forwarder's answer, 2 s later,
+    // must extend it. Seconds, so that this holds in the kernel-matrix VM too, where every
+    // command takes a few hundred milliseconds.
+    let s = Setup::with_policy(&policy_text("deny", UPSTREAM).replace("grace = 1", "grace = 4"), UPSTREAM);
+    std::thread::sleep(Duration::from_secs(2));
+    let before = Instant::now();
+    assert_eq!(s.q("short.example.test", "A").addrs, vec!["192.0.2.11".parse::<IpAddr>().unwrap()]);
+    // The warm-up's element has ended by now (at most 3 s after `before`); the answer's has a
+    // second left.
+    std::thread::sleep(Duration::from_millis(4000).saturating_sub(before.elapsed()));
+    assert!(before.elapsed() < Duration::from_millis(4600), "too slow to tell: {:?}", before.elapsed());
+    assert_eq!(
+        s.connect("192.0.2.11"),
+        Outcome::Connected,
+        "{:?} after the answer, its address is no longer in the set{}",
+        before.elapsed(),
+        s.logs()
+    );
 }
 
 #[test]

@@ -760,3 +760,44 @@ fn pcap_file_is_private_and_never_written_through_a_link() {
     assert!(r.ok(), "{r}");
     assert_eq!(mode(std::path::Path::new("/dev/null")), 0o666);
 }
+
+/// Issue 12, item 3: an event of a domain rule names the host that was looked up, as the
+/// kernel's set element records it (its comment), not only the address.
+#[test]
+fn a_domain_rule_event_names_the_host_that_was_looked_up() {
+    if !need_root("a_domain_rule_event_names_the_host_that_was_looked_up") {
+        return;
+    }
+    let dir = TempDir::new("log-host");
+    let dsts: Vec<IpAddr> = [DST4.parse().unwrap()].to_vec();
+    let lab = Lab::new(&dsts, &[443], &[]).expect("lab");
+    let policy = format!(
+        r#"version = 1
+[defaults]
+outbound = "allow"
+log_group = {GROUP}
+[dns]
+upstreams = ["203.0.113.53"]
+[[rule]]
+name = "cdn"
+action = "deny"
+proto = "tcp"
+ports = [443]
+to = ["*.cdn.example.test"]
+log = true
+"#
+    );
+    let path = dir.file("host.toml", &policy);
+    let r = leash_in(lab.client(), &["apply", &path]);
+    assert!(r.ok(), "{r}");
+    // What the forwarder does for an answer: the address, with the name looked up.
+    let elem = format!("{{ {DST4} timeout 60s comment \"img.cdn.example.test\" }}");
+    let (ok, _, err) = nft_raw(lab.client(), &["add", "element", "inet", "leash", "r_cdn_d4", &elem], None);
+    assert!(ok, "{err}");
+    let bg = Background::start(lab.client(), &["--json", "--count", "1", "--seconds", "30"], &dir, "log");
+    assert_ne!(lab.probe(&case(Proto::Tcp, DST4, Some(443), 0), PROBE_TIMEOUT), Outcome::Connected);
+    let f = bg.wait(Duration::from_secs(30));
+    let events = f.events();
+    let e = events.first().unwrap_or_else(|| panic!("no event{f}"));
+    assert_eq!((e["rule"].as_str(), e["host"].as_str()), (Some("cdn"), Some("img.cdn.example.test")), "{f}");
+}

@@ -34,6 +34,8 @@ pub struct DestRow {
     pub rate: Option<f64>,
     pub verdict: Option<String>,
     pub rule: Option<String>,
+    /// The name the address was looked up as (a domain set's element records it).
+    pub host: Option<String>,
 }
 
 /// One process.
@@ -234,6 +236,7 @@ impl Model {
                         rate: None,
                         verdict: s.verdict.clone(),
                         rule: s.rule.clone(),
+                        host: s.host.clone(),
                     },
                     0,
                     BTreeMap::new(),
@@ -366,6 +369,7 @@ pub(crate) mod tests {
             bytes_received: Some(recv),
             verdict: Some(if rule == "(default)" { "deny" } else { "allow" }.into()),
             rule: Some(rule.into()),
+            host: None,
         }
     }
 
@@ -379,6 +383,7 @@ pub(crate) mod tests {
             uid: Some(1000),
             pid,
             comm: comm.map(Into::into),
+            host: None,
         }
     }
 

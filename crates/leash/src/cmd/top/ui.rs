@@ -186,11 +186,15 @@ fn short_state(s: State) -> &'static str {
 }
 
 fn dest_row(d: &DestRow) -> Row<'static> {
-    let verdict = match (&d.verdict, &d.rule) {
+    let mut verdict = match (&d.verdict, &d.rule) {
         (Some(v), Some(r)) => format!("{v} {r}"),
         (Some(v), None) => v.clone(),
         _ => "-".into(),
     };
+    // The name that was looked up, as the kernel's domain set records it.
+    if let Some(h) = &d.host {
+        verdict.push_str(&format!(" ({h})"));
+    }
     Row::new([
         d.proto.as_str().to_string(),
         d.remote.to_string(),
@@ -226,6 +230,10 @@ fn blocked_row(b: &BlockedLine) -> Row<'static> {
         Some(p) if b.event.dst.is_ipv6() => format!("[{}]:{p}", b.event.dst),
         Some(p) => format!("{}:{p}", b.event.dst),
         None => b.event.dst.to_string(),
+    };
+    let dst = match &b.event.host {
+        Some(h) => format!("{dst} ({h})"),
+        None => dst,
     };
     Row::new([b.time.clone(), b.who.clone(), b.event.proto.clone(), dst, b.event.rule.clone()])
 }
