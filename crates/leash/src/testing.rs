@@ -51,6 +51,7 @@ impl FakeFirewall {
                     interval: true,
                     timeout: false,
                     dynamic: None,
+                    size: None,
                     elements: SetElements::V4(Vec::new()),
                 })
                 .collect(),

@@ -30,8 +30,8 @@ pub fn nft_text(t: &Table) -> String {
     for set in &t.sets {
         let _ = writeln!(s, "\n\tset {} {{", set.name);
         let _ = writeln!(s, "\t\ttype {}", set.key.nft_name());
-        if let Some(d) = &set.dynamic {
-            let _ = writeln!(s, "\t\tsize {}", d.size);
+        if let Some(size) = set.dynamic.map(|d| d.size).or(set.size) {
+            let _ = writeln!(s, "\t\tsize {size}");
         }
         let flags = set_flags(set);
         if !flags.is_empty() {
@@ -136,6 +136,8 @@ pub fn stmt_text(s: &Stmt) -> String {
         Stmt::MarkNe(m) => format!("meta mark != {m:#010x}"),
         Stmt::Redirect { port } => format!("redirect to :{port}"),
         Stmt::CtStateEstablishedRelated => "ct state established,related".into(),
+        Stmt::CtDirectionReply => "ct direction reply".into(),
+        Stmt::ThDport(v) => format!("th dport {}", value_text(v)),
         Stmt::Nfproto(Family::Ipv4) => "meta nfproto ipv4".into(),
         Stmt::Nfproto(Family::Ipv6) => "meta nfproto ipv6".into(),
         Stmt::L4proto(l4) => format!("meta l4proto {}", l4.nft_name()),
@@ -148,6 +150,7 @@ pub fn stmt_text(s: &Stmt) -> String {
         Stmt::Counter => "counter".into(),
         Stmt::Log { prefix, group } => format!("log prefix \"{prefix}\" group {group}"),
         Stmt::Jump(chain) => format!("jump {chain}"),
+        Stmt::Return => "return".into(),
         Stmt::Accept => "accept".into(),
         Stmt::Drop => "drop".into(),
         Stmt::RejectTcpReset => "reject with tcp reset".into(),
@@ -355,6 +358,8 @@ pub fn nft_json(t: &Table) -> J {
                 // Whole seconds in nft's JSON; rounded up, as element timeouts are.
                 o["timeout"] = json!(ms.div_ceil(1000));
             }
+        } else if let Some(size) = set.size {
+            o["size"] = json!(size);
         }
         if !set.elements.is_empty() {
             o["elem"] = J::Array(json_elements(&set.elements));
@@ -499,6 +504,8 @@ pub fn stmt_json(s: &Stmt) -> J {
         Stmt::Redirect { port } => json!({"redirect": {"port": port}}),
         Stmt::CtStateEstablishedRelated => json!({"match": {"op": "in",
             "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}),
+        Stmt::CtDirectionReply => json_match(json!({"ct": {"key": "direction"}}), json!("reply")),
+        Stmt::ThDport(v) => json_match(json!({"payload": {"protocol": "th", "field": "dport"}}), json_value(v, |p| json!(p))),
         Stmt::Nfproto(f) => json_match(
             json!({"meta": {"key": "nfproto"}}),
             json!(match f {
@@ -528,6 +535,7 @@ pub fn stmt_json(s: &Stmt) -> J {
         Stmt::Counter => json!({"counter": {"packets": 0, "bytes": 0}}),
         Stmt::Log { prefix, group } => json!({"log": {"prefix": prefix, "group": group}}),
         Stmt::Jump(chain) => json!({"jump": {"target": chain}}),
+        Stmt::Return => json!({"return": null}),
         Stmt::Accept => json!({"accept": null}),
         Stmt::Drop => json!({"drop": null}),
         Stmt::RejectTcpReset => json!({"reject": {"type": "tcp reset"}}),
@@ -714,6 +722,7 @@ mod tests {
             interval: false,
             timeout: false,
             dynamic: Some(Dynamic { size: 65535, timeout_ms }),
+            size: None,
             elements: SetElements::V4(vec![]),
         };
         let t = Table {
@@ -751,6 +760,7 @@ mod tests {
                 interval: false,
                 timeout: true,
                 dynamic: None,
+                size: None,
                 elements: SetElements::TimedV4(vec![]),
             }],
             chains: vec![Chain {

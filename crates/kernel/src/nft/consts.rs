@@ -215,6 +215,10 @@ pub const NFTA_LOOKUP_SET_ID: u16 = 4;
 pub const NFTA_CT_DREG: u16 = 1;
 pub const NFTA_CT_KEY: u16 = 2;
 pub const NFT_CT_STATE: u32 = 0;
+/// `NFT_CT_DIRECTION`: the packet's direction in its connection (one byte, `IP_CT_DIR_*`).
+pub const NFT_CT_DIRECTION: u32 = 1;
+/// `IP_CT_DIR_REPLY`.
+pub const IP_CT_DIR_REPLY: u8 = 1;
 /// `NF_CT_STATE_BIT(IP_CT_ESTABLISHED)`.
 pub const NF_CT_STATE_ESTABLISHED_BIT: u32 = 1 << 1;
 /// `NF_CT_STATE_BIT(IP_CT_RELATED)`.

@@ -145,6 +145,7 @@ mod tests {
             interval: false,
             timeout: true,
             dynamic: None,
+            size: None,
             elements: ruleset::SetElements::TimedV4(vec![("192.0.2.1".parse().unwrap(), 5000)]),
         });
         t
