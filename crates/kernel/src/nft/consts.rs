@@ -11,6 +11,9 @@
 pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
 /// Opens a batch (sent with `res_id` = [`NFNL_SUBSYS_NFTABLES`] in the `nfgenmsg`).
 pub const NFNL_MSG_BATCH_BEGIN: u16 = crate::nl::NLMSG_MIN_TYPE;
+/// `NFNL_BATCH_GENID` (in BATCH_BEGIN, big-endian u32): the kernel refuses the batch with
+/// `ERESTART` unless the ruleset generation is still this one.
+pub const NFNL_BATCH_GENID: u16 = 1;
 /// Closes a batch; the kernel commits everything between BEGIN and END, or nothing.
 pub const NFNL_MSG_BATCH_END: u16 = crate::nl::NLMSG_MIN_TYPE + 1;
 /// `nfgenmsg.version`.
