@@ -18,13 +18,19 @@ pub enum Error {
     Upstream { addr: SocketAddr, source: io::Error },
     #[error("cannot start the set inserter thread: {0}")]
     Thread(io::Error),
+    #[error("the forwarder listens on {} but the policy says {}: restart leash dns", list(from), list(to))]
+    ListenChanged { from: Vec<SocketAddr>, to: Vec<SocketAddr> },
+}
+
+fn list(a: &[SocketAddr]) -> String {
+    a.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 impl From<Error> for io::Error {
     fn from(e: Error) -> io::Error {
         let kind = match &e {
             Error::Listen { source, .. } | Error::Mark { source, .. } | Error::Upstream { source, .. } | Error::Thread(source) => source.kind(),
-            Error::NoUpstreams | Error::NoListen => io::ErrorKind::InvalidInput,
+            Error::NoUpstreams | Error::NoListen | Error::ListenChanged { .. } => io::ErrorKind::InvalidInput,
         };
         io::Error::new(kind, e)
     }
