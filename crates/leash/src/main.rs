@@ -7,6 +7,7 @@ mod cmd;
 mod exit;
 mod load;
 mod output;
+mod privileges;
 mod serve;
 mod state;
 mod system;

@@ -47,7 +47,7 @@ pub fn run(a: &Args, json: bool, fw: &dyn Firewall, state: &State) -> Result<u8>
         if !json {
             eprintln!("leash: resolving the policy's domain names to warm up its sets...");
         }
-        Some(warm_up(&p, &carried_elements(&table), fw).unwrap_or_else(|e| WarmUp {
+        Some(warm_up(&p, &carried_elements(&table), fw, report.table_handle).unwrap_or_else(|e| WarmUp {
             failures: vec![format!("{e:#}")],
             ..Default::default()
         }))
@@ -178,8 +178,16 @@ fn carry_over_domain_sets(p: &Policy, table: &mut ruleset::Table, fw: &dyn Firew
         else {
             continue;
         };
-        let admitted = |addr: IpAddr| rule.is_none_or(|r| policy::dns::admits(r, addr, own.contains(&addr)));
-        for (addr, left) in old.into_iter().filter(|&(a, left)| left >= CARRY_OVER_MIN_MS && admitted(a)) {
+        let admitted = |addr: IpAddr| rule.is_none_or(|r| policy::dns::admits(r, addr, policy::dns::is_own_address(addr, own)));
+        let mut old: Vec<(IpAddr, u64)> = old.into_iter().filter(|&(a, left)| left >= CARRY_OVER_MIN_MS && admitted(a)).collect();
+        // The new set may be smaller ([dns] set_size): keep the answers with the most time left.
+        if let Some(size) = set.size.map(|n| n as usize)
+            && old.len() > size
+        {
+            old.sort_by_key(|&(_, left)| std::cmp::Reverse(left));
+            old.truncate(size);
+        }
+        for (addr, left) in old {
             match (&mut set.elements, addr) {
                 (SetElements::TimedV4(v), IpAddr::V4(a)) => v.push((a, left)),
                 (SetElements::TimedV6(v), IpAddr::V6(a)) => v.push((a, left)),
@@ -217,8 +225,18 @@ pub struct WarmUp {
 /// `carried` holds the answers apply carried over from the previous table (set, address → ms
 /// left): the kernel takes a re-added element's timeout as is, so the warm-up never sends one
 /// shorter than that, nor two for one element.
-fn warm_up(p: &Policy, carried: &HashMap<(String, IpAddr), u64>, fw: &dyn Firewall) -> Result<WarmUp> {
+///
+/// The queries go out as the forwarder's: its mark, and sockets owned by its user (the ruleset
+/// lets DNS out to the upstreams from nothing else). The answers go into the table this apply
+/// made (`table_handle`) only: when another apply replaced it in the meantime, nothing is added.
+fn warm_up(p: &Policy, carried: &HashMap<(String, IpAddr), u64>, fw: &dyn Firewall, table_handle: u64) -> Result<WarmUp> {
     let mut w = WarmUp::default();
+    let Some(owner) = p.dns.user.uid else {
+        anyhow::bail!(
+            "the forwarder's user `{}` does not exist, so the table lets no forwarder query out: nothing to warm up",
+            p.dns.user.written
+        );
+    };
     let mut names: Vec<&str> = p.rules.iter().flat_map(|r| &r.cond.domains).filter(|d| !d.wildcard).map(|d| d.name.as_str()).collect();
     names.sort_unstable();
     names.dedup();
@@ -238,7 +256,7 @@ fn warm_up(p: &Policy, carried: &HashMap<(String, IpAddr), u64>, fw: &dyn Firewa
             .map(|part| {
                 s.spawn(move || {
                     part.iter()
-                        .map(|&n| (n, dns::resolve_once(&p.dns.upstreams, p.dns.mark, n, timeout)))
+                        .map(|&n| (n, dns::resolve_once(&p.dns.upstreams, p.dns.mark, Some(owner), n, timeout)))
                         .collect::<Vec<_>>()
                 })
             })
@@ -261,7 +279,7 @@ fn warm_up(p: &Policy, carried: &HashMap<(String, IpAddr), u64>, fw: &dyn Firewa
         for &(addr, ttl) in &answers {
             for &r in &d.rules {
                 let rule = &p.rules[r];
-                if !policy::dns::admits(rule, addr, own.contains(&addr)) {
+                if !policy::dns::admits(rule, addr, policy::dns::is_own_address(addr, &own)) {
                     w.guarded += 1;
                     continue;
                 }
@@ -280,7 +298,7 @@ fn warm_up(p: &Policy, carried: &HashMap<(String, IpAddr), u64>, fw: &dyn Firewa
     if !longest.is_empty() {
         let batch: Vec<TimedElement> =
             longest.iter().map(|((set, addr), t)| TimedElement { set, addr: *addr, timeout_ms: *t }).collect();
-        fw.add_timed(&batch).context("cannot put the warm-up answers into the domain sets")?;
+        fw.add_timed(table_handle, &batch).context("cannot put the warm-up answers into the domain sets")?;
         w.elements = batch.len();
     }
     Ok(w)
