@@ -136,13 +136,12 @@ pub fn embedded_ipv4(a: Ipv6Addr) -> impl Iterator<Item = Ipv4Addr> {
     let o = a.octets();
     let last = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
     let mut found: [Option<Ipv4Addr>; 2] = [None, None];
-    if s[..5] == [0; 5] && (s[5] == 0 || s[5] == 0xffff) {
-        // ::a.b.c.d and ::ffff:a.b.c.d (`::` and `::1` are caught as unspecified and loopback
-        // anyway, and read as 0.0.0.0 and 0.0.0.1 they are special too).
-        found[0] = Some(last);
-    } else if s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0 {
-        found[0] = Some(last);
-    } else if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+    // ::a.b.c.d, ::ffff:a.b.c.d (`::` and `::1` are caught as unspecified and loopback anyway,
+    // and read as 0.0.0.0 and 0.0.0.1 they are special too), ::ffff:0:a.b.c.d, 64:ff9b::a.b.c.d.
+    let compatible_or_mapped = s[..5] == [0; 5] && (s[5] == 0 || s[5] == 0xffff);
+    let translated = s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0;
+    let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+    if compatible_or_mapped || translated || nat64 {
         found[0] = Some(last);
     } else if s[0] == 0x2002 {
         found[0] = Some(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
