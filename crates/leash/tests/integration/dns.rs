@@ -796,3 +796,24 @@ fn after_apply_of_another_policy_the_forwarder_feeds_only_its_sets() {
     }
     assert_eq!(s.connect("192.0.2.30"), Outcome::Connected, "{}", s.logs());
 }
+
+/// The shipped unit and sysusers file run the forwarder as the default `[dns] user` with the two
+/// capabilities `leash dns` keeps, and only the apply as root.
+#[test]
+fn the_shipped_unit_runs_the_forwarder_as_its_user_with_two_capabilities() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let unit = std::fs::read_to_string(root.join("contrib/systemd/leash-dns.service")).unwrap();
+    let key = |k: &str| unit.lines().filter_map(|l| l.strip_prefix(&format!("{k}="))).collect::<Vec<_>>();
+    let user = policy::DEFAULT_FORWARDER_USER;
+    assert_eq!(key("User"), vec![user]);
+    for k in ["AmbientCapabilities", "CapabilityBoundingSet"] {
+        let mut caps: Vec<&str> = key(k).iter().flat_map(|v| v.split_whitespace()).collect();
+        caps.sort_unstable();
+        assert_eq!(caps, vec!["CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"], "{k}");
+    }
+    assert_eq!(key("NoNewPrivileges"), vec!["yes"]);
+    assert!(key("ExecStartPre").iter().all(|c| c.starts_with('+') && c.contains("leash apply")), "only the apply runs as root");
+    assert!(key("ExecStart").iter().all(|c| !c.starts_with('+') && c.contains("leash dns")));
+    let sysusers = std::fs::read_to_string(root.join("contrib/sysusers.d/leash.conf")).unwrap();
+    assert!(sysusers.lines().any(|l| l.split_whitespace().take(2).eq(["u", user])), "{sysusers}");
+}
