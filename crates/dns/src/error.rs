@@ -12,7 +12,7 @@ pub enum Error {
     NoListen,
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: io::Error },
-    #[error("cannot set SO_MARK {mark:#x} on upstream sockets (it needs CAP_NET_ADMIN; run as root): {source}")]
+    #[error("cannot set SO_MARK {mark:#x} on upstream sockets (it needs CAP_NET_ADMIN): {source}")]
     Mark { mark: u32, source: io::Error },
     #[error("cannot open a socket to upstream {addr}: {source}")]
     Upstream { addr: SocketAddr, source: io::Error },

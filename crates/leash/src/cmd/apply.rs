@@ -220,7 +220,7 @@ pub struct WarmUp {
 /// Resolves every exact domain name of the policy once through its upstreams and puts the
 /// answers into the rules' sets, so that a freshly applied policy works before the first
 /// lookup through the forwarder. Wildcards cannot be resolved in advance. Runs after the apply,
-/// when the new table (with its forwarder rule letting marked queries out) is in place.
+/// when the new table (with its rule letting the forwarder's queries out) is in place.
 ///
 /// `carried` holds the answers apply carried over from the previous table (set, address → ms
 /// left): the kernel takes a re-added element's timeout as is, so the warm-up never sends one
