@@ -181,6 +181,8 @@ const RETRY_LOAD: Duration = Duration::from_secs(5);
 async fn watch_table(handle: dns::Handle, mut last: TableInfo, fixed: Fixed) {
     let mut own = own_addresses();
     let mut suspended_at: Option<Instant> = None;
+    // Said once per spell of failures, not every poll.
+    let mut read_failed = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TABLE_POLL) => {}
@@ -204,10 +206,14 @@ async fn watch_table(handle: dns::Handle, mut last: TableInfo, fixed: Fixed) {
                 continue;
             }
             Err(e) => {
-                eprintln!("leash dns: warning: cannot read the leash table: {e}");
+                if !read_failed {
+                    eprintln!("leash dns: warning: cannot read the leash table: {e}");
+                }
+                read_failed = true;
                 continue;
             }
         };
+        read_failed = false;
         let changed = info != last;
         let retry = suspended_at.is_some_and(|t| t.elapsed() >= RETRY_LOAD);
         if !changed && !retry {

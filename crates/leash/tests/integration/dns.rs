@@ -817,3 +817,45 @@ fn the_shipped_unit_runs_the_forwarder_as_its_user_with_two_capabilities() {
     let sysusers = std::fs::read_to_string(root.join("contrib/sysusers.d/leash.conf")).unwrap();
     assert!(sysusers.lines().any(|l| l.split_whitespace().take(2).eq(["u", user])), "{sysusers}");
 }
+
+/// Started the way the shipped unit starts it (as the forwarder's user with CAP_NET_ADMIN and
+/// CAP_NET_BIND_SERVICE as ambient capabilities; `setpriv` plays systemd), `leash dns` keeps those
+/// two, binds its port and works; started as any other user it refuses, saying why.
+#[test]
+fn the_forwarder_starts_as_its_user_with_ambient_capabilities_as_the_unit_does() {
+    if !need_root("the_forwarder_starts_as_its_user_with_ambient_capabilities_as_the_unit_does") {
+        return;
+    }
+    let lab = dns_lab();
+    let dir = TempDir::new("ambient");
+    let _upstream = start_dnsmasq(lab.peer(), UPSTREAM, &dir, None);
+    let path = dir.file("p.toml", &policy_text("deny", UPSTREAM));
+    let r = leash_in(lab.client(), &["apply", &path]);
+    assert!(r.ok(), "{r}");
+    let uid = FORWARDER_UID.to_string();
+    let caps = "+net_admin,+net_bind_service";
+    let setpriv = |uid: &str| -> Vec<String> {
+        ["--reuid", uid, "--regid", uid, "--clear-groups", "--inh-caps", caps, "--ambient-caps", caps, "--", leash_bin(), "dns", &path]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let args = setpriv(&uid);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let d = Daemon::spawn("leash dns (setpriv)", lab.client(), "setpriv", &args, &dir);
+    wait_for_dns(lab.client(), "127.0.0.1", LISTEN_PORT, &d);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.child.id())).unwrap();
+    assert!(status.contains(&format!("Uid:\t{uid}\t{uid}\t{uid}\t{uid}")), "{status}");
+    assert!(status.contains("CapEff:\t0000000000001400") && status.contains("CapPrm:\t0000000000001400"), "{status}");
+    assert!(status.contains("CapAmb:\t0000000000000000"), "{status}");
+    let q = dig(lab.client(), "127.0.0.1", LISTEN_PORT, "a.cdn.example.test", "A");
+    assert_eq!(q.addrs, vec!["192.0.2.30".parse::<IpAddr>().unwrap()], "{}{}", q.run, d.log());
+    assert_eq!(lab.probe(&tcp443("192.0.2.30"), Duration::from_secs(1)), Outcome::Connected, "{}", d.log());
+    drop(d);
+    // Another user, even with the capabilities: its queries would be denied, so it does not start.
+    let args = setpriv("64000");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = run_cmd(Some(lab.client()), "setpriv", &args, None);
+    assert_eq!(r.code, Some(3), "{r}");
+    assert!(r.stderr.contains("runs as uid 64000") && r.stderr.contains(&format!("(uid {uid})")), "{r}");
+}
