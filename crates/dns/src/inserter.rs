@@ -151,8 +151,14 @@ fn run_group(sink: &mut dyn SetSink, sent: &mut Sent, table: u64, jobs: Vec<Job>
 /// promise: an element outlives every TTL any client was given.
 #[derive(Debug, Default)]
 struct Sent {
-    /// The table the map is about: a table that replaced it starts with other elements.
-    table: Option<u64>,
+    /// Per table handle, newest last: a table that replaced another starts with other elements,
+    /// and around a re-apply batches for the old and the new table alternate (the old one's
+    /// are refused), so the two most recent are kept apart rather than one cleared for the other.
+    tables: Vec<(u64, Expiries)>,
+}
+
+#[derive(Debug, Default)]
+struct Expiries {
     expiry: HashMap<(Arc<str>, IpAddr), Instant>,
     /// Prune expired entries when the map has doubled since the last prune.
     prune_at: usize,
@@ -161,12 +167,19 @@ struct Sent {
 impl Sent {
     fn add(&mut self, sink: &mut dyn SetSink, table: u64, batch: &mut [Insert], stats: &Stats, logs: &Logs) -> Outcome {
         let now = Instant::now();
-        if self.table != Some(table) {
-            self.table = Some(table);
-            self.expiry.clear();
-        }
+        let i = match self.tables.iter().position(|(t, _)| *t == table) {
+            Some(i) => i,
+            None => {
+                if self.tables.len() >= 2 {
+                    self.tables.remove(0);
+                }
+                self.tables.push((table, Expiries::default()));
+                self.tables.len() - 1
+            }
+        };
+        let m = &mut self.tables[i].1;
         for ins in batch.iter_mut() {
-            if let Some(&until) = self.expiry.get(&(ins.set.clone(), ins.addr)) {
+            if let Some(&until) = m.expiry.get(&(ins.set.clone(), ins.addr)) {
                 let left = until.saturating_duration_since(now).as_millis() as u64;
                 ins.timeout_ms = ins.timeout_ms.max(left);
             }
@@ -175,12 +188,12 @@ impl Sent {
         if outcome == Outcome::Done {
             for ins in batch.iter() {
                 let until = now + Duration::from_millis(ins.timeout_ms);
-                let e = self.expiry.entry((ins.set.clone(), ins.addr)).or_insert(until);
+                let e = m.expiry.entry((ins.set.clone(), ins.addr)).or_insert(until);
                 *e = (*e).max(until);
             }
-            if self.expiry.len() > self.prune_at.max(1024) {
-                self.expiry.retain(|_, until| *until > now);
-                self.prune_at = self.expiry.len() * 2;
+            if m.expiry.len() > m.prune_at.max(1024) {
+                m.expiry.retain(|_, until| *until > now);
+                m.prune_at = m.expiry.len() * 2;
             }
         }
         outcome
@@ -325,5 +338,20 @@ mod tests {
         assert_eq!(batches.len(), 2);
         let second = batches[1][0].timeout_ms;
         assert!(second > 3_590_000, "the element was shortened to {second} ms");
+    }
+
+    #[test]
+    fn a_refused_batch_for_an_old_table_does_not_make_the_new_one_forget() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (stats, logs) = (Stats::default(), Logs::default());
+        let mut sink = Rec(log.clone(), None);
+        let mut sent = Sent::default();
+        assert_eq!(sent.add(&mut sink, 1, &mut [ins("s", "192.0.2.1", 3_600_000)], &stats, &logs), Outcome::Done);
+        // A late batch decided for table 2 (replaced: the fake's table is 1) is refused...
+        assert_eq!(sent.add(&mut sink, 2, &mut [ins("s", "192.0.2.1", 1000)], &stats, &logs), Outcome::TableReplaced);
+        // ...and table 1 still knows what it holds: no shortening.
+        let mut again = [ins("s", "192.0.2.1", 60_000)];
+        assert_eq!(sent.add(&mut sink, 1, &mut again, &stats, &logs), Outcome::Done);
+        assert!(again[0].timeout_ms > 3_590_000, "shortened to {} ms", again[0].timeout_ms);
     }
 }
