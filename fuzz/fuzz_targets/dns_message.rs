@@ -1,6 +1,7 @@
 //! Fuzzes the forwarder's message handling: the client query parser, and upstream responses
 //! (against fixed queries, under a small fixed policy) through matching, the CNAME walk, the
-//! rebinding guard, TTL capping and the per-client patching of stored answers. Nothing may
+//! rebinding guard (with embedded IPv4), the stripping of address records off the chain, TTL
+//! capping and the per-client patching of stored answers. Nothing may
 //! panic, and the answers must keep the invariants clients and the firewall rely on.
 #![no_main]
 
@@ -134,13 +135,19 @@ fn upstream_response(q: &Query<'_>, guarded: bool, resp: &[u8], sel: u8) {
             if h.flags & wire::TC != 0 && h.ancount == 0 {
                 continue;
             }
-            // What the client receives: its chain ends in no guarded address, and no TTL
-            // exceeds max_ttl.
+            // What the client receives: its chain ends in no guarded address (also none behind
+            // an embedding of a private or own IPv4 address), it holds no address record off
+            // the chain, and no TTL exceeds max_ttl.
             let a = message::analyze(&out, &client.qname).expect("our answer parses");
+            assert!(a.off_chain.is_empty(), "address records off the CNAME chain reached the client");
             for f in &a.addrs {
                 assert!(f.ttl <= 3600);
                 if guarded {
-                    assert!(!policy::dns::is_rebinding_target(f.addr) && !OWN.contains(&f.addr), "{} reached the client", f.addr);
+                    assert!(
+                        !policy::dns::is_rebinding_target(f.addr) && !policy::dns::is_own_address(f.addr, &OWN),
+                        "{} reached the client",
+                        f.addr
+                    );
                 }
             }
             for rr in &a.records {

@@ -15,6 +15,7 @@
 pub mod cache;
 mod error;
 mod inserter;
+mod log;
 pub mod message;
 pub mod rules;
 mod server;
@@ -25,11 +26,12 @@ mod upstream;
 pub mod wire;
 
 pub use error::Error;
-pub use inserter::{Insert, SetSink};
+pub use inserter::{Insert, SetSink, SinkError};
 pub use rules::RuleSets;
-pub use server::{Forwarder, ForwarderConfig, Handle, run};
+pub use server::{Applied, Forwarder, ForwarderConfig, Handle, Listeners, MAX_TCP_CLIENTS, TCP_IDLE, run};
 pub use stats::{Stats, StatsSnapshot};
 pub use stub::resolve_once;
+pub use upstream::owned_by;
 
 use std::io;
 

@@ -246,6 +246,13 @@ pub struct Analysis {
     pub opt: Option<usize>,
     /// The A/AAAA records at the end of the CNAME chain that starts at the question name.
     pub addrs: Vec<FinalAddr>,
+    /// The name at the end of that chain (the question name when there is no CNAME).
+    pub chain_end: Name,
+    /// Indexes into `records` of the A/AAAA records that are not in `addrs`: owned by a name off
+    /// the chain, of another class, or outside the answer section. Clients must not see them
+    /// (a caching resolver behind the forwarder could take them for answers, and no set holds
+    /// their addresses), so the forwarder strips them.
+    pub off_chain: Vec<usize>,
     /// Negative-caching TTL from the SOA in the authority section: min(SOA TTL, SOA minimum).
     pub negative_ttl: Option<u32>,
 }
@@ -343,12 +350,18 @@ pub fn analyze(resp: &[u8], qname: &Name) -> Result<Analysis, Mismatch> {
         };
         addrs.push(FinalAddr { addr, ttl: chain_ttl.min(rr.ttl), record: *i });
     }
+    let off_chain = records
+        .iter()
+        .enumerate()
+        .filter(|(i, rr)| matches!(rr.rtype, rtype::A | rtype::AAAA) && !addrs.iter().any(|a| a.record == *i))
+        .map(|(i, _)| i)
+        .collect();
 
     let negative_ttl = records
         .iter()
         .find(|rr| rr.section == Section::Authority && rr.rtype == rtype::SOA && rr.rdata.len() >= 22)
         .and_then(|rr| Some(rr.ttl.min(wire::u32_at(resp, rr.rdata.end - 4)?)));
-    Ok(Analysis { header, question_end, records, opt, addrs, negative_ttl })
+    Ok(Analysis { header, question_end, records, opt, addrs, chain_end: current, off_chain, negative_ttl })
 }
 
 /// An answer ready for clients: wire bytes with capped TTLs, where the TTLs are, and how long it
@@ -412,18 +425,25 @@ pub fn prepare(resp: &[u8], analysis: &Analysis, max_ttl: u32) -> Prepared {
     Prepared { bytes, ttls, opt_at, question_end: analysis.question_end as u32, addrs, lifetime }
 }
 
-/// Re-encodes a response without the A/AAAA answer records whose address is in `strip`, with
-/// the OPT record last. Used only when the rebinding guard removes addresses or the upstream put
-/// OPT before other records: both rare, so hickory's full decode and encode is fine here (it
-/// also re-points name compression, which cutting bytes out of the message would break).
-pub fn rebuild_without(resp: &[u8], strip: &[IpAddr]) -> Option<Vec<u8>> {
-    use hickory_proto::rr::RData;
+/// Re-encodes a response with the OPT record last, keeping of the A/AAAA records only those in
+/// the answer section, of class IN, owned by `chain_end` (the end of the question's CNAME
+/// chain) and whose address is not in `strip`. Used only when the rebinding guard removes
+/// addresses, the upstream sent address records off the chain, or it put OPT before other
+/// records: all rare, so hickory's full decode and encode is fine here (it also re-points name
+/// compression, which cutting bytes out of the message would break).
+pub fn rebuild_without(resp: &[u8], strip: &[IpAddr], chain_end: &Name) -> Option<Vec<u8>> {
+    use hickory_proto::rr::{DNSClass, RData, Record};
+    use hickory_proto::serialize::binary::BinEncodable;
     let mut msg = hickory_proto::op::Message::from_vec(resp).ok()?;
+    let on_chain = |r: &Record| r.dns_class == DNSClass::IN && r.name.to_lowercase().to_bytes().is_ok_and(|w| w == chain_end.wire());
     msg.answers.retain(|r| match r.data {
-        RData::A(a) => !strip.contains(&IpAddr::V4(a.0)),
-        RData::AAAA(a) => !strip.contains(&IpAddr::V6(a.0)),
+        RData::A(a) => on_chain(r) && !strip.contains(&IpAddr::V4(a.0)),
+        RData::AAAA(a) => on_chain(r) && !strip.contains(&IpAddr::V6(a.0)),
         _ => true,
     });
+    for section in [&mut msg.authorities, &mut msg.additionals] {
+        section.retain(|r| !matches!(r.data, RData::A(_) | RData::AAAA(_)));
+    }
     msg.to_vec().ok()
 }
 
@@ -760,10 +780,43 @@ mod tests {
                 Record::from_rdata(hname("r.test."), 60, RData::A(A::new(192, 0, 2, 1))),
             ],
         );
-        let rebuilt = rebuild_without(&resp, &["10.0.0.1".parse().unwrap()]).unwrap();
+        let rebuilt = rebuild_without(&resp, &["10.0.0.1".parse().unwrap()], &q.qname).unwrap();
         let a = analyze(&rebuilt, &q.qname).unwrap();
         assert_eq!(a.addrs.len(), 1);
         assert_eq!(a.addrs[0].addr, "192.0.2.1".parse::<IpAddr>().unwrap());
+    }
+
+    /// Issue 12, item 15: address records off the question's CNAME chain are found and
+    /// stripped (a caching resolver behind the forwarder could take them for answers).
+    #[test]
+    fn address_records_off_the_chain_are_found_and_stripped() {
+        let qb = query_bytes("www.test.", RecordType::A);
+        let q = parse_query(&qb).unwrap();
+        let mut resp = Message::from_vec(&response(
+            &qb,
+            vec![
+                Record::from_rdata(hname("www.test."), 60, RData::CNAME(CNAME(hname("Edge.Test.")))),
+                Record::from_rdata(hname("edge.test."), 60, RData::A(A::new(192, 0, 2, 1))),
+                // Off the chain: another name, in the answer section...
+                Record::from_rdata(hname("bank.test."), 60, RData::A(A::new(192, 0, 2, 66))),
+                Record::from_rdata(hname("bank.test."), 60, RData::AAAA(AAAA::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 66))),
+            ],
+        ))
+        .unwrap();
+        // ...and in the additional section, even for the chain's own end.
+        resp.additionals.push(Record::from_rdata(hname("edge.test."), 60, RData::A(A::new(192, 0, 2, 67))));
+        let resp = resp.to_vec().unwrap();
+        let a = analyze(&resp, &q.qname).unwrap();
+        assert_eq!(a.chain_end, Name::from_dotted("edge.test").unwrap());
+        assert_eq!(a.addrs.len(), 1);
+        assert_eq!(a.off_chain.len(), 3);
+        let rebuilt = rebuild_without(&resp, &[], &a.chain_end).unwrap();
+        let a2 = analyze(&rebuilt, &q.qname).unwrap();
+        assert!(a2.off_chain.is_empty());
+        let m = Message::from_vec(&rebuilt).unwrap();
+        assert_eq!(m.answers.len(), 2, "the CNAME and the chain's address stay: {:?}", m.answers);
+        assert!(m.additionals.is_empty());
+        assert_eq!(a2.addrs[0].addr, "192.0.2.1".parse::<IpAddr>().unwrap());
     }
 
     #[test]

@@ -96,7 +96,7 @@ impl Rules {
         let mut planned: Vec<Planned> = Vec::new();
         let mut blocked = Vec::new();
         for &(addr, ttl) in addrs {
-            let is_own = own.contains(&addr);
+            let is_own = policy::dns::is_own_address(addr, own);
             let mut refused_by = None;
             let mut allowed_somewhere = false;
             for &i in &decision.rules {
@@ -127,12 +127,15 @@ impl Rules {
 }
 
 /// An upstream response turned into what the forwarder needs: the answer for clients (rebinding
-/// targets removed, TTLs capped), the set elements it requires, and what the guard blocked.
+/// targets and address records off the CNAME chain removed, TTLs capped), the set elements it
+/// requires, and what the guard blocked.
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub prepared: Prepared,
     pub inserts: Vec<Planned>,
     pub blocked: Vec<Blocked>,
+    /// A/AAAA records off the question's CNAME chain that were stripped from the answer.
+    pub off_chain: usize,
 }
 
 /// Processes an upstream response `resp` (already matched to `q`) under `decision`.
@@ -143,19 +146,19 @@ pub fn process(rules: &Rules, decision: &NameDecision, q: &Query<'_>, resp: &[u8
     };
     let a = message::analyze(resp, &q.qname)?;
     let (inserts, blocked) = plan(&a);
-    if blocked.is_empty() && a.opt_is_last() {
-        return Ok(Outcome { prepared: message::prepare(resp, &a, max_ttl), inserts, blocked });
+    if blocked.is_empty() && a.off_chain.is_empty() && a.opt_is_last() {
+        return Ok(Outcome { prepared: message::prepare(resp, &a, max_ttl), inserts, blocked, off_chain: 0 });
     }
     let strip: Vec<IpAddr> = blocked.iter().map(|b| b.addr).collect();
-    let rebuilt = message::rebuild_without(resp, &strip).ok_or(Mismatch::Records)?;
+    let rebuilt = message::rebuild_without(resp, &strip, &a.chain_end).ok_or(Mismatch::Records)?;
     // The re-encoded answer is planned again from scratch: what the client gets is what was
     // checked, even if the re-encoding read something differently.
     let a2 = message::analyze(&rebuilt, &q.qname)?;
     let (inserts, blocked_again) = plan(&a2);
-    if !blocked_again.is_empty() || !a2.opt_is_last() {
+    if !blocked_again.is_empty() || !a2.off_chain.is_empty() || !a2.opt_is_last() {
         return Err(Mismatch::Records);
     }
-    Ok(Outcome { prepared: message::prepare(&rebuilt, &a2, max_ttl), inserts, blocked })
+    Ok(Outcome { prepared: message::prepare(&rebuilt, &a2, max_ttl), inserts, blocked, off_chain: a.off_chain.len() })
 }
 
 #[cfg(test)]

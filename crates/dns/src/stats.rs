@@ -56,6 +56,21 @@ stats! {
     insert_errors,
     /// Queries dropped because too many were already waiting for upstreams or the kernel.
     overload_dropped,
+    /// SERVFAIL answers sent because the forwarder did not know the applied policy (it could
+    /// not be loaded, or the table is gone): it feeds no set of a policy that is not applied.
+    no_policy_servfail,
+    /// SERVFAIL answers sent because a domain set was full (`[dns] set_size`).
+    set_full,
+    /// Inserts the kernel refused because the table they were decided for had been replaced.
+    table_replaced,
+    /// Address records off the question's CNAME chain stripped from answers.
+    off_chain_stripped,
+    /// TCP client connections closed to make room for a new one (the longest idle first).
+    tcp_evicted,
+    /// Log lines left out by the rate limit.
+    log_suppressed,
+    /// Times the forwarder switched to a newly applied policy.
+    policy_reloads,
 }
 
 impl Stats {

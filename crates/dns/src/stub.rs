@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 /// Resolves `name` to its A and AAAA addresses (following CNAMEs inside each answer) with the
 /// smallest TTL along the chain, asking `upstreams` in order, each for at most `timeout` per
-/// try, from sockets carrying `mark` (0: no mark). NXDOMAIN and empty answers give an empty
-/// list. Fails only when neither the A nor the AAAA question got an answer from any upstream;
-/// if one family was answered, its addresses are returned.
-pub fn resolve_once(upstreams: &[SocketAddr], mark: u32, name: &str, timeout: Duration) -> io::Result<Vec<(IpAddr, u32)>> {
+/// try, from sockets carrying `mark` (0: no mark) and owned by `owner` (the forwarder's user:
+/// the ruleset lets only its sockets reach the upstreams; `None`: the caller's). NXDOMAIN and
+/// empty answers give an empty list. Fails only when neither the A nor the AAAA question got an
+/// answer from any upstream; if one family was answered, its addresses are returned.
+pub fn resolve_once(upstreams: &[SocketAddr], mark: u32, owner: Option<u32>, name: &str, timeout: Duration) -> io::Result<Vec<(IpAddr, u32)>> {
     let qname = Name::from_dotted(name).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("invalid domain name `{name}`")))?;
     if upstreams.is_empty() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "no upstream resolvers"));
@@ -23,7 +24,7 @@ pub fn resolve_once(upstreams: &[SocketAddr], mark: u32, name: &str, timeout: Du
     let mut error = None;
     let mut answered = false;
     for qtype in [rtype::A, rtype::AAAA] {
-        match ask_all(upstreams, mark, &qname, qtype, timeout) {
+        match ask_all(upstreams, mark, owner, &qname, qtype, timeout) {
             Ok(addrs) => {
                 answered = true;
                 out.extend(addrs);
@@ -37,10 +38,10 @@ pub fn resolve_once(upstreams: &[SocketAddr], mark: u32, name: &str, timeout: Du
     }
 }
 
-fn ask_all(upstreams: &[SocketAddr], mark: u32, qname: &Name, qtype: u16, timeout: Duration) -> io::Result<Vec<(IpAddr, u32)>> {
+fn ask_all(upstreams: &[SocketAddr], mark: u32, owner: Option<u32>, qname: &Name, qtype: u16, timeout: Duration) -> io::Result<Vec<(IpAddr, u32)>> {
     let mut last = io::Error::new(io::ErrorKind::TimedOut, "no upstream answered");
     for &up in upstreams {
-        match ask(up, mark, qname, qtype, timeout) {
+        match ask(up, mark, owner, qname, qtype, timeout) {
             Ok(a) => return Ok(a),
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Err(e),
             Err(e) => last = io::Error::new(e.kind(), format!("{up}: {e}")),
@@ -56,11 +57,11 @@ fn socket_error(e: SocketError) -> io::Error {
     }
 }
 
-fn ask(up: SocketAddr, mark: u32, qname: &Name, qtype: u16, timeout: Duration) -> io::Result<Vec<(IpAddr, u32)>> {
+fn ask(up: SocketAddr, mark: u32, owner: Option<u32>, qname: &Name, qtype: u16, timeout: Duration) -> io::Result<Vec<(IpAddr, u32)>> {
     let id = rand::random::<u16>();
     let query = message::build_query(id, qname, qtype);
     let q = message::parse_query(&query).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let s = marked_socket(up, Type::DGRAM, Protocol::UDP, mark).map_err(socket_error)?;
+    let s = marked_socket(up, Type::DGRAM, Protocol::UDP, mark, owner).map_err(socket_error)?;
     let any: SocketAddr = if up.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
     s.bind(&any.into())?;
     s.connect(&up.into())?;
@@ -86,12 +87,12 @@ fn ask(up: SocketAddr, mark: u32, qname: &Name, qtype: u16, timeout: Duration) -
             break b.to_vec();
         }
     };
-    let resp = if Header::parse(&resp).is_some_and(|h| h.flags & wire::TC != 0) { ask_tcp(up, mark, &q, timeout)? } else { resp };
+    let resp = if Header::parse(&resp).is_some_and(|h| h.flags & wire::TC != 0) { ask_tcp(up, mark, owner, &q, timeout)? } else { resp };
     addresses(&q, &resp)
 }
 
-fn ask_tcp(up: SocketAddr, mark: u32, q: &Query<'_>, timeout: Duration) -> io::Result<Vec<u8>> {
-    let s = marked_socket(up, Type::STREAM, Protocol::TCP, mark).map_err(socket_error)?;
+fn ask_tcp(up: SocketAddr, mark: u32, owner: Option<u32>, q: &Query<'_>, timeout: Duration) -> io::Result<Vec<u8>> {
+    let s = marked_socket(up, Type::STREAM, Protocol::TCP, mark, owner).map_err(socket_error)?;
     s.connect_timeout(&up.into(), timeout)?;
     let mut stream: TcpStream = s.into();
     stream.set_read_timeout(Some(timeout))?;

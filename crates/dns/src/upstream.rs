@@ -72,17 +72,52 @@ pub(crate) enum SocketError {
     Other(io::Error),
 }
 
-/// A socket of `ty` for talking to `addr`, with `mark` set (0: leave the mark alone).
-pub(crate) fn marked_socket(addr: SocketAddr, ty: Type, proto: Protocol, mark: u32) -> Result<Socket, SocketError> {
-    let s = Socket::new(Domain::for_address(addr), ty, Some(proto)).map_err(SocketError::Other)?;
+/// A socket of `ty` for talking to `addr`, with `mark` set (0: leave the mark alone), owned by
+/// `owner` (`None`: by whoever runs this; see [`owned_by`]).
+pub(crate) fn marked_socket(addr: SocketAddr, ty: Type, proto: Protocol, mark: u32, owner: Option<u32>) -> Result<Socket, SocketError> {
+    let new = || Socket::new(Domain::for_address(addr), ty, Some(proto));
+    let s = match owner {
+        Some(uid) => owned_by(uid, new).and_then(|r| r),
+        None => new(),
+    }
+    .map_err(SocketError::Other)?;
     if mark != 0 {
         s.set_mark(mark).map_err(SocketError::Mark)?;
     }
     Ok(s)
 }
 
+/// Runs `f` with the calling thread's filesystem uid set to `uid`, and back.
+///
+/// Why: the ruleset lets DNS out to an upstream only from sockets of the forwarder's user
+/// (`meta skuid`), and a socket's owner is the fsuid of the thread that created it. `leash
+/// apply` runs as root and its warm-up asks the upstreams too: its sockets must be the
+/// forwarder's. `setfsuid` changes only the calling thread (the raw system call; no other
+/// thread of the process is touched, unlike `setuid`, which glibc applies to all of them) and
+/// only what the filesystem uid governs: the thread keeps CAP_NET_ADMIN, so it can still set
+/// SO_MARK on the socket afterwards. (A forked child that drops its privileges would do as
+/// well, at the cost of a process per warm-up; the thread is back to its own fsuid before this
+/// returns, also when `f` fails.)
+pub fn owned_by<T>(uid: u32, f: impl FnOnce() -> T) -> io::Result<T> {
+    // SAFETY: setfsuid takes a uid and changes only the calling thread's credentials; -1 is
+    // never a valid uid, so setfsuid(-1) changes nothing and returns the current fsuid.
+    let previous = unsafe { libc::syscall(libc::SYS_setfsuid, uid) } as u32;
+    let now = unsafe { libc::syscall(libc::SYS_setfsuid, u32::MAX) } as u32;
+    let restore = || {
+        // SAFETY: as above, back to the fsuid the thread had.
+        unsafe { libc::syscall(libc::SYS_setfsuid, previous) };
+    };
+    if now != uid {
+        restore();
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, format!("cannot create sockets as uid {uid} (setfsuid needs CAP_SETUID)")));
+    }
+    let r = f();
+    restore();
+    Ok(r)
+}
+
 fn udp_socket(addr: SocketAddr, mark: u32) -> Result<UdpSocket, SocketError> {
-    let s = marked_socket(addr, Type::DGRAM, Protocol::UDP, mark)?;
+    let s = marked_socket(addr, Type::DGRAM, Protocol::UDP, mark, None)?;
     let any: SocketAddr = if addr.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
     let setup = || -> io::Result<UdpSocket> {
         s.set_nonblocking(true)?;
@@ -203,7 +238,7 @@ impl Drop for Upstreams {
 }
 
 async fn tcp_exchange(addr: SocketAddr, mark: u32, q: &Query<'_>, id: u16) -> io::Result<Vec<u8>> {
-    let s = marked_socket(addr, Type::STREAM, Protocol::TCP, mark).map_err(|(SocketError::Mark(e) | SocketError::Other(e))| e)?;
+    let s = marked_socket(addr, Type::STREAM, Protocol::TCP, mark, None).map_err(|(SocketError::Mark(e) | SocketError::Other(e))| e)?;
     s.set_nonblocking(true)?;
     let mut stream = TcpSocket::from_std_stream(s.into()).connect(addr).await?;
     let mut buf = vec![0, 0];
@@ -293,5 +328,26 @@ mod tests {
         // Mark 0 leaves the socket alone (and needs no capability).
         let s = udp_socket(addr, 0).map_err(|_| ()).unwrap();
         assert_eq!(socket2::SockRef::from(&s).mark().unwrap(), 0);
+    }
+
+    /// The owner of a socket made under `owned_by`, as sock_diag and `meta skuid` see it: the
+    /// uid of its inode in /proc/self/fd.
+    #[test]
+    fn sockets_made_for_another_user_are_owned_by_it_and_the_thread_is_itself_again() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let addr: SocketAddr = "127.0.0.1:53".parse().unwrap();
+        let fsuid = || unsafe { libc::syscall(libc::SYS_setfsuid, u32::MAX) } as u32;
+        let me = fsuid();
+        match marked_socket(addr, Type::DGRAM, Protocol::UDP, 0, Some(64999)) {
+            Ok(s) => {
+                let owner = std::fs::metadata(format!("/proc/self/fd/{}", s.as_raw_fd())).unwrap().uid();
+                assert_eq!(owner, 64999);
+                assert!(is_root());
+            }
+            Err(SocketError::Other(e)) => assert!(!is_root() && e.kind() == io::ErrorKind::PermissionDenied, "{e}"),
+            Err(SocketError::Mark(e)) => panic!("{e}"),
+        }
+        assert_eq!(fsuid(), me, "the thread's fsuid is restored");
     }
 }

@@ -275,11 +275,13 @@ async fn cache_hits_refresh_set_elements_only_when_needed() {
     let (m3, _) = ask(f.addr, "api.example.test.", RecordType::A).await;
     assert!(m3.answers[0].ttl < m1.answers[0].ttl, "{} !< {}", m3.answers[0].ttl, m1.answers[0].ttl);
 
-    // After the table is re-applied, the next hit inserts again before answering.
-    f.handle.forget_kernel_state();
+    // After the table is re-applied (the forwarder follows the new table), the cache starts
+    // empty and the answer goes into the new table before it is sent.
+    f.sink.table.store(2, std::sync::atomic::Ordering::SeqCst);
+    f.handle.follow(f.applied(2)).unwrap();
     let (m4, at) = ask(f.addr, "api.example.test.", RecordType::A).await;
     let s = f.handle.stats();
-    assert_eq!((s.cache_hits, s.upstream_queries, s.insert_batches), (3, 1, 2));
+    assert_eq!((s.cache_hits, s.upstream_queries, s.insert_batches), (2, 2, 2));
     let last = f.sink.entries().last().cloned().unwrap();
     assert!(last.at <= at);
     assert_eq!(last.insert.timeout_ms, (u64::from(m4.answers[0].ttl) + 120) * 1000);
@@ -393,14 +395,14 @@ async fn resolve_once_follows_cnames_for_a_and_aaaa() {
     .await;
     let ups = [closed_port().await, up.addr];
     let mark = if is_root() { 0x6c6e } else { 0 };
-    let got = tokio::task::spawn_blocking(move || dns::resolve_once(&ups, mark, "warm.example.test", Duration::from_secs(2))).await.unwrap().unwrap();
+    let got = tokio::task::spawn_blocking(move || dns::resolve_once(&ups, mark, None, "warm.example.test", Duration::from_secs(2))).await.unwrap().unwrap();
     assert_eq!(got, vec![(ip("192.0.2.5"), 120), (ip("2001:db8::5"), 60)]);
     let ups = [up.addr];
-    let got = tokio::task::spawn_blocking(move || dns::resolve_once(&ups, mark, "missing.example.test", Duration::from_secs(2))).await.unwrap().unwrap();
+    let got = tokio::task::spawn_blocking(move || dns::resolve_once(&ups, mark, None, "missing.example.test", Duration::from_secs(2))).await.unwrap().unwrap();
     assert!(got.is_empty());
     let silent = Upstream::start(|_, _| vec![]).await;
     let ups = [silent.addr];
-    let err = tokio::task::spawn_blocking(move || dns::resolve_once(&ups, mark, "warm.example.test", Duration::from_millis(200))).await.unwrap();
+    let err = tokio::task::spawn_blocking(move || dns::resolve_once(&ups, mark, None, "warm.example.test", Duration::from_millis(200))).await.unwrap();
     assert!(err.is_err());
 }
 
@@ -408,7 +410,7 @@ async fn resolve_once_follows_cnames_for_a_and_aaaa() {
 async fn bind_reports_missing_upstreams() {
     let mut p = policy();
     p.dns.upstreams.clear();
-    let cfg = dns::ForwarderConfig { policy: std::sync::Arc::new(p), sets: vec![], own_addresses: vec![] };
+    let cfg = dns::ForwarderConfig { policy: std::sync::Arc::new(p), sets: vec![], table: TABLE, own_addresses: vec![] };
     let err = dns::Forwarder::bind(cfg, Box::new(Sink::default())).await.unwrap_err();
     assert!(matches!(err, dns::Error::NoUpstreams), "{err}");
 }
@@ -503,7 +505,7 @@ async fn a_listen_port_in_use_is_an_error_even_for_a_second_forwarder() {
         if !is_root() {
             p.dns.mark = 0;
         }
-        let cfg = dns::ForwarderConfig { policy: std::sync::Arc::new(p), sets: vec![], own_addresses: vec![] };
+        let cfg = dns::ForwarderConfig { policy: std::sync::Arc::new(p), sets: vec![], table: TABLE, own_addresses: vec![] };
         let err = dns::Forwarder::bind(cfg, Box::new(Sink::default())).await.unwrap_err();
         assert!(matches!(&err, dns::Error::Listen { addr, .. } if *addr == taken), "{err}");
     }
@@ -532,7 +534,7 @@ async fn ipv6_clients_get_cached_and_uncached_answers() {
         p.dns.mark = 0;
     }
     let sets = sets(&p);
-    let cfg = dns::ForwarderConfig { policy: std::sync::Arc::new(p), sets, own_addresses: vec![] };
+    let cfg = dns::ForwarderConfig { policy: std::sync::Arc::new(p), sets, table: TABLE, own_addresses: vec![] };
     let f = dns::Forwarder::bind(cfg, Box::new(Sink::default())).await.unwrap();
     let addr = f.local_addrs()[0];
     assert!(addr.is_ipv6());

@@ -31,8 +31,9 @@ pub trait Firewall {
     fn timed_elements(&self, set: &str) -> Result<Option<Vec<TimedAnswer>>, Error>;
     /// Flushes and refills sets in one batch, leaving rules and other sets alone.
     fn replace_set_elements(&self, sets: &[SetContents<'_>], opts: &ReplaceOptions) -> Result<ReplaceReport, Error>;
-    /// Adds (or refreshes) elements with timeouts in one acked batch.
-    fn add_timed(&self, elems: &[TimedElement<'_>]) -> Result<(), Error>;
+    /// Adds (or refreshes) elements with timeouts in one acked batch, into the table with handle
+    /// `table_handle` only ([`Error::TableReplaced`] when it was replaced since).
+    fn add_timed(&self, table_handle: u64, elems: &[TimedElement<'_>]) -> Result<(), Error>;
 
     /// The table with every set counted in the kernel (up to [`nft::COUNT_LIMIT`]).
     fn status(&self) -> Result<Option<TableStatus>, Error> {
@@ -72,7 +73,7 @@ impl Firewall for Netlink {
         nft::replace_set_elements(ruleset::TABLE_NAME, sets, opts)
     }
 
-    fn add_timed(&self, elems: &[TimedElement<'_>]) -> Result<(), Error> {
-        nft::SetWriter::open()?.add_timed(ruleset::TABLE_NAME, elems)
+    fn add_timed(&self, table_handle: u64, elems: &[TimedElement<'_>]) -> Result<(), Error> {
+        nft::SetWriter::open()?.add_timed_to(ruleset::TABLE_NAME, table_handle, elems)
     }
 }

@@ -575,3 +575,100 @@ fn add_timed_is_fast() {
     assert_eq!(count(&ns, "dom6"), 9000);
     assert!(has(&ns, "dom6", "::ffff:198.18.78.31"));
 }
+
+/// The handle of the table in `ns` now.
+fn handle(ns: &NetNs) -> u64 {
+    ns.run(|| kernel::table_comment(TABLE_NAME)).unwrap().unwrap().handle
+}
+
+/// Issue 12, item 2: a batch decided for one applied table must never land in the table that
+/// replaced it, even with the same set names. `add_timed_to` binds the batch to the table's
+/// handle through the ruleset generation; `add_timed` (by name only) lands anywhere.
+#[test]
+fn a_batch_for_a_replaced_table_never_lands_in_the_new_one() {
+    if !need_root("a_batch_for_a_replaced_table_never_lands_in_the_new_one") {
+        return;
+    }
+    let (ns, mut w) = setup();
+    assert!(w.probe_generation_check().unwrap(), "this kernel checks NFNL_BATCH_GENID");
+    let old = handle(&ns);
+    w.add_timed_to(TABLE_NAME, old, &[el("dom4", "192.0.2.1", 60_000)]).unwrap();
+    assert!(has(&ns, "dom4", "192.0.2.1"));
+    // Re-applied (another policy with the same set names): a new handle.
+    ns.run(|| kernel::apply(&table(), &ApplyOptions::default())).unwrap();
+    let new = handle(&ns);
+    assert_ne!(old, new);
+    let gen_before = w.generation().unwrap();
+    // The writer's guess of the generation is stale: the kernel refuses the batch, the writer
+    // looks again, finds another table and gives up without adding anything.
+    let e = w.add_timed_to(TABLE_NAME, old, &[el("dom4", "192.0.2.2", 60_000)]).unwrap_err();
+    assert!(matches!(e, Error::TableReplaced { expected, found: Some(f), .. } if expected == old && f == new), "{e}");
+    assert!(!has(&ns, "dom4", "192.0.2.2"), "an element of the old table's decision landed in the new one");
+    assert_eq!(w.generation().unwrap(), gen_before, "nothing was committed");
+    // Asked again (now the check comes first), the same answer.
+    assert!(matches!(w.add_timed_to(TABLE_NAME, old, &[el("dom4", "192.0.2.3", 1000)]), Err(Error::TableReplaced { .. })));
+    // The new table's handle works, and a table that is gone is reported as such.
+    w.add_timed_to(TABLE_NAME, new, &[el("dom4", "192.0.2.4", 60_000)]).unwrap();
+    assert!(has(&ns, "dom4", "192.0.2.4"));
+    ns.run(kernel::disable).unwrap();
+    let e = w.add_timed_to(TABLE_NAME, new, &[el("dom4", "192.0.2.5", 60_000)]).unwrap_err();
+    assert!(matches!(e, Error::TableReplaced { found: None, .. }), "{e}");
+}
+
+/// Other commits between two batches (another writer, `leash set update`, Docker's iptables)
+/// only make the writer look again: same handle, the batch goes in.
+#[test]
+fn commits_by_others_in_between_cost_a_check_not_the_batch() {
+    if !need_root("commits_by_others_in_between_cost_a_check_not_the_batch") {
+        return;
+    }
+    let (ns, mut w) = setup();
+    let mut other = ns.run(SetWriter::open).unwrap();
+    let h = handle(&ns);
+    let g0 = w.generation().unwrap();
+    w.add_timed_to(TABLE_NAME, h, &[el("dom4", "192.0.2.1", 60_000)]).unwrap();
+    // The writer knows the next generation after its own commit: the next batch needs no look.
+    w.add_timed_to(TABLE_NAME, h, &[el("dom4", "192.0.2.2", 60_000)]).unwrap();
+    assert_eq!(w.generation().unwrap(), g0.wrapping_add(2));
+    other.add_timed(TABLE_NAME, &[el("dom6", "2001:db8::1", 60_000)]).unwrap();
+    w.add_timed_to(TABLE_NAME, h, &[el("dom4", "192.0.2.3", 60_000)]).unwrap();
+    assert_eq!(w.generation().unwrap(), g0.wrapping_add(4));
+    for a in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+        assert!(has(&ns, "dom4", a), "{a}");
+    }
+}
+
+/// Issue 12, item 15: a domain set has a size; the kernel refuses the element beyond it (ENFILE,
+/// nothing of the batch goes in) and takes a refresh of one already there.
+#[test]
+fn a_full_bounded_set_refuses_new_elements_with_enfile() {
+    if !need_root("a_full_bounded_set_refuses_new_elements_with_enfile") {
+        return;
+    }
+    let ns = NetNs::new().unwrap();
+    let mut t = table();
+    t.sets[0].size = Some(2);
+    ns.run(|| kernel::apply(&t, &ApplyOptions::default())).unwrap();
+    let mut w = ns.run(SetWriter::open).unwrap();
+    let h = handle(&ns);
+    w.add_timed_to(TABLE_NAME, h, &[el("dom4", "192.0.2.1", 60_000), el("dom4", "192.0.2.2", 60_000)]).unwrap();
+    let e = w.add_timed_to(TABLE_NAME, h, &[el("dom4", "192.0.2.3", 60_000)]).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::ENFILE), "{e}");
+    assert!(!has(&ns, "dom4", "192.0.2.3"));
+    assert_eq!(count(&ns, "dom4"), 2);
+    // A refresh of an element that is there is not a new element.
+    w.add_timed_to(TABLE_NAME, h, &[el("dom4", "192.0.2.1", 90_000)]).unwrap();
+    // Once an element expired and the kernel's garbage collection (about every second) took it
+    // away, there is room again.
+    w.add_timed_to(TABLE_NAME, h, &[el("dom4", "192.0.2.2", 1000)]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        sleep(Duration::from_millis(250));
+        match w.add_timed_to(TABLE_NAME, h, &[el("dom4", "192.0.2.3", 60_000)]) {
+            Ok(()) => break,
+            Err(e) if e.errno() == Some(libc::ENFILE) && Instant::now() < deadline => continue,
+            Err(e) => panic!("no room 10 s after an element expired: {e}"),
+        }
+    }
+    assert!(has(&ns, "dom4", "192.0.2.3"));
+}

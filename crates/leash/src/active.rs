@@ -58,11 +58,16 @@ pub fn comment_fields(comment: &str) -> Option<(&str, Option<&str>)> {
 
 /// Finds the active policy: the table's comment, then the file it names, loaded again.
 pub fn find(fw: &dyn Firewall) -> Active {
-    let info = match fw.table_info() {
-        Ok(Some(info)) => info,
-        Ok(None) => return Active::NoTable,
-        Err(e) => return Active::TableUnreadable(e),
-    };
+    match fw.table_info() {
+        Ok(Some(info)) => from_table(&info),
+        Ok(None) => Active::NoTable,
+        Err(e) => Active::TableUnreadable(e),
+    }
+}
+
+/// The policy of the table described by `info` (its handle and comment, read by the caller):
+/// the file the comment names, loaded again.
+pub fn from_table(info: &kernel::TableInfo) -> Active {
     let Some((hash, Some(path))) = info.comment.as_deref().and_then(comment_fields) else {
         return Active::NoPolicyFile;
     };

@@ -133,9 +133,20 @@ pub enum Command {
     /// every answer to a name a domain rule lists, the addresses at the end of the CNAME chain go
     /// into that rule's nftables sets (with a timeout of the TTL plus grace) before the client
     /// gets the answer, so an application never connects before its address is allowed. Names
-    /// an unconditional deny rule lists get NXDOMAIN; private answers for public names are
-    /// stripped (rebinding guard) unless the rule says allow_private. Apply the policy first;
-    /// runs until SIGINT or SIGTERM. Needs root (netlink and SO_MARK).
+    /// an unconditional deny rule lists get NXDOMAIN; private answers for public names (also
+    /// behind NAT64, 6to4 or Teredo) are stripped (rebinding guard) unless the rule says
+    /// allow_private, and so are address records off the CNAME chain.
+    ///
+    /// Names are decided by the applied policy (the file the table's comment names), loaded
+    /// again on every re-apply; when it cannot be loaded (gone, changed since the apply, errors,
+    /// unreadable) every query gets SERVFAIL until it can. Inserts go into the table they were
+    /// decided for only. A full domain set ([dns] set_size) gives SERVFAIL for new names.
+    ///
+    /// Starts as root (or as the forwarder's user with CAP_NET_ADMIN, as the shipped systemd unit
+    /// does), binds its sockets and becomes `[dns] user` (default leash-dns) with CAP_NET_ADMIN
+    /// and CAP_NET_BIND_SERVICE only: the ruleset lets DNS out to the upstreams from that user's
+    /// sockets only. A missing user is an error. Apply the policy first; runs until SIGINT or
+    /// SIGTERM.
     Dns(cmd::dns::Args),
     /// Run the policy's [[expect]] cases against the real kernel in throwaway network namespaces.
     ///

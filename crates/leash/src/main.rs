@@ -9,6 +9,7 @@ mod exit;
 mod flows;
 mod load;
 mod output;
+mod privileges;
 mod serve;
 mod state;
 mod system;

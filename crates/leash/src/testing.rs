@@ -68,6 +68,7 @@ impl FakeFirewall {
                     interval: true,
                     timeout: false,
                     dynamic: None,
+                    size: None,
                     elements: SetElements::V4(Vec::new()),
                 })
                 .collect(),
@@ -207,10 +208,15 @@ impl Firewall for FakeFirewall {
         Ok(kernel::ReplaceReport { table_handle: *handle, ..kernel::ReplaceReport::default() })
     }
 
-    fn add_timed(&self, elems: &[kernel::TimedElement<'_>]) -> Result<(), Error> {
+    fn add_timed(&self, table_handle: u64, elems: &[kernel::TimedElement<'_>]) -> Result<(), Error> {
         self.call(Call::AddTimed(elems.iter().map(|e| (e.set.to_string(), e.addr, e.timeout_ms)).collect()));
         let mut t = self.table.borrow_mut();
-        let Some((_, table)) = t.as_mut() else { return Err(Error::NoSuchTable(ruleset::TABLE_NAME.into())) };
+        let Some((handle, table)) = t.as_mut() else {
+            return Err(Error::TableReplaced { table: ruleset::TABLE_NAME.into(), expected: table_handle, found: None });
+        };
+        if *handle != table_handle {
+            return Err(Error::TableReplaced { table: ruleset::TABLE_NAME.into(), expected: table_handle, found: Some(*handle) });
+        }
         for e in elems {
             let Some(s) = table.sets.iter_mut().find(|s| s.name == e.set) else {
                 return Err(Error::NoSuchSet { table: ruleset::TABLE_NAME.into(), set: e.set.into() });

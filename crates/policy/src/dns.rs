@@ -83,22 +83,29 @@ fn is_unconditional_deny(rule: &Rule) -> bool {
 }
 
 /// Whether an address is one a public name has no business pointing at: loopback, private,
-/// shared (CGNAT), link-local, unique-local, unspecified, broadcast or multicast. An answer
-/// pointing there is the signature of DNS rebinding.
+/// shared (CGNAT), link-local, unique-local, unspecified, broadcast or multicast, or an IPv6
+/// address that leads to such an IPv4 address ([`embedded_ipv4`]). An answer pointing there is
+/// the signature of DNS rebinding.
 pub fn is_rebinding_target(addr: IpAddr) -> bool {
     match addr {
         IpAddr::V4(a) => v4_special(a),
         IpAddr::V6(a) => {
-            if let Some(v4) = a.to_ipv4_mapped() {
-                return v4_special(v4);
+            if embedded_ipv4(a).any(v4_special) {
+                return true;
             }
-            let first = a.segments()[0];
+            let s = a.segments();
             a.is_loopback()
                 || a.is_unspecified()
                 || a.is_multicast()
-                || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
-                || (first & 0xffc0) == 0xfe80 // link-local fe80::/10
-                || (first & 0xffc0) == 0xfec0 // deprecated site-local fec0::/10
+                || (s[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
+                || (s[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
+                || (s[0] & 0xffc0) == 0xfec0 // deprecated site-local fec0::/10
+                // Local-use NAT64 64:ff9b:1::/48 (RFC 8215): where the IPv4 address sits depends
+                // on the prefix length the local translator uses (/48 to /96, RFC 6052), which
+                // nothing in the answer tells, so no one reading of it is safe. Like a
+                // unique-local address it is for local use only: a public name's answer has no
+                // business there (DNS64 networks on this prefix set `allow_private`).
+                || (s[0], s[1], s[2]) == (0x64, 0xff9b, 0x0001)
         }
     }
 }
@@ -113,6 +120,50 @@ fn v4_special(a: Ipv4Addr) -> bool {
         || a.is_multicast()
         || o[0] == 0 // "this network" 0.0.0.0/8
         || (o[0] == 100 && (o[1] & 0xc0) == 64) // shared address space 100.64.0.0/10
+}
+
+/// The IPv4 addresses an IPv6 address leads to, the one normaliser the rebinding guard and the
+/// own-address check use: a packet to such an address reaches the IPv4 address through the
+/// host's stack or a translator on the way.
+///
+/// - IPv4-mapped `::ffff:a.b.c.d` (the socket API connects it over IPv4);
+/// - IPv4-compatible `::a.b.c.d` (deprecated; the `sit` driver still tunnels it) and
+///   IPv4-translated `::ffff:0:a.b.c.d` (SIIT, RFC 6145);
+/// - the NAT64 well-known prefix `64:ff9b::/96` (RFC 6052: the last 32 bits);
+/// - 6to4 `2002::/16` (RFC 3056: bits 16 to 47, the relay's IPv4 destination);
+/// - Teredo `2001::/32` (RFC 4380: the server in bits 32 to 63, the client in the last 32 bits,
+///   inverted).
+///
+/// (`64:ff9b:1::/48` has no fixed position, see [`is_rebinding_target`].)
+pub fn embedded_ipv4(a: Ipv6Addr) -> impl Iterator<Item = Ipv4Addr> {
+    let s = a.segments();
+    let o = a.octets();
+    let last = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+    let mut found: [Option<Ipv4Addr>; 2] = [None, None];
+    // ::a.b.c.d, ::ffff:a.b.c.d (`::` and `::1` are caught as unspecified and loopback anyway,
+    // and read as 0.0.0.0 and 0.0.0.1 they are special too), ::ffff:0:a.b.c.d, 64:ff9b::a.b.c.d.
+    let compatible_or_mapped = s[..5] == [0; 5] && (s[5] == 0 || s[5] == 0xffff);
+    let translated = s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0;
+    let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+    if compatible_or_mapped || translated || nat64 {
+        found[0] = Some(last);
+    } else if s[0] == 0x2002 {
+        found[0] = Some(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
+    } else if s[0] == 0x2001 && s[1] == 0 {
+        found[0] = Some(Ipv4Addr::new(o[4], o[5], o[6], o[7]));
+        found[1] = Some(Ipv4Addr::from(!u32::from(last)));
+    }
+    found.into_iter().flatten()
+}
+
+/// Whether `addr` is one of the host's own addresses `own`, also when written as an IPv6
+/// address that leads to one of its IPv4 addresses ([`embedded_ipv4`]).
+pub fn is_own_address(addr: IpAddr, own: &[IpAddr]) -> bool {
+    own.contains(&addr)
+        || match addr {
+            IpAddr::V4(_) => false,
+            IpAddr::V6(a) => embedded_ipv4(a).any(|v4| own.contains(&IpAddr::V4(v4))),
+        }
 }
 
 /// Whether the forwarder may put `addr` into `rule`'s sets. Deny rules take every address; an
@@ -213,6 +264,54 @@ mod tests {
         }
         for a in ["192.0.2.1", "198.51.100.7", "8.8.8.8", "100.128.0.1", "2001:db8::1", "::ffff:192.0.2.1"] {
             assert!(!is_rebinding_target(a.parse().unwrap()), "{a}");
+        }
+    }
+
+    #[test]
+    fn embedded_ipv4_leads_to_the_same_verdict_as_the_ipv4_address() {
+        // Issue 12, item 12: an AAAA of 64:ff9b::a00:1 (NAT64 to 10.0.0.1) was admitted.
+        let special = [
+            "64:ff9b::a00:1",        // NAT64 well-known prefix -> 10.0.0.1
+            "64:ff9b::7f00:1",       // -> 127.0.0.1
+            "64:ff9b::c0a8:101",     // -> 192.168.1.1
+            "64:ff9b:1::c000:201",   // local-use NAT64: the whole /48
+            "64:ff9b:1:ab00::",      // ... whatever the layout
+            "2002:a00:1::1",         // 6to4 via 10.0.0.1
+            "2002:7f00:1::",         // 6to4 via 127.0.0.1
+            "2002:a9fe:a9fe::1",     // 6to4 via 169.254.169.254 (cloud metadata)
+            "::a00:1",               // IPv4-compatible 10.0.0.1
+            "::ffff:0:a00:1",        // IPv4-translated 10.0.0.1
+            "::ffff:a9fe:a9fe",      // IPv4-mapped 169.254.169.254
+            "2001:0:a00:1::1",       // Teredo server 10.0.0.1
+            "2001:0:c000:201::f5ff:fffe", // Teredo client !0xf5fffffe = 10.0.0.1
+        ];
+        for a in special {
+            assert!(is_rebinding_target(a.parse().unwrap()), "{a} must count as a rebinding target");
+        }
+        let public = [
+            "64:ff9b::c000:201",     // NAT64 to 192.0.2.1
+            "2002:c000:201::1",      // 6to4 via 192.0.2.1
+            "::ffff:0:c000:201",
+            "2001:0:c000:201::3fff:fdfe", // Teredo: server 192.0.2.1, client !0x3ffffdfe = 192.0.2.1
+            "2001:db8::a00:1",       // documentation prefix: nothing embedded
+            "64:ff9b:2::a00:1",      // outside both NAT64 prefixes
+        ];
+        for a in public {
+            assert!(!is_rebinding_target(a.parse().unwrap()), "{a}");
+        }
+        let v: Vec<Ipv4Addr> = embedded_ipv4("64:ff9b::c000:201".parse().unwrap()).collect();
+        assert_eq!(v, vec![Ipv4Addr::new(192, 0, 2, 1)]);
+        assert_eq!(embedded_ipv4("2001:db8::1".parse().unwrap()).count(), 0);
+    }
+
+    #[test]
+    fn own_addresses_are_recognised_behind_an_embedding() {
+        let own: Vec<IpAddr> = vec!["198.51.100.9".parse().unwrap(), "2001:db8::9".parse().unwrap()];
+        for a in ["198.51.100.9", "2001:db8::9", "::ffff:198.51.100.9", "64:ff9b::c633:6409", "2002:c633:6409::1"] {
+            assert!(is_own_address(a.parse().unwrap(), &own), "{a}");
+        }
+        for a in ["198.51.100.10", "64:ff9b::c633:640a", "2001:db8::a"] {
+            assert!(!is_own_address(a.parse().unwrap(), &own), "{a}");
         }
     }
 

@@ -293,8 +293,8 @@ pub fn explain_with(policy: &Policy, conn: &Connection, in_domain_set: &dyn Fn(u
 
 /// What the DNS bypass control does with a connection, if it applies: with domain rules, DNS
 /// that does not go to the forwarder is redirected to it (port 53, on a family the forwarder
-/// listens on over loopback) or denied. The forwarder's own upstream queries carry its mark and
-/// are not connections `explain` is asked about.
+/// listens on over loopback) or denied. The forwarder's own upstream queries (its mark, its user,
+/// a configured upstream) are not connections `explain` is asked about.
 pub fn dns_bypass(policy: &Policy, conn: &Connection) -> Option<Decider> {
     if !policy.has_domain_rules() || policy.dns.bypass == Bypass::Off || !conn.proto.has_ports() {
         return None;

@@ -858,10 +858,20 @@ pub struct DnsConfig {
     /// How long one upstream is given to answer, in milliseconds.
     pub timeout_ms: u32,
     pub bypass: Bypass,
-    /// SO_MARK of the forwarder's upstream sockets; the ruleset lets only packets with this mark
-    /// reach port 53/853 elsewhere. Setting a mark needs CAP_NET_ADMIN, the same power it takes
-    /// to change the firewall, so no unprivileged process can pose as the forwarder.
+    /// SO_MARK of the forwarder's upstream sockets. The ruleset lets a DNS packet out to an
+    /// upstream only when it carries this mark AND comes from a socket of [`DnsConfig::user`]
+    /// AND goes to that upstream's address and port. The mark alone proves nothing: since Linux
+    /// 5.17 CAP_NET_RAW is enough to set it (a `--network host` container has that).
     pub mark: u32,
+    /// The forwarder's own user (`[dns] user`, a name or a uid; default `leash-dns`): only its
+    /// sockets may reach the upstreams. A uid no other process has; never root.
+    pub user: ForwarderUser,
+    /// `[dns] allow_remote_clients`: `listen` may name addresses other hosts reach.
+    pub allow_remote_clients: bool,
+    /// Most elements one domain set holds (`size` of the kernel set). When a set is full the
+    /// kernel refuses new elements and the forwarder answers SERVFAIL for the names that need
+    /// them (an answer whose addresses the firewall would block is never sent).
+    pub set_size: u32,
     /// Answers kept in the forwarder's cache; 0 turns the cache off.
     pub cache_size: usize,
     /// Span of the `[dns]` header, when the section is present.
@@ -879,9 +889,35 @@ impl Default for DnsConfig {
             timeout_ms: 1000,
             bypass: Bypass::Redirect,
             mark: 0x6c6e,
+            user: ForwarderUser::default(),
+            allow_remote_clients: false,
+            set_size: DEFAULT_SET_SIZE,
             cache_size: 10_000,
             span: None,
         }
+    }
+}
+
+/// Name of the forwarder's user when `[dns] user` is not given (contrib/sysusers.d creates it).
+pub const DEFAULT_FORWARDER_USER: &str = "leash-dns";
+/// Default `[dns] set_size`: the kernel sizes a timeout hash set for 65,536 elements anyway
+/// (`NFT_RHASH_ELEMENT_HINT`), so this bound costs no memory up front.
+pub const DEFAULT_SET_SIZE: u32 = 65_536;
+
+/// `[dns] user`: who the forwarder runs as, as written and as resolved when the policy loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwarderUser {
+    /// The name or the number as written (the default name when `user` is not given).
+    pub written: String,
+    /// The uid; `None` when the name is unknown on this host (the ruleset then lets no query of
+    /// any forwarder out: fail closed).
+    pub uid: Option<u32>,
+    pub span: Option<Span>,
+}
+
+impl Default for ForwarderUser {
+    fn default() -> Self {
+        ForwarderUser { written: DEFAULT_FORWARDER_USER.into(), uid: None, span: None }
     }
 }
 

@@ -72,7 +72,8 @@ impl StaticResolver {
     }
 
     /// The accounts every Debian system has, with Debian's fixed ids: root, www-data, backup,
-    /// _apt, nobody; groups root, users, nogroup.
+    /// _apt, nobody; groups root, users, nogroup. Plus `leash-dns` (998, the id systemd-sysusers
+    /// typically gives the forwarder's user from contrib/sysusers.d/leash.conf).
     pub fn debian_base() -> Self {
         Self::new()
             .user("root", 0, Some(0))
@@ -80,6 +81,7 @@ impl StaticResolver {
             .user("backup", 34, Some(34))
             .user("_apt", 42, Some(65534))
             .user("nobody", 65534, Some(65534))
+            .user("leash-dns", 998, Some(998))
             .group("root", 0)
             .group("users", 100)
             .group("nogroup", 65534)

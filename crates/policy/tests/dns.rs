@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{errors, load, load_ok, one_error};
+use common::{errors, found, load, load_ok, one_error};
 use policy::dns::{admits, decide_name};
 use policy::*;
 
@@ -77,6 +77,31 @@ fn dns_section_and_domain_rules_parse() {
     assert_eq!(p.rules[1].cond.to, Some(vec![]));
     assert!(p.rules[3].cond.allow_private);
     assert!(p.has_domain_rules());
+    // The forwarder's user defaults to leash-dns, resolved when the policy loads.
+    assert_eq!((p.dns.user.written.as_str(), p.dns.user.uid), ("leash-dns", Some(998)));
+    assert_eq!(p.dns.set_size, policy::DEFAULT_SET_SIZE);
+    assert!(!p.dns.allow_remote_clients);
+}
+
+#[test]
+fn the_forwarder_user_is_a_uid_or_a_name_and_a_missing_one_is_a_warning() {
+    let with = |user: &str| POLICY.replace("[dns]\n", &format!("[dns]\nuser = {user}\n"));
+    let p = load_ok(&with("64999"));
+    assert_eq!((p.dns.user.written.as_str(), p.dns.user.uid), ("64999", Some(64999)));
+    let p = load_ok(&with("\"nobody\""));
+    assert_eq!(p.dns.user.uid, Some(65534));
+    // Unknown: the policy loads (the table then lets no forwarder query out), with a warning.
+    let src = with("\"no-such-user\"");
+    let (p, d) = load(&src);
+    let p = p.expect("a missing forwarder user is not an error");
+    assert_eq!(p.dns.user.uid, None);
+    let f = found(&src, &d);
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert_eq!(f[0].2, "dns-user");
+    assert!(f[0].3.contains("`no-such-user` does not exist") && f[0].3.contains("fails closed"), "{}", f[0].3);
+    // Without domain rules there is no forwarder to warn about.
+    let (_, d) = load("version = 1\n[dns]\nuser = \"no-such-user\"\nupstreams = [\"192.0.2.53\"]\n");
+    assert!(d.is_empty(), "{d:#?}");
 }
 
 #[test]
@@ -179,12 +204,27 @@ fn dns_errors() {
     one_error("version = 1\n[dns]\nbypass = \"maybe\"\n", 3, 10, "bad-value", "`redirect`, `deny` or `off`");
     one_error("version = 1\n[dns]\nmin_ttl = 700\nmax_ttl = 600\n", 2, 1, "bad-value", "greater than max_ttl");
     one_error(
-        "version = 1\n[dns]\nlisten = [\"192.0.2.1:53\"]\n",
+        "version = 1\n[dns]\nlisten = [\"192.0.2.1:53\"]\nallow_remote_clients = true\n",
         2,
         1,
         "bad-value",
         "needs a `listen` address on loopback",
     );
+    // Issue 12, item 15: a listen address other hosts reach is an error unless it is meant.
+    one_error(
+        "version = 1\n[dns]\nbypass = \"deny\"\nlisten = [\"127.0.0.1:53\", \"0.0.0.0:53\"]\n",
+        4,
+        27,
+        "dns-remote-listen",
+        "allow_remote_clients = true",
+    );
+    one_error("version = 1\n[dns]\nbypass = \"deny\"\nlisten = \"[2001:db8::1]:53\"\n", 4, 10, "dns-remote-listen", "is not loopback");
+    assert!(load("version = 1\n[dns]\nbypass = \"deny\"\nlisten = [\"0.0.0.0:53\"]\nallow_remote_clients = true\n").0.is_some());
+    // The forwarder's user: never root; a number or a name.
+    one_error("version = 1\n[dns]\nuser = 0\n", 3, 8, "dns-user", "must not run as root");
+    one_error("version = 1\n[dns]\nuser = \"root\"\n", 3, 8, "dns-user", "must not run as root");
+    one_error("version = 1\n[dns]\nuser = true\n", 3, 8, "wrong-type", "a user name or a uid");
+    one_error("version = 1\n[dns]\nset_size = 10\n", 3, 12, "bad-value", "out of range 1024");
     one_error("version = 1\n[dns]\nlistn = 1\n", 3, 1, "unknown-key", "did you mean `listen`?");
     let e = errors(
         "version = 1\n[[expect]]\nto = \"api.example.test:443\"\naddress = \"nope\"\nverdict = \"allow\"\n",

@@ -15,6 +15,8 @@ impl Resolver for Debian {
             "backup" => 34,
             "_apt" => 42,
             "nobody" => 65534,
+            // The DNS forwarder's user, as contrib/sysusers.d/leash.conf creates it.
+            "leash-dns" => 998,
             _ => return None,
         })
     }

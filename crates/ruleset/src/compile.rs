@@ -29,8 +29,14 @@ pub const LOOPBACK_COMMENT: &str = "@loopback";
 pub const ESTABLISHED_COMMENT: &str = "@established";
 pub const NDP_COMMENT: &str = "@icmpv6-nd";
 pub const DEFAULT_COMMENT: &str = "@default";
-/// The forwarder's own queries to its upstreams (they carry its socket mark).
+/// The forwarder's own queries to its upstreams: its socket mark, its user, an upstream's
+/// address and port.
 pub const DNS_FORWARDER_COMMENT: &str = "@dns-forwarder";
+/// The jump of every packet to a DNS port (new or established) into the DNS chain.
+pub const DNS_CONTROL_COMMENT: &str = "@dns-control";
+/// Replies of connections from outside (a local DNS server answering a client whose source port
+/// is 53) leave the DNS chain: they are not queries.
+pub const DNS_REPLY_COMMENT: &str = "@dns-reply";
 /// DNS to anywhere but the forwarder, denied by the bypass control.
 pub const DNS_BYPASS_COMMENT: &str = "@dns-bypass";
 /// DNS to anywhere, redirected to the forwarder.
@@ -44,6 +50,11 @@ pub const BETWEEN_WORKLOADS_COMMENT: &str = "@between-workloads";
 pub const DNS_REDIRECT_CHAIN: &str = "dns-redirect";
 /// Set of the DNS ports (53 and 853) the bypass control guards.
 pub const DNS_PORTS_SET: &str = "dns_ports";
+/// Set of the destination ports whose packets go through the DNS chain: 53, 853, every
+/// upstream's port and the forwarder's listen ports.
+pub const DNS_CHAIN_PORTS_SET: &str = "dns_chain_ports";
+/// Name of the regular chain holding the DNS control (see `dns_control`).
+pub const DNS_CHAIN: &str = "dns";
 
 /// Name of the timeout set the forwarder fills with the addresses it answers for a domain rule.
 pub fn domain_set_name(rule: &str, family: Family) -> String {
@@ -123,6 +134,15 @@ pub fn compile(policy: &Policy, opts: &CompileOptions) -> Table {
     if d.allow_loopback {
         rules.push(builtin(vec![Stmt::OifLoopback, Stmt::Counter, Stmt::Accept], LOOPBACK_COMMENT));
     }
+    let mut chains = Vec::new();
+    // Before the established fast path: a DNS flow the forwarder started (its pool sockets,
+    // apply's warm-up) stays in conntrack for 30 to 120 s after its socket is gone, and a
+    // query from another socket on the same source port would ride it as `established` to the
+    // upstream, past the redirect (nat sees only new flows) and the bypass denial.
+    chains.extend(dns_redirect_chain(policy));
+    if policy.has_domain_rules() {
+        chains.push(dns_control(policy, &mut sets, &mut rules));
+    }
     if d.allow_established {
         rules.push(builtin(
             vec![Stmt::CtStateEstablishedRelated, Stmt::Counter, Stmt::Accept],
@@ -135,6 +155,7 @@ pub fn compile(policy: &Policy, opts: &CompileOptions) -> Table {
         interval: false,
         timeout: false,
         dynamic: None,
+        size: None,
         elements: SetElements::Ids(NDP_TYPES.to_vec()),
     });
     rules.push(builtin(
@@ -142,10 +163,6 @@ pub fn compile(policy: &Policy, opts: &CompileOptions) -> Table {
         NDP_COMMENT,
     ));
 
-    let mut chains = Vec::new();
-    if policy.has_domain_rules() {
-        chains.extend(dns_control(policy, &mut sets, &mut rules));
-    }
 
     for set in &policy.sets {
         for family in [Family::Ipv4, Family::Ipv6] {
@@ -155,6 +172,7 @@ pub fn compile(policy: &Policy, opts: &CompileOptions) -> Table {
                 interval: true,
                 timeout: false,
                 dynamic: None,
+                size: None,
                 elements: match family {
                     Family::Ipv4 => SetElements::v4_of(&set.ranges),
                     Family::Ipv6 => SetElements::v6_of(&set.ranges),
@@ -263,6 +281,7 @@ fn forward_chains(policy: &Policy, opts: &CompileOptions, sets: &mut Vec<Set>, c
             interval: true,
             timeout: false,
             dynamic: None,
+            size: None,
             elements: SetElements::V4(v4),
         });
         base.push(builtin(
@@ -281,6 +300,7 @@ fn forward_chains(policy: &Policy, opts: &CompileOptions, sets: &mut Vec<Set>, c
             interval: true,
             timeout: false,
             dynamic: None,
+            size: None,
             elements: SetElements::V6(v6),
         });
         base.push(builtin(
@@ -347,32 +367,79 @@ fn forward_dns_control(policy: &Policy) -> Vec<Rule> {
     out
 }
 
-/// The DNS bypass control: the forwarder's marked queries go out; other DNS is redirected to
-/// the forwarder (a nat chain, returned) or denied (filter rules, appended to `rules`).
-fn dns_control(policy: &Policy, sets: &mut Vec<Set>, rules: &mut Vec<Rule>) -> Option<Chain> {
+/// The DNS control. One rule in the output chain (`th dport @dns_chain_ports jump dns`, right
+/// after loopback, before `ct state established`) sends every packet to a DNS port into the
+/// regular chain `dns`, new or established, so the fast path of everything else costs one
+/// lookup. There, in order:
+///
+/// 1. `ct direction reply return`: replies of connections from outside (a local DNS server
+///    answering a client that used source port 53) are not queries;
+/// 2. `@dns-forwarder`, per upstream and protocol: `meta mark M meta skuid U ip daddr A udp
+///    dport P accept`. Every packet of the flow must carry all four: the mark alone is no proof
+///    (CAP_NET_RAW sets it since Linux 5.17), and neither is uid 0 (a `--network host`
+///    container), so the forwarder runs as a user of its own. Without a known user there is no
+///    such rule: the forwarder's queries are denied (fail closed);
+/// 3. `@dns-redirect` (redirect mode): what the nat chain redirected to the forwarder;
+/// 4. `@dns-bypass` (unless `bypass = "off"`): everything else to port 53 or 853 is denied,
+///    established or not.
+///
+/// What the chain does not decide (other upstream ports, bypass off) returns to the output
+/// chain. With `bypass = "redirect"` a nat chain (returned too) redirects new flows to port 53
+/// that do not carry the mark to the forwarder on loopback.
+fn dns_control(policy: &Policy, sets: &mut Vec<Set>, rules: &mut Vec<Rule>) -> Chain {
     use policy::{Bypass, DNS_PORT, DOT_PORT};
     let dns = &policy.dns;
+    let mut chain_ports: Vec<u16> = vec![DNS_PORT, DOT_PORT];
+    chain_ports.extend(dns.upstreams.iter().map(|u| u.port()));
+    if dns.bypass == Bypass::Redirect {
+        chain_ports.extend([false, true].into_iter().filter_map(|v6| dns.redirect_port(v6)));
+    }
+    chain_ports.sort_unstable();
+    chain_ports.dedup();
     sets.push(Set {
         name: DNS_PORTS_SET.into(),
         key: KeyType::InetService,
         interval: true,
         timeout: false,
         dynamic: None,
+        size: None,
         elements: SetElements::Ports(vec![(DNS_PORT, DNS_PORT), (DOT_PORT, DOT_PORT)]),
     });
-    for l4 in [L4::Udp, L4::Tcp] {
-        rules.push(builtin(
-            vec![
-                Stmt::MarkEq(dns.mark),
-                Stmt::Dport { l4, value: Value::InSet(DNS_PORTS_SET.into()) },
-                Stmt::Counter,
-                Stmt::Accept,
-            ],
-            DNS_FORWARDER_COMMENT,
-        ));
-    }
-    if dns.bypass == Bypass::Off {
-        return None;
+    sets.push(Set {
+        name: DNS_CHAIN_PORTS_SET.into(),
+        key: KeyType::InetService,
+        interval: true,
+        timeout: false,
+        dynamic: None,
+        size: None,
+        elements: SetElements::Ports(merge_ports(chain_ports.iter().map(|&p| (p, p)))),
+    });
+    rules.push(builtin(
+        vec![Stmt::ThDport(Value::InSet(DNS_CHAIN_PORTS_SET.into())), Stmt::Jump(DNS_CHAIN.into())],
+        DNS_CONTROL_COMMENT,
+    ));
+
+    let mut chain = vec![builtin(vec![Stmt::CtDirectionReply, Stmt::Return], DNS_REPLY_COMMENT)];
+    if let Some(uid) = dns.user.uid {
+        for up in &dns.upstreams {
+            let daddr = match up.ip() {
+                std::net::IpAddr::V4(a) => Stmt::Daddr4(Value::Eq(a)),
+                std::net::IpAddr::V6(a) => Stmt::Daddr6(Value::Eq(a)),
+            };
+            for l4 in [L4::Udp, L4::Tcp] {
+                chain.push(builtin(
+                    vec![
+                        Stmt::MarkEq(dns.mark),
+                        Stmt::SkUid(Value::Eq(uid)),
+                        daddr.clone(),
+                        Stmt::Dport { l4, value: Value::Eq(up.port()) },
+                        Stmt::Counter,
+                        Stmt::Accept,
+                    ],
+                    DNS_FORWARDER_COMMENT,
+                ));
+            }
+        }
     }
     // Redirected queries: the nat chain rewrote the destination to the forwarder on loopback,
     // but the filter chain still sees the original output interface (the hook's device is fixed
@@ -385,24 +452,43 @@ fn dns_control(policy: &Policy, sets: &mut Vec<Set>, rules: &mut Vec<Rule>) -> O
                 Family::Ipv6 => Stmt::Daddr6(Value::Eq(Ipv6Addr::LOCALHOST)),
             };
             for l4 in [L4::Udp, L4::Tcp] {
-                rules.push(builtin(
+                chain.push(builtin(
                     vec![daddr.clone(), Stmt::Dport { l4, value: Value::Eq(port) }, Stmt::Counter, Stmt::Accept],
                     DNS_REDIRECT_COMMENT,
                 ));
             }
         }
     }
-    for l4 in [L4::Udp, L4::Tcp] {
-        let proto = if l4 == L4::Tcp { Proto::Tcp } else { Proto::Udp };
-        for mut tail in
-            verdict_rules_for(policy, Action::Deny, policy.defaults.log_denied, DNS_BYPASS_COMMENT, Some(proto))
-        {
-            let mut stmts = vec![Stmt::Dport { l4, value: Value::InSet(DNS_PORTS_SET.into()) }];
-            stmts.append(&mut tail);
-            rules.push(builtin(stmts, DNS_BYPASS_COMMENT));
+    if dns.bypass != Bypass::Off {
+        for l4 in [L4::Udp, L4::Tcp] {
+            let proto = if l4 == L4::Tcp { Proto::Tcp } else { Proto::Udp };
+            for mut tail in
+                verdict_rules_for(policy, Action::Deny, policy.defaults.log_denied, DNS_BYPASS_COMMENT, Some(proto))
+            {
+                let mut stmts = vec![Stmt::Dport { l4, value: Value::InSet(DNS_PORTS_SET.into()) }];
+                stmts.append(&mut tail);
+                chain.push(builtin(stmts, DNS_BYPASS_COMMENT));
+            }
         }
     }
-    if dns.bypass != Bypass::Redirect {
+    Chain {
+        name: DNS_CHAIN.into(),
+        kind: ChainType::Regular,
+        hook: Hook::Output,
+        priority: OUTPUT_PRIORITY_FILTER,
+        policy: ChainPolicy::Accept,
+        rules: chain,
+    }
+}
+
+/// The nat chain of `bypass = "redirect"`: new flows to port 53 elsewhere that do not carry the
+/// forwarder's mark go to the forwarder on loopback (per family, when it listens on that
+/// family's loopback). A flow that carries the mark without being the forwarder's is not
+/// redirected, and the DNS chain denies it.
+fn dns_redirect_chain(policy: &Policy) -> Option<Chain> {
+    use policy::{Bypass, DNS_PORT};
+    let dns = &policy.dns;
+    if !policy.has_domain_rules() || dns.bypass != Bypass::Redirect {
         return None;
     }
     let mut nat = Vec::new();
@@ -431,6 +517,7 @@ fn dns_control(policy: &Policy, sets: &mut Vec<Set>, rules: &mut Vec<Rule>) -> O
         rules: nat,
     })
 }
+
 
 fn builtin(stmts: Vec<Stmt>, comment: &str) -> Rule {
     Rule { stmts, comment: Some(comment.into()) }
@@ -524,6 +611,7 @@ fn compile_rule(
                         interval: true,
                         timeout: false,
                         dynamic: None,
+                        size: None,
                         elements: SetElements::V4(v4),
                     });
                     Value::InSet(set_name("v4"))
@@ -539,6 +627,7 @@ fn compile_rule(
                         interval: true,
                         timeout: false,
                         dynamic: None,
+                        size: None,
                         elements: SetElements::V6(v6),
                     });
                     Value::InSet(set_name("v6"))
@@ -559,6 +648,7 @@ fn compile_rule(
                     interval: true,
                     timeout: false,
                     dynamic: None,
+                    size: None,
                     elements: SetElements::v4_of(c),
                 });
                 f.push(Some(Stmt::Daddr4(Value::InSet(set_name("c4")))));
@@ -570,6 +660,7 @@ fn compile_rule(
                     interval: true,
                     timeout: false,
                     dynamic: None,
+                    size: None,
                     elements: SetElements::v6_of(c),
                 });
                 f.push(Some(Stmt::Daddr6(Value::InSet(set_name("c6")))));
@@ -585,6 +676,9 @@ fn compile_rule(
                         interval: false,
                         timeout: true,
                         dynamic: None,
+                        // Bounded: the kernel refuses elements beyond it (ENFILE) and the
+                        // forwarder answers SERVFAIL for the names that need them.
+                        size: Some(policy.dns.set_size),
                         elements: match family {
                             Family::Ipv4 => SetElements::TimedV4(Vec::new()),
                             Family::Ipv6 => SetElements::TimedV6(Vec::new()),
@@ -611,6 +705,7 @@ fn compile_rule(
                 interval: true,
                 timeout: false,
                 dynamic: None,
+                size: None,
                 elements: SetElements::Ports(merged),
             });
             Value::InSet(set_name("ports"))
@@ -625,7 +720,7 @@ fn compile_rule(
             if v.len() == 1 {
                 Value::Eq(v[0])
             } else {
-                push_set(sets, Set { name: set_name(suffix), key, interval: false, timeout: false, dynamic: None, elements: SetElements::Ids(v) });
+                push_set(sets, Set { name: set_name(suffix), key, interval: false, timeout: false, dynamic: None, size: None, elements: SetElements::Ids(v) });
                 Value::InSet(set_name(suffix))
             }
         })
@@ -678,6 +773,7 @@ fn compile_rule(
                         interval: true,
                         timeout: false,
                         dynamic: None,
+                        size: None,
                         elements: SetElements::V4(v4),
                     });
                     Value::InSet(set_name("f4"))
@@ -693,6 +789,7 @@ fn compile_rule(
                         interval: true,
                         timeout: false,
                         dynamic: None,
+                        size: None,
                         elements: SetElements::V6(v6),
                     });
                     Value::InSet(set_name("f6"))
@@ -861,6 +958,7 @@ fn meter_set(name: &str, key: MeterKey, timeout_ms: Option<u64>) -> Set {
         interval: false,
         timeout: timeout_ms.is_some(),
         dynamic: Some(Dynamic { size: METER_SIZE, timeout_ms }),
+        size: None,
         elements: match key {
             MeterKey::Daddr4 => SetElements::V4(Vec::new()),
             MeterKey::Daddr6 => SetElements::V6(Vec::new()),

@@ -152,6 +152,10 @@ pub struct Set {
     /// `flags dynamic` (a meter): the packet path adds elements itself through `add @set { ... }`
     /// statements ([`Stmt::Meter`]), each element carrying its own limiter or connection counter.
     pub dynamic: Option<Dynamic>,
+    /// `size N` of a set that is not dynamic: the kernel refuses elements beyond N (ENFILE).
+    /// Domain sets have one, so that a flood of names cannot grow kernel memory without bound.
+    /// (A dynamic set's size is in [`Dynamic`].)
+    pub size: Option<u32>,
     pub elements: SetElements,
 }
 
@@ -346,6 +350,9 @@ pub enum Stmt {
     Redirect { port: u16 },
     /// `ct state established,related`.
     CtStateEstablishedRelated,
+    /// `ct direction reply`: the packet goes the way the connection's replies go (its
+    /// connection was opened from outside). Untracked packets match neither direction.
+    CtDirectionReply,
     /// `meta nfproto ipv4|ipv6`.
     Nfproto(Family),
     /// `meta l4proto X`.
@@ -353,6 +360,10 @@ pub enum Stmt {
     /// `tcp dport V` or `udp dport V`. Like nft, it carries its own `meta l4proto` check, so the
     /// compiler never puts an `L4proto` before it.
     Dport { l4: L4, value: Value<u16> },
+    /// `th dport V`: the destination port field of any transport header (bytes 2-3), with no
+    /// protocol check, so one rule covers TCP and UDP. (For ICMP those bytes are the checksum;
+    /// what such a match leads to must check the protocol itself.)
+    ThDport(Value<u16>),
     /// `ip daddr V` (implies `meta nfproto ipv4`).
     Daddr4(Value<Ipv4Addr>),
     /// `ip6 daddr V` (implies `meta nfproto ipv6`).

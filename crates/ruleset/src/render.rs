@@ -30,8 +30,8 @@ pub fn nft_text(t: &Table) -> String {
     for set in &t.sets {
         let _ = writeln!(s, "\n\tset {} {{", set.name);
         let _ = writeln!(s, "\t\ttype {}", set.key.nft_name());
-        if let Some(d) = &set.dynamic {
-            let _ = writeln!(s, "\t\tsize {}", d.size);
+        if let Some(size) = set.dynamic.map(|d| d.size).or(set.size) {
+            let _ = writeln!(s, "\t\tsize {size}");
         }
         let flags = set_flags(set);
         if !flags.is_empty() {
@@ -137,6 +137,8 @@ pub fn stmt_text(s: &Stmt) -> String {
         Stmt::MarkNe(m) => format!("meta mark != {m:#010x}"),
         Stmt::Redirect { port } => format!("redirect to :{port}"),
         Stmt::CtStateEstablishedRelated => "ct state established,related".into(),
+        Stmt::CtDirectionReply => "ct direction reply".into(),
+        Stmt::ThDport(v) => format!("th dport {}", value_text(v)),
         Stmt::Nfproto(Family::Ipv4) => "meta nfproto ipv4".into(),
         Stmt::Nfproto(Family::Ipv6) => "meta nfproto ipv6".into(),
         Stmt::L4proto(l4) => format!("meta l4proto {}", l4.nft_name()),
@@ -147,13 +149,13 @@ pub fn stmt_text(s: &Stmt) -> String {
         Stmt::Saddr6(v) => format!("ip6 saddr {}", value_text(v)),
         Stmt::IifName { name, wildcard } => format!("iifname \"{name}{}\"", if *wildcard { "*" } else { "" }),
         Stmt::OifName { name, wildcard } => format!("oifname \"{name}{}\"", if *wildcard { "*" } else { "" }),
-        Stmt::Return => "return".into(),
         Stmt::SkUid(v) => format!("meta skuid {}", value_text(v)),
         Stmt::SkGid(v) => format!("meta skgid {}", value_text(v)),
         Stmt::Icmpv6Type(v) => format!("icmpv6 type {}", value_text(v)),
         Stmt::Counter => "counter".into(),
         Stmt::Log { prefix, group } => format!("log prefix \"{prefix}\" group {group}"),
         Stmt::Jump(chain) => format!("jump {chain}"),
+        Stmt::Return => "return".into(),
         Stmt::Accept => "accept".into(),
         Stmt::Drop => "drop".into(),
         Stmt::RejectTcpReset => "reject with tcp reset".into(),
@@ -369,6 +371,8 @@ pub fn nft_json(t: &Table) -> J {
                 // Whole seconds in nft's JSON; rounded up, as element timeouts are.
                 o["timeout"] = json!(ms.div_ceil(1000));
             }
+        } else if let Some(size) = set.size {
+            o["size"] = json!(size);
         }
         if !set.elements.is_empty() {
             o["elem"] = J::Array(json_elements(&set.elements));
@@ -516,6 +520,8 @@ pub fn stmt_json(s: &Stmt) -> J {
         Stmt::Redirect { port } => json!({"redirect": {"port": port}}),
         Stmt::CtStateEstablishedRelated => json!({"match": {"op": "in",
             "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}),
+        Stmt::CtDirectionReply => json_match(json!({"ct": {"key": "direction"}}), json!("reply")),
+        Stmt::ThDport(v) => json_match(json!({"payload": {"protocol": "th", "field": "dport"}}), json_value(v, |p| json!(p))),
         Stmt::Nfproto(f) => json_match(
             json!({"meta": {"key": "nfproto"}}),
             json!(match f {
@@ -550,7 +556,6 @@ pub fn stmt_json(s: &Stmt) -> J {
         Stmt::OifName { name, wildcard } => {
             json_match(json!({"meta": {"key": "oifname"}}), json!(format!("{name}{}", if *wildcard { "*" } else { "" })))
         }
-        Stmt::Return => json!({"return": null}),
         Stmt::SkUid(v) => json_match(json!({"meta": {"key": "skuid"}}), json_value(v, |x| json!(x))),
         Stmt::SkGid(v) => json_match(json!({"meta": {"key": "skgid"}}), json_value(v, |x| json!(x))),
         Stmt::Icmpv6Type(v) => json_match(
@@ -560,6 +565,7 @@ pub fn stmt_json(s: &Stmt) -> J {
         Stmt::Counter => json!({"counter": {"packets": 0, "bytes": 0}}),
         Stmt::Log { prefix, group } => json!({"log": {"prefix": prefix, "group": group}}),
         Stmt::Jump(chain) => json!({"jump": {"target": chain}}),
+        Stmt::Return => json!({"return": null}),
         Stmt::Accept => json!({"accept": null}),
         Stmt::Drop => json!({"drop": null}),
         Stmt::RejectTcpReset => json!({"reject": {"type": "tcp reset"}}),
@@ -755,6 +761,7 @@ mod tests {
             interval: false,
             timeout: false,
             dynamic: Some(Dynamic { size: 65535, timeout_ms }),
+            size: None,
             elements: SetElements::V4(vec![]),
         };
         let t = Table {
@@ -792,6 +799,7 @@ mod tests {
                 interval: false,
                 timeout: true,
                 dynamic: None,
+                size: None,
                 elements: SetElements::TimedV4(vec![]),
             }],
             chains: vec![Chain {

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use dns::{Forwarder, ForwarderConfig, Handle, Insert, RuleSets, SetSink};
+use dns::{Forwarder, ForwarderConfig, Handle, Insert, RuleSets, SetSink, SinkError};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -248,19 +248,55 @@ pub struct Acked {
     pub at: Instant,
 }
 
-/// Records every batch; can be told to fail or to be slow.
-#[derive(Clone, Default)]
+/// The table handle the test forwarders start with.
+pub const TABLE: u64 = 1;
+
+/// Records every batch; can be told to fail or to be slow, plays the kernel's table handle
+/// (`table`: batches for any other are refused as for a replaced table) and a set size limit.
+#[derive(Clone)]
 pub struct Sink {
     pub log: Arc<Mutex<Vec<Acked>>>,
     pub batches: Arc<AtomicUsize>,
     pub fail: Arc<AtomicBool>,
     pub delay_ms: Arc<AtomicUsize>,
+    /// The handle of the table "in place".
+    pub table: Arc<std::sync::atomic::AtomicU64>,
+    /// Most distinct addresses per set (0: no limit).
+    pub set_size: Arc<AtomicUsize>,
+}
+
+impl Default for Sink {
+    fn default() -> Self {
+        Sink {
+            log: Arc::default(),
+            batches: Arc::default(),
+            fail: Arc::default(),
+            delay_ms: Arc::default(),
+            table: Arc::new(std::sync::atomic::AtomicU64::new(TABLE)),
+            set_size: Arc::default(),
+        }
+    }
 }
 
 impl SetSink for Sink {
-    fn add(&mut self, batch: &[Insert]) -> io::Result<()> {
+    fn add(&mut self, table: u64, batch: &[Insert]) -> Result<(), SinkError> {
+        if table != self.table.load(Ordering::SeqCst) {
+            return Err(SinkError::TableReplaced);
+        }
         if self.fail.load(Ordering::SeqCst) {
-            return Err(io::Error::other("injected kernel error"));
+            return Err(io::Error::other("injected kernel error").into());
+        }
+        let limit = self.set_size.load(Ordering::SeqCst);
+        if limit > 0 {
+            let log = self.log.lock().unwrap();
+            for i in batch {
+                let mut held: Vec<IpAddr> = log.iter().filter(|e| e.insert.set == i.set).map(|e| e.insert.addr).collect();
+                held.sort();
+                held.dedup();
+                if !held.contains(&i.addr) && held.len() >= limit {
+                    return Err(SinkError::SetFull);
+                }
+            }
         }
         let d = self.delay_ms.load(Ordering::SeqCst);
         if d > 0 {
@@ -325,11 +361,17 @@ pub struct Running {
     pub addr: SocketAddr,
     pub handle: Handle,
     pub sink: Sink,
+    pub policy: Arc<Policy>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
 
 impl Running {
+    /// The running policy as newly applied in the table with handle `table`.
+    pub fn applied(&self, table: u64) -> dns::Applied {
+        dns::Applied { policy: self.policy.clone(), sets: sets(&self.policy), table }
+    }
+
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
@@ -365,7 +407,8 @@ pub async fn forwarder(upstreams: &[SocketAddr], own: Vec<IpAddr>, tweak: impl F
     tweak(&mut p.dns);
     let sets = sets(&p);
     let sink = Sink::default();
-    let cfg = ForwarderConfig { policy: Arc::new(p), sets, own_addresses: own };
+    let policy = Arc::new(p);
+    let cfg = ForwarderConfig { policy: policy.clone(), sets, table: TABLE, own_addresses: own };
     let f = Forwarder::bind(cfg, Box::new(sink.clone())).await.unwrap();
     let addr = f.local_addrs()[0];
     let handle = f.handle();
@@ -377,7 +420,7 @@ pub async fn forwarder(upstreams: &[SocketAddr], own: Vec<IpAddr>, tweak: impl F
         .await
         .unwrap();
     });
-    Running { addr, handle, sink, stop: Some(tx), task: Some(task) }
+    Running { addr, handle, sink, policy, stop: Some(tx), task: Some(task) }
 }
 
 pub fn query(name: &str, t: RecordType) -> Message {

@@ -655,6 +655,7 @@ mod tests {
             ),
             timeout: matches!(elements, SetElements::TimedV4(_) | SetElements::TimedV6(_)),
             dynamic: None,
+            size: None,
             elements,
         }
     }

@@ -11,6 +11,9 @@
 pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
 /// Opens a batch (sent with `res_id` = [`NFNL_SUBSYS_NFTABLES`] in the `nfgenmsg`).
 pub const NFNL_MSG_BATCH_BEGIN: u16 = crate::nl::NLMSG_MIN_TYPE;
+/// `NFNL_BATCH_GENID` (in BATCH_BEGIN, big-endian u32): the kernel refuses the batch with
+/// `ERESTART` unless the ruleset generation is still this one.
+pub const NFNL_BATCH_GENID: u16 = 1;
 /// Closes a batch; the kernel commits everything between BEGIN and END, or nothing.
 pub const NFNL_MSG_BATCH_END: u16 = crate::nl::NLMSG_MIN_TYPE + 1;
 /// `nfgenmsg.version`.
@@ -219,6 +222,10 @@ pub const NFTA_LOOKUP_SET_ID: u16 = 4;
 pub const NFTA_CT_DREG: u16 = 1;
 pub const NFTA_CT_KEY: u16 = 2;
 pub const NFT_CT_STATE: u32 = 0;
+/// `NFT_CT_DIRECTION`: the packet's direction in its connection (one byte, `IP_CT_DIR_*`).
+pub const NFT_CT_DIRECTION: u32 = 1;
+/// `IP_CT_DIR_REPLY`.
+pub const IP_CT_DIR_REPLY: u8 = 1;
 /// `NF_CT_STATE_BIT(IP_CT_ESTABLISHED)`.
 pub const NF_CT_STATE_ESTABLISHED_BIT: u32 = 1 << 1;
 /// `NF_CT_STATE_BIT(IP_CT_RELATED)`.

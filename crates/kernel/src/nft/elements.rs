@@ -25,6 +25,18 @@
 //! shortens an element's life. A caller that only wants to extend must not send a timeout shorter
 //! than what the element has left (the forwarder knows what it sent last). An element that is
 //! refreshed in place keeps the comment it was first added with.
+//!
+//! **Which table.** Elements are addressed by table and set *name*, and every `leash apply`
+//! replaces the table with a new one of the same name whose sets may have the same names but
+//! belong to another policy. [`SetWriter::add_timed_to`] therefore takes the handle of the table
+//! the caller decided for, and makes the kernel refuse the batch unless that table is the one in
+//! place at commit: the batch carries the ruleset generation (`NFNL_BATCH_GENID`) at which the
+//! writer saw that handle, and the kernel refuses a batch whose generation is not the current
+//! one (`ERESTART`) before it looks at any message. Every commit bumps the generation, this
+//! writer's own included (by exactly one, so after a commit of its own the writer knows the next
+//! one without asking), so a commit by anyone else in between makes the writer look again: the
+//! same handle, and the batch is sent again with the new generation; another handle, and it
+//! fails with [`Error::TableReplaced`]. Nothing of the batch lands in the new table.
 
 use std::net::IpAddr;
 
@@ -32,6 +44,7 @@ use super::batch::{SEND_BUF_SLACK, open_socket, scan_acks};
 use super::consts::*;
 use super::error::{Error, netlink};
 use super::probe::{Refresh, probe_refresh};
+use super::read::table_info;
 use super::validate::{MAX_TIMEOUT_MS, check_element_name, check_name};
 use crate::nl::{self, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NLMSG_HDRLEN, NlError, Socket};
 
@@ -59,6 +72,20 @@ pub struct SetWriter {
     replies: Vec<u8>,
     /// Send buffer size requested so far (a batch must fit in one `sendmsg`).
     sndbuf: usize,
+    /// (table handle, ruleset generation) of the last check or own commit for
+    /// [`SetWriter::add_timed_to`]: at that generation the table had that handle.
+    known: Option<(u64, u32)>,
+}
+
+/// How often [`SetWriter::add_timed_to`] tries when other commits keep landing between its
+/// check of the table and its batch (each try re-reads the table).
+const GENID_TRIES: usize = 8;
+
+/// What one checked batch came to.
+enum Sent {
+    Done,
+    /// The ruleset generation moved on since the check (`ERESTART`): nothing was applied.
+    Stale,
 }
 
 /// Process-wide result of the refresh probe: the kernel is the same for every namespace.
@@ -137,12 +164,108 @@ impl SetWriter {
             },
             replies: Vec::with_capacity(4096),
             sndbuf: 0,
+            known: None,
         })
     }
 
     /// How this writer refreshes elements that are already in a set.
     pub fn refresh(&self) -> Refresh {
         self.enc.refresh
+    }
+
+    /// Like [`SetWriter::add_timed`], but the kernel commits the batch only while the table
+    /// `inet <table>` in place is the one with handle `handle` (see the module documentation):
+    /// elements decided for one policy's table never land in a table that replaced it.
+    /// [`Error::TableReplaced`] when the table has another handle or is gone; then nothing
+    /// was added.
+    pub fn add_timed_to(&mut self, table: &str, handle: u64, elems: &[TimedElement<'_>]) -> Result<(), Error> {
+        if elems.is_empty() {
+            return Ok(());
+        }
+        check_name("table", table)?;
+        self.enc.group_by_set(elems)?;
+        for _ in 0..GENID_TRIES {
+            let genid = match self.known {
+                Some((h, g)) if h == handle => g,
+                _ => self.check_table(table, handle)?,
+            };
+            self.enc.encode_with(table, elems, Some(genid));
+            match self.send_and_check(table, elems) {
+                Ok(Sent::Done) => {
+                    // Our commit bumped the generation by one (0 is skipped: it means "no check").
+                    let next = match genid.wrapping_add(1) {
+                        0 => 1,
+                        g => g,
+                    };
+                    self.known = Some((handle, next));
+                    return Ok(());
+                }
+                Ok(Sent::Stale) => self.known = None,
+                Err(e) => {
+                    // The batch was aborted; look again next time rather than trust the guess.
+                    self.known = None;
+                    return Err(e);
+                }
+            }
+        }
+        Err(Error::Netlink {
+            context: format!("adding set elements to table inet {table}"),
+            source: NlError::Malformed(format!(
+                "the ruleset changed under every one of {GENID_TRIES} tries (other writers commit continuously)"
+            )),
+        })
+    }
+
+    /// The current generation, when at it the table has handle `handle`: the generation is read
+    /// before and after the table, and only a pair that agrees counts (a commit in between could
+    /// have replaced the table after the first read).
+    fn check_table(&mut self, table: &str, handle: u64) -> Result<u32, Error> {
+        for _ in 0..GENID_TRIES {
+            let before = self.generation()?;
+            let found = table_info(&mut self.sock, table)?.map(|i| i.handle);
+            let after = self.generation()?;
+            if before != after {
+                continue;
+            }
+            if found != Some(handle) {
+                return Err(Error::TableReplaced { table: table.to_string(), expected: handle, found });
+            }
+            self.known = Some((handle, before));
+            return Ok(before);
+        }
+        Err(Error::Netlink {
+            context: format!("reading table inet {table}"),
+            source: NlError::Malformed(format!("the ruleset changed during each of {GENID_TRIES} reads")),
+        })
+    }
+
+    /// Whether the kernel refuses a batch whose generation is not the current one: a batch
+    /// with nothing in it but a generation that cannot be current. A kernel that ignores
+    /// `NFNL_BATCH_GENID` acks nothing and reports nothing (an empty batch commits nothing).
+    /// Without it [`SetWriter::add_timed_to`] could not keep a replaced table's elements out.
+    pub fn probe_generation_check(&mut self) -> Result<bool, Error> {
+        let current = self.generation()?;
+        let wrong = match current.wrapping_add(1 << 31) {
+            0 => 1,
+            g => g,
+        };
+        let seq = self.enc.next_seq;
+        self.enc.next_seq = seq.wrapping_add(2);
+        let mut buf = Vec::new();
+        let m = begin_msg(&mut buf, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, NFPROTO_UNSPEC, NFNL_SUBSYS_NFTABLES);
+        attr(&mut buf, NFNL_BATCH_GENID, &wrong.to_be_bytes());
+        end_msg(&mut buf, m);
+        let m = begin_msg(&mut buf, NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq.wrapping_add(1), NFPROTO_UNSPEC, NFNL_SUBSYS_NFTABLES);
+        end_msg(&mut buf, m);
+        self.sock.send(&buf).map_err(netlink("sending the generation probe"))?;
+        self.replies.clear();
+        self.sock.drain_queued(&mut self.replies).map_err(netlink("reading the reply to the generation probe"))?;
+        let (_, error) = scan_acks(&self.replies, "parsing the reply to the generation probe", |s| (s == seq).then_some(0))?;
+        match error {
+            Some((_, e)) if e.errno == libc::ERESTART => Ok(true),
+            None => Ok(false),
+            Some((_, e)) => Err(Error::Rejected { what: "the generation probe".into(), error: e }),
+        }
     }
 
     /// Adds every element (or refreshes its timeout when it is already present) in ONE nfnetlink
@@ -163,7 +286,11 @@ impl SetWriter {
         check_name("table", table)?;
         self.enc.group_by_set(elems)?;
         self.enc.encode(table, elems);
-        self.send_and_check(table, elems)
+        match self.send_and_check(table, elems)? {
+            Sent::Done => Ok(()),
+            // Only a batch with a generation can be stale.
+            Sent::Stale => Err(Error::Invalid("unchecked batch refused as stale".into())),
+        }
     }
 
     /// The nf_tables ruleset generation: a counter the kernel bumps on every committed batch in
@@ -193,7 +320,7 @@ impl SetWriter {
         })
     }
 
-    fn send_and_check(&mut self, table: &str, elems: &[TimedElement<'_>]) -> Result<(), Error> {
+    fn send_and_check(&mut self, table: &str, elems: &[TimedElement<'_>]) -> Result<Sent, Error> {
         let enc = &self.enc;
         let need = enc.buf.len() + SEND_BUF_SLACK;
         if need > self.sndbuf {
@@ -216,22 +343,29 @@ impl SetWriter {
             .map_err(netlink("reading the acks of the set element batch"))?;
         // Offset of the acked message in the batch; replies to anything else are stale.
         let n = enc.msgs.len();
+        // BATCH_BEGIN (k = 0) is acked only with an error: ERESTART for a stale generation.
         let (acked, first_error) = scan_acks(
             &self.replies,
             "parsing the acks of the set element batch",
             |seq| {
                 let k = seq.wrapping_sub(begin);
-                (k != 0 && k as usize <= n + 1).then_some(k)
+                (k as usize <= n + 1).then_some(k)
             },
         )?;
+        if let Some((0, error)) = &first_error
+            && error.errno == libc::ERESTART
+        {
+            return Ok(Sent::Stale);
+        }
         if let Some((k, error)) = first_error {
-            let what = match enc.msgs.get(k as usize - 1) {
+            let what = match k.checked_sub(1).and_then(|i| enc.msgs.get(i as usize)) {
                 Some(&(g, n, ty)) => format!(
                     "{} for set `{}` of table inet {table} ({n} element{})",
                     nft_msg_name(ty),
                     elems[enc.sets[g]].set,
                     if n == 1 { "" } else { "s" }
                 ),
+                None if k == 0 => "BATCH_BEGIN of the set element batch".into(),
                 None => "BATCH_END of the set element batch".into(),
             };
             return Err(Error::Rejected { what, error });
@@ -242,7 +376,7 @@ impl SetWriter {
                 expected: enc.msgs.len(),
             });
         }
-        Ok(())
+        Ok(Sent::Done)
     }
 }
 
@@ -289,6 +423,11 @@ impl BatchEncoder {
 
     /// Writes BATCH_BEGIN, the NEWSETELEM messages and BATCH_END into `buf`.
     fn encode(&mut self, table: &str, elems: &[TimedElement<'_>]) {
+        self.encode_with(table, elems, None);
+    }
+
+    /// [`BatchEncoder::encode`], with `NFNL_BATCH_GENID` in BATCH_BEGIN when `genid` is given.
+    fn encode_with(&mut self, table: &str, elems: &[TimedElement<'_>], genid: Option<u32>) {
         self.buf.clear();
         self.msgs.clear();
         let first_seq = self.next_seq;
@@ -304,7 +443,11 @@ impl BatchEncoder {
             );
             end_msg(buf, m);
         };
-        batch(&mut self.buf, NFNL_MSG_BATCH_BEGIN, seq);
+        let m = begin_msg(&mut self.buf, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, NFPROTO_UNSPEC, NFNL_SUBSYS_NFTABLES);
+        if let Some(g) = genid {
+            attr(&mut self.buf, NFNL_BATCH_GENID, &g.to_be_bytes());
+        }
+        end_msg(&mut self.buf, m);
         // In place: one add. Delete and add: add (a no-op for an element that is there), delete,
         // add with the new timeout, per run of elements.
         let steps: &[(u16, bool)] = match self.refresh {

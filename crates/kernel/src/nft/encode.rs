@@ -188,6 +188,11 @@ fn encode_set(e: &mut Encoder, table: &str, set: &Set, id: u32) -> Result<(), Er
                 if let Some(ms) = d.timeout_ms {
                     b.attr_be64(NFTA_SET_TIMEOUT, ms);
                 }
+            } else if let Some(size) = set.size {
+                // `size N` of any other set (the bounded domain sets), in the same place.
+                let desc = b.begin_nested(NFTA_SET_DESC);
+                b.attr_be32(NFTA_SET_DESC_SIZE, size);
+                b.end_nested(desc);
             }
             b.attr(
                 NFTA_SET_USERDATA,
@@ -312,6 +317,7 @@ mod tests {
             interval: true,
             timeout: false,
             dynamic: None,
+            size: None,
             elements: SetElements::V4(r),
         }
     }
@@ -454,6 +460,7 @@ mod tests {
             interval: true,
             timeout: false,
             dynamic: None,
+            size: None,
             elements: SetElements::Ports(vec![(1, 10), (10, 20)]),
         };
         let e = encode_apply(&table(vec![overlapping], vec![]), &ApplyOptions::default())
@@ -493,6 +500,7 @@ mod tests {
             interval,
             timeout,
             dynamic: None,
+            size: None,
             elements,
         };
         let one = |ms| SetElements::TimedV4(vec![TimedAddr::new(Ipv4Addr::new(192, 0, 2, 1), ms, None)]);
@@ -557,6 +565,7 @@ mod tests {
                 size: 10,
                 timeout_ms,
             }),
+            size: None,
             elements: SetElements::Ids(vec![]),
         };
         let rate = |rate, unit, burst| RateLimit { rate, unit, burst };
@@ -637,6 +646,7 @@ mod tests {
             (
                 vec![Set {
                     dynamic: None,
+                    size: None,
                     ..dynamic("m", uid, None)
                 }],
                 vec![meter("m", MeterKey::SkUid, ok_rate)],

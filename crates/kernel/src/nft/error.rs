@@ -38,6 +38,10 @@ pub enum Error {
     /// There is no table `inet <name>` (to change the sets of).
     #[error("there is no table inet {0}")]
     NoSuchTable(String),
+    /// Elements were decided for the table with handle `expected`, and the table in place is
+    /// another one (re-applied: `found`) or gone (`None`); nothing was added.
+    #[error("table inet {table} was replaced (handle {expected}, now {}): nothing was added", found.map_or("gone".to_string(), |h| h.to_string()))]
+    TableReplaced { table: String, expected: u64, found: Option<u64> },
     /// Table `inet <table>` has no set `<set>`.
     #[error("table inet {table} has no set {set}")]
     NoSuchSet { table: String, set: String },

@@ -192,6 +192,21 @@ pub(crate) fn encode_stmts<'a>(
                 bitwise(b, &mask.to_ne_bytes(), &0u32.to_ne_bytes());
                 cmp(b, NFT_CMP_NEQ, &0u32.to_ne_bytes());
             }
+            Stmt::CtDirectionReply => {
+                expr(b, "ct", |b| {
+                    b.attr_be32(NFTA_CT_KEY, NFT_CT_DIRECTION);
+                    b.attr_be32(NFTA_CT_DREG, NFT_REG_1);
+                });
+                cmp(b, NFT_CMP_EQ, &[IP_CT_DIR_REPLY]);
+            }
+            // `th dport`: the raw transport header, no protocol dependency (nft adds none).
+            Stmt::ThDport(value) => {
+                payload(b, NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2);
+                match value {
+                    Value::Eq(p) => cmp(b, NFT_CMP_EQ, &p.to_be_bytes()),
+                    Value::InSet(n) => lookup(b, set(n)),
+                }
+            }
             Stmt::Nfproto(f) => {
                 nfproto(b, *f);
                 ctx.net = Some(*f);

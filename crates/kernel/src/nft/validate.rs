@@ -93,6 +93,7 @@ pub(crate) fn validate(table: &Table) -> Result<(), Error> {
                         value: Value::InSet(n),
                         ..
                     } => (n, KeyType::InetService),
+                    Stmt::ThDport(Value::InSet(n)) => (n, KeyType::InetService),
                     Stmt::Daddr4(Value::InSet(n)) => (n, KeyType::Ipv4Addr),
                     Stmt::Daddr6(Value::InSet(n)) => (n, KeyType::Ipv6Addr),
                     Stmt::Saddr4(Value::InSet(n)) => (n, KeyType::Ipv4Addr),
@@ -338,8 +339,18 @@ fn check_set(s: &Set) -> Result<(), Error> {
             s.key.nft_name()
         ));
     }
+    if s.size == Some(0) {
+        return bad("a set needs a size of at least 1");
+    }
+    if s.size.is_some_and(|n| s.elements.len() > n as usize) {
+        // The kernel refuses the elements beyond the size (ENFILE): the whole apply would fail.
+        return bad(&format!("{} elements do not fit its size {}", s.elements.len(), s.size.unwrap_or(0)));
+    }
     if let Some(d) = &s.dynamic {
         // A meter's set: the packet path fills it, each element with its own limiter or counter.
+        if s.size.is_some() {
+            return bad("a dynamic set's size is Dynamic::size");
+        }
         if s.interval {
             // The kernel answers EOPNOTSUPP: interval sets cannot be updated from the packet path.
             return bad("a dynamic set cannot have flags interval");

@@ -29,6 +29,7 @@ pub fn set(name: &str, key: KeyType, elements: SetElements) -> Set {
         interval,
         timeout: false,
         dynamic: None,
+        size: None,
         elements,
     }
 }
@@ -223,6 +224,7 @@ pub fn dynamic_set(name: &str, key: KeyType, size: u32, timeout_ms: Option<u64>)
         interval: false,
         timeout: timeout_ms.is_some(),
         dynamic: Some(Dynamic { size, timeout_ms }),
+        size: None,
         elements,
     }
 }
@@ -590,13 +592,16 @@ pub fn timed_set(name: &str, elements: SetElements) -> Set {
         interval: false,
         timeout: true,
         dynamic: None,
+        size: None,
         elements,
     }
 }
 
 /// What the DNS forwarder needs: a nat chain at dstnat that redirects DNS to a local port unless
 /// the packet carries the forwarder's mark, and timeout sets with timed elements (unsorted, and
-/// with timeouts that need every unit nft prints), and the filter chain using them.
+/// with timeouts that need every unit nft prints; bounded with `size`), the filter chain using
+/// them, and the DNS control: `th dport @set jump`, a regular chain with `ct direction reply
+/// return` and the forwarder's exemption (mark, skuid, upstream address and port).
 pub fn dns_redirect() -> (Table, String) {
     use Stmt::*;
     let dns = |l4| Dport {
@@ -624,6 +629,19 @@ pub fn dns_redirect() -> (Table, String) {
             ),
             timed_set("empty4", SetElements::TimedV4(vec![])),
             timed_set("empty6", SetElements::V6(vec![])),
+            Set {
+                size: Some(65536),
+                ..timed_set("bounded4", SetElements::TimedV4(vec![TimedAddr::new(v4("192.0.2.8"), 60_000, None)]))
+            },
+            Set {
+                size: Some(1024),
+                ..timed_set("bounded6", SetElements::TimedV6(vec![]))
+            },
+            set(
+                "dnsports",
+                KeyType::InetService,
+                SetElements::Ports(vec![(53, 53), (853, 853), (5353, 5353)]),
+            ),
         ],
         chains: vec![
             Chain {
@@ -680,8 +698,67 @@ pub fn dns_redirect() -> (Table, String) {
                     ),
                     rule(vec![Daddr4(Value::InSet("empty4".into())), Accept], None),
                     rule(vec![Daddr6(Value::InSet("empty6".into())), Accept], None),
+                    rule(vec![Daddr4(Value::InSet("bounded4".into())), Accept], None),
+                    rule(vec![Daddr6(Value::InSet("bounded6".into())), Accept], None),
+                    rule(
+                        vec![
+                            ThDport(Value::InSet("dnsports".into())),
+                            Jump("dnsc".into()),
+                        ],
+                        Some("@dns-control"),
+                    ),
+                    rule(vec![ThDport(Value::Eq(53)), Counter, Drop], None),
                 ],
             ),
+            Chain {
+                name: "dnsc".into(),
+                kind: ChainType::Regular,
+                hook: Hook::Output,
+                priority: 0,
+                policy: ChainPolicy::Accept,
+                rules: vec![
+                    rule(vec![CtDirectionReply, Return], Some("@dns-reply")),
+                    rule(
+                        vec![
+                            MarkEq(0x6c6e),
+                            SkUid(Value::Eq(998)),
+                            Daddr4(Value::Eq(v4("192.0.2.53"))),
+                            Dport {
+                                l4: L4::Udp,
+                                value: Value::Eq(5353),
+                            },
+                            Counter,
+                            Accept,
+                        ],
+                        Some("@dns-forwarder"),
+                    ),
+                    rule(
+                        vec![
+                            MarkEq(0x6c6e),
+                            SkUid(Value::Eq(998)),
+                            Daddr6(Value::Eq(v6("2001:db8::53"))),
+                            Dport {
+                                l4: L4::Tcp,
+                                value: Value::Eq(53),
+                            },
+                            Counter,
+                            Accept,
+                        ],
+                        Some("@dns-forwarder"),
+                    ),
+                    rule(
+                        vec![
+                            Dport {
+                                l4: L4::Udp,
+                                value: Value::InSet("dnsports".into()),
+                            },
+                            Counter,
+                            RejectAdminProhibited,
+                        ],
+                        Some("@dns-bypass"),
+                    ),
+                ],
+            },
         ],
     };
     let text = r#"table inet leash {
@@ -690,6 +767,9 @@ pub fn dns_redirect() -> (Table, String) {
   set dom6 { type ipv6_addr; flags timeout; elements = { 2001:db8::9 timeout 30s comment "x.test", 2001:db8::1 timeout 2h } }
   set empty4 { type ipv4_addr; flags timeout; }
   set empty6 { type ipv6_addr; flags timeout; }
+  set bounded4 { type ipv4_addr; size 65536; flags timeout; elements = { 192.0.2.8 timeout 1m } }
+  set bounded6 { type ipv6_addr; size 1024; flags timeout; }
+  set dnsports { type inet_service; flags interval; elements = { 53, 853, 5353 } }
   chain dns {
     type nat hook output priority -100; policy accept;
     meta mark 0x00006c6e accept
@@ -704,6 +784,16 @@ pub fn dns_redirect() -> (Table, String) {
     ip6 daddr @dom6 counter accept comment "web"
     ip daddr @empty4 accept
     ip6 daddr @empty6 accept
+    ip daddr @bounded4 accept
+    ip6 daddr @bounded6 accept
+    th dport @dnsports jump dnsc comment "@dns-control"
+    th dport 53 counter drop
+  }
+  chain dnsc {
+    ct direction reply return comment "@dns-reply"
+    meta mark 0x00006c6e meta skuid 998 ip daddr 192.0.2.53 udp dport 5353 counter accept comment "@dns-forwarder"
+    meta mark 0x00006c6e meta skuid 998 ip6 daddr 2001:db8::53 tcp dport 53 counter accept comment "@dns-forwarder"
+    udp dport @dnsports counter reject with icmpx admin-prohibited comment "@dns-bypass"
   }
 }
 "#;

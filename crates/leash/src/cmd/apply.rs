@@ -78,7 +78,7 @@ pub fn run(a: &Args, json: bool, fw: &dyn Firewall, state: &State) -> Result<u8>
         if !json {
             eprintln!("leash: resolving the policy's domain names to warm up its sets...");
         }
-        Some(warm_up(&p, &carried_elements(&table), fw).unwrap_or_else(|e| WarmUp {
+        Some(warm_up(&p, &carried_elements(&table), fw, report.table_handle).unwrap_or_else(|e| WarmUp {
             failures: vec![format!("{e:#}")],
             ..Default::default()
         }))
@@ -307,25 +307,35 @@ fn carry_over_domain_sets(p: &Policy, table: &mut ruleset::Table, fw: &dyn Firew
         else {
             continue;
         };
+        let mut kept: Vec<(IpAddr, u64, String)> = Vec::new();
         for e in old.into_iter().filter(|e| e.left_ms >= CARRY_OVER_MIN_MS) {
             let Some(name) = e.name.as_deref() else {
                 carried.unnamed += 1;
                 continue;
             };
             let feeds = policy::dns::decide_name(p, name).rules.contains(&rule);
-            if !feeds || !policy::dns::admits(&p.rules[rule], e.addr, own.contains(&e.addr)) {
+            if !feeds || !policy::dns::admits(&p.rules[rule], e.addr, policy::dns::is_own_address(e.addr, own)) {
                 carried.not_admitted += 1;
                 continue;
             }
             let left = e.left_ms.min(cap_ms);
-            let name = Some(name.to_string());
-            match (&mut set.elements, e.addr) {
-                (SetElements::TimedV4(v), IpAddr::V4(a)) => v.push(ruleset::TimedAddr::new(a, left, name)),
-                (SetElements::TimedV6(v), IpAddr::V6(a)) => v.push(ruleset::TimedAddr::new(a, left, name)),
+            carried.capped += usize::from(left < e.left_ms);
+            kept.push((e.addr, left, name.to_string()));
+        }
+        // The new set may be smaller ([dns] set_size): keep the answers with the most time left.
+        if let Some(size) = set.size.map(|n| n as usize)
+            && kept.len() > size
+        {
+            kept.sort_by_key(|&(_, left, _)| std::cmp::Reverse(left));
+            kept.truncate(size);
+        }
+        for (addr, left, name) in kept {
+            match (&mut set.elements, addr) {
+                (SetElements::TimedV4(v), IpAddr::V4(a)) => v.push(ruleset::TimedAddr::new(a, left, Some(name))),
+                (SetElements::TimedV6(v), IpAddr::V6(a)) => v.push(ruleset::TimedAddr::new(a, left, Some(name))),
                 _ => continue,
             }
             carried.kept += 1;
-            carried.capped += usize::from(left < e.left_ms);
         }
     }
     Ok(carried)
@@ -352,13 +362,23 @@ pub struct WarmUp {
 /// Resolves every exact domain name of the policy once through its upstreams and puts the
 /// answers into the rules' sets, so that a freshly applied policy works before the first
 /// lookup through the forwarder. Wildcards cannot be resolved in advance. Runs after the apply,
-/// when the new table (with its forwarder rule letting marked queries out) is in place.
+/// when the new table (with its rule letting the forwarder's queries out) is in place.
 ///
 /// `carried` holds the answers apply carried over from the previous table (set, address → ms
 /// left): the kernel takes a re-added element's timeout as is, so the warm-up never sends one
 /// shorter than that, nor two for one element.
-fn warm_up(p: &Policy, carried: &HashMap<(String, IpAddr), u64>, fw: &dyn Firewall) -> Result<WarmUp> {
+///
+/// The queries go out as the forwarder's: its mark, and sockets owned by its user (the ruleset
+/// lets DNS out to the upstreams from nothing else). The answers go into the table this apply
+/// made (`table_handle`) only: when another apply replaced it in the meantime, nothing is added.
+fn warm_up(p: &Policy, carried: &HashMap<(String, IpAddr), u64>, fw: &dyn Firewall, table_handle: u64) -> Result<WarmUp> {
     let mut w = WarmUp::default();
+    let Some(owner) = p.dns.user.uid else {
+        anyhow::bail!(
+            "the forwarder's user `{}` does not exist, so the table lets no forwarder query out: nothing to warm up",
+            p.dns.user.written
+        );
+    };
     let mut names: Vec<&str> = p.rules.iter().flat_map(|r| &r.cond.domains).filter(|d| !d.wildcard).map(|d| d.name.as_str()).collect();
     names.sort_unstable();
     names.dedup();
@@ -378,7 +398,7 @@ fn warm_up(p: &Policy, carried: &HashMap<(String, IpAddr), u64>, fw: &dyn Firewa
             .map(|part| {
                 s.spawn(move || {
                     part.iter()
-                        .map(|&n| (n, dns::resolve_once(&p.dns.upstreams, p.dns.mark, n, timeout)))
+                        .map(|&n| (n, dns::resolve_once(&p.dns.upstreams, p.dns.mark, Some(owner), n, timeout)))
                         .collect::<Vec<_>>()
                 })
             })
@@ -401,7 +421,7 @@ fn warm_up(p: &Policy, carried: &HashMap<(String, IpAddr), u64>, fw: &dyn Firewa
         for &(addr, ttl) in &answers {
             for &r in &d.rules {
                 let rule = &p.rules[r];
-                if !policy::dns::admits(rule, addr, own.contains(&addr)) {
+                if !policy::dns::admits(rule, addr, policy::dns::is_own_address(addr, &own)) {
                     w.guarded += 1;
                     continue;
                 }
@@ -422,7 +442,7 @@ fn warm_up(p: &Policy, carried: &HashMap<(String, IpAddr), u64>, fw: &dyn Firewa
             .iter()
             .map(|((set, addr), (t, name))| TimedElement { set, addr: *addr, timeout_ms: *t, name: Some(name) })
             .collect();
-        fw.add_timed(&batch).context("cannot put the warm-up answers into the domain sets")?;
+        fw.add_timed(table_handle, &batch).context("cannot put the warm-up answers into the domain sets")?;
         w.elements = batch.len();
     }
     Ok(w)

@@ -150,6 +150,7 @@ mod tests {
             interval: false,
             timeout: true,
             dynamic: None,
+            size: None,
             elements: ruleset::SetElements::TimedV4(vec![ruleset::TimedAddr::new("192.0.2.1".parse().unwrap(), 5000, None)]),
         });
         t

@@ -318,6 +318,7 @@ listen = ["{DNS_LISTEN}"]
 upstreams = ["{DEAD_UPSTREAM}"]
 timeout_ms = 300
 bypass = "off"
+user = 64653
 
 [[rule]]
 name = "api"

@@ -19,8 +19,20 @@ const SET_KEYS: &[&str] = &["name", "file"];
 /// Keys of `[countries]`.
 const COUNTRIES_KEYS: &[&str] = &["database", "locations"];
 /// Keys of `[dns]`.
-const DNS_KEYS: &[&str] =
-    &["listen", "upstreams", "min_ttl", "max_ttl", "grace", "timeout_ms", "bypass", "mark", "cache_size"];
+const DNS_KEYS: &[&str] = &[
+    "listen",
+    "upstreams",
+    "min_ttl",
+    "max_ttl",
+    "grace",
+    "timeout_ms",
+    "bypass",
+    "mark",
+    "user",
+    "allow_remote_clients",
+    "set_size",
+    "cache_size",
+];
 /// Keys of `[defaults]`.
 const DEFAULTS_KEYS: &[&str] =
     &["outbound", "deny_with", "log_denied", "log_group", "allow_loopback", "allow_established", "timezone", "on_apply"];
@@ -124,7 +136,7 @@ impl<'a> Parser<'a> {
             }
         }
         self.require(root, "version", &suggested, &(0..0), "missing `version = 1` (the policy language version)");
-        self.check_dns(&dns, &rules);
+        self.check_dns(&mut dns, &rules);
         self.check_forward(&forward, &rules);
         let sets = std::mem::take(&mut self.sets);
         let countries = self.countries.take();
@@ -134,9 +146,28 @@ impl<'a> Parser<'a> {
         Some(policy)
     }
 
-    /// Domain rules need somewhere to resolve; redirecting needs a loopback listener.
-    fn check_dns(&mut self, dns: &DnsConfig, rules: &[Rule]) {
+    /// Domain rules need somewhere to resolve and a forwarder user; redirecting needs a
+    /// loopback listener.
+    fn check_dns(&mut self, dns: &mut DnsConfig, rules: &[Rule]) {
         let header = dns.span.clone().unwrap_or(0..0);
+        if rules.iter().any(|r| !r.cond.domains.is_empty()) {
+            if dns.user.uid.is_none() {
+                dns.user.uid = self.resolver.user(&dns.user.written);
+            }
+            if dns.user.uid.is_none() {
+                let span = dns.user.span.clone().unwrap_or_else(|| header.clone());
+                self.warning(
+                    "dns-user",
+                    span,
+                    format!(
+                        "the forwarder's user `{}` does not exist here: the table lets no forwarder query out \
+                         (DNS of domain rules fails closed) and `leash dns` will not start; create it \
+                         (contrib/sysusers.d/leash.conf) or set `[dns] user`",
+                        dns.user.written
+                    ),
+                );
+            }
+        }
         if let Some(r) = rules.iter().find(|r| !r.cond.domains.is_empty())
             && dns.upstreams.is_empty()
         {
@@ -283,13 +314,26 @@ impl<'a> Parser<'a> {
 
     fn dns(&mut self, t: &dyn TableLike, span: Span) -> DnsConfig {
         let mut d = DnsConfig { span: Some(span), ..Default::default() };
+        // Where each listen address was written, for the check after every key is read.
+        let mut listen_spans: Vec<Span> = Vec::new();
         for e in self.entries(t, "[dns]", DNS_KEYS).0 {
             match e.key {
                 "listen" => {
                     if let Some(v) = self.socket_addrs(&e, None) {
                         d.listen = v;
+                        listen_spans = match e.item.as_value().and_then(|v| v.as_array()) {
+                            Some(a) => a.iter().map(|v| self.vspan(v, &e.key_span)).collect(),
+                            None => vec![self.span(e.item, &e.key_span)],
+                        };
                     }
                 }
+                "user" => {
+                    if let Some(u) = self.forwarder_user(&e) {
+                        d.user = u;
+                    }
+                }
+                "allow_remote_clients" => d.allow_remote_clients = self.boolean(&e).unwrap_or(false),
+                "set_size" => d.set_size = self.integer(&e, 1024, 1 << 24).map_or(d.set_size, |n| n as u32),
                 "upstreams" => {
                     if let Some(v) = self.socket_addrs(&e, Some(DNS_PORT)) {
                         d.upstreams = v;
@@ -312,7 +356,54 @@ impl<'a> Parser<'a> {
                 _ => unreachable!("entries() only returns allowed keys"),
             }
         }
+        if !d.allow_remote_clients {
+            for (a, span) in d.listen.iter().zip(listen_spans) {
+                if !a.ip().is_loopback() {
+                    self.error(
+                        "dns-remote-listen",
+                        span,
+                        format!(
+                            "[dns] listen address {a} is not loopback: other hosts could use the forwarder \
+                             (and fill this host's sets); set `allow_remote_clients = true` if that is meant"
+                        ),
+                    );
+                }
+            }
+        }
         d
+    }
+
+    /// `[dns] user`: a name (looked up once the whole policy is known, see `check_dns`) or a
+    /// uid; never root.
+    fn forwarder_user(&mut self, e: &Entry) -> Option<ForwarderUser> {
+        let v = self.value(e, "a user name or a uid")?;
+        let span = self.vspan(v, &e.key_span);
+        let (written, uid) = if let Some(n) = v.as_integer() {
+            if !(0..=i64::from(u32::MAX - 1)).contains(&n) {
+                self.error("bad-value", span, format!("user {n} is not a uid"));
+                return None;
+            }
+            (n.to_string(), Some(n as u32))
+        } else if let Some(s) = v.as_str() {
+            if s.is_empty() {
+                self.error("bad-value", span, "[dns] user must not be empty");
+                return None;
+            }
+            (s.to_string(), None)
+        } else {
+            self.error("wrong-type", span, format!("expected a user name or a uid, found {}", value_type(v)));
+            return None;
+        };
+        if uid == Some(0) || written == "root" {
+            self.error(
+                "dns-user",
+                span,
+                "the forwarder must not run as root: the table exempts its user's DNS, and every root \
+                 process (a container with --network host, for one) could pose as it",
+            );
+            return None;
+        }
+        Some(ForwarderUser { written, uid, span: Some(span) })
     }
 
     fn version(&mut self, e: &Entry) -> Option<u32> {

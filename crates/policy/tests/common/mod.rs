@@ -6,13 +6,15 @@ pub mod strategies;
 use policy::{Diagnostic, Policy, StaticResolver, diag::line_col};
 
 /// A fixed user database: users root(0), alice(1000), bob(1001, no known primary group),
-/// nobody(65534); groups root(0), wheel(10), alice(1000), developers(1001).
+/// nobody(65534), leash-dns(998, the DNS forwarder's default user); groups root(0), wheel(10),
+/// alice(1000), developers(1001).
 pub fn users() -> StaticResolver {
     StaticResolver::new()
         .user("root", 0, Some(0))
         .user("alice", 1000, Some(1000))
         .user("bob", 1001, None)
         .user("nobody", 65534, Some(65534))
+        .user("leash-dns", 998, Some(998))
         .group("root", 0)
         .group("wheel", 10)
         .group("alice", 1000)
