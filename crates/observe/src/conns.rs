@@ -380,7 +380,7 @@ impl<'p> Judge<'p> {
     /// no cgroup yet), made by process `pid` on a socket with `mark`. `None` when the policy has
     /// service or cgroup rules and the process (so its cgroup) is unknown.
     pub fn decide(&mut self, mut conn: Connection, pid: Option<u32>, mark: Option<u32>) -> Option<Verdict> {
-        if forwarder_query(self.policy, mark, SocketAddr::new(conn.dst, conn.port.unwrap_or(0))) {
+        if forwarder_query(self.policy, mark, conn.uid, SocketAddr::new(conn.dst, conn.port.unwrap_or(0))) {
             return Some(Verdict { verdict: "allow", rule: None, decided_by: "dns-forwarder" });
         }
         // Rules for services need the process's cgroup; without it the verdict is unknown.
@@ -394,13 +394,15 @@ impl<'p> Judge<'p> {
 }
 
 /// Whether a socket with `mark` talking to `remote` is one of the forwarder's upstream queries,
-/// which the table lets out before any rule (see the module docs): the policy has domain rules
-/// (only then is there a forwarder rule), the mark is `[dns] mark`, and `remote` is one of the
-/// upstreams.
-pub fn forwarder_query(policy: &Policy, mark: Option<u32>, remote: SocketAddr) -> bool {
+/// which the table lets out before any rule (see the module docs), exactly as the table's
+/// `@dns-forwarder` rules decide it: the policy has domain rules (only then is there such a rule),
+/// the mark is `[dns] mark`, the socket's owner is the forwarder's user (`[dns] user`; without a
+/// known one there is no such rule), and `remote` is one of the upstreams.
+pub fn forwarder_query(policy: &Policy, mark: Option<u32>, uid: u32, remote: SocketAddr) -> bool {
     let remote = SocketAddr::new(remote.ip().to_canonical(), remote.port());
     policy.has_domain_rules()
         && mark == Some(policy.dns.mark)
+        && policy.dns.user.uid == Some(uid)
         && policy.dns.upstreams.iter().any(|u| SocketAddr::new(u.ip().to_canonical(), u.port()) == remote)
 }
 
@@ -618,30 +620,36 @@ mod tests {
     #[test]
     fn the_forwarders_queries_are_its_mark_to_its_upstreams() {
         let p = policy(
-            "version = 1\n[dns]\nupstreams = [\"192.0.2.53\", \"[2001:db8::53]:5353\"]\nmark = 7\n\
+            "version = 1\n[dns]\nupstreams = [\"192.0.2.53\", \"[2001:db8::53]:5353\"]\nmark = 7\nuser = 64653\n\
              [[rule]]\nname = \"api\"\naction = \"allow\"\nports = [443]\nto = [\"api.example.com\"]\n",
         );
         let at = |s: &str| s.parse::<SocketAddr>().unwrap();
-        assert!(forwarder_query(&p, Some(7), at("192.0.2.53:53")));
-        assert!(forwarder_query(&p, Some(7), at("[2001:db8::53]:5353")));
-        assert!(forwarder_query(&p, Some(7), at("[::ffff:192.0.2.53]:53")), "dual-stack socket");
-        assert!(!forwarder_query(&p, Some(7), at("192.0.2.53:853")), "another port");
-        assert!(!forwarder_query(&p, Some(7), at("198.51.100.1:53")), "another resolver");
-        assert!(!forwarder_query(&p, Some(8), at("192.0.2.53:53")), "another mark");
-        assert!(!forwarder_query(&p, None, at("192.0.2.53:53")), "mark unknown (not root)");
+        // The forwarder's user: its uid is part of its identity, the mark alone is not.
+        const F: u32 = 64653;
+        assert!(!forwarder_query(&p, Some(7), 0, at("192.0.2.53:53")), "root with the mark");
+        assert!(!forwarder_query(&p, Some(7), 65534, at("192.0.2.53:53")), "another user with the mark");
+        assert!(forwarder_query(&p, Some(7), F, at("192.0.2.53:53")));
+        assert!(forwarder_query(&p, Some(7), F, at("[2001:db8::53]:5353")));
+        assert!(forwarder_query(&p, Some(7), F, at("[::ffff:192.0.2.53]:53")), "dual-stack socket");
+        assert!(!forwarder_query(&p, Some(7), F, at("192.0.2.53:853")), "another port");
+        assert!(!forwarder_query(&p, Some(7), F, at("198.51.100.1:53")), "another resolver");
+        assert!(!forwarder_query(&p, Some(8), F, at("192.0.2.53:53")), "another mark");
+        assert!(!forwarder_query(&p, None, F, at("192.0.2.53:53")), "mark unknown (not root)");
         let mut j = Judge::new(&p);
         let c = Connection {
             proto: policy::Proto::Udp,
             dst: "192.0.2.53".parse().unwrap(),
             port: Some(53),
-            uid: 0,
-            gid: 0,
+            uid: F,
+            gid: F,
             name: None,
             cgroup: None,
             at: None,
             from: None,
         };
         assert_eq!(j.decide(c.clone(), None, Some(7)).unwrap().decided_by, "dns-forwarder");
+        // Root's socket with the mark is no forwarder: the DNS control decides it.
+        assert_ne!(j.decide(Connection { uid: 0, gid: 0, ..c.clone() }, None, Some(7)).unwrap().decided_by, "dns-forwarder");
         // Unmarked, the same query is redirected to the forwarder (allowed, elsewhere).
         assert_eq!(j.decide(c.clone(), None, None).unwrap().decided_by, "dns-redirect");
         // An upstream off the DNS ports: only the mark lets it out; unmarked, the rules decide.
@@ -649,8 +657,8 @@ mod tests {
         assert_eq!(j.decide(off.clone(), None, Some(7)).unwrap().decided_by, "dns-forwarder");
         assert_eq!(j.decide(off, None, None).unwrap(), Verdict { verdict: "deny", rule: None, decided_by: "default" });
         // Without domain rules there is no forwarder rule in the table to exempt anything.
-        let plain = policy("version = 1\n[dns]\nupstreams = [\"192.0.2.53\"]\nmark = 7\n");
-        assert!(!forwarder_query(&plain, Some(7), at("192.0.2.53:53")));
+        let plain = policy("version = 1\n[dns]\nupstreams = [\"192.0.2.53\"]\nmark = 7\nuser = 64653\n");
+        assert!(!forwarder_query(&plain, Some(7), F, at("192.0.2.53:53")));
     }
 
     /// The host shown for a destination is the name its element records; an element without one

@@ -247,9 +247,9 @@ fn a_cut_without_sock_destroy_deletes_the_entries_and_the_next_segment_is_reset(
     assert!(udp_echo(&f.unconnected6, Some(addr(WEB6, 5353))).is_err(), "{r}");
 }
 
-/// The forwarder's own upstream query (its mark, to a configured upstream) is let out by the
-/// table's forwarder rule: never reported, never cut. The same connection without the mark is
-/// DNS past the forwarder, which the bypass control denies: reported and cut.
+/// The forwarder's own upstream query (its mark and its user, to a configured upstream) is let
+/// out by the table's forwarder rule: never reported, never cut. The same connection without the
+/// mark is DNS past the forwarder, which the bypass control denies: reported and cut.
 #[test]
 fn a_cut_spares_the_forwarders_upstream_queries() {
     if !need_root("a_cut_spares_the_forwarders_upstream_queries") {
@@ -261,7 +261,7 @@ fn a_cut_spares_the_forwarders_upstream_queries() {
     let dir = TempDir::new("cut-forwarder");
     // Domain rules (a wildcard only: nothing to warm up), so the forwarder rule and the bypass
     // control are in the table.
-    const TIGHT_DNS: &str = "version = 1\n[dns]\nupstreams = [\"192.0.2.10:853\"]\nmark = 0x6c6e\n\n\
+    const TIGHT_DNS: &str = "version = 1\n[dns]\nupstreams = [\"192.0.2.10:853\"]\nmark = 0x6c6e\nuser = 64653\n\n\
          [[rule]]\nname = \"cdn\"\naction = \"allow\"\nports = [443]\nto = [\"*.cdn.example.com\"]\n";
     // Both connections are opened under a policy without domain rules (so without the bypass
     // control, which would refuse the unmarked one).
@@ -270,7 +270,8 @@ fn a_cut_spares_the_forwarders_upstream_queries() {
     let r = leash_in(ns, &["apply", &open]);
     assert!(r.ok(), "{r}");
     let (mut marked, mut plain) = ns.run(|| {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        // The forwarder's socket: owned by its user (64653, as `[dns] user` says), with its mark.
+        let s = dns::owned_by(64653, || socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap()).unwrap();
         s.set_mark(0x6c6e).unwrap();
         s.connect(&addr(WEB4, 853).into()).unwrap();
         (TcpStream::from(s), TcpStream::connect(addr(WEB4, 853)).unwrap())
