@@ -9,6 +9,8 @@
 //!   new rules (a TCP reset, an ICMP error for UDP);
 //! - the flow that is not from a workload and those between workloads are neither reported nor
 //!   cut, and keep working;
+//! - what a cut cannot do, as documented: a flow routed without NAT whose peer sends first after
+//!   the cut is taken up again by conntrack as the peer's (inbound to a workload, not governed);
 //! - a masqueraded flow (Docker's NAT: the entry's reply tuple names the host's address) is
 //!   reported by the container's own address and cut the same way.
 
@@ -90,13 +92,12 @@ fn udp_flow(ns: &kernel::netns::NetNs, src: &str, dst: SocketAddr) -> UdpSocket 
 }
 
 fn tcp_flow(ns: &kernel::netns::NetNs, src: &str, dst: SocketAddr) -> TcpStream {
-    let s = ns.run(|| {
+    ns.run(|| {
         let s = socket2::Socket::new(socket2::Domain::for_address(dst), socket2::Type::STREAM, None).unwrap();
         s.bind(&SocketAddr::new(ip(src), 0).into()).unwrap();
         s.connect_timeout(&dst.into(), Duration::from_secs(3)).unwrap_or_else(|e| panic!("tcp {src} -> {dst}: {e}"));
         TcpStream::from(s)
-    });
-    s
+    })
 }
 
 /// A TCP connection between two workloads: the far end is accepted in `server_ns`.
@@ -157,6 +158,10 @@ fn apply_reports_and_cuts_forwarded_flows_from_workloads_only() {
     let udp6 = udp_flow(docker, CONTAINER6, addr(DST6, 5353));
     let mut other_tcp = tcp_flow(other, OTHER, addr(DST, 443));
     let other_udp6 = udp_flow(other, OTHER6, addr(DST6, 5353));
+    // A flow whose peer will send first after the cut (a server of the test's own on the peer).
+    let server = lab.peer().run(|| TcpListener::bind((ip(DST), 8080)).unwrap());
+    let mut peer_first = tcp_flow(docker, CONTAINER, addr(DST, 8080));
+    let (mut peer_end, _) = server.accept().unwrap();
     let mut between4 = Between::open(&lab, CONTAINER, NEIGHBOUR);
     let mut between6 = Between::open(&lab, CONTAINER6, NEIGHBOUR6);
     let works = |tcp4: &mut TcpStream, tcp6: &mut TcpStream| {
@@ -167,8 +172,13 @@ fn apply_reports_and_cuts_forwarded_flows_from_workloads_only() {
         [tcp_echo(&mut other_tcp, b"o").is_ok(), udp_echo(&other_udp6).is_ok(), between4.works(), between6.works()]
     };
     assert_eq!(spared(), [true; 4], "the other flows under the open policy");
-    let container_flows =
-        sorted(&[tcp4.local_addr().unwrap(), tcp6.local_addr().unwrap(), udp4.local_addr().unwrap(), udp6.local_addr().unwrap()]);
+    let container_flows = sorted(&[
+        tcp4.local_addr().unwrap(),
+        tcp6.local_addr().unwrap(),
+        udp4.local_addr().unwrap(),
+        udp6.local_addr().unwrap(),
+        peer_first.local_addr().unwrap(),
+    ]);
 
     // What `conns --policy` says the tight policy would cut: the container's four flows.
     let c = leash_in(ns, &["conns", "--json", "--policy", &tight]);
@@ -182,7 +192,8 @@ fn apply_reports_and_cuts_forwarded_flows_from_workloads_only() {
     assert_eq!(locals(&d), container_flows, "only the container's flows to the peer{r}");
     for f in &d {
         let v6 = f["local"].as_str().unwrap().starts_with('[');
-        let (dst, port) = (if v6 { DST6 } else { DST }, if f["proto"] == "tcp" { 443 } else { 5353 });
+        let port = if f["local"] == peer_first.local_addr().unwrap().to_string() { 8080 } else if f["proto"] == "tcp" { 443 } else { 5353 };
+        let dst = if v6 { DST6 } else { DST };
         assert_eq!(f["origin"], "forwarded", "{f:#}{r}");
         assert_eq!(f["remote"], addr(dst, port).to_string(), "{f:#}{r}");
         assert_eq!((f["iif"].as_str(), f["oif"].as_str()), (Some("docker0"), Some(Lab::uplink())), "{f:#}{r}");
@@ -191,7 +202,7 @@ fn apply_reports_and_cuts_forwarded_flows_from_workloads_only() {
     assert_eq!(works(&mut tcp4, &mut tcp6), [true; 4], "reported, not cut");
     let t = leash_in(ns, &["apply", &tight]);
     assert!(t.ok(), "{t}");
-    assert!(t.stdout.contains("live connections the new policy denies: 4"), "{t}");
+    assert!(t.stdout.contains("live connections the new policy denies: 5"), "{t}");
     let line = format!("tcp {} -> {}", tcp6.local_addr().unwrap(), addr(DST6, 443));
     assert!(t.stdout.lines().any(|l| l.contains(&line) && l.contains("[forwarded docker0 -> lab0, conntrack entry]")), "{t}");
 
@@ -200,7 +211,7 @@ fn apply_reports_and_cuts_forwarded_flows_from_workloads_only() {
     assert!(r.ok(), "{r}");
     let live = &r.json()["live_connections"];
     assert_eq!(locals(&denied(&r, "apply")), container_flows, "{r}");
-    assert_eq!(live["cut"]["entries_deleted"], 4, "{r}");
+    assert_eq!(live["cut"]["entries_deleted"], 5, "{r}");
     assert_eq!(live["cut"]["errors"].as_array().map(Vec::len), Some(0), "{r}");
     let e = tcp_echo(&mut tcp4, b"x").unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "IPv4: {e}{r}");
@@ -210,6 +221,16 @@ fn apply_reports_and_cuts_forwarded_flows_from_workloads_only() {
     assert!(udp_echo(&udp6).is_err(), "the IPv6 UDP flow still works after the cut{r}");
     // Not from a workload, or between workloads: not leash's to cut.
     assert_eq!(spared(), [true; 4], "a flow leash does not govern was cut{r}");
+    // What the cut cannot do (README says so): without NAT, a peer that sends first makes
+    // conntrack take the flow up again as the peer's, traffic into a workload that leash does
+    // not govern, and the container's answers pass as replies.
+    peer_end.write_all(b"p").unwrap();
+    let mut buf = [0u8; 1];
+    peer_first.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    peer_first.read_exact(&mut buf).expect("the peer's segment reaches the container");
+    peer_first.write_all(b"c").unwrap();
+    peer_end.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    peer_end.read_exact(&mut buf).expect("the container's answer passes as a reply");
     let t = leash_in(ns, &["apply", "--cut", &tight]);
     assert!(t.stdout.contains("live connections: none that the new policy denies, nothing cut"), "{t}");
 }
