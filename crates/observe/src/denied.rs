@@ -529,10 +529,13 @@ to = ["203.0.113.0/24"]
         let mut redirect = entry(6, "172.17.0.2:40006", "198.51.100.7:80", 10);
         redirect.reply.src = "192.0.2.1".parse().unwrap();
         e.push(redirect);
-        // A closed TCP flow carries nothing more.
+        // A closed TCP flow carries nothing more; ICMP is not listed.
         let mut closed = entry(6, "172.17.0.2:40007", "198.51.100.7:23", 11);
         closed.tcp_state = Some(7);
         e.push(closed);
+        let mut ping = entry(1, "172.17.0.2:0", "198.51.100.7:0", 12);
+        (ping.orig.l4, ping.reply.l4) = (L4::Icmp { id: 7, ty: 8, code: 0 }, L4::Icmp { id: 7, ty: 0, code: 0 });
+        e.push(ping);
         let mut asked = Vec::new();
         let got = forwarded(&p, &e, &mut |s, d| {
             asked.push((s, d));
@@ -579,6 +582,25 @@ to = ["203.0.113.0/24"]
         let between = vec![entry(6, "172.17.0.2:40002", "172.17.0.3:5432", 3)];
         assert!(forwarded(&by_source, &between, &mut nothing).is_empty(), "to a workload source");
         assert_eq!(forwarded(&policy("version = 1\n"), &between, &mut nothing).len(), 1, "unknown: as if on docker0");
+    }
+
+    /// A domain rule matches a forwarded flow to an address the forwarder put into its sets, as
+    /// the kernel's set lookup does for the workload chain (the sets are shared with the host's).
+    #[test]
+    fn forwarded_flows_meet_the_domain_sets() {
+        let p = policy(
+            "version = 1\n[dns]\nupstreams = [\"192.0.2.53\"]\n\
+             [[rule]]\nname = \"api\"\naction = \"allow\"\nports = [443]\nto = [\"api.example.com\"]\n",
+        );
+        let mut j = Judge::new(&p);
+        let answered: IpAddr = "203.0.113.7".parse().unwrap();
+        j.domains = crate::conns::DomainSets::from_elements([(0, vec![(answered, Some("api.example.com".into()))])]);
+        let on_docker = Path { iif: Some("docker0".into()), oif: Some("eth0".into()) };
+        let conn = |e: &Entry| forwarded_connection(e).unwrap();
+        let (v, judged) = judge_forwarded(&mut j, conn(&entry(6, "172.17.0.2:1", "203.0.113.7:443", 1)), &on_docker).unwrap();
+        assert_eq!((v.verdict, v.rule.as_deref(), judged), ("allow", Some("api"), None));
+        let (v, _) = judge_forwarded(&mut j, conn(&entry(6, "172.17.0.2:1", "203.0.113.8:443", 2)), &on_docker).unwrap();
+        assert_eq!((v.verdict, v.decided_by), ("deny", "default"));
     }
 
     /// The forward chain's DNS control and rules that need a socket: forwarded DNS is denied

@@ -12,7 +12,8 @@
 //! - what a cut cannot do, as documented: a flow routed without NAT whose peer sends first after
 //!   the cut is taken up again by conntrack as the peer's (inbound to a workload, not governed);
 //! - a masqueraded flow (Docker's NAT: the entry's reply tuple names the host's address) is
-//!   reported by the container's own address and cut the same way.
+//!   reported by the container's own address and cut the same way, also when its peer sends
+//!   first (nothing translates the peer's segment back: the host resets it).
 
 use crate::harness::*;
 use lab::{Lab, WorkloadSpec};
@@ -255,6 +256,11 @@ fn a_masqueraded_forwarded_flow_is_the_workloads_and_is_cut() {
     let mut tcp4 = tcp_flow(docker, CONTAINER, addr(DST, 443));
     let udp6 = udp_flow(docker, CONTAINER6, addr(DST6, 5353));
     tcp_echo(&mut tcp4, b"n").unwrap();
+    // One whose peer sends first after the cut (a server of the test's own on the peer).
+    let server = lab.peer().run(|| TcpListener::bind((ip(DST6), 8080)).unwrap());
+    let mut peer_first = tcp_flow(docker, CONTAINER6, addr(DST6, 8080));
+    let (mut peer_end, seen_as) = server.accept().unwrap();
+    assert_eq!(seen_as.ip(), IpAddr::V6(lab.client_addrs().1), "masqueraded");
     // The entries are translated: their replies go to the client's own addresses.
     let (c4, c6) = lab.client_addrs();
     let entries = ns.run(kernel::conntrack::dump).unwrap();
@@ -269,15 +275,23 @@ fn a_masqueraded_forwarded_flow_is_the_workloads_and_is_cut() {
     let r = leash_in(ns, &["apply", "--json", &tight]);
     assert!(r.ok(), "{r}");
     let d = denied(&r, "apply");
-    assert_eq!(locals(&d), sorted(&[tcp4.local_addr().unwrap(), udp6.local_addr().unwrap()]), "{r}");
+    assert_eq!(locals(&d), sorted(&[tcp4.local_addr().unwrap(), udp6.local_addr().unwrap(), peer_first.local_addr().unwrap()]), "{r}");
     assert!(d.iter().all(|f| f["origin"] == "forwarded" && f["iif"] == "docker0"), "{r}");
     tcp_echo(&mut tcp4, b"still").expect("reported, not cut");
     udp_echo(&udp6).expect("reported, not cut");
 
     let r = leash_in(ns, &["apply", "--json", "--cut", &tight]);
     assert!(r.ok(), "{r}");
-    assert_eq!(r.json()["live_connections"]["cut"]["entries_deleted"], 2, "{r}");
+    assert_eq!(r.json()["live_connections"]["cut"]["entries_deleted"], 3, "{r}");
     let e = tcp_echo(&mut tcp4, b"x").unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}{r}");
     assert!(udp_echo(&udp6).is_err(), "the masqueraded UDP flow still works after the cut{r}");
+    // The peer first: its segment reaches the client's own address, which nothing translates
+    // back any more, and the client's stack resets it.
+    peer_end.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    peer_end.write_all(b"p").unwrap();
+    let e = peer_end.read(&mut [0u8; 1]).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "the peer's end: {e}{r}");
+    let e = tcp_echo(&mut peer_first, b"c").unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "the container's end: {e}{r}");
 }
