@@ -181,6 +181,10 @@ pub fn survey(
         ip.is_loopback() || own.iter().any(|o| o.to_canonical() == ip)
     };
     let mut judge = Judge::new(policy);
+    // Interfaces matter only when the policy names some (a workload's by source network is one
+    // whatever it passes): otherwise no route is looked up.
+    let governs = policy.governs_forwarded();
+    let by_interface = !policy.workload_interfaces().is_empty();
     for e in entries {
         let L4::Ports { src: sport, dst: dport } = e.orig.l4 else { continue };
         let proto = match i32::from(e.orig.proto) {
@@ -246,8 +250,8 @@ pub fn survey(
             // To this host: incoming, answered, not decided by egress rules.
             (false, true) => {}
             (false, false) => {
-                let Some(conn) = forwarded_connection(e) else { continue };
-                let path = paths(e.orig.src, to);
+                let Some(conn) = forwarded_connection(e).filter(|_| governs) else { continue };
+                let path = if by_interface { paths(e.orig.src, to) } else { Path::default() };
                 let Some((v, judged_iif)) = judge_forwarded(&mut judge, conn, &path) else { continue };
                 if !v.allows() {
                     let (remote, port) = (to.to_canonical(), e.reply.sport().unwrap_or(dport));
@@ -554,9 +558,13 @@ to = ["203.0.113.0/24"]
         assert!(asked.contains(&("172.17.0.2".parse().unwrap(), "198.51.100.7".parse().unwrap())), "{asked:?}");
         assert!(!asked.iter().any(|(_, d)| d.to_string() == "192.0.2.1"), "{asked:?}");
 
-        // `[forward] mode = "ignore"`: nothing forwarded is the policy's.
+        // `[forward] mode = "ignore"`: nothing forwarded is the policy's, and no route is asked.
         let ignore = policy(&format!("{POLICY}[forward]\nmode = \"ignore\"\n"));
-        assert!(forwarded(&ignore, &e, &mut docker_host).is_empty());
+        let mut never = |_: IpAddr, _: IpAddr| -> Path { panic!("a route lookup for a policy that ignores forwarded traffic") };
+        assert!(forwarded(&ignore, &e, &mut never).is_empty());
+        // Workloads by source network only: interfaces do not matter, and are not looked up.
+        let sources = policy("version = 1\n[forward]\ninterfaces = []\nsources = [\"172.17.0.0/16\"]\n");
+        assert_eq!(forwarded(&sources, &e[..2], &mut never).len(), 2);
     }
 
     /// When the interface a flow entered on is unknown, it is listed if the policy denies it
