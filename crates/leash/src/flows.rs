@@ -183,7 +183,7 @@ pub fn flow_lines(live: &Live) -> Vec<String> {
                     let iif = match (&f.iif, &f.judged_iif) {
                         (Some(i), _) => i.clone(),
                         (None, Some(j)) => format!("? (judged as entering on {j})"),
-                        (None, None) => "? (judged as entering on no workload interface)".into(),
+                        (None, None) => "? (judged without an interface)".into(),
                     };
                     format!("forwarded {iif} -> {}, conntrack entry", f.oif.as_deref().unwrap_or("?"))
                 }

@@ -83,7 +83,8 @@ pub struct DeniedFlow {
     pub iif: Option<String>,
     pub oif: Option<String>,
     /// For a forwarded flow whose input interface is unknown: the one it was judged as entering
-    /// on (`None` with no `iif`: judged as entering on no workload interface).
+    /// on (`None` with no `iif`: denied entering on no workload interface, e.g. by its source
+    /// network).
     pub judged_iif: Option<String>,
     /// The socket to destroy (origin `socket` only).
     #[serde(skip)]
