@@ -1,6 +1,9 @@
-//! rtnetlink over [`crate::nl`]: veth pairs, link state, addresses and on-link default routes.
+//! rtnetlink over [`crate::nl`]: veth pairs, link state, addresses and on-link default routes,
+//! and route lookups.
 //!
-//! Only what test namespaces need (the lab behind `leash test`, kernel tests). An [`Rtnl`] socket
+//! Mostly what test namespaces need (the lab behind `leash test`, kernel tests); the route
+//! lookups also serve the live host: [`Paths`] finds the interfaces a forwarded flow enters and
+//! leaves on, which a conntrack entry does not record (see its docs). An [`Rtnl`] socket
 //! acts on the network namespace of the thread that opened it, so open it on a thread inside the
 //! namespace (e.g. in [`crate::netns::NetNs::run`]); it keeps acting there whatever the thread
 //! does afterwards. Nothing here ever needs the root namespace: a veth pair is created in one
@@ -8,6 +11,7 @@
 //! ever appears in the root namespace, not even for a moment.
 
 use crate::nl::{self, MsgBuf, NlError, Socket};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
@@ -39,6 +43,8 @@ const IFA_F_NODAD: u32 = 0x02;
 
 // Route attributes and values (`linux/rtnetlink.h`).
 const RTA_DST: u16 = 1;
+const RTA_SRC: u16 = 2;
+const RTA_IIF: u16 = 3;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
 /// `RTNH_F_ONLINK`: the gateway is on the link even without a route saying so.
@@ -52,6 +58,8 @@ const RTN_LOCAL: u8 = 2;
 
 /// Length of `struct ifinfomsg`.
 const IFINFOMSG_LEN: usize = 16;
+/// Length of `struct rtmsg`.
+const RTMSG_LEN: usize = 12;
 /// Longest interface name (IFNAMSIZ less the terminating NUL).
 const MAX_IFNAME_LEN: usize = 15;
 
@@ -328,34 +336,69 @@ impl Rtnl {
     /// Whether packets to `addr` are delivered locally in this namespace (`ip route get ADDR`
     /// says `local`).
     pub fn is_local(&mut self, addr: IpAddr) -> Result<bool, Error> {
-        let (family, bytes): (u8, Vec<u8>) = match addr {
-            IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
-            IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
+        Ok(self.route_get(addr, None)?.is_some_and(|r| r.kind == RTN_LOCAL))
+    }
+
+    /// The route a packet to `dst` takes: without `from`, the route of a packet this namespace
+    /// sends (`ip route get DST`); with `from = (SRC, IIF)`, the route of a packet from SRC that
+    /// arrives on interface IIF, as forwarding looks it up (`ip route get DST from SRC iif IF`:
+    /// policy routing by source or input interface applies). `None` when there is no route
+    /// (`ENETUNREACH`, `EHOSTUNREACH`: also what an input lookup on an interface that does not
+    /// forward gets).
+    pub fn route_get(&mut self, dst: IpAddr, from: Option<(IpAddr, u32)>) -> Result<Option<Route>, Error> {
+        let octets = |a: IpAddr| match a {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
         };
+        let family = if dst.is_ipv6() { Family::V6 } else { Family::V4 };
+        if let Some((src, _)) = from
+            && src.is_ipv6() != dst.is_ipv6()
+        {
+            return Err(Error::Netlink {
+                what: format!("look up the route to {dst} from {src}"),
+                source: NlError::Malformed("source and destination of different families".into()),
+            });
+        }
+        let full = if dst.is_ipv6() { 128 } else { 32 };
         let seq = self.next_seq();
         let mut b = MsgBuf::new();
         let m = b.begin(RTM_GETROUTE, nl::NLM_F_REQUEST | nl::NLM_F_ACK, seq);
-        let dst_len = (bytes.len() * 8) as u8;
-        let mut hdr = vec![family, dst_len, 0, 0, 0, 0, 0, 0];
+        // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags (u32).
+        let mut hdr = vec![family.af(), full, if from.is_some() { full } else { 0 }, 0, 0, 0, 0, 0];
         hdr.extend_from_slice(&0u32.to_ne_bytes());
         b.put_header(&hdr);
-        b.attr(RTA_DST, &bytes);
-        let what = || format!("look up the route to {addr}");
+        b.attr(RTA_DST, &octets(dst));
+        if let Some((src, iif)) = from {
+            b.attr(RTA_SRC, &octets(src));
+            b.attr_u32(RTA_IIF, iif);
+        }
+        let what = || match from {
+            None => format!("look up the route to {dst}"),
+            Some((src, iif)) => format!("look up the route to {dst} from {src} arriving on interface {iif}"),
+        };
         b.end(m).map_err(|e| netlink(&what(), e))?;
-        let mut kind = None;
+        let mut found: Option<Result<Route, NlError>> = None;
         let res = self.sock.request(b.as_bytes(), |msg| {
-            // struct rtmsg: ..., byte 7 is rtm_type.
-            if msg.header.ty == RTM_NEWROUTE && msg.payload.len() >= 8 {
-                kind = Some(msg.payload[7]);
+            if msg.header.ty == RTM_NEWROUTE && found.is_none() {
+                found = Some(parse_route(msg));
             }
             Ok(())
         });
         match res {
-            // No route at all is as good an answer as a non-local one.
-            Err(NlError::Kernel(e)) if e.errno == libc::ENETUNREACH || e.errno == libc::EHOSTUNREACH => Ok(false),
+            // No route at all is an answer, not a failure.
+            Err(NlError::Kernel(e)) if e.errno == libc::ENETUNREACH || e.errno == libc::EHOSTUNREACH => Ok(None),
             Err(e) => Err(netlink(&what(), e)),
-            Ok(()) => Ok(kind == Some(RTN_LOCAL)),
+            Ok(()) => match found {
+                Some(Ok(r)) => Ok(Some(r)),
+                Some(Err(e)) => Err(netlink(&what(), e)),
+                None => Ok(None),
+            },
         }
+    }
+
+    /// The name of interface `ifindex`.
+    pub fn link_name(&mut self, ifindex: u32) -> Result<String, Error> {
+        Ok(self.get_link(ifindex, None)?.name)
     }
 
     /// Waits until [`Rtnl::is_local`] holds for `addr`, polling every millisecond for at most
@@ -375,6 +418,95 @@ impl Rtnl {
             std::thread::sleep(Duration::from_millis(1));
         }
         Ok(())
+    }
+}
+
+/// What a route lookup found ([`Rtnl::route_get`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// `rtm_type`: `RTN_UNICAST` (1), `RTN_LOCAL` (2), `RTN_BLACKHOLE` (6), `RTN_UNREACHABLE`
+    /// (7), `RTN_PROHIBIT` (8), ...
+    pub kind: u8,
+    /// The interface the packet leaves on (`RTA_OIF`), when the route has one.
+    pub oif: Option<u32>,
+}
+
+impl Route {
+    /// The interface a packet following this route leaves on, for a route that sends it out
+    /// (not delivered locally, not a blackhole or an unreachable route).
+    pub fn out_interface(&self) -> Option<u32> {
+        if self.kind == RTN_LOCAL { None } else { self.oif.filter(|&i| i != 0) }
+    }
+}
+
+fn parse_route(msg: &nl::Message<'_>) -> Result<Route, NlError> {
+    let p = msg.payload;
+    if p.len() < RTMSG_LEN {
+        return Err(NlError::Malformed(format!("RTM_NEWROUTE of {} bytes", p.len())));
+    }
+    // struct rtmsg: ..., byte 7 is rtm_type.
+    let mut r = Route { kind: p[7], oif: None };
+    for a in msg.attrs(RTMSG_LEN) {
+        let a = a?;
+        if a.ty == RTA_OIF {
+            r.oif = Some(a.u32()?);
+        }
+    }
+    Ok(r)
+}
+
+/// Where a forwarded flow enters and leaves this namespace, as far as routing tells: `None` where
+/// it cannot be found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Path {
+    pub iif: Option<String>,
+    pub oif: Option<String>,
+}
+
+/// The interfaces forwarded flows pass, from route lookups, each asked once (a conntrack table's
+/// flows share a few sources and destinations).
+///
+/// A conntrack entry records no interface. The one a flow entered on is taken to be the one its
+/// replies leave on: the route to its source (symmetric routing, which reverse-path filtering
+/// enforces where it is on). The one it leaves on is the route a packet from that source arriving
+/// on that interface takes (`ip route get DST from SRC iif IIF`, so policy routing by source or
+/// input interface counts), or, when that lookup gives nothing, the route this host itself would
+/// take to the destination. What cannot be found stays `None`; callers decide what an unknown
+/// interface means. The socket is opened at the first lookup, in the calling thread's namespace.
+#[derive(Debug, Default)]
+pub struct Paths {
+    rtnl: Option<Rtnl>,
+    /// Why the socket could not be opened (then every interface is unknown).
+    pub error: Option<String>,
+    iif: HashMap<IpAddr, Option<u32>>,
+    oif: HashMap<(IpAddr, IpAddr, Option<u32>), Option<u32>>,
+    names: HashMap<u32, Option<String>>,
+}
+
+impl Paths {
+    pub fn new() -> Paths {
+        Paths::default()
+    }
+
+    /// The interfaces of a flow from `src` to `dst` (both not this host's).
+    pub fn path(&mut self, src: IpAddr, dst: IpAddr) -> Path {
+        if self.rtnl.is_none() && self.error.is_none() {
+            match Rtnl::open() {
+                Ok(r) => self.rtnl = Some(r),
+                Err(e) => self.error = Some(e.to_string()),
+            }
+        }
+        let Some(rtnl) = self.rtnl.as_mut() else { return Path::default() };
+        let iif = *self.iif.entry(src).or_insert_with(|| rtnl.route_get(src, None).ok().flatten().and_then(|r| r.out_interface()));
+        let oif = *self.oif.entry((src, dst, iif)).or_insert_with(|| {
+            let forwarded = iif.and_then(|i| rtnl.route_get(dst, Some((src, i))).ok().flatten()).and_then(|r| r.out_interface());
+            forwarded.or_else(|| rtnl.route_get(dst, None).ok().flatten().and_then(|r| r.out_interface()))
+        });
+        let mut name = |i: Option<u32>| {
+            let i = i?;
+            self.names.entry(i).or_insert_with(|| rtnl.link_name(i).ok()).clone()
+        };
+        Path { iif: name(iif), oif: name(oif) }
     }
 }
 

@@ -4,7 +4,9 @@
 //! from our dump. Then what deleting an entry does to a flow: the next packet meets the rules
 //! (local UDP, both families; a flow forwarded through a router namespace, both families), and
 //! where that is not enough on its own (a TCP flow whose peer sends first is picked up again
-//! with the peer as its originator). Needs root; everything happens in throwaway namespaces.
+//! with the peer as its originator). And the route lookups that find the interfaces of a
+//! forwarded flow, which its entry does not record. Needs root; everything happens in throwaway
+//! namespaces.
 
 mod common;
 
@@ -342,4 +344,44 @@ fn deleting_the_routers_entry_cuts_a_forwarded_flow() {
         assert!(!udp_arrives(&s, dst, &server), "{dst}: after the delete the router drops the next datagram");
         nft_load(&n.router, &format!("flush table inet t\n{FORWARD}"));
     }
+}
+
+/// What `leash apply` needs to judge the router's entries: the interfaces a forwarded flow enters
+/// and leaves on, which an entry does not record, found by route lookups in the router (both
+/// families). The way in is the route back to the source; the way out is the route a packet
+/// from that source arriving there takes, policy routing included; what has no route is unknown.
+#[test]
+fn route_lookups_find_where_a_forwarded_flow_enters_and_leaves() {
+    use kernel::rtnl::{Path, Paths, Rtnl};
+    if !need_root("route_lookups_find_where_a_forwarded_flow_enters_and_leaves") {
+        return;
+    }
+    let n = routed();
+    let path = |iif: &str, oif: &str| Path { iif: Some(iif.into()), oif: Some(oif.into()) };
+    let a = |s: &str| -> IpAddr { s.parse().unwrap() };
+    n.router.run(|| {
+        let mut p = Paths::new();
+        assert_eq!(p.path(a("198.51.100.2"), a("203.0.113.2")), path("rw0", "ro0"));
+        assert_eq!(p.path(a("2001:db8:1::2"), a("2001:db8:2::2")), path("rw0", "ro0"));
+        // The other way round (a flow from outside).
+        assert_eq!(p.path(a("203.0.113.2"), a("198.51.100.2")), path("ro0", "rw0"));
+        // No route back to the source (the router has no default route), none to the destination.
+        assert_eq!(p.path(a("192.0.2.99"), a("203.0.113.2")), Path { iif: None, oif: Some("ro0".into()) });
+        assert_eq!(p.path(a("198.51.100.2"), a("192.0.2.99")), Path { iif: Some("rw0".into()), oif: None });
+        assert!(p.error.is_none());
+        let mut r = Rtnl::open().unwrap();
+        let rw0 = r.link_index("rw0").unwrap();
+        assert_eq!(r.link_name(rw0).unwrap(), "rw0");
+        assert!(r.route_get(a("203.0.113.1"), None).unwrap().is_some_and(|r| r.out_interface().is_none()), "local");
+        assert_eq!(r.route_get(a("192.0.2.99"), None).unwrap(), None);
+    });
+    // Policy routing: what comes from the workload on rw0 is routed by table 100, which sends
+    // 203.0.113.2 back out of rw0; the router's own packets still use ro0.
+    ip(&n.router, &["rule", "add", "from", "198.51.100.2", "iif", "rw0", "lookup", "100"]);
+    ip(&n.router, &["route", "add", "203.0.113.2", "dev", "rw0", "table", "100"]);
+    n.router.run(|| {
+        let mut p = Paths::new();
+        assert_eq!(p.path(a("198.51.100.2"), a("203.0.113.2")), path("rw0", "rw0"), "the input lookup decides");
+        assert_eq!(p.path(a("198.51.100.3"), a("203.0.113.2")), path("rw0", "ro0"), "another source: the main table");
+    });
 }

@@ -32,8 +32,9 @@ Not governed by leash (left to the other tables): established and related flows,
 What a policy does not stop on its own:
   - Connections that are up when it is applied: a policy decides new connections, and the
     established rule lets existing ones run until they close. `leash apply` lists the live
-    connections the new policy denies; `leash apply --cut` (or [defaults] on_apply = \"cut\")
-    ends them: sockets destroyed, conntrack entries deleted.
+    connections the new policy denies (the host's, and those forwarded from local workloads,
+    whose interfaces routing tells); `leash apply --cut` (or [defaults] on_apply = \"cut\") ends
+    them: sockets destroyed, conntrack entries deleted.
   - AF_PACKET sockets (CAP_NET_RAW): they send link-layer frames past netfilter, so no rule
     applies to them. `leash status` and `leash conns` name the processes holding them (and raw
     IP sockets, which are decided but may forge headers).";

@@ -1,7 +1,9 @@
 //! The live flows a policy denies, as `leash apply` reports and (with `--cut` or `[defaults]
 //! on_apply = "cut"`) ends them, and as `leash conns --policy` lists what a candidate would cut.
 //!
-//! Finding them is `observe::denied::survey` over a socket snapshot and the conntrack table.
+//! Finding them is `observe::denied::survey` over a socket snapshot and the conntrack table;
+//! forwarded flows (containers, VMs) are judged with the interfaces route lookups find for them
+//! (`kernel::rtnl::Paths`, asked once per source and destination in a survey).
 //! Ending one (see [`cut`]): its local socket is destroyed (`SOCK_DESTROY`, as `ss -K`: the
 //! owner's next call fails with ECONNABORTED, a TCP peer gets a reset), then its conntrack entries
 //! are deleted, so that whatever packet of the flow comes next is new to conntrack and meets the
@@ -9,6 +11,14 @@
 //! loses its entry; the socket, which may talk to allowed peers too, is left alone. Local UDP
 //! entries without any socket are deleted as well: nothing uses them, and a later socket on the
 //! same port pair would ride them past the new rules.
+//!
+//! A forwarded flow has no socket here: deleting its entry is the whole cut. The workload's next
+//! packet meets the forward chain as new (a TCP segment of a cut connection is picked up by
+//! conntrack and rejected or dropped as the policy says). A masqueraded flow (Docker's NAT) also
+//! ends for the peer: its next packet reaches this host's own address with no entry to translate
+//! it. A flow routed without NAT whose peer sends first is, like a local flow without
+//! `SOCK_DESTROY`, taken up again by conntrack as the peer's (`nf_conntrack_tcp_loose`), which is
+//! traffic into a workload and not governed; the report says so.
 //!
 //! On a kernel without `CONFIG_INET_DIAG_DESTROY` (probed, see
 //! `kernel::sockdiag::SockDiag::destroy_supported`) only the entries are deleted. A local flow
@@ -20,7 +30,7 @@
 use anyhow::{Context, Result};
 use kernel::conntrack::{self, Conntrack};
 use kernel::sockdiag::SockDiag;
-use observe::conns::{self, Conn, Options, Verdict};
+use observe::conns::{self, Conn, Options};
 use observe::denied::{self, DeniedFlow, Origin, Survey};
 use policy::Policy;
 use serde::Serialize;
@@ -31,6 +41,9 @@ pub struct Live {
     pub survey: Survey,
     /// Why the conntrack table was not read (the survey then has sockets only).
     pub conntrack_error: Option<String>,
+    /// Why routes could not be looked up (forwarded flows were then judged fail closed, see
+    /// `observe::denied`).
+    pub routes_error: Option<String>,
     /// How long the survey took.
     pub elapsed: std::time::Duration,
 }
@@ -53,16 +66,10 @@ pub fn survey_of(snap: &[Conn], policy: &Policy) -> Live {
         Err(e) => (None, Some(format!("cannot read the conntrack table ({e}): flows seen only there are not listed"))),
     };
     let own = crate::system::own_addresses();
-    let survey = denied::survey(snap, entries.as_deref(), policy, &own, &forwarded_verdict);
-    Live { survey, conntrack_error, elapsed: t0.elapsed() }
-}
-
-/// What the policy decides for a flow forwarded through this host. Not judged yet: a conntrack
-/// entry carries no interfaces, and whether a flow comes from a workload depends on the one it
-/// entered on, so forwarded flows are neither listed nor cut (see README, "What a policy does
-/// not stop on its own").
-fn forwarded_verdict(_: &conntrack::Entry) -> Option<Verdict> {
-    None
+    let mut paths = kernel::rtnl::Paths::new();
+    let survey = denied::survey(snap, entries.as_deref(), policy, &own, &mut |src, dst| paths.path(src, dst));
+    let routes_error = paths.error.map(|e| format!("cannot look up routes ({e}): forwarded flows were judged as entering on any interface"));
+    Live { survey, conntrack_error, routes_error, elapsed: t0.elapsed() }
 }
 
 /// How a cut may end sockets.
@@ -172,7 +179,14 @@ pub fn flow_lines(live: &Live) -> Vec<String> {
             let how = match f.origin {
                 Origin::Socket => format!("socket {}", f.state.unwrap_or("-")),
                 Origin::Conntrack => "conntrack entry of an unconnected socket".into(),
-                Origin::Forwarded => "forwarded, conntrack entry".into(),
+                Origin::Forwarded => {
+                    let iif = match (&f.iif, &f.judged_iif) {
+                        (Some(i), _) => i.clone(),
+                        (None, Some(j)) => format!("? (judged as entering on {j})"),
+                        (None, None) => "? (judged without an interface)".into(),
+                    };
+                    format!("forwarded {iif} -> {}, conntrack entry", f.oif.as_deref().unwrap_or("?"))
+                }
             };
             format!("  {}  {user}  {process}  by {}  [{how}]", flow_text(f), f.decider_text())
         })
@@ -205,7 +219,7 @@ pub fn left_running(p: &Policy) -> &'static str {
 /// The lines `leash apply` prints about live flows: the list, then what was done.
 pub fn apply_text(live: &Live, cut: Option<&CutReport>, p: &Policy) -> Vec<String> {
     let mut out = Vec::new();
-    if let Some(e) = &live.conntrack_error {
+    for e in live.conntrack_error.iter().chain(&live.routes_error) {
         out.push(format!("warning: {e}"));
     }
     let s = &live.survey;
@@ -237,6 +251,13 @@ pub fn apply_text(live: &Live, cut: Option<&CutReport>, p: &Policy) -> Vec<Strin
                     r.sockets_destroyed, r.sockets_gone, r.entries_deleted, r.entries_gone, r.leftovers_deleted
                 ));
             }
+            if s.denied.iter().any(|f| f.origin == Origin::Forwarded) {
+                out.push(
+                    "note: a forwarded flow's cut is the deletion of its conntrack entry: the workload's next packet meets the new rules; \
+                     a flow routed without NAT whose peer sends first is taken up again by conntrack as the peer's (not governed)"
+                        .into(),
+                );
+            }
             match r.destroy {
                 Some(Destroy::Unsupported) | Some(Destroy::Disabled) => out.push(
                     "warning: this kernel cannot destroy sockets (CONFIG_INET_DIAG_DESTROY): only their conntrack entries were deleted. \
@@ -262,6 +283,7 @@ pub fn apply_json(live: &Live, mode: policy::OnApply, cut: Option<&CutReport>) -
         "undecided": live.survey.undecided,
         "leftover_entries": live.survey.leftovers.len(),
         "conntrack_error": live.conntrack_error,
+        "routes_error": live.routes_error,
         "survey_ms": live.elapsed.as_secs_f64() * 1000.0,
         "cut": cut,
     })
@@ -285,6 +307,9 @@ mod tests {
             comm: Some("ssh".into()),
             rule: None,
             decided_by: "default",
+            iif: None,
+            oif: None,
+            judged_iif: None,
             socket: None,
             entries: Vec::new(),
         }
@@ -339,6 +364,7 @@ mod tests {
     #[test]
     fn forwarded_and_conntrack_flows_say_how_they_exist() {
         let mut f = flow(Origin::Forwarded);
+        (f.iif, f.oif) = (Some("docker0".into()), Some("eth0".into()));
         f.entries.push(Entry {
             orig: Tuple { src: "10.0.0.2".parse().unwrap(), dst: "198.51.100.7".parse().unwrap(), proto: 6, l4: L4::Ports { src: 1, dst: 22 } },
             reply: Tuple { src: "198.51.100.7".parse().unwrap(), dst: "10.0.0.2".parse().unwrap(), proto: 6, l4: L4::Ports { src: 22, dst: 1 } },
@@ -349,16 +375,28 @@ mod tests {
             timeout: 1,
             tcp_state: Some(3),
         });
+        let mut unknown = f.clone();
+        (unknown.iif, unknown.judged_iif) = (None, Some("br-0".into()));
         let live = Live {
-            survey: Survey { denied: vec![f, flow(Origin::Conntrack)], leftovers: Vec::new(), undecided: 2 },
+            survey: Survey { denied: vec![f, flow(Origin::Conntrack), unknown], leftovers: Vec::new(), undecided: 2 },
             conntrack_error: Some("no".into()),
+            routes_error: Some("no routes".into()),
             ..Live::default()
         };
         let text = apply_text(&live, None, &policy("version = 1\n[defaults]\nallow_established = false\n"));
-        assert_eq!(text[0], "warning: no");
-        assert!(text[1].contains("2 outgoing connection(s) not judged"), "{text:#?}");
-        assert!(text[3].ends_with("[forwarded, conntrack entry]"), "{text:#?}");
-        assert!(text[4].ends_with("[conntrack entry of an unconnected socket]"), "{text:#?}");
-        assert!(text[5].starts_with("with allow_established = false their next packet is denied"), "{text:#?}");
+        assert_eq!(text[..2], ["warning: no".to_string(), "warning: no routes".to_string()]);
+        assert!(text[2].contains("2 outgoing connection(s) not judged"), "{text:#?}");
+        assert!(text[4].ends_with("[forwarded docker0 -> eth0, conntrack entry]"), "{text:#?}");
+        assert!(text[5].ends_with("[conntrack entry of an unconnected socket]"), "{text:#?}");
+        assert!(text[6].ends_with("[forwarded ? (judged as entering on br-0) -> eth0, conntrack entry]"), "{text:#?}");
+        assert!(text[7].starts_with("with allow_established = false their next packet is denied"), "{text:#?}");
+        let j = apply_json(&live, policy::OnApply::Report, None);
+        assert_eq!((j["denied"][0]["iif"].as_str(), j["denied"][0]["oif"].as_str()), (Some("docker0"), Some("eth0")));
+        assert_eq!((j["denied"][2]["iif"].as_str(), j["denied"][2]["judged_iif"].as_str()), (None, Some("br-0")));
+        assert_eq!(j["routes_error"], "no routes");
+        // Cut: the note on what deleting a forwarded flow's entry does.
+        let r = CutReport { destroy: None, entries_deleted: 2, ..CutReport::default() };
+        let text = apply_text(&live, Some(&r), &policy("version = 1\n"));
+        assert!(text.iter().any(|l| l.starts_with("note: a forwarded flow's cut is the deletion of its conntrack entry")), "{text:#?}");
     }
 }

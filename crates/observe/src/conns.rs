@@ -377,14 +377,16 @@ impl<'p> Judge<'p> {
     }
 
     /// What the policy decides for a new connection like `conn` (as [`connection`] makes it:
-    /// no cgroup yet), made by process `pid` on a socket with `mark`. `None` when the policy has
-    /// service or cgroup rules and the process (so its cgroup) is unknown.
+    /// no cgroup yet), made by process `pid` on a socket with `mark`, or forwarded (`conn.from`,
+    /// no process, no mark). `None` when the policy has service or cgroup rules and the process
+    /// (so its cgroup) of a local connection is unknown.
     pub fn decide(&mut self, mut conn: Connection, pid: Option<u32>, mark: Option<u32>) -> Option<Verdict> {
         if forwarder_query(self.policy, mark, conn.uid, SocketAddr::new(conn.dst, conn.port.unwrap_or(0))) {
             return Some(Verdict { verdict: "allow", rule: None, decided_by: "dns-forwarder" });
         }
-        // Rules for services need the process's cgroup; without it the verdict is unknown.
-        if self.has_cgroup_rules {
+        // Rules for services need the process's cgroup; without it the verdict is unknown. A
+        // forwarded connection has no process: such rules never match it (explain says so).
+        if self.has_cgroup_rules && conn.from.is_none() {
             let pid = pid?;
             conn.cgroup = Some(self.cgroups.entry(pid).or_insert_with(|| cgroup_of(pid)).clone()?);
         }
@@ -474,7 +476,7 @@ fn decide(policy: &Policy, conn: &Connection, domains: &DomainSets) -> Verdict {
         Decider::Loopback => (None, "loopback"),
         Decider::DnsBypass => (None, "dns-bypass"),
         Decider::DnsRedirect => (None, "dns-redirect"),
-        // Local sockets are never forwarded.
+        // Forwarded flows only (`denied::survey`): left to the other tables, so allowed here.
         Decider::NotGoverned => (None, "not-governed"),
         Decider::BetweenWorkloads => (None, "between-workloads"),
     };

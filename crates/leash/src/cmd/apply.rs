@@ -21,10 +21,12 @@ use std::time::Duration;
 const AFTER_HELP: &str = "\
 Live connections: a policy decides new connections; one that is up already keeps running through
 the established rule, however the policy changed. After the commit, apply lists the live
-connections the new policy denies (outgoing sockets, unconnected UDP flows seen in conntrack).
+connections the new policy denies (outgoing sockets, unconnected UDP flows seen in conntrack,
+flows forwarded from containers and VMs, judged with the interfaces routing says they pass).
 With --cut, or [defaults] on_apply = \"cut\", it then ends them: their sockets are destroyed (the
 program's next call fails with ECONNABORTED, a TCP peer gets a reset) and their conntrack entries
-deleted, so their next packet meets the new rules. The default is to report only: an apply often
+deleted, so their next packet meets the new rules (a forwarded flow has no socket here: its
+entry is deleted, and the workload's next packet meets the forward chain). The default is to report only: an apply often
 runs over a connection the new policy may not admit, and a cut is not undone by applying the old
 policy again. A kernel without CONFIG_INET_DIAG_DESTROY cannot destroy sockets: then only the
 entries are deleted, which stops a flow at this host's next packet but not when its peer sends

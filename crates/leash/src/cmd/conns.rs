@@ -38,8 +38,8 @@ Which policy: the active one (the file `leash apply` recorded in the kernel tabl
 says when the file changed since), or --policy FILE to see what a candidate would do to the
 connections that exist now: which of them it would deny (cut), and which the active policy
 allows today. The list of what it would deny is the one `leash apply` reports: it also has
-flows only conntrack knows (an unconnected UDP socket's; as root). Without either, no verdicts
-are shown.
+flows only conntrack knows (an unconnected UDP socket's, and flows forwarded from containers and
+VMs, with the interfaces they pass; as root). Without either, no verdicts are shown.
 
 Packet and raw sockets: processes holding an AF_PACKET socket, which sends past netfilter (no
 leash rule applies to it), or a raw IP socket (its packets are decided, but it may forge
@@ -341,6 +341,7 @@ fn print_json(
         "would_deny_now_allowed": cut.and_then(|c| c.now_allowed),
         "would_deny_flows": cut.map(|c| &c.live.survey.denied),
         "would_deny_conntrack_error": cut.and_then(|c| c.live.conntrack_error.as_deref()),
+        "would_deny_routes_error": cut.and_then(|c| c.live.routes_error.as_deref()),
     });
     // The connections are written one by one (compact) rather than built as one JSON value:
     // 20,000 of them would otherwise be copied into a tree first.
@@ -483,7 +484,7 @@ fn print_text(
     }
     if let (Some(cut), Some(j)) = (cut, judge) {
         let n = cut.live.survey.denied.len();
-        if let Some(e) = &cut.live.conntrack_error {
+        for e in cut.live.conntrack_error.iter().chain(&cut.live.routes_error) {
             writeln!(out, "({e})")?;
         }
         if n == 0 {

@@ -12,6 +12,7 @@ mod check;
 mod conns;
 mod contrib;
 mod cut;
+mod cut_forwarded;
 mod dimensions;
 mod dns;
 mod explain;
